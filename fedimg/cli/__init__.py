@@ -1,0 +1,113 @@
+"""The ``fedimg`` command line.
+
+Each sub-command lives in its own module ``fedimg.cli.<name>`` exposing
+``register(subparsers)``; the parser it adds sets ``func`` to a ``run(args) -> int``.
+Command modules import heavy packages (torch, MONAI, NVFlare) inside ``run`` so that
+``fedimg --help`` stays fast.
+
+Errors a user causes (:class:`fedimg.errors.FedimgError`) are printed as one line
+``fedimg: error: <file>: <problem and fix>`` with a non-zero exit; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from fedimg import __version__
+
+__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+
+log = logging.getLogger("fedimg")
+
+# Order is the order shown by ``fedimg --help``.
+COMMAND_MODULES = [
+    "synth",
+    "deface",
+    "train",
+    "evaluate",
+    "predict",
+    "simulate",
+    "study",
+    "poc",
+    "provision",
+    "export_job",
+    "tiles",
+    "stain_normalize",
+    "train_tiles",
+    "bench",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedimg",
+        description="Federated learning for medical imaging: deface, train per site, federate on NVFlare, report.",
+    )
+    parser.add_argument("--version", action="version", version=f"fedimg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        modname = f"fedimg.cli.{name}"
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name != modname:
+                raise
+            continue  # command not built yet
+        module.register(sub)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    try:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=verbose > 1, rich_tracebacks=False, markup=False)
+        fmt = "%(message)s"
+    except ImportError:  # pragma: no cover - rich is a dependency
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("fedimg").setLevel(level)
+    # NVFlare/MONAI are chatty at INFO; keep them at WARNING unless -vv.
+    for noisy in ("nvflare", "monai", "numba", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    from fedimg.errors import FedimgError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FedimgError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"fedimg: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("fedimg: interrupted\n")
+        return 130
+
+
+def env_threads() -> int | None:
+    """``FEDIMG_THREADS`` from the environment, if set (only the CLI reads the environment)."""
+    value = os.environ.get("FEDIMG_THREADS")
+    return int(value) if value else None

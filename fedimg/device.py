@@ -1,0 +1,94 @@
+"""Device resolution, thread counts and seeding, decided once and passed down.
+
+Nothing here touches CUDA at import time; ``"auto"`` picks CUDA only when it is
+available, and there is never a silent default to ``"cuda"``.
+
+>>> resolve_device("cpu")
+device(type='cpu')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+
+__all__ = ["resolve_device", "configure_threads", "seed_everything", "bf16_supported"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(spec: str = "auto"):
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a ``torch.device``.
+
+    Raises :class:`fedimg.errors.ConfigError` when CUDA is asked for but absent.
+    """
+    import torch
+
+    from fedimg.errors import ConfigError
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: no CUDA GPU is visible to torch; use --device cpu or auto")
+        dev = torch.device(spec)
+        idx = 0 if dev.index is None else dev.index
+        if idx >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible; pick cuda:0..")
+        return torch.device("cuda", idx)
+    raise ConfigError(f"--device {spec!r} is not understood; use auto, cpu, cuda or cuda:N")
+
+
+def configure_threads(num_threads: int | None = None) -> int:
+    """Set torch (intra- and inter-op) and numba thread counts deliberately.
+
+    ``None`` means the number of CPUs this process may use. Returns the count used.
+    BLAS threads follow ``OMP_NUM_THREADS``, which the CLI sets before numpy loads.
+    """
+    import torch
+
+    if num_threads is None:
+        num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = num_threads
+    n = max(1, int(n))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    try:  # inter-op threads can only be set once per process
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except Exception:  # numba missing or already-running pool: keep its default
+        log.debug("numba threads left at default", exc_info=True)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) RNGs."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def bf16_supported(device) -> bool:
+    """Whether bf16 autocast is worthwhile on ``device`` (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))

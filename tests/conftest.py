@@ -1,0 +1,93 @@
+"""Shared fixtures: thread counts, seeds, real test data, input hashing, GPU marker."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MKL_NUM_THREADS", "2")
+os.environ.setdefault("NUMBA_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ASSETS = Path(__file__).parent / "assets"
+PKG_ASSETS = Path(__file__).parent.parent / "fedimg" / "assets"
+
+
+def _gpu_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _threads_and_seed():
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def head_t1() -> Path:
+    """Real full-head T1 with a face (OpenNeuro ds000031, CC0)."""
+    return ASSETS / "mri" / "ds000031_sub-01_ses-006_run-001_T1w.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def template_paths() -> tuple[Path, Path]:
+    """pydeface head template and its face keep-mask (MIT), shipped as package data."""
+    return PKG_ASSETS / "mean_reg2mean.nii.gz", PKG_ASSETS / "facemask.nii.gz"
+
+
+def hash_tree(*paths: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``paths`` (use before/after a command to prove inputs are untouched)."""
+    out: dict[str, str] = {}
+    for root in paths:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def hashed():
+    """``hashed(*paths)`` returns a checker; call ``.assert_unchanged()`` after the command."""
+
+    class _Checker:
+        def __init__(self, paths):
+            self.paths = paths
+            self.before = hash_tree(*paths)
+
+        def assert_unchanged(self):
+            assert hash_tree(*self.paths) == self.before, "an input file was modified"
+
+    return lambda *paths: _Checker(paths)
