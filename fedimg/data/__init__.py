@@ -1,0 +1,36 @@
+"""Data: find cases (BraTS 2021 / 2023 folders, MSD Task01), load and validate them,
+map labels to the TC / WT / ET regions, and synthesise a multi-site BraTS-like data set.
+
+>>> from fedimg.data import discover, load_case              # doctest: +SKIP
+>>> arrays = load_case(discover("data/site-1")[0])           # doctest: +SKIP
+>>> arrays.image.shape, arrays.regions.shape                 # doctest: +SKIP
+((4, 88, 128, 128), (3, 88, 128, 128))
+"""
+
+from __future__ import annotations
+
+from fedimg.data.discover import MODALITIES, MSD_CHANNELS, Case, discover
+from fedimg.data.labels import LABEL_VALUES, LAYOUTS, REGIONS, labels_to_regions, regions_to_brats_labels
+from fedimg.data.load import CaseArrays, load_case
+
+__all__ = [
+    "Case",
+    "CaseArrays",
+    "LABEL_VALUES",
+    "LAYOUTS",
+    "MODALITIES",
+    "MSD_CHANNELS",
+    "REGIONS",
+    "discover",
+    "labels_to_regions",
+    "load_case",
+    "regions_to_brats_labels",
+    "synthesize",
+]
+
+
+def synthesize(*args, **kwargs):
+    """Write a synthetic multi-site BraTS 2021-layout data set; see :mod:`fedimg.data.synth`."""
+    from fedimg.data.synth import synthesize as _synthesize
+
+    return _synthesize(*args, **kwargs)
