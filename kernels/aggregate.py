@@ -1,0 +1,202 @@
+"""Weighted averaging of model updates: fused, blocked and streaming FedAvg.
+
+* :func:`fedavg` — K updates already in memory, one pass (``mode="fused"``: each update
+  read once, the result written once), ``mode="blocked"`` (``block`` updates per pass) or
+  ``mode="streaming"`` (one pass per update, as the accumulator does).
+* :class:`WeightedAccumulator` — ``acc += w * update`` as each update arrives, then
+  ``result() = acc / total_weight``. Server memory is the accumulator plus the result
+  (2x the model) whatever the number of sites; ``block=B`` buffers references to B
+  updates and folds them in one pass (more memory, less traffic on ``acc``).
+
+Results are float32 (float64 when an input is float64; float16/bfloat16 inputs are
+accumulated in float32) and of the inputs' kind: numpy in → numpy out, torch CUDA in →
+torch CUDA out on the same device, CuPy in → CuPy out. Updates with weight 0 are skipped
+(they contribute nothing, even when they hold NaN). With ``layout=`` (from
+:func:`fedimg.kernels.pack`) the integer tail takes the element-wise max instead of the
+mean (see :mod:`fedimg.kernels.layout`). Inputs are never modified.
+
+>>> import numpy as np
+>>> a, b = np.zeros(4, np.float32), np.ones(4, np.float32)
+>>> fedavg([a, b], [1, 3])
+array([0.75, 0.75, 0.75, 0.75], dtype=float32)
+>>> acc = WeightedAccumulator(4)
+>>> acc.add(a, 1); acc.add(b, 3)
+>>> acc.result(), acc.count, acc.total_weight
+(array([0.75, 0.75, 0.75, 0.75], dtype=float32), 2, 4.0)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._backend import choose_backend, kind_of
+from ._convert import float_kind, from_native, to_native
+from ._ops import acc_dtype, check_updates, check_weights, ops_for
+from .layout import Layout
+
+__all__ = ["fedavg", "WeightedAccumulator", "MODES"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("fused", "blocked", "streaming")
+
+
+def _split(layout: Layout | None, n: int) -> int:
+    if layout is None:
+        return n
+    if layout.size != n:
+        raise ValueError(f"layout describes {layout.size} values but the updates have {n}")
+    return layout.float_size
+
+
+def _tail_max(tails: list[np.ndarray]) -> np.ndarray:
+    out = tails[0].astype(np.float64, copy=True)
+    for t in tails[1:]:
+        np.maximum(out, t, out=out)
+    return out
+
+
+def fedavg(
+    updates: Sequence[Any],
+    weights: Sequence[float] | np.ndarray,
+    *,
+    mode: str = "fused",
+    block: int = 8,
+    layout: Layout | None = None,
+    backend: str | None = None,
+) -> Any:
+    """Weighted mean ``sum_k w_k u_k / sum_k w_k`` of equally sized float arrays (1-D result)."""
+    if mode not in MODES:
+        raise ValueError(f"fedavg: mode must be one of {MODES}, not {mode!r}")
+    if block < 1:
+        raise ValueError("fedavg: block must be >= 1")
+    n, kinds = check_updates(updates)
+    w = check_weights(weights, len(updates))
+    keep = [i for i in range(len(updates)) if w[i] > 0]
+    wn = w[keep] / w.sum()
+    fs = _split(layout, n)
+    be = choose_backend(kind_of(updates[0]), n, backend)
+    ops = ops_for(be)
+    dt = acc_dtype(kinds)
+    native = [to_native(updates[i], be) for i in keep]
+    out = ops.empty(n, dt, native[0])
+    body = [u[:fs] for u in native] if fs < n else native
+    if fs > 0:
+        if mode == "fused":
+            ops.wsum(body, wn, out[:fs] if fs < n else out, False)
+        else:
+            step = block if mode == "blocked" else 1
+            for s in range(0, len(body), step):
+                ops.wsum(body[s : s + step], wn[s : s + step], out[:fs] if fs < n else out, s > 0)
+    if fs < n:
+        ops.set_tail(out, fs, _tail_max([ops.host(u[fs:]) for u in native]))
+    return from_native(out, updates[0])
+
+
+class WeightedAccumulator:
+    """Streaming weighted mean with constant memory (accumulator + result).
+
+    ``device``: ``None``/``"cpu"`` keeps the sum in host memory (numba or numpy), a CUDA
+    device (``"cuda"``, ``"cuda:1"``, ``torch.device``) keeps it in a torch CUDA tensor
+    driven by CuPy / numba CUDA / torch. Updates may come from host or device; they are
+    moved to the accumulator's device.
+
+    >>> acc = WeightedAccumulator(3, block=2)
+    >>> for k in range(5):
+    ...     acc.add(np.full(3, k, np.float32), 1.0)
+    >>> acc.result()
+    array([2., 2., 2.], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        size: int,
+        dtype: Any = np.float32,
+        device: Any = None,
+        *,
+        block: int = 1,
+        layout: Layout | None = None,
+        backend: str | None = None,
+    ) -> None:
+        self.size = int(size)
+        if self.size < 1:
+            raise ValueError("WeightedAccumulator: size must be >= 1")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError("WeightedAccumulator: dtype must be float32 or float64")
+        if block < 1:
+            raise ValueError("WeightedAccumulator: block must be >= 1")
+        self.block = int(block)
+        self.layout = layout
+        self._fs = _split(layout, self.size)
+        dev = None if device is None else str(device)
+        if dev is None or dev == "cpu":
+            self._like = np.empty(0, self.dtype)
+            self.device = "cpu"
+        elif dev.startswith("cuda"):
+            import torch
+
+            self._like = torch.empty(0, dtype=getattr(torch, self.dtype.name), device=dev)
+            self.device = str(self._like.device)
+        else:
+            raise ValueError(f"WeightedAccumulator: device must be None, 'cpu' or 'cuda[:n]', not {device!r}")
+        self.backend = choose_backend(kind_of(self._like), self.size, backend)
+        self._ops = ops_for(self.backend)
+        self._acc = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every update (keeps the buffer)."""
+        if self._acc is None:
+            self._acc = self._ops.zeros(self.size, self.dtype, to_native(self._like, self.backend))
+        self._pending: list[Any] = []
+        self._pending_w: list[float] = []
+        self._tail: np.ndarray | None = None
+        self._folded = 0
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, update: Any, weight: float) -> None:
+        """Fold ``weight * update`` into the sum (``update`` is not modified or kept beyond a block)."""
+        w = float(weight)
+        if not np.isfinite(w) or w < 0:
+            raise ValueError(f"WeightedAccumulator.add: weight must be finite and >= 0, got {weight!r}")
+        n = int(np.prod(update.shape))
+        if n != self.size:
+            raise ValueError(f"WeightedAccumulator.add: update has {n} values, accumulator holds {self.size}")
+        float_kind(update)
+        self.count += 1
+        if w == 0:
+            return
+        u = to_native(update, self.backend)
+        if self._fs < self.size:
+            t = self._ops.host(u[self._fs :]).astype(np.float64)
+            self._tail = t.copy() if self._tail is None else np.maximum(self._tail, t)
+        self.total_weight += w
+        self._pending.append(u[: self._fs] if self._fs < self.size else u)
+        self._pending_w.append(w)
+        if len(self._pending) >= self.block:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._fs > 0:
+            acc = self._acc[: self._fs] if self._fs < self.size else self._acc
+            self._ops.wsum(self._pending, np.asarray(self._pending_w), acc, self._folded > 0)
+        self._folded += len(self._pending)
+        self._pending, self._pending_w = [], []
+
+    def result(self) -> Any:
+        """A new array ``sum_k w_k u_k / sum_k w_k`` (the accumulator keeps going)."""
+        self._flush()
+        if self.total_weight <= 0:
+            raise ValueError("WeightedAccumulator.result: no update with weight > 0 was added")
+        out = self._ops.scale(self._acc, 1.0 / self.total_weight, self.dtype)
+        if self._tail is not None:
+            self._ops.set_tail(out, self._fs, self._tail)
+        return from_native(out, self._like)

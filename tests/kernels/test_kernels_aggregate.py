@@ -1,0 +1,125 @@
+"""fedavg / WeightedAccumulator: every host backend against the float64 definition."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _kernels_helpers import HOST_BACKENDS, ref_mean, updates  # noqa: E402
+
+from fedimg.kernels import MODES, WeightedAccumulator, fedavg  # noqa: E402
+
+# P not a multiple of any block size, K = 1, several K, large enough to reach numba
+CASES = [(1, 1), (1, 70001), (3, 70001), (5, 1031), (16, 40000)]
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("k,n", CASES)
+@pytest.mark.parametrize("mode", MODES)
+def test_fedavg_matches_reference(backend, k, n, mode, rng):
+    us = updates(rng, k, n)
+    before = [u.copy() for u in us]
+    w = rng.uniform(0.5, 20, size=k)
+    got = fedavg(us, w, mode=mode, block=3, backend=backend)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (n,)
+    np.testing.assert_allclose(got, ref_mean(us, w), rtol=2e-5, atol=2e-6)
+    for u, b in zip(us, before):
+        np.testing.assert_array_equal(u, b)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_zero_weights_are_skipped_even_with_nan(backend, rng):
+    us = updates(rng, 4, 50000)
+    us[1][:] = np.nan
+    got = fedavg(us, [2, 0, 1, 0], backend=backend)
+    np.testing.assert_allclose(got, ref_mean([us[0], us[2]], [2, 1]), rtol=2e-5, atol=2e-6)
+    with pytest.raises(ValueError, match="zero"):
+        fedavg(us, [0, 0, 0, 0], backend=backend)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_half_inputs_accumulate_in_float32(backend, dtype, rng):
+    n = 40003
+    base = [torch.from_numpy(u) for u in updates(rng, 3, n)]
+    us = [t.to(getattr(torch, dtype)) for t in base]
+    w = [1.0, 2.0, 5.0]
+    got = fedavg(us, w, backend=backend)
+    assert isinstance(got, torch.Tensor)
+    assert got.dtype == (torch.float64 if dtype == "float64" else torch.float32)
+    exact = ref_mean([u.double().numpy() for u in us], w)
+    np.testing.assert_allclose(got.double().numpy(), exact, rtol=1e-5, atol=1e-6)
+    # the float32 sum of 3 half-precision updates is far better than a half-precision sum
+    if dtype == "float16":
+        naive = (us[0] * 1.0 + us[1] * 2.0 + us[2] * 5.0) / 8.0
+        assert np.abs(got.double().numpy() - exact).max() < np.abs(naive.double().numpy() - exact).max()
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("block", [1, 3])
+def test_accumulator_streaming_matches_fedavg(backend, block, rng):
+    n = 70001
+    us = updates(rng, 7, n)
+    w = rng.uniform(0, 10, size=7)
+    w[2] = 0.0
+    acc = WeightedAccumulator(n, block=block, backend=backend)
+    for u, wk in zip(us, w):
+        acc.add(u, wk)
+    assert acc.count == 7 and acc.total_weight == pytest.approx(w.sum())
+    r1 = acc.result()
+    np.testing.assert_allclose(r1, ref_mean(us, w), rtol=2e-5, atol=2e-6)
+    r2 = acc.result()  # result() is repeatable and does not consume the sum
+    np.testing.assert_array_equal(r1, r2)
+    acc.reset()
+    assert acc.count == 0 and acc.total_weight == 0.0
+    acc.add(us[0], 3.0)
+    np.testing.assert_allclose(acc.result(), us[0], rtol=1e-6)
+
+
+def test_accumulator_float64_and_validation(rng):
+    acc = WeightedAccumulator(10, dtype=np.float64)
+    with pytest.raises(ValueError, match="no update"):
+        acc.result()
+    with pytest.raises(ValueError, match="10"):
+        acc.add(np.zeros(11, np.float32), 1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        acc.add(np.zeros(10, np.float32), -1.0)
+    with pytest.raises(TypeError, match="float"):
+        acc.add(np.zeros(10, np.int32), 1.0)
+    u = rng.standard_normal(10)
+    acc.add(u, 2.0)
+    assert acc.result().dtype == np.float64
+    with pytest.raises(ValueError):
+        WeightedAccumulator(10, device="tpu")
+
+
+def test_fedavg_argument_errors(rng):
+    us = updates(rng, 2, 5)
+    with pytest.raises(ValueError, match="2 updates"):
+        fedavg(us, [1.0])
+    with pytest.raises(ValueError, match="same length"):
+        fedavg([us[0], us[1][:4]], [1, 1])
+    with pytest.raises(ValueError, match="finite"):
+        fedavg(us, [1, np.nan])
+    with pytest.raises(ValueError, match="mode"):
+        fedavg(us, [1, 1], mode="magic")
+    with pytest.raises(TypeError, match="mixes"):
+        fedavg([us[0], torch.from_numpy(us[1])], [1, 1])
+
+
+def test_many_tiny_tensors_model_round(rng):
+    """A DenseNet-like state dict of 600 small tensors through pack -> fedavg -> unpack."""
+    from fedimg.kernels import pack, unpack
+
+    sds = [{f"t{i}": rng.standard_normal(int(rng.integers(1, 40))).astype(np.float32) for i in range(600)}]
+    sds.append({k: v + 1 for k, v in sds[0].items()})
+    flats = [pack(sd)[0] for sd in sds]
+    layout = pack(sds[0])[1]
+    avg = unpack(fedavg(flats, [1, 1]), layout)
+    for k, v in sds[0].items():
+        np.testing.assert_allclose(avg[k], v + 0.5, rtol=1e-6, atol=1e-6)
