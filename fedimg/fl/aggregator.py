@@ -1,0 +1,261 @@
+"""fedimg's NVFlare server aggregator: validate each update, stream it into the kernels.
+
+:class:`FedimgAggregator` is a ``ModelAggregator``: NVFlare's FedAvg controller calls
+``accept_model`` once per arriving site result; each update (a difference
+``local - global``) is validated (:mod:`fedimg.fl.validation`), packed to one flat vector
+and folded into a :class:`fedimg.fl.strategies.RoundAggregator` (the streaming
+``WeightedAccumulator`` from :mod:`fedimg.kernels`, on the GPU when the server has one).
+``aggregate_model`` finalises the strategy's step, checkpoints the new global model
+(:mod:`fedimg.fl.state`) and appends the round to ``metrics.json``.
+
+Constructor arguments are plain values so that NVFlare can write them into the job's
+``config_fed_server.json``.
+
+>>> agg = FedimgAggregator(strategy="fedadam", server_lr=0.1, run_dir="/tmp/run")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+
+from fedimg.fl import state as run_state
+from fedimg.fl.strategies import RoundAggregator, StrategyConfig
+from fedimg.fl.validation import UpdateValidator, ValidationConfig
+
+__all__ = ["FedimgAggregator", "SAMPLES_KEY", "ALLOWED_META_KEYS"]
+
+log = logging.getLogger(__name__)
+
+SAMPLES_KEY = "NUM_STEPS_CURRENT_ROUND"
+#: Meta keys a fedimg site sends (the rest are NVFlare's own bookkeeping: names, round, ids).
+ALLOWED_META_KEYS = frozenset({SAMPLES_KEY, "num_samples"})
+
+
+class FedimgAggregator(ModelAggregator):
+    """Validating, streaming aggregator with fedimg's strategies.
+
+    ``run_dir``: where checkpoints and ``metrics.json`` go (empty: ``<server run
+    dir>/fedimg``). ``device``: ``"auto"`` (GPU if the server has one), ``"cpu"`` or
+    ``"cuda[:n]"``. ``audit_payloads``: also record in ``payloads.jsonl`` the names and
+    types of everything each site sent (used by the payload test).
+    """
+
+    def __init__(
+        self,
+        strategy: str = "fedavg",
+        server_lr: float = 1.0,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+        trim_ratio: float = 0.1,
+        max_rel_norm: float = 10.0,
+        max_norm_ratio: float = 20.0,
+        min_sites: int = 1,
+        run_dir: str = "",
+        device: str = "auto",
+        key_metric: str = "dice_mean",
+        audit_payloads: bool = True,
+    ) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self.server_lr = server_lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.tau = tau
+        self.trim_ratio = trim_ratio
+        self.max_rel_norm = max_rel_norm
+        self.max_norm_ratio = max_norm_ratio
+        self.min_sites = min_sites
+        self.run_dir = run_dir
+        self.device = device
+        self.key_metric = key_metric
+        self.audit_payloads = audit_payloads
+        self._strategy = StrategyConfig(name=strategy, server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau, trim_ratio=trim_ratio)
+        self._validator = UpdateValidator(
+            ValidationConfig(max_rel_norm=max_rel_norm, max_norm_ratio=max_norm_ratio, min_sites=min_sites)
+        )
+        self._agg: RoundAggregator | None = None
+        self._global: dict[str, np.ndarray] | None = None
+        self._run_path: Path | None = None
+        self._restored_state: dict[str, np.ndarray] = {}
+        self._round_seconds = 0.0
+        self._sites: dict[str, dict[str, Any]] = {}
+        self._rejected: list[dict[str, str]] = []
+        self._round_started = 0.0
+
+    # -- NVFlare events ---------------------------------------------------------------
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event_type, fl_ctx)
+        if event_type == EventType.START_RUN:
+            self._start_run(fl_ctx)
+        elif event_type == AppEventType.ROUND_STARTED:
+            learnable = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+            weights = learnable.get("weights") if learnable is not None else None
+            self._global = {k: np.asarray(v) for k, v in weights.items()} if weights else None
+            self._validator.begin_round(self._global)
+            self._round_started = time.perf_counter()
+
+    def _start_run(self, fl_ctx: FLContext) -> None:
+        if self.run_dir:
+            self._run_path = Path(self.run_dir)
+        else:
+            engine = fl_ctx.get_engine()
+            self._run_path = Path(engine.get_workspace().get_run_dir(fl_ctx.get_job_id())) / "fedimg"
+        self._run_path.mkdir(parents=True, exist_ok=True)
+        self._restored_state = run_state.load_server_state(self._run_path)
+        self.reset_stats()
+
+    # -- ModelAggregator API ------------------------------------------------------------
+    def reset_stats(self) -> None:
+        self._sites = {}
+        self._rejected = []
+        self._round_seconds = 0.0
+        if self._agg is not None:
+            self._agg.begin_round()
+
+    def accept_model(self, model: FLModel) -> None:
+        t0 = time.perf_counter()
+        meta = dict(model.meta or {})
+        site = str(meta.get("client_name") or f"site?{len(self._sites) + len(self._rejected)}")
+        samples = _samples(meta)
+        metrics = {k: float(v) for k, v in (model.metrics or {}).items() if _is_number(v)}
+        if self.audit_payloads:
+            self._audit(site, model)
+        params = dict(model.params or {})
+        if model.params_type == ParamsType.FULL and self._global is not None and params.keys() == self._global.keys():
+            params = {k: np.asarray(v) - self._global[k] for k, v in params.items()}
+        verdict = self._validator.check(site, params)
+        record = {"samples": samples, "metrics": metrics}
+        if verdict.ok:
+            if self._agg is None:
+                lay = self._validator.layout
+                self._agg = RoundAggregator(self._strategy, lay.size, float_size=lay.float_size, device=self._device())
+                self._agg.load_state(self._restored_state)
+            self._agg.add(verdict.flat, samples)
+            record["update_norm"] = verdict.norm
+            self._sites[site] = record
+        else:
+            self.warning(f"rejected update from {site}: {verdict.reason}")
+            self._rejected.append({"site": site, "reason": verdict.reason or "", "samples": samples})
+        self._round_seconds += time.perf_counter() - t0
+
+    def aggregate_model(self) -> FLModel:
+        t0 = time.perf_counter()
+        rnd = int(self.fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0) or 0) + 1 if self.fl_ctx else 0
+        layout = self._validator.layout
+        n_ok = len(self._sites)
+        skipped = not self._validator.enough(n_ok) or self._agg is None or layout is None
+        if skipped:
+            self.error(
+                f"round {rnd}: only {n_ok} valid update(s), fewer than min_sites={self.min_sites}; "
+                "the global model is left unchanged this round"
+            )
+            ref = self._global or {}
+            delta = {k: np.zeros_like(v) for k, v in ref.items()}
+        else:
+            from fedimg.kernels import unpack
+
+            step = self._agg.finish()
+            delta = unpack(step, layout, as_torch=False)
+        self._validator.end_round()
+        self._round_seconds += time.perf_counter() - t0
+        val = _weighted_val(self._sites)
+        entry = {
+            "round": rnd,
+            "strategy": self.strategy,
+            "sites": self._sites,
+            "accepted": sorted(self._sites),
+            "rejected": self._rejected,
+            "skipped": skipped,
+            "validation": {"model_round": rnd - 1, **val},
+            "aggregation_seconds": self._round_seconds,
+            "round_seconds": time.perf_counter() - self._round_started if self._round_started else None,
+        }
+        self._checkpoint(rnd, delta, entry)
+        metrics = {k: v for k, v in val.items() if _is_number(v)}
+        self.info(
+            f"round {rnd}: aggregated {n_ok} update(s) with {self.strategy} in {self._round_seconds:.3f}s"
+            + (f", rejected {len(self._rejected)}" if self._rejected else "")
+        )
+        out = FLModel(params=delta, params_type=ParamsType.DIFF, metrics=metrics or None, meta={"fedimg_round": rnd})
+        self.reset_stats()
+        return out
+
+    # -- helpers ------------------------------------------------------------------------
+    def _checkpoint(self, rnd: int, delta: dict[str, np.ndarray], entry: dict[str, Any]) -> None:
+        if self._run_path is None:
+            return
+        if self._global is not None:
+            new_global = {k: (np.asarray(v) + delta[k]).astype(np.asarray(v).dtype) for k, v in self._global.items()}
+            run_state.save_round(self._run_path, rnd, new_global, {"strategy": self.strategy, "sites": entry["accepted"]})
+        if self._agg is not None:
+            run_state.save_server_state(self._run_path, self._agg.state(), rnd)
+        run_state.append_metrics(self._run_path, entry)
+
+    def _device(self) -> str | None:
+        if self.device == "cpu":
+            return None
+        if self.device == "auto":
+            try:
+                import torch
+
+                return "cuda" if torch.cuda.is_available() else None
+            except ImportError:  # pragma: no cover - torch is a dependency
+                return None
+        return self.device
+
+    def _audit(self, site: str, model: FLModel) -> None:
+        import json
+
+        params = model.params or {}
+        record = {
+            "site": site,
+            "params_type": str(model.params_type),
+            "params": {k: [type(v).__name__, str(getattr(v, "dtype", "")), list(np.shape(v))] for k, v in params.items()},
+            "metrics": {k: [type(v).__name__, v if _is_number(v) else repr(v)] for k, v in (model.metrics or {}).items()},
+            "meta": {k: [type(v).__name__, repr(v)] for k, v in (model.meta or {}).items()},
+        }
+        if self._run_path is not None:
+            with open(self._run_path / "payloads.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _samples(meta: dict[str, Any]) -> float:
+    value = meta.get(SAMPLES_KEY, meta.get("num_samples"))
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        return 1.0
+    return w if np.isfinite(w) and w > 0 else 1.0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _weighted_val(sites: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Sample-weighted mean of the sites' ``val_*`` metrics (their evaluation of the incoming global model)."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    per_site: dict[str, dict[str, float]] = {}
+    for site, rec in sites.items():
+        for k, v in rec["metrics"].items():
+            if k.startswith("val_"):
+                key = k[4:]
+                sums[key] = sums.get(key, 0.0) + rec["samples"] * v
+                weights[key] = weights.get(key, 0.0) + rec["samples"]
+                per_site.setdefault(site, {})[key] = v
+    out: dict[str, Any] = {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+    out["per_site"] = per_site
+    return out

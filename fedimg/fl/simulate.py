@@ -1,0 +1,157 @@
+"""Run a whole federation on this machine with NVFlare's ``SimEnv`` (``fedimg simulate``).
+
+Every ``DATA/site-*/`` folder is a site. The server (FedAvg controller + fedimg's
+aggregator) and one process per site run under NVFlare's simulator; the run folder gets
+``global_model.safetensors``, ``rounds/round-NNN.safetensors``, ``metrics.json``,
+``local_models/<site>.safetensors`` and the NVFlare workspace under ``nvflare/``.
+``resume=True`` continues from the last completed round.
+
+>>> # summary = run_simulation("data/", "runs/fl", FederationConfig(rounds=3, local_epochs=1))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fedimg.errors import ConfigError, FedimgError, InputError
+from fedimg.fl import state as run_state
+from fedimg.fl.job import ALLOW_LIST, FederationConfig, build_recipe, discover_sites
+from fedimg.io import ensure_not_input, read_json, write_json
+
+__all__ = ["run_simulation", "allow_fedimg_components"]
+
+log = logging.getLogger(__name__)
+
+
+def allow_fedimg_components(local_dir: str | Path) -> Path:
+    """Add fedimg's component prefix to a site's ``class_allow_list`` (NVFlare's component policy)."""
+    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
+
+    local_dir = Path(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    res, default = local_dir / "resources.json", local_dir / "resources.json.default"
+    target = res if res.exists() else default
+    resources = json.loads(target.read_text()) if target.exists() else {"format_version": 2}
+    allow = list(resources.get("class_allow_list") or DEFAULT_CLASS_ALLOW_LIST)
+    for prefix in ALLOW_LIST:
+        if prefix not in allow:
+            allow.append(prefix)
+    resources["class_allow_list"] = allow
+    target.write_text(json.dumps(resources, indent=4))
+    return target
+
+
+def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConfig, *, resume: bool = False,
+                   progress: bool = True, site_scripts: dict[str, str] | None = None,
+                   sites: dict[str, Path] | None = None, tracking: bool = True) -> dict[str, Any]:
+    """Run (or resume) a simulated federation; returns a summary dict (also in ``OUT/summary.json``)."""
+    from nvflare.recipe import SimEnv
+
+    out = Path(out)
+    sites = sites if sites is not None else discover_sites(data_dir)
+    for path in sites.values():
+        ensure_not_input(out, path)
+    start_round, checkpoint = _start_point(out, config, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run_config.json", {"federation": config.to_dict(), "sites": {k: str(v) for k, v in sites.items()}})
+    recipe = build_recipe(config, sites, run_dir=out, start_round=start_round, checkpoint=checkpoint,
+                          local_model_dir=out / "local_models", site_scripts=site_scripts, tracking=tracking)
+    ws_root = (out / "nvflare").resolve()
+    allow_fedimg_components(ws_root / recipe.name / "local")
+    env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(ws_root))
+    log.info("simulating %d site(s) x %d round(s) (%s), from round %d; workspace %s",
+             len(sites), config.rounds, config.strategy.name, start_round + 1, ws_root)
+    t0 = time.perf_counter()
+    error: list[BaseException] = []
+
+    def _run() -> None:
+        try:
+            recipe.execute(env)
+        except BaseException as exc:  # reported in the calling thread
+            error.append(exc)
+
+    worker = threading.Thread(target=_run, name="nvflare-simulator", daemon=True)
+    worker.start()
+    _follow(out, worker, config.rounds, start_round, list(sites), progress)
+    worker.join()
+    seconds = time.perf_counter() - t0
+    metrics = run_state.read_metrics(out)
+    done = max((m["round"] for m in metrics), default=0)
+    if error or done < config.rounds:
+        why = f"{error[0]}" if error else f"only {done} of {config.rounds} rounds completed"
+        raise FedimgError(f"{out}: simulation failed: {why}; logs under {ws_root / recipe.name} (server/log.txt, <site>/log.txt)")
+    summary = {
+        "rounds": done,
+        "sites": list(sites),
+        "strategy": config.strategy.name,
+        "seconds": seconds,
+        "final_validation": metrics[-1].get("validation") if metrics else None,
+        "rejected": [dict(r, round=m["round"]) for m in metrics for r in m.get("rejected", [])],
+        "global_model": str(out / "global_model.safetensors"),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _start_point(out: Path, config: FederationConfig, resume: bool) -> tuple[int, Path | None]:
+    latest = run_state.load_latest(out) if out.exists() else None
+    if not resume:
+        if latest is not None or (out / "metrics.json").exists():
+            raise InputError(out, "already holds a run; pass --resume to continue it or choose a new --out")
+        return 0, None
+    if latest is None:
+        log.info("%s holds no completed round; starting fresh", out)
+        return 0, None
+    rnd = latest[0]
+    saved = out / "run_config.json"
+    if saved.is_file():
+        prev = read_json(saved).get("federation", {})
+        for key in ("task", "strategy"):
+            if key in prev and prev[key] != config.to_dict()[key]:
+                raise ConfigError(f"{saved}: --resume with a different {key} ({prev[key]} -> {config.to_dict()[key]})")
+    if rnd >= config.rounds:
+        raise ConfigError(f"{out}: all {config.rounds} rounds are already complete; raise --rounds to train longer")
+    log.info("resuming after round %d", rnd)
+    return rnd, run_state.round_path(out, rnd)
+
+
+def _follow(out: Path, worker: threading.Thread, rounds: int, start: int, sites: list[str], progress: bool) -> None:
+    """Show rounds and sites as ``metrics.json`` grows, until the simulator thread ends."""
+    seen = start
+    bar = None
+    if progress:
+        try:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bar = Progress(TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TextColumn("{task.description}"), transient=False)
+            task_id = bar.add_task("", total=rounds, completed=start)
+            bar.start()
+        except ImportError:  # pragma: no cover - rich is a dependency
+            bar = None
+    try:
+        while worker.is_alive():
+            worker.join(timeout=1.0)
+            try:
+                metrics = run_state.read_metrics(out)
+            except FedimgError:
+                continue  # being rewritten
+            for m in metrics:
+                if m["round"] > seen:
+                    seen = m["round"]
+                    val = m.get("validation") or {}
+                    score = ", ".join(f"{k}={v:.3f}" for k, v in val.items() if isinstance(v, float))
+                    desc = f"sites {len(m.get('accepted', []))}/{len(sites)}" + (f" | {score}" if score else "")
+                    if m.get("rejected"):
+                        desc += f" | rejected {len(m['rejected'])}"
+                    if bar is not None:
+                        bar.update(task_id, completed=seen, description=desc)
+                    log.info("round %d/%d: %s", seen, rounds, desc)
+    finally:
+        if bar is not None:
+            bar.stop()

@@ -1,0 +1,104 @@
+"""Each strategy's arithmetic against a hand computation (numpy, no NVFlare)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedimg.errors import ConfigError
+from fedimg.fl.strategies import RoundAggregator, StrategyConfig
+
+U1 = np.array([1.0, 2.0, 3.0, -4.0], np.float32)
+U2 = np.array([3.0, 2.0, 1.0, 0.0], np.float32)
+U3 = np.array([-1.0, 8.0, 2.0, 4.0], np.float32)
+
+
+def _round(agg: RoundAggregator, updates, weights):
+    agg.begin_round()
+    for u, w in zip(updates, weights):
+        agg.add(u, w)
+    return agg.finish()
+
+
+def test_fedavg_weighted_mean_by_sample_count():
+    agg = RoundAggregator(StrategyConfig(name="fedavg"), size=4)
+    out = _round(agg, [U1, U2, U3], [1, 3, 4])
+    expected = (1 * U1 + 3 * U2 + 4 * U3) / 8
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert agg.count == 3 and agg.total_weight == 8
+
+
+def test_fedavg_does_not_mutate_inputs_and_resets_each_round():
+    u1, u2 = U1.copy(), U2.copy()
+    agg = RoundAggregator(StrategyConfig(name="fedavg"), size=4)
+    _round(agg, [u1, u2], [1, 1])
+    np.testing.assert_array_equal(u1, U1)
+    np.testing.assert_array_equal(u2, U2)
+    np.testing.assert_allclose(_round(agg, [U3], [5]), U3)  # nothing left over from round 1
+
+
+def test_server_lr_scales_the_step():
+    agg = RoundAggregator(StrategyConfig(name="fedavg", server_lr=0.5), size=4)
+    np.testing.assert_allclose(_round(agg, [U1, U2], [1, 1]), 0.5 * (U1 + U2) / 2)
+
+
+def test_fedprox_aggregates_like_fedavg_and_defaults_mu():
+    cfg = StrategyConfig(name="fedprox")
+    assert cfg.prox_mu == pytest.approx(0.01)
+    agg = RoundAggregator(cfg, size=4)
+    np.testing.assert_allclose(_round(agg, [U1, U2], [2, 2]), (U1 + U2) / 2)
+    with pytest.raises(ConfigError):
+        StrategyConfig(name="fedprox", prox_mu=0.0)
+
+
+@pytest.mark.parametrize("method", ["fedadam", "fedyogi"])
+def test_fedopt_two_rounds_by_hand(method):
+    lr, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
+    agg = RoundAggregator(StrategyConfig(name=method, server_lr=lr, beta1=b1, beta2=b2, tau=tau), size=4)
+    d1 = (U1 + U2) / 2
+    d2 = U3.astype(np.float64)
+    m = (1 - b1) * d1
+    v = (1 - b2) * d1**2  # Adam and Yogi agree from v = 0
+    step1 = lr * m / (np.sqrt(v) + tau)
+    np.testing.assert_allclose(_round(agg, [U1, U2], [1, 1]), step1, rtol=1e-5, atol=1e-7)
+    m2 = b1 * m + (1 - b1) * d2
+    if method == "fedadam":
+        v2 = b2 * v + (1 - b2) * d2**2
+    else:
+        v2 = v - (1 - b2) * d2**2 * np.sign(v - d2**2)
+    step2 = lr * m2 / (np.sqrt(v2) + tau)
+    np.testing.assert_allclose(_round(agg, [U3], [7]), step2, rtol=1e-5, atol=1e-7)
+    # moments survive a save/restore (resume)
+    restored = RoundAggregator(StrategyConfig(name=method, server_lr=lr, beta1=b1, beta2=b2, tau=tau), size=4)
+    restored.load_state(agg.state())
+    np.testing.assert_allclose(restored.m, m2, rtol=1e-5)
+
+
+def test_median_is_coordinatewise_and_ignores_weights():
+    agg = RoundAggregator(StrategyConfig(name="median"), size=4)
+    out = _round(agg, [U1, U2, U3], [1, 100, 1])
+    np.testing.assert_allclose(out, [1.0, 2.0, 2.0, 0.0])
+
+
+def test_trimmed_mean_cuts_each_end():
+    ups = [np.full(2, x, np.float32) for x in (-100.0, 1.0, 2.0, 3.0, 1e6)]
+    agg = RoundAggregator(StrategyConfig(name="trimmed_mean", trim_ratio=0.2), size=2)
+    np.testing.assert_allclose(_round(agg, ups, [1] * 5), [2.0, 2.0])
+
+
+def test_integer_tail_takes_the_max_in_every_strategy():
+    a = np.array([1.0, 1.0, 3.0], np.float32)  # last value: an integer buffer's difference
+    b = np.array([3.0, 3.0, 5.0], np.float32)
+    for name in ("fedavg", "median"):
+        agg = RoundAggregator(StrategyConfig(name=name), size=3, float_size=2)
+        out = _round(agg, [a, b], [1, 1])
+        np.testing.assert_allclose(out, [2.0, 2.0, 5.0])
+
+
+def test_bad_configs_are_refused():
+    for kw in ({"name": "fedsgd"}, {"server_lr": 0}, {"beta1": 1.0}, {"trim_ratio": 0.5}, {"tau": 0}):
+        with pytest.raises(ConfigError):
+            StrategyConfig(**kw)
+    assert StrategyConfig(name="trimmed-mean").name == "trimmed_mean"
+    with pytest.raises(ValueError):
+        RoundAggregator(StrategyConfig(), size=3).finish()
