@@ -12,7 +12,25 @@ never modified.
 array([0., 2., 4., 6.], dtype=float32)
 """
 
+from ._backend import BACKENDS
 from .aggregate import MODES, WeightedAccumulator, fedavg
+from .fedopt import METHODS, fedopt_step
 from .layout import Layout, pack, unpack
+from .robust import all_finite, clip_by_norm, coordinate_median, l2_norms, trimmed_mean
 
-__all__ = ["fedavg", "WeightedAccumulator", "MODES", "Layout", "pack", "unpack"]
+__all__ = [
+    "BACKENDS",
+    "fedavg",
+    "WeightedAccumulator",
+    "MODES",
+    "Layout",
+    "pack",
+    "unpack",
+    "fedopt_step",
+    "METHODS",
+    "coordinate_median",
+    "trimmed_mean",
+    "l2_norms",
+    "clip_by_norm",
+    "all_finite",
+]

@@ -52,48 +52,54 @@ def _wsum_k(us, K, ws, out, accumulate, lut):  # pragma: no cover - numba
     for c in prange((n + CH - 1) // CH):
         s = c * CH
         e = min(s + CH, n)
+        o = out[s:e]  # chunk views: LLVM vectorises the unit-stride loops
         k0 = 0
         if not accumulate:
-            u = us[0]
+            u = us[0][s:e]
             w = ws[0]
-            for i in range(s, e):
-                out[i] = w * _ld(u, i, lut)
+            for i in range(e - s):
+                o[i] = w * _ld(u, i, lut)
             k0 = 1
         for k in range(k0, K):
-            u = us[k]
+            u = us[k][s:e]
             w = ws[k]
-            for i in range(s, e):
-                out[i] += w * _ld(u, i, lut)
+            for i in range(e - s):
+                o[i] += w * _ld(u, i, lut)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _fedopt_k(p, g, m, v, method, lr, b1, b2, tau, po, mo, vo):  # pragma: no cover - numba
+def _fedopt_k(p, g, m, v, method, lr, b1, omb1, b2, omb2, tau, po, mo, vo):  # pragma: no cover - numba
     n = p.size
     for c in prange((n + CH - 1) // CH):
         s = c * CH
         e = min(s + CH, n)
-        for i in range(s, e):
-            gi = g[i]
-            if method == 3:
-                mi = b1 * m[i] + gi
-                mo[i] = mi
-                vo[i] = v[i]
-                po[i] = p[i] + lr * mi
-                continue
-            mi = b1 * m[i] + (1 - b1) * gi
+        pc, gc, mc, vc = p[s:e], g[s:e], m[s:e], v[s:e]
+        poc, moc, voc = po[s:e], mo[s:e], vo[s:e]
+        if method == 3:
+            for i in range(e - s):
+                mi = b1 * mc[i] + gc[i]
+                moc[i] = mi
+                voc[i] = vc[i]
+                poc[i] = pc[i] + lr * mi
+            continue
+        for i in range(e - s):
+            gi = gc[i]
+            mi = b1 * mc[i] + omb1 * gi
             g2 = gi * gi
-            vi = v[i]
+            vi = vc[i]
             if method == 0:
-                vi = b2 * vi + (1 - b2) * g2
+                vi = b2 * vi + omb2 * g2
             elif method == 1:
                 d = vi - g2
-                sg = (d > 0) - (d < 0)
-                vi = vi - (1 - b2) * g2 * sg
+                if d > 0:
+                    vi = vi - omb2 * g2
+                elif d < 0:
+                    vi = vi + omb2 * g2
             else:
                 vi = vi + g2
-            mo[i] = mi
-            vo[i] = vi
-            po[i] = p[i] + lr * mi / (math.sqrt(vi) + tau)
+            moc[i] = mi
+            voc[i] = vi
+            poc[i] = pc[i] + lr * mi / (math.sqrt(vi) + tau)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -127,8 +133,9 @@ def _sumsq_k(u, lut):  # pragma: no cover - numba
         s = c * CH
         e = min(s + CH, n)
         acc = 0.0
-        for i in range(s, e):
-            x = np.float64(_ld(u, i, lut))
+        v = u[s:e]
+        for i in range(e - s):
+            x = np.float64(_ld(v, i, lut))
             acc += x * x
         parts[c] = acc
     return parts.sum()
@@ -140,8 +147,10 @@ def _scale_k(u, f, out, lut):  # pragma: no cover - numba
     for c in prange((n + CH - 1) // CH):
         s = c * CH
         e = min(s + CH, n)
-        for i in range(s, e):
-            out[i] = f * _ld(u, i, lut)
+        o = out[s:e]
+        v = u[s:e]
+        for i in range(e - s):
+            o[i] = f * _ld(v, i, lut)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -153,8 +162,9 @@ def _nonfinite_k(u, lut):  # pragma: no cover - numba
         s = c * CH
         e = min(s + CH, n)
         cnt = 0
-        for i in range(s, e):
-            if not math.isfinite(_ld(u, i, lut)):
+        v = u[s:e]
+        for i in range(e - s):
+            if not math.isfinite(_ld(v, i, lut)):
                 cnt += 1
         bad[c] = cnt
     return bad.sum()
@@ -194,7 +204,7 @@ def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float)
     p, g, m, v = (_ref.as_float(a, dt) for a in (p, g, m, v))
     po, mo, vo = np.empty_like(p), np.empty_like(p), np.empty_like(p)
     c = dt.type
-    _fedopt_k(p, g, m, v, method, c(lr), c(b1), c(b2), c(tau), po, mo, vo)
+    _fedopt_k(p, g, m, v, method, c(lr), c(b1), c(1) - c(b1), c(b2), c(1) - c(b2), c(tau), po, mo, vo)
     return po, mo, vo
 
 
