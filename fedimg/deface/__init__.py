@@ -1,0 +1,19 @@
+"""Defacing of head MRI: template registration (PyTorch, mutual information), face removal, QC.
+
+Modules: :mod:`.register` (batched multi-start affine MI registration), :mod:`.template`
+(package assets), :mod:`.masks` (warping and removal), :mod:`.core` (in-memory defacing),
+:mod:`.qc` (checks, picture), :mod:`.volume` / :mod:`.nrrd` (I/O), :mod:`.pipeline`
+(files + provenance), :mod:`.batch` (BIDS / BraTS trees). The CLI is ``fedimg deface``; the
+MONAI transforms are :mod:`fedimg.transforms.deface`.
+
+>>> from fedimg.deface import DefaceConfig
+>>> DefaceConfig(mode="blur").mode
+'blur'
+"""
+
+from .core import DefaceConfig, FaceRemoval, face_removal
+from .pipeline import DefaceJob, deface_job
+from .register import Registration, RegistrationConfig, register
+
+__all__ = ["DefaceConfig", "FaceRemoval", "face_removal", "DefaceJob", "deface_job",
+           "Registration", "RegistrationConfig", "register"]

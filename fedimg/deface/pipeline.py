@@ -1,0 +1,177 @@
+"""Deface files: one reference scan, optional co-registered scans (``--apply-to``) and labels.
+
+For each output the defacer writes the image (input shape, affine, dtype, scaling and
+orientation; NIfTI ``descrip`` from :func:`fedimg.provenance.defaced_descrip`), the
+provenance sidecar :func:`fedimg.provenance.sidecar_path` and, per reference, a QC JSON
+and QC PNG next to the reference output. A failed QC writes only the QC files (for review)
+and raises :class:`fedimg.errors.QCError`; inputs are never modified.
+
+>>> plan = DefaceJob(reference=Path("t1.nii.gz"), output=Path("out/t1.nii.gz"))
+>>> qc_paths(plan.output)[0].name
+'t1.qc.json'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedimg import __version__
+from fedimg.errors import InputError, QCError
+from fedimg.io import ensure_not_input, sha256_file, write_json
+from fedimg.provenance import defaced_descrip, sidecar_path, stem
+
+from .core import DefaceConfig, face_removal
+from .masks import apply_removal
+from .qc import evaluate_qc, render_qc_png
+from .volume import Volume, load_volume, save_like, to_canonical
+
+__all__ = ["DefaceJob", "deface_job", "qc_paths"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DefaceJob:
+    """One registration: ``reference`` → ``output``; ``apply_to`` (input, output) pairs share it.
+
+    ``protect``: label images on the reference grid whose non-zero voxels are never removed.
+    ``copy``: (input, output) pairs copied byte for byte (e.g. segmentation labels).
+    """
+
+    reference: Path
+    output: Path
+    apply_to: tuple[tuple[Path, Path], ...] = ()
+    protect: tuple[Path, ...] = ()
+    copy: tuple[tuple[Path, Path], ...] = ()
+    png: bool = True
+
+    def inputs(self) -> list[Path]:
+        return [self.reference, *(a for a, _ in self.apply_to), *self.protect, *(a for a, _ in self.copy)]
+
+    def outputs(self) -> list[Path]:
+        return [self.output, *(b for _, b in self.apply_to), *(b for _, b in self.copy)]
+
+
+def qc_paths(output: Path) -> tuple[Path, Path]:
+    """QC JSON and PNG paths for a reference output."""
+    return output.with_name(f"{stem(output)}.qc.json"), output.with_name(f"{stem(output)}.qc.png")
+
+
+def _same_grid(ref: Volume, other: Volume) -> None:
+    if other.shape != ref.shape:
+        raise InputError(other.path, f"shape {other.shape} differs from {ref.path.name} {ref.shape}; "
+                                     "--apply-to/--protect images must be on the reference grid (resample them first)")
+    if not np.allclose(other.affine, ref.affine, atol=1e-3):
+        raise InputError(other.path, f"affine differs from {ref.path.name}; --apply-to/--protect images must be "
+                                     "co-registered on the reference grid (resample them first)")
+
+
+def _check_paths(job: DefaceJob) -> None:
+    outs = job.outputs()
+    for out in outs:
+        ensure_not_input(out, *job.inputs())
+    resolved = [p.resolve() for p in outs]
+    if len(set(resolved)) != len(resolved):
+        raise InputError(outs[0], "two outputs share one path; give each input its own output")
+    extras = [sidecar_path(o).resolve() for o in outs] + [p.resolve() for p in qc_paths(job.output)]
+    for inp in job.inputs():
+        if inp.resolve() in extras:
+            raise InputError(inp, "would be overwritten by a sidecar or QC file; choose another output folder")
+
+
+def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=None) -> dict:
+    """Run one job; returns the QC record. Raises ``InputError`` (bad input) or ``QCError`` (QC failed)."""
+    config = config or DefaceConfig()
+    t0 = time.perf_counter()
+    _check_paths(job)
+    ref = load_volume(job.reference, what="reference image")
+    others = [load_volume(a, what="--apply-to image") for a, _ in job.apply_to]
+    labels = [load_volume(p, what="--protect label", require_signal=False) for p in job.protect]
+    for vol in (*others, *labels):
+        _same_grid(ref, vol)
+    for src, _ in job.copy:
+        if not src.is_file():
+            raise InputError(src, "does not exist; check the path")
+    protect = None
+    for lab in labels:
+        protect = (lab.raw != 0) if protect is None else (protect | (lab.raw != 0))
+    scaled = ref.scaled()
+    removal = face_removal(scaled, ref.affine, protect=protect, config=config, device=device)
+    spacing = ref.spacing
+    outputs = [(ref, job.output)] + list(zip(others, (b for _, b in job.apply_to)))
+    new_raw = []
+    changed_protected = 0
+    for vol, _ in outputs:
+        zero = _raw_zero(vol)
+        out = apply_removal(vol.raw, removal.remove, mode=config.mode, zero_value=zero, spacing=spacing, blur_mm=config.blur_mm)
+        changed_protected += int(((out != vol.raw) & removal.protected).sum())
+        if protect is not None:
+            changed_protected += int(((out != vol.raw) & protect).sum())
+        new_raw.append(out)
+    voxel_ml = float(abs(np.linalg.det(ref.affine[:3, :3]))) / 1000.0
+    metrics = dict(removal.metrics, protected_changed_ml=changed_protected * voxel_ml)
+    record = evaluate_qc(metrics, config.qc)
+    record.update({
+        "reference": str(job.reference), "output": str(job.output),
+        "apply_to": [str(b) for _, b in job.apply_to], "protect": [str(p) for p in job.protect],
+        "mode": config.mode, "tool": "fedimg", "version": __version__,
+        "subject_to_template": removal.registration.subject_to_template.tolist(),
+    })
+    qc_json, qc_png = qc_paths(job.output)
+    if job.png:
+        _write_png(qc_png, ref, scaled, new_raw[0], removal, record)
+        record["qc_png"] = str(qc_png)
+    if not record["passed"]:
+        record["seconds"] = time.perf_counter() - t0
+        write_json(qc_json, record)
+        raise QCError(f"{job.reference}: defacing QC failed ({'; '.join(record['failures'])}); "
+                      f"nothing written except {qc_json.name}; inspect {qc_png.name}")
+    descrip = defaced_descrip(__version__)
+    summary = {k: record[k] for k in ("passed", "mutual_information", "agreement_mm", "removed_ml",
+                                      "protected_changed_ml", "brain_in_head")}
+    for (vol, target), raw in zip(outputs, new_raw):
+        save_like(vol, raw, target, descrip=descrip)
+        write_json(sidecar_path(target), {
+            "defaced": True, "tool": "fedimg", "version": __version__, "method": "mi-affine-template-facemask",
+            "mode": config.mode, "source": vol.path.name, "source_sha256": sha256_file(vol.path),
+            "reference": job.reference.name, "qc": summary, "qc_report": qc_json.name,
+        })
+    for src, dst in job.copy:
+        from fedimg.io import write_bytes
+
+        write_bytes(dst, src.read_bytes())
+    record["seconds"] = time.perf_counter() - t0
+    write_json(qc_json, record)
+    log.info("%s: removed %.0f mL, MI %.3f, %.1f s -> %s", job.reference.name, record["removed_ml"],
+             record["mutual_information"], record["seconds"], job.output)
+    return record
+
+
+def _raw_zero(vol: Volume):
+    """The stored value that reads as 0 after scaling (clipped to the dtype)."""
+    value = 0.0 if vol.slope == 0 else -vol.inter / vol.slope
+    if np.issubdtype(vol.raw.dtype, np.integer):
+        info = np.iinfo(vol.raw.dtype)
+        return vol.raw.dtype.type(np.clip(np.rint(value), info.min, info.max))
+    return vol.raw.dtype.type(value)
+
+
+def _write_png(path: Path, ref: Volume, before_scaled: np.ndarray, after_raw: np.ndarray, removal, record) -> None:
+    try:
+        before, aff = to_canonical(before_scaled, ref.affine)
+        after_vol = dataclasses.replace(ref, raw=after_raw)
+        after, _ = to_canonical(after_vol.scaled(), ref.affine)
+        rem, _ = to_canonical(removal.remove, ref.affine)
+        prot, _ = to_canonical(removal.protected, ref.affine)
+        spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+        status = "PASSED" if record["passed"] else "FAILED: " + "; ".join(record["failures"])
+        title = (f"{ref.path.name}  removed {record['removed_ml']:.0f} mL  MI {record['mutual_information']:.3f}  "
+                 f"agreement {record['agreement_mm']:.1f} mm  {status}")
+        render_qc_png(path, before, after, rem, prot, spacing, title)
+    except Exception:  # the picture is a convenience; its failure must not hide the QC result
+        log.warning("%s: QC picture could not be drawn", path, exc_info=True)

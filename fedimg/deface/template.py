@@ -1,0 +1,64 @@
+"""The pydeface head template, its face mask and fedimg's brain-protection mask (package data).
+
+All three share one grid (176x256x256, 1 mm, RAS). Arrays are loaded once per process.
+
+>>> t = load_template()          # doctest: +SKIP
+>>> t.intensity.shape, t.face.dtype, t.brain.dtype    # doctest: +SKIP
+((176, 256, 256), dtype('float32'), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from fedimg.errors import FedimgError
+
+__all__ = ["Template", "load_template", "asset_path", "TEMPLATE_NAME", "FACEMASK_NAME", "BRAIN_PROTECT_NAME"]
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_NAME = "mean_reg2mean.nii.gz"
+FACEMASK_NAME = "facemask.nii.gz"
+BRAIN_PROTECT_NAME = "brain_protect.nii.gz"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Template:
+    """Template intensities, face-removal map (1 = face) and brain-protection map, one grid."""
+
+    intensity: np.ndarray  # float32
+    face: np.ndarray  # float32, 1 inside the region pydeface removes
+    brain: np.ndarray  # float32, 1 inside the protected brain (with margin)
+    affine: np.ndarray  # (4, 4) voxel -> world (mm, RAS)
+
+
+def asset_path(name: str) -> Path:
+    """Path of a file in ``fedimg/assets`` (works for editable and wheel installs)."""
+    path = Path(str(importlib.resources.files("fedimg") / "assets" / name))
+    if not path.is_file():
+        raise FedimgError(f"fedimg asset {name} is missing from {path.parent}; reinstall fedimg")
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def load_template(brain_protect: str | None = None) -> Template:
+    """Load the template trio (cached). ``brain_protect`` overrides the shipped mask path."""
+    import nibabel as nib
+
+    img = nib.load(str(asset_path(TEMPLATE_NAME)))
+    face_img = nib.load(str(asset_path(FACEMASK_NAME)))
+    brain_img = nib.load(brain_protect or str(asset_path(BRAIN_PROTECT_NAME)))
+    for other in (face_img, brain_img):
+        if other.shape != img.shape or not np.allclose(other.affine, img.affine, atol=1e-4):
+            raise FedimgError(f"{other.get_filename()}: not on the template grid; rebuild it with scripts/build_brain_protect.py")
+    intensity = np.asarray(img.get_fdata(dtype=np.float32))
+    face = (np.asarray(face_img.dataobj) < 0.5).astype(np.float32)  # facemask: 0 = face region
+    brain = (np.asarray(brain_img.dataobj) > 0).astype(np.float32)
+    log.debug("template loaded: %s, face %.0f mL, brain-protect %.0f mL", img.shape, face.sum() / 1e3, brain.sum() / 1e3)
+    return Template(intensity=intensity, face=face, brain=brain, affine=np.asarray(img.affine, dtype=np.float64))
