@@ -90,9 +90,8 @@ def to_native(x: Any, backend: str) -> Any:
             import torch
 
             t = x.detach().reshape(-1).contiguous()
-            if t.dtype == torch.bfloat16:
-                t = t.view(torch.int16)
-                return cuda.as_cuda_array(t).view(np.uint16)
+            if t.dtype == torch.bfloat16:  # numba has no bfloat16: widen on the device
+                t = t.float()
             return cuda.as_cuda_array(t)
         if kind == "cupy":
             return cuda.as_cuda_array(x.reshape(-1))

@@ -1,0 +1,245 @@
+"""numba CUDA backend: grid-stride kernels on numba device arrays.
+
+Used for numba device arrays, and for torch CUDA tensors when CuPy is missing (zero-copy
+through ``__cuda_array_interface__``). The K updates travel as a tuple padded to a power of
+two (<= 64 per launch, more are folded in groups), so few specialisations compile. float16
+is read natively and accumulated in float32; bfloat16 tensors are widened to float32 on the
+device before they get here (numba has no bfloat16). Runs on the CPU under
+``NUMBA_ENABLE_CUDASIM=1`` (the CI parity tests do that with tiny arrays).
+
+Example (needs a GPU or the simulator)::
+
+    from numba import cuda
+    out = cuda.device_array(5, np.float32)
+    wsum([cuda.to_device(np.ones(5, np.float32))], np.array([2.0]), out, False)
+    out.copy_to_host()  # array([2., 2., 2., 2., 2.], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import _ref
+from ._backend import warn_once
+
+__all__ = ["wsum", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail"]
+
+TPB = 256
+MAX_TUPLE = 64
+MAX_BLOCKS = 4096
+
+
+def _grid(n: int) -> int:
+    return max(1, min((n + TPB - 1) // TPB, MAX_BLOCKS))
+
+
+@cuda.jit
+def _wsum_k(us, K, ws, out, accumulate):  # pragma: no cover - device code
+    # ws has K+1 entries, ws[K] == 0: a zero of the output's dtype
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    n = out.size
+    while i < n:
+        acc = ws[K]
+        if accumulate:
+            acc = out[i]
+        for k in range(K):
+            acc += ws[k] * us[k][i]
+        out[i] = acc
+        i += stride
+
+
+@cuda.jit
+def _fedopt_k(p, g, m, v, method, lr, b1, omb1, b2, omb2, tau, po, mo, vo):  # pragma: no cover
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    n = p.size
+    while i < n:
+        gi = g[i]
+        if method == 3:
+            mi = b1 * m[i] + gi
+            mo[i] = mi
+            vo[i] = v[i]
+            po[i] = p[i] + lr * mi
+        else:
+            mi = b1 * m[i] + omb1 * gi
+            g2 = gi * gi
+            vi = v[i]
+            if method == 0:
+                vi = b2 * vi + omb2 * g2
+            elif method == 1:
+                d = vi - g2
+                if d > 0:
+                    vi = vi - omb2 * g2
+                elif d < 0:
+                    vi = vi + omb2 * g2
+            else:
+                vi = vi + g2
+            mo[i] = mi
+            vo[i] = vi
+            po[i] = p[i] + lr * mi / (math.sqrt(vi) + tau)
+        i += stride
+
+
+@cuda.jit
+def _robust_k(us, K, k_trim, out):  # pragma: no cover - device code
+    buf = cuda.local.array(64, np.float64)
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    n = out.size
+    while i < n:
+        for k in range(K):
+            x = np.float64(us[k][i])
+            j = k - 1
+            while j >= 0 and buf[j] > x:
+                buf[j + 1] = buf[j]
+                j -= 1
+            buf[j + 1] = x
+        acc = 0.0
+        for k in range(k_trim, K - k_trim):
+            acc += buf[k]
+        out[i] = acc / (K - 2 * k_trim)
+        i += stride
+
+
+@cuda.jit
+def _sumsq_k(u, res):  # pragma: no cover - device code
+    sm = cuda.shared.array(256, np.float64)
+    t = cuda.threadIdx.x
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    acc = 0.0
+    while i < u.size:
+        x = np.float64(u[i])
+        acc += x * x
+        i += stride
+    sm[t] = acc
+    cuda.syncthreads()
+    s = cuda.blockDim.x // 2
+    while s > 0:
+        if t < s:
+            sm[t] += sm[t + s]
+        cuda.syncthreads()
+        s //= 2
+    if t == 0:
+        cuda.atomic.add(res, 0, sm[0])
+
+
+@cuda.jit
+def _scale_k(u, f, out):  # pragma: no cover - device code
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < out.size:
+        out[i] = f * u[i]
+        i += stride
+
+
+@cuda.jit
+def _nonfinite_k(u, flag):  # pragma: no cover - device code
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < u.size:
+        d = u[i] - u[i]  # 0 for finite values, NaN for NaN and +-Inf
+        if d != d:
+            flag[0] = 1
+        i += stride
+
+
+@cuda.jit
+def _fill_k(out, val):  # pragma: no cover - device code
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < out.size:
+        out[i] = val[0]
+        i += stride
+
+
+def _dev(u):
+    """A numba device array numba can compute on (bfloat16 bits widened to float32)."""
+    if isinstance(u, np.ndarray):
+        return cuda.to_device(_ref.as_float(np.asarray(u)) if u.dtype == np.uint16 else u)
+    if u.dtype == np.uint16:
+        return cuda.to_device(_ref.as_float(u.copy_to_host()))
+    return u
+
+
+def _padded(arrs):
+    k = len(arrs)
+    t = 1 << max(0, (k - 1).bit_length())
+    return tuple(arrs) + (arrs[0],) * (t - k), k
+
+
+def empty(n: int, dt, like=None):
+    return cuda.device_array(n, dtype=np.dtype(dt))
+
+
+def zeros(n: int, dt, like=None):
+    out = empty(n, dt)
+    _fill_k[_grid(n), TPB](out, cuda.to_device(np.zeros(1, np.dtype(dt))))
+    return out
+
+
+def wsum(us, ws, out, accumulate: bool) -> None:
+    ws = np.asarray(ws, dtype=out.dtype)
+    us = [_dev(u) for u in us]
+    for s in range(0, len(us), MAX_TUPLE):
+        chunk = us[s : s + MAX_TUPLE]
+        tup, k = _padded(chunk)
+        w = cuda.to_device(np.concatenate([ws[s : s + k], np.zeros(1, out.dtype)]))
+        _wsum_k[_grid(out.size), TPB](tup, k, w, out, accumulate or s > 0)
+
+
+def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float):
+    p, g, m, v = (_dev(a) for a in (p, g, m, v))
+    dt = np.dtype(np.float64) if np.float64 in (p.dtype, g.dtype, m.dtype, v.dtype) else np.dtype(np.float32)
+    if any(a.dtype != dt for a in (p, g, m, v)):  # mixed dtypes: widen on the host (rare, once per round)
+        p, g, m, v = (cuda.to_device(_ref.as_float(a.copy_to_host(), dt)) for a in (p, g, m, v))
+    n = p.size
+    po, mo, vo = empty(n, dt), empty(n, dt), empty(n, dt)
+    c = dt.type
+    _fedopt_k[_grid(n), TPB](p, g, m, v, method, c(lr), c(b1), c(1) - c(b1), c(b2), c(1) - c(b2), c(tau), po, mo, vo)
+    return po, mo, vo
+
+
+def robust(us, k_trim: int, dt=np.float32):
+    if len(us) > MAX_TUPLE:
+        warn_once("cuda:robust", "fedimg.kernels: robust stats over %d > %d updates run on the host", len(us), MAX_TUPLE)
+        return cuda.to_device(_ref.robust([host(u) for u in us], k_trim, dt))
+    us = [_dev(u) for u in us]
+    tup, k = _padded(us)
+    out = empty(us[0].size, dt)
+    _robust_k[_grid(out.size), TPB](tup, k, int(k_trim), out)
+    return out
+
+
+def sumsq(u) -> float:
+    u = _dev(u)
+    res = cuda.to_device(np.zeros(1, np.float64))
+    _sumsq_k[_grid(u.size), TPB](u, res)
+    return float(res.copy_to_host()[0])
+
+
+def scale(u, factor: float, dt=np.float32):
+    u = _dev(u)
+    out = empty(u.size, dt)
+    _scale_k[_grid(u.size), TPB](u, np.dtype(dt).type(factor), out)
+    return out
+
+
+def all_finite(u) -> bool:
+    u = _dev(u)
+    flag = cuda.to_device(np.zeros(1, np.int32))
+    _nonfinite_k[_grid(u.size), TPB](u, flag)
+    return int(flag.copy_to_host()[0]) == 0
+
+
+def host(x) -> np.ndarray:
+    arr = x.copy_to_host() if hasattr(x, "copy_to_host") else np.asarray(x)
+    return _ref.as_float(arr) if arr.dtype == np.uint16 else arr
+
+
+def set_tail(res, start: int, values) -> None:
+    res[start:].copy_to_device(np.ascontiguousarray(values, dtype=res.dtype))

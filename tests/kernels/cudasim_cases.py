@@ -1,0 +1,112 @@
+"""numba CUDA kernels under the CUDA simulator (run by test_kernels_cudasim.py in a subprocess
+with NUMBA_ENABLE_CUDASIM=1; the simulator is slow, so every case is tiny).
+
+Not collected by the main test run (the file name does not start with ``test_``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fedimg.kernels import (
+    METHODS,
+    WeightedAccumulator,
+    all_finite,
+    clip_by_norm,
+    coordinate_median,
+    fedavg,
+    fedopt_step,
+    l2_norms,
+    pack,
+    trimmed_mean,
+)
+
+pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="needs the CUDA simulator")
+BE = "numba_cuda"
+N = 300  # > one 256-thread block, not a multiple of it
+
+
+def _us(k, n=N, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(n).astype(dtype) for _ in range(k)]
+
+
+def _mean64(us, w):
+    w = np.asarray(w, np.float64)
+    return sum(a * u.astype(np.float64) for a, u in zip(w, us)) / w.sum()
+
+
+def test_simulator_is_active():
+    from numba import cuda
+
+    assert cuda.is_available() and type(cuda.to_device(np.zeros(1))).__module__.startswith("numba.cuda.simulator")
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("mode", ["fused", "blocked"])
+def test_fedavg(k, mode):
+    us = _us(k)
+    w = np.arange(1, k + 1, dtype=np.float64)
+    got = fedavg(us, w, mode=mode, block=2, backend=BE)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_allclose(got, _mean64(us, w), rtol=2e-5, atol=2e-6)
+
+
+def test_fedavg_zero_weight_half_and_bf16_and_layout():
+    us = _us(3, dtype=np.float16)
+    us[1][:] = np.nan
+    got = fedavg(us, [1, 0, 3], backend=BE)
+    np.testing.assert_allclose(got, _mean64([us[0], us[2]], [1, 3]), rtol=1e-5, atol=1e-6)
+    bf = [torch.from_numpy(u).to(torch.bfloat16) for u in _us(2)]
+    got = fedavg(bf, [1, 1], backend=BE)
+    np.testing.assert_allclose(got.numpy(), _mean64([t.float().numpy() for t in bf], [1, 1]), rtol=1e-6)
+    sds = [{"w": u, "n": np.array([s], np.int64)} for u, s in zip(_us(2, n=40), (5, 9))]
+    flats = [pack(sd)[0] for sd in sds]
+    layout = pack(sds[0])[1]
+    got = fedavg(flats, [1, 1], layout=layout, backend=BE)
+    assert got[-1] == 9.0
+
+
+def test_accumulator():
+    us = _us(3)
+    acc = WeightedAccumulator(N, backend=BE, block=2)
+    for u, w in zip(us, (1.0, 2.0, 0.5)):
+        acc.add(u, w)
+    np.testing.assert_allclose(acc.result(), _mean64(us, (1.0, 2.0, 0.5)), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_fedopt(method):
+    p, g, m, v = _us(4)
+    v = np.abs(v)
+    got = fedopt_step(p, g, m, v, method=method, lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3, backend=BE)
+    want = fedopt_step(p, g, m, v, method=method, lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3, backend="numpy")
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("k", [1, 4, 5])
+def test_robust(k):
+    us = _us(k, n=100)
+    np.testing.assert_allclose(coordinate_median(us, backend=BE), np.median(np.stack(us), axis=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        trimmed_mean(us, 0.2, backend=BE), trimmed_mean(us, 0.2, backend="numpy"), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_norms_clip_finite():
+    us = _us(2)
+    np.testing.assert_allclose(l2_norms(us, backend=BE), [np.linalg.norm(u.astype(np.float64)) for u in us], rtol=1e-9)
+    c = clip_by_norm(us[0], 1.0, backend=BE)
+    assert np.linalg.norm(c.astype(np.float64)) == pytest.approx(1.0, rel=1e-5)
+    assert all_finite(us[0], backend=BE)
+    bad = us[1].copy()
+    bad[N - 1] = np.inf
+    assert not all_finite(bad, backend=BE)
+    h = us[1].astype(np.float16)
+    h[3] = np.nan
+    assert not all_finite(h, backend=BE)
