@@ -57,7 +57,7 @@ def optional(name: str) -> Any | None:
     try:
         mod = importlib.import_module(name)
     except Exception as exc:  # ImportError, or a CUDA library that fails to load
-        warn_once(f"import:{name}", "fedimg.kernels: %s unavailable (%s); falling back", name, exc)
+        log.debug("fedimg.kernels: %s unavailable (%s)", name, exc)
         mod = None
     _modules[name] = mod
     return mod

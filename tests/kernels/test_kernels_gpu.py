@@ -1,0 +1,124 @@
+"""GPU parity: torch CUDA tensors and CuPy arrays through every device backend vs numpy.
+
+Marked ``gpu`` (skipped without CUDA); the CuPy cases also skip when CuPy is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from fedimg.kernels import (
+    METHODS,
+    WeightedAccumulator,
+    all_finite,
+    clip_by_norm,
+    coordinate_median,
+    fedavg,
+    fedopt_step,
+    l2_norms,
+    pack,
+    trimmed_mean,
+)
+
+pytestmark = pytest.mark.gpu
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
+DEVICE_BACKENDS = ["numba_cuda", "torch"] + (["cupy"] if HAS_CUPY else [])
+N = 1_000_003  # not a multiple of any block size
+
+
+def _us(k, dtype=torch.float32, n=N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g).to(dtype) for _ in range(k)]
+
+
+def _cuda(ts):
+    return [t.cuda() for t in ts]
+
+
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("k", [1, 5, 16, 70])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+def test_fedavg_device_matches_numpy(backend, k, dtype):
+    host = _us(k, getattr(torch, dtype), n=N if k <= 16 else 10_001)
+    w = np.random.default_rng(k).uniform(0, 5, k)
+    w[0] = 0.0 if k > 1 else 1.0
+    dev = _cuda(host)
+    before = [t.clone() for t in dev]
+    got = fedavg(dev, w, backend=backend)
+    assert got.is_cuda and got.dtype == (torch.float64 if dtype == "float64" else torch.float32)
+    want = fedavg(host, w, backend="numpy")
+    np.testing.assert_allclose(got.cpu().numpy(), want.numpy(), rtol=3e-5, atol=3e-6)
+    for a, b in zip(dev, before):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
+def test_accumulator_on_device(backend):
+    us = _us(6)
+    acc = WeightedAccumulator(N, device="cuda", backend=backend, block=4)
+    for i, u in enumerate(us):
+        acc.add(u.cuda() if i % 2 else u.numpy(), float(i + 1))  # host and device updates
+    got = acc.result()
+    assert got.is_cuda
+    want = fedavg(us, np.arange(1, 7), backend="numpy")
+    np.testing.assert_allclose(got.cpu().numpy(), want.numpy(), rtol=3e-5, atol=3e-6)
+
+
+def test_accumulator_layout_tail_on_device():
+    sds = [{"w": torch.randn(1000), "n": torch.tensor(s)} for s in (4, 11, 2)]
+    layout = pack(sds[0])[1]
+    acc = WeightedAccumulator(layout.size, device="cuda", layout=layout)
+    for sd in sds:
+        acc.add(torch.from_numpy(pack(sd)[0]).cuda(), 1.0)
+    assert float(acc.result()[-1]) == 11.0
+
+
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_fedopt_device(backend, method):
+    p, g, m, v = _us(4)
+    v = v.abs()
+    got = fedopt_step(*_cuda([p, g, m, v]), method=method, lr=0.05, tau=1e-3, backend=backend)
+    want = fedopt_step(p, g, m, v, method=method, lr=0.05, tau=1e-3, backend="numpy")
+    for a, b in zip(got, want):
+        assert a.is_cuda
+        np.testing.assert_allclose(a.cpu().numpy(), b.numpy(), rtol=3e-5, atol=3e-6)
+
+
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_robust_device(backend, dtype):
+    host = _us(7, getattr(torch, dtype), n=100_003)
+    dev = _cuda(host)
+    np.testing.assert_allclose(
+        coordinate_median(dev, backend=backend).cpu().numpy(),
+        coordinate_median(host, backend="numpy").numpy(), rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        trimmed_mean(dev, 0.3, backend=backend).cpu().numpy(),
+        trimmed_mean(host, 0.3, backend="numpy").numpy(), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(l2_norms(dev, backend=backend), l2_norms(host, backend="numpy"), rtol=1e-9)
+    c = clip_by_norm(dev[0], 3.0, backend=backend)
+    assert c.is_cuda and float(torch.linalg.vector_norm(c.double())) == pytest.approx(3.0, rel=1e-5)
+    assert all_finite(dev[0], backend=backend)
+    bad = dev[1].clone()
+    bad[-1] = float("nan")
+    assert not all_finite(bad, backend=backend)
+
+
+@pytest.mark.skipif(not HAS_CUPY, reason="CuPy not installed")
+def test_cupy_arrays_stay_cupy():
+    import cupy
+
+    us = [cupy.asarray(u.numpy()) for u in _us(3)]
+    got = fedavg(us, [1, 2, 3])
+    assert isinstance(got, cupy.ndarray)
+    want = fedavg([cupy.asnumpy(u) for u in us], [1, 2, 3], backend="numpy")
+    np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=3e-5, atol=3e-6)
+    p2, _, _ = fedopt_step(us[0], us[1], None, None, method="adam", lr=0.1)
+    assert isinstance(p2, cupy.ndarray)
