@@ -197,4 +197,14 @@ def export_job(recipe: Any, out: str | Path) -> Path:
         if out.exists():
             shutil.rmtree(out)
         produced.rename(out)
+    # The script is copied into each app's custom/ folder; refer to it there, not by this machine's path.
+    import json
+
+    for cfg in out.glob("app_*/config/config_fed_client.json"):
+        doc = json.loads(cfg.read_text())
+        for ex in doc.get("executors", []):
+            args = ex.get("executor", {}).get("args", {})
+            if "task_script_path" in args:
+                args["task_script_path"] = Path(args["task_script_path"]).name
+        cfg.write_text(json.dumps(doc, indent=4))
     return out

@@ -1,0 +1,82 @@
+"""Command-line options shared by ``fedimg simulate / poc / export-job / study``.
+
+>>> import argparse
+>>> p = argparse.ArgumentParser(); add_federation_arguments(p)
+>>> cfg = federation_config_from_args(p.parse_args(["--task", "toy", "--rounds", "3"]))
+>>> cfg.rounds, cfg.strategy.name
+(3, 'fedavg')
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fedimg.fl.job import FederationConfig
+from fedimg.fl.strategies import STRATEGIES, StrategyConfig
+
+__all__ = ["add_federation_arguments", "federation_config_from_args", "train_overrides"]
+
+_TRAIN_FIELDS = {"model": "model", "roi": "roi", "batch_size": "batch_size", "lr": "lr", "init_filters": "init_filters",
+                 "val_fraction": "val_fraction", "amp": "amp", "seed": "seed", "device": "device"}
+
+
+def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, local_epochs: int = 2) -> None:
+    g = p.add_argument_group("federation")
+    g.add_argument("--task", choices=["brats", "tiles", "toy"], default="brats", help="what each site trains (default brats)")
+    g.add_argument("--rounds", type=int, default=rounds, help=f"federated rounds (default {rounds})")
+    g.add_argument("--local-epochs", type=int, default=local_epochs, help=f"epochs per site per round (default {local_epochs})")
+    g.add_argument("--strategy", choices=[s.replace("_", "-") for s in STRATEGIES], default="fedavg")
+    g.add_argument("--server-lr", type=float, default=None, help="server learning rate (FedOpt default 0.01, others 1.0)")
+    g.add_argument("--prox-mu", type=float, default=None, help="FedProx proximal weight (fedprox default 0.01)")
+    g.add_argument("--trim-ratio", type=float, default=0.1, help="trimmed-mean fraction cut at each end")
+    g.add_argument("--min-sites", type=int, default=1, help="fewest valid updates a round needs (default 1)")
+    g.add_argument("--max-rel-norm", type=float, default=10.0,
+                   help="reject an update whose norm exceeds this times the global model's (0: off)")
+    g.add_argument("--max-norm-ratio", type=float, default=20.0,
+                   help="reject an update whose norm exceeds this times last round's median (0: off)")
+    g.add_argument("--server-device", default="auto", help="where the server aggregates: auto | cpu | cuda[:n]")
+    g.add_argument("--send", choices=["diff", "full"], default="diff", help="sites send weight differences or full weights")
+    t = p.add_argument_group("local training (the task's config)")
+    t.add_argument("--config", default=None, help="JSON file of the task's config fields (options below win)")
+    t.add_argument("--model", default=None, help="brats: segresnet | unet")
+    t.add_argument("--roi", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"))
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--init-filters", type=int, default=None)
+    t.add_argument("--val-fraction", type=float, default=None)
+    t.add_argument("--amp", choices=["auto", "bf16", "fp32"], default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--device", default=None, help="sites' device: auto | cpu | cuda[:n]")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads per site process")
+    t.add_argument("--allow-identifiable", action="store_true",
+                   help="train on images without a defacing record (e.g. fedimg synth output)")
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The task config dict from ``--config`` plus the explicit options."""
+    from fedimg.io import read_json
+
+    base = dict(read_json(args.config)) if getattr(args, "config", None) else {}
+    for attr, field in _TRAIN_FIELDS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            base[field] = list(value) if isinstance(value, (list, tuple)) else value
+    if getattr(args, "allow_identifiable", False):
+        base["allow_identifiable"] = True
+    if getattr(args, "threads", None):
+        base["threads"] = args.threads
+    return base
+
+
+def federation_config_from_args(args: argparse.Namespace, *, threads: int | None = None) -> FederationConfig:
+    name = args.strategy.replace("-", "_")
+    server_lr = args.server_lr if args.server_lr is not None else (0.01 if name in ("fedadam", "fedyogi") else 1.0)
+    strategy = StrategyConfig(name=name, server_lr=server_lr, trim_ratio=args.trim_ratio, prox_mu=args.prox_mu)
+    train = train_overrides(args)
+    return FederationConfig(
+        task=args.task, rounds=args.rounds, local_epochs=args.local_epochs, strategy=strategy,
+        min_sites=args.min_sites, max_rel_norm=args.max_rel_norm, max_norm_ratio=args.max_norm_ratio,
+        train=train, server_device=args.server_device, send=args.send,
+        threads_per_site=int(threads or getattr(args, "threads", None) or 0),
+    )
