@@ -11,7 +11,7 @@ linear interpolation between those centres (so partial-volume voxels get mixed v
 
 >>> anat = load_anatomy(2.0)                                 # doctest: +SKIP
 >>> anat.intensity.shape, anat.brain.dtype                   # doctest: +SKIP
-((80, 112, 120), dtype('float32'))
+((88, 128, 112), dtype('float32'))
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def site_profile(seed: int, index: int) -> SiteProfile:
 
     return SiteProfile(
         name=f"site-{index}",
-        scale=tuple(round(base * s, 2) for s in four(0.8, 1.25)),  # type: ignore[arg-type]
+        scale=tuple(round(base * s, 2) for s in four(0.9, 1.1)),  # type: ignore[arg-type]
         offset=tuple(round(base * s, 2) for s in four(0.0, 0.04)),  # type: ignore[arg-type]
         gamma=four(0.8, 1.25),
         bias_amplitude=round(float(rng.uniform(0.05, 0.3)), 4),
@@ -271,6 +271,7 @@ def _readme(args: dict, profiles: list[SiteProfile], anat: Anatomy) -> str:
         f"{', '.join(f'{b:.1f}' for b in p.blur_mm)} | {p.median_radius_mm:.1f} | {p.p_left:.2f} | {p.p_low_grade:.2f} |"
         for p in profiles
     )
+    zooms = " x ".join(f"{z:.3g}" for z in np.linalg.norm(anat.affine[:3, :3], axis=0))
     cmd = (f"fedimg synth --out <DIR> --sites {args['sites']} --cases-per-site {args['cases_per_site']} "
            f"--seed {args['seed']} --spacing {args['spacing']}")
     return f"""# Synthetic multi-site brain-tumour MRI (not patient data)
@@ -285,7 +286,8 @@ The same command gives byte-identical files.
 
 BraTS 2021 naming: `site-k/<case>/<case>_{{t1,t1ce,t2,flair,seg}}.nii.gz`, int16 images,
 uint8 labels 0 background, 1 necrotic core (or non-enhancing core), 2 oedema, 4 enhancing
-tumour. Grid {anat.shape[0]}x{anat.shape[1]}x{anat.shape[2]} voxels at {anat.spacing:g} mm, RAS.
+tumour. Grid {anat.shape[0]}x{anat.shape[1]}x{anat.shape[2]} voxels of {zooms} mm (the template's
+voxel size times {anat.spacing:g}), RAS.
 `site-k/site.json` holds the site's scanner signature, case mix and per-case tumour.
 
 ## How the cases were made

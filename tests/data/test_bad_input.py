@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import AFFINE, SHAPE, label_map, save, write_brats_case, write_msd
+from data_helpers import AFFINE, SHAPE, label_map, save, write_brats_case, write_msd
 
 from fedimg.data import discover, load_case
 from fedimg.errors import InputError

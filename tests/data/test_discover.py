@@ -5,7 +5,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import AFFINE, OFFSET, SHAPE, label_map, save, write_brats_case
+from data_helpers import AFFINE, OFFSET, SHAPE, label_map, save, write_brats_case
 
 from fedimg.data import Case, discover, load_case
 from fedimg.errors import InputError
