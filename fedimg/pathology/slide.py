@@ -1,0 +1,254 @@
+"""Whole-slide image reading: OpenSlide first, tifffile for plain (pyramidal) TIFF, PIL for
+small plain images; one small interface whatever the backend.
+
+Coordinates follow OpenSlide: ``(x, y)`` in level-0 pixels, sizes ``(width, height)`` in the
+requested level's pixels. Regions come back as ``(H, W, 3)`` uint8 RGB, transparent areas
+composited on white.
+
+>>> s = open_slide("tests/assets/pathology/cmu_small_region.svs")  # doctest: +SKIP
+>>> s.dimensions, round(s.mpp, 3), s.read_region((0, 0), 0, (64, 32)).shape  # doctest: +SKIP
+((2220, 2967), 0.499, (32, 64, 3))
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedimg.errors import InputError
+
+__all__ = ["Slide", "open_slide", "SUPPORTED_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+
+OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms", ".vmu", ".tif", ".tiff", ".dcm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SUPPORTED_SUFFIXES = OPENSLIDE_SUFFIXES + IMAGE_SUFFIXES
+
+
+@dataclass
+class Slide:
+    """An opened slide. Use :func:`open_slide`; close with :meth:`close` or ``with``."""
+
+    path: Path
+    backend: str
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: float
+    _reader: Any = field(repr=False, default=None)
+    _levels: list[Any] = field(repr=False, default_factory=list)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def level_mpp(self, level: int) -> float:
+        return self.mpp * self.level_downsamples[level]
+
+    def best_level_for_mpp(self, mpp: float, tolerance: float = 0.02) -> int:
+        """The coarsest level whose resolution is at least as fine as ``mpp`` (within ``tolerance``)."""
+        ok = [lv for lv in range(self.level_count) if self.level_mpp(lv) <= mpp * (1 + tolerance)]
+        if not ok:
+            log.warning("%s: %.3f um/px asked, finest level is %.3f; tiles will be upsampled", self.path, mpp, self.mpp)
+            return 0
+        return max(ok, key=self.level_mpp)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 ``(h, w, 3)`` region at ``level``, top-left ``location`` in level-0 pixels."""
+        w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0:
+            raise ValueError(f"region size must be positive, got {size}")
+        try:
+            if self.backend == "openslide":
+                rgba = np.asarray(self._reader.read_region((int(location[0]), int(location[1])), level, (w, h)))
+                return _over_white(rgba)
+            return self._read_array_region(location, level, w, h)
+        except InputError:
+            raise
+        except Exception as exc:  # truncated/corrupt tile data surfaces only when read
+            raise InputError(self.path, f"could not read a region at {tuple(location)} level {level} ({exc}); the file may be truncated or corrupt") from None
+
+    def read_level(self, level: int) -> np.ndarray:
+        """A whole level as RGB uint8 (use a low-resolution level)."""
+        return self.read_region((0, 0), level, self.level_dimensions[level])
+
+    def read_thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+        """An RGB image whose longer side is at most ``max_side``; returns it and its downsample from level 0."""
+        level = self.level_count - 1
+        for lv in range(self.level_count):  # finest level that is already small enough
+            if max(self.level_dimensions[lv]) <= max_side:
+                level = lv
+                break
+        img = self.read_level(level)
+        ds = self.level_downsamples[level]
+        if max(img.shape[:2]) > max_side:
+            from PIL import Image
+
+            scale = max_side / max(img.shape[:2])
+            size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+            img = np.asarray(Image.fromarray(img).resize(size, Image.BOX))
+            ds = ds * self.level_dimensions[level][0] / size[0]
+        return img, float(ds)
+
+    def _read_array_region(self, location, level, w, h) -> np.ndarray:
+        arr = self._levels[level]
+        if callable(arr):
+            arr = self._levels[level] = _rgb(arr())
+        ds = self.level_downsamples[level]
+        x, y = int(round(location[0] / ds)), int(round(location[1] / ds))
+        out = np.full((h, w, 3), 255, np.uint8)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, arr.shape[1]), min(y + h, arr.shape[0])
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = arr[y0:y1, x0:x1]
+        return out
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _over_white(rgba: np.ndarray) -> np.ndarray:
+    if rgba.shape[-1] == 3:
+        return np.ascontiguousarray(rgba)
+    a = rgba[..., 3:4]
+    if a.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    rgb = rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a.astype(np.uint16))
+    return (rgb // 255).astype(np.uint8)
+
+
+def _rgb(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or arr.dtype != np.uint8:
+        raise ValueError(f"expected an RGB(A) uint8 image, got shape {arr.shape} dtype {arr.dtype}")
+    return _over_white(arr)
+
+
+def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
+    """Open a slide; ``mpp`` overrides (or supplies) the level-0 microns per pixel.
+
+    Raises :class:`InputError` for a missing, unsupported or unreadable file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "does not exist; check the --slide path")
+    if path.is_dir() and path.suffix.lower() != ".mrxs":
+        raise InputError(path, "is a folder; pass a slide file (.svs, .ndpi, .mrxs, .tif, ...)")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise InputError(path, f"unsupported slide format {suffix or '(no extension)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}")
+    if suffix in IMAGE_SUFFIXES:
+        slide = _open_image(path)
+    else:
+        slide = _open_openslide(path)
+        if slide is None:
+            if suffix not in (".tif", ".tiff"):
+                raise InputError(path, "is not a readable whole-slide image (OpenSlide cannot open it); the file may be corrupt or truncated")
+            slide = _open_tifffile(path)
+    if mpp is not None:
+        if not mpp > 0:
+            raise InputError(path, f"--slide-mpp must be positive, got {mpp}")
+        slide.mpp = float(mpp)
+    if not slide.mpp or not np.isfinite(slide.mpp):
+        slide.close()
+        raise InputError(path, "has no microns-per-pixel metadata; pass --slide-mpp (e.g. 0.25 for 40x, 0.5 for 20x)")
+    log.debug("opened %s with %s: %s levels, %.4f um/px", path, slide.backend, slide.level_count, slide.mpp)
+    return slide
+
+
+def _open_openslide(path: Path) -> Slide | None:
+    import openslide
+
+    try:
+        reader = openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError:
+        return None
+    except (openslide.OpenSlideError, OSError) as exc:
+        raise InputError(path, f"OpenSlide cannot read it ({exc}); the file may be corrupt or truncated") from None
+    props = reader.properties
+    mpp = _float(props.get(openslide.PROPERTY_NAME_MPP_X))
+    return Slide(
+        path=path,
+        backend="openslide",
+        level_dimensions=tuple(tuple(int(v) for v in d) for d in reader.level_dimensions),
+        level_downsamples=tuple(float(d) for d in reader.level_downsamples),
+        mpp=mpp or 0.0,
+        _reader=reader,
+    )
+
+
+def _open_tifffile(path: Path) -> Slide:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            levels = list(getattr(series, "levels", [series]))
+            shapes = [lv.shape for lv in levels]
+            page = tif.pages[0]
+            mpp = _tiff_mpp(page)
+    except Exception as exc:
+        raise InputError(path, f"is not a readable TIFF ({exc}); the file may be corrupt or truncated") from None
+    dims = []
+    for shp in shapes:
+        if len(shp) == 3 and shp[0] in (3, 4) and shp[-1] not in (3, 4):
+            raise InputError(path, f"has planar (channel-first) data {shp}; convert it to an RGB pyramidal TIFF")
+        dims.append((int(shp[1]), int(shp[0])))
+    loaders = [(lambda i=i: tifffile.imread(path, series=0, level=i)) for i in range(len(dims))]
+    return Slide(
+        path=path,
+        backend="tifffile",
+        level_dimensions=tuple(dims),
+        level_downsamples=tuple(dims[0][0] / d[0] for d in dims),
+        mpp=mpp or 0.0,
+        _levels=loaders,
+    )
+
+
+def _open_image(path: Path) -> Slide:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = _rgb(np.asarray(im.convert("RGBA")))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(path, f"is not a readable image ({exc}); the file may be corrupt") from None
+    return Slide(path=path, backend="pil", level_dimensions=((arr.shape[1], arr.shape[0]),), level_downsamples=(1.0,), mpp=0.0, _levels=[arr])
+
+
+def _tiff_mpp(page: Any) -> float | None:
+    try:
+        tags = page.tags
+        xres = tags["XResolution"].value
+        unit = int(tags["ResolutionUnit"].value)
+    except (KeyError, TypeError, ValueError):
+        return None
+    px_per_unit = xres[0] / xres[1] if isinstance(xres, tuple) else float(xres)
+    if px_per_unit <= 0:
+        return None
+    return {3: 1e4, 2: 25400.0}.get(unit, 0.0) / px_per_unit or None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if v > 0 else None
