@@ -223,6 +223,20 @@ def register(subject: np.ndarray, subject_affine: np.ndarray, template: np.ndarr
 
     config = config or RegistrationConfig()
     device = device or torch.device("cpu")
+    if device.type != "cpu":
+        return _register(subject, subject_affine, template, template_affine, config, device)
+    # The per-iteration tensors are small: one thread beats two (no sync spinning on busy CPUs).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _register(subject, subject_affine, template, template_affine, config, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _register(subject, subject_affine, template, template_affine, config, device) -> Registration:
+    import torch
+
     t0 = time.perf_counter()
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     subj_full = torch.as_tensor(np.asarray(subject, dtype=np.float32), device=device)

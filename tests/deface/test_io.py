@@ -1,0 +1,152 @@
+"""NRRD reading, volume validation, output writing and every bad input (clear error, inputs untouched)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fedimg.cli import main
+from fedimg.deface.nrrd import read_nrrd
+from fedimg.deface.volume import from_canonical, load_volume, save_like, to_canonical
+from fedimg.errors import InputError
+
+MRI = Path(__file__).resolve().parent.parent / "assets" / "mri"
+
+
+def test_nrrd_reader_matches_simpleitk():
+    sitk = pytest.importorskip("SimpleITK")
+    data, affine, fields = read_nrrd(MRI / "brain1_image.nrrd")
+    ref = sitk.ReadImage(str(MRI / "brain1_image.nrrd"))
+    arr = sitk.GetArrayFromImage(ref).transpose(2, 1, 0)  # ITK arrays are z, y, x
+    assert data.shape == arr.shape == (256, 256, 25)
+    assert data.dtype == np.int16 and np.array_equal(data, arr)
+    direction = np.array(ref.GetDirection()).reshape(3, 3) * np.array(ref.GetSpacing())
+    lps = np.eye(4)
+    lps[:3, :3], lps[:3, 3] = direction, ref.GetOrigin()
+    assert np.allclose(np.diag([-1, -1, 1, 1]) @ lps, affine)  # LPS -> RAS
+    lab, _, _ = read_nrrd(MRI / "brain1_label.nrrd")
+    assert lab.dtype == np.int32 and int((lab > 0).sum()) == 4137
+
+
+def test_canonical_round_trip():
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 100, (9, 10, 11)).astype(np.int16)
+    aff = np.array([[0, 0, -2.0, 5], [1.0, 0, 0, 3], [0, -1.5, 0, 1], [0, 0, 0, 1]])
+    can, can_aff = to_canonical(data, aff)
+    # world position of every voxel is unchanged
+    i = np.array([3, 4, 5, 1.0])
+    j = np.linalg.inv(can_aff) @ (aff @ i)
+    assert can[tuple(np.rint(j[:3]).astype(int))] == data[3, 4, 5]
+    from fedimg.deface.volume import Volume
+
+    vol = Volume(path=None, raw=data, affine=aff)
+    assert np.array_equal(from_canonical(vol, can), data)
+
+
+def test_save_like_keeps_header_dtype_scaling(tmp_path):
+    data = (np.arange(16 * 17 * 18) % 300).reshape(16, 17, 18).astype(np.int16)
+    aff = np.diag([-0.9, 0.94, 0.94, 1.0])
+    img = nib.Nifti1Image(data, aff)
+    img.header.set_slope_inter(2.0, -5.0)
+    img.header.set_qform(aff, code=1)
+    src = tmp_path / "in.nii.gz"
+    nib.save(img, str(src))
+    vol = load_volume(src)
+    assert vol.slope == 2.0 and vol.inter == -5.0
+    raw = vol.raw.copy()
+    raw[0] = 3
+    out = save_like(vol, raw, tmp_path / "out.nii.gz", descrip=b"fedimg-defaced 0.1.0")
+    back = nib.load(str(out))
+    assert back.shape == data.shape and back.get_data_dtype() == np.int16
+    assert np.allclose(back.affine, aff) and int(back.header["qform_code"]) == 1
+    assert np.array_equal(np.asarray(back.dataobj.get_unscaled()), raw)
+    assert back.dataobj.slope == 2.0 and back.dataobj.inter == -5.0
+    assert bytes(back.header["descrip"]).startswith(b"fedimg-defaced")
+
+
+def _write(path: Path, data, affine=None) -> Path:
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("four_d", "4-D"),
+        ("slice2d", "2-D slice"),
+        ("flat3d", "2-D slice"),
+        ("empty", "empty"),
+        ("nan", "NaN"),
+        ("corrupt", "corrupt"),
+        ("truncated", "cannot be read"),
+        ("not_image", "not NIfTI"),
+        ("missing", "does not exist"),
+    ],
+)
+def test_bad_inputs_clear_error_inputs_untouched(tmp_path, hashed, capsys, case, message):
+    rng = np.random.default_rng(0)
+    src = tmp_path / f"{case}.nii.gz"
+    if case == "four_d":
+        _write(src, rng.random((20, 20, 20, 3)).astype(np.float32))
+    elif case == "slice2d":
+        _write(src, rng.random((64, 64)).astype(np.float32))
+    elif case == "flat3d":
+        _write(src, rng.random((64, 64, 1)).astype(np.float32))
+    elif case == "empty":
+        _write(src, np.zeros((32, 32, 32), np.int16))
+    elif case == "nan":
+        d = rng.random((32, 32, 32)).astype(np.float32)
+        d[3, 3, 3] = np.nan
+        _write(src, d)
+    elif case == "corrupt":
+        src.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)
+    elif case == "truncated":
+        _write(src, rng.random((40, 40, 40)).astype(np.float32))
+        src.write_bytes(gzip.decompress(src.read_bytes())[:5000])
+        src = src.rename(tmp_path / "truncated.nii")
+    elif case == "not_image":
+        src = tmp_path / "notes.txt"
+        src.write_text("hello")
+    if case != "missing":
+        checker = hashed(tmp_path)
+    out = tmp_path / "out" / "x_defaced.nii.gz"
+    rc = main(["deface", str(src), "-o", str(out), "--no-png"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err and src.name in err, err
+    assert not out.exists()
+    if case != "missing":
+        checker.assert_unchanged()
+
+
+def test_output_equal_to_input_refused(head_2mm, hashed, capsys):
+    checker = hashed(head_2mm)
+    rc = main(["deface", str(head_2mm), "-o", str(head_2mm)])
+    assert rc == 2
+    assert "is also an input" in capsys.readouterr().err
+    checker.assert_unchanged()
+
+
+def test_apply_to_output_equal_to_input_refused(head_2mm, tmp_path, capsys):
+    other = tmp_path / "flair.nii.gz"
+    other.write_bytes(head_2mm.read_bytes())
+    rc = main(["deface", str(head_2mm), "-o", str(tmp_path / "t1d.nii.gz"), "--apply-to", str(other),
+               "--apply-to-output", str(other)])
+    assert rc == 2 and "is also an input" in capsys.readouterr().err
+
+
+def test_apply_to_grid_mismatch_refused(head_2mm, tmp_path, capsys):
+    other = _write(tmp_path / "small.nii.gz", np.ones((20, 20, 20), np.int16) * np.arange(20, dtype=np.int16))
+    rc = main(["deface", str(head_2mm), "-o", str(tmp_path / "d.nii.gz"), "--apply-to", str(other)])
+    assert rc == 2 and "reference grid" in capsys.readouterr().err
+    assert not (tmp_path / "d.nii.gz").exists()
+
+
+def test_load_volume_errors_name_the_file(tmp_path):
+    p = _write(tmp_path / "tiny.nii.gz", np.ones((4, 30, 30), np.float32))
+    with pytest.raises(InputError, match="tiny.nii.gz: .*only 4 voxels"):
+        load_volume(p)
