@@ -14,13 +14,12 @@ server's TensorBoard through NVFlare's tracking API.
 
 Run by NVFlare, e.g.::
 
-    python client.py --task brats --data /data/site-1 --local-epochs 2 --config-b64 <...>
+    python client.py --task brats --data /data/site-1 --local-epochs 2 --cfg roi=[64,64,64] ...
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -39,19 +38,37 @@ DATA_ENV = "FEDIMG_SITE_DATA"
 
 
 def encode_config(config: dict[str, Any]) -> str:
-    """A task config dict as a shell-safe token for ``train_args``."""
-    return base64.urlsafe_b64encode(json.dumps(config, sort_keys=True).encode()).decode()
+    """A task config dict as readable ``--cfg key=value`` options for ``train_args``.
+
+    >>> encode_config({"roi": [32, 32, 32], "model": "segresnet"})
+    '--cfg model=segresnet --cfg roi=[32,32,32]'
+    """
+    parts = []
+    for k, v in sorted(config.items()):
+        text = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+        if any(c.isspace() or c in "'\"\\" for c in text):
+            raise ValueError(f"config value {k}={text!r} cannot be passed on the client command line")
+        parts.append(f"--cfg {k}={text}")
+    return " ".join(parts)
 
 
-def decode_config(token: str) -> dict[str, Any]:
-    return json.loads(base64.urlsafe_b64decode(token.encode()).decode()) if token else {}
+def decode_config(items: list[str] | None) -> dict[str, Any]:
+    """Inverse of :func:`encode_config` (``["k=v", ...]``; values are JSON or plain strings)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, _, text = item.partition("=")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="fedimg NVFlare client")
     p.add_argument("--task", default="brats")
     p.add_argument("--data", default=None, help=f"site data folder (default: ${DATA_ENV})")
-    p.add_argument("--config-b64", default="", help="task config (see encode_config)")
+    p.add_argument("--cfg", action="append", default=[], metavar="KEY=VALUE", help="task config field (JSON value)")
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--prox-mu", type=float, default=0.0)
     p.add_argument("--send", choices=("diff", "full"), default="diff")
@@ -98,7 +115,7 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
     if not data_dir:
         raise SystemExit(f"{site}: no data folder; pass --data or set {DATA_ENV}")
     task = get_task(args.task)
-    config = task.config_from_dict(decode_config(args.config_b64))
+    config = task.config_from_dict(decode_config(args.cfg))
     seed_everything(int(getattr(config, "seed", 0)))
     device = resolve_device(str(getattr(config, "device", "auto")))
     t0 = time.perf_counter()

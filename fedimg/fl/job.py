@@ -137,8 +137,8 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
 
     task = get_task(config.task)
     tcfg = task.config_from_dict(config.train_config())
-    cfg_token = encode_config(tcfg.to_dict())
-    persistor = FedimgPersistor(task=config.task, config_b64=cfg_token,
+    cfg_args = encode_config(tcfg.to_dict())
+    persistor = FedimgPersistor(task=config.task, config=tcfg.to_dict(),
                                 checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "")
     remaining = config.rounds - start_round
     if remaining < 1:
@@ -153,7 +153,7 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     script = str(Path(__file__).with_name("client.py"))
     base_args = (
         f"--task {config.task} --local-epochs {config.local_epochs} --prox-mu {config.strategy.prox_mu} "
-        f"--send {config.send} --config-b64 {cfg_token}"
+        f"--send {config.send} {cfg_args}"
         + (f" --threads {config.threads_per_site}" if config.threads_per_site else "")
         + (f" --local-model-dir {Path(local_model_dir).resolve()}" if local_model_dir else "")
     )
@@ -201,6 +201,13 @@ def export_job(recipe: Any, out: str | Path) -> Path:
     import json
 
     for cfg in out.glob("app_*/config/config_fed_client.json"):
+        custom = cfg.parent.parent / "custom"
+        for script in list(custom.rglob("*.py")):
+            if script.parent != custom:  # NVFlare mirrors the source tree; keep the script flat
+                script.rename(custom / script.name)
+        for d in sorted((p for p in custom.rglob("*") if p.is_dir()), reverse=True):
+            if not any(d.iterdir()):
+                d.rmdir()
         doc = json.loads(cfg.read_text())
         for ex in doc.get("executors", []):
             args = ex.get("executor", {}).get("args", {})

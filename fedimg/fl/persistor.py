@@ -7,7 +7,7 @@ arguments, which fedimg's task models (built by a registry from a config) do not
 a fedimg checkpoint (``RUN/rounds/round-NNN.safetensors``). Saving is done by
 :class:`fedimg.fl.aggregator.FedimgAggregator` every round, so ``save_model`` only logs.
 
->>> p = FedimgPersistor(task="toy", config_b64=encode_config({"features": 4}))  # doctest: +SKIP
+>>> p = FedimgPersistor(task="toy", config={"features": 4})  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import numpy as np
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import ModelLearnable, make_model_learnable
 from nvflare.app_common.abstract.model_persistor import ModelPersistor
-
-from fedimg.fl.client import decode_config
 
 __all__ = ["FedimgPersistor", "initial_weights"]
 
@@ -47,14 +45,14 @@ def initial_weights(task_name: str, config: dict[str, Any], checkpoint: str = ""
 class FedimgPersistor(ModelPersistor):
     """``load_model`` gives the initial (or resumed) global weights as numpy arrays."""
 
-    def __init__(self, task: str = "brats", config_b64: str = "", checkpoint: str = "") -> None:
+    def __init__(self, task: str = "brats", config: dict | None = None, checkpoint: str = "") -> None:
         super().__init__()
         self.task = task
-        self.config_b64 = config_b64
+        self.config = dict(config or {})
         self.checkpoint = checkpoint
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
-        weights = initial_weights(self.task, decode_config(self.config_b64), self.checkpoint)
+        weights = initial_weights(self.task, self.config, self.checkpoint)
         src = self.checkpoint or "a fresh seeded model"
         self.log_info(fl_ctx, f"initial global model: {len(weights)} tensors from {src}")
         return make_model_learnable(weights, {})

@@ -31,10 +31,11 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     s = results["summary"]
     arms = ["centralised", "federated", *[f"{x} alone" for x in sites]]
     arms = [a for a in arms if a in evals]
+    counts = ", ".join(f"{x}: {results['train_cases'][x]} training cases" for x in sites)
     lines = [
         "# fedimg study: centralised vs each site alone vs federated",
         "",
-        f"Task **{results['task']}**, {len(sites)} sites ({', '.join(f'{x}: {results['train_cases'][x]} training cases' for x in sites)}).",
+        f"Task **{results['task']}**, {len(sites)} sites ({counts}).",
         "",
         f"**Budget (same for every arm):** every training case is seen {b['epochs_per_case']} times "
         f"(epochs). Centralised: {b['epochs_per_case']} epochs on the pooled training cases of all sites. "
@@ -63,8 +64,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     lines += ["", "## Summary", ""]
     if "federated_minus_centralised" in s:
         rel = s.get("federated_relative_to_centralised")
-        lines.append(f"- Federated − centralised: {s['federated_minus_centralised']:+.3f} "
-                     f"({_fmt(100 * rel) if rel else '–'}% of centralised).")
+        pct = f" ({100 * rel:.1f}% of centralised)" if rel else ""
+        lines.append(f"- Federated − centralised: {s['federated_minus_centralised']:+.3f}{pct}.")
     if "federated_minus_site_alone_mean" in s:
         lines.append(f"- Federated − mean single-site model: {s['federated_minus_site_alone_mean']:+.3f}.")
     if "own_site_alone_mean" in s:

@@ -124,7 +124,7 @@ def train_one_round(model: Any, data: ToyData, config: ToyConfig, *, epochs: int
             opt.zero_grad()
             loss.backward()
             opt.step()
-            loss_sum += float(loss)
+            loss_sum += loss.item()
             steps += 1
     return {"loss": loss_sum / max(steps, 1), "steps": float(steps)}, n
 

@@ -1,0 +1,136 @@
+"""Real NVFlare SimEnv runs of the toy task: poisoned updates, payload contents, resume.
+
+Two SimEnv jobs in all (each ~20-40 s): one 4-site run of 2 rounds where site-3 sends NaN
+and site-4 a x1e6 update, then a resume to round 3.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.nvflare]
+
+BAD_CLIENT = """
+import sys
+import numpy as np
+from fedimg.fl.client import main
+
+def hook(params):
+    out = {{}}
+    for k, v in params.items():
+        v = v.clone() if hasattr(v, "clone") else np.array(v)
+        if v.dtype.is_floating_point if hasattr(v.dtype, "is_floating_point") else v.dtype.kind == "f":
+            {action}
+        out[k] = v
+    return out
+
+sys.exit(main(update_hook=hook))
+"""
+
+
+def _bad_script(tmp: Path, name: str, action: str) -> str:
+    path = tmp / f"{name}.py"
+    path.write_text(textwrap.dedent(BAD_CLIENT.format(action=action)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    from fedimg.fl.job import FederationConfig
+    from fedimg.fl.simulate import run_simulation
+    from fedimg.fl.toytask import make_sites
+
+    tmp = tmp_path_factory.mktemp("sim")
+    make_sites(tmp / "data", n_sites=4, n=48, seed=1)
+    scripts = {
+        "site-3": _bad_script(tmp, "nan_client", "v = v * float('nan')"),
+        "site-4": _bad_script(tmp, "scaled_client", "v = (v + 1.0) * 1e6"),
+    }
+    cfg = FederationConfig(task="toy", rounds=2, local_epochs=1, train={"features": 8}, min_sites=2)
+    summary = run_simulation(tmp / "data", tmp / "run", cfg, progress=False, site_scripts=scripts, tracking=False)
+    return tmp, cfg, summary
+
+
+def test_run_outputs_and_rejections(toy_run):
+    from fedimg.fl.state import load_params, read_metrics
+
+    tmp, cfg, summary = toy_run
+    run = tmp / "run"
+    assert summary["rounds"] == 2
+    for f in ("global_model.safetensors", "rounds/round-001.safetensors", "rounds/round-002.safetensors",
+              "metrics.json", "local_models/site-1.safetensors"):
+        assert (run / f).is_file(), f
+    assert (run / "nvflare").is_dir()
+    metrics = read_metrics(run)
+    assert [m["round"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert sorted(m["accepted"]) == ["site-1", "site-2"]
+        reasons = {r["site"]: r["reason"] for r in m["rejected"]}
+        assert "non-finite" in reasons["site-3"]
+        assert "norm outlier" in reasons["site-4"]
+        assert m["sites"]["site-1"]["samples"] == 36
+        assert m["aggregation_seconds"] >= 0 and "accuracy" in m["validation"]
+    params, _ = load_params(run / "global_model.safetensors")
+    assert all(np.isfinite(v).all() for v in params.values())
+    assert np.abs(params["0.weight"]).max() < 100
+    # the global model moved: it is the mean of the two good sites' updates, not the initial weights
+    from fedimg.fl.persistor import initial_weights
+
+    init = initial_weights("toy", cfg.train_config())
+    assert not np.allclose(init["0.weight"], params["0.weight"])
+    # the NVFlare server log names the rejections too
+    server_log = next((run / "nvflare").glob("*/server/log.txt")).read_text()
+    assert "rejected update from site-3: non-finite" in server_log
+
+
+def test_payload_holds_only_weights_counts_and_metrics(toy_run):
+    tmp, _, _ = toy_run
+    records = [json.loads(line) for line in (tmp / "run" / "payloads.jsonl").read_text().splitlines()]
+    assert len(records) == 8  # 4 sites x 2 rounds
+    data_dir = str((tmp / "data").resolve())
+    for rec in records:
+        assert set(rec["params"]) == {"0.weight", "0.bias"}
+        assert all(t[0] == "ndarray" and t[1] == "float32" for t in rec["params"].values())
+        assert all(t[0] == "float" for t in rec["metrics"].values())
+        # NVFlare's own bookkeeping plus the sample count; nothing else
+        assert set(rec["meta"]) <= {"NUM_STEPS_CURRENT_ROUND", "client_name", "initial_metrics", "props"}, rec["meta"]
+        text = json.dumps(rec)
+        assert data_dir not in text and "toy.npz" not in text
+
+
+def test_resume_continues_from_last_round(toy_run):
+    from fedimg.errors import InputError
+    from fedimg.fl.job import FederationConfig
+    from fedimg.fl.simulate import run_simulation
+    from fedimg.fl.state import load_params, read_metrics
+
+    tmp, cfg, _ = toy_run
+    run = tmp / "run"
+    with pytest.raises(InputError, match="--resume"):
+        run_simulation(tmp / "data", run, cfg, progress=False)
+    before, _ = load_params(run / "rounds" / "round-002.safetensors")
+    sites = {f"site-{k}": (tmp / "data" / f"site-{k}").resolve() for k in (1, 2)}
+    cfg3 = FederationConfig(task="toy", rounds=3, local_epochs=1, train={"features": 8}, min_sites=2)
+    summary = run_simulation(tmp / "data", run, cfg3, resume=True, progress=False, sites=sites, tracking=False)
+    assert summary["rounds"] == 3
+    metrics = read_metrics(run)
+    assert [m["round"] for m in metrics] == [1, 2, 3]
+    assert metrics[2]["validation"]["model_round"] == 2 and metrics[2]["rejected"] == []
+    # round 3 started from round 2's checkpoint: site-1 evaluated exactly those weights
+    import torch
+
+    from fedimg.fl import toytask
+
+    tcfg = toytask.config_from_dict(cfg3.train_config())
+    model = toytask.build_model(tcfg)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in before.items()})
+    expected = toytask.evaluate(model, toytask.load_site(sites["site-1"], tcfg), tcfg)
+    got = metrics[2]["sites"]["site-1"]["metrics"]
+    assert got["val_loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    after, meta = load_params(run / "global_model.safetensors")
+    assert meta["round"] == 3 and not np.allclose(after["0.weight"], before["0.weight"])

@@ -1,0 +1,97 @@
+"""Run state files, client payloads, site discovery, the exported job folder, the toy task."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+from fedimg.errors import InputError
+from fedimg.fl import state
+from fedimg.fl.client import build_arg_parser, decode_config, encode_config, make_payload
+from fedimg.fl.job import FederationConfig, discover_sites
+
+
+def test_rounds_latest_and_fallback(tmp_path):
+    for r in (1, 2, 3):
+        state.save_round(tmp_path, r, {"w": np.full(2, r, np.float32)}, {"strategy": "fedavg"})
+    assert state.load_latest(tmp_path)[0] == 3
+    assert (tmp_path / "rounds" / "round-003.json").is_file()
+    state.round_path(tmp_path, 3).unlink()  # a crash lost the newest checkpoint
+    rnd, params, _ = state.load_latest(tmp_path)
+    assert rnd == 2 and params["w"].tolist() == [2.0, 2.0]
+    assert state.load_latest(tmp_path / "fresh") is None
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="bad.safetensors"):
+        state.load_params(tmp_path / "bad.safetensors")
+
+
+def test_metrics_replace_by_round(tmp_path):
+    state.append_metrics(tmp_path, {"round": 2, "x": 1})
+    state.append_metrics(tmp_path, {"round": 1, "x": 1})
+    state.append_metrics(tmp_path, {"round": 2, "x": 5})
+    assert state.read_metrics(tmp_path) == [{"round": 1, "x": 1}, {"round": 2, "x": 5}]
+
+
+def test_payload_has_only_differences_counts_and_float_metrics():
+    g = {"w": torch.ones(3), "b": torch.zeros(1)}
+    loc = {"w": torch.full((3,), 1.5), "b": torch.ones(1)}
+    params, metrics, meta = make_payload(g, loc, num_samples=7, val={"dice": 0.5, "per_case": [1], "name": "x"},
+                                         train={"loss": np.float32(0.25), "nan": float("nan")})
+    assert torch.equal(params["w"], torch.full((3,), 0.5)) and torch.equal(params["b"], torch.ones(1))
+    assert metrics == {"val_dice": 0.5, "train_loss": 0.25}
+    assert meta == {"NUM_STEPS_CURRENT_ROUND": 7}
+    full, _, _ = make_payload(g, loc, num_samples=1, val={}, train={}, send="full")
+    assert torch.equal(full["w"], loc["w"])
+
+
+def test_config_round_trips_through_the_command_line():
+    cfg = {"roi": [32, 32, 32], "lr": 0.002, "model": "segresnet", "threads": None, "amp": "auto", "extra": {}}
+    args = build_arg_parser().parse_args(shlex.split(encode_config(cfg)))
+    assert decode_config(args.cfg) == cfg
+    with pytest.raises(ValueError):
+        encode_config({"name": "has space"})
+
+
+def test_discover_sites(tmp_path):
+    with pytest.raises(InputError, match="site-"):
+        discover_sites(tmp_path)
+    for name in ("site-2", "site-1", "other", "site-b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "site-3").write_text("not a folder")
+    assert list(discover_sites(tmp_path)) == ["site-1", "site-2", "site-b"]
+
+
+def test_export_job_is_portable(tmp_path):
+    from fedimg.fl.job import build_recipe, export_job
+
+    cfg = FederationConfig(task="toy", rounds=3, local_epochs=2, train={"features": 4})
+    recipe = build_recipe(cfg, {"site-a": tmp_path / "a", "site-b": None}, run_dir=None)
+    out = export_job(recipe, tmp_path / "jobs" / "toy")
+    assert (out / "meta.json").is_file() and (out / "app_site-a" / "custom" / "client.py").is_file()
+    server = json.loads((out / "app_server" / "config" / "config_fed_server.json").read_text())
+    text = json.dumps(server)
+    assert "fedimg.fl.aggregator.FedimgAggregator" in text and "fedimg.fl.persistor.FedimgPersistor" in text
+    assert '"num_rounds": 3' in text
+    client = json.loads((out / "app_site-a" / "config" / "config_fed_client.json").read_text())
+    args = client["executors"][0]["executor"]["args"]
+    assert args["task_script_path"] == "client.py"
+    assert f"--data {tmp_path / 'a'}" in args["task_script_args"] and "--local-epochs 2" in args["task_script_args"]
+    b_args = json.loads((out / "app_site-b" / "config" / "config_fed_client.json").read_text())
+    assert "--data" not in b_args["executors"][0]["executor"]["args"]["task_script_args"]
+    assert sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) < 200_000  # no copied libraries
+
+
+def test_toy_task_learns(tmp_path):
+    from fedimg.fl import toytask
+
+    (site,) = toytask.make_sites(tmp_path, n_sites=1, n=200, seed=0, shift=0.0)
+    cfg = toytask.config_from_dict({"features": 8, "epochs": 5})
+    data = toytask.load_site(site, cfg)
+    model = toytask.build_model(cfg)
+    before = toytask.evaluate(model, data, cfg)["loss"]
+    _, n = toytask.train_one_round(model, data, cfg, epochs=5)
+    assert n == 150 and toytask.evaluate(model, data, cfg)["loss"] < before
