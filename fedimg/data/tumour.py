@@ -106,7 +106,7 @@ def sample_tumour(
         oedema_factor=float(rng.uniform(1.25, 1.8)),
         enhancing=not low_grade,
         axes=tuple(float(a) for a in rng.uniform(0.8, 1.25, 3)),  # type: ignore[arg-type]
-        waves=np.stack([_waves(rng, 4, radius_vox), _waves(rng, 4, radius_vox)]),
+        waves=np.stack([_waves(rng, 6, radius_vox), _waves(rng, 6, radius_vox)]),
     )
     return spec, hemisphere
 
@@ -132,14 +132,14 @@ def fractions(spec: TumourSpec, coords: np.ndarray, wm: np.ndarray) -> np.ndarra
     out = np.zeros((3, *coords.shape[1:]), dtype=np.float32)
     c = np.asarray(spec.centre, dtype=np.float32)[:, None]
     flat = coords.reshape(3, -1)
-    reach = spec.radius_vox * spec.oedema_factor * 1.6 * max(spec.axes) + 2.0
+    reach = spec.radius_vox * spec.oedema_factor * 2.2 * max(spec.axes) + 2.0  # beyond the largest modulation
     near = np.flatnonzero(np.all(np.abs(flat - c) < reach, axis=0))
     if near.size == 0:
         return out
     rel = (flat[:, near] - c) / np.asarray(spec.axes, dtype=np.float32)[:, None]
     dist = np.sqrt((rel**2).sum(0)) / spec.radius_vox
-    d_core = dist / _modulation(spec.waves[0], rel, 0.18)
-    d_oed = dist / _modulation(spec.waves[1], rel, 0.30)
+    d_core = dist / _modulation(spec.waves[0], rel, 0.25)
+    d_oed = dist / _modulation(spec.waves[1], rel, 0.35)
     width = 1.0 / spec.radius_vox  # about one voxel
     core = _step(1.0 - d_core, width)
     necrotic = _step(spec.necrotic_fraction - d_core, width) if spec.necrotic_fraction > 0 else 0.0 * core
