@@ -39,20 +39,39 @@ class Preprocessed:
     shape: tuple[int, int, int]  # original spatial shape
 
 
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = ((hist * centres).sum() - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    between = (w0 * w1 * (m0 - m1) ** 2)[:-1]
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))  # a flat optimum: take its middle
+    return float(edges[1 + int(best[len(best) // 2])])
+
+
 def foreground_mask(image: np.ndarray) -> np.ndarray:
     """Boolean head/brain mask: union over channels of voxels above the background level.
 
     A channel whose minimum fills >10 % of the volume (skull-stripped BraTS: exact zeros)
-    uses ``x > min``; otherwise (noisy or offset background) ``x > min + 5 % of (p99 - min)``.
+    uses ``x > min``; otherwise (noisy or offset background) an Otsu threshold. Only the
+    largest connected component is kept, so background noise does not widen the crop.
     """
+    from scipy import ndimage
+
     mask = np.zeros(image.shape[1:], bool)
     for ch in image:
         lo = float(ch.min())
         if np.count_nonzero(ch == lo) > 0.1 * ch.size:
             mask |= ch > lo
         else:
-            hi = float(np.percentile(ch, 99))
-            mask |= ch > lo + 0.05 * (hi - lo)
+            mask |= ch > _otsu(ch[::2, ::2, ::2].ravel())
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = labels == int(np.argmax(sizes))
     return mask
 
 

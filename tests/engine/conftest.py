@@ -70,3 +70,21 @@ def site(tmp_path_factory) -> Path:
 def other_site(tmp_path_factory) -> Path:
     """A second site of 3 fixture cases (for evaluate / predict)."""
     return make_site(tmp_path_factory.mktemp("site-b"), 3, seed=2, prefix="Fy")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_threads_and_seed):
+    """One torch thread: on a shared 2-core machine OpenMP barriers make 2 threads far slower."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synth_site(tmp_path_factory) -> Path:
+    """8 cases of ``fedimg synth`` data at 4 mm (44×64×56 voxels) for the learning test."""
+    from fedimg.data import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth4") / "d", sites=1, cases_per_site=8, seed=0, spacing=4.0)[0]
