@@ -96,6 +96,9 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
         raise ValueError(f"face_removal needs a 3-D image, got shape {image.shape}")
     affine = np.asarray(affine, dtype=np.float64)
     can, can_aff = _canonical(image.astype(np.float32, copy=False), affine)
+    # NIfTI stores affines in float32: round to 0.1 um so one world image stored two ways
+    # (e.g. flipped axes) gives bit-identical registrations.
+    can_aff = np.round(can_aff, 4)
     spacing = np.sqrt((can_aff[:3, :3] ** 2).sum(axis=0))
     template = load_template(brain_protect)
     if registration is None:

@@ -131,11 +131,11 @@ def render_qc_png(path: Path, before: np.ndarray, after: np.ndarray, removed: np
 
     from fedimg.io import atomic_path
 
-    st = [max(1, int(round(1.5 / s))) for s in spacing]
+    st = [max(1, int(round(2.0 / s))) for s in spacing]
     sl = (slice(None, None, st[0]), slice(None, None, st[1]), slice(None, None, st[2]))
     b, a, r, p = before[sl], after[sl], removed[sl], protected[sl]
     sp = [float(s) * k for s, k in zip(spacing, st)]
-    fig = Figure(figsize=(15, 6), dpi=80)
+    fig = Figure(figsize=(15, 4.5), dpi=72)
     axes = fig.subplots(1, 5)
     thr = None
     pos = b[b > 0]

@@ -259,21 +259,24 @@ def _register(subject, subject_affine, template, template_affine, config, device
         scale = config.levels_mm[li] / config.levels_mm[0]
         lin = lin.clone().requires_grad_(True)
         trans = trans.clone().requires_grad_(True)
-        opt = torch.optim.Adam([
-            {"params": [lin], "lr": config.lr_linear * scale},
-            {"params": [trans], "lr": config.lr_translation * scale},
-        ])
-        base = [g["lr"] for g in opt.param_groups]
+        # Adam, written out (torch.optim pulls in torch._dynamo: seconds of import time).
+        params = [lin, trans]
+        lrs = [config.lr_linear * scale, config.lr_translation * scale]
+        m1 = [torch.zeros_like(p) for p in params]
+        m2 = [torch.zeros_like(p) for p in params]
         n_pts = level.points.shape[0]
         for it in range(iters):
             frac = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters)))
-            for g, b in zip(opt.param_groups, base):
-                g["lr"] = b * frac
             sel = torch.randint(0, n_pts, (min(config.samples, n_pts),), generator=gen).to(device)
-            opt.zero_grad(set_to_none=True)
             loss = level.loss(lin, trans, c_t, sel)
-            loss.sum().backward()
-            opt.step()
+            grads = torch.autograd.grad(loss.sum(), params)
+            with torch.no_grad():
+                step = it + 1
+                for p, g, a, b, lr in zip(params, grads, m1, m2, lrs):
+                    a.mul_(0.9).add_(g, alpha=0.1)
+                    b.mul_(0.999).addcmul_(g, g, value=0.001)
+                    denom = (b / (1 - 0.999**step)).sqrt_().add_(1e-8)
+                    p.addcdiv_(a, denom, value=-lr * frac / (1 - 0.9**step))
         with torch.no_grad():
             g_eval = torch.Generator(device="cpu").manual_seed(config.seed + 1000 + li)
             sel = torch.randint(0, n_pts, (min(config.eval_samples, n_pts),), generator=g_eval).to(device)
@@ -294,12 +297,21 @@ def _register(subject, subject_affine, template, template_affine, config, device
         mats.append(m)
     agreement = 0.0
     if len(mats) > 1:
+        # Starts that reached the same optimum (near-equal loss, < 3 mm apart) are averaged:
+        # the result no longer jumps between two equivalent minima.
+        close = [0]
+        pts0 = fg_points[:: max(1, fg_points.shape[0] // 5000)].double().cpu().numpy() + c_s
+        for b in range(1, len(mats)):
+            d = pts0 @ (mats[0][:3, :3] - mats[b][:3, :3]).T + (mats[0][:3, 3] - mats[b][:3, 3])
+            if float(losses[b] - losses[0]) < 0.01 and float(np.sqrt((d**2).sum(1).mean())) < 3.0:
+                close.append(b)
+        best = np.mean([mats[b] for b in close], axis=0)
         pts = fg_points[:: max(1, fg_points.shape[0] // 20000)].double().cpu().numpy() + c_s
         d = (pts @ (mats[0][:3, :3] - mats[1][:3, :3]).T) + (mats[0][:3, 3] - mats[1][:3, 3])
         agreement = float(np.sqrt((d**2).sum(1).mean()))
     lv = [float(v) for v in losses.cpu()]
     result = Registration(
-        subject_to_template=mats[0], loss=lv[0], second_loss=lv[1] if len(lv) > 1 else lv[0],
+        subject_to_template=best if len(mats) > 1 else mats[0], loss=lv[0], second_loss=lv[1] if len(lv) > 1 else lv[0],
         agreement_mm=agreement, start=tuple(float(v) for v in START_ROTATIONS[ids[0]]),
         seconds=time.perf_counter() - t0, losses=tuple(lv),
     )
