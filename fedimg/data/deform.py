@@ -66,10 +66,13 @@ def random_coordinates(
     shift = (rng.uniform(-max_shift_mm, max_shift_mm, 3) / spacing).astype(np.float32)
     disp = smooth_random_field(rng, shape, 3, control_mm / spacing) * np.float32(displacement_mm / spacing)
     c = np.asarray(centre, dtype=np.float32)
-    coords = identity_coordinates(shape)
-    rel = coords.reshape(3, -1) - c[:, None]
-    out = (matrix @ rel).reshape(coords.shape) + (c + shift)[:, None, None, None]
-    return (out + disp).astype(np.float32)
+    axes = [
+        (np.arange(n, dtype=np.float32) - c[j]).reshape([n if k == j else 1 for k in range(3)])
+        for j, n in enumerate(shape)
+    ]
+    for i in range(3):  # disp[i] += sum_j matrix[i, j] * (x_j - c_j) + c_i + shift_i, by broadcasting
+        disp[i] += (matrix[i, 0] * axes[0] + matrix[i, 1] * axes[1]) + (matrix[i, 2] * axes[2] + (c[i] + shift[i]))
+    return disp
 
 
 def warp(volumes: np.ndarray, coords: np.ndarray) -> np.ndarray:

@@ -22,10 +22,10 @@ appears atomically (built next to ``OUT``, then renamed).
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import shutil
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -165,7 +165,10 @@ def _nifti_gz(array: np.ndarray, affine: np.ndarray) -> bytes:
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+    # gzip container (wbits=31) written by zlib: time stamp 0, no file name. Z_RLE is twice
+    # as fast as the default strategy on noisy images for ~2 % more bytes.
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
+    return packer.compress(img.to_bytes()) + packer.flush()
 
 
 def _write_case(anat: Anatomy, site: SiteProfile, seed: int, site_index: int, case_index: int, folder: Path) -> dict:
@@ -302,7 +305,7 @@ voxel size times {anat.spacing:g}), RAS.
    (bright on T2/FLAIR, spreading into white matter); low-grade cases do not enhance.
 4. Per-site scanner signature and case mix (so sites are not IID):
 
-| site | scale t1, t1ce, t2, flair | noise | bias | blur mm (x, y, z) | median radius mm | P(left) | P(low grade) |
+| site | scale t1, t1ce, t2, flair | noise | bias (log std) | blur mm (x, y, z) | median radius mm | P(left) | P(low grade) |
 |---|---|---|---|---|---|---|---|
 {rows}
 
@@ -311,6 +314,6 @@ voxel size times {anat.spacing:g}), RAS.
 
 ## Licence of the anatomy
 
-The head template is from pydeface 2.1.0 (MIT licence, Copyright (c) 2017 Russell
-Poldrack). The synthetic images derived from it may be used freely.
+The head template is from pydeface 2.1.0, MIT licence, Copyright (c) 2017 Russell
+Poldrack (see `fedimg/assets/README.md`). Keep this notice with copies of the data.
 """
