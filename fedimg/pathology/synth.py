@@ -5,8 +5,8 @@ How they are made:
 1. Real H&E tiles are cut at random tissue positions (>= 70 % tissue) from a real slide
    (default: the CMU small-region SVS shipped in ``tests/assets/pathology``), at
    ``mpp`` microns/pixel, randomly flipped/rotated.
-2. **Label (synthetic)**: a tile is positive when 3-6 round clusters of extra
-   haematoxylin ("synthetic dense-nuclei foci", radius 6-12 % of the tile) are painted
+2. **Label (synthetic)**: a tile is positive when 2-4 round clusters of extra
+   haematoxylin ("synthetic dense-nuclei foci", radius 12-20 % of the tile) are painted
    into its haematoxylin concentration map; negative tiles are left as they are. The
    label is therefore clear and learnable but has no clinical meaning.
 3. **Site stain shift**: every site re-renders its tiles with its own stain vectors (the
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 _README = """# Synthetic multi-site pathology tiles (SYNTHETIC LABELS)
 
 Made by `fedimg tiles --synthetic-sites {sites}` from the real H&E slide `{slide}`.
-Tiles are real tissue; the **labels are synthetic**: label 1 tiles had 3-6 round clusters
+Tiles are real tissue; the **labels are synthetic**: label 1 tiles had 2-4 round clusters (radius 12-20 % of the tile)
 of extra haematoxylin painted into them ("synthetic dense-nuclei foci"), label 0 tiles
 did not. Each site re-renders its tiles with its own stain vectors, stain concentration
 scale/offset and fraction of positives, imitating scanner/protocol differences between
@@ -63,12 +63,12 @@ def default_slide() -> Path:
 
 
 def paint_foci(shape: int, rng: np.random.Generator) -> np.ndarray:
-    """A ``(S, S)`` map of 3-6 soft discs (values up to ~1) placed at random."""
+    """A ``(S, S)`` map of 2-4 soft discs (radius 12-20 % of the tile, values up to ~1) placed at random."""
     yy, xx = np.mgrid[0:shape, 0:shape].astype(np.float32)
     out = np.zeros((shape, shape), np.float32)
-    for _ in range(int(rng.integers(3, 7))):
+    for _ in range(int(rng.integers(2, 5))):
         cy, cx = rng.uniform(0.1, 0.9, 2) * shape
-        r = rng.uniform(0.06, 0.12) * shape
+        r = rng.uniform(0.12, 0.2) * shape
         d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
         out = np.maximum(out, rng.uniform(0.8, 1.2) / (1 + np.exp((d - r) / max(0.8, r * 0.15))))
     return out

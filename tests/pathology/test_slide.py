@@ -1,0 +1,79 @@
+"""Slide reading: OpenSlide on the real SVS, tifffile fallback, PIL images, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedimg.errors import InputError
+from fedimg.pathology.slide import open_slide
+
+
+def test_real_svs_metadata_and_region(slide_path):
+    import openslide
+
+    with open_slide(slide_path) as s:
+        assert s.backend == "openslide"
+        assert s.dimensions == (2220, 2967)
+        assert s.mpp == pytest.approx(0.499)
+        assert s.best_level_for_mpp(0.5) == 0
+        region = s.read_region((600, 900), 0, (64, 48))
+    assert region.shape == (48, 64, 3) and region.dtype == np.uint8
+    ref = np.asarray(openslide.OpenSlide(str(slide_path)).read_region((600, 900), 0, (64, 48)))[..., :3]
+    np.testing.assert_array_equal(region, ref)
+
+
+def test_tifffile_fallback_reads_plain_tiff(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, img, photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    with open_slide(path) as s:
+        assert s.dimensions == (90, 120)
+        assert s.mpp == pytest.approx(0.5)
+        np.testing.assert_array_equal(s.read_region((10, 20), 0, (30, 40)), img[20:60, 10:40])
+        # outside the image is white, like OpenSlide's transparent background
+        edge = s.read_region((80, 110), 0, (20, 20))
+        np.testing.assert_array_equal(edge[:10, :10], img[110:, 80:])
+        assert (edge[10:, 10:] == 255).all()
+
+
+def test_png_needs_mpp(tmp_path, target_path):
+    with pytest.raises(InputError, match="--slide-mpp"):
+        open_slide(target_path)
+    with open_slide(target_path, mpp=0.5) as s:
+        assert s.backend == "pil" and s.dimensions == (1000, 1000)
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("broken.svs", b"\x00\x01 not a slide" * 100, "corrupt|not a readable"),
+        ("broken.tif", b"II*\x00" + b"\xff" * 64, "corrupt|not a readable"),
+        ("notes.xyz", b"hello", "unsupported slide format"),
+        ("broken.png", b"\x89PNG\r\n\x1a\n garbage", "corrupt|not a readable"),
+    ],
+)
+def test_corrupt_or_unsupported_files_give_clear_errors(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=match) as err:
+        open_slide(path)
+    assert str(path) in str(err.value)
+    assert path.read_bytes() == content  # input untouched
+
+
+def test_truncated_svs_errors_clearly(tmp_path, slide_path):
+    path = tmp_path / "truncated.svs"
+    path.write_bytes(slide_path.read_bytes()[:200_000])
+    with pytest.raises(InputError) as err:
+        with open_slide(path) as s:
+            s.read_region((0, 0), 0, s.dimensions)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        open_slide(tmp_path / "nope.svs")
