@@ -4,7 +4,7 @@ map labels to the TC / WT / ET regions, and synthesise a multi-site BraTS-like d
 >>> from fedimg.data import discover, load_case              # doctest: +SKIP
 >>> arrays = load_case(discover("data/site-1")[0])           # doctest: +SKIP
 >>> arrays.image.shape, arrays.regions.shape                 # doctest: +SKIP
-((4, 88, 128, 128), (3, 88, 128, 128))
+((4, 88, 128, 112), (3, 88, 128, 112))
 """
 
 from __future__ import annotations
