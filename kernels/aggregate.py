@@ -28,6 +28,7 @@ array([0.75, 0.75, 0.75, 0.75], dtype=float32)
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,7 +104,8 @@ class WeightedAccumulator:
     ``device``: ``None``/``"cpu"`` keeps the sum in host memory (numba or numpy), a CUDA
     device (``"cuda"``, ``"cuda:1"``, ``torch.device``) keeps it in a torch CUDA tensor
     driven by CuPy / numba CUDA / torch. Updates may come from host or device; they are
-    moved to the accumulator's device.
+    moved to the accumulator's device. ``add``/``result``/``reset`` are thread-safe (NVFlare
+    may deliver updates from several threads).
 
     >>> acc = WeightedAccumulator(3, block=2)
     >>> for k in range(5):
@@ -147,10 +149,15 @@ class WeightedAccumulator:
         self.backend = choose_backend(kind_of(self._like), self.size, backend)
         self._ops = ops_for(self.backend)
         self._acc = None
+        self._lock = threading.RLock()
         self.reset()
 
     def reset(self) -> None:
         """Forget every update (keeps the buffer)."""
+        with self._lock:
+            self._reset()
+
+    def _reset(self) -> None:
         if self._acc is None:
             self._acc = self._ops.zeros(self.size, self.dtype, to_native(self._like, self.backend))
         self._pending: list[Any] = []
@@ -169,6 +176,10 @@ class WeightedAccumulator:
         if n != self.size:
             raise ValueError(f"WeightedAccumulator.add: update has {n} values, accumulator holds {self.size}")
         float_kind(update)
+        with self._lock:
+            self._add(update, w)
+
+    def _add(self, update: Any, w: float) -> None:
         self.count += 1
         if w == 0:
             return
@@ -193,6 +204,10 @@ class WeightedAccumulator:
 
     def result(self) -> Any:
         """A new array ``sum_k w_k u_k / sum_k w_k`` (the accumulator keeps going)."""
+        with self._lock:
+            return self._result()
+
+    def _result(self) -> Any:
         self._flush()
         if self.total_weight <= 0:
             raise ValueError("WeightedAccumulator.result: no update with weight > 0 was added")
