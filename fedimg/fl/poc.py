@@ -1,0 +1,231 @@
+"""A real multi-process federation on this machine: NVFlare POC (gRPC with mutual TLS).
+
+:class:`PocSystem` prepares an NVFlare POC workspace (``nvflare poc prepare``: a
+provisioned project with certificates for the server, each site and the admin), lets
+fedimg's components run (``class_allow_list``), starts the server and one process per
+site (``nvflare poc start``), submits fedimg's job through the admin startup kit (the
+same path as a real deployment, ``ProdEnv``) and stops everything (``nvflare poc stop``,
+then the process groups it started). Everything listens on and connects to
+``localhost`` only.
+
+>>> # with PocSystem(Path("runs/poc/nvflare"), ["site-1", "site-2"]) as poc:
+>>> #     job_id = poc.submit(recipe); poc.wait(job_id)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedimg.errors import FedimgError
+
+__all__ = ["PocSystem", "run_poc"]
+
+log = logging.getLogger(__name__)
+
+ADMIN = "admin@nvidia.com"
+_DONE = ("FINISHED", "ABORTED", "FAILED")
+
+
+class PocSystem:
+    """One NVFlare POC system (server + sites) in ``workspace``; a context manager that always stops it."""
+
+    def __init__(self, workspace: str | Path, sites: list[str], *, start_timeout: float = 180.0) -> None:
+        self.workspace = Path(workspace).resolve()
+        self.sites = list(sites)
+        self.start_timeout = start_timeout
+        self._pgids: set[int] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["NVFLARE_POC_WORKSPACE"] = str(self.workspace)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        return env
+
+    def _nvflare(self, *args: str, timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess:
+        exe = Path(sys.executable).with_name("nvflare")
+        cmd = [str(exe) if exe.exists() else "nvflare", *args]
+        res = subprocess.run(cmd, env=self._env(), capture_output=True, text=True, timeout=timeout, input="y\n")
+        if check and res.returncode != 0:
+            raise FedimgError(f"{' '.join(cmd)} failed ({res.returncode}): {(res.stderr or res.stdout)[-800:]}")
+        return res
+
+    @property
+    def prod_dir(self) -> Path:
+        found = sorted(self.workspace.glob("*/prod_*"))
+        if not found:
+            raise FedimgError(f"{self.workspace}: no provisioned POC project; call prepare() first")
+        return found[-1]
+
+    def participant_dir(self, name: str) -> Path:
+        return self.prod_dir / name
+
+    @property
+    def admin_kit(self) -> Path:
+        return self.participant_dir(ADMIN)
+
+    def prepare(self) -> None:
+        """Provision the POC project (certificates for every participant) and allow fedimg components."""
+        from fedimg.fl.simulate import allow_fedimg_components
+
+        self._nvflare("poc", "prepare", "-c", *self.sites, "--force")
+        for name in ("server", *self.sites):
+            allow_fedimg_components(self.participant_dir(name) / "local")
+        log.info("POC workspace prepared in %s (sites %s)", self.workspace, ", ".join(self.sites))
+
+    def start(self, *participants: str) -> None:
+        """Start the server and sites (or only ``participants``) and wait until they are up."""
+        args = ["poc", "start", "--timeout", str(int(self.start_timeout))]
+        for p in participants:
+            args += ["-p", p]
+        t0 = time.perf_counter()
+        self._nvflare(*args, timeout=self.start_timeout + 60)
+        self._remember_pgids()
+        log.info("POC %s started in %.0fs", ", ".join(participants) or "system", time.perf_counter() - t0)
+
+    def stop(self, *participants: str) -> None:
+        """``nvflare poc stop`` (all or some participants); kill leftover process groups when stopping all."""
+        args = ["poc", "stop"]
+        for p in participants:
+            args += ["-p", p]
+        try:
+            self._nvflare(*args, timeout=120, check=False)
+        except subprocess.TimeoutExpired:
+            log.warning("nvflare poc stop timed out")
+        if not participants:
+            self._remember_pgids()
+            self._kill_groups()
+
+    def kill(self, participant: str) -> int:
+        """SIGKILL one participant's processes (a site crashing mid-round); returns how many were killed."""
+        marker = str(self.participant_dir(participant))
+        killed = 0
+        for pid, cmd in _processes():
+            if marker + " " in cmd + " " or f"-m {marker}" in cmd:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:
+                    pass
+        return killed
+
+    def __enter__(self) -> PocSystem:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _remember_pgids(self) -> None:
+        marker = str(self.prod_dir)
+        for pid, cmd in _processes():
+            if marker in cmd:
+                try:
+                    self._pgids.add(os.getpgid(pid))
+                except ProcessLookupError:
+                    pass
+
+    def _kill_groups(self) -> None:
+        for pgid in list(self._pgids):
+            if pgid in (os.getpgid(0),):
+                continue
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(1.0)
+        for pgid in list(self._pgids):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._pgids.clear()
+
+    # -- jobs -----------------------------------------------------------------------------
+    def submit(self, recipe: Any) -> str:
+        """Submit ``recipe`` through the admin startup kit (mutual TLS to the server); returns the job id."""
+        from nvflare.recipe import ProdEnv
+
+        env = ProdEnv(startup_kit_location=str(self.admin_kit), login_timeout=30.0)
+        run = recipe.execute(env)
+        self._env_obj = env
+        return run.get_job_id()
+
+    def status(self, job_id: str) -> str | None:
+        from nvflare.recipe import ProdEnv
+
+        env = ProdEnv(startup_kit_location=str(self.admin_kit), login_timeout=30.0)
+        return env.get_job_status(job_id)
+
+    def wait(self, job_id: str, timeout: float = 900.0, poll: float = 3.0, until: Any = None) -> str:
+        """Poll the job until it finishes (or ``until()`` is true); returns its last status."""
+        t_end = time.time() + timeout
+        status = None
+        while time.time() < t_end:
+            try:
+                status = self.status(job_id)
+            except Exception as exc:  # server restarting: keep polling
+                log.debug("status poll failed: %s", exc)
+                status = None
+            if status and any(status.upper().startswith(d) for d in _DONE):
+                return status
+            if until is not None and until():
+                return status or "RUNNING"
+            time.sleep(poll)
+        raise FedimgError(f"job {job_id} did not finish within {timeout:.0f}s (last status {status})")
+
+
+def _processes() -> list[tuple[int, str]]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            out.append((int(d.name), cmd))
+    return out
+
+
+def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool = False, keep_running: bool = False,
+            timeout: float = 3600.0) -> dict[str, Any]:
+    """``fedimg poc``: prepare and start a POC system for every site, run the job to the end, stop."""
+    from fedimg.fl import state as run_state
+    from fedimg.fl.job import build_recipe, discover_sites
+    from fedimg.fl.simulate import _start_point
+    from fedimg.io import write_json
+
+    out = Path(out)
+    sites = discover_sites(data_dir)
+    start_round, checkpoint = _start_point(out, config, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run_config.json", {"federation": config.to_dict(), "sites": {k: str(v) for k, v in sites.items()},
+                                         "mode": "poc"})
+    poc = PocSystem(out / "nvflare", list(sites))
+    t0 = time.perf_counter()
+    try:
+        poc.prepare()
+        poc.start()
+        recipe = build_recipe(config, sites, run_dir=out, start_round=start_round, checkpoint=checkpoint,
+                              local_model_dir=out / "local_models")
+        job_id = poc.submit(recipe)
+        log.info("job %s submitted to the POC server over mutual TLS", job_id)
+        status = poc.wait(job_id, timeout=timeout)
+    finally:
+        if not keep_running:
+            poc.stop()
+    metrics = run_state.read_metrics(out)
+    done = max((m["round"] for m in metrics), default=0)
+    summary = {"job_id": job_id, "status": status, "rounds": done, "sites": list(sites), "seconds": time.perf_counter() - t0,
+               "workspace": str(poc.workspace)}
+    write_json(out / "summary.json", summary)
+    if done < config.rounds:
+        raise FedimgError(f"{out}: POC job {job_id} ended ({status}) after {done} of {config.rounds} rounds; "
+                          f"logs in {poc.prod_dir}/server/ and each site's folder")
+    return summary
