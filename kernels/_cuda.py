@@ -2,9 +2,11 @@
 
 Used for numba device arrays, and for torch CUDA tensors when CuPy is missing (zero-copy
 through ``__cuda_array_interface__``). The K updates travel as a tuple padded to a power of
-two (<= 64 per launch, more are folded in groups), so few specialisations compile. float16
-is read natively and accumulated in float32; bfloat16 tensors are widened to float32 on the
-device before they get here (numba has no bfloat16). Runs on the CPU under
+two (<= 64 per launch, more are folded in groups), so few specialisations compile. Kernels
+only ever see float32/float64: float16 arrays are widened on the device first (a temporary
+float32 copy; mixed-precision arithmetic is avoided on purpose) and bfloat16 torch tensors
+are widened by torch before they get here (numba has no bfloat16). CuPy reads both in
+registers without copies, which is why it is preferred when installed. Runs on the CPU under
 ``NUMBA_ENABLE_CUDASIM=1`` (the CI parity tests do that with tiny arrays).
 
 Example (needs a GPU or the simulator)::
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import cuda
 
@@ -86,7 +89,7 @@ def _fedopt_k(p, g, m, v, method, lr, b1, omb1, b2, omb2, tau, po, mo, vo):  # p
 
 @cuda.jit
 def _robust_k(us, K, k_trim, out):  # pragma: no cover - device code
-    buf = cuda.local.array(64, np.float64)
+    buf = cuda.local.array(64, numba.float64)
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     n = out.size
@@ -107,7 +110,7 @@ def _robust_k(us, K, k_trim, out):  # pragma: no cover - device code
 
 @cuda.jit
 def _sumsq_k(u, res):  # pragma: no cover - device code
-    sm = cuda.shared.array(256, np.float64)
+    sm = cuda.shared.array(256, numba.float64)
     t = cuda.threadIdx.x
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
@@ -157,12 +160,25 @@ def _fill_k(out, val):  # pragma: no cover - device code
         i += stride
 
 
+@cuda.jit
+def _widen_k(src, dst):  # pragma: no cover - device code
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < dst.size:
+        dst[i] = src[i]  # a plain float16 -> float32 cast
+        i += stride
+
+
 def _dev(u):
-    """A numba device array numba can compute on (bfloat16 bits widened to float32)."""
+    """A float32/float64 numba device array (half types widened: no mixed-precision arithmetic in kernels)."""
     if isinstance(u, np.ndarray):
-        return cuda.to_device(_ref.as_float(np.asarray(u)) if u.dtype == np.uint16 else u)
+        return cuda.to_device(_ref.as_float(u) if u.dtype in (np.uint16, np.float16) else u)
     if u.dtype == np.uint16:
         return cuda.to_device(_ref.as_float(u.copy_to_host()))
+    if u.dtype == np.float16:
+        out = cuda.device_array(u.size, np.float32)
+        _widen_k[_grid(u.size), TPB](u, out)
+        return out
     return u
 
 
@@ -185,11 +201,15 @@ def zeros(n: int, dt, like=None):
 def wsum(us, ws, out, accumulate: bool) -> None:
     ws = np.asarray(ws, dtype=out.dtype)
     us = [_dev(u) for u in us]
-    for s in range(0, len(us), MAX_TUPLE):
-        chunk = us[s : s + MAX_TUPLE]
-        tup, k = _padded(chunk)
-        w = cuda.to_device(np.concatenate([ws[s : s + k], np.zeros(1, out.dtype)]))
+    s = 0
+    while s < len(us):  # runs of one dtype (a tuple must be homogeneous), <= MAX_TUPLE each
+        e = s
+        while e < len(us) and e - s < MAX_TUPLE and us[e].dtype == us[s].dtype:
+            e += 1
+        tup, k = _padded(us[s:e])
+        w = cuda.to_device(np.concatenate([ws[s:e], np.zeros(1, out.dtype)]))
         _wsum_k[_grid(out.size), TPB](tup, k, w, out, accumulate or s > 0)
+        s = e
 
 
 def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float):
@@ -209,6 +229,8 @@ def robust(us, k_trim: int, dt=np.float32):
         warn_once("cuda:robust", "fedimg.kernels: robust stats over %d > %d updates run on the host", len(us), MAX_TUPLE)
         return cuda.to_device(_ref.robust([host(u) for u in us], k_trim, dt))
     us = [_dev(u) for u in us]
+    if len({u.dtype for u in us}) > 1:
+        us = [cuda.to_device(host(u).astype(np.float64)) for u in us]
     tup, k = _padded(us)
     out = empty(us[0].size, dt)
     _robust_k[_grid(out.size), TPB](tup, k, int(k_trim), out)

@@ -53,7 +53,8 @@ extern "C" __global__ void {name}(const unsigned long long* __restrict__ ptrs, c
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (; i < n; i += stride) {
     {A} acc = accumulate ? out[i] : ({A})0;
-    for (int k = 0; k < K; ++k) {
+#pragma unroll 8
+    for (int k = 0; k < K; ++k) {  // unrolled: several independent loads in flight per thread
       const {T}* u = (const {T}*)ptrs[k];
       acc += w[k] * ({A}){LOAD};
     }

@@ -12,7 +12,7 @@ process, round-robin, median of ``--repeats`` (>= 5):
 * fedimg ``fedavg`` fused (each update read once), blocked (4 per pass), streaming
   (``WeightedAccumulator``: add per site, then ``result``), and the numpy reference.
 
-The physical limit is measured in the same run. CPU: a read-only chunked sum over the K
+The physical limit is measured in the same round-robin. CPU: a read-only chunked sum over the K
 updates and a triad ``a = b + s*c``; a method's limit time is ``reads/read_bw +
 writes/write_bw`` with ``write_bw`` derived from the triad, for the bytes the method itself
 must move (``traffic`` below). GPU (updates already on the device as torch CUDA tensors):
@@ -85,46 +85,38 @@ def traffic(method: str, k: int) -> tuple[int, int]:
 # ----------------------------------------------------------------- limits ------------
 
 
-def _cpu_limits(flats: list[np.ndarray], repeats: int) -> dict[str, float]:
-    from fedimg.kernels._cpu import read_sum as _sum
-    from fedimg.kernels._cpu import triad as _triad
+def _probes(flats: list[Any], on_gpu: bool) -> dict[str, Callable[[], Any]]:
+    """Bandwidth probes, timed in the same round-robin as the methods (same machine load).
 
-    n = flats[0].size
-    a = np.empty(n, np.float32)
-    _sum(flats[0])
-    _triad(a, flats[0], flats[1 % len(flats)], np.float32(0.5))
-    tr, tt = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for f in flats:
-            _sum(f)
-        tr.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        _triad(a, flats[0], flats[1 % len(flats)], np.float32(0.5))
-        tt.append(time.perf_counter() - t0)
+    CPU: read-only chunked sum over the K updates, and a triad ``a = b + s*c``; GPU: a
+    device-to-device copy of each update.
+    """
+    if on_gpu:
+        import torch
+
+        dst = torch.empty_like(flats[0])
+        return {"probe_copy": lambda: [dst.copy_(f) for f in flats]}
+    from fedimg.kernels._cpu import read_sum, triad
+
+    a = np.empty(flats[0].size, np.float32)
+    b, c = flats[0], flats[1 % len(flats)]
+    return {
+        "probe_read": lambda: [read_sum(f) for f in flats],
+        "probe_triad": lambda: triad(a, b, c, np.float32(0.5)),
+    }
+
+
+def _limits(times: dict[str, list[float]], k: int, n: int) -> dict[str, float]:
     nbytes = n * 4
-    read_bw = len(flats) * nbytes / float(np.median(tr))
-    triad_bw = 3 * nbytes / float(np.median(tt))
-    t_write = float(np.median(tt)) - 2 * nbytes / read_bw
-    write_bw = nbytes / t_write if t_write > 0 else triad_bw
+    if "probe_copy" in times:
+        return {"d2d_copy_GBps": 2 * k * nbytes / float(np.median(times["probe_copy"])) / 1e9}
+    t_read = float(np.median(times["probe_read"]))
+    t_triad = float(np.median(times["probe_triad"]))
+    read_bw = k * nbytes / t_read
+    t_write = t_triad - 2 * nbytes / read_bw  # triad = 2 reads + 1 write
+    triad_bw = 3 * nbytes / t_triad
+    write_bw = nbytes / t_write if t_write > 0.05 * t_triad else triad_bw
     return {"read_GBps": read_bw / 1e9, "triad_GBps": triad_bw / 1e9, "write_GBps": write_bw / 1e9}
-
-
-def _gpu_limits(flats: list[Any], repeats: int) -> dict[str, float]:
-    import torch
-
-    dst = torch.empty_like(flats[0])
-    dst.copy_(flats[0])
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for f in flats:
-            dst.copy_(f)
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    bw = 2 * len(flats) * flats[0].numel() * 4 / float(np.median(ts))
-    return {"d2d_copy_GBps": bw / 1e9}
 
 
 def _limit_time(method: str, k: int, n: int, limits: dict[str, float]) -> float:
@@ -255,6 +247,7 @@ def bench_case(size: str, k: int, repeats: int, on_gpu: bool, device: Any, peers
             for d, w in zip(host_dicts, weights)
         ]
     methods = _methods(flats, dicts, records, weights, on_gpu, peers)
+    probes = _probes(flats, on_gpu)
     ref = sum(np.float64(w) * f.astype(np.float64) for w, f in zip(weights, host_flats)) / sum(weights)
     first = {}
     for name, fn in methods.items():  # warm-up (numba compile, CuPy build) and correctness check
@@ -262,16 +255,19 @@ def bench_case(size: str, k: int, repeats: int, on_gpu: bool, device: Any, peers
         _sync(on_gpu)
     _check(first, ref, names)
     del first
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    for _ in range(repeats):  # round-robin
-        for name, fn in methods.items():
+    for fn in probes.values():
+        fn()
+    timed = {**methods, **probes}
+    times: dict[str, list[float]] = {m: [] for m in timed}
+    for _ in range(repeats):  # round-robin, probes included
+        for name, fn in timed.items():
             _sync(on_gpu)
             t0 = time.perf_counter()
             res = fn()
             _sync(on_gpu)
             times[name].append(time.perf_counter() - t0)
             del res
-    limits = _gpu_limits(flats, repeats) if on_gpu else _cpu_limits(host_flats, repeats)
+    limits = _limits(times, k, n)
     rows = {}
     for name, fn in methods.items():
         t = float(np.median(times[name]))
