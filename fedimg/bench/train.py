@@ -199,11 +199,12 @@ def _table(rows: list[tuple[str, dict]], header: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fedimg.device import configure_threads, resolve_device, seed_everything
+    from fedimg.device import resolve_device, seed_everything
+    from fedimg.engine.loop import set_threads
     from fedimg.io import write_json
     from fedimg.telemetry import Telemetry, cpu_name
 
-    threads = configure_threads(args.threads)
+    threads = set_threads(args.threads)
     device = resolve_device(args.device)
     roi = tuple(args.roi) if args.roi else (64, 64, 64)
     epochs = args.epochs or (2 if args.quick else 3)

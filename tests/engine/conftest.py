@@ -88,3 +88,9 @@ def synth_site(tmp_path_factory) -> Path:
     from fedimg.data import synthesize
 
     return synthesize(tmp_path_factory.mktemp("synth4") / "d", sites=1, cases_per_site=8, seed=0, spacing=4.0)[0]
+
+
+@pytest.fixture(scope="session")
+def case_maker():
+    """``make_case(root, case_id, seed, shape=..., affine=...)`` for tests that need special cases."""
+    return make_case
