@@ -9,8 +9,8 @@ used as protection: their voxels are never removed).
 >>> import numpy as np
 >>> from fedimg.deface import DefaceConfig
 >>> t = Deface(config=DefaceConfig(preset="fast"))
->>> t.backend
-[<TransformBackends.TORCH: 'torch'>, <TransformBackends.NUMPY: 'numpy'>]
+>>> [b.value for b in t.backend]
+['torch', 'numpy']
 >>> # out = t(img, affine=aff)  -> same shape/dtype as img, face voxels zeroed
 """
 

@@ -9,7 +9,7 @@ NRRD itself. The voxel-to-world affine is returned in RAS (NIfTI convention): NR
 >>> hdr = "NRRD0004\\ntype: short\\ndimension: 3\\nsizes: 2 3 4\\nencoding: raw\\nendian: little\\n\\n"
 >>> _ = p.write_bytes(hdr.encode() + np.arange(24, dtype="<i2").tobytes())
 >>> data, affine, _ = read_nrrd(p)
->>> data.shape, int(data[1, 0, 0]), affine[0, 0]
+>>> data.shape, int(data[1, 0, 0]), float(affine[0, 0])
 ((2, 3, 4), 1, 1.0)
 """
 

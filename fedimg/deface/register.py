@@ -47,6 +47,7 @@ class RegistrationConfig:
     iterations: tuple[int, ...] = (70, 40)
     starts: int = 12
     keep: int = 2
+    prune_to: int = 4  # starts left after the first third of the coarsest level
     samples: int = 4000
     eval_samples: int = 20000
     bins: int = 32
@@ -61,8 +62,8 @@ class RegistrationConfig:
             raise ConfigError("levels_mm must be > 0 and iterations >= 1")
         if not 1 <= self.starts <= len(START_ROTATIONS):
             raise ConfigError(f"starts must be 1..{len(START_ROTATIONS)}")
-        if not 1 <= self.keep <= self.starts:
-            raise ConfigError("keep must be 1..starts")
+        if not 1 <= self.keep <= self.starts or not self.keep <= self.prune_to:
+            raise ConfigError("keep must be 1..starts and <= prune_to")
         if self.samples < 256 or self.eval_samples < self.samples or not 8 <= self.bins <= 128:
             raise ConfigError("samples >= 256, eval_samples >= samples, 8 <= bins <= 128")
         if self.lr_linear <= 0 or self.lr_translation <= 0:
@@ -108,6 +109,23 @@ def downsample(data, affine: np.ndarray, target_mm: float):
     shift = np.eye(4)
     shift[:3, 3] = [(f - 1) / 2.0 for f in factors]
     return out, affine @ shift @ scale
+
+
+_TEMPLATE_CACHE: dict = {}
+
+
+def _template_level(template: np.ndarray, affine: np.ndarray, mm: float, device):
+    """Downsampled, normalised template for one level, cached per (array, level, device)."""
+    import torch
+
+    key = (template.__array_interface__["data"][0], template.shape, affine.tobytes(), mm, str(device))
+    if key not in _TEMPLATE_CACHE:
+        if len(_TEMPLATE_CACHE) > 8:
+            _TEMPLATE_CACHE.clear()
+        full = torch.as_tensor(np.asarray(template, dtype=np.float32), device=device)
+        t, ta = downsample(full, affine, mm)
+        _TEMPLATE_CACHE[key] = (_normalise(t), ta)
+    return _TEMPLATE_CACHE[key]
 
 
 def _normalise(t):
@@ -240,12 +258,11 @@ def _register(subject, subject_affine, template, template_affine, config, device
     t0 = time.perf_counter()
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     subj_full = torch.as_tensor(np.asarray(subject, dtype=np.float32), device=device)
-    tmpl_full = torch.as_tensor(np.asarray(template, dtype=np.float32), device=device)
     pyramid = []
     for mm in config.levels_mm:
         s, sa = downsample(subj_full, subject_affine, mm)
-        t, ta = downsample(tmpl_full, template_affine, mm)
-        pyramid.append((_normalise(s), sa, _normalise(t), ta))
+        t, ta = _template_level(template, template_affine, mm, device)
+        pyramid.append((_normalise(s), sa, t, ta))
     c_s = _centre_of_mass(pyramid[0][0], pyramid[0][1])
     c_t_np = _centre_of_mass(pyramid[0][2], pyramid[0][3])
     c_t = torch.as_tensor(c_t_np, dtype=torch.float32, device=device)
@@ -266,6 +283,18 @@ def _register(subject, subject_affine, template, template_affine, config, device
         m2 = [torch.zeros_like(p) for p in params]
         n_pts = level.points.shape[0]
         for it in range(iters):
+            if li == 0 and it == iters // 3 and lin.shape[0] > config.prune_to:
+                # Prune early: starts far from the optimum rarely recover; keep the best few.
+                with torch.no_grad():
+                    g_eval = torch.Generator(device="cpu").manual_seed(config.seed + 999)
+                    sel = torch.randint(0, n_pts, (min(config.eval_samples, n_pts),), generator=g_eval).to(device)
+                    best = torch.argsort(level.loss(lin, trans, c_t, sel))[: config.prune_to].tolist()
+                lin = lin.detach()[best].requires_grad_(True)
+                trans = trans.detach()[best].requires_grad_(True)
+                params = [lin, trans]
+                m1 = [m[best] for m in m1]
+                m2 = [m[best] for m in m2]
+                ids = [ids[i] for i in best]
             frac = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters)))
             sel = torch.randint(0, n_pts, (min(config.samples, n_pts),), generator=gen).to(device)
             loss = level.loss(lin, trans, c_t, sel)

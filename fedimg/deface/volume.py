@@ -8,7 +8,7 @@ DICOM metadata such as acquisition times) are dropped from outputs.
 >>> import numpy as np
 >>> canonical_mask = np.zeros((4, 5, 6), bool); canonical_mask[0, 0, 0] = True
 >>> vol = Volume(path=None, raw=np.zeros((4, 5, 6), np.int16), affine=np.diag([-1., 1, 1, 1]))
->>> from_canonical(vol, canonical_mask)[3, 0, 0]
+>>> bool(from_canonical(vol, canonical_mask)[3, 0, 0])
 True
 """
 

@@ -25,7 +25,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def head_run(tmp_path_factory, hashed_module=None):
+def head_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("head") / "sub-01_T1w_defaced.nii.gz"
     before = HEAD.read_bytes()
     rc = main(["deface", str(HEAD), "-o", str(out)])
@@ -33,6 +33,7 @@ def head_run(tmp_path_factory, hashed_module=None):
     return rc, out
 
 
+@pytest.mark.slow
 def test_real_head_defaced_with_qc_and_provenance(head_run):
     rc, out = head_run
     assert rc == 0
@@ -67,6 +68,7 @@ def test_real_head_defaced_with_qc_and_provenance(head_run):
     assert not np.any(can_a[:, :, z_top:] != can_b[:, :, z_top:])
 
 
+@pytest.mark.slow
 def test_real_head_with_rotated_header_removes_same_voxels(head_run):
     """Voxels unchanged, header rotated 30 degrees (pitch) about the head: same voxels removed."""
     _, out = head_run
