@@ -1,10 +1,11 @@
 """Batch defacing: plan jobs over a BIDS tree or BraTS case folders, run them, summarise.
 
 - ``bids``: every ``sub-*/[ses-*/]anat/*.nii[.gz]`` is defaced on its own registration; the
-  tree is mirrored under the output root (``dataset_description.json`` is copied).
+  tree is mirrored under the output root (top-level metadata files are copied).
 - ``brats``: each case folder ``<case>/<case>_t1.nii.gz`` (+ ``_t1ce``, ``_t2``, ``_flair``,
   label ``_seg``; or the 2023 names ``-t1n/-t1c/-t2w/-t2f/-seg``) is one job: the t1 is
-  registered, the other modalities get the same removal, the label is protected and copied.
+  registered, the other modalities get the same removal, the label is protected and copied
+  (as are top-level metadata files such as ``site.json``).
 
 A file that fails (bad input or QC) does not stop the batch; it is listed in the summary
 (``deface_summary.json`` in the output root) and the batch returns a non-zero exit code.
@@ -67,8 +68,7 @@ def plan_bids(root: Path, out_root: Path) -> tuple[list[DefaceJob], list[tuple[P
     """Jobs for every anatomical image of a BIDS tree, and metadata files to copy."""
     images = sorted(p for p in root.glob("sub-*/**/anat/*") if p.is_file() and NIFTI.search(p.name))
     jobs = [DefaceJob(reference=p, output=out_root / p.relative_to(root)) for p in images]
-    copies = [(root / n, out_root / n) for n in ("dataset_description.json",) if (root / n).is_file()]
-    return jobs, copies
+    return jobs, _metadata(root, out_root)
 
 
 def plan_brats(root: Path, out_root: Path) -> tuple[list[DefaceJob], list[tuple[Path, Path]]]:
@@ -92,7 +92,14 @@ def plan_brats(root: Path, out_root: Path) -> tuple[list[DefaceJob], list[tuple[
             reference=ref, output=dest / ref.name, apply_to=tuple(apply_to),
             protect=(seg,) if seg else (), copy=((seg, dest / seg.name),) if seg else (),
         ))
-    return jobs, []
+    return jobs, ([] if folders == [root] else _metadata(root, out_root))
+
+
+def _metadata(root: Path, out_root: Path) -> list[tuple[Path, Path]]:
+    """Top-level metadata files (dataset_description.json, participants.tsv, site.json, README...)."""
+    keep = {".json", ".tsv", ".csv", ".md", ".txt"}
+    return [(f, out_root / f.name) for f in sorted(root.iterdir())
+            if f.is_file() and f.suffix.lower() in keep and f.name != "deface_summary.json"]
 
 
 def plan(root: Path, out_root: Path, layout: str = "auto") -> tuple[list[DefaceJob], list[tuple[Path, Path]]]:

@@ -56,6 +56,7 @@ def brats_site(tmp_path_factory, head_2mm) -> Path:
     d = np.asarray(img.dataobj)
     for suffix, scale in (("t1", 1.0), ("t1ce", 1.2), ("t2", 0.8), ("flair", 0.6)):
         nib.save(nib.Nifti1Image((d * scale).astype(np.int16), img.affine, img.header), str(case / f"case-000_{suffix}.nii.gz"))
+    (root / "site.json").write_text(json.dumps({"site": "site-1", "synthetic": True}))
     seg = frontal_blob(d.shape, img.affine)
     nib.save(nib.Nifti1Image(seg, img.affine), str(case / "case-000_seg.nii.gz"))
     return root

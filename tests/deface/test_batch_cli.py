@@ -57,6 +57,7 @@ def test_brats_site_layout(brats_site, tmp_path, hashed):
         assert is_defaced(dst) and json.loads(sidecar_path(dst).read_text())["reference"] == "case-000_t1.nii.gz"
     assert (case_out / "case-000_seg.nii.gz").read_bytes() == (case_in / "case-000_seg.nii.gz").read_bytes()
     assert (case_out / "case-000_t1.qc.png").is_file()
+    assert (out / "site.json").read_text() == (brats_site / "site.json").read_text()
     # the training gate: defaced output passes, the raw input is refused naming --allow-identifiable
     assert len(discover(out, allow_identifiable=False)) == 1
     try:
