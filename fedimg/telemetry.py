@@ -119,13 +119,22 @@ class Telemetry:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def summary(self) -> dict[str, Any]:
-        """Means and peaks over the samples (``available: False`` and no numbers without NVML)."""
+    def elapsed(self) -> float:
+        """Seconds since :meth:`start` on the samples' clock (to mark windows for :meth:`summary`)."""
+        return time.perf_counter() - self._t0
+
+    def summary(self, windows: list[tuple[float, float]] | None = None) -> dict[str, Any]:
+        """Means and peaks over the samples (``available: False`` and no numbers without NVML).
+
+        ``windows``: only samples whose time (:meth:`elapsed`) lies in one of these spans.
+        """
+        rows = self.samples if windows is None else [s for s in self.samples
+                                                     if any(a <= s["t"] <= b for a, b in windows)]
         out: dict[str, Any] = {"available": self.available, "device": self.device_name or cpu_name(),
-                               "samples": len(self.samples), "seconds": max(0.0, (self._t1 or time.perf_counter()) - self._t0)}
+                               "samples": len(rows), "seconds": max(0.0, (self._t1 or time.perf_counter()) - self._t0)}
 
         def col(k: str) -> list[float]:
-            return [s[k] for s in self.samples if k in s]
+            return [s[k] for s in rows if k in s]
 
         if (u := col("gpu_util")):
             out["gpu_util_mean"] = sum(u) / len(u)

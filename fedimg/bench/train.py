@@ -37,9 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="site folder to use (default: synthesise cases into a temp folder)")
     p.add_argument("--cases", type=int, default=None, help="synthetic cases (default 8, --quick 6)")
     p.add_argument("--epochs", type=int, default=None, help="timed epochs per loop (default 3, --quick 2)")
-    p.add_argument("--roi", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"), help="crop (default 64 64 64)")
+    p.add_argument("--roi", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="crop (default 64 64 64 on a CPU, 128 128 128 on a GPU)")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--init-filters", type=int, default=8)
+    p.add_argument("--init-filters", type=int, default=None, help="SegResNet width (default 8 on a CPU, 16 on a GPU)")
+    p.add_argument("--samples-per-case", type=int, default=None,
+                   help="engine crops per case per epoch (default 1 on a CPU, 8 on a GPU: longer epochs to sample)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--peer-workers", type=int, default=0, help="DataLoader workers for the tutorial loop (default 0)")
@@ -118,7 +121,7 @@ class EngineLoop:
     """fedimg's engine on the same cases (preprocessing cached once on the device)."""
 
     def __init__(self, cases: list, *, roi, batch_size: int, init_filters: int, device, epochs: int,
-                 amp: str = "auto", channels_last: bool = False, seed: int = 0) -> None:
+                 amp: str = "auto", channels_last: bool = False, seed: int = 0, samples_per_case: int = 1) -> None:
         from fedimg.engine.cache import prepare_site_data
         from fedimg.engine.config import TrainConfig
         from fedimg.engine.loop import Trainer
@@ -126,7 +129,7 @@ class EngineLoop:
 
         cfg = TrainConfig(roi=tuple(roi), batch_size=batch_size, init_filters=init_filters, epochs=epochs + 1,
                           val_fraction=0.0, amp=amp, channels_last=channels_last, seed=seed, lr=1e-4,
-                          warmup_epochs=0)
+                          warmup_epochs=0, samples_per_case=samples_per_case)
         t0 = time.perf_counter()
         data = prepare_site_data(cases, cfg, device)
         self.trainer = Trainer(build_model("segresnet", init_filters=init_filters), data, cfg)
@@ -141,28 +144,33 @@ class EngineLoop:
         return int(round(stats["voxels_per_s"] * stats["seconds"]))
 
 
-def measure(loops: list, epochs: int, device) -> list[dict[str, Any]]:
+def measure(loops: list, epochs: int, device, tel: Any = None) -> list[dict[str, Any]]:
     """One untimed warm-up epoch per loop, then ``epochs`` timed epochs, interleaved loop by loop.
 
-    Interleaving makes a busy machine slow every loop alike, so the ratio stays fair.
+    Interleaving makes a busy machine slow every loop alike, so the ratio stays fair. With
+    a running :class:`~fedimg.telemetry.Telemetry`, each loop gets the summary of the
+    samples taken during its own timed epochs.
     """
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for lp in loops:
         lp.epoch()
-    acc = [{"seconds": 0.0, "cpu_s": 0.0, "voxels": 0} for _ in loops]
+    acc: list[dict[str, Any]] = [{"seconds": 0.0, "cpu_s": 0.0, "voxels": 0, "windows": []} for _ in loops]
     for _ in range(epochs):
         for lp, a in zip(loops, acc):
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
+            w0 = tel.elapsed() if tel is not None else 0.0
             a["voxels"] += lp.epoch()
             sync()
             a["seconds"] += time.perf_counter() - t0
             a["cpu_s"] += time.process_time() - c0
+            a["windows"].append((w0, tel.elapsed() if tel is not None else 0.0))
     return [{"voxels_per_s": a["voxels"] / a["seconds"], "epoch_s": a["seconds"] / epochs,
              "voxels_per_cpu_s": a["voxels"] / max(a["cpu_s"], 1e-9), "setup_s": lp.setup_s,
-             "final_loss": lp.loss} for lp, a in zip(loops, acc)]
+             "final_loss": lp.loss, **({"telemetry": tel.summary(a["windows"])} if tel is not None else {})}
+            for lp, a in zip(loops, acc)]
 
 
 def _cases(args: argparse.Namespace, tmp: Path) -> list:
@@ -186,11 +194,12 @@ def _table(rows: list[tuple[str, dict]], header: dict) -> str:
     for name, r in rows:
         lines.append(f"{name:<44}{r['voxels_per_s']:>11.4g}{r['voxels_per_cpu_s']:>12.4g}{r['epoch_s']:>9.2f}"
                      f"{r['setup_s']:>8.1f}{r['voxels_per_s'] / base:>7.2f}x")
-    tel = header["telemetry"]
-    if tel.get("available"):
-        lines.append(f"GPU telemetry (whole timed run): util mean {tel.get('gpu_util_mean', float('nan')):.0f} %, "
-                     f"peak memory {tel.get('mem_used_peak_mib', float('nan')):.0f} MiB, "
-                     f"power mean {tel.get('power_mean_w', float('nan')):.0f} W")
+    if header["telemetry"].get("available"):
+        for name, r in rows:
+            tel = r.get("telemetry", {})
+            lines.append(f"GPU telemetry {name.split(')')[0] + ')'}: util mean {tel.get('gpu_util_mean', float('nan')):.0f} %"
+                         f" ({tel.get('samples', 0)} samples), peak memory {tel.get('mem_used_peak_mib', float('nan')):.0f} MiB,"
+                         f" power mean {tel.get('power_mean_w', float('nan')):.0f} W")
     else:
         lines.append("GPU telemetry: not available (no NVIDIA GPU/NVML)")
     return "\n".join(lines)
@@ -206,30 +215,38 @@ def run(args: argparse.Namespace) -> int:
 
     threads = set_threads(args.threads)
     device = resolve_device(args.device)
-    roi = tuple(args.roi) if args.roi else (64, 64, 64)
+    gpu = device.type == "cuda"
+    roi = tuple(args.roi) if args.roi else ((128, 128, 128) if gpu else (64, 64, 64))
+    init_filters = args.init_filters or (16 if gpu else 8)
+    spc = args.samples_per_case or (8 if gpu else 1)
+    if args.cases is None and gpu:
+        args.cases = 8 if args.quick else 12
     epochs = args.epochs or (2 if args.quick else 3)
-    kw = dict(roi=roi, batch_size=args.batch_size, init_filters=args.init_filters, device=device, epochs=epochs)
+    kw = dict(roi=roi, batch_size=args.batch_size, init_filters=init_filters, device=device, epochs=epochs)
     tel_index = (device.index or 0) if device.type == "cuda" else None
     with tempfile.TemporaryDirectory(prefix="fedimg-bench-train-") as tmp:
         cases = _cases(args, Path(tmp))
         seed_everything(0)
-        loops: list = [TutorialLoop(cases, workers=args.peer_workers, **kw), EngineLoop(cases, **kw)]
+        loops: list = [TutorialLoop(cases, workers=args.peer_workers, **kw),
+                       EngineLoop(cases, samples_per_case=spc, **kw)]
         if args.variants:
-            loops += [EngineLoop(cases, amp="fp32", **kw), EngineLoop(cases, amp="bf16", channels_last=True, **kw)]
+            loops += [EngineLoop(cases, amp="fp32", samples_per_case=spc, **kw),
+                      EngineLoop(cases, amp="bf16", channels_last=True, samples_per_case=spc, **kw)]
         from monai.data import set_track_meta
 
         set_track_meta(True)  # the tutorial keeps MONAI's metadata tracking on
-        with Telemetry(tel_index) as tel:
-            res = measure(loops, epochs, device)
+        with Telemetry(tel_index, interval=0.1 if gpu else 0.5) as tel:
+            res = measure(loops, epochs, device, tel)
         rows = [(lp.name, r) for lp, r in zip(loops, res)]
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     header = {"device": dev_name, "device_type": device.type, "threads": threads, "cases": len(cases), "roi": list(roi),
-              "batch_size": args.batch_size, "init_filters": args.init_filters, "epochs": epochs,
+              "batch_size": args.batch_size, "init_filters": init_filters, "epochs": epochs, "samples_per_case": spc,
               "telemetry": tel.summary()}
     print(_table(rows, header))
     ratio = rows[1][1]["voxels_per_s"] / rows[0][1]["voxels_per_s"]
     print(f"ratio engine / tutorial: {ratio:.2f}x")
     result = {"benchmark": "train", **header, "ratio": ratio,
+              "engine_gpu_util_mean": rows[1][1].get("telemetry", {}).get("gpu_util_mean"),
               "results": {name.strip(): r for name, r in rows}, "quick": bool(args.quick),
               "torch": torch.__version__}
     if args.json:

@@ -99,7 +99,7 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=trainer.epoch + 1 if resume else None)
-    tel = Telemetry(device_index=device.index or 0 if device.type == "cuda" else None, interval=0.5).start()
+    tel = Telemetry(device_index=(device.index or 0) if device.type == "cuda" else None, interval=0.5).start()
     epochs_run = 0
     try:
         while trainer.epoch < config.epochs and (stop_after is None or epochs_run < stop_after):
@@ -107,7 +107,8 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
 
             def on_step(s: dict, bar=bar) -> None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{s['loss']:.4f}", vox_s=f"{s['voxels_per_s']:.3g}")
+                if s["loss"] is not None:
+                    bar.set_postfix(loss=f"{s['loss']:.4f}", vox_s=f"{s['voxels_per_s']:.3g}")
 
             stats = trainer.train_epoch(on_step=on_step)
             epoch = trainer.epoch

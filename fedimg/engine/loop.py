@@ -131,7 +131,10 @@ class Trainer:
         cfg = self.config
         self.model.train()
         order = (torch.randperm(self.samples_per_epoch, generator=self.generator) % self.data.num_train).tolist()
-        total_loss, n_batches, voxels = 0.0, 0, 0
+        # the loss is summed on the device: no host sync per step (only every 10th for progress)
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        n_batches, voxels = 0, 0
+        n_steps = math.ceil(len(order) / cfg.batch_size)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
@@ -151,16 +154,18 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            total_loss += float(loss.detach())
+            total_loss += loss.detach().double()
             n_batches += 1
             voxels += x.shape[0] * math.prod(x.shape[2:])
             if on_step is not None:
-                on_step({"loss": total_loss / n_batches, "voxels_per_s": voxels / max(1e-9, time.perf_counter() - t0)})
+                show = n_batches % 10 == 0 or n_batches == n_steps or n_batches == 1
+                on_step({"step": n_batches, "loss": float(total_loss) / n_batches if show else None,
+                         "voxels_per_s": voxels / max(1e-9, time.perf_counter() - t0)})
         sync()
         seconds = time.perf_counter() - t0
         self.epoch += 1
         return {
-            "loss": total_loss / max(1, n_batches),
+            "loss": float(total_loss) / max(1, n_batches),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "voxels_per_s": voxels / max(seconds, 1e-9),
             "seconds": seconds,

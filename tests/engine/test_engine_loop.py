@@ -115,3 +115,20 @@ def test_learns_whole_tumour_on_synthetic_site(synth_site):
     assert trained["dice_wt"] > 0.4
     assert trained["dice_wt"] > untrained["dice_wt"] + 0.3
     assert metrics["loss"] < 0.95
+
+
+@pytest.mark.gpu
+def test_train_and_evaluate_on_gpu(site, tmp_path):
+    """Cached data, augmentation, bf16 training, sliding-window Dice and checkpoints on CUDA."""
+    dev = torch.device("cuda", 0)
+    cfg = CFG.replace(device="cuda", epochs=3)
+    data = task.load_site(site, cfg, dev)
+    assert all(t.is_cuda for t in data.train_images) and all(v.image.is_cuda for v in data.val)
+    model = task.build_model(cfg)
+    metrics, n = task.train_one_round(model, data, cfg)
+    assert n == 6 and next(model.parameters()).is_cuda and data.state["trainer"].bf16 == torch.cuda.is_bf16_supported()
+    res = task.evaluate(model, data, cfg)
+    assert 0.0 <= res["dice_wt"] <= 1.0 and math.isfinite(metrics["loss"])
+    save_checkpoint(tmp_path / "m.safetensors", model, {"model": "segresnet", "model_kwargs": {"init_filters": 8}})
+    loaded, _ = load_checkpoint(tmp_path / "m.safetensors", device=dev)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
