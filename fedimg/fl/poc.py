@@ -36,10 +36,12 @@ _DONE = ("FINISHED", "ABORTED", "FAILED")
 class PocSystem:
     """One NVFlare POC system (server + sites) in ``workspace``; a context manager that always stops it."""
 
-    def __init__(self, workspace: str | Path, sites: list[str], *, start_timeout: float = 180.0) -> None:
+    def __init__(self, workspace: str | Path, sites: list[str], *, start_timeout: float = 180.0,
+                 heartbeat_timeout: float = 60.0) -> None:
         self.workspace = Path(workspace).resolve()
         self.sites = list(sites)
         self.start_timeout = start_timeout
+        self.heartbeat_timeout = heartbeat_timeout
         self._pgids: set[int] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -78,6 +80,14 @@ class PocSystem:
         self._nvflare("poc", "prepare", "-c", *self.sites, "--force")
         for name in ("server", *self.sites):
             allow_fedimg_components(self.participant_dir(name) / "local")
+        # A site that stops sending heartbeats (sites send one every 10 s) is dropped after this many
+        # seconds (NVFlare's default is 600), so a round waiting on a crashed site can go on.
+        import json
+
+        cfg_path = self.participant_dir("server") / "startup" / "fed_server.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["servers"][0]["heart_beat_timeout"] = float(self.heartbeat_timeout)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
         log.info("POC workspace prepared in %s (sites %s)", self.workspace, ", ".join(self.sites))
 
     def start(self, *participants: str) -> None:
@@ -104,11 +114,14 @@ class PocSystem:
             self._kill_groups()
 
     def kill(self, participant: str) -> int:
-        """SIGKILL one participant's processes (a site crashing mid-round); returns how many were killed."""
+        """SIGKILL all of one participant's processes, its restart loop included (a machine crashing).
+
+        Returns how many processes were killed.
+        """
         marker = str(self.participant_dir(participant))
         killed = 0
         for pid, cmd in _processes():
-            if marker + " " in cmd + " " or f"-m {marker}" in cmd:
+            if pid not in _ancestors() and (marker + " " in cmd + " " or marker + "/" in cmd):
                 try:
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
@@ -123,28 +136,23 @@ class PocSystem:
         self.stop()
 
     def _remember_pgids(self) -> None:
-        marker = str(self.prod_dir)
-        for pid, cmd in _processes():
-            if marker in cmd:
-                try:
-                    self._pgids.add(os.getpgid(pid))
-                except ProcessLookupError:
-                    pass
+        """Remember the processes of this POC system (their command lines name our workspace)."""
+        marker = str(self.workspace) + "/"
+        self._pgids.update(pid for pid, cmd in _processes() if marker in cmd and pid not in _ancestors())
 
     def _kill_groups(self) -> None:
-        for pgid in list(self._pgids):
-            if pgid in (os.getpgid(0),):
-                continue
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(1.0)
-        for pgid in list(self._pgids):
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        """SIGTERM, then SIGKILL, every process of this POC system still alive (never this process)."""
+        marker = str(self.workspace) + "/"
+        mine = _ancestors()
+        pids = {pid for pid, cmd in _processes() if marker in cmd} | set(self._pgids)
+        pids -= mine
+        for sig, pause in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 0.0)):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(pause)
         self._pgids.clear()
 
     # -- jobs -----------------------------------------------------------------------------
@@ -179,6 +187,19 @@ class PocSystem:
                 return status or "RUNNING"
             time.sleep(poll)
         raise FedimgError(f"job {job_id} did not finish within {timeout:.0f}s (last status {status})")
+
+
+def _ancestors() -> set[int]:
+    """This process and its parents (never to be killed)."""
+    out, pid = set(), os.getpid()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
 
 
 def _processes() -> list[tuple[int, str]]:
