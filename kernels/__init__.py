@@ -1,9 +1,25 @@
 """fedimg's compute kernels: FedAvg, FedOpt and robust statistics on CPU and GPU.
 
-One call per operation; the backend follows where the data live (numpy → numba CPU or
-numpy, CuPy → CuPy, torch CUDA → CuPy via DLPack / numba CUDA / torch), see
-:mod:`fedimg.kernels._backend`. Every op takes ``backend=`` to force one. Inputs are
-never modified.
+One call per operation; the backend follows where the data live (numpy / torch CPU →
+numba CPU, or numpy below 32 k elements; CuPy → CuPy; torch CUDA → CuPy via DLPack, else
+numba CUDA, else torch ops; numba device arrays → numba CUDA), see
+:mod:`fedimg.kernels._backend`. Every op takes ``backend=`` (``numpy``, ``numba``,
+``numba_cuda``, ``cupy``, ``torch``) to force one; missing optional packages fall back and
+log one line. Inputs are never modified; results come back as the inputs' kind/device.
+
+=========================================  ============================================
+``fedavg(updates, weights)``               weighted mean; ``mode=fused|blocked|streaming``,
+                                           ``layout=`` for the integer-buffer rule
+``WeightedAccumulator(size, dtype, device)``  streaming ``.add(u, w)`` / ``.result()`` /
+                                           ``.total_weight`` / ``.count`` / ``.reset()``
+``pack(state_dict)`` / ``unpack(flat, layout)``  flat float buffer + :class:`Layout`
+                                           (bit-exact; integer buffers take the max)
+``fedopt_step(params, g, m, v, method=..)``  FedAdam / FedYogi / FedAdagrad / FedAvgM
+``coordinate_median`` / ``trimmed_mean``   robust aggregates over K updates
+``l2_norms`` / ``clip_by_norm`` / ``all_finite``  per-update norms, clipping, NaN/Inf check
+=========================================  ============================================
+
+Half precision (float16, bfloat16) is accumulated in float32; float64 stays float64.
 
 >>> import numpy as np
 >>> from fedimg.kernels import fedavg, pack, unpack

@@ -69,8 +69,14 @@ def fedavg(
     block: int = 8,
     layout: Layout | None = None,
     backend: str | None = None,
+    out: Any = None,
 ) -> Any:
-    """Weighted mean ``sum_k w_k u_k / sum_k w_k`` of equally sized float arrays (1-D result)."""
+    """Weighted mean ``sum_k w_k u_k / sum_k w_k`` of equally sized float arrays (1-D result).
+
+    ``out``: an existing contiguous float32 (float64 for float64 inputs) array of the same
+    kind and length to write the result into and return (a server reusing its buffer
+    across rounds saves the allocation and page faults of a fresh result).
+    """
     if mode not in MODES:
         raise ValueError(f"fedavg: mode must be one of {MODES}, not {mode!r}")
     if block < 1:
@@ -84,7 +90,9 @@ def fedavg(
     ops = ops_for(be)
     dt = acc_dtype(kinds)
     native = [to_native(updates[i], be) for i in keep]
-    out = ops.empty(n, dt, native[0])
+    target = out
+    direct = target is not None and _check_out(target, updates[0], n, dt) and _same_memory(kind_of(target), be)
+    out = to_native(target, be) if direct else ops.empty(n, dt, native[0])
     body = [u[:fs] for u in native] if fs < n else native
     if fs > 0:
         if mode == "fused":
@@ -95,7 +103,40 @@ def fedavg(
                 ops.wsum(body[s : s + step], wn[s : s + step], out[:fs] if fs < n else out, s > 0)
     if fs < n:
         ops.set_tail(out, fs, _tail_max([ops.host(u[fs:]) for u in native]))
-    return from_native(out, updates[0])
+    if target is None:
+        return from_native(out, updates[0])
+    if not direct:  # the backend computed elsewhere (forced backend=): copy into the caller's buffer
+        res = from_native(out, target)
+        if hasattr(target, "copy_"):
+            target.view(-1).copy_(res)
+        else:
+            target.reshape(-1)[...] = res
+    return target
+
+
+_HOST = ("numpy", "torch_cpu")
+
+
+def _same_memory(kind: str, backend: str) -> bool:
+    """Whether ``to_native(x, backend)`` is a zero-copy view of an array of ``kind``."""
+    return backend in (("numpy", "numba", "torch") if kind in _HOST else ("cupy", "numba_cuda", "torch"))
+
+
+def _check_out(target: Any, like: Any, n: int, dt: np.dtype) -> bool:
+    """Validate a caller's ``out`` array (same kind as the updates, length, dtype, contiguous)."""
+    if kind_of(target) != kind_of(like):
+        raise TypeError(f"out: is a {kind_of(target)} array, the updates are {kind_of(like)}")
+    if int(np.prod(target.shape)) != n or float_kind(target) != dt.name:
+        raise ValueError(f"out: needs {n} values of {dt.name}")
+    if hasattr(target, "is_contiguous"):
+        contiguous = target.is_contiguous()
+    elif hasattr(target, "is_c_contiguous"):
+        contiguous = target.is_c_contiguous()
+    else:
+        contiguous = target.flags.c_contiguous
+    if not contiguous:
+        raise ValueError("out: must be contiguous")
+    return True
 
 
 class WeightedAccumulator:

@@ -9,7 +9,8 @@ process, round-robin, median of ``--repeats`` (>= 5):
   site, as Flower's ``FedAvg.aggregate_train`` does;
 * NVFlare ``WeightedAggregationHelper`` (``add`` per site + ``get_result``), the helper behind
   ``InTimeAccumulateWeightedAggregator``;
-* fedimg ``fedavg`` fused (each update read once), blocked (4 per pass), streaming
+* fedimg ``fedavg`` fused (each update read once), fused into a result buffer kept across
+  rounds (``out=``: no fresh allocation / page faults), blocked (4 per pass), streaming
   (``WeightedAccumulator``: add per site, then ``result``), and the numpy reference.
 
 The physical limit is measured in the same round-robin. CPU: a read-only chunked sum over the K
@@ -68,7 +69,7 @@ def model_shapes(name: str) -> list[tuple[str, tuple[int, ...]]]:
 
 def traffic(method: str, k: int) -> tuple[int, int]:
     """(reads, writes) in model-sized float32 arrays that ``method`` itself moves for K updates."""
-    if method == "fedimg_fused" or method == "fedimg_numpy":
+    if method in ("fedimg_fused", "fedimg_fused_out", "fedimg_numpy"):
         return k, 1
     if method == "fedimg_blocked":
         g = math.ceil(k / 4)
@@ -155,6 +156,8 @@ def _methods(flats, dicts, records, weights, on_gpu: bool, peers: bool) -> dict[
         out["flower"] = lambda: aggregate_arrayrecords(records, "num-examples")
         out["nvflare"] = nvflare
     out["fedimg_fused"] = lambda: fedavg(flats, weights, mode="fused")
+    buf = flats[0].new_empty(n) if on_gpu else np.empty(n, np.float32)
+    out["fedimg_fused_out"] = lambda: fedavg(flats, weights, mode="fused", out=buf)
     out["fedimg_blocked"] = lambda: fedavg(flats, weights, mode="blocked", block=4)
     out["fedimg_streaming"] = streaming
     if not on_gpu:

@@ -110,3 +110,10 @@ def test_norms_clip_finite():
     h = us[1].astype(np.float16)
     h[3] = np.nan
     assert not all_finite(h, backend=BE)
+
+
+def test_fedavg_out_host_buffer_with_device_backend():
+    us = _us(2)
+    buf = np.zeros(N, np.float32)
+    assert fedavg(us, [1, 3], out=buf, backend=BE) is buf
+    np.testing.assert_allclose(buf, _mean64(us, [1, 3]), rtol=2e-5, atol=2e-6)

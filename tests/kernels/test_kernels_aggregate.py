@@ -123,3 +123,19 @@ def test_many_tiny_tensors_model_round(rng):
     avg = unpack(fedavg(flats, [1, 1]), layout)
     for k, v in sds[0].items():
         np.testing.assert_allclose(avg[k], v + 0.5, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_fedavg_into_out_buffer(backend, rng):
+    us = updates(rng, 3, 40001)
+    buf = np.full(40001, 7.0, np.float32)
+    got = fedavg(us, [1, 2, 3], out=buf, backend=backend)
+    assert got is buf
+    np.testing.assert_allclose(buf, ref_mean(us, [1, 2, 3]), rtol=2e-5, atol=2e-6)
+    tbuf = torch.zeros(40001)
+    assert fedavg([torch.from_numpy(u) for u in us], [1, 2, 3], out=tbuf, backend=backend) is tbuf
+    np.testing.assert_allclose(tbuf.numpy(), buf, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="float32"):
+        fedavg(us, [1, 1, 1], out=np.zeros(40001, np.float64))
+    with pytest.raises(TypeError, match="torch_cpu"):
+        fedavg(us, [1, 1, 1], out=tbuf)

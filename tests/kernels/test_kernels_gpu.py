@@ -122,3 +122,12 @@ def test_cupy_arrays_stay_cupy():
     np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=3e-5, atol=3e-6)
     p2, _, _ = fedopt_step(us[0], us[1], None, None, method="adam", lr=0.1)
     assert isinstance(p2, cupy.ndarray)
+
+
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
+def test_fedavg_into_device_out(backend):
+    host = _us(4)
+    buf = torch.empty(N, device="cuda")
+    assert fedavg(_cuda(host), [1, 2, 3, 4], out=buf, backend=backend) is buf
+    want = fedavg(host, [1, 2, 3, 4], backend="numpy")
+    np.testing.assert_allclose(buf.cpu().numpy(), want.numpy(), rtol=3e-5, atol=3e-6)
