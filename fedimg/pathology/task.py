@@ -26,9 +26,16 @@ __all__ = ["KEY_METRIC", "build_model", "load_site", "train_one_round", "evaluat
 KEY_METRIC = "auc"
 
 
+#: keys the federation's shared options may add that mean nothing for tiles (no faces in H&E tiles)
+_IGNORED = ("allow_identifiable",)
+
+
 def config_from_dict(d: dict[str, Any]) -> TileTrainConfig:
-    """A :class:`TileTrainConfig` from a plain dict (``config.to_dict()`` is the inverse)."""
-    return TileTrainConfig.from_dict(dict(d))
+    """A :class:`TileTrainConfig` from a plain dict (``config.to_dict()`` is the inverse).
+
+    Unknown keys are an error, except ``allow_identifiable`` (a defacing gate for MRI).
+    """
+    return TileTrainConfig.from_dict({k: v for k, v in dict(d).items() if k not in _IGNORED})
 
 
 def build_model(config: TileTrainConfig) -> Any:

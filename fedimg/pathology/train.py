@@ -56,6 +56,7 @@ class TileTrainConfig:
     warmup_epochs: int = 1
     min_lr_ratio: float = 0.05
     device: str = "auto"
+    threads: int | None = None  # CPU threads of a site process (read by the federated client)
     amp: str = "auto"  # auto | bf16 | fp32
     channels_last: str = "auto"  # auto (with bf16) | on | off
     seed: int = 0
@@ -90,6 +91,8 @@ class TileTrainConfig:
             raise ConfigError(f"--stain-normalize {self.stain_normalize!r}: use none, macenko or reinhard")
         if self.stain_normalize != "none" and not self.stain_target:
             raise ConfigError("--stain-normalize needs --target (an H&E target image)")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("--threads must be >= 1")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError("--steps-per-epoch must be >= 1")
 
