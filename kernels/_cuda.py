@@ -2,7 +2,7 @@
 
 Used for numba device arrays, and for torch CUDA tensors when CuPy is missing (zero-copy
 through ``__cuda_array_interface__``). The K updates travel as a tuple padded to a power of
-two (<= 64 per launch, more are folded in groups), so few specialisations compile. Kernels
+two (<= 16 per launch, more are folded in groups), so few specialisations compile. Kernels
 only ever see float32/float64: float16 arrays are widened on the device first (a temporary
 float32 copy; mixed-precision arithmetic is avoided on purpose) and bfloat16 torch tensors
 are widened by torch before they get here (numba has no bfloat16). CuPy reads both in
@@ -31,7 +31,8 @@ from ._backend import warn_once
 __all__ = ["wsum", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail"]
 
 TPB = 256
-MAX_TUPLE = 64
+MAX_TUPLE = 16  # 16 arrays ~ 0.9 KiB of kernel parameters (the classic limit is 4 KiB)
+MAX_ROBUST = 64  # local sort buffer
 MAX_BLOCKS = 4096
 
 
@@ -96,6 +97,28 @@ def _robust_k(us, K, k_trim, out):  # pragma: no cover - device code
     while i < n:
         for k in range(K):
             x = np.float64(us[k][i])
+            j = k - 1
+            while j >= 0 and buf[j] > x:
+                buf[j + 1] = buf[j]
+                j -= 1
+            buf[j + 1] = x
+        acc = 0.0
+        for k in range(k_trim, K - k_trim):
+            acc += buf[k]
+        out[i] = acc / (K - 2 * k_trim)
+        i += stride
+
+
+@cuda.jit
+def _robust2d_k(stack, k_trim, out):  # pragma: no cover - device code
+    buf = cuda.local.array(64, numba.float64)
+    K = stack.shape[0]
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    n = out.size
+    while i < n:
+        for k in range(K):
+            x = numba.float64(stack[k, i])
             j = k - 1
             while j >= 0 and buf[j] > x:
                 buf[j + 1] = buf[j]
@@ -225,14 +248,20 @@ def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float)
 
 
 def robust(us, k_trim: int, dt=np.float32):
-    if len(us) > MAX_TUPLE:
-        warn_once("cuda:robust", "fedimg.kernels: robust stats over %d > %d updates run on the host", len(us), MAX_TUPLE)
+    if len(us) > MAX_ROBUST:
+        warn_once("cuda:robust", "fedimg.kernels: robust stats over %d > %d updates run on the host", len(us), MAX_ROBUST)
         return cuda.to_device(_ref.robust([host(u) for u in us], k_trim, dt))
     us = [_dev(u) for u in us]
     if len({u.dtype for u in us}) > 1:
         us = [cuda.to_device(host(u).astype(np.float64)) for u in us]
-    tup, k = _padded(us)
     out = empty(us[0].size, dt)
+    if len(us) > MAX_TUPLE:  # too many for a tuple argument: stack them (K x P device copy)
+        stack = cuda.device_array((len(us), us[0].size), dtype=us[0].dtype)
+        for k, u in enumerate(us):
+            stack[k].copy_to_device(u)
+        _robust2d_k[_grid(out.size), TPB](stack, int(k_trim), out)
+        return out
+    tup, k = _padded(us)
     _robust_k[_grid(out.size), TPB](tup, k, int(k_trim), out)
     return out
 

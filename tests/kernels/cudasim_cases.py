@@ -46,7 +46,7 @@ def test_simulator_is_active():
     assert cuda.is_available() and type(cuda.to_device(np.zeros(1))).__module__.startswith("numba.cuda.simulator")
 
 
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("k", [1, 3, 17])
 @pytest.mark.parametrize("mode", ["fused", "blocked"])
 def test_fedavg(k, mode):
     us = _us(k)
@@ -89,9 +89,9 @@ def test_fedopt(method):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("k", [1, 4, 5])
+@pytest.mark.parametrize("k", [1, 4, 5, 17])
 def test_robust(k):
-    us = _us(k, n=100)
+    us = _us(k, n=40 if k > 16 else 100)
     np.testing.assert_allclose(coordinate_median(us, backend=BE), np.median(np.stack(us), axis=0), rtol=1e-6)
     np.testing.assert_allclose(
         trimmed_mean(us, 0.2, backend=BE), trimmed_mean(us, 0.2, backend="numpy"), rtol=1e-6, atol=1e-7
