@@ -102,7 +102,8 @@ class Defaced(MapTransform):
     """Dict transform: register on ``reference_key``, apply one removal to all ``keys``.
 
     ``label_keys`` are read as protection and returned untouched. The QC numbers go to
-    ``data[qc_key]``.
+    ``data[qc_key]``. The affine comes from a MetaTensor, ``data["<ref>_affine"]`` or
+    ``data["<ref>_meta_dict"]["affine"]``.
     """
 
     backend = Deface.backend
@@ -129,7 +130,11 @@ class Defaced(MapTransform):
             if key in d:
                 lab, _ = _to_numpy(d[key])
                 protect = (lab != 0) if protect is None else (protect | (lab != 0))
-        affine = _affine_of(ref, d.get(f"{self.reference_key}_affine"))
+        affine = d.get(f"{self.reference_key}_affine")
+        meta = d.get(f"{self.reference_key}_meta_dict")
+        if affine is None and isinstance(meta, Mapping):
+            affine = meta.get("affine")
+        affine = _affine_of(ref, affine)
         removal = face_removal(ref_arr, affine, protect=protect, config=self.config, device=self.device)
         for key in self.key_iterator(d):
             arr, ch = _to_numpy(d[key])

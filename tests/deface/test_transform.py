@@ -45,3 +45,14 @@ def test_pure_function_reuses_a_removal(head_2mm):
     assert same is removal and removal.remove.sum() > 1000
     assert np.all(again[removal.remove] == 0) and np.all(out[removal.remove] == 0)
     assert np.array_equal(again[~removal.remove], data[~removal.remove] + 1)
+
+
+def test_dict_transform_numpy_with_meta_dict(head_2mm):
+    img = nib.load(str(head_2mm))
+    data = np.asarray(img.dataobj).astype(np.float32)[None]
+    seg = np.zeros_like(data, dtype=np.uint8)
+    d = {"t1": data, "t1_meta_dict": {"affine": img.affine}, "seg": seg}
+    res = Defaced(keys="t1", label_keys=["seg"], config=FAST)(d)
+    assert isinstance(res["t1"], np.ndarray) and res["t1"].shape == data.shape
+    assert res["seg"] is seg and (res["t1"] != data).sum() > 1000
+    assert data.sum() == np.asarray(img.dataobj).astype(np.float32).sum()  # input array not modified
