@@ -22,7 +22,7 @@ import numpy as np
 
 from fedimg import __version__
 from fedimg.errors import InputError, QCError
-from fedimg.io import ensure_not_input, sha256_file, write_json
+from fedimg.io import ensure_not_input, sha256_file, write_bytes, write_json
 from fedimg.provenance import defaced_descrip, sidecar_path, stem
 
 from .core import DefaceConfig, face_removal
@@ -142,8 +142,6 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
             "reference": job.reference.name, "qc": summary, "qc_report": qc_json.name,
         })
     for src, dst in job.copy:
-        from fedimg.io import write_bytes
-
         write_bytes(dst, src.read_bytes())
     record["seconds"] = time.perf_counter() - t0
     write_json(qc_json, record)

@@ -70,8 +70,6 @@ def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_t
     """Fraction of the template brain (warped, inside the field of view) that lies in the head."""
     from scipy import ndimage as ndi
 
-    from .masks import warp_template_maps
-
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     st = [max(1, int(round(step_mm / s))) for s in spacing]
     small = canonical[:: st[0], :: st[1], :: st[2]].astype(np.float32)
