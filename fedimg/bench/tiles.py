@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mpp", type=float, default=0.5, help="tile resolution (default 0.5 um/px)")
     p.add_argument("--model", choices=["resnet18", "densenet121", "resnet10"], default="resnet18")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=None, help="training steps per timed round (default 6 x 3 rounds; --quick 3 x 2)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per timed round (default 6 x 3 rounds; --quick 2 x 2)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (the peer runs on the same device)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     slide = args.slide or default_slide()
     target_path = args.target or default_slide().parent / "tiatoolbox_target_image.png"
-    steps = args.steps or (3 if args.quick else 6)
+    steps = args.steps or (2 if args.quick else 6)
     rounds = 2 if args.quick else 3
     tile = args.tile_size
     from fedimg.pathology.slide import open_slide
