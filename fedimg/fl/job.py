@@ -108,12 +108,20 @@ class _Recipe:
             class FedimgRecipe(FedAvgRecipe):
                 """FedAvgRecipe with a start round (resume) for the FedAvg controller."""
 
-                def __init__(self, *, start_round: int = 0, **kw):
+                def __init__(self, *, start_round: int = 0, num_sites: int = 0, **kw):
                     self._fedimg_start_round = int(start_round)
+                    self._fedimg_num_sites = int(num_sites) or int(kw["min_clients"])
                     super().__init__(**kw)
 
                 def _get_controller_kwargs(self):
                     return {**super()._get_controller_kwargs(), "start_round": self._fedimg_start_round}
+
+                def _create_controller(self, persistor_id, model_params, model_aggregator):
+                    # The job needs min_clients sites to start and to go on (NVFlare aborts it below
+                    # that); every round asks all sites that are alive.
+                    ctl = super()._create_controller(persistor_id, model_params, model_aggregator)
+                    ctl.num_clients = self._fedimg_num_sites
+                    return ctl
 
             cls.cls = FedimgRecipe
         return cls.cls
@@ -166,7 +174,8 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     recipe = _Recipe.get()(
         name=config.name,
         model_persistor=persistor,
-        min_clients=len(sites),
+        min_clients=min(config.min_sites, len(sites)),
+        num_sites=len(sites),
         num_rounds=remaining,
         start_round=start_round,
         train_script=script,

@@ -84,10 +84,14 @@ class PocSystem:
         # seconds (NVFlare's default is 600), so a round waiting on a crashed site can go on.
         import json
 
-        cfg_path = self.participant_dir("server") / "startup" / "fed_server.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["servers"][0]["heart_beat_timeout"] = float(self.heartbeat_timeout)
-        cfg_path.write_text(json.dumps(cfg, indent=2))
+        local = self.participant_dir("server") / "local"
+        for name in ("resources.json", "resources.json.default"):
+            path = local / name
+            if path.is_file():
+                res = json.loads(path.read_text())
+                for srv in res.get("servers", []):
+                    srv["heart_beat_timeout"] = float(self.heartbeat_timeout)
+                path.write_text(json.dumps(res, indent=4))
         log.info("POC workspace prepared in %s (sites %s)", self.workspace, ", ".join(self.sites))
 
     def start(self, *participants: str) -> None:

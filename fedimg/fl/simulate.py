@@ -11,8 +11,10 @@ aggregator) and one process per site run under NVFlare's simulator; the run fold
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -76,9 +78,10 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
             error.append(exc)
 
     worker = threading.Thread(target=_run, name="nvflare-simulator", daemon=True)
-    worker.start()
-    _follow(out, worker, config.rounds, start_round, list(sites), progress)
-    worker.join()
+    with _nvflare_output_to(out / "nvflare.log") as console:
+        worker.start()
+        _follow(out, worker, config.rounds, start_round, list(sites), progress, console)
+        worker.join()
     seconds = time.perf_counter() - t0
     metrics = run_state.read_metrics(out)
     done = max((m["round"] for m in metrics), default=0)
@@ -120,7 +123,43 @@ def _start_point(out: Path, config: FederationConfig, resume: bool) -> tuple[int
     return rnd, run_state.round_path(out, rnd)
 
 
-def _follow(out: Path, worker: threading.Thread, rounds: int, start: int, sites: list[str], progress: bool) -> None:
+@contextlib.contextmanager
+def _nvflare_output_to(path: Path):
+    """Send this process's stdout/stderr (inherited by NVFlare's simulator processes) to ``path``.
+
+    Yields a text stream on the original stdout for the progress display.
+    """
+    import io
+    import sys
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd_out, fd_err = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # no real fds (e.g. captured): leave as is
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(fd_out), os.dup(fd_err)
+    console = os.fdopen(os.dup(saved_out), "w", buffering=1)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), fd_out)
+        os.dup2(f.fileno(), fd_err)
+    try:
+        yield console
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, fd_out)
+        os.dup2(saved_err, fd_err)
+        os.close(saved_out)
+        os.close(saved_err)
+        console.close()
+        log.info("NVFlare simulator output: %s", path)
+
+
+def _follow(out: Path, worker: threading.Thread, rounds: int, start: int, sites: list[str], progress: bool,
+            console: Any = None) -> None:
     """Show rounds and sites as ``metrics.json`` grows, until the simulator thread ends."""
     seen = start
     bar = None
@@ -128,8 +167,11 @@ def _follow(out: Path, worker: threading.Thread, rounds: int, start: int, sites:
         try:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            from rich.console import Console
+
             bar = Progress(TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), TextColumn("{task.description}"), transient=False)
+                           TimeElapsedColumn(), TextColumn("{task.description}"), transient=False,
+                           console=Console(file=console) if console is not None else None)
             task_id = bar.add_task("", total=rounds, completed=start)
             bar.start()
         except ImportError:  # pragma: no cover - rich is a dependency
@@ -151,7 +193,8 @@ def _follow(out: Path, worker: threading.Thread, rounds: int, start: int, sites:
                         desc += f" | rejected {len(m['rejected'])}"
                     if bar is not None:
                         bar.update(task_id, completed=seen, description=desc)
-                    log.info("round %d/%d: %s", seen, rounds, desc)
+                    if bar is None and console is not None:
+                        console.write(f"round {seen}/{rounds}: {desc}\n")
     finally:
         if bar is not None:
             bar.stop()

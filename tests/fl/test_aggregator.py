@@ -87,3 +87,18 @@ def test_fedadam_moments_survive_a_server_restart(tmp_path):
     _start(agg, rnd=1)
     agg.accept_model(_result("site-1", [1, -1, 0.5]))
     np.testing.assert_allclose(restarted.aggregate_model().params["w"], agg.aggregate_model().params["w"], rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "median"])
+def test_gpu_server_matches_cpu(tmp_path, strategy):
+    rng = np.random.default_rng(0)
+    ups = [rng.standard_normal(3).astype(np.float32) for _ in range(3)]
+    outs = []
+    for device in ("cpu", "cuda"):
+        agg = FedimgAggregator(strategy=strategy, server_lr=0.1, device=device, run_dir=str(tmp_path / device))
+        _start(agg)
+        for i, u in enumerate(ups):
+            agg.accept_model(_result(f"site-{i}", u, samples=5 + i))
+        outs.append(agg.aggregate_model().params["w"])
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-7)

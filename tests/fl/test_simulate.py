@@ -103,6 +103,31 @@ def test_payload_holds_only_weights_counts_and_metrics(toy_run):
         assert data_dir not in text and "toy.npz" not in text
 
 
+def test_study_reuses_the_federated_run(toy_run):
+    import torch
+
+    from fedimg.fl import toytask
+    from fedimg.fl.state import load_params
+    from fedimg.fl.study import pool_sites, run_study
+
+    tmp, cfg, _ = toy_run
+    res = run_study(tmp / "data", tmp / "study", cfg, fl_run=tmp / "run", progress=False)
+    for f in ("report.md", "results.json", "per_site.png", "dice_per_round.png"):
+        assert (tmp / "study" / f).stat().st_size > 100, f
+    assert res["budget"]["epochs_per_case"] == 2 and res["train_cases"]["site-1"] == 36
+    assert set(res["evaluations"]) == {"federated", "centralised", *[f"site-{k} alone" for k in range(1, 5)]}
+    report = (tmp / "study" / "report.md").read_text()
+    assert "| centralised |" in report and "| federated |" in report and "every training case is seen 2 times" in report
+    # the federated arm is the run's global model, evaluated on each site's held-out cases
+    tcfg = toytask.config_from_dict(cfg.train_config())
+    model = toytask.build_model(tcfg)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in load_params(tmp / "run" / "global_model.safetensors")[0].items()})
+    site1 = toytask.load_site(tmp / "data" / "site-1", tcfg)
+    assert res["evaluations"]["federated"]["site-1"]["loss"] == pytest.approx(toytask.evaluate(model, site1, tcfg)["loss"])
+    pooled = pool_sites([site1, toytask.load_site(tmp / "data" / "site-2", tcfg)])
+    assert pooled.num_train == 72 and torch.equal(pooled.x_val, site1.x_val)
+
+
 def test_resume_continues_from_last_round(toy_run):
     from fedimg.errors import InputError
     from fedimg.fl.job import FederationConfig
