@@ -23,6 +23,9 @@ from typing import Any
 
 from fedimg.errors import InputError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 __all__ = [
     "atomic_path",
     "write_json",
@@ -47,6 +50,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}-", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give outputs the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, target)
