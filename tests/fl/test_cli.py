@@ -1,0 +1,37 @@
+"""CLI error paths of the federation commands (no NVFlare run needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedimg.cli import main
+from fedimg.fl import state
+
+
+def test_simulate_needs_site_folders(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    assert main(["simulate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--task", "toy"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "data") in err and "site-*/" in err
+
+
+def test_simulate_refuses_to_overwrite_a_run(tmp_path, capsys, hashed):
+    (tmp_path / "data" / "site-1").mkdir(parents=True)
+    state.save_round(tmp_path / "run", 1, {"w": np.zeros(1, np.float32)}, {})
+    check = hashed(tmp_path / "run")
+    assert main(["simulate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--task", "toy"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    check.assert_unchanged()
+    # resuming a run that is already complete is refused too
+    assert main(["simulate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--task", "toy",
+                 "--rounds", "1", "--resume"]) == 2
+    assert "already complete" in capsys.readouterr().err
+
+
+def test_bad_options(tmp_path, capsys):
+    assert main(["export-job", "--out", str(tmp_path / "j"), "--task", "toy", "--site-data", "site-9=/x"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
+    assert main(["export-job", "--out", str(tmp_path / "j"), "--task", "toy", "--strategy", "fedprox",
+                 "--prox-mu", "0"]) == 2
+    assert "prox_mu" in capsys.readouterr().err
+    assert main(["provision", "--out", str(tmp_path / "k")]) == 2
