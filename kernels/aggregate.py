@@ -225,6 +225,8 @@ class WeightedAccumulator:
         if w == 0:
             return
         u = to_native(update, self.backend)
+        if self.backend == "torch" and self.device != "cpu" and u.device != self._like.device:  # host -> device
+            u = u.to(self._like.device)
         if self._fs < self.size:
             t = self._ops.host(u[self._fs :]).astype(np.float64)
             self._tail = t.copy() if self._tail is None else np.maximum(self._tail, t)
