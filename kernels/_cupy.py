@@ -150,15 +150,23 @@ def _widen(u, dt):
     return u.astype(dt, copy=False)
 
 
+def _device_of(like) -> int | None:
+    """CUDA device index of a CuPy array or torch tensor (``None``: the current device)."""
+    if like is None:
+        return None
+    d = like.device
+    return d.id if hasattr(d, "id") else d.index
+
+
 def empty(n: int, dt, like=None):
     cp = _cp()
-    with cp.cuda.Device(like.device.id if like is not None else None):
+    with cp.cuda.Device(_device_of(like)):
         return cp.empty(n, dtype=np.dtype(dt))
 
 
 def zeros(n: int, dt, like=None):
     cp = _cp()
-    with cp.cuda.Device(like.device.id if like is not None else None):
+    with cp.cuda.Device(_device_of(like)):
         return cp.zeros(n, dtype=np.dtype(dt))
 
 

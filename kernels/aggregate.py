@@ -200,7 +200,8 @@ class WeightedAccumulator:
 
     def _reset(self) -> None:
         if self._acc is None:
-            self._acc = self._ops.zeros(self.size, self.dtype, to_native(self._like, self.backend))
+            # torch / CuPy allocate on the like's device (a torch tensor); numba needs none
+            self._acc = self._ops.zeros(self.size, self.dtype, None if self.backend == "numba_cuda" else self._like)
         self._pending: list[Any] = []
         self._pending_w: list[float] = []
         self._tail: np.ndarray | None = None
