@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BACKENDS", "kind_of", "optional", "warn_once", "choose_backend", "NUMBA_MIN_SIZE"]
+__all__ = ["BACKENDS", "kind_of", "optional", "warn_once", "choose_backend", "numba_cuda_works", "NUMBA_MIN_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,35 @@ def kind_of(x: Any) -> str:
     return "numpy"
 
 
-def _numba_cuda_ok() -> bool:
-    nb = optional("numba")
-    if nb is None:
-        return False
-    try:
-        from numba import cuda
+_numba_cuda_state: list[bool] = []
 
-        return bool(cuda.is_available())
-    except Exception:
-        return False
+
+def numba_cuda_works() -> bool:
+    """Whether numba can compile and run a CUDA kernel here (driver, NVVM and libdevice).
+
+    Checked once per process with a one-element kernel; a GPU without the CUDA toolkit's
+    NVVM (``pip install nvidia-cuda-nvcc-cu12`` or ``numba-cuda[cu12]`` provides it) gives
+    ``False`` and one log line, and torch CUDA data then use torch ops.
+    """
+    if _numba_cuda_state:
+        return _numba_cuda_state[0]
+    ok = False
+    if optional("numba") is not None:
+        try:
+            from numba import cuda
+
+            if cuda.is_available():
+                @cuda.jit
+                def _probe(a):  # pragma: no cover - device code
+                    a[0] = a[0] + 1.0
+
+                d = cuda.to_device(np.zeros(1, np.float32))
+                _probe[1, 1](d)
+                ok = float(d.copy_to_host()[0]) == 1.0
+        except Exception as exc:
+            warn_once("numba_cuda", "fedimg.kernels: numba CUDA unusable (%s)", str(exc).splitlines()[0][:200])
+    _numba_cuda_state.append(ok)
+    return ok
 
 
 def choose_backend(kind: str, size: int, requested: str | None = None) -> str:
@@ -110,7 +129,7 @@ def choose_backend(kind: str, size: int, requested: str | None = None) -> str:
     # torch CUDA
     if optional("cupy") is not None:
         return "cupy"
-    if _numba_cuda_ok():
+    if numba_cuda_works():
         warn_once("fb:torchcuda", "fedimg.kernels: CuPy missing; torch CUDA tensors use numba CUDA")
         return "numba_cuda"
     warn_once("fb:torchnative", "fedimg.kernels: CuPy and numba CUDA missing; torch CUDA tensors use torch ops")

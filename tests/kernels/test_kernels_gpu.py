@@ -26,7 +26,13 @@ from fedimg.kernels import (
 
 pytestmark = pytest.mark.gpu
 HAS_CUPY = importlib.util.find_spec("cupy") is not None
-DEVICE_BACKENDS = ["numba_cuda", "torch"] + (["cupy"] if HAS_CUPY else [])
+DEVICE_BACKENDS = [
+    pytest.param("numba_cuda", marks=pytest.mark.skipif(
+        "not __import__('torch').cuda.is_available() or "
+        "not __import__('fedimg.kernels._backend', fromlist=['x']).numba_cuda_works()",
+        reason="numba cannot compile CUDA here (needs NVVM: pip install nvidia-cuda-nvcc-cu12)")),
+    "torch",
+] + (["cupy"] if HAS_CUPY else [])
 N = 1_000_003  # not a multiple of any block size
 
 
