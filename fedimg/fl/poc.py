@@ -96,6 +96,7 @@ class PocSystem:
 
     def start(self, *participants: str) -> None:
         """Start the server and sites (or only ``participants``) and wait until they are up."""
+        self._prod = None  # a restarted server needs a new admin session
         args = ["poc", "start", "--timeout", str(int(self.start_timeout))]
         for p in participants:
             args += ["-p", p]
@@ -164,16 +165,18 @@ class PocSystem:
         """Submit ``recipe`` through the admin startup kit (mutual TLS to the server); returns the job id."""
         from nvflare.recipe import ProdEnv
 
-        env = ProdEnv(startup_kit_location=str(self.admin_kit), login_timeout=30.0)
-        run = recipe.execute(env)
-        self._env_obj = env
+        run = recipe.execute(self._prod_env())
         return run.get_job_id()
 
-    def status(self, job_id: str) -> str | None:
+    def _prod_env(self) -> Any:
         from nvflare.recipe import ProdEnv
 
-        env = ProdEnv(startup_kit_location=str(self.admin_kit), login_timeout=30.0)
-        return env.get_job_status(job_id)
+        if getattr(self, "_prod", None) is None:
+            self._prod = ProdEnv(startup_kit_location=str(self.admin_kit), login_timeout=30.0)
+        return self._prod
+
+    def status(self, job_id: str) -> str | None:
+        return self._prod_env().get_job_status(job_id)
 
     def wait(self, job_id: str, timeout: float = 900.0, poll: float = 3.0, until: Any = None) -> str:
         """Poll the job until it finishes (or ``until()`` is true); returns its last status."""
@@ -182,8 +185,9 @@ class PocSystem:
         while time.time() < t_end:
             try:
                 status = self.status(job_id)
-            except Exception as exc:  # server restarting: keep polling
+            except Exception as exc:  # server restarting: reconnect and keep polling
                 log.debug("status poll failed: %s", exc)
+                self._prod = None
                 status = None
             if status and any(status.upper().startswith(d) for d in _DONE):
                 return status

@@ -123,10 +123,15 @@ def _rounds(path: Path, results, key, arms, sites) -> None:
     plt = _plt()
     rows = [r for r in results.get("federated_rounds", []) if key in r]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    if rows:
-        ax.plot([r["model_round"] for r in rows], [r[key] for r in rows], "o-", label="federated global (sites' validation)")
     evals = results["evaluations"]
     final_x = results["budget"]["rounds"]
+    xs, ys = [r["model_round"] for r in rows], [r[key] for r in rows]
+    if "federated" in evals and (not xs or xs[-1] < final_x):
+        xs.append(final_x)  # the final global model, evaluated by the study
+        ys.append(float(np.mean([evals["federated"][x][key] for x in sites])))
+    if xs:
+        ax.plot(xs, ys, "o-", label="federated global model (sites' held-out cases)")
+        ax.set_xticks(range(0, final_x + 1))
     for a, color, ls in (("centralised", "k", "--"), ("federated", "C0", ":")):
         if a in evals:
             ax.axhline(float(np.mean([evals[a][x][key] for x in sites])), color=color, linestyle=ls, lw=1,

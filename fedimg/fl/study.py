@@ -88,10 +88,13 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, *, f
                 raise ConfigError(f"{fl_run}: its {key} ({prev[key]}) differs from the study's ({fed.to_dict()[key]}); "
                                   "pass the same options or drop --fl-run")
         fed = FederationConfig.from_dict(prev)
+        summary = fl_run / "summary.json"
+        if summary.is_file():
+            timings["federated (reused run)"] = float(read_json(summary).get("seconds", 0.0))
     else:
         fl_run = out / "federated"
         run_simulation(data_dir, fl_run, fed, progress=progress, sites=sites)
-    timings["federated"] = time.perf_counter() - t0
+        timings["federated"] = time.perf_counter() - t0
     models: dict[str, dict[str, np.ndarray]] = {"federated": load_params(fl_run / "global_model.safetensors")[0]}
 
     # (a) centralised and (b) each site alone, same budget and initial weights.
