@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     cases = discover(data_dir, require_labels=True, allow_identifiable=cfg.allow_identifiable)
     log.info("training %s on %d cases from %s (%s, %d threads)", cfg.model, len(cases), data_dir, device, n)
     summary = fit(cases, cfg, out, device=device, resume=args.resume, stop_after=args.stop_after,
-                  progress=False if args.no_progress else None)
+                  progress=False if args.no_progress else None, source=data_dir)
     best = summary["best"]
     log.info("done: %d epoch(s) this run, best dice_mean %.3f at epoch %s; run folder %s", summary["epochs_run"],
              best.get("dice_mean") if best.get("dice_mean") is not None else float("nan"), best.get("epoch"), out)

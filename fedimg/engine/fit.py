@@ -57,11 +57,12 @@ def _progress(total: int, desc: str, enabled: bool | None):
 
 
 def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool = False,
-        stop_after: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+        stop_after: int | None = None, progress: bool | None = None, source: str | Path = "") -> dict[str, Any]:
     """Train on ``cases`` (split train/val by the config) and write the run folder ``out``.
 
     ``stop_after`` limits the epochs run in this call (continue later with ``resume``).
-    ``progress=None`` shows a progress bar only on a terminal.
+    ``progress=None`` shows a progress bar only on a terminal. ``source`` (the data folder)
+    is recorded in the checkpoint metadata.
     """
     from fedimg.engine.cache import prepare_site_data
     from fedimg.engine.checkpoint import load_train_state, save_checkpoint, save_train_state
@@ -79,7 +80,7 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
     if not resume and last_path.exists():
         raise InputError(out, "already holds a training run; pass --resume to continue it or choose another --out")
 
-    data = prepare_site_data(cases, config, device, source=str(getattr(cases[0], "folder", "")) if cases else "")
+    data = prepare_site_data(cases, config, device, source=str(source))
     model = build_model(config.model, **model_kwargs(config))
     trainer = Trainer(model, data, config)
     if resume:
