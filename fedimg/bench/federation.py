@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.fl.state import read_metrics
 
     logging.getLogger("nvflare").setLevel(logging.CRITICAL)  # its per-update warnings would cost it time
+    logging.getLogger("fedimg.fl.aggregator").setLevel(logging.WARNING)
     if args.quick:
         args.task, args.rounds, args.repeats = "toy", 2, 3
     device = "cuda" if str(resolve_device(args.device)).startswith("cuda") else "cpu"
