@@ -54,19 +54,31 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
 def foreground_mask(image: np.ndarray) -> np.ndarray:
     """Boolean head/brain mask: union over channels of voxels above the background level.
 
-    A channel whose minimum fills >10 % of the volume (skull-stripped BraTS: exact zeros)
-    uses ``x > min``; otherwise (noisy or offset background) an Otsu threshold. Only the
-    largest connected component is kept, so background noise does not widen the crop.
+    Per channel, voxels at the channel minimum (zeros of skull-stripping or defacing) are
+    background. If the remaining voxels still hold a dark mode near the minimum (noisy or
+    offset scanner background: the lower Otsu class is >10 % of them with a mean within
+    15 % of the range above the minimum) in most channels, per-channel Otsu thresholds
+    remove it too. Only the largest
+    connected component is kept, so stray noise does not widen the crop.
     """
     from scipy import ndimage
 
-    mask = np.zeros(image.shape[1:], bool)
+    lows, otsus, dark = [], [], []
     for ch in image:
         lo = float(ch.min())
-        if np.count_nonzero(ch == lo) > 0.1 * ch.size:
-            mask |= ch > lo
-        else:
-            mask |= ch > _otsu(ch[::2, ::2, ::2].ravel())
+        above = ch[::2, ::2, ::2]
+        above = above[above > lo]
+        t = _otsu(above) if above.size else lo
+        low = above[above <= t]
+        hi = float(np.percentile(above, 99)) if above.size else lo
+        lows.append(lo)
+        otsus.append(t)
+        dark.append(bool(low.size > 0.1 * above.size and float(low.mean()) < lo + 0.15 * (hi - lo)))
+    # one scanner, one background: decide by majority over the channels
+    noisy = sum(dark) * 2 >= len(dark)
+    mask = np.zeros(image.shape[1:], bool)
+    for ch, lo, t in zip(image, lows, otsus):
+        mask |= ch > (t if noisy else lo)
     labels, n = ndimage.label(mask)
     if n > 1:
         sizes = np.bincount(labels.ravel())

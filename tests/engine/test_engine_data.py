@@ -32,11 +32,24 @@ def test_preprocess_crops_to_head_and_zscores():
         assert float(p.image[c][~mask].abs().max()) == 0.0
 
 
+def test_foreground_mask_defaced_noisy_background():
+    """Noisy offset background with a zeroed (defaced) slab: the slab must not flip the rule."""
+    rng = np.random.default_rng(1)
+    img = np.abs(rng.normal(20, 8, (4, 40, 40, 40))).astype(np.float32)
+    img[:, 10:30, 10:30, 10:30] = 300 + rng.normal(0, 10, (4, 20, 20, 20))
+    img[:, :, :, :8] = 0.0  # 20 % of the volume removed by defacing
+    m = foreground_mask(img)
+    assert m.sum() == 20**3 and m[10:30, 10:30, 10:30].all()
+
+
 def test_foreground_mask_zero_background():
     img = np.zeros((4, 20, 20, 20), np.float32)
     img[:, 5:15, 5:15, 5:15] = 1.0
     m = foreground_mask(img)
     assert m.sum() == 1000 and m[5:15, 5:15, 5:15].all()
+    # skull-stripped brain with a dark tissue class: all of it is foreground
+    img[:, 5:15, 5:8, 5:15] = 0.3
+    assert foreground_mask(img).sum() == 1000
 
 
 def test_split_is_deterministic_and_disjoint(site):
