@@ -57,18 +57,18 @@ def configure_threads(num_threads: int | None = None) -> int:
         num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n = num_threads
     n = max(1, int(n))
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    try:  # inter-op threads can only be set once per process
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
     try:
         import numba
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     except Exception:  # numba missing or already-running pool: keep its default
         log.debug("numba threads left at default", exc_info=True)
+    # After numba: its OpenMP pool start resets the OpenMP thread count torch reads.
+    torch.set_num_threads(n)
+    try:  # inter-op threads can only be set once per process
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
     return n
 
 
