@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import choose_backend, kind_of
-from ._convert import float_kind, from_native, to_native
+from ._convert import from_native, to_native
 from ._ops import acc_dtype, check_updates, ops_for
 
 __all__ = ["coordinate_median", "trimmed_mean", "l2_norms", "clip_by_norm", "all_finite"]

@@ -25,7 +25,7 @@ from fedimg.errors import InputError
 from fedimg.io import atomic_path, read_json, write_json
 
 __all__ = ["save_checkpoint", "load_checkpoint", "meta_path", "save_train_state", "load_train_state",
-           "resolve_checkpoint"]
+           "resolve_checkpoint", "check_run_folder", "restore_run"]
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +136,39 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(meta_path(path), f"is not a fedimg training state ({exc!r}); start without --resume") from None
 
+
+
+def check_run_folder(out: str | Path, *, resume: bool) -> tuple[Path, Path]:
+    """Paths of a run folder's ``last.safetensors`` and ``last.state.safetensors``.
+
+    Refuses ``resume`` without a saved state, and a fresh run over an existing one.
+    """
+    out = Path(out)
+    last_path, state_path = out / "last.safetensors", out / "last.state.safetensors"
+    if resume and not state_path.is_file():
+        raise InputError(out, "has no training state to resume (last.state.safetensors); start without --resume")
+    if not resume and last_path.exists():
+        raise InputError(out, "already holds a training run; pass --resume to continue it or choose another --out")
+    return last_path, state_path
+
+
+def restore_run(out: str | Path, model: Any, trainer: Any, *, fingerprint: str,
+                best: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Load a run folder's last weights and trainer state into ``model``/``trainer``.
+
+    Returns the per-epoch history up to the restored epoch and the best-so-far record
+    (``best`` when the run has none). Warns when the data fingerprint changed.
+    """
+    from safetensors.torch import load_file
+
+    from fedimg.engine.loop import load_global_params
+
+    out = Path(out)
+    prev = read_json(out / "metrics.json")
+    if read_json(out / "last.json").get("data_fingerprint") != fingerprint:
+        log.warning("resuming %s on data that differ from the run's original data (fingerprint changed)", out)
+    load_global_params(model, load_file(str(out / "last.safetensors")))
+    trainer.load_state_dict(load_train_state(out / "last.state.safetensors"))
+    history = list(prev.get("epochs", []))[: trainer.epoch]
+    log.info("resuming %s at epoch %d", out, trainer.epoch)
+    return history, dict(prev.get("best") or best)

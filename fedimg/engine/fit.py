@@ -22,8 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedimg.errors import InputError
-from fedimg.io import read_json, write_json
+from fedimg.io import write_json
 
 __all__ = ["fit", "checkpoint_meta"]
 
@@ -65,36 +64,22 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
     is recorded in the checkpoint metadata.
     """
     from fedimg.engine.cache import prepare_site_data
-    from fedimg.engine.checkpoint import load_train_state, save_checkpoint, save_train_state
+    from fedimg.engine.checkpoint import check_run_folder, restore_run, save_checkpoint, save_train_state
     from fedimg.engine.evaluate import evaluate
-    from fedimg.engine.loop import Trainer, load_global_params
+    from fedimg.engine.loop import Trainer
     from fedimg.models import build_model, model_kwargs
     from fedimg.telemetry import Telemetry
 
     out = Path(out)
-    last_path, state_path = out / "last.safetensors", out / "last.state.safetensors"
+    last_path, state_path = check_run_folder(out, resume=resume)
     history: list[dict] = []
     best = {"epoch": 0, "dice_mean": -math.inf}
-    if resume and not state_path.is_file():
-        raise InputError(out, "has no training state to resume (last.state.safetensors); start without --resume")
-    if not resume and last_path.exists():
-        raise InputError(out, "already holds a training run; pass --resume to continue it or choose another --out")
 
     data = prepare_site_data(cases, config, device, source=str(source))
     model = build_model(config.model, **model_kwargs(config))
     trainer = Trainer(model, data, config)
     if resume:
-        from safetensors.torch import load_file
-
-        prev = read_json(out / "metrics.json")
-        last_meta = read_json(out / "last.json")
-        if last_meta.get("data_fingerprint") != data.fingerprint:
-            log.warning("resuming on data that differ from the run's original data (fingerprint changed)")
-        load_global_params(model, load_file(str(last_path)))
-        trainer.load_state_dict(load_train_state(state_path))
-        history = list(prev.get("epochs", []))[: trainer.epoch]
-        best = dict(prev.get("best") or best)
-        log.info("resuming %s at epoch %d of %d", out, trainer.epoch, config.epochs)
+        history, best = restore_run(out, model, trainer, fingerprint=data.fingerprint, best=best)
     write_json(out / "config.json", config.to_dict())
 
     from torch.utils.tensorboard import SummaryWriter

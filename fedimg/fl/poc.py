@@ -163,7 +163,6 @@ class PocSystem:
     # -- jobs -----------------------------------------------------------------------------
     def submit(self, recipe: Any) -> str:
         """Submit ``recipe`` through the admin startup kit (mutual TLS to the server); returns the job id."""
-        from nvflare.recipe import ProdEnv
 
         run = recipe.execute(self._prod_env())
         return run.get_job_id()

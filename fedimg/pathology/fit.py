@@ -56,20 +56,14 @@ def fit_tiles(data_path: str | Path, config: TileTrainConfig, out: str | Path, *
               stop_after: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Train on the tile store ``data_path`` and write the run folder ``out``."""
     import torch
-    from safetensors.torch import load_file
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    from fedimg.engine.checkpoint import load_train_state, save_checkpoint, save_train_state
-    from fedimg.engine.loop import load_global_params
+    from fedimg.engine.checkpoint import check_run_folder, restore_run, save_checkpoint, save_train_state
     from fedimg.telemetry import Telemetry
 
     out = Path(out)
-    last_path, state_path = out / "last.safetensors", out / "last.state.safetensors"
-    if resume and not state_path.is_file():
-        raise InputError(out, "has no training state to resume (last.state.safetensors); start without --resume")
-    if not resume and last_path.exists():
-        raise InputError(out, "already holds a training run; pass --resume to continue it or choose another --out")
+    last_path, state_path = check_run_folder(out, resume=resume)
     data = prepare_tile_data(data_path, config, device)
     torch.manual_seed(config.seed)
     model = build_tile_model(config)
@@ -77,14 +71,7 @@ def fit_tiles(data_path: str | Path, config: TileTrainConfig, out: str | Path, *
     history: list[dict] = []
     best: dict[str, Any] = {"epoch": 0, "auc": -math.inf}
     if resume:
-        prev = read_json(out / "metrics.json")
-        if read_json(out / "last.json").get("data_fingerprint") != data.fingerprint:
-            log.warning("resuming on tiles that differ from the run's original data (fingerprint changed)")
-        load_global_params(model, load_file(str(last_path)))
-        trainer.load_state_dict(load_train_state(state_path))
-        history = list(prev.get("epochs", []))[: trainer.epoch]
-        best = dict(prev.get("best") or best)
-        log.info("resuming %s at epoch %d of %d", out, trainer.epoch, config.epochs)
+        history, best = restore_run(out, model, trainer, fingerprint=data.fingerprint, best=best)
     write_json(out / "config.json", config.to_dict())
     writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=trainer.epoch + 1 if resume else None)
     tel = Telemetry(device_index=(device.index or 0) if device.type == "cuda" else None, interval=0.5).start()

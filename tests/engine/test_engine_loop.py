@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from fedimg.data import discover
 from fedimg.engine import task
 from fedimg.engine.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from fedimg.engine.config import TrainConfig
