@@ -3,22 +3,25 @@
 #   synthesise → deface → train one site → evaluate on another → federate (NVFlare SimEnv)
 #   → study (centralised vs single site vs federated) → report
 # Usage: scripts/demo.sh [OUT_DIR]   (default: demo/). Tunables via environment:
-#   DEMO_SITES, DEMO_CASES, DEMO_EPOCHS, DEMO_ROUNDS, DEMO_LOCAL_EPOCHS
+#   DEMO_SITES, DEMO_CASES, DEMO_SPACING (mm), DEMO_EPOCHS, DEMO_ROUNDS, DEMO_LOCAL_EPOCHS
+# The defaults keep the whole demo on a 2-core CPU well under 15 minutes (4 mm voxels);
+# `fedimg synth` itself defaults to 2 mm.
 set -euo pipefail
 OUT=${1:-demo}
 FEDIMG=${FEDIMG:-.venv/bin/fedimg}
 SITES=${DEMO_SITES:-3}
 CASES=${DEMO_CASES:-12}
-EPOCHS=${DEMO_EPOCHS:-6}
-ROUNDS=${DEMO_ROUNDS:-3}
-LOCAL_EPOCHS=${DEMO_LOCAL_EPOCHS:-2}
-SMALL=(--roi 64 64 64 --batch-size 2 --init-filters 8)
+SPACING=${DEMO_SPACING:-4}
+EPOCHS=${DEMO_EPOCHS:-30}
+ROUNDS=${DEMO_ROUNDS:-10}
+LOCAL_EPOCHS=${DEMO_LOCAL_EPOCHS:-3}
+SMALL=(--roi 32 32 32 --batch-size 2 --init-filters 8)
 mkdir -p "$OUT"
 step() { printf '\n==> %s\n' "$*"; }
 t0=$SECONDS
 
 step "1/6 synthesise $SITES non-IID sites x $CASES cases (BraTS 2021 layout, faces still in)"
-"$FEDIMG" synth --out "$OUT/raw" --sites "$SITES" --cases-per-site "$CASES" --seed 0
+"$FEDIMG" synth --out "$OUT/raw" --sites "$SITES" --cases-per-site "$CASES" --spacing "$SPACING" --seed 0
 
 step "2/6 deface every case (t1 registered, same removal applied to t1ce/t2/flair, tumour protected)"
 mkdir -p "$OUT/data"
@@ -34,7 +37,7 @@ step "4/6 evaluate the site-1 model on site-2's cases"
 
 step "5/6 federate the $SITES sites on NVFlare's simulator: $ROUNDS rounds x $LOCAL_EPOCHS local epochs, fedimg aggregator"
 "$FEDIMG" simulate --data "$OUT/data" --out "$OUT/runs/fl" --rounds "$ROUNDS" --local-epochs "$LOCAL_EPOCHS" \
-  --strategy fedavg "${SMALL[@]}" --no-progress
+  --strategy fedavg "${SMALL[@]}" --no-crossval --no-progress
 
 step "6/6 study: centralised vs each site alone vs federated, same epoch budget"
 "$FEDIMG" study --data "$OUT/data" --out "$OUT/study" --fl-run "$OUT/runs/fl" --rounds "$ROUNDS" \
