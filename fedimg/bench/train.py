@@ -68,9 +68,19 @@ class TutorialLoop:
         from monai.data import DataLoader, Dataset
         from monai.losses import DiceLoss
         from monai.networks.nets import SegResNet
-        from monai.transforms import (Compose, ConvertToMultiChannelBasedOnBratsClassesd, EnsureChannelFirstd,
-                                      EnsureTyped, LoadImaged, NormalizeIntensityd, Orientationd, RandFlipd,
-                                      RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropd)
+        from monai.transforms import (
+            Compose,
+            ConvertToMultiChannelBasedOnBratsClassesd,
+            EnsureChannelFirstd,
+            EnsureTyped,
+            LoadImaged,
+            NormalizeIntensityd,
+            Orientationd,
+            RandFlipd,
+            RandScaleIntensityd,
+            RandShiftIntensityd,
+            RandSpatialCropd,
+        )
 
         t0 = time.perf_counter()
         et = 3 if cases and cases[0].layout == "brats2023" else 4
@@ -209,12 +219,11 @@ def _table(rows: list[tuple[str, dict]], header: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fedimg.device import resolve_device, seed_everything
-    from fedimg.engine.loop import set_threads
+    from fedimg.device import configure_threads, resolve_device, seed_everything
     from fedimg.io import write_json
     from fedimg.telemetry import Telemetry, cpu_name
 
-    threads = set_threads(args.threads)
+    threads = configure_threads(args.threads)
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     roi = tuple(args.roi) if args.roi else ((128, 128, 128) if gpu else (64, 64, 64))

@@ -52,13 +52,12 @@ def run(args: argparse.Namespace) -> int:
 
     from fedimg.cli import env_threads
     from fedimg.data import discover
-    from fedimg.device import resolve_device
-    from fedimg.engine.loop import set_threads
+    from fedimg.device import configure_threads, resolve_device
     from fedimg.engine.checkpoint import load_checkpoint, resolve_checkpoint
     from fedimg.engine.config import TrainConfig
     from fedimg.engine.evaluate import evaluate
 
-    set_threads(args.threads or env_threads())
+    configure_threads(args.threads or env_threads())
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.model)
     data_dir = Path(args.data)

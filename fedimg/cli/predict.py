@@ -54,15 +54,14 @@ def run(args: argparse.Namespace) -> int:
 
     from fedimg.cli import env_threads
     from fedimg.data import discover
-    from fedimg.device import resolve_device
-    from fedimg.engine.loop import set_threads
+    from fedimg.device import configure_threads, resolve_device
     from fedimg.engine.checkpoint import load_checkpoint, resolve_checkpoint
     from fedimg.engine.config import TrainConfig
     from fedimg.engine.evaluate import predict_case
     from fedimg.errors import InputError
     from fedimg.io import ensure_not_input
 
-    set_threads(args.threads or env_threads())
+    configure_threads(args.threads or env_threads())
     device = resolve_device(args.device)
     out = Path(args.out)
     if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):

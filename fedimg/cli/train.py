@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedimg.cli import env_threads
     from fedimg.data import discover
-    from fedimg.device import resolve_device, seed_everything
-    from fedimg.engine.loop import set_threads
+    from fedimg.device import configure_threads, resolve_device, seed_everything
     from fedimg.engine.config import TrainConfig
     from fedimg.engine.fit import fit
     from fedimg.errors import InputError
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or env_threads()
     cfg = TrainConfig.from_dict({**base, **overrides, "device": args.device, "threads": threads,
                                  "allow_identifiable": bool(args.allow_identifiable or base.get("allow_identifiable", False))})
-    n = set_threads(cfg.threads)
+    n = configure_threads(cfg.threads)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     cases = discover(data_dir, require_labels=True, allow_identifiable=cfg.allow_identifiable)

@@ -19,25 +19,9 @@ from typing import Any
 
 from fedimg.engine.augment import sample_batch
 
-__all__ = ["Trainer", "train_one_round", "use_bf16", "make_loss", "lr_factor", "load_global_params", "set_threads"]
+__all__ = ["Trainer", "train_one_round", "use_bf16", "make_loss", "lr_factor", "load_global_params"]
 
 log = logging.getLogger(__name__)
-
-
-def set_threads(num_threads: int | None) -> int:
-    """:func:`fedimg.device.configure_threads`, then torch's count set again.
-
-    Starting numba's OpenMP pool (inside ``configure_threads``) resets the OpenMP thread
-    count torch reads, so torch's intra-op threads are set last.
-    """
-    import torch
-
-    from fedimg.device import configure_threads
-
-    n = configure_threads(num_threads)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
 
 
 def use_bf16(config: Any, device: Any) -> bool:
