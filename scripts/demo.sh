@@ -13,8 +13,8 @@ SITES=${DEMO_SITES:-3}
 CASES=${DEMO_CASES:-12}
 SPACING=${DEMO_SPACING:-4}
 EPOCHS=${DEMO_EPOCHS:-30}
-ROUNDS=${DEMO_ROUNDS:-10}
-LOCAL_EPOCHS=${DEMO_LOCAL_EPOCHS:-3}
+ROUNDS=${DEMO_ROUNDS:-8}
+LOCAL_EPOCHS=${DEMO_LOCAL_EPOCHS:-6}
 SMALL=(--roi 32 32 32 --batch-size 2 --init-filters 8)
 mkdir -p "$OUT"
 step() { printf '\n==> %s\n' "$*"; }

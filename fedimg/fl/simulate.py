@@ -12,6 +12,7 @@ aggregator) and one process per site run under NVFlare's simulator; the run fold
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -59,6 +60,10 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     for path in sites.values():
         ensure_not_input(out, path)
     start_round, checkpoint = _start_point(out, config, resume)
+    if not config.threads_per_site:
+        # All sites share this machine's CPUs: split them instead of oversubscribing.
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        config = dataclasses.replace(config, threads_per_site=max(1, cpus // max(1, len(sites))))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run_config.json", {"federation": config.to_dict(), "sites": {k: str(v) for k, v in sites.items()}})
     recipe = build_recipe(config, sites, run_dir=out, start_round=start_round, checkpoint=checkpoint,
@@ -165,9 +170,14 @@ def _follow(out: Path, worker: threading.Thread, rounds: int, start: int, sites:
     bar = None
     if progress:
         try:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
             from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             bar = Progress(TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(),
                            TimeElapsedColumn(), TextColumn("{task.description}"), transient=False,
