@@ -67,14 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    # Progress logs go to stdout (as rich's console does); stderr carries only the one-line
+    # error of a failed command.
     handler: logging.Handler
-    if sys.stderr.isatty():
+    if sys.stdout.isatty():
         from rich.logging import RichHandler
 
         handler = RichHandler(show_path=verbose > 1, rich_tracebacks=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:  # logs, CI, pipes: one unwrapped line per record
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
