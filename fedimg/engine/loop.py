@@ -19,7 +19,7 @@ from typing import Any
 
 from fedimg.engine.augment import sample_batch
 
-__all__ = ["Trainer", "train_one_round", "use_bf16", "make_loss", "lr_factor", "load_global_params"]
+__all__ = ["Trainer", "train_one_round", "use_bf16", "make_loss", "lr_factor", "load_global_params", "ResumableTrainer"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,34 @@ def load_global_params(model: Any, params: Mapping[str, Any]) -> None:
             v.copy_(torch.as_tensor(params[k]).reshape(v.shape).to(v.dtype))
 
 
-class Trainer:
+class ResumableTrainer:
+    """Exact-resume state of a trainer with ``epoch``, ``optimizer``, ``scheduler`` and
+    ``generator`` attributes (shared by the 3-D and the tile trainers)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, scheduler, RNG and epoch (tensors + JSON-able values)."""
+        import torch
+
+        return {
+            "epoch": self.epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        import torch
+
+        self.epoch = int(state["epoch"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+
+
+class Trainer(ResumableTrainer):
     """Optimizer, LR schedule, loss and augmentation RNG for one model on one site."""
 
     def __init__(self, model: Any, data: Any, config: Any) -> None:
@@ -157,27 +184,6 @@ class Trainer:
         }
 
     # ---- exact resume -------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Optimizer, scheduler, RNG and epoch (tensors + JSON-able values)."""
-        import torch
-
-        return {
-            "epoch": self.epoch,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        import torch
-
-        self.epoch = int(state["epoch"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
 
 
 def train_one_round(model: Any, data: Any, config: Any, *, epochs: int | None = None,

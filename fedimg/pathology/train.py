@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fedimg.engine.loop import ResumableTrainer
 from fedimg.errors import ConfigError, InputError
 
 __all__ = [
@@ -228,7 +229,7 @@ def to_input(xb, channels_last: bool):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-class TileTrainer:
+class TileTrainer(ResumableTrainer):
     """Optimizer, warm-up + cosine LR, augmentation generator and epoch counter for one model."""
 
     def __init__(self, model, data: TileSiteData, config: TileTrainConfig) -> None:
@@ -308,22 +309,6 @@ class TileTrainer:
         self.epoch += 1
         return {"loss": total_loss / max(1, n_batches), "lr": float(self.optimizer.param_groups[0]["lr"]),
                 "tiles_per_s": tiles / max(seconds, 1e-9), "seconds": seconds}
-
-    def state_dict(self) -> dict[str, Any]:
-        import torch
-
-        return {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        import torch
-
-        self.epoch = int(state["epoch"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
 
 
 def train_one_round(model, data: TileSiteData, config: TileTrainConfig, *, epochs: int | None = None,
