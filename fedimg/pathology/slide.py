@@ -5,6 +5,11 @@ Coordinates follow OpenSlide: ``(x, y)`` in level-0 pixels, sizes ``(width, heig
 requested level's pixels. Regions come back as ``(H, W, 3)`` uint8 RGB, transparent areas
 composited on white.
 
+Whole levels (the tissue-mask thumbnail, or level 0 of a small slide) are read as horizontal
+strips in parallel threads (OpenSlide decodes with the GIL released), and a level read whole
+is kept in memory when it fits ``cache_bytes``, so tiling a slide whose mask level is also its
+tile level decodes the slide once, not twice.
+
 >>> s = open_slide("tests/assets/pathology/cmu_small_region.svs")  # doctest: +SKIP
 >>> s.dimensions, round(s.mpp, 3), s.read_region((0, 0), 0, (64, 32)).shape  # doctest: +SKIP
 ((2220, 2967), 0.499, (32, 64, 3))
@@ -13,6 +18,8 @@ composited on white.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,9 @@ class Slide:
     mpp: float
     _reader: Any = field(repr=False, default=None)
     _levels: list[Any] = field(repr=False, default_factory=list)
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    cache_bytes: int = 512 * 2**20
+    _cache: dict[int, np.ndarray] = field(repr=False, default_factory=dict)
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -66,19 +76,40 @@ class Slide:
         w, h = int(size[0]), int(size[1])
         if w <= 0 or h <= 0:
             raise ValueError(f"region size must be positive, got {size}")
+        if level in self._cache:
+            return _crop(self._cache[level], location, self.level_downsamples[level], w, h)
         try:
             if self.backend == "openslide":
-                rgba = np.asarray(self._reader.read_region((int(location[0]), int(location[1])), level, (w, h)))
-                return _over_white(rgba)
+                return _pil_rgb(self._reader.read_region((int(location[0]), int(location[1])), level, (w, h)))
             return self._read_array_region(location, level, w, h)
         except InputError:
             raise
         except Exception as exc:  # truncated/corrupt tile data surfaces only when read
             raise InputError(self.path, f"could not read a region at {tuple(location)} level {level} ({exc}); the file may be truncated or corrupt") from None
 
+    def read_regions(self, requests: list[tuple[tuple[int, int], int, tuple[int, int]]]) -> list[np.ndarray]:
+        """:meth:`read_region` for each ``(location, level, size)``, in parallel threads, in order."""
+        if self.threads <= 1 or len(requests) <= 1 or self.backend != "openslide":
+            return [self.read_region(*r) for r in requests]
+        with ThreadPoolExecutor(min(self.threads, len(requests))) as pool:
+            return list(pool.map(lambda r: self.read_region(*r), requests))
+
     def read_level(self, level: int) -> np.ndarray:
-        """A whole level as RGB uint8 (use a low-resolution level)."""
-        return self.read_region((0, 0), level, self.level_dimensions[level])
+        """A whole level as RGB uint8 (a low-resolution one, or a small slide), read in parallel
+        strips and kept in memory when it fits ``cache_bytes``."""
+        if level in self._cache:
+            return self._cache[level]
+        w, h = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        # strips only where level rows map to whole level-0 rows (non-integer downsamples would
+        # let OpenSlide round each strip's origin differently)
+        n = max(1, min(4 * self.threads, h // 256)) if self.threads > 1 and float(ds).is_integer() else 1
+        bounds = np.linspace(0, h, n + 1).round().astype(int)
+        strips = self.read_regions([((0, int(round(y0 * ds))), level, (w, int(y1 - y0))) for y0, y1 in zip(bounds[:-1], bounds[1:])])
+        img = strips[0] if n == 1 else np.concatenate(strips, axis=0)
+        if img.nbytes <= self.cache_bytes:
+            self._cache[level] = img
+        return img
 
     def read_thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
         """An RGB image whose longer side is at most ``max_side``; returns it and its downsample from level 0."""
@@ -102,15 +133,10 @@ class Slide:
         arr = self._levels[level]
         if callable(arr):
             arr = self._levels[level] = _rgb(arr())
-        ds = self.level_downsamples[level]
-        x, y = int(round(location[0] / ds)), int(round(location[1] / ds))
-        out = np.full((h, w, 3), 255, np.uint8)
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, arr.shape[1]), min(y + h, arr.shape[0])
-        if x1 > x0 and y1 > y0:
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = arr[y0:y1, x0:x1]
-        return out
+        return _crop(arr, location, self.level_downsamples[level], w, h)
 
     def close(self) -> None:
+        self._cache.clear()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -120,6 +146,25 @@ class Slide:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _crop(arr: np.ndarray, location, ds: float, w: int, h: int) -> np.ndarray:
+    """``(h, w)`` window of a level array at level-0 ``location``; outside the level is white."""
+    x, y = int(round(location[0] / ds)), int(round(location[1] / ds))
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, arr.shape[1]), min(y + h, arr.shape[0])
+    if x0 == x and y0 == y and x1 - x0 == w and y1 - y0 == h:
+        return arr[y0:y1, x0:x1].copy()
+    out = np.full((h, w, 3), 255, np.uint8)
+    if x1 > x0 and y1 > y0:
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = arr[y0:y1, x0:x1]
+    return out
+
+
+def _pil_rgb(img: Any) -> np.ndarray:
+    """RGB array of an OpenSlide RGBA region: alpha dropped in C when opaque, else composited on white."""
+    if img.getextrema()[3][0] == 255:
+        return np.asarray(img.convert("RGB"))
+    return _over_white(np.asarray(img))
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:

@@ -3,8 +3,10 @@
 
 The grid lives on the pyramid level nearest (and not coarser than) the requested mpp.
 Each tile row is read with one ``read_region`` call and cut into tiles (far fewer
-OpenSlide calls than one per tile), resized as a batch when the level's mpp differs from
-the requested one by more than 1 %.
+OpenSlide calls than one per tile), rows are read in parallel threads, and tiles are resized
+as a batch when the level's mpp differs from the requested one by more than 1 %. When the
+tissue mask was computed from the tile level itself (a small slide), the level decoded for
+the mask is cut into tiles directly.
 
 >>> cfg = TileConfig(tile_size=224, mpp=0.5)
 >>> plan = plan_tiles(open_slide("tests/assets/pathology/cmu_small_region.svs"), cfg)  # doctest: +SKIP
@@ -121,13 +123,18 @@ def _window_fraction(mask: np.ndarray, mx: np.ndarray, my: np.ndarray, side: flo
 
 
 def iter_tiles(slide: Slide, plan: TilePlan, tile_size: int, *, max_strip_px: int = 16384):
-    """Yield ``(indices, tiles (n, S, S, 3) uint8)`` row by row, one region read per row segment."""
+    """Yield ``(indices, tiles (n, S, S, 3) uint8)`` row by row, one region read per row segment.
+
+    Segments are read ``slide.threads`` at a time in parallel threads (in order); a level the
+    slide holds in memory (see :meth:`Slide.read_level`) is cut without decoding again.
+    """
     ds = slide.level_downsamples[plan.level]
     rs = plan.read_size
     order = np.lexsort((plan.x, plan.y))
     rows: dict[int, list[int]] = {}
     for i in order:
         rows.setdefault(int(plan.y[i]), []).append(int(i))
+    segments: list[tuple[list[int], np.ndarray, tuple]] = []
     for y, idx in rows.items():
         start = 0
         while start < len(idx):  # split very wide rows into segments
@@ -139,7 +146,11 @@ def iter_tiles(slide: Slide, plan: TilePlan, tile_size: int, *, max_strip_px: in
                 seg.append(j)
             start += len(seg)
             xl = np.round((plan.x[seg] - x_first) / ds).astype(int)
-            strip = slide.read_region((int(x_first), y), plan.level, (int(xl[-1] + rs), rs))
+            segments.append((seg, xl, ((int(x_first), y), plan.level, (int(xl[-1] + rs), rs))))
+    batch = max(1, 2 * slide.threads)
+    for b in range(0, len(segments), batch):
+        chunk = segments[b : b + batch]
+        for (seg, xl, _), strip in zip(chunk, slide.read_regions([req for _, _, req in chunk])):
             tiles = np.stack([strip[:, a : a + rs] for a in xl])
             if rs != tile_size:
                 tiles = _resize(tiles, tile_size)

@@ -77,3 +77,22 @@ def test_truncated_svs_errors_clearly(tmp_path, slide_path):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         open_slide(tmp_path / "nope.svs")
+
+
+def test_parallel_strips_and_level_cache_match_plain_reads(slide_path):
+    """A level read in parallel strips equals one OpenSlide read; cached regions equal fresh ones."""
+    import openslide
+
+    ref = np.asarray(openslide.OpenSlide(str(slide_path)).read_region((0, 0), 0, (2220, 2967)).convert("RGB"))
+    with open_slide(slide_path) as s:
+        s.threads = 2
+        fresh = s.read_region((1500, 2900), 0, (300, 200))  # runs past the bottom/right edge
+        level = s.read_level(0)
+        assert 0 in s._cache  # 20 MB fits the default budget
+        np.testing.assert_array_equal(level, ref)
+        np.testing.assert_array_equal(s.read_region((1500, 2900), 0, (300, 200)), fresh)
+        assert (fresh[67:] == 255).all()  # below the slide: white
+    with open_slide(slide_path) as s:
+        s.threads, s.cache_bytes = 1, 0
+        np.testing.assert_array_equal(s.read_level(0), ref)
+        assert not s._cache

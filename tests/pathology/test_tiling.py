@@ -97,3 +97,22 @@ def test_bad_labels_and_options(tmp_path, slide_path):
         TileConfig(tile_size=224, overlap=224)
     with pytest.raises(InputError, match="is also an input"):
         extract_tiles(slide_path, slide_path, TileConfig(), progress=False)
+
+
+def test_parallel_cached_tiling_equals_serial_uncached(slide_path):
+    """Tiles cut from the level decoded for the mask, read by 2 threads, equal serial region reads."""
+    from fedimg.pathology.tiling import iter_tiles, plan_tiles
+
+    out = {}
+    for threads, cache in ((1, 0), (2, 512 * 2**20)):
+        with open_slide(slide_path) as s:
+            s.threads, s.cache_bytes = threads, cache
+            plan = plan_tiles(s, TileConfig(tile_size=128, mpp=0.5))
+            assert bool(s._cache) == bool(cache)
+            x = np.zeros((len(plan), 128, 128, 3), np.uint8)
+            for idx, tiles in iter_tiles(s, plan, 128):
+                x[idx] = tiles
+            out[threads] = (plan.x, plan.y, x)
+    for a, b in zip(out[1], out[2]):
+        np.testing.assert_array_equal(a, b)
+    assert len(out[1][0]) > 20
