@@ -35,6 +35,55 @@ F16_LUT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 BF16_LUT = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)
 
 
+# -- scalar maths shared with the numba CUDA backend -------------------------------------
+# Plain Python functions: compiled here with ``njit(inline="always")`` into the CPU kernels and
+# by :mod:`._cuda` with ``cuda.jit(device=True)``, so each formula is written once. They live in
+# this file because numba's disk cache only notices edits to the file of the cached kernel.
+
+
+def fedopt_point(p, g, m, v, method, lr, b1, omb1, b2, omb2, tau):  # pragma: no cover - numba
+    """One coordinate of the FedOpt step (see :func:`._ref.fedopt`): ``(p', m', v')``."""
+    if method == 3:  # avgm
+        mi = b1 * m + g
+        return p + lr * mi, mi, v
+    mi = b1 * m + omb1 * g
+    g2 = g * g
+    vi = v
+    if method == 0:
+        vi = b2 * vi + omb2 * g2
+    elif method == 1:
+        d = vi - g2
+        if d > 0:
+            vi = vi - omb2 * g2
+        elif d < 0:
+            vi = vi + omb2 * g2
+    else:
+        vi = vi + g2
+    return p + lr * mi / (math.sqrt(vi) + tau), mi, vi
+
+
+def sorted_insert(buf, k, x):  # pragma: no cover - numba
+    """Insert ``x`` into the sorted ``buf[:k]`` (one insertion-sort step)."""
+    j = k - 1
+    while j >= 0 and buf[j] > x:
+        buf[j + 1] = buf[j]
+        j -= 1
+    buf[j + 1] = x
+
+
+def trimmed_mean_sorted(buf, K, k_trim):  # pragma: no cover - numba
+    """Mean of the sorted ``buf[:K]`` without ``k_trim`` values at each end."""
+    acc = 0.0
+    for k in range(k_trim, K - k_trim):
+        acc += buf[k]
+    return acc / (K - 2 * k_trim)
+
+
+_fedopt_point = njit(inline="always")(fedopt_point)
+_sorted_insert = njit(inline="always")(sorted_insert)
+_trimmed_mean_sorted = njit(inline="always")(trimmed_mean_sorted)
+
+
 def _ld(a, i, lut):  # pragma: no cover - replaced by the overload inside numba
     return a[i]
 
@@ -75,69 +124,56 @@ def _fedopt_k(p, g, m, v, method, lr, b1, omb1, b2, omb2, tau, po, mo, vo):  # p
         e = min(s + CH, n)
         pc, gc, mc, vc = p[s:e], g[s:e], m[s:e], v[s:e]
         poc, moc, voc = po[s:e], mo[s:e], vo[s:e]
-        if method == 3:
-            for i in range(e - s):
-                mi = b1 * mc[i] + gc[i]
-                moc[i] = mi
-                voc[i] = vc[i]
-                poc[i] = pc[i] + lr * mi
-            continue
         for i in range(e - s):
-            gi = gc[i]
-            mi = b1 * mc[i] + omb1 * gi
-            g2 = gi * gi
-            vi = vc[i]
-            if method == 0:
-                vi = b2 * vi + omb2 * g2
-            elif method == 1:
-                d = vi - g2
-                if d > 0:
-                    vi = vi - omb2 * g2
-                elif d < 0:
-                    vi = vi + omb2 * g2
-            else:
-                vi = vi + g2
-            moc[i] = mi
-            voc[i] = vi
-            poc[i] = pc[i] + lr * mi / (math.sqrt(vi) + tau)
+            poc[i], moc[i], voc[i] = _fedopt_point(pc[i], gc[i], mc[i], vc[i], method, lr, b1, omb1, b2, omb2, tau)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _robust_k(us, K, k_trim, out, lut):  # pragma: no cover - numba
     n = out.size
-    keep = K - 2 * k_trim
     for c in prange((n + CH - 1) // CH):
         s = c * CH
         e = min(s + CH, n)
         buf = np.empty(K, np.float64)
         for i in range(s, e):
             for k in range(K):
-                x = np.float64(_ld(us[k], i, lut))
-                j = k - 1  # insertion sort while gathering
-                while j >= 0 and buf[j] > x:
-                    buf[j + 1] = buf[j]
-                    j -= 1
-                buf[j + 1] = x
-            acc = 0.0
-            for k in range(k_trim, K - k_trim):
-                acc += buf[k]
-            out[i] = acc / keep
+                _sorted_insert(buf, k, np.float64(_ld(us[k], i, lut)))
+            out[i] = _trimmed_mean_sorted(buf, K, k_trim)
+
+
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def _sumsq_chunk(v, lut):  # pragma: no cover - numba
+    """float64 sum of squares of one chunk.
+
+    ``reassoc`` (and no other fast-math flag) lets LLVM vectorise this reduction (4x faster than
+    a serial add chain); it changes only the order of the float64 additions, never NaN/Inf
+    handling, and it is confined to this function (the callers' own arithmetic stays strict).
+    """
+    acc = 0.0
+    for i in range(v.size):
+        x = np.float64(_ld(v, i, lut))
+        acc += x * x
+    return acc
+
+
+@njit(inline="always")
+def _nonfinite_chunk(v, lut):  # pragma: no cover - numba
+    cnt = 0
+    for i in range(v.size):
+        if not math.isfinite(_ld(v, i, lut)):
+            cnt += 1
+    return cnt
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _sumsq_k(u, lut):  # pragma: no cover - numba
+def _reduce_k(u, lut, count_nonfinite):  # pragma: no cover - numba
+    """Sum of squares (float64) or, with ``count_nonfinite``, the number of NaN/Inf values."""
     n = u.size
     nch = (n + CH - 1) // CH
     parts = np.zeros(nch, np.float64)
     for c in prange(nch):
-        s = c * CH
-        e = min(s + CH, n)
-        acc = 0.0
-        v = u[s:e]
-        for i in range(e - s):
-            x = np.float64(_ld(v, i, lut))
-            acc += x * x
-        parts[c] = acc
+        v = u[c * CH : min(c * CH + CH, n)]
+        parts[c] = _nonfinite_chunk(v, lut) if count_nonfinite else _sumsq_chunk(v, lut)
     return parts.sum()
 
 
@@ -151,23 +187,6 @@ def _scale_k(u, f, out, lut):  # pragma: no cover - numba
         v = u[s:e]
         for i in range(e - s):
             o[i] = f * _ld(v, i, lut)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _nonfinite_k(u, lut):  # pragma: no cover - numba
-    n = u.size
-    nch = (n + CH - 1) // CH
-    bad = np.zeros(nch, np.int64)
-    for c in prange(nch):
-        s = c * CH
-        e = min(s + CH, n)
-        cnt = 0
-        v = u[s:e]
-        for i in range(e - s):
-            if not math.isfinite(_ld(v, i, lut)):
-                cnt += 1
-        bad[c] = cnt
-    return bad.sum()
 
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -200,12 +219,6 @@ def _prep(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u, BF16_LUT
 
 
-def _padded(arrs: list[np.ndarray]) -> tuple[tuple[np.ndarray, ...], int]:
-    k = len(arrs)
-    t = 1 << max(0, (k - 1).bit_length())
-    return tuple(arrs) + (arrs[0],) * (t - k), k
-
-
 def wsum(us, ws, out: np.ndarray, accumulate: bool) -> None:
     """``out = [out +] sum_k ws[k] us[k]``: one pass per run of same-dtype updates (<= 64)."""
     ws = np.asarray(ws, dtype=out.dtype)
@@ -217,17 +230,16 @@ def wsum(us, ws, out: np.ndarray, accumulate: bool) -> None:
         end = start
         while end < len(prepped) and end - start < MAX_TUPLE and prepped[end][0].dtype == dt and prepped[end][1] is lut:
             end += 1
-        tup, k = _padded([a for a, _ in prepped[start:end]])
+        tup, k = _ref.padded([a for a, _ in prepped[start:end]])
         _wsum_k(tup, k, ws[start:end].copy(), out, accumulate or start > 0, lut)
         start = end
 
 
 def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float):
-    dt = np.dtype(np.float64) if np.float64 in (p.dtype, g.dtype, m.dtype, v.dtype) else np.dtype(np.float32)
+    dt = _ref.common_float(p, g, m, v)
     p, g, m, v = (_ref.as_float(a, dt) for a in (p, g, m, v))
     po, mo, vo = np.empty_like(p), np.empty_like(p), np.empty_like(p)
-    c = dt.type
-    _fedopt_k(p, g, m, v, method, c(lr), c(b1), c(1) - c(b1), c(b2), c(1) - c(b2), c(tau), po, mo, vo)
+    _fedopt_k(p, g, m, v, method, *_ref.fedopt_consts(dt, lr, b1, b2, tau), po, mo, vo)
     return po, mo, vo
 
 
@@ -238,7 +250,7 @@ def robust(us, k_trim: int, dt=np.float32) -> np.ndarray:
     prepped = [_prep(u) for u in us]
     if len({(a.dtype, id(t)) for a, t in prepped}) > 1:
         prepped = [(_ref.as_float(u, np.dtype(np.float32)), BF16_LUT) for u in us]
-    tup, k = _padded([a for a, _ in prepped])
+    tup, k = _ref.padded([a for a, _ in prepped])
     out = np.empty(us[0].size, dt)
     _robust_k(tup, k, int(k_trim), out, prepped[0][1])
     return out
@@ -246,7 +258,7 @@ def robust(us, k_trim: int, dt=np.float32) -> np.ndarray:
 
 def sumsq(u: np.ndarray) -> float:
     a, lut = _prep(u)
-    return float(_sumsq_k(a, lut))
+    return float(_reduce_k(a, lut, False))
 
 
 def scale(u: np.ndarray, factor: float, dt=np.float32) -> np.ndarray:
@@ -258,7 +270,7 @@ def scale(u: np.ndarray, factor: float, dt=np.float32) -> np.ndarray:
 
 def all_finite(u: np.ndarray) -> bool:
     a, lut = _prep(u)
-    return int(_nonfinite_k(a, lut)) == 0
+    return _reduce_k(a, lut, True) == 0
 
 
 zeros, empty, host, set_tail = _ref.zeros, _ref.empty, _ref.host, _ref.set_tail

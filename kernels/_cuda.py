@@ -27,6 +27,7 @@ from numba import cuda
 
 from . import _ref
 from ._backend import warn_once
+from ._cpu import fedopt_point, sorted_insert, trimmed_mean_sorted
 
 __all__ = ["wsum", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail"]
 
@@ -36,8 +37,15 @@ MAX_ROBUST = 64  # local sort buffer
 MAX_BLOCKS = 4096
 
 
-def _grid(n: int) -> int:
-    return max(1, min((n + TPB - 1) // TPB, MAX_BLOCKS))
+def _launch(kernel, n: int):
+    """``kernel`` configured for ``n`` elements: grid-stride loops, <= MAX_BLOCKS blocks of TPB."""
+    return kernel[max(1, min((n + TPB - 1) // TPB, MAX_BLOCKS)), TPB]
+
+
+# the scalar maths of the CPU kernels, compiled as device functions (one definition, two targets)
+_fedopt_point = cuda.jit(device=True)(fedopt_point)
+_sorted_insert = cuda.jit(device=True)(sorted_insert)
+_trimmed_mean_sorted = cuda.jit(device=True)(trimmed_mean_sorted)
 
 
 @cuda.jit
@@ -60,31 +68,8 @@ def _wsum_k(us, K, ws, out, accumulate):  # pragma: no cover - device code
 def _fedopt_k(p, g, m, v, method, lr, b1, omb1, b2, omb2, tau, po, mo, vo):  # pragma: no cover
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
-    n = p.size
-    while i < n:
-        gi = g[i]
-        if method == 3:
-            mi = b1 * m[i] + gi
-            mo[i] = mi
-            vo[i] = v[i]
-            po[i] = p[i] + lr * mi
-        else:
-            mi = b1 * m[i] + omb1 * gi
-            g2 = gi * gi
-            vi = v[i]
-            if method == 0:
-                vi = b2 * vi + omb2 * g2
-            elif method == 1:
-                d = vi - g2
-                if d > 0:
-                    vi = vi - omb2 * g2
-                elif d < 0:
-                    vi = vi + omb2 * g2
-            else:
-                vi = vi + g2
-            mo[i] = mi
-            vo[i] = vi
-            po[i] = p[i] + lr * mi / (math.sqrt(vi) + tau)
+    while i < p.size:
+        po[i], mo[i], vo[i] = _fedopt_point(p[i], g[i], m[i], v[i], method, lr, b1, omb1, b2, omb2, tau)
         i += stride
 
 
@@ -93,19 +78,10 @@ def _robust_k(us, K, k_trim, out):  # pragma: no cover - device code
     buf = cuda.local.array(64, numba.float64)
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
-    n = out.size
-    while i < n:
+    while i < out.size:
         for k in range(K):
-            x = np.float64(us[k][i])
-            j = k - 1
-            while j >= 0 and buf[j] > x:
-                buf[j + 1] = buf[j]
-                j -= 1
-            buf[j + 1] = x
-        acc = 0.0
-        for k in range(k_trim, K - k_trim):
-            acc += buf[k]
-        out[i] = acc / (K - 2 * k_trim)
+            _sorted_insert(buf, k, numba.float64(us[k][i]))
+        out[i] = _trimmed_mean_sorted(buf, K, k_trim)
         i += stride
 
 
@@ -115,19 +91,10 @@ def _robust2d_k(stack, k_trim, out):  # pragma: no cover - device code
     K = stack.shape[0]
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
-    n = out.size
-    while i < n:
+    while i < out.size:
         for k in range(K):
-            x = numba.float64(stack[k, i])
-            j = k - 1
-            while j >= 0 and buf[j] > x:
-                buf[j + 1] = buf[j]
-                j -= 1
-            buf[j + 1] = x
-        acc = 0.0
-        for k in range(k_trim, K - k_trim):
-            acc += buf[k]
-        out[i] = acc / (K - 2 * k_trim)
+            _sorted_insert(buf, k, numba.float64(stack[k, i]))
+        out[i] = _trimmed_mean_sorted(buf, K, k_trim)
         i += stride
 
 
@@ -200,15 +167,9 @@ def _dev(u):
         return cuda.to_device(_ref.as_float(u.copy_to_host()))
     if u.dtype == np.float16:
         out = cuda.device_array(u.size, np.float32)
-        _widen_k[_grid(u.size), TPB](u, out)
+        _launch(_widen_k, u.size)(u, out)
         return out
     return u
-
-
-def _padded(arrs):
-    k = len(arrs)
-    t = 1 << max(0, (k - 1).bit_length())
-    return tuple(arrs) + (arrs[0],) * (t - k), k
 
 
 def empty(n: int, dt, like=None):
@@ -217,7 +178,7 @@ def empty(n: int, dt, like=None):
 
 def zeros(n: int, dt, like=None):
     out = empty(n, dt)
-    _fill_k[_grid(n), TPB](out, cuda.to_device(np.zeros(1, np.dtype(dt))))
+    _launch(_fill_k, n)(out, cuda.to_device(np.zeros(1, np.dtype(dt))))
     return out
 
 
@@ -229,21 +190,20 @@ def wsum(us, ws, out, accumulate: bool) -> None:
         e = s
         while e < len(us) and e - s < MAX_TUPLE and us[e].dtype == us[s].dtype:
             e += 1
-        tup, k = _padded(us[s:e])
+        tup, k = _ref.padded(us[s:e])
         w = cuda.to_device(np.concatenate([ws[s:e], np.zeros(1, out.dtype)]))
-        _wsum_k[_grid(out.size), TPB](tup, k, w, out, accumulate or s > 0)
+        _launch(_wsum_k, out.size)(tup, k, w, out, accumulate or s > 0)
         s = e
 
 
 def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float):
     p, g, m, v = (_dev(a) for a in (p, g, m, v))
-    dt = np.dtype(np.float64) if np.float64 in (p.dtype, g.dtype, m.dtype, v.dtype) else np.dtype(np.float32)
+    dt = _ref.common_float(p, g, m, v)
     if any(a.dtype != dt for a in (p, g, m, v)):  # mixed dtypes: widen on the host (rare, once per round)
         p, g, m, v = (cuda.to_device(_ref.as_float(a.copy_to_host(), dt)) for a in (p, g, m, v))
     n = p.size
     po, mo, vo = empty(n, dt), empty(n, dt), empty(n, dt)
-    c = dt.type
-    _fedopt_k[_grid(n), TPB](p, g, m, v, method, c(lr), c(b1), c(1) - c(b1), c(b2), c(1) - c(b2), c(tau), po, mo, vo)
+    _launch(_fedopt_k, n)(p, g, m, v, method, *_ref.fedopt_consts(dt, lr, b1, b2, tau), po, mo, vo)
     return po, mo, vo
 
 
@@ -259,31 +219,31 @@ def robust(us, k_trim: int, dt=np.float32):
         stack = cuda.device_array((len(us), us[0].size), dtype=us[0].dtype)
         for k, u in enumerate(us):
             stack[k].copy_to_device(u)
-        _robust2d_k[_grid(out.size), TPB](stack, int(k_trim), out)
+        _launch(_robust2d_k, out.size)(stack, int(k_trim), out)
         return out
-    tup, k = _padded(us)
-    _robust_k[_grid(out.size), TPB](tup, k, int(k_trim), out)
+    tup, k = _ref.padded(us)
+    _launch(_robust_k, out.size)(tup, k, int(k_trim), out)
     return out
 
 
 def sumsq(u) -> float:
     u = _dev(u)
     res = cuda.to_device(np.zeros(1, np.float64))
-    _sumsq_k[_grid(u.size), TPB](u, res)
+    _launch(_sumsq_k, u.size)(u, res)
     return float(res.copy_to_host()[0])
 
 
 def scale(u, factor: float, dt=np.float32):
     u = _dev(u)
     out = empty(u.size, dt)
-    _scale_k[_grid(u.size), TPB](u, np.dtype(dt).type(factor), out)
+    _launch(_scale_k, u.size)(u, np.dtype(dt).type(factor), out)
     return out
 
 
 def all_finite(u) -> bool:
     u = _dev(u)
     flag = cuda.to_device(np.zeros(1, np.int32))
-    _nonfinite_k[_grid(u.size), TPB](u, flag)
+    _launch(_nonfinite_k, u.size)(u, flag)
     return int(flag.copy_to_host()[0]) == 0
 
 

@@ -195,7 +195,7 @@ def wsum(us, ws, out, accumulate: bool) -> None:
 
 def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float):
     cp = _cp()
-    dt = np.dtype(np.float64) if cp.float64 in (p.dtype, g.dtype, m.dtype, v.dtype) else np.dtype(np.float32)
+    dt = _ref.common_float(p, g, m, v)
     p, g, m, v = (_widen(x, dt) for x in (p, g, m, v))
     kern = _elementwise(
         "fedimg_fedopt",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHUNK", "as_float", "wsum", "fedopt", "robust", "sumsq", "scale", "all_finite", "METHODS", "zeros", "empty", "host", "set_tail"]
+__all__ = ["CHUNK", "as_float", "common_float", "fedopt_consts", "padded", "wsum", "fedopt", "robust", "sumsq", "scale", "all_finite", "METHODS", "zeros", "empty", "host", "set_tail"]
 
 CHUNK = 1 << 16
 METHODS = {"adam": 0, "yogi": 1, "adagrad": 2, "avgm": 3}
@@ -26,6 +26,25 @@ def as_float(u: np.ndarray, dt: np.dtype = np.dtype(np.float32)) -> np.ndarray:
     if u.dtype == np.uint16:
         return (u.astype(np.uint32) << 16).view(np.float32).astype(dt, copy=False)
     return u.astype(dt, copy=False)
+
+
+def common_float(*arrays) -> np.dtype:
+    """float64 if any of ``arrays`` is float64, else float32 (the dtype the FedOpt step runs in)."""
+    return np.dtype(np.float64) if any(a.dtype == np.float64 for a in arrays) else np.dtype(np.float32)
+
+
+def fedopt_consts(dt: np.dtype, lr: float, b1: float, b2: float, tau: float) -> tuple:
+    """The FedOpt kernels' scalar arguments in ``dt``: ``(lr, b1, 1-b1, b2, 1-b2, tau)``."""
+    c = np.dtype(dt).type
+    return c(lr), c(b1), c(1) - c(b1), c(b2), c(1) - c(b2), c(tau)
+
+
+def padded(arrs) -> tuple[tuple, int]:
+    """``(tuple of arrs padded with arrs[0] to a power-of-two length, len(arrs))``: the numba
+    kernels take K arrays as one tuple, and padding keeps the compiled specialisations few."""
+    k = len(arrs)
+    t = 1 << max(0, (k - 1).bit_length())
+    return tuple(arrs) + (arrs[0],) * (t - k), k
 
 
 def wsum(us, ws, out: np.ndarray, accumulate: bool) -> None:
@@ -56,7 +75,7 @@ def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float)
     * adagrad: v' = v + g^2
     * p' = p + lr*m'/(sqrt(v')+tau)  (avgm: p' = p + lr*m', v' = v)
     """
-    dt = np.float64 if np.float64 in (p.dtype, g.dtype, m.dtype, v.dtype) else np.float32
+    dt = common_float(p, g, m, v).type
     p, g, m, v = (as_float(a, np.dtype(dt)) for a in (p, g, m, v))
     b1, b2, lr, tau = (dt(x) for x in (b1, b2, lr, tau))
     one = dt(1)
