@@ -66,6 +66,25 @@ def load_global_params(model: Any, params: Mapping[str, Any]) -> None:
             v.copy_(torch.as_tensor(params[k]).reshape(v.shape).to(v.dtype))
 
 
+def _match_state_layout(optimizer) -> None:
+    """Give each per-parameter optimizer tensor its parameter's memory layout.
+
+    Saved state comes back contiguous; a channels-last parameter then meets a contiguous
+    moment tensor, and fused optimizers (AdamW ``fused=True``) pair their elements differently
+    from an uninterrupted run, so a resumed run would not be exact.
+    """
+    import torch
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if not st:
+                continue
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 class ResumableTrainer:
     """Exact-resume state of a trainer with ``epoch``, ``optimizer``, ``scheduler`` and
     ``generator`` attributes (shared by the 3-D and the tile trainers)."""
@@ -87,6 +106,7 @@ class ResumableTrainer:
 
         self.epoch = int(state["epoch"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _match_state_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         if "torch_rng" in state:

@@ -229,6 +229,19 @@ def to_input(xb, channels_last: bool):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def _adamw(params, **kw):
+    """AdamW with the fused kernel (one pass per parameter instead of a chain of elementwise
+    ops), falling back to the default implementation where unsupported."""
+    import torch
+
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        log.debug("fused AdamW unavailable (%s); using the default implementation", exc)
+        return torch.optim.AdamW(params, **kw)
+
+
 class TileTrainer(ResumableTrainer):
     """Optimizer, warm-up + cosine LR, augmentation generator and epoch counter for one model."""
 
@@ -243,7 +256,7 @@ class TileTrainer(ResumableTrainer):
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = _adamw(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         full = math.ceil(max(1, data.num_train) / config.batch_size)
         self.steps_per_epoch = min(full, config.steps_per_epoch or full)
         total = config.epochs * self.steps_per_epoch
@@ -256,21 +269,49 @@ class TileTrainer(ResumableTrainer):
         log.info("tile trainer: %s on %s, %s%s, %d steps/epoch", config.model, self.device,
                  "bf16" if self.bf16 else "fp32", " channels-last" if self.channels_last else "", self.steps_per_epoch)
 
+    def _draw(self, b: int):
+        """One batch of augmentation parameters from ``self.generator`` (CPU tensors):
+        flags ``(b, 3)`` (flip width, flip height, transpose), stain ``alpha``/``beta`` ``(b, 2)``."""
+        import torch
+
+        cfg = self.config
+        r = torch.rand(b, 8, generator=self.generator)
+        return r[:, :3] < 0.5, 1 + cfg.stain_sigma1 * (2 * r[:, 3:5] - 1), cfg.stain_sigma2 * (2 * r[:, 5:7] - 1)
+
     def augment(self, xb):
-        """Flips, 90-degree rotations and H&E stain perturbation, drawn from ``self.generator``."""
+        """Flips, 90-degree rotations and H&E stain perturbation (uint8 out), drawn from ``self.generator``."""
         import torch
 
         from fedimg.transforms.stain import stain_augment
 
-        b, g, cfg = xb.shape[0], self.generator, self.config
-        r = torch.rand(b, 8, generator=g)
-        x = torch.where((r[:, 0] < 0.5).to(xb.device)[:, None, None, None], xb.flip(-1), xb)
-        x = torch.where((r[:, 1] < 0.5).to(xb.device)[:, None, None, None], x.flip(-2), x)
-        x = torch.where((r[:, 2] < 0.5).to(xb.device)[:, None, None, None], x.transpose(-1, -2), x)
-        alpha = 1 + cfg.stain_sigma1 * (2 * r[:, 3:5] - 1)
-        beta = cfg.stain_sigma2 * (2 * r[:, 5:7] - 1)
+        flags, alpha, beta = self._draw(xb.shape[0])
+        flags = flags.to(xb.device)
+        x = torch.where(flags[:, 0, None, None, None], xb.flip(-1), xb)
+        x = torch.where(flags[:, 1, None, None, None], x.flip(-2), x)
+        x = torch.where(flags[:, 2, None, None, None], x.transpose(-1, -2), x)
         out = stain_augment(x, alpha.to(x.device), beta.to(x.device))
         return out.round_().to(torch.uint8)
+
+    def batch_input(self, idx):
+        """The network input for training tiles ``idx``: augmented when the config says so.
+
+        On the CPU the gather, augmentation and scaling run as one numba pass
+        (:mod:`fedimg.pathology._augment_cpu`); elsewhere as torch ops on the device.
+        """
+        import torch
+
+        if self.config.augment and self.device.type == "cpu" and self.data.x_train.shape[-1] == self.data.x_train.shape[-2]:
+            from fedimg.transforms.stain import REFERENCE_HE
+
+            from ._augment_cpu import augment_to_input
+
+            flags, alpha, beta = self._draw(int(idx.shape[0]))
+            x = augment_to_input(self.data.x_train.contiguous(), idx, flags, alpha, beta, REFERENCE_HE)
+            return x if self.channels_last else x.contiguous()
+        xb = self.data.x_train[idx]
+        if self.config.augment:
+            xb = self.augment(xb)
+        return to_input(xb, self.channels_last)
 
     def train_epoch(self, *, prox_mu: float = 0.0, prox_ref: list | None = None, on_step: Callable[[dict], None] | None = None) -> dict[str, float]:
         import torch
@@ -287,11 +328,9 @@ class TileTrainer(ResumableTrainer):
         t0 = time.perf_counter()
         for step in range(self.steps_per_epoch):
             idx = order[(step * cfg.batch_size) % self.data.num_train :][: cfg.batch_size]
-            xb, yb = self.data.x_train[idx], self.data.y_train[idx]
-            if cfg.augment:
-                xb = self.augment(xb)
+            xb, yb = self.batch_input(idx), self.data.y_train[idx]
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(to_input(xb, self.channels_last))
+                logits = self.model(xb)
             loss = F.cross_entropy(logits.float(), yb)
             if prox_mu > 0 and prox_ref is not None:
                 loss = loss + 0.5 * prox_mu * sum(((p - r) ** 2).sum() for p, r in zip(self.model.parameters(), prox_ref))

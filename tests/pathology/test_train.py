@@ -31,7 +31,7 @@ def test_synthetic_sites_are_marked_and_differ(synth_sites):
 @pytest.mark.slow
 def test_classifier_learns_synthetic_label_above_chance(synth_sites):
     torch.manual_seed(0)
-    cfg = TileTrainConfig(epochs=6, val_fraction=0.25, **SMALL)
+    cfg = TileTrainConfig(epochs=10, val_fraction=0.25, **SMALL)
     data = prepare_tile_data(synth_sites[1], cfg, torch.device("cpu"))
     model = build_tile_model(cfg)
     before = evaluate(model, data, cfg)
