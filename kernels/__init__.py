@@ -11,7 +11,9 @@ log one line. Inputs are never modified; results come back as the inputs' kind/d
 ``fedavg(updates, weights)``               weighted mean; ``mode=fused|blocked|streaming``,
                                            ``layout=`` for the integer-buffer rule
 ``WeightedAccumulator(size, dtype, device)``  streaming ``.add(u, w)`` / ``.result()`` /
-                                           ``.total_weight`` / ``.count`` / ``.reset()``
+                                           ``.total_weight`` / ``.count`` / ``.reset()``;
+                                           ``.add_checked(u, w, check)``: fold + L2 norm in
+                                           one pass, kept only if ``check(norm)``
 ``pack(state_dict)`` / ``unpack(flat, layout)``  flat float buffer + :class:`Layout`
                                            (bit-exact; integer buffers take the max)
 ``fedopt_step(params, g, m, v, method=..)``  FedAdam / FedYogi / FedAdagrad / FedAvgM

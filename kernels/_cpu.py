@@ -7,7 +7,12 @@ padded to the next power of two (at most 64 per call; more are folded in groups)
 a handful of specialisations are ever compiled; compiled code is cached on disk.
 
 float16 and bfloat16 updates are read as ``uint16`` bit patterns through a 65536-entry
-float32 table (numba's CPU target has no float16), i.e. accumulated in float32.
+float32 table (numba's CPU target has no float16), i.e. accumulated in float32. Inputs are
+seen read-only (one numba type whether or not the caller's array is writeable).
+
+``wsum_sumsq`` takes one update as its parts (a state dict's tensors, no packed copy): the
+parts travel as a tuple with a chunk table (chunks never straddle parts), and each chunk is
+folded into the output and then measured (sum of squares) while it is still in L1.
 
 >>> import numpy as np
 >>> out = np.empty(5, np.float32)
@@ -27,7 +32,7 @@ from numba.extending import overload
 from . import _ref
 from ._backend import warn_once
 
-__all__ = ["wsum", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH", "read_sum", "triad"]
+__all__ = ["wsum", "wsum_sumsq", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH", "read_sum", "triad"]
 
 CH = 4096
 MAX_TUPLE = 64
@@ -95,6 +100,54 @@ def _ld_ov(a, i, lut):
     return lambda a, i, lut: a[i]
 
 
+def _zero_of(a):  # pragma: no cover - replaced by the overload inside numba
+    return 0.0
+
+
+@overload(_zero_of, inline="always")
+def _zero_of_ov(a):
+    """A zero of the type ``_ld`` reads from ``a``: float64 for float64 data, else float32."""
+    if isinstance(a, types.Array) and a.dtype == types.float64:
+        return lambda a: np.float64(0.0)
+    return lambda a: np.float32(0.0)
+
+
+def _cast_like(x, like):  # pragma: no cover - replaced by the overload inside numba
+    return x
+
+
+@overload(_cast_like, inline="always")
+def _cast_like_ov(x, like):
+    if like == types.float64:
+        return lambda x, like: np.float64(x)
+    return lambda x, like: np.float32(x)
+
+
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def _sumsq_chunk(v, lut, acc):  # pragma: no cover - numba
+    """Sum of squares of one chunk, accumulated in ``acc``'s type, returned as float64.
+
+    ``acc = 0.0``: float64 throughout. ``acc = _zero_of(v)``: float32 for float32 and narrower
+    data (twice the vector lanes; the fused fold uses it and falls back to float64 when a
+    square overflows, i.e. beyond 1.8e19). ``reassoc`` (and no other fast-math flag) lets LLVM
+    vectorise the reduction (4x faster than a serial add chain); it only reorders the
+    additions, never NaN/Inf handling, and is confined to this function.
+    """
+    for i in range(v.size):
+        x = _cast_like(_ld(v, i, lut), acc)
+        acc += x * x
+    return np.float64(acc)
+
+
+@njit(inline="always")
+def _nonfinite_chunk(v, lut):  # pragma: no cover - numba
+    cnt = 0
+    for i in range(v.size):
+        if not math.isfinite(_ld(v, i, lut)):
+            cnt += 1
+    return cnt
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _wsum_k(us, K, ws, out, accumulate, lut):  # pragma: no cover - numba
     n = out.size
@@ -114,6 +167,33 @@ def _wsum_k(us, K, ws, out, accumulate, lut):  # pragma: no cover - numba
             w = ws[k]
             for i in range(e - s):
                 o[i] += w * _ld(u, i, lut)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _wsum_sumsq_k(us, first, starts, w, src, out, accumulate, lut):  # pragma: no cover - numba
+    """``out = [src +] w * us[p]`` on each part's segment (part p at ``starts[p]``), and the
+    parts' sum of squares from the same chunk while it is in L1: one pass over memory.
+
+    Chunks never straddle parts: part p owns chunks ``first[p] .. first[p+1]-1``.
+    """
+    nch = first[first.size - 1]
+    ss = np.zeros(nch, np.float64)
+    for c in prange(nch):
+        p = np.searchsorted(first, c, side="right") - 1
+        u = us[p]
+        lo = (c - first[p]) * CH
+        hi = min(lo + CH, u.size)
+        v = u[lo:hi]
+        o = out[starts[p] + lo : starts[p] + hi]
+        if accumulate:
+            s = src[starts[p] + lo : starts[p] + hi]
+            for i in range(hi - lo):
+                o[i] = s[i] + w * _ld(v, i, lut)
+        else:
+            for i in range(hi - lo):
+                o[i] = w * _ld(v, i, lut)
+        ss[c] = _sumsq_chunk(v, lut, _zero_of(v))
+    return ss.sum()
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -141,30 +221,6 @@ def _robust_k(us, K, k_trim, out, lut):  # pragma: no cover - numba
             out[i] = _trimmed_mean_sorted(buf, K, k_trim)
 
 
-@njit(fastmath={"reassoc"}, cache=True, nogil=True)
-def _sumsq_chunk(v, lut):  # pragma: no cover - numba
-    """float64 sum of squares of one chunk.
-
-    ``reassoc`` (and no other fast-math flag) lets LLVM vectorise this reduction (4x faster than
-    a serial add chain); it changes only the order of the float64 additions, never NaN/Inf
-    handling, and it is confined to this function (the callers' own arithmetic stays strict).
-    """
-    acc = 0.0
-    for i in range(v.size):
-        x = np.float64(_ld(v, i, lut))
-        acc += x * x
-    return acc
-
-
-@njit(inline="always")
-def _nonfinite_chunk(v, lut):  # pragma: no cover - numba
-    cnt = 0
-    for i in range(v.size):
-        if not math.isfinite(_ld(v, i, lut)):
-            cnt += 1
-    return cnt
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def _reduce_k(u, lut, count_nonfinite):  # pragma: no cover - numba
     """Sum of squares (float64) or, with ``count_nonfinite``, the number of NaN/Inf values."""
@@ -173,7 +229,7 @@ def _reduce_k(u, lut, count_nonfinite):  # pragma: no cover - numba
     parts = np.zeros(nch, np.float64)
     for c in prange(nch):
         v = u[c * CH : min(c * CH + CH, n)]
-        parts[c] = _nonfinite_chunk(v, lut) if count_nonfinite else _sumsq_chunk(v, lut)
+        parts[c] = _nonfinite_chunk(v, lut) if count_nonfinite else _sumsq_chunk(v, lut, 0.0)
     return parts.sum()
 
 
@@ -213,26 +269,55 @@ def triad(a, b, c, s):  # pragma: no cover - numba
 
 
 def _prep(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(array numba can read, table) — float16 as uint16 bits with the float16 table."""
-    if u.dtype == np.float16:
-        return u.view(np.uint16), F16_LUT
-    return u, BF16_LUT
+    """(read-only view numba can read, table) — float16 as uint16 bits with the float16 table.
+
+    Every input is seen read-only, so writeable and read-only arrays (e.g. NVFlare's
+    deserialised updates) share one numba type and can travel in one tuple.
+    """
+    a, lut = (u.view(np.uint16), F16_LUT) if u.dtype == np.float16 else (u.view(), BF16_LUT)
+    a.flags.writeable = False
+    return a, lut
+
+
+def _runs(prepped) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of consecutive prepped arrays one tuple can hold (one type, <= MAX_TUPLE)."""
+    runs, start = [], 0
+    while start < len(prepped):
+        dt, lut = prepped[start][0].dtype, prepped[start][1]
+        end = start
+        while end < len(prepped) and end - start < MAX_TUPLE and prepped[end][0].dtype == dt and prepped[end][1] is lut:
+            end += 1
+        runs.append((start, end))
+        start = end
+    return runs
 
 
 def wsum(us, ws, out: np.ndarray, accumulate: bool) -> None:
     """``out = [out +] sum_k ws[k] us[k]``: one pass per run of same-dtype updates (<= 64)."""
     ws = np.asarray(ws, dtype=out.dtype)
     prepped = [_prep(u) for u in us]
-    start = 0
-    while start < len(prepped):
-        dt = prepped[start][0].dtype
-        lut = prepped[start][1]
-        end = start
-        while end < len(prepped) and end - start < MAX_TUPLE and prepped[end][0].dtype == dt and prepped[end][1] is lut:
-            end += 1
+    for start, end in _runs(prepped):
         tup, k = _ref.padded([a for a, _ in prepped[start:end]])
-        _wsum_k(tup, k, ws[start:end].copy(), out, accumulate or start > 0, lut)
-        start = end
+        _wsum_k(tup, k, ws[start:end].copy(), out, accumulate or start > 0, prepped[start][1])
+
+
+def wsum_sumsq(parts, w: float, src: np.ndarray, out: np.ndarray, accumulate: bool) -> float:
+    """``out = [src +] w * concat(parts)`` and the update's float64 sum of squares, in one pass."""
+    wv = out.dtype.type(w)
+    prepped = [_prep(u) for u in parts]
+    total, off = 0.0, 0
+    for start, end in _runs(prepped):
+        arrs = [a for a, _ in prepped[start:end]]
+        sizes = np.array([a.size for a in arrs], np.int64)
+        first = np.zeros(len(arrs) + 1, np.int64)
+        np.cumsum((sizes + CH - 1) // CH, out=first[1:])
+        starts = off + np.cumsum(sizes) - sizes
+        tup, _ = _ref.padded(arrs)
+        total += _wsum_sumsq_k(tup, first, starts, wv, src, out, accumulate, prepped[start][1])
+        off += int(sizes.sum())
+    if not math.isfinite(total):  # NaN/Inf, or a float32 square overflowed: the exact float64 sum
+        total = sum(_reduce_k(a, lut, False) for a, lut in prepped)
+    return float(total)
 
 
 def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float):
@@ -249,7 +334,7 @@ def robust(us, k_trim: int, dt=np.float32) -> np.ndarray:
         return _ref.robust(us, k_trim, dt)
     prepped = [_prep(u) for u in us]
     if len({(a.dtype, id(t)) for a, t in prepped}) > 1:
-        prepped = [(_ref.as_float(u, np.dtype(np.float32)), BF16_LUT) for u in us]
+        prepped = [_prep(_ref.as_float(u, np.dtype(np.float32))) for u in us]
     tup, k = _ref.padded([a for a, _ in prepped])
     out = np.empty(us[0].size, dt)
     _robust_k(tup, k, int(k_trim), out, prepped[0][1])

@@ -29,7 +29,7 @@ from . import _ref
 from ._backend import warn_once
 from ._cpu import fedopt_point, sorted_insert, trimmed_mean_sorted
 
-__all__ = ["wsum", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail"]
+__all__ = ["wsum", "wsum_sumsq", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail"]
 
 TPB = 256
 MAX_TUPLE = 16  # 16 arrays ~ 0.9 KiB of kernel parameters (the classic limit is 4 KiB)
@@ -98,17 +98,10 @@ def _robust2d_k(stack, k_trim, out):  # pragma: no cover - device code
         i += stride
 
 
-@cuda.jit
-def _sumsq_k(u, res):  # pragma: no cover - device code
-    sm = cuda.shared.array(256, numba.float64)
+@cuda.jit(device=True)
+def _block_add(sm, acc, res):  # pragma: no cover - device code
+    """Sum every thread's ``acc`` over the block (shared ``sm`` of TPB) and add it to ``res[0]``."""
     t = cuda.threadIdx.x
-    i = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    acc = 0.0
-    while i < u.size:
-        x = np.float64(u[i])
-        acc += x * x
-        i += stride
     sm[t] = acc
     cuda.syncthreads()
     s = cuda.blockDim.x // 2
@@ -119,6 +112,38 @@ def _sumsq_k(u, res):  # pragma: no cover - device code
         s //= 2
     if t == 0:
         cuda.atomic.add(res, 0, sm[0])
+
+
+@cuda.jit
+def _sumsq_k(u, res):  # pragma: no cover - device code
+    sm = cuda.shared.array(TPB, numba.float64)
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    acc = 0.0
+    while i < u.size:
+        x = numba.float64(u[i])
+        acc += x * x
+        i += stride
+    _block_add(sm, acc, res)
+
+
+@cuda.jit
+def _wsum_sumsq_k(u, w, src, out, accumulate, res):  # pragma: no cover - device code
+    """``out = [src +] w*u`` and ``res[0] += sum(u**2)`` (float64) in one grid-stride pass."""
+    sm = cuda.shared.array(TPB, numba.float64)
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    acc = 0.0
+    while i < u.size:
+        x = u[i]
+        if accumulate:
+            out[i] = src[i] + w * x
+        else:
+            out[i] = w * x
+        d = numba.float64(x)
+        acc += d * d
+        i += stride
+    _block_add(sm, acc, res)
 
 
 @cuda.jit
@@ -194,6 +219,20 @@ def wsum(us, ws, out, accumulate: bool) -> None:
         w = cuda.to_device(np.concatenate([ws[s:e], np.zeros(1, out.dtype)]))
         _launch(_wsum_k, out.size)(tup, k, w, out, accumulate or s > 0)
         s = e
+
+
+def wsum_sumsq(parts, w: float, src, out, accumulate: bool) -> float:
+    """``out = [src +] w * concat(parts)`` and the parts' float64 sum of squares (one launch per part)."""
+    res = cuda.to_device(np.zeros(1, np.float64))
+    wv = np.dtype(out.dtype).type(w)
+    off = 0
+    for u in parts:
+        u = _dev(u)
+        n = u.size
+        if n:
+            _launch(_wsum_sumsq_k, n)(u, wv, src[off : off + n], out[off : off + n], accumulate, res)
+        off += n
+    return float(res.copy_to_host()[0])
 
 
 def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float):

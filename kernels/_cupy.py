@@ -20,7 +20,7 @@ import numpy as np
 from . import _ref
 from ._backend import warn_once
 
-__all__ = ["wsum", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail"]
+__all__ = ["wsum", "wsum_sumsq", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail"]
 
 TPB = 256
 MAX_K = 64
@@ -84,6 +84,29 @@ extern "C" __global__ void {name}(const unsigned long long* __restrict__ ptrs, c
 }
 """
 
+_WSUM_SUMSQ = r"""
+extern "C" __global__ void {name}(const {T}* __restrict__ u, const {A} w, const {A}* __restrict__ src,
+                                  {A}* __restrict__ out, const long long n, const int accumulate,
+                                  double* __restrict__ res) {
+  __shared__ double sm[256];  // TPB
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  double ss = 0.0;
+  for (; i < n; i += stride) {
+    const double d = (double){LOAD};
+    out[i] = accumulate ? src[i] + w * ({A}){LOAD} : w * ({A}){LOAD};
+    ss += d * d;
+  }
+  sm[threadIdx.x] = ss;
+  __syncthreads();
+  for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) sm[threadIdx.x] += sm[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) atomicAdd(res, sm[0]);
+}
+"""
+
 _FEDOPT_BODY = r"""
 T mi, vi;
 if (method == 3) {
@@ -114,7 +137,7 @@ def _raw(kind: str, t: str, a: str):
     key = (f"fedimg_{kind}_{t}_{a}", _dev_id())
     if key not in _KERNELS:
         tname, load = _TYPES[t]
-        tmpl = _WSUM if kind == "wsum" else _ROBUST
+        tmpl = {"wsum": _WSUM, "robust": _ROBUST, "wsum_sumsq": _WSUM_SUMSQ}[kind]
         src = _PRELUDE + tmpl.replace("{name}", key[0]).replace("{A}", _ACC[a]).replace("{T}", tname)
         src = src.replace("{LOAD}", load.format(x="u[i]"))
         _KERNELS[key] = _cp().RawKernel(src, key[0])
@@ -191,6 +214,24 @@ def wsum(us, ws, out, accumulate: bool) -> None:
         )
         del group  # the pointers stay valid: the caller holds the updates until we return
         start = end
+
+
+def wsum_sumsq(parts, w: float, src, out, accumulate: bool) -> float:
+    """``out = [src +] w * concat(parts)`` and the parts' float64 sum of squares (one launch per part)."""
+    cp = _cp()
+    a = "f64" if out.dtype == cp.float64 else "f32"
+    wv = np.dtype(out.dtype).type(w)
+    res = cp.zeros(1, cp.float64)
+    off = 0
+    for u in parts:
+        u = cp.ascontiguousarray(u)
+        n = u.size
+        if n:
+            _raw("wsum_sumsq", _tcode(u), a)(
+                (_grid(n),), (TPB,), (u, wv, src[off : off + n], out[off : off + n], np.int64(n), np.int32(accumulate), res)
+            )
+        off += n
+    return float(res.get()[0])
 
 
 def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float):

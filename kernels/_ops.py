@@ -1,7 +1,9 @@
 """Per-backend operation tables and the shared argument checks.
 
 Every backend module exposes the same functions on its native arrays:
-``wsum(us, ws, out, accumulate)``, ``fedopt(p, g, m, v, method, lr, b1, b2, tau)``,
+``wsum(us, ws, out, accumulate)``, ``wsum_sumsq(parts, w, src, out, accumulate)`` (one
+update given as consecutive 1-D parts: ``out = [src +] w*update`` and its float64 sum of
+squares in the same pass), ``fedopt(p, g, m, v, method, lr, b1, b2, tau)``,
 ``robust(us, k_trim, dt)``, ``sumsq(u)``, ``scale(u, factor, dt)``, ``all_finite(u)``,
 ``zeros(n, dt, like)`` and ``host(x)``. ``ops_for(name)`` imports it lazily.
 

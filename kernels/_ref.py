@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHUNK", "as_float", "common_float", "fedopt_consts", "padded", "wsum", "fedopt", "robust", "sumsq", "scale", "all_finite", "METHODS", "zeros", "empty", "host", "set_tail"]
+__all__ = ["CHUNK", "as_float", "common_float", "fedopt_consts", "padded", "wsum", "wsum_sumsq", "fedopt", "robust", "sumsq", "scale", "all_finite", "METHODS", "zeros", "empty", "host", "set_tail"]
 
 CHUNK = 1 << 16
 METHODS = {"adam": 0, "yogi": 1, "adagrad": 2, "avgm": 3}
@@ -62,6 +62,30 @@ def wsum(us, ws, out: np.ndarray, accumulate: bool) -> None:
             start = 0
         for k in range(start, len(us)):
             o += w[k] * as_float(us[k][s:e], dt)
+
+
+def wsum_sumsq(parts, w: float, src: np.ndarray, out: np.ndarray, accumulate: bool) -> float:
+    """``out[:] = (src if accumulate else 0) + w * concat(parts)``; returns the parts' sum of squares.
+
+    The update arrives as ``parts`` (1-D arrays whose concatenation has ``out.size`` values) and is
+    read once, chunk by chunk: each chunk is folded and measured while it is in cache. Elementwise
+    the same arithmetic as :func:`wsum` (``src + w*u`` in ``out.dtype``); the sum of squares is
+    float64, NaN/Inf when a value is NaN/Inf. ``src`` may be ``out``.
+    """
+    dt = out.dtype
+    wv = dt.type(w)
+    total, off = 0.0, 0
+    for u in parts:
+        for s in range(0, u.size, CHUNK):
+            x = u[s : s + CHUNK]
+            o = out[off + s : off + s + x.size]
+            if accumulate:
+                np.add(src[off + s : off + s + x.size], wv * as_float(x, dt), out=o)
+            else:
+                np.multiply(as_float(x, dt), wv, out=o)
+            total += sumsq(x)
+        off += u.size
+    return total
 
 
 def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["wsum", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail"]
+__all__ = ["wsum", "wsum_sumsq", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail"]
 
 
 def _tdt(dt):
@@ -31,6 +31,23 @@ def wsum(us, ws, out, accumulate: bool) -> None:
         start = 1
     for k in range(start, len(us)):
         out.add_(us[k], alpha=float(ws[k]))
+
+
+def wsum_sumsq(parts, w: float, src, out, accumulate: bool) -> float:
+    """``out = [src +] w * concat(parts)`` (the ops of :func:`wsum`) and the parts' float64 sum of squares."""
+    total, off = 0.0, 0
+    for u in parts:
+        n = u.numel()
+        o = out[off : off + n]
+        if accumulate:
+            if src is not out:
+                o.copy_(src[off : off + n])
+            o.add_(u, alpha=float(w))
+        else:
+            o.copy_(u).mul_(float(w))
+        total += sumsq(u)
+        off += n
+    return total
 
 
 def fedopt(p, g, m, v, method: int, lr: float, b1: float, b2: float, tau: float):

@@ -7,6 +7,10 @@
   ``result() = acc / total_weight``. Server memory is the accumulator plus the result
   (2x the model) whatever the number of sites; ``block=B`` buffers references to B
   updates and folds them in one pass (more memory, less traffic on ``acc``).
+  ``add_checked(update, w, check)`` folds and measures an update (its L2 norm) in the same
+  pass, into a second buffer that counts only if ``check(norm)`` accepts it (a server that
+  must reject bad updates before they touch the sum: 3x the model); the update may be given
+  as its tensors (:func:`fedimg.kernels.layout.flat_parts`), so no packed copy is made.
 
 Results are float32 (float64 when an input is float64; float16/bfloat16 inputs are
 accumulated in float32) and of the inputs' kind: numpy in → numpy out, torch CUDA in →
@@ -28,8 +32,9 @@ array([0.75, 0.75, 0.75, 0.75], dtype=float32)
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +42,7 @@ import numpy as np
 from ._backend import choose_backend, kind_of
 from ._convert import float_kind, from_native, to_native
 from ._ops import acc_dtype, check_updates, check_weights, ops_for
-from .layout import Layout
+from .layout import Layout, slice_parts
 
 __all__ = ["fedavg", "WeightedAccumulator", "MODES"]
 
@@ -190,6 +195,7 @@ class WeightedAccumulator:
         self.backend = choose_backend(kind_of(self._like), self.size, backend)
         self._ops = ops_for(self.backend)
         self._acc = None
+        self._scratch = None  # add_checked's second sum, allocated on first use
         self._lock = threading.RLock()
         self.reset()
 
@@ -200,8 +206,7 @@ class WeightedAccumulator:
 
     def _reset(self) -> None:
         if self._acc is None:
-            # torch / CuPy allocate on the like's device (a torch tensor); numba needs none
-            self._acc = self._ops.zeros(self.size, self.dtype, None if self.backend == "numba_cuda" else self._like)
+            self._acc = self._zeros()
         self._pending: list[Any] = []
         self._pending_w: list[float] = []
         self._tail: np.ndarray | None = None
@@ -209,33 +214,102 @@ class WeightedAccumulator:
         self.total_weight = 0.0
         self.count = 0
 
-    def add(self, update: Any, weight: float) -> None:
-        """Fold ``weight * update`` into the sum (``update`` is not modified or kept beyond a block)."""
+    def _zeros(self) -> Any:
+        # torch / CuPy allocate on the like's device (a torch tensor); numba needs none
+        return self._ops.zeros(self.size, self.dtype, None if self.backend == "numba_cuda" else self._like)
+
+    def _checked(self, what: str, parts: list[Any], weight: float) -> float:
+        """Validate an update's weight, length and dtypes; the weight as a float."""
         w = float(weight)
         if not np.isfinite(w) or w < 0:
-            raise ValueError(f"WeightedAccumulator.add: weight must be finite and >= 0, got {weight!r}")
-        n = int(np.prod(update.shape))
+            raise ValueError(f"WeightedAccumulator.{what}: weight must be finite and >= 0, got {weight!r}")
+        n = sum(math.prod(p.shape) for p in parts)
         if n != self.size:
-            raise ValueError(f"WeightedAccumulator.add: update has {n} values, accumulator holds {self.size}")
-        float_kind(update)
+            raise ValueError(f"WeightedAccumulator.{what}: update has {n} values, accumulator holds {self.size}")
+        seen = set()
+        for p in parts:  # one dtype check per kind of array (a model's tensors share a few)
+            if (type(p), p.dtype) not in seen:
+                float_kind(p)
+                seen.add((type(p), p.dtype))
+        return w
+
+    def add(self, update: Any, weight: float) -> None:
+        """Fold ``weight * update`` into the sum (``update`` is not modified or kept beyond a block)."""
+        w = self._checked("add", [update], weight)
         with self._lock:
             self._add(update, w)
+
+    def _native(self, u: Any) -> Any:
+        u = to_native(u, self.backend)
+        if self.backend == "torch" and self.device != "cpu" and u.device != self._like.device:  # host -> device
+            u = u.to(self._like.device)
+        return u
+
+    def _host_tail(self, parts: list[Any]) -> np.ndarray | None:
+        """The integer-buffer tail ``[float_size, size)`` of an update as float64 host values."""
+        if self._fs == self.size:
+            return None
+        return np.concatenate([self._ops.host(p).reshape(-1) for p in slice_parts(parts, self._fs, self.size)]).astype(np.float64)
+
+    def _max_tail(self, tail: np.ndarray | None) -> None:
+        if tail is not None:
+            self._tail = tail.copy() if self._tail is None else np.maximum(self._tail, tail)
 
     def _add(self, update: Any, w: float) -> None:
         self.count += 1
         if w == 0:
             return
-        u = to_native(update, self.backend)
-        if self.backend == "torch" and self.device != "cpu" and u.device != self._like.device:  # host -> device
-            u = u.to(self._like.device)
-        if self._fs < self.size:
-            t = self._ops.host(u[self._fs :]).astype(np.float64)
-            self._tail = t.copy() if self._tail is None else np.maximum(self._tail, t)
+        u = self._native(update)
+        self._max_tail(self._host_tail([u]))
         self.total_weight += w
         self._pending.append(u[: self._fs] if self._fs < self.size else u)
         self._pending_w.append(w)
         if len(self._pending) >= self.block:
             self._flush()
+
+    def add_checked(self, update: Any, weight: float, check: Callable[[float], bool]) -> bool:
+        """Fold ``weight * update`` only if ``check(norm)`` accepts it; one pass over the update.
+
+        ``update``: one array, or a list/tuple of arrays that one after the other make the
+        update (e.g. :func:`fedimg.kernels.layout.flat_parts` of a state dict: no packed copy
+        is made). The pass that reads the update writes ``sum + weight * update`` into a second
+        buffer and measures the update's L2 norm (float64, over all its values; NaN/Inf when a
+        value is NaN/Inf). ``check(norm)`` then decides: ``True`` makes that buffer the sum,
+        ``False`` drops it, and the accumulator is exactly as before (count, weight, sum).
+        Element for element the sum is bit-identical to :meth:`add`'s. Costs one more
+        accumulator-sized buffer, allocated on first use. ``check`` runs under the accumulator's
+        lock (keep it quick). Returns what ``check`` returned.
+        """
+        parts = list(update) if isinstance(update, (list, tuple)) else [update]
+        w = self._checked("add_checked", parts, weight)
+        with self._lock:
+            return self._add_checked([self._native(p) for p in parts], w, check)
+
+    def _add_checked(self, parts: list[Any], w: float, check: Callable[[float], bool]) -> bool:
+        fs = self._fs
+        body = slice_parts(parts, 0, fs) if fs < self.size else parts
+        tail = self._host_tail(parts)
+        ss = float(np.dot(tail, tail)) if tail is not None else 0.0
+        fold = w > 0 and fs > 0
+        if fold:
+            self._flush()  # plain add()s still pending go first
+            if self._scratch is None:
+                self._scratch = self._zeros()
+            src, out = (self._acc[:fs], self._scratch[:fs]) if fs < self.size else (self._acc, self._scratch)
+            ss += self._ops.wsum_sumsq(body, w, src, out, self._folded > 0)
+        else:
+            ss += sum(self._ops.sumsq(p) for p in body)
+        if not check(math.sqrt(ss)):  # NaN/Inf stay NaN/Inf
+            return False
+        self.count += 1
+        if w == 0:
+            return True
+        if fold:
+            self._acc, self._scratch = self._scratch, self._acc
+            self._folded += 1
+        self._max_tail(tail)
+        self.total_weight += w
+        return True
 
     def _flush(self) -> None:
         if not self._pending:

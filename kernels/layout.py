@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Layout", "pack", "unpack"]
+__all__ = ["Layout", "pack", "unpack", "layout_of", "flat_parts", "slice_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +156,8 @@ def _host_values(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def pack(state_dict: Mapping[str, Any], *, dtype: Any = None) -> tuple[np.ndarray, Layout]:
-    """Pack ``state_dict`` into ``(flat, layout)``; floats first, integer buffers last.
-
-    ``flat`` is a new host numpy array (float32, or float64 when a float64 tensor is
-    present or ``dtype=np.float64``); the inputs are not modified.
-    """
+def layout_of(state_dict: Mapping[str, Any], *, dtype: Any = None) -> Layout:
+    """The :class:`Layout` that :func:`pack` gives ``state_dict``, without copying any values."""
     if not isinstance(state_dict, Mapping) or not state_dict:
         raise ValueError("pack: expected a non-empty mapping of name -> tensor/array")
     items = list(state_dict.items())
@@ -181,38 +178,83 @@ def pack(state_dict: Mapping[str, Any], *, dtype: Any = None) -> tuple[np.ndarra
     shapes = [tuple(int(s) for s in items[i][1].shape) for i in order]
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    float_size = int(sum(sz for i, sz in zip(order, sizes) if dts[i] in _FLOATS))
-    flat = np.empty(int(offsets[-1]), dtype=flat_dt)
-    limit = _EXACT[flat_dt]
-    for j, i in enumerate(order):
-        vals = _host_values(items[i][1]).reshape(-1)
-        if dts[i] in _INTS and dts[i] != "bool" and vals.size:
-            lo, hi = int(vals.min()), int(vals.max())
-            if max(abs(lo), abs(hi)) > limit:
-                raise ValueError(
-                    f"pack: integer buffer {names[i]!r} holds {max(abs(lo), abs(hi))}, beyond the exact range of "
-                    f"{flat_dt.name}; pass dtype=np.float64"
-                )
-        flat[offsets[j] : offsets[j + 1]] = vals
-    layout = Layout(
+    return Layout(
         names=tuple(names[i] for i in order),
         shapes=tuple(shapes),
         dtypes=tuple(dts[i] for i in order),
         offsets=tuple(int(o) for o in offsets[:-1]),
         size=int(offsets[-1]),
-        float_size=float_size,
+        float_size=int(sum(sz for i, sz in zip(order, sizes) if dts[i] in _FLOATS)),
         flat_dtype=flat_dt.name,
         source="torch" if any(_is_torch(v) for _, v in items) else "numpy",
     )
+
+
+def flat_parts(state_dict: Mapping[str, Any], layout: Layout) -> list[np.ndarray]:
+    """``state_dict``'s values in ``layout`` order as 1-D host arrays: concatenated they are
+    :func:`pack`'s flat buffer, but nothing is packed.
+
+    Float tensors come back as views (float16/float32/float64 as they are, bfloat16 widened to
+    float32); integer and bool buffers (few values) are cast to the layout's flat dtype and
+    refused beyond its exact range. The kernels take such a list as one update
+    (:meth:`fedimg.kernels.WeightedAccumulator.add_checked`).
+    """
+    flat_dt = np.dtype(layout.flat_dtype)
+    limit = _EXACT[flat_dt]
+    out = []
+    for name, dt in zip(layout.names, layout.dtypes):
+        vals = _host_values(state_dict[name]).reshape(-1)
+        if dt in _INTS:
+            if dt != "bool" and vals.size:
+                lo, hi = int(vals.min()), int(vals.max())
+                if max(abs(lo), abs(hi)) > limit:
+                    raise ValueError(
+                        f"pack: integer buffer {name!r} holds {max(abs(lo), abs(hi))}, beyond the exact range of "
+                        f"{flat_dt.name}; pass dtype=np.float64"
+                    )
+            vals = vals.astype(flat_dt)
+        out.append(vals)
+    return out
+
+
+def slice_parts(parts: Sequence[Any], start: int, stop: int) -> list[Any]:
+    """Views of ``parts`` (1-D arrays, one after the other) that hold values ``[start, stop)`` of
+    their concatenation.
+
+    >>> [p.tolist() for p in slice_parts([np.arange(3), np.arange(3, 5)], 2, 4)]
+    [[2], [3]]
+    """
+    out, off = [], 0
+    for p in parts:
+        n = math.prod(p.shape)
+        lo, hi = max(start - off, 0), min(stop - off, n)
+        if lo < hi:
+            out.append(p[lo:hi])
+        off += n
+    return out
+
+
+def pack(state_dict: Mapping[str, Any], *, dtype: Any = None) -> tuple[np.ndarray, Layout]:
+    """Pack ``state_dict`` into ``(flat, layout)``; floats first, integer buffers last.
+
+    ``flat`` is a new host numpy array (float32, or float64 when a float64 tensor is
+    present or ``dtype=np.float64``); the inputs are not modified.
+    """
+    layout = layout_of(state_dict, dtype=dtype)
+    flat = np.empty(layout.size, dtype=np.dtype(layout.flat_dtype))
+    for off, vals in zip(layout.offsets, flat_parts(state_dict, layout)):
+        flat[off : off + vals.size] = vals
     return flat, layout
 
 
-def unpack(flat: Any, layout: Layout, *, as_torch: bool | None = None) -> dict[str, Any]:
+def unpack(flat: Any, layout: Layout, *, as_torch: bool | None = None, copy: bool = True) -> dict[str, Any]:
     """Rebuild the state dict from ``flat`` (numpy, CuPy or torch, on any device).
 
     Returns new arrays in the layout's original order of floats-then-integers, with the
     original dtypes. ``as_torch`` defaults to ``layout.source == "torch"``; bfloat16
-    entries are always torch tensors (numpy has no bfloat16).
+    entries are always torch tensors (numpy has no bfloat16). ``copy=False``: entries whose
+    dtype is the buffer's own are views of a host ``flat`` (for a caller that owns ``flat``
+    and lets it go: no second model-sized copy).
     """
     if _is_torch(flat):
         flat = flat.detach().cpu().numpy()
@@ -235,8 +277,8 @@ def unpack(flat: Any, layout: Layout, *, as_torch: bool | None = None) -> dict[s
             if dt == "bfloat16":
                 arr = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.float32)).to(torch.bfloat16)
             else:
-                arr = torch.from_numpy(seg.astype(dt, copy=True))
+                arr = torch.from_numpy(seg.astype(dt, copy=copy))
             out[name] = arr.reshape(shape)
         else:
-            out[name] = seg.astype(dt, copy=True).reshape(shape)
+            out[name] = seg.astype(dt, copy=copy).reshape(shape)
     return out

@@ -117,3 +117,28 @@ def test_fedavg_out_host_buffer_with_device_backend():
     buf = np.zeros(N, np.float32)
     assert fedavg(us, [1, 3], out=buf, backend=BE) is buf
     np.testing.assert_allclose(buf, _mean64(us, [1, 3]), rtol=2e-5, atol=2e-6)
+
+
+def test_add_checked_folds_like_add_and_refuses_nan():
+    us = _us(3)
+    bad = us[1].copy()
+    bad[7] = np.nan
+    plain = WeightedAccumulator(N, backend=BE)
+    checked = WeightedAccumulator(N, backend=BE)
+    norms = []
+
+    def check(nm):
+        norms.append(nm)
+        return bool(np.isfinite(nm))
+
+    for u, w in ((us[0], 1.0), (bad, 4.0), (us[2], 0.5)):
+        if np.isfinite(u).all():
+            plain.add(u, w)
+        checked.add_checked([u[:100], u[100:100], u[100:]], w, check)  # parts, one of them empty
+    np.testing.assert_array_equal(checked.result(), plain.result())
+    assert checked.count == 2 and np.isnan(norms[1])
+    np.testing.assert_allclose([norms[0], norms[2]], [np.linalg.norm(u.astype(np.float64)) for u in (us[0], us[2])],
+                               rtol=1e-9)
+    h = WeightedAccumulator(N, backend=BE)
+    h.add_checked([us[0].astype(np.float16)], 2.0, check)  # float16 parts are widened on the device
+    np.testing.assert_allclose(h.result(), us[0].astype(np.float16).astype(np.float32), rtol=1e-6)

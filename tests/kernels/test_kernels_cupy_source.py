@@ -3,7 +3,8 @@
 No GPU or CuPy is needed: the sources (``fedimg_wsum_*``, ``fedimg_robust_*``, the FedOpt
 elementwise body) are plain CUDA C without device intrinsics other than ``__uint_as_float``,
 so a shim runs them with one "thread" that walks the whole grid-stride loop. This checks
-the half-precision decoders bit for bit and the kernels' maths against numpy.
+the half-precision decoders bit for bit and the kernels' maths against numpy (the fused
+fold + sum of squares too: with one "thread" its block reduction is the identity).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ using std::sqrt;
 #define __device__
 #define __forceinline__ inline
 #define __restrict__
+#define __shared__ static
+inline void __syncthreads() {}
+inline double atomicAdd(double* a, double v) { double old = *a; *a += v; return old; }
 struct D3 { unsigned x; };
 static D3 blockIdx = {0}, blockDim = {1}, threadIdx = {0}, gridDim = {1};
 inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
@@ -37,7 +41,7 @@ inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
     parts = [SHIM, C._PRELUDE]
-    for kind, tmpl in (("wsum", C._WSUM), ("robust", C._ROBUST)):
+    for kind, tmpl in (("wsum", C._WSUM), ("robust", C._ROBUST), ("wsum_sumsq", C._WSUM_SUMSQ)):
         for t, (tname, load) in C._TYPES.items():
             for a, aname in C._ACC.items():
                 src = tmpl.replace("{name}", f"fedimg_{kind}_{t}_{a}").replace("{A}", aname).replace("{T}", tname)
@@ -127,3 +131,24 @@ def test_fedopt_source(lib, method, rng):
     want = fedopt_step(p, g, m, v, method=method, lr=0.05, beta1=0.9, beta2=0.99, tau=1e-3, backend="numpy")
     for o, w in zip(outs, want):
         np.testing.assert_allclose(o, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", ["f16", "bf16", "f32", "f64"])
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_wsum_sumsq_source(lib, t, accumulate, rng):
+    base = rng.standard_normal(1003).astype(np.float32)
+    if t == "f16":
+        u, vals = base.astype(np.float16).view(np.uint16), base.astype(np.float16).astype(np.float64)
+    elif t == "bf16":
+        x = torch.from_numpy(base).to(torch.bfloat16)
+        u, vals = x.view(torch.int16).numpy().view(np.uint16), x.double().numpy()
+    else:
+        u = base.astype(np.float32 if t == "f32" else np.float64)
+        vals = u.astype(np.float64)
+    src = rng.standard_normal(1003).astype(np.float32)
+    out = np.zeros(1003, np.float32)
+    res = np.zeros(1, np.float64)
+    getattr(lib, f"fedimg_wsum_sumsq_{t}_f32")(_p(u), ctypes.c_float(0.5), _p(src), _p(out), ctypes.c_longlong(1003),
+                                              ctypes.c_int(accumulate), _p(res))
+    np.testing.assert_allclose(out, (src if accumulate else 0) + 0.5 * vals, rtol=1e-6, atol=1e-6)
+    assert res[0] == pytest.approx(float(np.dot(vals, vals)), rel=1e-12)

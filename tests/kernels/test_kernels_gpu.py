@@ -137,3 +137,23 @@ def test_fedavg_into_device_out(backend):
     assert fedavg(_cuda(host), [1, 2, 3, 4], out=buf, backend=backend) is buf
     want = fedavg(host, [1, 2, 3, 4], backend="numpy")
     np.testing.assert_allclose(buf.cpu().numpy(), want.numpy(), rtol=3e-5, atol=3e-6)
+
+
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_add_checked_on_device(backend, dtype):
+    us = _us(3, getattr(torch, dtype))
+    bad = us[1].clone()
+    bad[12] = float("nan")
+    plain = WeightedAccumulator(N, device="cuda", backend=backend)
+    checked = WeightedAccumulator(N, device="cuda", backend=backend)
+    norms = []
+    for i, (u, w) in enumerate(((us[0], 1.0), (bad, 4.0), (us[2], 0.5))):
+        if i != 1:
+            plain.add(u.cuda(), w)
+        parts = [u[:1000], u[1000:]] if i == 0 else [u.cuda()[:5], u.cuda()[5:]]  # host and device parts
+        checked.add_checked(parts, w, lambda nm: norms.append(nm) or bool(np.isfinite(nm)))
+    assert checked.count == 2 and np.isnan(norms[1])
+    np.testing.assert_allclose(checked.result().cpu().numpy(), plain.result().cpu().numpy(), rtol=1e-6, atol=1e-7)
+    want = [float(torch.linalg.vector_norm(u.double())) for u in (us[0], us[2])]
+    np.testing.assert_allclose([norms[0], norms[2]], want, rtol=1e-9)

@@ -92,3 +92,29 @@ def test_integer_tail_takes_max_not_mean():
     plain = unpack(fedavg([f for f, _ in packed], [1, 1, 1]), layout)
     assert plain["1.num_batches_tracked"].dtype == torch.int64
     assert int(plain["1.num_batches_tracked"]) == 7
+
+
+def test_flat_parts_are_the_packed_buffer_without_packing():
+    from fedimg.kernels.layout import flat_parts, layout_of, slice_parts
+
+    sd = _bn_model().state_dict()
+    sd["extra.half"] = torch.randn(5).to(torch.bfloat16)
+    flat, layout = pack(sd)
+    assert layout_of(sd) == layout
+    parts = flat_parts(sd, layout)
+    assert [p.size for p in parts] == [int(np.prod(s)) for s in layout.shapes]
+    np.testing.assert_array_equal(np.concatenate(parts), flat)
+    w = sd["0.weight"].numpy()
+    assert np.shares_memory(parts[layout.names.index("0.weight")], w)  # float tensors: views, no copy
+    for lo, hi in [(0, layout.size), (3, 4), (100, 300), (layout.float_size, layout.size), (5, 5)]:
+        got = slice_parts(parts, lo, hi)
+        np.testing.assert_array_equal(np.concatenate(got) if got else np.zeros(0), flat[lo:hi])
+    with pytest.raises(ValueError, match="float64"):
+        flat_parts({"n": np.array([2**25 + 1], np.int64)}, layout_of({"n": np.array([0], np.int64)}))
+
+
+def test_unpack_without_copies_gives_views():
+    flat, layout = pack({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array(4, np.int64)})
+    out = unpack(flat, layout, copy=False)
+    assert np.shares_memory(out["a"], flat) and out["n"].dtype == np.int64 and int(out["n"]) == 4
+    assert not np.shares_memory(unpack(flat, layout)["a"], flat)

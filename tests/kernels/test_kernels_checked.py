@@ -1,0 +1,140 @@
+"""WeightedAccumulator.add_checked: fold + L2 norm in one pass, kept only if the check accepts.
+
+Every host backend: the sum is bit-identical to ``add``'s, the norm matches float64 maths,
+and a refused update (NaN, Inf, an outlier) leaves the accumulator exactly as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _kernels_helpers import HOST_BACKENDS, updates  # noqa: E402
+
+from fedimg.kernels import WeightedAccumulator, fedavg, pack  # noqa: E402
+from fedimg.kernels._convert import to_native  # noqa: E402
+from fedimg.kernels._ops import ops_for  # noqa: E402
+from fedimg.kernels.layout import flat_parts  # noqa: E402
+
+N = 70001
+CUTS = [0, 7, 7, 4096, 40000, N]  # an empty part, a part smaller than a chunk, parts across chunk edges
+
+
+def _parts(u):
+    return [u[a:b] for a, b in zip(CUTS, CUTS[1:])]
+
+
+def _norm64(t) -> float:
+    return float(np.linalg.norm(torch.as_tensor(t).double().numpy()))
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+def test_add_checked_folds_like_add_and_measures_the_norm(backend, dtype, rng):
+    us = [torch.from_numpy(u).to(getattr(torch, dtype)) for u in updates(rng, 4, N)]
+    acc_dt = np.float64 if dtype == "float64" else np.float32
+    plain = WeightedAccumulator(N, dtype=acc_dt, backend=backend)
+    checked = WeightedAccumulator(N, dtype=acc_dt, backend=backend)
+    norms: list[float] = []
+    for k, u in enumerate(us):
+        plain.add(u, k + 0.5)
+        assert checked.add_checked(_parts(u), k + 0.5, lambda nm: norms.append(nm) or True)
+    np.testing.assert_array_equal(checked.result(), plain.result())
+    assert checked.count == plain.count == 4 and checked.total_weight == plain.total_weight
+    np.testing.assert_allclose(norms, [_norm64(u) for u in us], rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_refused_updates_never_touch_the_sum(backend, rng):
+    good = updates(rng, 2, N)
+    nan = good[0].copy()
+    nan[N - 3] = np.nan
+    inf = good[1].copy()
+    inf[5] = -np.inf
+    scaled = good[1] * np.float32(1e6)
+    seen: list[float] = []
+
+    def check(norm: float) -> bool:
+        seen.append(norm)
+        return math.isfinite(norm) and norm < 1e4
+
+    acc = WeightedAccumulator(N, backend=backend)
+    assert not acc.add_checked(nan, 9.0, check)  # refused while the sum is still empty
+    assert acc.add_checked(_parts(good[0]), 2.0, check)
+    assert not acc.add_checked(_parts(inf), 9.0, check)
+    assert not acc.add_checked(scaled, 9.0, check)
+    assert acc.add_checked(good[1], 3.0, check)
+    ref = WeightedAccumulator(N, backend=backend)
+    ref.add(good[0], 2.0)
+    ref.add(good[1], 3.0)
+    assert acc.count == 2 and acc.total_weight == 5.0
+    np.testing.assert_array_equal(acc.result(), ref.result())
+    assert math.isnan(seen[0]) and math.isinf(seen[2])
+    assert seen[3] == pytest.approx(_norm64(scaled), rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_norm_beyond_float32_squares_is_exact(backend):
+    u = np.full(N, 1e30, np.float32)  # finite values whose float32 squares overflow
+    norms: list[float] = []
+    WeightedAccumulator(N, backend=backend).add_checked(_parts(u), 1.0, lambda nm: norms.append(nm) or True)
+    assert math.isfinite(norms[0]) and norms[0] == pytest.approx(1e30 * math.sqrt(N), rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_backend_wsum_sumsq(backend, accumulate, in_place, rng):
+    """The backend op on parts: elementwise exactly its own ``wsum``; the sum of squares in float64."""
+    u, base = updates(rng, 2, N)
+    ops = ops_for(backend)
+    src = to_native(base.copy(), backend)
+    out = src if in_place else to_native(np.zeros(N, np.float32), backend)
+    ss = ops.wsum_sumsq([to_native(p, backend) for p in _parts(u)], 0.25, src, out, accumulate)
+    want = to_native(base.copy(), backend)
+    ops.wsum([to_native(u, backend)], np.array([0.25]), want, accumulate)
+    np.testing.assert_array_equal(ops.host(out), ops.host(want))
+    np.testing.assert_allclose(ops.host(out), (base if accumulate else 0) + 0.25 * u.astype(np.float64), rtol=1e-6, atol=1e-6)
+    assert ss == pytest.approx(float(np.dot(u.astype(np.float64), u.astype(np.float64))), rel=1e-6)
+
+
+def test_layout_tail_and_zero_weight(rng):
+    sds = [{"w": rng.standard_normal(3000).astype(np.float32), "n": np.array(s, np.int64)} for s in (4, 11, 7)]
+    layout = pack(sds[0])[1]
+    acc = WeightedAccumulator(layout.size, layout=layout)
+    norms: list[float] = []
+    for sd in sds:
+        assert acc.add_checked(flat_parts(sd, layout), 1.0, lambda nm: norms.append(nm) or True)
+    assert float(acc.result()[-1]) == 11.0  # the integer tail takes the max
+    np.testing.assert_allclose(acc.result()[:-1], sum(sd["w"] for sd in sds) / 3, rtol=1e-6)
+    np.testing.assert_allclose(norms, [math.hypot(_norm64(sd["w"]), float(sd["n"])) for sd in sds], rtol=1e-6)
+    before = acc.result()
+    assert acc.add_checked(flat_parts(sds[0], layout), 0.0, lambda nm: nm > 0)  # counted, carries no weight
+    assert acc.count == 4 and acc.total_weight == 3.0
+    np.testing.assert_array_equal(acc.result(), before)
+
+
+def test_add_checked_argument_errors():
+    acc = WeightedAccumulator(10)
+    with pytest.raises(ValueError, match="10"):
+        acc.add_checked([np.zeros(4, np.float32), np.zeros(5, np.float32)], 1.0, bool)
+    with pytest.raises(ValueError, match=">= 0"):
+        acc.add_checked(np.zeros(10, np.float32), -1.0, bool)
+    with pytest.raises(TypeError, match="float"):
+        acc.add_checked([np.zeros(5, np.float32), np.zeros(5, np.int64)], 1.0, bool)
+    assert acc.count == 0
+
+
+def test_read_only_and_writeable_updates_mix(rng):
+    """NVFlare hands over read-only arrays; numba must take them next to writeable ones."""
+    a, b = updates(rng, 2, 40000)
+    b.flags.writeable = False
+    np.testing.assert_allclose(fedavg([a, b], [1, 3], backend="numba"), (a + 3 * b) / 4, rtol=1e-6)
+    acc = WeightedAccumulator(40000, backend="numba")
+    assert acc.add_checked([a[:100], b[100:]], 1.0, lambda nm: True)
