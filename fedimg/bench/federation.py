@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--init-filters", type=int, default=16, help="SegResNet width of the aggregation model (16: 4.7 M)")
     p.add_argument("--device", default="auto", help="fedimg server aggregation device: auto | cpu | cuda[:n]")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for fedimg's numba/torch (default: all usable)")
     p.add_argument("--skip-round", action="store_true", help="skip the SimEnv round-split measurement")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
     p.add_argument("--quick", action="store_true", help="toy-task SimEnv run of 2 rounds, K=4 16, 3 repeats (~2 min)")
@@ -183,8 +184,17 @@ def _peak_aggregator_only(fn, params, k, *a) -> float:
     return _peak(fn, params, k, *a) - _peak(gen_only, params, k)
 
 
+def _alternate(k: int, repeats: int, params, device: str) -> tuple[float, float]:
+    """Median fedimg and NVFlare round times, the two run one after the other each repeat."""
+    t_f, t_n = [], []
+    for _ in range(repeats):
+        t_f.append(_fedimg_round(params, k, device))
+        t_n.append(_nvflare_round(params, k))
+    return statistics.median(t_f), statistics.median(t_n)
+
+
 def run(args: argparse.Namespace) -> int:
-    from fedimg.device import resolve_device
+    from fedimg.device import configure_threads, resolve_device
     from fedimg.fl.state import read_metrics
 
     logging.getLogger("nvflare").setLevel(logging.CRITICAL)  # its per-update warnings would cost it time
@@ -192,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.task, args.rounds, args.repeats = "toy", 2, 3
     device = "cuda" if str(resolve_device(args.device)).startswith("cuda") else "cpu"
-    results: dict[str, Any] = {"device": device, "ks": args.ks}
+    threads = configure_threads(args.threads)
+    results: dict[str, Any] = {"device": device, "ks": args.ks, "threads": threads}
 
     if not args.skip_round:
         with tempfile.TemporaryDirectory() as tmp:
@@ -209,12 +220,14 @@ def run(args: argparse.Namespace) -> int:
     n_params = int(sum(v.size for v in params.values()))
     results["model"] = {"name": f"SegResNet(init_filters={args.init_filters})", "parameters": n_params,
                         "tensors": len(params)}
-    print(f"\nserver aggregation, {results['model']['name']}: {n_params / 1e6:.1f} M parameters, {len(params)} tensors")
+    print(f"\nserver aggregation, {results['model']['name']}: {n_params / 1e6:.1f} M parameters, {len(params)} tensors, "
+          f"fedimg on {device} with {threads} thread(s), median of {args.repeats}")
     print(f"{'K':>3} {'fedimg s':>9} {'NVFlare s':>10} {'speed-up':>9} {'fedimg MB':>10} {'NVFlare MB':>11} {'model MB':>9}")
     agg_rows = []
     for k in args.ks:
-        t_f = statistics.median(_fedimg_round(params, k, device) for _ in range(args.repeats))
-        t_n = statistics.median(_nvflare_round(params, k) for _ in range(args.repeats))
+        _fedimg_round(params, k, device)  # warm-ups: numba compiles or loads its cache, first-touch of buffers
+        _nvflare_round(params, k)
+        t_f, t_n = _alternate(k, args.repeats, params, device)
         m_f = _peak_aggregator_only(_fedimg_round, params, k, "cpu") / 2**20
         m_n = _peak_aggregator_only(_nvflare_round, params, k) / 2**20
         row = {"k": k, "fedimg_s": t_f, "nvflare_s": t_n, "speedup": t_n / t_f, "fedimg_peak_mb": m_f,

@@ -2,9 +2,12 @@
 
 :class:`FedimgAggregator` is a ``ModelAggregator``: NVFlare's FedAvg controller calls
 ``accept_model`` once per arriving site result; each update (a difference
-``local - global``) is validated (:mod:`fedimg.fl.validation`), packed to one flat vector
-and folded into a :class:`fedimg.fl.strategies.RoundAggregator` (the streaming
-``WeightedAccumulator`` from :mod:`fedimg.kernels`, on the GPU when the server has one).
+``local - global``) is screened (names, shapes, dtypes: :mod:`fedimg.fl.validation`), then
+its tensors go, without a packed copy, into a :class:`fedimg.fl.strategies.RoundAggregator`
+(the streaming ``WeightedAccumulator`` from :mod:`fedimg.kernels`, on the GPU when the
+server has one): one pass over the update folds it into a scratch sum and measures its
+norm; the validator judges the norm (NaN/Inf, outliers) and only an accepted update's
+scratch becomes the sum, so a rejected one never touches the aggregate.
 ``aggregate_model`` finalises the strategy's step, checkpoints the new global model
 (:mod:`fedimg.fl.state`) and appends the round to ``metrics.json``.
 
@@ -31,7 +34,7 @@ from nvflare.app_common.app_event_type import AppEventType
 
 from fedimg.fl import state as run_state
 from fedimg.fl.strategies import RoundAggregator, StrategyConfig
-from fedimg.fl.validation import UpdateValidator, ValidationConfig
+from fedimg.fl.validation import UpdateValidator, ValidationConfig, Verdict
 
 __all__ = ["FedimgAggregator", "SAMPLES_KEY", "ALLOWED_META_KEYS"]
 
@@ -135,14 +138,11 @@ class FedimgAggregator(ModelAggregator):
         params = dict(model.params or {})
         if model.params_type == ParamsType.FULL and self._global is not None and params.keys() == self._global.keys():
             params = {k: np.asarray(v) - self._global[k] for k, v in params.items()}
-        verdict = self._validator.check(site, params)
+        verdict = self._validator.screen(site, params)
         record = {"samples": samples, "metrics": metrics}
         if verdict.ok:
-            if self._agg is None:
-                lay = self._validator.layout
-                self._agg = RoundAggregator(self._strategy, lay.size, float_size=lay.float_size, device=self._device())
-                self._agg.load_state(self._restored_state)
-            self._agg.add(verdict.flat, samples)
+            verdict = self._fold(site, verdict.parts, samples)
+        if verdict.ok:
             record["update_norm"] = verdict.norm
             self._sites[site] = record
         else:
@@ -167,7 +167,7 @@ class FedimgAggregator(ModelAggregator):
             from fedimg.kernels import unpack
 
             step = self._agg.finish()
-            delta = unpack(step, layout, as_torch=False)
+            delta = unpack(step, layout, as_torch=False, copy=False)  # step is ours: views, no copy
         self._validator.end_round()
         self._round_seconds += time.perf_counter() - t0
         val = _weighted_val(self._sites)
@@ -193,6 +193,22 @@ class FedimgAggregator(ModelAggregator):
         return out
 
     # -- helpers ------------------------------------------------------------------------
+    def _fold(self, site: str, parts: list[np.ndarray], samples: float) -> Verdict:
+        """Fold a screened update and measure its norm in one pass; the validator's judgement
+        of the norm decides whether the fold counts."""
+        if self._agg is None:
+            lay = self._validator.layout
+            self._agg = RoundAggregator(self._strategy, lay.size, float_size=lay.float_size, device=self._device())
+            self._agg.load_state(self._restored_state)
+        verdicts: list[Verdict] = []
+
+        def check(norm: float) -> bool:
+            verdicts.append(self._validator.judge(site, norm))
+            return verdicts[-1].ok
+
+        self._agg.add_checked(parts, samples, check)
+        return verdicts[0]
+
     def _checkpoint(self, rnd: int, delta: dict[str, np.ndarray], entry: dict[str, Any]) -> None:
         if self._run_path is None:
             return

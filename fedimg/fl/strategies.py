@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,15 +133,47 @@ class RoundAggregator:
         """Fold one accepted update (a 1-D array of ``size`` values) with its sample count."""
         if int(np.prod(update.shape)) != self.size:
             raise ValueError(f"update has {int(np.prod(update.shape))} values, expected {self.size}")
-        self.count += 1
-        self.total_weight += float(weight)
-        if self.float_size < self.size:
-            tail = _host(update[self.float_size :]).astype(np.float64)
-            self._tail = tail if self._tail is None else np.maximum(self._tail, tail)
         if self._acc is not None:
             self._acc.add(update, weight)
         else:
             self._buffer.append(update)
+        self._count([update], weight)
+
+    def add_checked(self, update: Any, weight: float, check: Callable[[float], bool]) -> bool:
+        """:meth:`add` only if ``check(norm)`` accepts the update's L2 norm; returns that answer.
+
+        ``update``: a 1-D array or a list of 1-D arrays that one after the other make it (a
+        state dict's tensors in pack order, :func:`fedimg.kernels.layout.flat_parts`). Streaming
+        strategies fold and measure it in one pass
+        (:meth:`fedimg.kernels.WeightedAccumulator.add_checked`); a refused update leaves the
+        round untouched. Buffered strategies keep a packed copy of accepted updates.
+        """
+        parts = list(update) if isinstance(update, (list, tuple)) else [update]
+        n = sum(math.prod(p.shape) for p in parts)
+        if n != self.size:
+            raise ValueError(f"update has {n} values, expected {self.size}")
+        if self._acc is not None:
+            if not self._acc.add_checked(parts, weight, check):
+                return False
+        else:
+            from fedimg.kernels import l2_norms
+
+            flat = np.concatenate([_host(p).reshape(-1) for p in parts])
+            if not check(float(l2_norms([flat])[0])):
+                return False
+            self._buffer.append(flat)
+        self._count(parts, weight)
+        return True
+
+    def _count(self, parts: list[Any], weight: float) -> None:
+        from fedimg.kernels.layout import slice_parts
+
+        self.count += 1
+        self.total_weight += float(weight)
+        if self.float_size < self.size:
+            tail = np.concatenate([_host(p).reshape(-1) for p in slice_parts(parts, self.float_size, self.size)])
+            tail = tail.astype(np.float64)
+            self._tail = tail if self._tail is None else np.maximum(self._tail, tail)
 
     def finish(self) -> Any:
         """The server step to add to the global model (a new 1-D float array)."""
@@ -156,7 +190,7 @@ class RoundAggregator:
                 mean = trimmed_mean(self._buffer, cfg.trim_ratio)
         else:
             mean = self._acc.result()
-        mean = _host(mean).astype(np.float32, copy=True)
+        mean = _host(mean).astype(np.float32, copy=False)  # a new array already
         if cfg.name in _FEDOPT:
             from fedimg.kernels import fedopt_step
 

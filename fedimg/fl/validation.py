@@ -11,6 +11,19 @@ reason, when:
 
 The round goes on with the accepted updates when at least ``min_sites`` remain.
 
+The checks come in two steps so that the server reads each update once:
+:meth:`UpdateValidator.screen` checks names, shapes and dtypes (no pass over the values) and
+hands back the update's tensors in pack order (``parts``, views, no packed copy);
+:meth:`UpdateValidator.judge` applies the value rules to the update's L2 norm, which the
+server's accumulator measures in the same pass that folds the update into a scratch sum
+(:meth:`fedimg.kernels.WeightedAccumulator.add_checked`), so a rejected update never
+touches the aggregate. The norm rules only compare against numbers known before the round
+(the global model's norm, last round's median), so each update is judged on arrival. The
+finite check is the norm itself: the float64 sum of squares of float32 (or narrower)
+values is finite exactly when every value is finite; a float64 update whose squares
+overflow is refused the same way. :meth:`UpdateValidator.check` does both steps on its own
+(packing the update) for callers without an accumulator.
+
 >>> import numpy as np
 >>> v = UpdateValidator(ValidationConfig(min_sites=1))
 >>> v.begin_round({"w": np.ones(4, np.float32)})
@@ -22,7 +35,9 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,13 +68,19 @@ class ValidationConfig:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Outcome of one check: ``ok``; the packed update and its norm if accepted, else ``reason``."""
+    """Outcome of one check: ``ok``, else ``reason``.
+
+    Accepted: ``norm`` (from :meth:`~UpdateValidator.judge` / :meth:`~UpdateValidator.check`),
+    ``flat`` (the packed update, from ``check``) or ``parts`` (its tensors in pack order, from
+    :meth:`~UpdateValidator.screen`).
+    """
 
     site: str
     ok: bool
     reason: str | None = None
     norm: float | None = None
     flat: Any = field(default=None, repr=False)
+    parts: Any = field(default=None, repr=False)
 
 
 class UpdateValidator:
@@ -81,15 +102,28 @@ class UpdateValidator:
     def begin_round(self, global_params: Mapping[str, Any] | None) -> None:
         self._accepted = []
         if global_params:
-            from fedimg.kernels import l2_norms, pack
+            from fedimg.kernels.layout import flat_parts, layout_of
 
             self.reference = {k: (tuple(np.shape(v)), _dtype(v)) for k, v in global_params.items()}
-            flat, _ = pack(dict(global_params))
-            self.global_norm = float(l2_norms([flat])[0])
+            self.global_norm = _norm(flat_parts(global_params, layout_of(global_params)))
 
     def check(self, site: str, params: Mapping[str, Any]) -> Verdict:
-        """Accept or reject one update; never raises for bad content."""
-        from fedimg.kernels import l2_norms, pack
+        """Accept or reject one update (:meth:`screen`, pack, norm, :meth:`judge`); never raises for bad content."""
+        screened = self.screen(site, params)
+        if not screened.ok:
+            return screened
+        flat = np.concatenate(screened.parts, dtype=self.layout.flat_dtype)
+        verdict = self.judge(site, _norm([flat]))
+        return dataclasses.replace(verdict, flat=flat) if verdict.ok else verdict
+
+    def screen(self, site: str, params: Mapping[str, Any]) -> Verdict:
+        """Names, shapes and dtypes against the reference, without reading the values.
+
+        Accepted: ``parts`` holds the update's values in :attr:`layout` order as 1-D arrays
+        (views of ``params``; integer buffers cast to float), ready for
+        :meth:`fedimg.kernels.WeightedAccumulator.add_checked`; then call :meth:`judge`.
+        """
+        from fedimg.kernels.layout import flat_parts, layout_of
 
         if not params:
             return self._reject(site, "empty update")
@@ -111,12 +145,18 @@ class UpdateValidator:
             if _dtype(value) != dtype:
                 return self._reject(site, f"dtype mismatch for {name}: {_dtype(value)} != {dtype}")
         try:
-            flat, layout = pack({k: params[k] for k in self.reference})
+            if self.layout is None:
+                self.layout = layout_of({k: params[k] for k in self.reference})
+            parts = flat_parts(params, self.layout)
         except (ValueError, TypeError) as exc:
             return self._reject(site, f"cannot read update: {exc}")
-        if self.layout is None:
-            self.layout = layout
-        norm = _norm(flat, l2_norms)
+        return Verdict(site=site, ok=True, parts=parts)
+
+    def judge(self, site: str, norm: float) -> Verdict:
+        """The value rules, on the update's L2 norm (NaN/Inf when a value is NaN/Inf).
+
+        Accepted norms are remembered for :meth:`end_round`.
+        """
         if not np.isfinite(norm):
             return self._reject(site, "non-finite values (NaN or Inf)")
         cfg = self.config
@@ -130,7 +170,7 @@ class UpdateValidator:
                 f"norm outlier: update norm {norm:.4g} > {cfg.max_norm_ratio:g} x last round's median {self.previous_median:.4g}",
             )
         self._accepted.append(norm)
-        return Verdict(site=site, ok=True, norm=norm, flat=flat)
+        return Verdict(site=site, ok=True, norm=norm)
 
     def enough(self, n_accepted: int) -> bool:
         """Whether ``n_accepted`` updates meet ``min_sites``."""
@@ -146,18 +186,11 @@ class UpdateValidator:
         return Verdict(site=site, ok=False, reason=reason)
 
 
-def _norm(flat: Any, l2_norms: Any) -> float:
-    """L2 norm in one pass; NaN/Inf anywhere gives a non-finite norm.
+def _norm(parts: list[np.ndarray]) -> float:
+    """L2 norm (float64) of the values of ``parts`` taken together; NaN/Inf when one is NaN/Inf."""
+    from fedimg.kernels import l2_norms
 
-    Host float32 vectors use BLAS (float32 accumulation is ample for outlier tests); if that
-    overflows or is not finite, or for device arrays, :func:`fedimg.kernels.l2_norms` decides.
-    """
-    if isinstance(flat, np.ndarray) and flat.dtype == np.float32:
-        with np.errstate(over="ignore", invalid="ignore"):
-            n = float(np.dot(flat, flat))
-        if np.isfinite(n):
-            return float(np.sqrt(n))
-    return float(l2_norms([flat])[0])
+    return math.sqrt(sum(float(l2_norms([p])[0]) ** 2 for p in parts if p.size))
 
 
 def _dtype(x: Any) -> str:

@@ -102,3 +102,38 @@ def test_gpu_server_matches_cpu(tmp_path, strategy):
             agg.accept_model(_result(f"site-{i}", u, samples=5 + i))
         outs.append(agg.aggregate_model().params["w"])
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-7)
+
+
+def test_nan_and_scaled_sites_never_touch_the_aggregate(tmp_path):
+    """Rejected updates are refused after the one pass that folds them into a scratch sum: the
+    round's result is bit for bit the round without them. Read-only arrays (as NVFlare
+    deserialises them) are taken as they are."""
+    rng = np.random.default_rng(3)
+    big = {"w": rng.standard_normal(50_000).astype(np.float32), "n": np.array(4, np.int64)}
+    ups = [{"w": rng.standard_normal(50_000).astype(np.float32) * 0.01, "n": np.array(i, np.int64)} for i in (1, 2, 3)]
+    nan = {k: v.copy() for k, v in ups[0].items()}
+    nan["w"][49_999] = np.nan
+    scaled = {"w": ups[1]["w"] * np.float32(1e6), "n": np.array(9, np.int64)}
+    for u in ups + [nan, scaled]:
+        for v in u.values():
+            v.flags.writeable = False
+
+    def run(updates, sub):
+        agg = FedimgAggregator(run_dir=str(tmp_path / sub))
+        _start(agg, global_=big)
+        for site, u, samples in updates:
+            agg.accept_model(FLModel(params=u, params_type=ParamsType.DIFF, metrics={},
+                                     meta={"client_name": site, "NUM_STEPS_CURRENT_ROUND": samples}))
+        return agg.aggregate_model().params, read_metrics(tmp_path / sub)[0]
+
+    good = [("site-a", ups[0], 10), ("site-b", ups[1], 12), ("site-c", ups[2], 14)]
+    clean, _ = run(good, "clean")
+    mixed, entry = run([good[0], ("site-nan", nan, 50), good[1], ("site-x1e6", scaled, 50), good[2]], "mixed")
+    assert [r["site"] for r in entry["rejected"]] == ["site-nan", "site-x1e6"]
+    assert "non-finite" in entry["rejected"][0]["reason"] and "norm outlier" in entry["rejected"][1]["reason"]
+    for k in clean:
+        np.testing.assert_array_equal(mixed[k], clean[k])
+    assert int(mixed["n"]) == 3  # the scaled site's integer buffer (9) did not count either
+    w = np.array([10, 12, 14], np.float64)
+    np.testing.assert_allclose(mixed["w"], sum(wk * u["w"] for wk, u in zip(w, ups)) / w.sum(), rtol=1e-5, atol=1e-8)
+    assert entry["sites"]["site-a"]["update_norm"] == pytest.approx(np.hypot(np.linalg.norm(ups[0]["w"]), 1), rel=1e-6)

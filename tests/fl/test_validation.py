@@ -75,3 +75,27 @@ def test_min_sites(validator):
     assert not validator.enough(1) and validator.enough(2)
     with pytest.raises(ConfigError):
         ValidationConfig(min_sites=0)
+
+
+def test_screen_then_judge_matches_check(validator):
+    screened = validator.screen("site-1", _update())
+    assert screened.ok and screened.norm is None and screened.flat is None
+    assert [p.size for p in screened.parts] == [6, 2, 1] and screened.parts[-1].dtype == np.float32  # int tail cast
+    np.testing.assert_array_equal(np.concatenate(screened.parts), validator.check("site-1", _update()).flat)
+    norm = float(np.linalg.norm(np.concatenate(screened.parts).astype(np.float64)))
+    judged = validator.judge("site-1", norm)
+    assert judged.ok and judged.norm == norm
+    assert "non-finite" in validator.judge("site-2", float("nan")).reason
+    assert "global model norm" in validator.judge("site-3", 11 * validator.global_norm).reason
+    bad = _update()
+    bad["conv.bias"] = np.zeros(3, np.float32)
+    assert "shape mismatch" in validator.screen("site-4", bad).reason
+
+
+def test_only_judged_norms_count_for_the_median():
+    v = UpdateValidator(ValidationConfig(max_rel_norm=0, max_norm_ratio=5.0))
+    v.begin_round(GLOBAL)
+    for norm in (1.0, 3.0, float("inf")):
+        v.judge("s", norm)
+    v.end_round()
+    assert v.previous_median == 2.0
