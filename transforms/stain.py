@@ -5,7 +5,12 @@ Three parts per family (house rule 2): pure functions doing the maths on tensors
 device), array transforms (:class:`MacenkoNormalize`, :class:`ReinhardNormalize`,
 :class:`RandStainAugment`) and dictionary twins (``...d``) that only route keys.
 Everything runs on whatever device the input lives on, so a batch of tiles on the GPU is
-normalised in a few kernel launches; numpy inputs come back as numpy.
+normalised in a few kernel launches; numpy inputs come back as numpy. On the CPU (numpy
+arrays and CPU tensors) Macenko runs numba kernels instead (:mod:`._stain_cpu`: one tile
+per thread, exact order statistics without sorting, uint8 written directly), same maths,
+same results within float rounding (uint8: at most 1 grey level, on ~1e-4 of the pixels);
+``backend="torch"`` (``compute="torch"`` for :class:`MacenkoNormalize`) forces the torch
+path, ``"numba"`` insists on the kernels. NaN pixels raise ValueError there.
 
 Optical density is ``OD = -ln(max(I, 1) / 255)``. Macenko (2009): keep pixels whose OD
 exceeds ``beta`` in every channel, take the plane of the two largest eigenvectors of their
@@ -55,10 +60,46 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_MACENKO_BACKENDS = ("auto", "numba", "torch")
+_cpu_mod: list = []  # the numba kernels module once imported (None when numba is missing)
 
 #: Haematoxylin and eosin OD vectors (columns) of Macenko et al. 2009, a fallback for
 #: tiles with too little tissue to estimate their own.
 REFERENCE_HE = torch.tensor([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
+
+
+def _cpu_kernels():
+    if not _cpu_mod:
+        try:
+            from . import _stain_cpu as mod
+        except ImportError as exc:  # numba missing or broken: torch on the CPU too
+            log.info("numba unavailable (%s): Macenko stain normalisation uses torch on the CPU", exc)
+            mod = None
+        _cpu_mod.append(mod)
+    return _cpu_mod[0]
+
+
+def _numba_view(img, backend: str) -> tuple[np.ndarray, bool] | None:
+    """``(x, single)``: the ``(B, 3, H, W)`` uint8/float32 host array the numba kernels read,
+    or ``None`` for the torch path (``backend="numba"`` raises instead)."""
+    if backend not in _MACENKO_BACKENDS:
+        raise ValueError(f"backend={backend!r}: use one of {_MACENKO_BACKENDS}")
+    if backend == "torch":
+        return None
+    cpu = _cpu_kernels()
+    view = "numba is not installed" if cpu is None else cpu.host_batch(img)
+    if isinstance(view, str):
+        if backend == "numba":
+            raise ValueError(f"backend='numba' cannot take {view}; use backend='auto'")
+        return None
+    return view
+
+
+def _macenko_numba(view, target_stains, target_max, beta, alpha, min_fraction, fallback, uint8_out: bool) -> np.ndarray:
+    """The numba path of :func:`macenko_normalize` (numpy out, uint8 with ``uint8_out``)."""
+    out, _ = _cpu_kernels().normalize(view[0], target_stains, target_max, beta=beta, alpha=alpha,
+                                      min_fraction=min_fraction, fallback=fallback, uint8_out=uint8_out)
+    return out[0] if view[1] else out
 
 
 def _batched(img) -> tuple[torch.Tensor, bool]:
@@ -109,13 +150,19 @@ def _quantile(x: torch.Tensor, q: float, valid: torch.Tensor | None = None) -> t
 
 
 def macenko_stains(
-    img, *, beta: float = 0.15, alpha: float = 1.0, min_fraction: float = 0.01, fallback: torch.Tensor | None = None
+    img, *, beta: float = 0.15, alpha: float = 1.0, min_fraction: float = 0.01, fallback: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Per-image Macenko stain matrices ``(B, 3, 2)`` (columns H, E; unit length).
 
     Images with fewer than ``min_fraction`` of their pixels above ``beta`` OD get
-    ``fallback`` (default :data:`REFERENCE_HE`).
+    ``fallback`` (default :data:`REFERENCE_HE`). ``backend``: see the module docstring.
     """
+    view = _numba_view(img, backend)
+    if view is not None:
+        fb = REFERENCE_HE if fallback is None else fallback
+        he = torch.from_numpy(_cpu_kernels().stains(view[0], beta=beta, alpha=alpha, min_fraction=min_fraction, fallback=fb)).float()
+        return he[0] if view[1] else he
     t, single = _batched(img)
     he = _stains_from_od(rgb_to_od(t).flatten(2), beta, alpha, min_fraction, fallback)
     return he[0] if single else he
@@ -170,13 +217,19 @@ def fit_macenko(target, **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def macenko_normalize(
-    img, target_stains, target_max, *, beta: float = 0.15, alpha: float = 1.0, min_fraction: float = 0.01, fallback=None
+    img, target_stains, target_max, *, beta: float = 0.15, alpha: float = 1.0, min_fraction: float = 0.01, fallback=None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Map each image's stains and 99th-percentile concentrations onto the target's.
 
     Returns float RGB in [0, 255] with the input's leading shape, on the input's device.
     Per image: ``OD' = S_t diag(c_t / c_99) S^+ OD`` folded into one 3x3 matrix.
+    ``backend``: ``"auto"`` (numba kernels for CPU inputs, torch otherwise), ``"numba"``
+    or ``"torch"``; both give the same maths (float32 out, within float rounding).
     """
+    view = _numba_view(img, backend)
+    if view is not None:
+        return torch.from_numpy(_macenko_numba(view, target_stains, target_max, beta, alpha, min_fraction, fallback, False))
     t, single = _batched(img)
     od = rgb_to_od(t).flatten(2)
     stains = _stains_from_od(od, beta, alpha, min_fraction, target_stains if fallback is None else fallback)
@@ -271,22 +324,31 @@ class MacenkoNormalize(Transform):
     """Macenko normalisation to a target image (fitted once at construction).
 
     Accepts ``(3, H, W)`` or ``(B, 3, H, W)`` numpy/torch, uint8 or float in [0, 255];
-    returns the same type, dtype and device.
+    returns the same type, dtype and device. On the CPU the numba kernels write uint8
+    output directly; ``compute="torch"`` forces the torch path (see :func:`macenko_normalize`).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, target=None, *, stains=None, max_conc=None, beta: float = 0.15, alpha: float = 1.0) -> None:
+    def __init__(self, target=None, *, stains=None, max_conc=None, beta: float = 0.15, alpha: float = 1.0,
+                 compute: str = "auto") -> None:
+        if compute not in _MACENKO_BACKENDS:
+            raise ValueError(f"compute={compute!r}: use one of {_MACENKO_BACKENDS}")
         if target is not None:
-            stains, max_conc = fit_macenko(torch.as_tensor(np.asarray(target) if not torch.is_tensor(target) else target), beta=beta, alpha=alpha)
+            stains, max_conc = fit_macenko(torch.as_tensor(np.asarray(target) if not torch.is_tensor(target) else target), beta=beta,
+                                           alpha=alpha, backend=compute)
         if stains is None or max_conc is None:
             raise ValueError("MacenkoNormalize needs a target image or stains= and max_conc=")
         self.stains = torch.as_tensor(stains).float()
         self.max_conc = torch.as_tensor(max_conc).float()
-        self.beta, self.alpha = beta, alpha
+        self.beta, self.alpha, self.compute = beta, alpha, compute
 
     def __call__(self, img):
-        out = macenko_normalize(img, self.stains, self.max_conc, beta=self.beta, alpha=self.alpha)
+        view = _numba_view(img, self.compute)
+        if view is not None:  # uint8 in, uint8 out: no float copy of the batch
+            out = _macenko_numba(view, self.stains, self.max_conc, self.beta, self.alpha, 0.01, None, view[0].dtype == np.uint8)
+            return convert_to_dst_type(out, img, dtype=img.dtype)[0]
+        out = macenko_normalize(img, self.stains, self.max_conc, beta=self.beta, alpha=self.alpha, backend="torch")
         return _like(out, img)
 
 
