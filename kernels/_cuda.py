@@ -19,8 +19,6 @@ Example (needs a GPU or the simulator)::
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 from numba import cuda

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Layout", "pack", "unpack", "layout_of", "flat_parts", "slice_parts"]
+__all__ = ["Layout", "flat_parts", "layout_of", "pack", "slice_parts", "unpack"]
 
 log = logging.getLogger(__name__)
 

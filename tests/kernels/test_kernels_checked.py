@@ -6,6 +6,7 @@ and a refused update (NaN, Inf, an outlier) leaves the accumulator exactly as it
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ CUTS = [0, 7, 7, 4096, 40000, N]  # an empty part, a part smaller than a chunk, 
 
 
 def _parts(u):
-    return [u[a:b] for a, b in zip(CUTS, CUTS[1:])]
+    return [u[a:b] for a, b in itertools.pairwise(CUTS)]
 
 
 def _norm64(t) -> float:
