@@ -9,11 +9,14 @@ Peer (how tutorials write it):
 * training: a ``Dataset`` whose ``__getitem__`` converts one HWC uint8 tile to a float CHW
   tensor with a random flip, a ``DataLoader`` (no workers: 2 cores), fp32 model.
 
-fedimg: low-resolution tissue mask + one ``read_region`` per tile row
-(:func:`fedimg.pathology.tiling.iter_tiles`), batched torch Macenko
-(:class:`fedimg.transforms.stain.MacenkoNormalize`), and the tile trainer (uint8 tiles cached
-on the device, device-side flips/rotations/stain augmentation, bf16 autocast and
-channels-last where supported). Same model, tiles, batch size and number of steps.
+fedimg: low-resolution tissue mask + one ``read_region`` per tile row, rows decoded in
+parallel threads, and a level already decoded for the mask cut into tiles without decoding it
+again (:func:`fedimg.pathology.tiling.iter_tiles`); batched Macenko
+(:class:`fedimg.transforms.stain.MacenkoNormalize`: numba kernels on the CPU, torch on a GPU);
+and the tile trainer (uint8 tiles cached on the device; gather, flips/rotations, stain
+augmentation and scaling in one pass; bf16 autocast and channels-last where supported; fused
+AdamW). Same model, tiles, batch size and number of steps; fedimg also pays for stain
+augmentation, the peer only flips.
 
 Pipeline tiles/s = 1 / (1/extract + 1/normalise + 1/train): one tile through all three.
 Wall-clock tiles/s are the result; the process CPU-time ratio is printed beside them because
