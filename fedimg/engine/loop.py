@@ -206,6 +206,37 @@ class Trainer(ResumableTrainer):
     # ---- exact resume -------------------------------------------------------------------
 
 
+def local_round(model: Any, data: Any, config: Any, make_trainer: Callable[[Any, Any, Any], Any], rate_key: str, *,
+                epochs: int | None = None, global_params: Mapping[str, Any] | None = None, prox_mu: float = 0.0,
+                on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, float]:
+    """One site's local training for a round, shared by the 3-D and the tile tasks.
+
+    Loads ``global_params``, reuses the trainer kept in ``data.state`` (same model and
+    config) or builds one with ``make_trainer(model, data, config)``, runs ``epochs``
+    epochs (FedProx reference taken now when ``prox_mu > 0``) and returns the round's
+    metrics; ``rate_key`` names the trainer's throughput statistic (time-weighted mean).
+    """
+    if global_params is not None:
+        load_global_params(model, global_params)
+    trainer = data.state.get("trainer")
+    if trainer is None or trainer.model is not model or trainer.config != config:
+        trainer = data.state["trainer"] = make_trainer(model, data, config)
+    prox_ref = [p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None
+    n_epochs = config.epochs if epochs is None else int(epochs)
+    history = []
+    for _ in range(n_epochs):
+        stats = trainer.train_epoch(prox_mu=prox_mu, prox_ref=prox_ref)
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(trainer.epoch, stats)
+    metrics: dict[str, float] = {"epochs": float(n_epochs), "epoch": float(trainer.epoch)}
+    if history:
+        seconds = sum(h["seconds"] for h in history)
+        metrics.update(loss=history[-1]["loss"], lr=history[-1]["lr"], seconds=seconds,
+                       **{rate_key: sum(h[rate_key] * h["seconds"] for h in history) / max(seconds, 1e-9)})
+    return metrics
+
+
 def train_one_round(model: Any, data: Any, config: Any, *, epochs: int | None = None,
                     global_params: Mapping[str, Any] | None = None, prox_mu: float = 0.0,
                     on_epoch: Callable[[int, dict], None] | None = None) -> tuple[dict[str, float], int]:
@@ -216,26 +247,6 @@ def train_one_round(model: Any, data: Any, config: Any, *, epochs: int | None = 
     The model is moved to ``data.device`` and stays there. Returns ``(metrics,
     num_samples)`` with ``num_samples`` = number of training cases (the FedAvg weight).
     """
-    if global_params is not None:
-        load_global_params(model, global_params)
-    trainer = data.state.get("trainer")
-    if trainer is None or trainer.model is not model or trainer.config != config:
-        trainer = Trainer(model, data, config)
-        data.state["trainer"] = trainer
-    prox_ref = None
-    if prox_mu > 0:
-        prox_ref = [p.detach().clone() for p in model.parameters()]
-    n_epochs = config.epochs if epochs is None else int(epochs)
-    history = []
-    for _ in range(n_epochs):
-        stats = trainer.train_epoch(prox_mu=prox_mu, prox_ref=prox_ref)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(trainer.epoch, stats)
-    metrics: dict[str, float] = {"epochs": float(n_epochs), "epoch": float(trainer.epoch)}
-    if history:
-        last = history[-1]
-        seconds = sum(h["seconds"] for h in history)
-        metrics.update(loss=last["loss"], lr=last["lr"], seconds=seconds,
-                       voxels_per_s=sum(h["voxels_per_s"] * h["seconds"] for h in history) / max(seconds, 1e-9))
+    metrics = local_round(model, data, config, Trainer, "voxels_per_s", epochs=epochs, global_params=global_params,
+                          prox_mu=prox_mu, on_epoch=on_epoch)
     return metrics, data.num_train

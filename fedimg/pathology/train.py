@@ -298,8 +298,6 @@ class TileTrainer(ResumableTrainer):
         On the CPU the gather, augmentation and scaling run as one numba pass
         (:mod:`fedimg.pathology._augment_cpu`); elsewhere as torch ops on the device.
         """
-        import torch
-
         if self.config.augment and self.device.type == "cpu" and self.data.x_train.shape[-1] == self.data.x_train.shape[-2]:
             from fedimg.transforms.stain import REFERENCE_HE
 
@@ -354,26 +352,10 @@ def train_one_round(model, data: TileSiteData, config: TileTrainConfig, *, epoch
                     global_params: Mapping[str, Any] | None = None, prox_mu: float = 0.0,
                     on_epoch: Callable[[int, dict], None] | None = None) -> tuple[dict[str, float], int]:
     """Train ``model`` on a site's tiles; returns ``(metrics, num_train_tiles)`` (FedProx with ``prox_mu``)."""
-    from fedimg.engine.loop import load_global_params
+    from fedimg.engine.loop import local_round
 
-    if global_params is not None:
-        load_global_params(model, global_params)
-    trainer = data.state.get("trainer")
-    if trainer is None or trainer.model is not model or trainer.config != config:
-        trainer = data.state["trainer"] = TileTrainer(model, data, config)
-    prox_ref = [p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None
-    n_epochs = config.epochs if epochs is None else int(epochs)
-    history = []
-    for _ in range(n_epochs):
-        stats = trainer.train_epoch(prox_mu=prox_mu, prox_ref=prox_ref)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(trainer.epoch, stats)
-    metrics: dict[str, float] = {"epochs": float(n_epochs), "epoch": float(trainer.epoch)}
-    if history:
-        secs = sum(h["seconds"] for h in history)
-        metrics.update(loss=history[-1]["loss"], lr=history[-1]["lr"], seconds=secs,
-                       tiles_per_s=sum(h["tiles_per_s"] * h["seconds"] for h in history) / max(secs, 1e-9))
+    metrics = local_round(model, data, config, TileTrainer, "tiles_per_s", epochs=epochs, global_params=global_params,
+                          prox_mu=prox_mu, on_epoch=on_epoch)
     return metrics, data.num_train
 
 
