@@ -90,6 +90,12 @@ def _od_ov(x, b, c, i, j, lut):
     return impl
 
 
+@njit(inline="always")
+def _od3(x, b, i, j, lut):  # pragma: no cover - numba
+    """The three channels' optical densities of pixel ``(i, j)`` of tile ``b``."""
+    return _od(x, b, 0, i, j, lut), _od(x, b, 1, i, j, lut), _od(x, b, 2, i, j, lut)
+
+
 def _put(out, b, c, i, j, v):  # pragma: no cover - replaced by the overload inside numba
     out[b, c, i, j] = v
 
@@ -123,9 +129,7 @@ def _angles(x, b, lut, beta, p, t_lo, t_hi, lo_buf, hi_buf):  # pragma: no cover
     cl = ch = 0
     for i in range(H):
         for j in range(W):
-            o0 = _od(x, b, 0, i, j, lut)
-            o1 = _od(x, b, 1, i, j, lut)
-            o2 = _od(x, b, 2, i, j, lut)
+            o0, o1, o2 = _od3(x, b, i, j, lut)
             if o0 > beta and o1 > beta and o2 > beta:
                 d = _pseudo(p[0, 0] * o0 + p[1, 0] * o1 + p[2, 0] * o2, p[0, 1] * o0 + p[1, 1] * o1 + p[2, 1] * o2)
                 if d <= t_lo:
@@ -148,9 +152,7 @@ def _angle_range(x, b, lut, beta, n, q, p, lo_buf, hi_buf, sample):  # pragma: n
         m = 0
         for k in range(0, H * W, step):
             i, j = k // W, k % W
-            o0 = _od(x, b, 0, i, j, lut)
-            o1 = _od(x, b, 1, i, j, lut)
-            o2 = _od(x, b, 2, i, j, lut)
+            o0, o1, o2 = _od3(x, b, i, j, lut)
             if o0 > beta and o1 > beta and o2 > beta:
                 sample[0, m] = _pseudo(p[0, 0] * o0 + p[1, 0] * o1 + p[2, 0] * o2, p[0, 1] * o0 + p[1, 1] * o1 + p[2, 1] * o2)
                 m += 1
@@ -182,9 +184,7 @@ def _tile_stains(x, b, lut, beta, alpha, min_count, fallback, buf0, buf1, sample
     nan = False
     for i in range(H):
         for j in range(W):
-            o0 = _od(x, b, 0, i, j, lut)
-            o1 = _od(x, b, 1, i, j, lut)
-            o2 = _od(x, b, 2, i, j, lut)
+            o0, o1, o2 = _od3(x, b, i, j, lut)
             if o0 > beta and o1 > beta and o2 > beta:
                 n += 1
                 s0 += o0
@@ -239,9 +239,7 @@ def _write_direct(x, b, lut, mat, out):  # pragma: no cover - numba
     _, _, H, W = x.shape
     for i in range(H):
         for j in range(W):
-            o0 = _od(x, b, 0, i, j, lut)
-            o1 = _od(x, b, 1, i, j, lut)
-            o2 = _od(x, b, 2, i, j, lut)
+            o0, o1, o2 = _od3(x, b, i, j, lut)
             for c in range(3):
                 val = 255.0 * math.exp(-(mat[c, 0] * o0 + mat[c, 1] * o1 + mat[c, 2] * o2))
                 _put(out, b, c, i, j, min(val, 255.0))
@@ -283,9 +281,7 @@ def _concentrations(x, b, lut, pinv, t0, t1, buf0, buf1):  # pragma: no cover - 
     n0 = n1 = 0
     for i in range(H):
         for j in range(W):
-            o0 = _od(x, b, 0, i, j, lut)
-            o1 = _od(x, b, 1, i, j, lut)
-            o2 = _od(x, b, 2, i, j, lut)
+            o0, o1, o2 = _od3(x, b, i, j, lut)
             c0 = pinv[0, 0] * o0 + pinv[0, 1] * o1 + pinv[0, 2] * o2
             c1 = pinv[1, 0] * o0 + pinv[1, 1] * o1 + pinv[1, 2] * o2
             if c0 >= t0:
@@ -308,9 +304,7 @@ def _conc_p99(x, b, lut, pinv, buf0, buf1, sample):  # pragma: no cover - numba
         m = 0
         for k in range(0, n, step):
             i, j = k // W, k % W
-            o0 = _od(x, b, 0, i, j, lut)
-            o1 = _od(x, b, 1, i, j, lut)
-            o2 = _od(x, b, 2, i, j, lut)
+            o0, o1, o2 = _od3(x, b, i, j, lut)
             sample[0, m] = pinv[0, 0] * o0 + pinv[0, 1] * o1 + pinv[0, 2] * o2
             sample[1, m] = pinv[1, 0] * o0 + pinv[1, 1] * o1 + pinv[1, 2] * o2
             m += 1
