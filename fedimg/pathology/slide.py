@@ -48,9 +48,11 @@ class Slide:
     mpp: float
     _reader: Any = field(repr=False, default=None)
     _levels: list[Any] = field(repr=False, default_factory=list)
-    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     cache_bytes: int = 512 * 2**20
     _cache: dict[int, np.ndarray] = field(repr=False, default_factory=dict)
+    _pool: ThreadPoolExecutor | None = field(repr=False, default=None)
+    _pool_threads: int = field(repr=False, default=0)
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -91,8 +93,11 @@ class Slide:
         """:meth:`read_region` for each ``(location, level, size)``, in parallel threads, in order."""
         if self.threads <= 1 or len(requests) <= 1 or self.backend != "openslide":
             return [self.read_region(*r) for r in requests]
-        with ThreadPoolExecutor(min(self.threads, len(requests))) as pool:
-            return list(pool.map(lambda r: self.read_region(*r), requests))
+        if self._pool is None or self._pool_threads != self.threads:  # one pool per slide, not per call
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool, self._pool_threads = ThreadPoolExecutor(self.threads, thread_name_prefix="fedimg-slide"), self.threads
+        return list(self._pool.map(lambda r: self.read_region(*r), requests))
 
     def read_level(self, level: int) -> np.ndarray:
         """A whole level as RGB uint8 (a low-resolution one, or a small slide), read in parallel
@@ -137,6 +142,9 @@ class Slide:
 
     def close(self) -> None:
         self._cache.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None
