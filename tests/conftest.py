@@ -91,3 +91,26 @@ def hashed():
             assert hash_tree(*self.paths) == self.before, "an input file was modified"
 
     return lambda *paths: _Checker(paths)
+
+
+PATHOLOGY_ASSETS = Path(__file__).parent / "assets" / "pathology"
+
+
+@pytest.fixture(scope="session")
+def slide_path() -> Path:
+    """Real H&E slide (CMU small region, CC0): 2220 x 2967 px at 0.499 um/px."""
+    return PATHOLOGY_ASSETS / "cmu_small_region.svs"
+
+
+@pytest.fixture(scope="session")
+def target_path() -> Path:
+    """Real H&E target tile (tiatoolbox, BSD-3), 1000 x 1000."""
+    return PATHOLOGY_ASSETS / "tiatoolbox_target_image.png"
+
+
+@pytest.fixture(scope="session")
+def target_image(target_path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(target_path) as im:
+        return np.array(im.convert("RGB"))

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.deface.core import DefaceConfig, face_removal
     from fedimg.deface.pipeline import DefaceJob, deface_job
     from fedimg.deface.template import load_template
-    from fedimg.deface.volume import load_volume
+    from fedimg.imageio.volume import load_volume
     from fedimg.device import configure_threads, resolve_device
     from fedimg.io import write_json
 

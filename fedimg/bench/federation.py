@@ -72,11 +72,11 @@ def round_split(metrics: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 def _fresh_run(task: str, rounds: int, tmp: Path) -> Path:
-    from fedimg.fl.job import FederationConfig
-    from fedimg.fl.simulate import run_simulation
+    from fedimg.fl.nvflare.job import FederationConfig
+    from fedimg.fl.nvflare.simulate import run_simulation
 
     if task == "toy":
-        from fedimg.fl.toytask import make_sites
+        from fedimg.tasks.toy import make_sites
 
         make_sites(tmp / "data", n_sites=3, n=256, features=64)
         cfg = FederationConfig(task="toy", rounds=rounds, local_epochs=1, train={"features": 64, "hidden": 256})
@@ -113,7 +113,7 @@ def _fedimg_round(params, k: int, device: str) -> float:
     from nvflare.app_common.app_constant import AppConstants
     from nvflare.app_common.app_event_type import AppEventType
 
-    from fedimg.fl.aggregator import FedimgAggregator
+    from fedimg.fl.nvflare.aggregator import FedimgAggregator
 
     agg = FedimgAggregator(device=device, audit_payloads=False)
     ctx = FLContext()
@@ -195,10 +195,10 @@ def _alternate(k: int, repeats: int, params, device: str) -> tuple[float, float]
 
 def run(args: argparse.Namespace) -> int:
     from fedimg.device import configure_threads, resolve_device
-    from fedimg.fl.state import read_metrics
+    from fedimg.fl.server.state import read_metrics
 
     logging.getLogger("nvflare").setLevel(logging.CRITICAL)  # its per-update warnings would cost it time
-    logging.getLogger("fedimg.fl.aggregator").setLevel(logging.WARNING)
+    logging.getLogger("fedimg.fl.nvflare.aggregator").setLevel(logging.WARNING)
     if args.quick:
         args.task, args.rounds, args.repeats = "toy", 2, 3
     device = "cuda" if str(resolve_device(args.device)).startswith("cuda") else "cpu"

@@ -5,7 +5,7 @@ Peer (how tutorials write it):
 
 * extraction: ``openslide.read_region`` once per grid position over the whole slide, then a
   per-tile saturation check keeps the tissue tiles;
-* normalisation: per-tile numpy Macenko (:mod:`fedimg.pathology.reference`, staintools-style);
+* normalisation: per-tile numpy Macenko (:mod:`fedimg.transforms.stain_reference`, staintools-style);
 * training: a ``Dataset`` whose ``__getitem__`` converts one HWC uint8 tile to a float CHW
   tensor with a random flip, a ``DataLoader`` (no workers: 2 cores), fp32 model.
 
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedimg.device import configure_threads, resolve_device
     from fedimg.io import write_json
-    from fedimg.pathology.reference import macenko_fit_numpy, macenko_normalize_numpy
+    from fedimg.transforms.stain_reference import macenko_fit_numpy, macenko_normalize_numpy
     from fedimg.pathology.synth import default_slide
     from fedimg.pathology.train import _load_target
     from fedimg.telemetry import Telemetry, cpu_name

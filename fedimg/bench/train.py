@@ -136,7 +136,7 @@ class EngineLoop:
         from fedimg.engine.cache import prepare_site_data
         from fedimg.engine.config import TrainConfig
         from fedimg.engine.loop import Trainer
-        from fedimg.models import build_model
+        from fedimg.engine.models import build_model
 
         cfg = TrainConfig(roi=tuple(roi), batch_size=batch_size, init_filters=init_filters, epochs=epochs + 1,
                           val_fraction=0.0, amp=amp, channels_last=channels_last, seed=seed, lr=1e-4,

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _defaced_name(path: Path, out_dir: Path) -> Path:
-    from fedimg.provenance import stem
+    from fedimg.imageio.provenance import stem
 
     return out_dir / f"{stem(path)}_defaced.nii.gz"
 

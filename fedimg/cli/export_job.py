@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", nargs="+", default=["site-1", "site-2", "site-3"], help="site names (as provisioned)")
     p.add_argument("--site-data", nargs="*", default=[], metavar="NAME=PATH",
                    help="data folder on each site's machine (default: the site's $FEDIMG_SITE_DATA)")
-    from fedimg.fl.options import add_federation_arguments
+    from fedimg.cli._federation import add_federation_arguments
 
     add_federation_arguments(p)
     p.set_defaults(func=run)
@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedimg.errors import ConfigError
-    from fedimg.fl.job import build_recipe, export_job
-    from fedimg.fl.options import federation_config_from_args
+    from fedimg.fl.nvflare.job import build_recipe, export_job
+    from fedimg.cli._federation import federation_config_from_args
 
     config = federation_config_from_args(args)
     paths: dict[str, Path | None] = {s: None for s in args.sites}

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last completed round in --out")
     p.add_argument("--keep-running", action="store_true", help="leave the POC system running afterwards")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job (default 3600)")
-    from fedimg.fl.options import add_federation_arguments
+    from fedimg.cli._federation import add_federation_arguments
 
     add_federation_arguments(p, rounds=5)
     p.set_defaults(func=run)
@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedimg.cli import env_threads
-    from fedimg.fl.options import federation_config_from_args
-    from fedimg.fl.poc import run_poc
+    from fedimg.cli._federation import federation_config_from_args
+    from fedimg.fl.nvflare.poc import run_poc
 
     config = federation_config_from_args(args, threads=args.threads or env_threads())
     summary = run_poc(args.data, args.out, config, resume=args.resume, keep_running=args.keep_running,

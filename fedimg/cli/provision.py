@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedimg.errors import ConfigError
-    from fedimg.fl.provision import provision, sample_project
+    from fedimg.fl.nvflare.provision import provision, sample_project
 
     if args.sample:
         path = sample_project(args.sample, sites=args.sites, server=args.server)

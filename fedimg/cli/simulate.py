@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed round")
     p.add_argument("--no-crossval", action="store_true", help="skip cross-site validation at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from fedimg.fl.options import add_federation_arguments
+    from fedimg.cli._federation import add_federation_arguments
 
     add_federation_arguments(p)
     p.set_defaults(func=run)
@@ -32,10 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedimg.cli import env_threads
-    from fedimg.fl.crossval import cross_validate
-    from fedimg.fl.job import discover_sites
-    from fedimg.fl.options import federation_config_from_args
-    from fedimg.fl.simulate import run_simulation
+    from fedimg.study.crossval import cross_validate
+    from fedimg.fl.nvflare.job import discover_sites
+    from fedimg.cli._federation import federation_config_from_args
+    from fedimg.fl.nvflare.simulate import run_simulation
 
     config = federation_config_from_args(args, threads=args.threads or env_threads())
     sites = discover_sites(args.data)

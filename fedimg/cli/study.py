@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fl-run", default=None,
                    help="reuse this finished `fedimg simulate` run (same task/rounds/epochs/config) as the federated arm")
     p.add_argument("--no-progress", action="store_true")
-    from fedimg.fl.options import add_federation_arguments
+    from fedimg.cli._federation import add_federation_arguments
 
     add_federation_arguments(p, rounds=10, local_epochs=2)
     p.set_defaults(func=run)
@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fedimg.cli import env_threads
     from fedimg.device import configure_threads
-    from fedimg.fl.options import federation_config_from_args
-    from fedimg.fl.study import run_study
+    from fedimg.cli._federation import federation_config_from_args
+    from fedimg.study.runner import run_study
 
     threads = args.threads or env_threads()
     configure_threads(threads)

@@ -29,7 +29,7 @@ from pathlib import Path
 from fedimg.data.labels import LAYOUTS
 from fedimg.errors import InputError
 from fedimg.io import read_json
-from fedimg.provenance import is_defaced
+from fedimg.imageio.provenance import is_defaced
 
 __all__ = ["MODALITIES", "MSD_CHANNELS", "Case", "discover", "case_files"]
 
@@ -213,7 +213,7 @@ def discover(
 
     ``require_labels``: every case must have a segmentation (training, evaluation).
     ``allow_identifiable=False``: refuse any image without a defacing record
-    (:func:`fedimg.provenance.is_defaced`).
+    (:func:`fedimg.imageio.provenance.is_defaced`).
     Raises :class:`InputError` naming the file or folder for a missing folder, an empty
     folder, a missing modality or label, or an identifiable image.
     """

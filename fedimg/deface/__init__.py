@@ -2,8 +2,8 @@
 
 Modules: :mod:`.register` (batched multi-start affine MI registration), :mod:`.template`
 (package assets), :mod:`.masks` (warping and removal), :mod:`.core` (in-memory defacing),
-:mod:`.qc` (checks, picture), :mod:`.volume` / :mod:`.nrrd` (I/O), :mod:`.pipeline`
-(files + provenance), :mod:`.batch` (BIDS / BraTS trees). The CLI is ``fedimg deface``; the
+:mod:`.qc` (checks, picture), :mod:`.pipeline`
+(files + provenance; volume I/O is :mod:`fedimg.imageio`), :mod:`.batch` (BIDS / BraTS trees). The CLI is ``fedimg deface``; the
 MONAI transforms are :mod:`fedimg.transforms.deface`.
 
 >>> from fedimg.deface import DefaceConfig

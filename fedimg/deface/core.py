@@ -67,7 +67,7 @@ class FaceRemoval:
 
 
 def _canonical(data: np.ndarray, affine: np.ndarray):
-    from .volume import to_canonical
+    from fedimg.imageio.volume import to_canonical
 
     return to_canonical(data, affine)
 

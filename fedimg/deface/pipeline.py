@@ -1,8 +1,8 @@
 """Deface files: one reference scan, optional co-registered scans (``--apply-to``) and labels.
 
 For each output the defacer writes the image (input shape, affine, dtype, scaling and
-orientation; NIfTI ``descrip`` from :func:`fedimg.provenance.defaced_descrip`), the
-provenance sidecar :func:`fedimg.provenance.sidecar_path` and, per reference, a QC JSON
+orientation; NIfTI ``descrip`` from :func:`fedimg.imageio.provenance.defaced_descrip`), the
+provenance sidecar :func:`fedimg.imageio.provenance.sidecar_path` and, per reference, a QC JSON
 and QC PNG next to the reference output. A failed QC writes only the QC files (for review)
 and raises :class:`fedimg.errors.QCError`; inputs are never modified.
 
@@ -23,12 +23,12 @@ import numpy as np
 from fedimg import __version__
 from fedimg.errors import InputError, QCError
 from fedimg.io import ensure_not_input, sha256_file, write_bytes, write_json
-from fedimg.provenance import defaced_descrip, sidecar_path, stem
+from fedimg.imageio.provenance import defaced_descrip, sidecar_path, stem
 
 from .core import DefaceConfig, face_removal
 from .masks import apply_removal
 from .qc import evaluate_qc, render_qc_png
-from .volume import Volume, load_volume, save_like, to_canonical
+from fedimg.imageio.volume import Volume, load_volume, save_like, to_canonical
 
 __all__ = ["DefaceJob", "deface_job", "qc_paths"]
 

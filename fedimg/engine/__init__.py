@@ -10,7 +10,7 @@ from fedimg.engine.checkpoint import load_checkpoint, save_checkpoint
 from fedimg.engine.config import TrainConfig
 from fedimg.engine.evaluate import evaluate
 from fedimg.engine.loop import Trainer, train_one_round
-from fedimg.models import build_model
+from fedimg.engine.models import build_model
 
 __all__ = ["TrainConfig", "SiteData", "prepare_site_data", "Trainer", "train_one_round", "evaluate",
            "save_checkpoint", "load_checkpoint", "build_model"]

@@ -6,7 +6,7 @@ fingerprint). Training state for exact resume (optimizer, LR schedule, RNG, epoc
 ``last.state.safetensors`` + ``last.state.json``.
 
 >>> import tempfile, pathlib
->>> from fedimg.models import build_model
+>>> from fedimg.engine.models import build_model
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> save_checkpoint(d / "model.safetensors", build_model("unet"), {"model": "unet", "model_kwargs": {}})
 >>> model, meta = load_checkpoint(d)
@@ -74,7 +74,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, *, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
     """Rebuild the model named in the metadata and load its weights; returns ``(model, meta)``."""
-    from fedimg.models import build_model
+    from fedimg.engine.models import build_model
 
     p = resolve_checkpoint(path)
     meta = read_json(meta_path(p))

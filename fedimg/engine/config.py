@@ -68,7 +68,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from fedimg.models import MODELS
+        from fedimg.engine.models import MODELS
 
         if self.model not in MODELS:
             raise ConfigError(f"model {self.model!r} is unknown; choose one of {', '.join(sorted(MODELS))}")

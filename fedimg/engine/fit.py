@@ -32,7 +32,7 @@ _DICE = ("dice_tc", "dice_wt", "dice_et", "dice_mean")
 def checkpoint_meta(config: Any, data: Any, epoch: int, metrics: dict) -> dict[str, Any]:
     """The JSON metadata stored beside every checkpoint."""
     import fedimg
-    from fedimg.models import model_kwargs
+    from fedimg.engine.models import model_kwargs
 
     return {
         "model": config.model,
@@ -61,7 +61,7 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
     from fedimg.engine.driver import EpochDriver, EpochHooks
     from fedimg.engine.evaluate import evaluate
     from fedimg.engine.loop import Trainer
-    from fedimg.models import build_model, model_kwargs
+    from fedimg.engine.models import build_model, model_kwargs
 
     run = EpochDriver(out, resume=resume)
     data = prepare_site_data(cases, config, device, source=str(source))

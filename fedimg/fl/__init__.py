@@ -1,10 +1,7 @@
-"""Federated training on NVIDIA FLARE: the only part of fedimg that imports ``nvflare``.
+"""Federation: server arithmetic in :mod:`fedimg.fl.server`, NVIDIA FLARE glue in :mod:`fedimg.fl.nvflare`.
 
-Modules without NVFlare imports (usable and testable on their own): ``strategies``
-(server arithmetic), ``validation`` (update checks), ``state`` (checkpoints, metrics,
-resume), ``tasks`` (task registry), ``toytask``. NVFlare glue: ``aggregator`` (server),
-``client`` (Client API script), ``job`` (recipe), ``simulate``, ``crossval``, ``study``,
-``poc``, ``provision``.
+Only :mod:`fedimg.fl.nvflare` imports ``nvflare``; :mod:`fedimg.fl.server` is plain numpy /
+kernels code (strategies, update validation, run store) usable and testable on its own.
 """
 
 __all__: list[str] = []

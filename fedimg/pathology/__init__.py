@@ -2,6 +2,6 @@
 tile sets, and tile-classifier training (per site and as a federated task).
 
 Modules: :mod:`.slide`, :mod:`.tissue`, :mod:`.tiling`, :mod:`.store`, :mod:`.labels`,
-:mod:`.synth`, :mod:`.train`, :mod:`.task`, :mod:`.reference` (numpy Macenko peer).
-Stain normalisation itself lives in :mod:`fedimg.transforms.stain`.
+:mod:`.synth`, :mod:`.train`. The federated task is :mod:`fedimg.tasks.tiles`.
+Stain normalisation itself lives in :mod:`fedimg.transforms.stain` (numpy reference: :mod:`fedimg.transforms.stain_reference`).
 """

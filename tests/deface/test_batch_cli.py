@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 
 from fedimg.cli import main
-from fedimg.provenance import is_defaced, sidecar_path
+from fedimg.imageio.provenance import is_defaced, sidecar_path
 
 
 def _changed(src, dst) -> np.ndarray:

@@ -11,10 +11,10 @@ import pytest
 
 from fedimg.cli import main
 from fedimg.deface.core import DefaceConfig, face_removal
-from fedimg.deface.nrrd import read_nrrd
+from fedimg.imageio.nrrd import read_nrrd
 from fedimg.deface.register import _rotation
-from fedimg.deface.volume import to_canonical
-from fedimg.provenance import is_defaced, sidecar_path
+from fedimg.imageio.volume import to_canonical
+from fedimg.imageio.provenance import is_defaced, sidecar_path
 
 MRI = Path(__file__).resolve().parent.parent / "assets" / "mri"
 HEAD = MRI / "ds000031_sub-01_ses-006_run-001_T1w.nii.gz"

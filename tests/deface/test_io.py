@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fedimg.cli import main
-from fedimg.deface.nrrd import read_nrrd
-from fedimg.deface.volume import from_canonical, load_volume, save_like, to_canonical
+from fedimg.imageio.nrrd import read_nrrd
+from fedimg.imageio.volume import from_canonical, load_volume, save_like, to_canonical
 from fedimg.errors import InputError
 
 MRI = Path(__file__).resolve().parent.parent / "assets" / "mri"
@@ -41,7 +41,7 @@ def test_canonical_round_trip():
     i = np.array([3, 4, 5, 1.0])
     j = np.linalg.inv(can_aff) @ (aff @ i)
     assert can[tuple(np.rint(j[:3]).astype(int))] == data[3, 4, 5]
-    from fedimg.deface.volume import Volume
+    from fedimg.imageio.volume import Volume
 
     vol = Volume(path=None, raw=data, affine=aff)
     assert np.array_equal(from_canonical(vol, can), data)

@@ -9,7 +9,7 @@ import torch
 
 from fedimg.engine.config import TrainConfig
 from fedimg.errors import ConfigError
-from fedimg.models import MODELS, build_model
+from fedimg.engine.models import MODELS, build_model
 
 
 def test_config_round_trip_and_frozen():

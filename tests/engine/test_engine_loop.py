@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fedimg.engine import task
+from fedimg.tasks import brats as task
 from fedimg.engine.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from fedimg.engine.config import TrainConfig
 from fedimg.engine.loop import Trainer, train_one_round

@@ -1,33 +1,10 @@
-"""Fixtures for the pathology tests: the real slide and target, tiny synthetic sites."""
+"""Fixtures for the pathology tests: tiny synthetic sites (the real slide and target are in tests/conftest.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-ASSETS = Path(__file__).parent.parent / "assets" / "pathology"
-
-
-@pytest.fixture(scope="session")
-def slide_path() -> Path:
-    """Real H&E slide (CMU small region, CC0): 2220 x 2967 px at 0.499 um/px."""
-    return ASSETS / "cmu_small_region.svs"
-
-
-@pytest.fixture(scope="session")
-def target_path() -> Path:
-    """Real H&E target tile (tiatoolbox, BSD-3), 1000 x 1000."""
-    return ASSETS / "tiatoolbox_target_image.png"
-
-
-@pytest.fixture(scope="session")
-def target_image(target_path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(target_path) as im:
-        return np.array(im.convert("RGB"))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fedimg.errors import ConfigError, InputError
-from fedimg.pathology import task
+from fedimg.tasks import tiles as task
 from fedimg.pathology.store import load_tile_set
 from fedimg.pathology.train import TileTrainConfig, build_tile_model, evaluate, prepare_tile_data, train_one_round
 

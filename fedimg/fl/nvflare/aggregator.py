@@ -2,14 +2,14 @@
 
 :class:`FedimgAggregator` is a ``ModelAggregator``: NVFlare's FedAvg controller calls
 ``accept_model`` once per arriving site result; each update (a difference
-``local - global``) is screened (names, shapes, dtypes: :mod:`fedimg.fl.validation`), then
-its tensors go, without a packed copy, into a :class:`fedimg.fl.strategies.RoundAggregator`
+``local - global``) is screened (names, shapes, dtypes: :mod:`fedimg.fl.server.validation`), then
+its tensors go, without a packed copy, into a :class:`fedimg.fl.server.strategies.RoundAggregator`
 (the streaming ``WeightedAccumulator`` from :mod:`fedimg.kernels`, on the GPU when the
 server has one): one pass over the update folds it into a scratch sum and measures its
 norm; the validator judges the norm (NaN/Inf, outliers) and only an accepted update's
 scratch becomes the sum, so a rejected one never touches the aggregate.
 ``aggregate_model`` finalises the strategy's step, checkpoints the new global model
-(:mod:`fedimg.fl.state`) and appends the round to ``metrics.json``.
+(:mod:`fedimg.fl.server.state`) and appends the round to ``metrics.json``.
 
 Constructor arguments are plain values so that NVFlare can write them into the job's
 ``config_fed_server.json``.
@@ -32,9 +32,9 @@ from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
-from fedimg.fl import state as run_state
-from fedimg.fl.strategies import RoundAggregator, StrategyConfig
-from fedimg.fl.validation import UpdateValidator, ValidationConfig, Verdict
+from fedimg.fl.server import state as run_state
+from fedimg.fl.server.strategies import RoundAggregator, StrategyConfig
+from fedimg.fl.server.validation import UpdateValidator, ValidationConfig, Verdict
 
 __all__ = ["FedimgAggregator", "SAMPLES_KEY", "ALLOWED_META_KEYS"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedimg.cli import main
-from fedimg.fl import state
+from fedimg.fl.server import state
 
 
 def test_simulate_needs_site_folders(tmp_path, capsys):

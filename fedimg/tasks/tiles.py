@@ -4,7 +4,7 @@ Implements the task interface of docs/INTERFACES.md for ``fedimg simulate --task
 --data pathology_sites/`` (each ``pathology_sites/site-*/`` is a tile store made by
 ``fedimg tiles`` or ``fedimg tiles --synthetic-sites N``).
 
->>> from fedimg.pathology import task
+>>> from fedimg.tasks import tiles as task
 >>> cfg = task.config_from_dict({"model": "resnet10", "width": 0.25, "epochs": 1})
 >>> type(task.build_model(cfg)).__name__, task.KEY_METRIC
 ('ResNet', 'auc')
@@ -18,10 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .train import TileSiteData, TileTrainConfig, build_tile_model, prepare_tile_data, train_one_round
-from .train import evaluate as _evaluate
+from fedimg.pathology.train import TileSiteData, TileTrainConfig, build_tile_model, prepare_tile_data, train_one_round
+from fedimg.pathology.train import evaluate as _evaluate
 
-__all__ = ["KEY_METRIC", "build_model", "load_site", "train_one_round", "evaluate", "config_from_dict"]
+from fedimg.tasks import FunctionTask
+
+__all__ = ["TASK", "KEY_METRIC", "build_model", "load_site", "train_one_round", "evaluate", "config_from_dict"]
 
 KEY_METRIC = "auc"
 
@@ -51,3 +53,8 @@ def load_site(data_dir: str | Path, config: TileTrainConfig, device: Any) -> Til
 def evaluate(model: Any, data: TileSiteData, config: TileTrainConfig) -> dict[str, float]:
     """``auc``, ``accuracy``, ``loss`` and ``n`` on the site's validation tiles (floats only)."""
     return {k: float(v) for k, v in _evaluate(model, data, config).items()}
+
+
+#: The registered task (:func:`fedimg.tasks.get_task` returns it).
+TASK = FunctionTask(name="tiles", key_metric=KEY_METRIC, config_from_dict=config_from_dict, build_model=build_model,
+                    load_site=load_site, train_one_round=train_one_round, evaluate=evaluate)

@@ -1,8 +1,8 @@
 """The NVFlare job for fedimg: a FedAvg recipe with fedimg's client script and aggregator.
 
 :func:`build_recipe` returns an ``nvflare`` ``FedAvgRecipe`` (PyTorch) whose server
-runs NVFlare's FedAvg controller with :class:`fedimg.fl.aggregator.FedimgAggregator`
-and whose sites run :mod:`fedimg.fl.client` on their own data folder
+runs NVFlare's FedAvg controller with :class:`fedimg.fl.nvflare.aggregator.FedimgAggregator`
+and whose sites run :mod:`fedimg.fl.nvflare.client` on their own data folder
 (``per_site_config``). The same recipe runs in ``SimEnv`` (``fedimg simulate``), on a
 POC system (``fedimg poc``) or exported as a job folder (``fedimg export-job``).
 Every site and the server need ``fedimg`` installed; the job ships only the client
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fedimg.errors import ConfigError, InputError
-from fedimg.fl.client import encode_config
-from fedimg.fl.strategies import StrategyConfig
+from fedimg.fl.nvflare.client import encode_config
+from fedimg.fl.server.strategies import StrategyConfig
 
 __all__ = ["FederationConfig", "discover_sites", "build_recipe", "export_job", "SITE_PATTERN", "ALLOW_LIST"]
 
@@ -139,9 +139,9 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     """
     from nvflare.client.config import ExchangeFormat, TransferType
 
-    from fedimg.fl.aggregator import FedimgAggregator
-    from fedimg.fl.persistor import FedimgPersistor
-    from fedimg.fl.tasks import get_task
+    from fedimg.fl.nvflare.aggregator import FedimgAggregator
+    from fedimg.fl.nvflare.persistor import FedimgPersistor
+    from fedimg.tasks import get_task
 
     task = get_task(config.task)
     tcfg = task.config_from_dict(config.train_config())
@@ -156,7 +156,7 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
         beta2=config.strategy.beta2, tau=config.strategy.tau, trim_ratio=config.strategy.trim_ratio,
         max_rel_norm=config.max_rel_norm, max_norm_ratio=config.max_norm_ratio, min_sites=config.min_sites,
         run_dir=str(Path(run_dir).resolve()) if run_dir else "", device=config.server_device,
-        key_metric=task.KEY_METRIC,
+        key_metric=task.key_metric,
     )
     script = str(Path(__file__).with_name("client.py"))
     base_args = (
@@ -182,7 +182,7 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
         aggregator=agg,
         server_expected_format=ExchangeFormat.NUMPY,
         params_transfer_type=TransferType.DIFF if config.send == "diff" else TransferType.FULL,
-        key_metric=task.KEY_METRIC,
+        key_metric=task.key_metric,
     )
     recipe.set_per_site_config(per_site)
     # fedimg is installed on every participant: ship only the script, not its imports.

@@ -14,8 +14,8 @@ from nvflare.app_common.abstract.model import make_model_learnable  # noqa: E402
 from nvflare.app_common.app_constant import AppConstants  # noqa: E402
 from nvflare.app_common.app_event_type import AppEventType  # noqa: E402
 
-from fedimg.fl.aggregator import FedimgAggregator  # noqa: E402
-from fedimg.fl.state import load_params, read_metrics  # noqa: E402
+from fedimg.fl.nvflare.aggregator import FedimgAggregator  # noqa: E402
+from fedimg.fl.server.state import load_params, read_metrics  # noqa: E402
 
 GLOBAL = {"w": np.array([1.0, 2.0, 3.0], np.float32), "n": np.array(4, np.int64)}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedimg.errors import ConfigError
-from fedimg.fl.validation import UpdateValidator, ValidationConfig
+from fedimg.fl.server.validation import UpdateValidator, ValidationConfig
 
 GLOBAL = {"conv.weight": np.ones((2, 3), np.float32), "conv.bias": np.ones(2, np.float32),
           "bn.num_batches_tracked": np.array(5, np.int64)}

@@ -11,7 +11,7 @@ from fedimg.errors import InputError
 
 @pytest.mark.nvflare
 def test_provision_kits_with_certificates_and_allow_list(tmp_path, hashed):
-    from fedimg.fl.provision import provision, sample_project
+    from fedimg.fl.nvflare.provision import provision, sample_project
 
     project = sample_project(tmp_path / "project.yml", sites=["site-a", "site-b"], server="localhost")
     check = hashed(project)

@@ -5,7 +5,7 @@ arguments, which fedimg's task models (built by a registry from a config) do not
 :class:`FedimgPersistor` builds the initial global model with the task's own
 ``build_model`` (seeded, so every run starts from the same weights) and, to resume, loads
 a fedimg checkpoint (``RUN/rounds/round-NNN.safetensors``). Saving is done by
-:class:`fedimg.fl.aggregator.FedimgAggregator` every round, so ``save_model`` only logs.
+:class:`fedimg.fl.nvflare.aggregator.FedimgAggregator` every round, so ``save_model`` only logs.
 
 >>> p = FedimgPersistor(task="toy", config={"features": 4})  # doctest: +SKIP
 """
@@ -26,8 +26,8 @@ def initial_weights(task_name: str, config: dict[str, Any], checkpoint: str = ""
     """The global model's starting weights: a seeded fresh model, or ``checkpoint``'s."""
     import torch
 
-    from fedimg.fl.state import load_params
-    from fedimg.fl.tasks import get_task
+    from fedimg.fl.server.state import load_params
+    from fedimg.tasks import get_task
 
     task = get_task(task_name)
     cfg = task.config_from_dict(config)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedimg.errors import ConfigError
-from fedimg.fl.strategies import RoundAggregator, StrategyConfig
+from fedimg.fl.server.strategies import RoundAggregator, StrategyConfig
 
 U1 = np.array([1.0, 2.0, 3.0, -4.0], np.float32)
 U2 = np.array([3.0, 2.0, 1.0, 0.0], np.float32)

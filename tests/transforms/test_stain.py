@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedimg.pathology.reference import macenko_fit_numpy, macenko_normalize_numpy
+from fedimg.transforms.stain_reference import macenko_fit_numpy, macenko_normalize_numpy
 from fedimg.transforms.stain import (
     MacenkoNormalize,
     MacenkoNormalized,

@@ -3,7 +3,7 @@
 A task module exposes ``build_model``, ``load_site``, ``train_one_round``, ``evaluate``,
 ``KEY_METRIC`` and ``config_from_dict`` (see docs/INTERFACES.md).
 
->>> from fedimg.engine import task
+>>> from fedimg.tasks import brats as task
 >>> cfg = task.config_from_dict({"epochs": 2, "roi": [32, 32, 32]})
 >>> type(task.build_model(cfg)).__name__, task.KEY_METRIC
 ('SegResNet', 'dice_mean')
@@ -20,7 +20,9 @@ from typing import Any
 from fedimg.engine.config import TrainConfig
 from fedimg.engine.loop import train_one_round
 
-__all__ = ["KEY_METRIC", "build_model", "load_site", "train_one_round", "evaluate", "config_from_dict"]
+from fedimg.tasks import FunctionTask
+
+__all__ = ["TASK", "KEY_METRIC", "build_model", "load_site", "train_one_round", "evaluate", "config_from_dict"]
 
 KEY_METRIC = "dice_mean"
 
@@ -32,7 +34,7 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
 
 def build_model(config: TrainConfig) -> Any:
     """The model ``config.model`` with the config's width (CPU; the trainer moves it)."""
-    from fedimg.models import build_model as _build, model_kwargs
+    from fedimg.engine.models import build_model as _build, model_kwargs
 
     return _build(config.model, **model_kwargs(config))
 
@@ -55,3 +57,8 @@ def evaluate(model: Any, data: Any, config: TrainConfig) -> dict[str, float]:
 
     res = _evaluate(model, data, config, device=data.device)
     return {k: float(v) for k, v in res.items() if k != "per_case"}
+
+
+#: The registered task (:func:`fedimg.tasks.get_task` returns it).
+TASK = FunctionTask(name="brats", key_metric=KEY_METRIC, config_from_dict=config_from_dict, build_model=build_model,
+                    load_site=load_site, train_one_round=train_one_round, evaluate=evaluate)

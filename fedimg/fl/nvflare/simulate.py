@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fedimg.errors import ConfigError, FedimgError, InputError
-from fedimg.fl import state as run_state
-from fedimg.fl.job import ALLOW_LIST, FederationConfig, build_recipe, discover_sites
+from fedimg.fl.server import state as run_state
+from fedimg.fl.nvflare.job import ALLOW_LIST, FederationConfig, build_recipe, discover_sites
 from fedimg.io import ensure_not_input, read_json, write_json
 
 __all__ = ["run_simulation", "allow_fedimg_components"]

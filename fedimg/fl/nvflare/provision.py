@@ -59,7 +59,7 @@ def sample_project(path: str | Path, *, sites: list[str], server: str = "server1
 
 def provision(project: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Path]:
     """Run ``nvflare provision`` on ``project`` into ``out``; returns participant -> startup kit folder."""
-    from fedimg.fl.simulate import allow_fedimg_components
+    from fedimg.fl.nvflare.simulate import allow_fedimg_components
 
     project, out = Path(project), Path(out)
     if not project.is_file():

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fedimg.errors import InputError
-from fedimg.fl import state
-from fedimg.fl.client import build_arg_parser, decode_config, encode_config, make_payload
-from fedimg.fl.job import FederationConfig, discover_sites
+from fedimg.fl.server import state
+from fedimg.fl.nvflare.client import build_arg_parser, decode_config, encode_config, make_payload
+from fedimg.fl.nvflare.job import FederationConfig, discover_sites
 
 
 def test_rounds_latest_and_fallback(tmp_path):
@@ -66,7 +66,7 @@ def test_discover_sites(tmp_path):
 
 
 def test_export_job_is_portable(tmp_path):
-    from fedimg.fl.job import build_recipe, export_job
+    from fedimg.fl.nvflare.job import build_recipe, export_job
 
     cfg = FederationConfig(task="toy", rounds=3, local_epochs=2, train={"features": 4})
     recipe = build_recipe(cfg, {"site-a": tmp_path / "a", "site-b": None}, run_dir=None)
@@ -74,7 +74,7 @@ def test_export_job_is_portable(tmp_path):
     assert (out / "meta.json").is_file() and (out / "app_site-a" / "custom" / "client.py").is_file()
     server = json.loads((out / "app_server" / "config" / "config_fed_server.json").read_text())
     text = json.dumps(server)
-    assert "fedimg.fl.aggregator.FedimgAggregator" in text and "fedimg.fl.persistor.FedimgPersistor" in text
+    assert "fedimg.fl.nvflare.aggregator.FedimgAggregator" in text and "fedimg.fl.nvflare.persistor.FedimgPersistor" in text
     assert '"num_rounds": 3' in text
     client = json.loads((out / "app_site-a" / "config" / "config_fed_client.json").read_text())
     args = client["executors"][0]["executor"]["args"]
@@ -86,7 +86,7 @@ def test_export_job_is_portable(tmp_path):
 
 
 def test_toy_task_learns(tmp_path):
-    from fedimg.fl import toytask
+    from fedimg.tasks import toy as toytask
 
     (site,) = toytask.make_sites(tmp_path, n_sites=1, n=200, seed=0, shift=0.0)
     cfg = toytask.config_from_dict({"features": 8, "epochs": 5})

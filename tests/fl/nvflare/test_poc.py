@@ -21,15 +21,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.nvflare]
 SITES = ["site-1", "site-2", "site-3"]
 NAN_CLIENT = """
 import sys
-from fedimg.fl.client import main
+from fedimg.fl.nvflare.client import main
 sys.exit(main(update_hook=lambda p: {k: v * float("nan") if v.is_floating_point() else v for k, v in p.items()}))
 """
 
 
 @pytest.fixture(scope="module")
 def poc(tmp_path_factory):
-    from fedimg.fl.poc import PocSystem
-    from fedimg.fl.toytask import make_sites
+    from fedimg.fl.nvflare.poc import PocSystem
+    from fedimg.tasks.toy import make_sites
 
     tmp = tmp_path_factory.mktemp("poc")
     make_sites(tmp / "data", n_sites=3, n=48, seed=2)
@@ -51,7 +51,7 @@ def _sites(tmp: Path) -> dict[str, Path]:
 
 
 def _rounds(run: Path) -> list[int]:
-    from fedimg.fl.state import read_metrics
+    from fedimg.fl.server.state import read_metrics
 
     try:
         return [m["round"] for m in read_metrics(run)]
@@ -109,8 +109,8 @@ def test_site_without_valid_certificate_is_refused(poc):
 
 
 def test_poisoned_site_rejected_then_server_restart_resumes(poc):
-    from fedimg.fl.job import FederationConfig, build_recipe
-    from fedimg.fl.state import load_params, load_latest, read_metrics, round_path
+    from fedimg.fl.nvflare.job import FederationConfig, build_recipe
+    from fedimg.fl.server.state import load_params, load_latest, read_metrics, round_path
 
     system, tmp = poc
     run = tmp / "run-restart"
@@ -150,8 +150,8 @@ def test_poisoned_site_rejected_then_server_restart_resumes(poc):
 
 
 def test_killed_site_mid_round_run_completes_with_others(poc):
-    from fedimg.fl.job import FederationConfig, build_recipe
-    from fedimg.fl.state import read_metrics
+    from fedimg.fl.nvflare.job import FederationConfig, build_recipe
+    from fedimg.fl.server.state import read_metrics
 
     system, tmp = poc
     run = tmp / "run-dropout"

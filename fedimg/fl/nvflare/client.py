@@ -31,7 +31,7 @@ from typing import Any
 
 __all__ = ["encode_config", "decode_config", "build_arg_parser", "make_payload", "main"]
 
-log = logging.getLogger("fedimg.fl.client")
+log = logging.getLogger("fedimg.fl.nvflare.client")
 
 #: Environment variable naming the site's data folder when ``--data`` is not given.
 DATA_ENV = "FEDIMG_SITE_DATA"
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
     from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
     from fedimg.device import configure_threads, resolve_device, seed_everything
-    from fedimg.fl.tasks import get_task
+    from fedimg.tasks import get_task
 
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -165,7 +165,7 @@ def _writer():
 
 
 def _keep_local(path: Path, state: dict[str, Any], rnd: int) -> None:
-    from fedimg.fl.state import save_params
+    from fedimg.fl.server.state import save_params
 
     save_params(path, state, {"round": rnd + 1, "kind": "local"})
 

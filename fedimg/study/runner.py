@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fedimg.errors import ConfigError
-from fedimg.fl.job import FederationConfig, discover_sites
+from fedimg.fl.nvflare.job import FederationConfig, discover_sites
 from fedimg.io import read_json, write_json
 
 __all__ = ["run_study", "pool_sites"]
@@ -63,11 +63,11 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, *, f
     import torch
 
     from fedimg.device import resolve_device, seed_everything
-    from fedimg.fl.crossval import evaluate_models
-    from fedimg.fl.report import write_report
-    from fedimg.fl.simulate import run_simulation
-    from fedimg.fl.state import load_params, read_metrics
-    from fedimg.fl.tasks import get_task
+    from fedimg.study.crossval import evaluate_models
+    from fedimg.study.report import write_report
+    from fedimg.fl.nvflare.simulate import run_simulation
+    from fedimg.fl.server.state import load_params, read_metrics
+    from fedimg.tasks import get_task
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, *, f
     t0 = time.perf_counter()
     evals = evaluate_models(models, sites, fed.task, fed.train_config())
     timings["evaluation"] = time.perf_counter() - t0
-    key = task.KEY_METRIC
+    key = task.key_metric
     results = {
         "task": fed.task,
         "key_metric": key,

@@ -1,6 +1,6 @@
 """A tiny task (logistic regression on tabular data) to exercise federation in seconds.
 
-It implements the same task protocol as the imaging tasks (``fedimg.fl.tasks``) so that
+It implements the same task protocol as the imaging tasks (``fedimg.tasks``) so that
 the NVFlare plumbing (client script, aggregator, resume, POC reliability tests,
 benchmarks) can be run and tested without 3-D training. Each site folder holds
 ``toy.npz`` with ``x`` (N, F) float32 and ``y`` (N,) {0, 1}; :func:`make_sites` writes
@@ -28,7 +28,9 @@ import numpy as np
 
 from fedimg.errors import ConfigError, InputError
 
-__all__ = ["KEY_METRIC", "ToyConfig", "ToyData", "config_from_dict", "build_model", "load_site",
+from fedimg.tasks import FunctionTask
+
+__all__ = ["TASK", "KEY_METRIC", "ToyConfig", "ToyData", "config_from_dict", "build_model", "load_site",
            "train_one_round", "evaluate", "make_sites"]
 
 KEY_METRIC = "accuracy"
@@ -91,7 +93,7 @@ def load_site(data_dir: str | Path, config: ToyConfig, device: Any = "cpu") -> T
 
     path = Path(data_dir) / "toy.npz"
     if not path.is_file():
-        raise InputError(path, "is missing; create toy sites with fedimg.fl.toytask.make_sites")
+        raise InputError(path, "is missing; create toy sites with fedimg.tasks.toy.make_sites")
     with np.load(path) as z:
         x, y = np.asarray(z["x"], np.float32), np.asarray(z["y"], np.float32)
     if x.ndim != 2 or x.shape[1] != config.features or y.shape != (x.shape[0],):
@@ -153,3 +155,8 @@ def make_sites(root: str | Path, *, n_sites: int = 3, n: int = 128, features: in
         np.savez(d / "toy.npz", x=x, y=y)
         out.append(d)
     return out
+
+
+#: The registered task (:func:`fedimg.tasks.get_task` returns it).
+TASK = FunctionTask(name="toy", key_metric=KEY_METRIC, config_from_dict=config_from_dict, build_model=build_model,
+                    load_site=load_site, train_one_round=train_one_round, evaluate=evaluate)

@@ -75,7 +75,7 @@ class PocSystem:
 
     def prepare(self) -> None:
         """Provision the POC project (certificates for every participant) and allow fedimg components."""
-        from fedimg.fl.simulate import allow_fedimg_components
+        from fedimg.fl.nvflare.simulate import allow_fedimg_components
 
         self._nvflare("poc", "prepare", "-c", *self.sites, "--force")
         for name in ("server", *self.sites):
@@ -224,9 +224,9 @@ def _processes() -> list[tuple[int, str]]:
 def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool = False, keep_running: bool = False,
             timeout: float = 3600.0) -> dict[str, Any]:
     """``fedimg poc``: prepare and start a POC system for every site, run the job to the end, stop."""
-    from fedimg.fl import state as run_state
-    from fedimg.fl.job import build_recipe, discover_sites
-    from fedimg.fl.simulate import _start_point
+    from fedimg.fl.server import state as run_state
+    from fedimg.fl.nvflare.job import build_recipe, discover_sites
+    from fedimg.fl.nvflare.simulate import _start_point
     from fedimg.io import write_json
 
     out = Path(out)

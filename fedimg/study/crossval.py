@@ -32,7 +32,7 @@ def evaluate_models(models: dict[str, dict[str, Any]], sites: dict[str, Path], t
     import torch
 
     from fedimg.device import resolve_device
-    from fedimg.fl.tasks import get_task
+    from fedimg.tasks import get_task
 
     task = get_task(task_name)
     cfg = task.config_from_dict(train_config)
@@ -51,8 +51,8 @@ def evaluate_models(models: dict[str, dict[str, Any]], sites: dict[str, Path], t
 
 def cross_validate(run_dir: str | Path, sites: dict[str, Path], config: Any) -> dict[str, Any]:
     """Evaluate the global and local models of ``run_dir`` on every site; write table and heatmap."""
-    from fedimg.fl.state import load_params
-    from fedimg.fl.tasks import get_task
+    from fedimg.fl.server.state import load_params
+    from fedimg.tasks import get_task
 
     run_dir = Path(run_dir)
     models = {"global": load_params(run_dir / "global_model.safetensors")[0]}
@@ -60,7 +60,7 @@ def cross_validate(run_dir: str | Path, sites: dict[str, Path], config: Any) -> 
         local = run_dir / "local_models" / f"{site}.safetensors"
         if local.is_file():
             models[f"local {site}"] = load_params(local)[0]
-    key = get_task(config.task).KEY_METRIC
+    key = get_task(config.task).key_metric
     results = evaluate_models(models, sites, config.task, config.train_config())
     out = run_dir / "crossval"
     rows = [[m, *[results[m][s].get(key) for s in sites], float(np.mean([results[m][s].get(key, np.nan) for s in sites]))]

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.nvflare]
 BAD_CLIENT = """
 import sys
 import numpy as np
-from fedimg.fl.client import main
+from fedimg.fl.nvflare.client import main
 
 def hook(params):
     out = {{}}
@@ -41,9 +41,9 @@ def _bad_script(tmp: Path, name: str, action: str) -> str:
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    from fedimg.fl.job import FederationConfig
-    from fedimg.fl.simulate import run_simulation
-    from fedimg.fl.toytask import make_sites
+    from fedimg.fl.nvflare.job import FederationConfig
+    from fedimg.fl.nvflare.simulate import run_simulation
+    from fedimg.tasks.toy import make_sites
 
     tmp = tmp_path_factory.mktemp("sim")
     make_sites(tmp / "data", n_sites=4, n=48, seed=1)
@@ -57,7 +57,7 @@ def toy_run(tmp_path_factory):
 
 
 def test_run_outputs_and_rejections(toy_run):
-    from fedimg.fl.state import load_params, read_metrics
+    from fedimg.fl.server.state import load_params, read_metrics
 
     tmp, cfg, summary = toy_run
     run = tmp / "run"
@@ -79,7 +79,7 @@ def test_run_outputs_and_rejections(toy_run):
     assert all(np.isfinite(v).all() for v in params.values())
     assert np.abs(params["0.weight"]).max() < 100
     # the global model moved: it is the mean of the two good sites' updates, not the initial weights
-    from fedimg.fl.persistor import initial_weights
+    from fedimg.fl.nvflare.persistor import initial_weights
 
     init = initial_weights("toy", cfg.train_config())
     assert not np.allclose(init["0.weight"], params["0.weight"])
@@ -106,9 +106,9 @@ def test_payload_holds_only_weights_counts_and_metrics(toy_run):
 def test_study_reuses_the_federated_run(toy_run):
     import torch
 
-    from fedimg.fl import toytask
-    from fedimg.fl.state import load_params
-    from fedimg.fl.study import pool_sites, run_study
+    from fedimg.tasks import toy as toytask
+    from fedimg.fl.server.state import load_params
+    from fedimg.study.runner import pool_sites, run_study
 
     tmp, cfg, _ = toy_run
     res = run_study(tmp / "data", tmp / "study", cfg, fl_run=tmp / "run", progress=False)
@@ -130,9 +130,9 @@ def test_study_reuses_the_federated_run(toy_run):
 
 def test_resume_continues_from_last_round(toy_run):
     from fedimg.errors import InputError
-    from fedimg.fl.job import FederationConfig
-    from fedimg.fl.simulate import run_simulation
-    from fedimg.fl.state import load_params, read_metrics
+    from fedimg.fl.nvflare.job import FederationConfig
+    from fedimg.fl.nvflare.simulate import run_simulation
+    from fedimg.fl.server.state import load_params, read_metrics
 
     tmp, cfg, _ = toy_run
     run = tmp / "run"
@@ -149,7 +149,7 @@ def test_resume_continues_from_last_round(toy_run):
     # round 3 started from round 2's checkpoint: site-1 evaluated exactly those weights
     import torch
 
-    from fedimg.fl import toytask
+    from fedimg.tasks import toy as toytask
 
     tcfg = toytask.config_from_dict(cfg3.train_config())
     model = toytask.build_model(tcfg)

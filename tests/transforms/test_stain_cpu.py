@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("numba")
 
-from fedimg.pathology.reference import (
+from fedimg.transforms.stain_reference import (
     macenko_fit_numpy,
     macenko_normalize_numpy,
     macenko_stains_numpy,
