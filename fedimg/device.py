@@ -37,7 +37,10 @@ def resolve_device(spec: str = "auto"):
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {spec}: no CUDA GPU is visible to torch; use --device cpu or auto")
-        dev = torch.device(spec)
+        try:
+            dev = torch.device(spec)
+        except RuntimeError:  # "cuda0", "cuda:x": one clear error, not a traceback
+            raise ConfigError(f"--device {spec!r} is not understood; use auto, cpu, cuda or cuda:N") from None
         idx = 0 if dev.index is None else dev.index
         if idx >= torch.cuda.device_count():
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible; pick cuda:0..")
