@@ -365,3 +365,12 @@ def test_checker_allows_the_table():
 def test_core_imports_only_core():
     mods = _fake({"fedimg.io": "from fedimg.data import discover\n"}, FAKE_PACKAGES)
     assert check(mods) == ["fedimg.io:1 -> fedimg.data (core may not import data)"]
+
+
+def test_every_listed_command_exists():
+    """``fedimg/cli/__init__.py`` imports every ``COMMAND_MODULES`` entry unguarded: each must exist."""
+    tree = ast.parse((PACKAGE / "cli" / "__init__.py").read_text())
+    listed = next(ast.literal_eval(n.value) for n in tree.body
+                  if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "COMMAND_MODULES" for t in n.targets))
+    missing = [name for name in listed if not (PACKAGE / "cli" / f"{name}.py").is_file()]
+    assert listed and not missing, f"COMMAND_MODULES lists commands without a module: {missing}"
