@@ -29,6 +29,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from fedimg.deface.template import BRAIN_PROTECT_NAME, FACEMASK_NAME, TEMPLATE_NAME
+from fedimg.imageio.nifti import open_nifti
+from fedimg.io import write_bytes
+
 ASSETS = Path(__file__).resolve().parent.parent / "fedimg" / "assets"
 
 
@@ -56,10 +60,10 @@ def build(template: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", type=Path, default=ASSETS / "brain_protect.nii.gz")
+    parser.add_argument("-o", "--output", type=Path, default=ASSETS / BRAIN_PROTECT_NAME)
     args = parser.parse_args(argv)
-    img = nib.load(str(ASSETS / "mean_reg2mean.nii.gz"))
-    face = np.asarray(nib.load(str(ASSETS / "facemask.nii.gz")).dataobj) < 0.5
+    img = open_nifti(ASSETS / TEMPLATE_NAME)
+    face = np.asarray(open_nifti(ASSETS / FACEMASK_NAME).dataobj) < 0.5
     mask = build(np.asarray(img.dataobj))
     out = nib.Nifti1Image(mask.astype(np.uint8), img.affine, header=img.header.copy())
     out.set_data_dtype(np.uint8)
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = io.BytesIO()
     out.to_file_map({"image": nib.FileHolder(fileobj=raw), "header": nib.FileHolder(fileobj=raw)})
     # mtime=0 keeps the gzip bytes reproducible.
-    args.output.write_bytes(gzip.compress(raw.getvalue(), compresslevel=9, mtime=0))
+    write_bytes(args.output, gzip.compress(raw.getvalue(), compresslevel=9, mtime=0))
     vox_ml = abs(np.linalg.det(img.affine[:3, :3])) / 1000.0
     sys.stdout.write(
         f"wrote {args.output}: {mask.sum() * vox_ml:.0f} mL protected, "

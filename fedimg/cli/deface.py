@@ -52,9 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _defaced_name(path: Path, out_dir: Path) -> Path:
-    from fedimg.imageio.provenance import stem
+    from fedimg.imageio.suffixes import DEFAULT_SUFFIX, stem
 
-    return out_dir / f"{stem(path)}_defaced.nii.gz"
+    return out_dir / f"{stem(path)}_defaced{DEFAULT_SUFFIX}"
 
 
 def run(args: argparse.Namespace) -> int:

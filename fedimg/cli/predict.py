@@ -29,24 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def write_label(path, labels, reference) -> None:
     """Write ``labels`` (uint8) with the reference image's affine, qform and sform, atomically."""
-    import nibabel as nib
-    import numpy as np
+    from fedimg.imageio.write import save_labels_like
 
-    from fedimg.io import atomic_path
-
-    ref = nib.load(str(reference))
-    if tuple(ref.shape[:3]) != tuple(labels.shape):
-        raise ValueError(f"label shape {labels.shape} differs from reference {ref.shape}")
-    img = nib.Nifti1Image(np.asarray(labels, np.uint8), ref.affine)
-    qform, qcode = ref.header.get_qform(coded=True)
-    sform, scode = ref.header.get_sform(coded=True)
-    img.header.set_qform(qform if qform is not None else ref.affine, code=int(qcode) if qform is not None else 0)
-    img.header.set_sform(sform if sform is not None else ref.affine, code=int(scode) if sform is not None else 2)
-    img.header.set_xyzt_units(*ref.header.get_xyzt_units())
-    img.header.set_data_dtype(np.uint8)
-    img.header["descrip"] = b"fedimg predict: BraTS labels"
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
+    save_labels_like(path, labels, reference, descrip=b"fedimg predict: BraTS labels")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,12 +44,13 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.engine.config import TrainConfig
     from fedimg.engine.evaluate import predict_case
     from fedimg.errors import InputError
+    from fedimg.imageio.suffixes import NIFTI_SUFFIXES, has_suffix
     from fedimg.io import ensure_not_input
 
     configure_threads(args.threads or env_threads())
     device = resolve_device(args.device)
     out = Path(args.out)
-    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
+    if not has_suffix(out, NIFTI_SUFFIXES, ignore_case=False):
         raise InputError(out, "must end in .nii.gz or .nii")
     ckpt = resolve_checkpoint(args.model)
     cases = discover(Path(args.case), require_labels=False)

@@ -152,10 +152,11 @@ def _crop_box(head: np.ndarray, margin: int, multiple: int = 8) -> tuple[slice, 
 @functools.lru_cache(maxsize=4)
 def load_anatomy(spacing: float = 2.0, template: str | None = None) -> Anatomy:
     """Resampled, head-cropped template with brain mask and tissue centres (cached)."""
-    import nibabel as nib
     from scipy import ndimage as ndi
 
-    img = nib.load(str(template or TEMPLATE))
+    from fedimg.imageio.nifti import open_nifti
+
+    img = open_nifti(template or TEMPLATE)
     data = np.asarray(img.dataobj, dtype=np.float32)
     x, affine = _resample(data, np.asarray(img.affine, dtype=np.float64), float(spacing))
     box = _crop_box(x > _HEAD_THRESHOLD, margin=max(1, int(round(4.0 / spacing))))

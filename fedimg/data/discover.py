@@ -30,6 +30,7 @@ from fedimg.data.labels import LAYOUTS
 from fedimg.errors import InputError
 from fedimg.io import read_json
 from fedimg.imageio.provenance import is_defaced
+from fedimg.imageio.suffixes import NIFTI_SUFFIXES, is_nifti, split_suffix
 
 __all__ = ["MODALITIES", "MSD_CHANNELS", "Case", "discover", "case_files"]
 
@@ -44,7 +45,6 @@ _SUFFIXES: dict[str, dict[str, str]] = {
     "brats2021": {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"},
     "brats2023": {"t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "flair": "-t2f", "seg": "-seg"},
 }
-_EXTS = (".nii.gz", ".nii")
 _LAYOUT_HELP = (
     "expected BraTS case folders (<case>/<case>_t1.nii.gz, _t1ce, _t2, _flair, _seg for 2021; "
     "<case>-t1n, -t1c, -t2w, -t2f, -seg for 2023) or an MSD Task01 folder with dataset.json"
@@ -91,15 +91,11 @@ def _nifti_files(folder: Path) -> list[Path]:
         entries = sorted(folder.iterdir())
     except OSError as exc:
         raise InputError(folder, f"cannot be read ({exc.strerror or exc}); check the path and permissions") from None
-    return [p for p in entries if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_EXTS)]
+    return [p for p in entries if p.is_file() and not p.name.startswith(".") and is_nifti(p)]
 
 
 def _strip_ext(name: str) -> str:
-    low = name.lower()
-    for ext in _EXTS:
-        if low.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    return split_suffix(name, NIFTI_SUFFIXES)[0]
 
 
 def case_files(folder: str | os.PathLike[str]) -> tuple[str, dict[str, Path]] | None:
@@ -131,7 +127,7 @@ def _brats_case(folder: Path, layout: str, found: dict[str, Path], require_label
     any_file = next(iter(found.values()))
     key0 = next(k for k, v in found.items() if v == any_file)
     prefix = _strip_ext(any_file.name)[: -len(suffixes[key0])]
-    ext = ".nii.gz" if any_file.name.lower().endswith(".nii.gz") else ".nii"
+    ext = split_suffix(any_file.name, NIFTI_SUFFIXES)[1]
     for key in (*MODALITIES, "seg"):
         if key in found or (key == "seg" and not require_labels):
             continue

@@ -2,8 +2,9 @@
 
 Every check names the offending file and says what to do: unreadable, corrupt or
 truncated NIfTI, images that are not 3-D (or, for MSD, not 4-D with 4 channels),
-modalities or labels with different shapes or affines, NaN/Inf voxels, and label values
-outside the layout's set. Files are only read, never written.
+modalities or labels with different shapes or affines, NaN/Inf voxels (those file checks
+are :mod:`fedimg.imageio.nifti`), and label values outside the layout's set. Files are only
+read, never written.
 
 >>> arrays = load_case(discover("data/site-1")[0])          # doctest: +SKIP
 >>> arrays.image.shape, arrays.image.dtype, arrays.regions.shape   # doctest: +SKIP
@@ -13,7 +14,6 @@ outside the layout's set. Files are only read, never written.
 from __future__ import annotations
 
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import numpy as np
 from fedimg.data.discover import MODALITIES, MSD_CHANNELS, Case
 from fedimg.data.labels import LABEL_VALUES, labels_to_regions
 from fedimg.errors import InputError
+from fedimg.imageio.nifti import check_finite, check_same_grid, open_nifti, read_volume, read_voxels, spatial_shape
 
 __all__ = ["CaseArrays", "load_case", "load_nifti_header", "MSD_TO_FEDIMG"]
 
@@ -33,8 +34,9 @@ MSD_TO_FEDIMG: tuple[int, ...] = tuple(
 )
 assert len(MSD_TO_FEDIMG) == len(MODALITIES)
 
-# Affines of co-registered modalities agree to rounding; BraTS headers differ by ~1e-6.
-_AFFINE_ATOL = 1e-3
+#: Kept for callers of the old name: the checked NIfTI header reader is
+#: :func:`fedimg.imageio.nifti.open_nifti`.
+load_nifti_header = open_nifti
 
 
 @dataclass(frozen=True)
@@ -53,95 +55,15 @@ class CaseArrays:
     reference: Path
 
 
-def load_nifti_header(path: str | Path):
-    """``nibabel`` image proxy of ``path`` (header only), with a clear error if unreadable."""
-    import nibabel as nib
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "does not exist; check the path")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types for bad headers / bad gzip
-        raise InputError(
-            path, f"is not a readable NIfTI file: corrupt, truncated or another format ({_why(exc, path)}); "
-            "re-copy, re-export or replace it",
-        ) from None
-    if not hasattr(img, "dataobj") or not hasattr(img, "affine"):
-        raise InputError(path, "is not a NIfTI image; convert it to .nii.gz")
-    return img
-
-
-def _why(exc: BaseException, path: Path | None = None) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if path is not None:
-        text = text.replace(f'"{path}"', "it").replace(str(path), "it").replace("File it", "it")
-    return text[:160]
-
-
-def _read(img, path: Path, dtype) -> np.ndarray:
-    try:
-        if dtype is None:
-            return np.asarray(img.dataobj)
-        return np.asarray(img.get_fdata(dtype=dtype, caching="unchanged"))
-    except (EOFError, zlib.error, OSError, ValueError) as exc:
-        raise InputError(
-            path, f"is corrupt or truncated (reading its voxels failed: {_why(exc, path)}); re-copy or re-export the file"
-        ) from None
-    except MemoryError:
-        raise InputError(path, "is too large to load into memory") from None
-
-
-def _spatial_shape(img, path: Path, channels: int | None) -> tuple[int, int, int]:
-    """Check dimensionality: 3-D (trailing size-1 axes allowed), or 4-D with ``channels``."""
-    shape = tuple(int(s) for s in img.shape)
-    core = list(shape)
-    keep = 3 if channels is None else 4
-    while len(core) > keep and core[-1] == 1:
-        core.pop()
-    if channels is None:
-        ok = len(core) == 3
-        want = "a 3-D volume"
-    else:
-        ok = len(core) == 4 and core[3] == channels
-        want = f"a 4-D volume with {channels} channels (FLAIR, T1w, t1gd, T2w)"
-    if ok and min(shape[:3]) < 2:
-        raise InputError(path, f"has shape {shape}, a single slice (effectively 2-D); expected {want}")
-    if not ok:
-        raise InputError(path, f"is {len(shape)}-D with shape {shape}; expected {want}")
-    return shape[0], shape[1], shape[2]
-
-
-def _check_grid(ref_shape, ref_affine, ref_path: Path, img, path: Path, shape) -> None:
-    if shape != ref_shape:
-        raise InputError(
-            path, f"has shape {shape} but {ref_path.name} has {ref_shape}; all files of a case must share one grid"
-        )
-    if not np.allclose(img.affine, ref_affine, atol=_AFFINE_ATOL, rtol=0):
-        diff = float(np.abs(np.asarray(img.affine) - ref_affine).max())
-        raise InputError(
-            path,
-            f"has a different affine from {ref_path.name} (max difference {diff:.3g}); "
-            "co-register the modalities to one grid",
-        )
-
-
-def _finite(arr: np.ndarray, path: Path, what: str = "image") -> None:
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        n = int(bad.sum())
-        raise InputError(path, f"has {n} NaN/Inf voxel(s) in the {what}; fix or replace the file")
-
-
 def _load_label(case: Case, ref_shape, ref_affine, ref_path: Path) -> np.ndarray:
     assert case.label is not None
     path = case.label
-    img = load_nifti_header(path)
-    shape = _spatial_shape(img, path, None)
-    _check_grid(ref_shape, ref_affine, ref_path, img, path, shape)
-    raw = _read(img, path, None).reshape(shape)
+    img = open_nifti(path)
+    shape = spatial_shape(img, path)
+    check_same_grid(ref_shape, ref_affine, ref_path, img, path, shape)
+    raw = read_voxels(img, path).reshape(shape)
     if raw.dtype.kind == "f":
-        _finite(raw, path, "label map")
+        check_finite(raw, path, "label map")
         rounded = np.rint(raw)
         if not np.array_equal(rounded, raw):
             raise InputError(path, "has non-integer label values; a label map holds whole numbers only")
@@ -166,28 +88,24 @@ def load_case(case: Case) -> CaseArrays:
     before any large read. Raises :class:`InputError` naming the file on any problem.
     """
     if case.layout == "msd":
-        path = case.images[0]
-        img = load_nifti_header(path)
-        shape = _spatial_shape(img, path, len(MSD_CHANNELS))
-        affine = np.asarray(img.affine, dtype=np.float64)
-        ref_path = path
-        data = _read(img, path, np.float32).reshape(shape + (len(MSD_CHANNELS),))
-        _finite(data, path)
+        ref_path = case.images[0]
+        data, affine = read_volume(ref_path, dtype=np.float32, channels=MSD_CHANNELS)
+        shape = data.shape[:3]
         image = np.ascontiguousarray(np.moveaxis(data[..., list(MSD_TO_FEDIMG)], -1, 0), dtype=np.float32)
     else:
-        headers = [load_nifti_header(p) for p in case.images]
+        headers = [open_nifti(p) for p in case.images]
         ref_path = case.images[0]
-        shape = _spatial_shape(headers[0], ref_path, None)
+        shape = spatial_shape(headers[0], ref_path)
         affine = np.asarray(headers[0].affine, dtype=np.float64)
         for img, path in zip(headers[1:], case.images[1:]):
-            _check_grid(shape, affine, ref_path, img, path, _spatial_shape(img, path, None))
+            check_same_grid(shape, affine, ref_path, img, path, spatial_shape(img, path))
         if case.label is not None:  # check the label's grid before reading large arrays
-            lab_hdr = load_nifti_header(case.label)
-            _check_grid(shape, affine, ref_path, lab_hdr, case.label, _spatial_shape(lab_hdr, case.label, None))
+            lab_hdr = open_nifti(case.label)
+            check_same_grid(shape, affine, ref_path, lab_hdr, case.label, spatial_shape(lab_hdr, case.label))
         image = np.empty((len(MODALITIES), *shape), dtype=np.float32)
         for i, (img, path) in enumerate(zip(headers, case.images)):
-            arr = _read(img, path, np.float32).reshape(shape)
-            _finite(arr, path)
+            arr = read_voxels(img, path, np.float32).reshape(shape)
+            check_finite(arr, path)
             image[i] = arr
     label = regions = None
     if case.label is not None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,9 @@ from fedimg.data.anatomy import CONTRASTS, TISSUE_CONTRAST, Anatomy, load_anatom
 from fedimg.data.deform import random_coordinates, smooth_random_field, upsample, warp
 from fedimg.data.tumour import fractions, mass_effect, sample_tumour, to_labels
 from fedimg.errors import ConfigError, InputError
+from fedimg.imageio.provenance import SYNTHETIC_DESCRIP
+from fedimg.imageio.suffixes import DEFAULT_SUFFIX
+from fedimg.imageio.write import write_nifti_gz
 from fedimg.io import write_bytes, write_json
 
 __all__ = ["SiteProfile", "site_profile", "synth_case", "synthesize", "MANIFEST", "DESCRIP"]
@@ -44,7 +46,7 @@ __all__ = ["SiteProfile", "site_profile", "synth_case", "synthesize", "MANIFEST"
 log = logging.getLogger(__name__)
 
 MANIFEST = "synth.json"
-DESCRIP = b"fedimg synth: synthetic, not patient data"
+DESCRIP = SYNTHETIC_DESCRIP
 _INT16_MAX = 32767
 
 
@@ -156,21 +158,6 @@ def synth_case(anat: Anatomy, site: SiteProfile, rng: np.random.Generator) -> di
     return {"images": out, "label": label, "brain": brain, "info": info}
 
 
-def _nifti_gz(array: np.ndarray, affine: np.ndarray) -> bytes:
-    """Reproducible .nii.gz bytes (gzip header without file name or time stamp)."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    img.header["descrip"] = DESCRIP
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    # gzip container (wbits=31) written by zlib: time stamp 0, no file name. Z_RLE is twice
-    # as fast as the default strategy on noisy images for ~2 % more bytes.
-    packer = zlib.compressobj(1, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
-    return packer.compress(img.to_bytes()) + packer.flush()
-
-
 def _write_case(anat: Anatomy, site: SiteProfile, seed: int, site_index: int, case_index: int, folder: Path) -> dict:
     rng = np.random.default_rng([seed, site_index, 2, case_index])
     case = synth_case(anat, site, rng)
@@ -178,8 +165,8 @@ def _write_case(anat: Anatomy, site: SiteProfile, seed: int, site_index: int, ca
     case_dir = folder / case_id
     case_dir.mkdir(parents=True, exist_ok=True)
     for k, name in enumerate(CONTRASTS):
-        write_bytes(case_dir / f"{case_id}_{name}.nii.gz", _nifti_gz(case["images"][k], anat.affine))
-    write_bytes(case_dir / f"{case_id}_seg.nii.gz", _nifti_gz(case["label"], anat.affine))
+        write_nifti_gz(case_dir / f"{case_id}_{name}{DEFAULT_SUFFIX}", case["images"][k], anat.affine, descrip=DESCRIP)
+    write_nifti_gz(case_dir / f"{case_id}_seg{DEFAULT_SUFFIX}", case["label"], anat.affine, descrip=DESCRIP)
     return {"case_id": case_id, **case["info"]}
 
 

@@ -17,10 +17,10 @@ A file that fails (bad input or QC) does not stop the batch; it is listed in the
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from fedimg.errors import FedimgError, InputError
+from fedimg.imageio.suffixes import NIFTI_SUFFIXES, is_nifti
 from fedimg.io import write_bytes, write_json
 
 from .pipeline import DefaceJob, deface_job
@@ -30,7 +30,6 @@ __all__ = ["LAYOUTS", "detect_layout", "plan_bids", "plan_brats", "plan", "run_b
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "bids", "brats")
-NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 BRATS_NAMES = {
     "brats2021": {"ref": "_t1", "others": ("_t1ce", "_t2", "_flair"), "seg": "_seg"},
     "brats2023": {"ref": "-t1n", "others": ("-t1c", "-t2w", "-t2f"), "seg": "-seg"},
@@ -38,7 +37,7 @@ BRATS_NAMES = {
 
 
 def _find(folder: Path, name: str) -> Path | None:
-    for ext in (".nii.gz", ".nii"):
+    for ext in NIFTI_SUFFIXES:
         p = folder / f"{name}{ext}"
         if p.is_file():
             return p
@@ -66,7 +65,7 @@ def detect_layout(root: Path) -> str:
 
 def plan_bids(root: Path, out_root: Path) -> tuple[list[DefaceJob], list[tuple[Path, Path]]]:
     """Jobs for every anatomical image of a BIDS tree, and metadata files to copy."""
-    images = sorted(p for p in root.glob("sub-*/**/anat/*") if p.is_file() and NIFTI.search(p.name))
+    images = sorted(p for p in root.glob("sub-*/**/anat/*") if p.is_file() and is_nifti(p))
     jobs = [DefaceJob(reference=p, output=out_root / p.relative_to(root)) for p in images]
     return jobs, _metadata(root, out_root)
 

@@ -2,7 +2,7 @@
 
 For each output the defacer writes the image (input shape, affine, dtype, scaling and
 orientation; NIfTI ``descrip`` from :func:`fedimg.imageio.provenance.defaced_descrip`), the
-provenance sidecar :func:`fedimg.imageio.provenance.sidecar_path` and, per reference, a QC JSON
+provenance sidecar (:func:`fedimg.imageio.provenance.write_deface_record`) and, per reference, a QC JSON
 and QC PNG next to the reference output. A failed QC writes only the QC files (for review)
 and raises :class:`fedimg.errors.QCError`; inputs are never modified.
 
@@ -22,13 +22,13 @@ import numpy as np
 
 from fedimg import __version__
 from fedimg.errors import InputError, QCError
-from fedimg.io import ensure_not_input, sha256_file, write_bytes, write_json
-from fedimg.imageio.provenance import defaced_descrip, sidecar_path, stem
+from fedimg.imageio.provenance import defaced_descrip, sidecar_path, stem, write_deface_record
+from fedimg.imageio.volume import Volume, load_volume, save_like, to_canonical
+from fedimg.io import ensure_not_input, write_bytes, write_json
 
 from .core import DefaceConfig, face_removal
 from .masks import apply_removal
 from .qc import evaluate_qc, render_qc_png
-from fedimg.imageio.volume import Volume, load_volume, save_like, to_canonical
 
 __all__ = ["DefaceJob", "deface_job", "qc_paths"]
 
@@ -136,11 +136,8 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
                                       "protected_changed_ml", "brain_in_head")}
     for (vol, target), raw in zip(outputs, new_raw):
         save_like(vol, raw, target, descrip=descrip)
-        write_json(sidecar_path(target), {
-            "defaced": True, "tool": "fedimg", "version": __version__, "method": "mi-affine-template-facemask",
-            "mode": config.mode, "source": vol.path.name, "source_sha256": sha256_file(vol.path),
-            "reference": job.reference.name, "qc": summary, "qc_report": qc_json.name,
-        })
+        write_deface_record(target, source=vol.path, reference=job.reference.name, version=__version__,
+                            mode=config.mode, qc=summary, qc_report=qc_json.name)
     for src, dst in job.copy:
         write_bytes(dst, src.read_bytes())
     record["seconds"] = time.perf_counter() - t0

@@ -49,11 +49,11 @@ def asset_path(name: str) -> Path:
 @functools.lru_cache(maxsize=2)
 def load_template(brain_protect: str | None = None) -> Template:
     """Load the template trio (cached). ``brain_protect`` overrides the shipped mask path."""
-    import nibabel as nib
+    from fedimg.imageio.nifti import open_nifti
 
-    img = nib.load(str(asset_path(TEMPLATE_NAME)))
-    face_img = nib.load(str(asset_path(FACEMASK_NAME)))
-    brain_img = nib.load(brain_protect or str(asset_path(BRAIN_PROTECT_NAME)))
+    img = open_nifti(asset_path(TEMPLATE_NAME))
+    face_img = open_nifti(asset_path(FACEMASK_NAME))
+    brain_img = open_nifti(brain_protect or asset_path(BRAIN_PROTECT_NAME))
     for other in (face_img, brain_img):
         if other.shape != img.shape or not np.allclose(other.affine, img.affine, atol=1e-4):
             raise FedimgError(f"{other.get_filename()}: not on the template grid; rebuild it with scripts/build_brain_protect.py")

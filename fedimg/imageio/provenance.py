@@ -7,8 +7,10 @@ A defaced NIfTI carries two records, both written by ``fedimg deface``:
   ``sub-01_T1w.deface.json``), with at least ``{"defaced": true, "tool": "fedimg", ...}``
   and the QC summary.
 
-Either record is accepted by the training gate (``is_defaced``). Synthetic data from
-``fedimg synth`` still have faces (they are built from a real head template), so they are
+The defacer writes them with :func:`defaced_descrip` (through
+:func:`fedimg.imageio.volume.save_like`) and :func:`write_deface_record`; either record is
+accepted by the training gate (``is_defaced``). Synthetic data from
+``fedimg synth`` are marked with :data:`SYNTHETIC_DESCRIP` but still have faces (they are built from a real head template), so they are
 *not* exempt: deface them, or pass ``--allow-identifiable``.
 
 >>> sidecar_path("data/sub-01_T1w.nii.gz").name
@@ -22,18 +24,28 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFACED_TAG", "sidecar_path", "stem", "is_defaced", "read_deface_record", "defaced_descrip"]
+from fedimg.io import sha256_file, write_json
+
+from .suffixes import is_nifti, stem
+
+__all__ = [
+    "DEFACED_TAG",
+    "DEFACE_METHOD",
+    "sidecar_path",
+    "stem",
+    "is_defaced",
+    "read_deface_record",
+    "write_deface_record",
+    "read_descrip",
+    "defaced_descrip",
+    "SYNTHETIC_DESCRIP",
+]
 
 DEFACED_TAG = "fedimg-defaced"
-
-
-def stem(path: str | PathLike[str]) -> str:
-    """File name without ``.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.mha`` etc."""
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
+#: The ``method`` of the sidecar record written by ``fedimg deface``.
+DEFACE_METHOD = "mi-affine-template-facemask"
+#: NIfTI ``descrip`` of the images written by ``fedimg synth`` (they still have faces).
+SYNTHETIC_DESCRIP = b"fedimg synth: synthetic, not patient data"
 
 
 def sidecar_path(path: str | PathLike[str]) -> Path:
@@ -59,18 +71,37 @@ def read_deface_record(path: str | PathLike[str]) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) and rec.get("defaced") is True else None
 
 
+def write_deface_record(
+    image: str | PathLike[str], *, source: str | PathLike[str], reference: str, version: str, mode: str,
+    qc: dict[str, Any], qc_report: str, method: str = DEFACE_METHOD,
+) -> Path:
+    """Atomically write the sidecar record of the defaced ``image`` made from ``source``; returns its path."""
+    source = Path(source)
+    side = sidecar_path(image)
+    write_json(side, {
+        "defaced": True, "tool": "fedimg", "version": version, "method": method,
+        "mode": mode, "source": source.name, "source_sha256": sha256_file(source),
+        "reference": reference, "qc": qc, "qc_report": qc_report,
+    })
+    return side
+
+
+def read_descrip(path: str | PathLike[str]) -> str | None:
+    """The NIfTI header ``descrip`` text of ``path`` (up to the first NUL); None if not a readable NIfTI."""
+    if not is_nifti(path):
+        return None
+    from .nifti import open_nifti
+
+    try:
+        hdr = open_nifti(path).header
+        return bytes(hdr["descrip"].tobytes()).split(b"\0", 1)[0].decode(errors="ignore")
+    except Exception:
+        return None
+
+
 def is_defaced(path: str | PathLike[str]) -> bool:
     """True when the image has a defacing record (sidecar or NIfTI header tag)."""
     if read_deface_record(path) is not None:
         return True
-    name = str(path).lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        return False
-    try:
-        import nibabel as nib
-
-        hdr = nib.load(str(path)).header
-        descrip = bytes(hdr["descrip"].tobytes()).split(b"\0", 1)[0].decode(errors="ignore")
-    except Exception:
-        return False
-    return descrip.startswith(DEFACED_TAG)
+    descrip = read_descrip(path)
+    return descrip is not None and descrip.startswith(DEFACED_TAG)

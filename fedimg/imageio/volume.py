@@ -27,11 +27,13 @@ import numpy as np
 from fedimg.errors import InputError
 from fedimg.io import atomic_path
 
-__all__ = ["Volume", "load_volume", "to_canonical", "from_canonical", "save_like", "NIFTI_SUFFIXES"]
+from .suffixes import NIFTI_SUFFIXES, is_nifti, is_nrrd
+
+__all__ = ["Volume", "load_volume", "to_canonical", "from_canonical", "save_like", "NIFTI_SUFFIXES",
+           "MIN_VOXELS_PER_AXIS"]
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MIN_VOXELS_PER_AXIS = 8
 
 
@@ -63,21 +65,16 @@ class Volume:
         return data
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
 def load_volume(path: str | PathLike[str], *, what: str = "image", require_signal: bool = True) -> Volume:
     """Read and validate a 3-D NIfTI or NRRD file; any problem is an :class:`InputError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, f"{what} does not exist; check the path")
-    name = path.name.lower()
     nrrd_header = None
     nifti = None
     slope, inter = 1.0, 0.0
     try:
-        if _is_nifti(path):
+        if is_nifti(path):
             import nibabel as nib
 
             nifti = nib.load(str(path))
@@ -86,7 +83,7 @@ def load_volume(path: str | PathLike[str], *, what: str = "image", require_signa
             s, i = nifti.dataobj.slope, nifti.dataobj.inter
             slope = 1.0 if s is None or not np.isfinite(s) or s == 0 else float(s)
             inter = 0.0 if i is None or not np.isfinite(i) else float(i)
-        elif name.endswith(".nrrd"):
+        elif is_nrrd(path):
             from .nrrd import read_nrrd
 
             raw, affine, _ = read_nrrd(path)
@@ -152,12 +149,12 @@ def save_like(volume: Volume, raw: np.ndarray, target: str | PathLike[str], *, d
     if raw.shape != volume.raw.shape:
         raise ValueError(f"output shape {raw.shape} != input shape {volume.raw.shape}")
     raw = raw.astype(volume.raw.dtype, copy=False)
-    if target.name.lower().endswith(".nrrd"):
+    if is_nrrd(target):
         if volume.nrrd_header is None:
             raise InputError(target, "NRRD output needs an NRRD input; write .nii.gz instead")
         _write_nrrd(volume, raw, target, descrip)
         return target
-    if not _is_nifti(target):
+    if not is_nifti(target):
         raise InputError(target, "output must end in .nii.gz, .nii or (for NRRD inputs) .nrrd")
     import nibabel as nib
 
