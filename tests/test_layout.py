@@ -374,3 +374,20 @@ def test_every_listed_command_exists():
                   if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "COMMAND_MODULES" for t in n.targets))
     missing = [name for name in listed if not (PACKAGE / "cli" / f"{name}.py").is_file()]
     assert listed and not missing, f"COMMAND_MODULES lists commands without a module: {missing}"
+
+
+#: Folders under tests/ that hold data, not tests of a package folder.
+TEST_DATA_DIRS = frozenset({"assets"})
+
+
+def test_tests_mirror_the_package():
+    """Every test folder ``tests/a/b`` is the package folder ``fedimg/a/b`` (kernels, transforms included)."""
+    tests = ROOT / "tests"
+    stray = []
+    for folder, dirs, _files in os.walk(tests):
+        dirs[:] = [d for d in dirs if d != "__pycache__" and not d.startswith(".")
+                   and not (Path(folder) == tests and d in TEST_DATA_DIRS)]
+        rel = Path(folder).relative_to(tests)
+        if rel.parts and not (PACKAGE / rel / "__init__.py").is_file():
+            stray.append(f"tests/{rel.as_posix()}")
+    assert not stray, "test folders without a matching fedimg/ package folder:\n" + "\n".join(stray)
