@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fedimg.fl.nvflare.job import FederationConfig
-from fedimg.fl.server.strategies import STRATEGIES, StrategyConfig
+from fedimg.fl.server.federation import FederationConfig
+from fedimg.fl.server.strategy_config import STRATEGIES, StrategyConfig
 
 __all__ = ["add_federation_arguments", "federation_config_from_args", "train_overrides"]
 

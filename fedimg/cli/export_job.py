@@ -35,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from fedimg.cli._federation import federation_config_from_args
     from fedimg.errors import ConfigError
     from fedimg.fl.nvflare.job import build_recipe, export_job
-    from fedimg.cli._federation import federation_config_from_args
 
     config = federation_config_from_args(args)
     paths: dict[str, Path | None] = {s: None for s in args.sites}

@@ -32,10 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedimg.cli import env_threads
-    from fedimg.study.crossval import cross_validate
-    from fedimg.fl.nvflare.job import discover_sites
     from fedimg.cli._federation import federation_config_from_args
     from fedimg.fl.nvflare.simulate import run_simulation
+    from fedimg.fl.server.federation import discover_sites
+    from fedimg.study.crossval import cross_validate
 
     config = federation_config_from_args(args, threads=args.threads or env_threads())
     sites = discover_sites(args.data)

@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedimg.cli import env_threads
-    from fedimg.device import configure_threads
     from fedimg.cli._federation import federation_config_from_args
+    from fedimg.device import configure_threads
     from fedimg.study.runner import run_study
 
     threads = args.threads or env_threads()

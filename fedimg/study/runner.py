@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fedimg.errors import ConfigError
-from fedimg.fl.nvflare.job import FederationConfig, discover_sites
+from fedimg.fl.server.federation import FederationConfig, discover_sites
 from fedimg.io import read_json, write_json
 
 __all__ = ["run_study", "pool_sites"]
@@ -63,10 +63,10 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, *, f
     import torch
 
     from fedimg.device import resolve_device, seed_everything
-    from fedimg.study.crossval import evaluate_models
-    from fedimg.study.report import write_report
     from fedimg.fl.nvflare.simulate import run_simulation
     from fedimg.fl.server.state import load_params, read_metrics
+    from fedimg.study.crossval import evaluate_models
+    from fedimg.study.report import write_report
     from fedimg.tasks import get_task
 
     out = Path(out)

@@ -3,18 +3,21 @@
 :class:`FedimgAggregator` is a ``ModelAggregator``: NVFlare's FedAvg controller calls
 ``accept_model`` once per arriving site result; each update (a difference
 ``local - global``) is screened (names, shapes, dtypes: :mod:`fedimg.fl.server.validation`), then
-its tensors go, without a packed copy, into a :class:`fedimg.fl.server.strategies.RoundAggregator`
-(the streaming ``WeightedAccumulator`` from :mod:`fedimg.kernels`, on the GPU when the
-server has one): one pass over the update folds it into a scratch sum and measures its
-norm; the validator judges the norm (NaN/Inf, outliers) and only an accepted update's
+its tensors go, without a packed copy, into the run's :class:`fedimg.fl.server.strategies.Strategy`
+(for the averaging strategies the streaming ``WeightedAccumulator`` from :mod:`fedimg.kernels`,
+on the GPU when the server has one): one pass over the update folds it into a scratch sum
+and measures its norm; the validator judges the norm (NaN/Inf, outliers) and only an accepted update's
 scratch becomes the sum, so a rejected one never touches the aggregate.
 ``aggregate_model`` finalises the strategy's step, checkpoints the new global model
 (:mod:`fedimg.fl.server.state`) and appends the round to ``metrics.json``.
 
 Constructor arguments are plain values so that NVFlare can write them into the job's
-``config_fed_server.json``.
+``config_fed_server.json``: the strategy and the update checks are one JSON string each
+(:meth:`fedimg.fl.server.strategies.StrategyConfig.to_json`,
+:meth:`fedimg.fl.server.validation.ValidationConfig.to_json`).
 
->>> agg = FedimgAggregator(strategy="fedadam", server_lr=0.1, run_dir="/tmp/run")  # doctest: +SKIP
+>>> agg = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_json(),
+...                        run_dir="/tmp/run")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,62 +36,48 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
 from fedimg.fl.server import state as run_state
-from fedimg.fl.server.strategies import RoundAggregator, StrategyConfig
+from fedimg.fl.server.strategies import Strategy, StrategyConfig, make_strategy
 from fedimg.fl.server.validation import UpdateValidator, ValidationConfig, Verdict
 
-__all__ = ["FedimgAggregator", "SAMPLES_KEY", "ALLOWED_META_KEYS"]
+__all__ = ["FedimgAggregator", "SAMPLES_KEY"]
 
 log = logging.getLogger(__name__)
 
 SAMPLES_KEY = "NUM_STEPS_CURRENT_ROUND"
-#: Meta keys a fedimg site sends (the rest are NVFlare's own bookkeeping: names, round, ids).
-ALLOWED_META_KEYS = frozenset({SAMPLES_KEY, "num_samples"})
 
 
 class FedimgAggregator(ModelAggregator):
     """Validating, streaming aggregator with fedimg's strategies.
 
-    ``run_dir``: where checkpoints and ``metrics.json`` go (empty: ``<server run
-    dir>/fedimg``). ``device``: ``"auto"`` (GPU if the server has one), ``"cpu"`` or
-    ``"cuda[:n]"``. ``audit_payloads``: also record in ``payloads.jsonl`` the names and
-    types of everything each site sent (used by the payload test).
+    ``strategy``: a :class:`StrategyConfig` or its JSON (default FedAvg); ``validation``: a
+    :class:`ValidationConfig` or its JSON (default thresholds). ``run_dir``: where
+    checkpoints and ``metrics.json`` go (empty: ``<server run dir>/fedimg``). ``device``:
+    ``"auto"`` (GPU if the server has one), ``"cpu"`` or ``"cuda[:n]"``. ``audit_payloads``:
+    also record in ``payloads.jsonl`` the names and types of everything each site sent
+    (used by the payload test).
     """
 
     def __init__(
         self,
-        strategy: str = "fedavg",
-        server_lr: float = 1.0,
-        beta1: float = 0.9,
-        beta2: float = 0.99,
-        tau: float = 1e-3,
-        trim_ratio: float = 0.1,
-        max_rel_norm: float = 10.0,
-        max_norm_ratio: float = 20.0,
-        min_sites: int = 1,
+        strategy: str | StrategyConfig = "",
+        validation: str | ValidationConfig = "",
         run_dir: str = "",
         device: str = "auto",
         key_metric: str = "dice_mean",
         audit_payloads: bool = True,
     ) -> None:
         super().__init__()
-        self.strategy = strategy
-        self.server_lr = server_lr
-        self.beta1 = beta1
-        self.beta2 = beta2
-        self.tau = tau
-        self.trim_ratio = trim_ratio
-        self.max_rel_norm = max_rel_norm
-        self.max_norm_ratio = max_norm_ratio
-        self.min_sites = min_sites
+        self._strategy = _parsed(strategy, StrategyConfig)
+        self._validation = _parsed(validation, ValidationConfig)
+        # NVFlare writes the job's component arguments from these attributes: keep them JSON.
+        self.strategy = self._strategy.to_json()
+        self.validation = self._validation.to_json()
         self.run_dir = run_dir
         self.device = device
         self.key_metric = key_metric
         self.audit_payloads = audit_payloads
-        self._strategy = StrategyConfig(name=strategy, server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau, trim_ratio=trim_ratio)
-        self._validator = UpdateValidator(
-            ValidationConfig(max_rel_norm=max_rel_norm, max_norm_ratio=max_norm_ratio, min_sites=min_sites)
-        )
-        self._agg: RoundAggregator | None = None
+        self._validator = UpdateValidator(self._validation)
+        self._agg: Strategy | None = None
         self._global: dict[str, np.ndarray] | None = None
         self._run_path: Path | None = None
         self._restored_state: dict[str, np.ndarray] = {}
@@ -158,7 +147,7 @@ class FedimgAggregator(ModelAggregator):
         skipped = not self._validator.enough(n_ok) or self._agg is None or layout is None
         if skipped:
             self.error(
-                f"round {rnd}: only {n_ok} valid update(s), fewer than min_sites={self.min_sites}; "
+                f"round {rnd}: only {n_ok} valid update(s), fewer than min_sites={self._validation.min_sites}; "
                 "the global model is left unchanged this round"
             )
             ref = self._global or {}
@@ -173,7 +162,7 @@ class FedimgAggregator(ModelAggregator):
         val = _weighted_val(self._sites)
         entry = {
             "round": rnd,
-            "strategy": self.strategy,
+            "strategy": self._strategy.name,
             "sites": self._sites,
             "accepted": sorted(self._sites),
             "rejected": self._rejected,
@@ -185,7 +174,7 @@ class FedimgAggregator(ModelAggregator):
         self._checkpoint(rnd, delta, entry)
         metrics = {k: v for k, v in val.items() if _is_number(v)}
         self.info(
-            f"round {rnd}: aggregated {n_ok} update(s) with {self.strategy} in {self._round_seconds:.3f}s"
+            f"round {rnd}: aggregated {n_ok} update(s) with {self._strategy.name} in {self._round_seconds:.3f}s"
             + (f", rejected {len(self._rejected)}" if self._rejected else "")
         )
         out = FLModel(params=delta, params_type=ParamsType.DIFF, metrics=metrics or None, meta={"fedimg_round": rnd})
@@ -198,7 +187,7 @@ class FedimgAggregator(ModelAggregator):
         of the norm decides whether the fold counts."""
         if self._agg is None:
             lay = self._validator.layout
-            self._agg = RoundAggregator(self._strategy, lay.size, float_size=lay.float_size, device=self._device())
+            self._agg = make_strategy(self._strategy, lay.size, float_size=lay.float_size, device=self._device())
             self._agg.load_state(self._restored_state)
         verdicts: list[Verdict] = []
 
@@ -214,7 +203,7 @@ class FedimgAggregator(ModelAggregator):
             return
         if self._global is not None:
             new_global = {k: (np.asarray(v) + delta[k]).astype(np.asarray(v).dtype) for k, v in self._global.items()}
-            run_state.save_round(self._run_path, rnd, new_global, {"strategy": self.strategy, "sites": entry["accepted"]})
+            run_state.save_round(self._run_path, rnd, new_global, {"strategy": self._strategy.name, "sites": entry["accepted"]})
         if self._agg is not None:
             run_state.save_server_state(self._run_path, self._agg.state(), rnd)
         run_state.append_metrics(self._run_path, entry)
@@ -245,6 +234,13 @@ class FedimgAggregator(ModelAggregator):
         if self._run_path is not None:
             with open(self._run_path / "payloads.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _parsed(value: Any, cls: type) -> Any:
+    """``value`` as a ``cls`` config: given as one, as its JSON, or empty for the defaults."""
+    if isinstance(value, cls):
+        return value
+    return cls.from_json(value) if value else cls()
 
 
 def _samples(meta: dict[str, Any]) -> float:

@@ -1,11 +1,18 @@
 """NVFlare Client API script: one site's side of fedimg's federated training.
 
-NVFlare runs this file on every site (``ScriptRunner``). Each round it receives the
-global weights, evaluates them on the site's validation cases, trains for
-``--local-epochs`` with the task's training loop (FedProx term when ``--prox-mu > 0``)
-and sends back only:
+NVFlare runs this file on every site (``ScriptRunner``). Its whole configuration (task,
+task config, local epochs, FedProx ``prox_mu``, what to send, threads, where to keep the
+local model, the site's data folder) is one JSON file, :class:`ClientConfig`, that the job
+ships in the site app's ``custom/`` folder (:func:`fedimg.fl.nvflare.job.build_recipe`);
+the script's only argument names it (``--config fedimg_client.json``), so paths with
+spaces need no quoting. Without a data folder in the file, the site's
+``$FEDIMG_SITE_DATA`` is used (:func:`fedimg.config.site_data_dir_from_env`).
 
-* the weight difference ``local - global`` (or the full weights with ``--send full``),
+Each round it receives the global weights, evaluates them on the site's validation
+cases, trains for ``local_epochs`` with the task's training loop (FedProx term when
+``prox_mu > 0``) and sends back only:
+
+* the weight difference ``local - global`` (or the full weights with ``send="full"``),
 * the number of training cases as the aggregation weight (``NUM_STEPS_CURRENT_ROUND``),
 * float metrics (``val_*`` of the incoming global model, ``train_*`` of local training).
 
@@ -14,66 +21,110 @@ server's TensorBoard through NVFlare's tracking API.
 
 Run by NVFlare, e.g.::
 
-    python client.py --task brats --data /data/site-1 --local-epochs 2 --cfg roi=[64,64,64] ...
+    python client.py --config fedimg_client.json
+
+>>> cfg = ClientConfig(task="toy", task_config={"features": 8}, data="/data/site 1")
+>>> ClientConfig.from_json(cfg.to_json()) == cfg
+True
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["encode_config", "decode_config", "build_arg_parser", "make_payload", "main"]
+from fedimg.errors import ConfigError, InputError
+
+__all__ = ["CONFIG_NAME", "ClientConfig", "find_config", "build_arg_parser", "make_payload", "main"]
 
 log = logging.getLogger("fedimg.fl.nvflare.client")
 
-#: Environment variable naming the site's data folder when ``--data`` is not given.
-DATA_ENV = "FEDIMG_SITE_DATA"
+#: File name of a site's :class:`ClientConfig` in its app's ``custom/`` folder.
+CONFIG_NAME = "fedimg_client.json"
 
 
-def encode_config(config: dict[str, Any]) -> str:
-    """A task config dict as readable ``--cfg key=value`` options for ``train_args``.
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """Everything one site's client script needs, as one JSON file.
 
-    >>> encode_config({"roi": [32, 32, 32], "model": "segresnet"})
-    '--cfg model=segresnet --cfg roi=[32,32,32]'
+    ``task_config``: the task's config dict (``config_from_dict``). ``threads``: CPU
+    threads for this site (0: the library default). ``local_model_dir``: keep this site's
+    latest local model there (never sent; empty: do not keep). ``data``: the site's data
+    folder on its own machine (empty: ``$FEDIMG_SITE_DATA`` at run time).
     """
-    parts = []
-    for k, v in sorted(config.items()):
-        text = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-        if any(c.isspace() or c in "'\"\\" for c in text):
-            raise ValueError(f"config value {k}={text!r} cannot be passed on the client command line")
-        parts.append(f"--cfg {k}={text}")
-    return " ".join(parts)
 
+    task: str = "brats"
+    task_config: dict[str, Any] = field(default_factory=dict)
+    local_epochs: int = 1
+    prox_mu: float = 0.0
+    send: str = "diff"
+    threads: int = 0
+    local_model_dir: str = ""
+    data: str = ""
 
-def decode_config(items: list[str] | None) -> dict[str, Any]:
-    """Inverse of :func:`encode_config` (``["k=v", ...]``; values are JSON or plain strings)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, _, text = item.partition("=")
+    def __post_init__(self) -> None:
+        if self.local_epochs < 1:
+            raise ConfigError(f"local_epochs must be >= 1, got {self.local_epochs}")
+        if self.prox_mu < 0:
+            raise ConfigError(f"prox_mu must be >= 0, got {self.prox_mu}")
+        if self.send not in ("diff", "full"):
+            raise ConfigError("send must be 'diff' or 'full'")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClientConfig:
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ConfigError(f"a client config must be a JSON object, got {text[:80]!r}")
+        return cls(**d)
+
+    def write(self, path: str | Path) -> Path:
+        """Write :meth:`to_json` to ``path`` (atomically)."""
+        from fedimg.io import write_bytes
+
+        write_bytes(path, self.to_json().encode())
+        return Path(path)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ClientConfig:
+        path = Path(path)
         try:
-            out[key] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key] = text
-    return out
+            return cls.from_json(path.read_text())
+        except (OSError, ValueError, TypeError, ConfigError) as exc:
+            raise InputError(path, f"is not a readable fedimg client config ({exc}); export the job again") from None
+
+
+def find_config(name: str | Path, search: list[str] | None = None) -> Path:
+    """The client config file ``name``: as given (absolute, or relative to the working folder),
+    else in a folder of ``search`` (default ``sys.path``, last first: NVFlare appends the job
+    app's ``custom/`` folder, where the job ships the file, to the job process's path)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        for folder in reversed(sys.path if search is None else search):
+            candidate = Path(folder or ".") / path
+            if candidate.is_file():
+                return candidate
+    raise InputError(path, "not found (in the working folder or the job's custom/ folder); export the job again")
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="fedimg NVFlare client")
-    p.add_argument("--task", default="brats")
-    p.add_argument("--data", default=None, help=f"site data folder (default: ${DATA_ENV})")
-    p.add_argument("--cfg", action="append", default=[], metavar="KEY=VALUE", help="task config field (JSON value)")
-    p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--prox-mu", type=float, default=0.0)
-    p.add_argument("--send", choices=("diff", "full"), default="diff")
-    p.add_argument("--local-model-dir", default="", help="keep this site's latest local model here (never sent)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--config", default=CONFIG_NAME,
+                   help=f"this site's client config (JSON; default {CONFIG_NAME} in the job's custom/ folder)")
     return p
 
 
@@ -103,19 +154,21 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
+    from fedimg.config import SITE_DATA_ENV, site_data_dir_from_env
     from fedimg.device import configure_threads, resolve_device, seed_everything
     from fedimg.tasks import get_task
 
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    configure_threads(args.threads or None)
+    cc = ClientConfig.read(find_config(args.config))
+    configure_threads(cc.threads or None)
     flare.init()
     site = flare.get_site_name()
-    data_dir = args.data or os.environ.get(DATA_ENV)
+    data_dir = cc.data or site_data_dir_from_env()
     if not data_dir:
-        raise SystemExit(f"{site}: no data folder; pass --data or set {DATA_ENV}")
-    task = get_task(args.task)
-    config = task.config_from_dict(decode_config(args.cfg))
+        raise SystemExit(f"{site}: no data folder; export the job with --site-data {site}=PATH or set {SITE_DATA_ENV}")
+    task = get_task(cc.task)
+    config = task.config_from_dict(cc.task_config)
     seed_everything(int(getattr(config, "seed", 0)))
     device = resolve_device(str(getattr(config, "device", "auto")))
     t0 = time.perf_counter()
@@ -136,20 +189,20 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
         t_eval = time.perf_counter()
         val = task.evaluate(model, data, config)
         t_train = time.perf_counter()
-        train, n = task.train_one_round(model, data, config, epochs=args.local_epochs,
-                                        global_params=global_sd, prox_mu=args.prox_mu)
+        train, n = task.train_one_round(model, data, config, epochs=cc.local_epochs,
+                                        global_params=global_sd, prox_mu=cc.prox_mu)
         train = {**train, "seconds_train": time.perf_counter() - t_train, "seconds_eval": t_train - t_eval}
         local_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        params, metrics, meta = make_payload(global_sd, local_sd, num_samples=n, val=val, train=train, send=args.send)
+        params, metrics, meta = make_payload(global_sd, local_sd, num_samples=n, val=val, train=train, send=cc.send)
         if update_hook is not None:
             params = update_hook(params)
-        if args.local_model_dir:
-            _keep_local(Path(args.local_model_dir) / f"{site}.safetensors", local_sd, rnd)
+        if cc.local_model_dir:
+            _keep_local(Path(cc.local_model_dir) / f"{site}.safetensors", local_sd, rnd)
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(k, v, rnd)
         log.info("%s round %d: %s", site, rnd + 1, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
-        flare.send(FLModel(params=params, params_type=ParamsType.DIFF if args.send == "diff" else ParamsType.FULL,
+        flare.send(FLModel(params=params, params_type=ParamsType.DIFF if cc.send == "diff" else ParamsType.FULL,
                            metrics=metrics, meta=meta))
     return 0
 

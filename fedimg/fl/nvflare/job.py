@@ -2,97 +2,38 @@
 
 :func:`build_recipe` returns an ``nvflare`` ``FedAvgRecipe`` (PyTorch) whose server
 runs NVFlare's FedAvg controller with :class:`fedimg.fl.nvflare.aggregator.FedimgAggregator`
-and whose sites run :mod:`fedimg.fl.nvflare.client` on their own data folder
-(``per_site_config``). The same recipe runs in ``SimEnv`` (``fedimg simulate``), on a
-POC system (``fedimg poc``) or exported as a job folder (``fedimg export-job``).
-Every site and the server need ``fedimg`` installed; the job ships only the client
-script and configuration.
+(its strategy and update checks passed as one JSON argument each) and whose sites run
+:mod:`fedimg.fl.nvflare.client`; each site's app ships that site's whole client
+configuration as one JSON file (:class:`fedimg.fl.nvflare.client.ClientConfig`, data
+folder included) in its ``custom/`` folder. The same recipe runs in ``SimEnv``
+(``fedimg simulate``), on a POC system (``fedimg poc``) or exported as a job folder
+(``fedimg export-job``). Every site and the server need ``fedimg`` installed; the job
+ships only the client script and configuration.
 
->>> cfg = FederationConfig(task="toy", rounds=2, local_epochs=1)
->>> cfg.total_epochs
-2
+>>> # recipe = build_recipe(FederationConfig(task="toy", rounds=2), discover_sites("data/"), run_dir="runs/fl")
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import re
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
-from fedimg.errors import ConfigError, InputError
-from fedimg.fl.nvflare.client import encode_config
-from fedimg.fl.server.strategies import StrategyConfig
+from fedimg.errors import ConfigError
+from fedimg.fl.nvflare.client import CONFIG_NAME, ClientConfig
+from fedimg.fl.server.federation import FederationConfig
 
-__all__ = ["FederationConfig", "discover_sites", "build_recipe", "export_job", "SITE_PATTERN", "ALLOW_LIST"]
+__all__ = ["build_recipe", "export_job", "client_configs", "ALLOW_LIST"]
 
 log = logging.getLogger(__name__)
 
-SITE_PATTERN = re.compile(r"^site-[A-Za-z0-9_-]+$")
 #: Component path prefix that sites must allow (``class_allow_list``) to run fedimg jobs.
 ALLOW_LIST = ["fedimg.fl."]
-
-
-@dataclass(frozen=True, kw_only=True)
-class FederationConfig:
-    """A federated run: task, rounds, local epochs, strategy and update checks.
-
-    ``train``: the task's config dict (``config_from_dict``); its ``epochs`` is set to the
-    federation's total epoch budget ``rounds * local_epochs`` so that learning-rate
-    schedules span the whole run.
-    """
-
-    task: str = "brats"
-    rounds: int = 20
-    local_epochs: int = 2
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    min_sites: int = 1
-    max_rel_norm: float = 10.0
-    max_norm_ratio: float = 20.0
-    train: dict[str, Any] = field(default_factory=dict)
-    server_device: str = "auto"
-    send: str = "diff"
-    threads_per_site: int = 0
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1 or self.local_epochs < 1:
-            raise ConfigError("rounds and local_epochs must be >= 1")
-        if self.min_sites < 1:
-            raise ConfigError("min_sites must be >= 1")
-        if self.send not in ("diff", "full"):
-            raise ConfigError("send must be 'diff' or 'full'")
-        if isinstance(self.strategy, dict):
-            object.__setattr__(self, "strategy", StrategyConfig.from_dict(self.strategy))
-        if not self.name:
-            object.__setattr__(self, "name", f"fedimg-{self.task}-{self.strategy.name.replace('_', '-')}")
-
-    @property
-    def total_epochs(self) -> int:
-        return self.rounds * self.local_epochs
-
-    def train_config(self) -> dict[str, Any]:
-        return {**self.train, "epochs": self.total_epochs}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FederationConfig:
-        return cls(**d)
-
-
-def discover_sites(data_dir: str | Path) -> dict[str, Path]:
-    """Every ``data_dir/site-*/`` folder, by name (sorted). Raises InputError if none."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise InputError(root, "is not a folder; pass the folder that holds site-*/ sub-folders")
-    sites = {p.name: p.resolve() for p in sorted(root.iterdir()) if p.is_dir() and SITE_PATTERN.match(p.name)}
-    if not sites:
-        raise InputError(root, "holds no site-*/ folders; make one per site (e.g. `fedimg synth --out data/`)")
-    return sites
 
 
 class _Recipe:
@@ -106,12 +47,20 @@ class _Recipe:
             from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
 
             class FedimgRecipe(FedAvgRecipe):
-                """FedAvgRecipe with a start round (resume) for the FedAvg controller."""
+                """FedAvgRecipe with a start round (resume) and a client config file per site."""
 
-                def __init__(self, *, start_round: int = 0, num_sites: int = 0, **kw):
+                def __init__(self, *, start_round: int = 0, num_sites: int = 0,
+                             site_files: dict[str, Path] | None = None, **kw):
                     self._fedimg_start_round = int(start_round)
                     self._fedimg_num_sites = int(num_sites) or int(kw["min_clients"])
+                    self._fedimg_site_files = dict(site_files or {})
                     super().__init__(**kw)
+
+                def _prepare_client_apps(self):
+                    # each site's app carries its client config file in custom/
+                    super()._prepare_client_apps()
+                    for site, path in self._fedimg_site_files.items():
+                        self._job.add_file_to(str(path), site)
 
                 def _get_controller_kwargs(self):
                     return {**super()._get_controller_kwargs(), "start_round": self._fedimg_start_round}
@@ -125,6 +74,18 @@ class _Recipe:
 
             cls.cls = FedimgRecipe
         return cls.cls
+
+
+def client_configs(config: FederationConfig, sites: dict[str, Path | None], *,
+                   local_model_dir: str | Path | None = None) -> dict[str, ClientConfig]:
+    """Each site's :class:`ClientConfig` (data folder ``None``: the site's ``$FEDIMG_SITE_DATA``)."""
+    from fedimg.tasks import get_task
+
+    tcfg = get_task(config.task).config_from_dict(config.train_config())
+    base = ClientConfig(task=config.task, task_config=tcfg.to_dict(), local_epochs=config.local_epochs,
+                        prox_mu=float(config.strategy.prox_mu), send=config.send, threads=config.threads_per_site,
+                        local_model_dir=str(Path(local_model_dir).resolve()) if local_model_dir else "")
+    return {name: dataclasses.replace(base, data=str(path) if path else "") for name, path in sites.items()}
 
 
 def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run_dir: str | Path | None,
@@ -145,29 +106,24 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
 
     task = get_task(config.task)
     tcfg = task.config_from_dict(config.train_config())
-    cfg_args = encode_config(tcfg.to_dict())
     persistor = FedimgPersistor(task=config.task, config=tcfg.to_dict(),
                                 checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "")
     remaining = config.rounds - start_round
     if remaining < 1:
         raise ConfigError(f"nothing to do: {start_round} of {config.rounds} rounds are already complete")
     agg = FedimgAggregator(
-        strategy=config.strategy.name, server_lr=config.strategy.server_lr, beta1=config.strategy.beta1,
-        beta2=config.strategy.beta2, tau=config.strategy.tau, trim_ratio=config.strategy.trim_ratio,
-        max_rel_norm=config.max_rel_norm, max_norm_ratio=config.max_norm_ratio, min_sites=config.min_sites,
+        strategy=config.strategy.to_json(), validation=config.validation.to_json(),
         run_dir=str(Path(run_dir).resolve()) if run_dir else "", device=config.server_device,
         key_metric=task.key_metric,
     )
     script = str(Path(__file__).with_name("client.py"))
-    base_args = (
-        f"--task {config.task} --local-epochs {config.local_epochs} --prox-mu {config.strategy.prox_mu} "
-        f"--send {config.send} {cfg_args}"
-        + (f" --threads {config.threads_per_site}" if config.threads_per_site else "")
-        + (f" --local-model-dir {Path(local_model_dir).resolve()}" if local_model_dir else "")
-    )
+    # The client configs live in a scratch folder until the recipe is exported or run (then dropped with it).
+    staging = Path(tempfile.mkdtemp(prefix="fedimg-job-"))
+    site_files: dict[str, Path] = {}
     per_site = {}
-    for name, path in sites.items():
-        site_cfg: dict[str, Any] = {"train_args": base_args + (f" --data {path}" if path else "")}
+    for name, cc in client_configs(config, sites, local_model_dir=local_model_dir).items():
+        site_files[name] = cc.write(staging / name / CONFIG_NAME)
+        site_cfg: dict[str, Any] = {"train_args": f"--config {CONFIG_NAME}"}
         if site_scripts and name in site_scripts:
             site_cfg["train_script"] = site_scripts[name]
         per_site[name] = site_cfg
@@ -178,12 +134,14 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
         num_sites=len(sites),
         num_rounds=remaining,
         start_round=start_round,
+        site_files=site_files,
         train_script=script,
         aggregator=agg,
         server_expected_format=ExchangeFormat.NUMPY,
         params_transfer_type=TransferType.DIFF if config.send == "diff" else TransferType.FULL,
         key_metric=task.key_metric,
     )
+    weakref.finalize(recipe, shutil.rmtree, staging, ignore_errors=True)
     recipe.set_per_site_config(per_site)
     # fedimg is installed on every participant: ship only the script, not its imports.
     recipe._job.set_app_packages(["fedimg", "torch", "numpy", "monai", "safetensors"])
@@ -201,14 +159,10 @@ def export_job(recipe: Any, out: str | Path) -> Path:
     recipe.export(str(out.parent))
     produced = out.parent / recipe.name
     if produced.resolve() != out.resolve():
-        import shutil
-
         if out.exists():
             shutil.rmtree(out)
         produced.rename(out)
     # The script is copied into each app's custom/ folder; refer to it there, not by this machine's path.
-    import json
-
     for cfg in out.glob("app_*/config/config_fed_client.json"):
         custom = cfg.parent.parent / "custom"
         for script in list(custom.rglob("*.py")):

@@ -46,10 +46,9 @@ class PocSystem:
 
     # -- lifecycle ------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["NVFLARE_POC_WORKSPACE"] = str(self.workspace)
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        return env
+        from fedimg.config import child_process_env
+
+        return child_process_env({"NVFLARE_POC_WORKSPACE": str(self.workspace)}, path_first=os.path.dirname(sys.executable))
 
     def _nvflare(self, *args: str, timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess:
         exe = Path(sys.executable).with_name("nvflare")
@@ -224,14 +223,14 @@ def _processes() -> list[tuple[int, str]]:
 def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool = False, keep_running: bool = False,
             timeout: float = 3600.0) -> dict[str, Any]:
     """``fedimg poc``: prepare and start a POC system for every site, run the job to the end, stop."""
+    from fedimg.fl.nvflare.job import build_recipe
     from fedimg.fl.server import state as run_state
-    from fedimg.fl.nvflare.job import build_recipe, discover_sites
-    from fedimg.fl.nvflare.simulate import _start_point
+    from fedimg.fl.server.federation import discover_sites, start_point
     from fedimg.io import write_json
 
     out = Path(out)
     sites = discover_sites(data_dir)
-    start_round, checkpoint = _start_point(out, config, resume)
+    start_round, checkpoint = start_point(out, config, resume)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run_config.json", {"federation": config.to_dict(), "sites": {k: str(v) for k, v in sites.items()},
                                          "mode": "poc"})

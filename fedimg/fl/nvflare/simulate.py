@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedimg.errors import ConfigError, FedimgError, InputError
+from fedimg.errors import FedimgError
+from fedimg.fl.nvflare.job import ALLOW_LIST, build_recipe
 from fedimg.fl.server import state as run_state
-from fedimg.fl.nvflare.job import ALLOW_LIST, FederationConfig, build_recipe, discover_sites
-from fedimg.io import ensure_not_input, read_json, write_json
+from fedimg.fl.server.federation import FederationConfig, discover_sites, start_point
+from fedimg.io import ensure_not_input, write_json
 
 __all__ = ["run_simulation", "allow_fedimg_components"]
 
@@ -59,7 +60,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     sites = sites if sites is not None else discover_sites(data_dir)
     for path in sites.values():
         ensure_not_input(out, path)
-    start_round, checkpoint = _start_point(out, config, resume)
+    start_round, checkpoint = start_point(out, config, resume)
     if not config.threads_per_site:
         # All sites share this machine's CPUs: split them instead of oversubscribing.
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -104,28 +105,6 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     }
     write_json(out / "summary.json", summary)
     return summary
-
-
-def _start_point(out: Path, config: FederationConfig, resume: bool) -> tuple[int, Path | None]:
-    latest = run_state.load_latest(out) if out.exists() else None
-    if not resume:
-        if latest is not None or (out / "metrics.json").exists():
-            raise InputError(out, "already holds a run; pass --resume to continue it or choose a new --out")
-        return 0, None
-    if latest is None:
-        log.info("%s holds no completed round; starting fresh", out)
-        return 0, None
-    rnd = latest[0]
-    saved = out / "run_config.json"
-    if saved.is_file():
-        prev = read_json(saved).get("federation", {})
-        for key in ("task", "strategy"):
-            if key in prev and prev[key] != config.to_dict()[key]:
-                raise ConfigError(f"{saved}: --resume with a different {key} ({prev[key]} -> {config.to_dict()[key]})")
-    if rnd >= config.rounds:
-        raise ConfigError(f"{out}: all {config.rounds} rounds are already complete; raise --rounds to train longer")
-    log.info("resuming after round %d", rnd)
-    return rnd, run_state.round_path(out, rnd)
 
 
 @contextlib.contextmanager

@@ -1,169 +1,154 @@
 """Server-side aggregation strategies on flat update vectors (no NVFlare here).
 
 Every site sends a *difference* ``local - global`` (flattened with
-:func:`fedimg.kernels.pack`). A :class:`RoundAggregator` folds the round's accepted
-differences into one server step ``delta`` that the server adds to the global model:
+:func:`fedimg.kernels.pack`). A :class:`Strategy` folds the round's accepted differences
+into one server step ``delta`` that the server adds to the global model. Its whole
+interface (after Flower's ``Strategy.aggregate_train``): :meth:`~Strategy.begin_round`,
+:meth:`~Strategy.add_checked` per arriving update (:meth:`~Strategy.add` when the update
+needs no check), :meth:`~Strategy.finish` for the step, :meth:`~Strategy.state` /
+:meth:`~Strategy.load_state` for resume. One class per strategy, built by
+:func:`make_strategy` from a :class:`fedimg.fl.server.strategy_config.StrategyConfig`:
 
-* ``fedavg`` / ``fedprox`` — ``delta = server_lr * sum_k n_k d_k / sum_k n_k``, streamed
-  through :class:`fedimg.kernels.WeightedAccumulator` (constant memory: one accumulator,
-  whatever the number of sites). FedProx differs only on the client (proximal term).
-* ``fedadam`` / ``fedyogi`` — the weighted mean ``d`` is the pseudo-gradient (Δ);
+* :class:`FedAvg` / :class:`FedProx` — ``delta = server_lr * sum_k n_k d_k / sum_k n_k``,
+  streamed through :class:`fedimg.kernels.WeightedAccumulator` (constant memory: one
+  accumulator, whatever the number of sites). FedProx differs only on the client
+  (proximal term).
+* :class:`FedAdam` / :class:`FedYogi` — the weighted mean ``d`` is the pseudo-gradient (Δ);
   :func:`fedimg.kernels.fedopt_step` keeps the server moments ``m, v`` across rounds
   (Reddi et al., 2021, "Adaptive Federated Optimization").
-* ``median`` / ``trimmed_mean`` — coordinate-wise robust statistics; these must buffer
-  the round's updates (memory grows with the number of sites) and ignore sample counts.
+* :class:`Median` / :class:`TrimmedMean` — coordinate-wise robust statistics; these must
+  buffer the round's updates (memory grows with the number of sites) and ignore sample counts.
 
 Integer buffers (e.g. BatchNorm ``num_batches_tracked``) sit at the end of the packed
 vector; they take the element-wise maximum of the differences in every strategy.
+Aggregation is pure: no input array is modified or kept beyond the round.
 
 >>> import numpy as np
->>> agg = RoundAggregator(StrategyConfig(name="fedavg"), size=3)
->>> agg.add(np.array([1., 2., 3.], np.float32), 1.0)
->>> agg.add(np.array([3., 2., 1.], np.float32), 3.0)
->>> agg.finish()
+>>> s = make_strategy(StrategyConfig(name="fedavg"), size=3)
+>>> s.add(np.array([1., 2., 3.], np.float32), 1.0)
+>>> s.add(np.array([3., 2., 1.], np.float32), 3.0)
+>>> s.finish()
 array([2.5, 2. , 1.5], dtype=float32)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from fedimg.errors import ConfigError
+from fedimg.fl.server.strategy_config import STRATEGIES, StrategyConfig
 
-__all__ = ["STRATEGIES", "StrategyConfig", "RoundAggregator"]
+__all__ = [
+    "STRATEGIES",
+    "StrategyConfig",
+    "Strategy",
+    "FedAvg",
+    "FedProx",
+    "FedAdam",
+    "FedYogi",
+    "Median",
+    "TrimmedMean",
+    "make_strategy",
+]
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "median", "trimmed_mean")
-_BUFFERED = ("median", "trimmed_mean")
-_FEDOPT = ("fedadam", "fedyogi")
 
-
-@dataclass(frozen=True, kw_only=True)
-class StrategyConfig:
-    """How the server turns a round's updates into a step.
-
-    ``server_lr``: scale of the step (1.0 = plain FedAvg; FedOpt's server learning rate).
-    ``beta1``/``beta2``/``tau``: FedOpt moments and adaptivity. ``trim_ratio``: fraction
-    cut from *each* end per coordinate for ``trimmed_mean``. ``prox_mu``: FedProx's
-    proximal weight, used by the clients (0 disables; ``fedprox`` defaults to 0.01).
-    """
-
-    name: str = "fedavg"
-    server_lr: float = 1.0
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-    trim_ratio: float = 0.1
-    prox_mu: float | None = None
-
-    def __post_init__(self) -> None:
-        name = self.name.replace("-", "_").lower()
-        if name not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.name!r}; choose one of {', '.join(STRATEGIES)}")
-        object.__setattr__(self, "name", name)
-        if not (self.server_lr > 0 and np.isfinite(self.server_lr)):
-            raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError("beta1 and beta2 must lie in [0, 1)")
-        if not self.tau > 0:
-            raise ConfigError(f"tau must be > 0, got {self.tau}")
-        if not 0 <= self.trim_ratio < 0.5:
-            raise ConfigError(f"trim_ratio must lie in [0, 0.5), got {self.trim_ratio}")
-        if self.prox_mu is None:
-            object.__setattr__(self, "prox_mu", 0.01 if name == "fedprox" else 0.0)
-        if self.prox_mu < 0:
-            raise ConfigError(f"prox_mu must be >= 0, got {self.prox_mu}")
-        if name == "fedprox" and self.prox_mu == 0:
-            raise ConfigError("strategy fedprox needs prox_mu > 0")
-
-    @property
-    def buffered(self) -> bool:
-        """True for the robust strategies that keep every update of the round."""
-        return self.name in _BUFFERED
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StrategyConfig:
-        return cls(**d)
-
-
-class RoundAggregator:
-    """Aggregates one round at a time; FedOpt moments persist across rounds.
+class Strategy(ABC):
+    """One round at a time: fold accepted updates, then :meth:`finish` gives the server step.
 
     ``size``: length of the packed update; ``float_size``: how many of those values are
     floating point (the rest are integer buffers, max-combined). ``device``: ``None`` or
     ``"cpu"`` for host memory, ``"cuda[:n]"`` to keep the accumulator on a GPU.
+    ``count`` / ``total_weight``: accepted updates and their summed weights this round.
     """
 
-    def __init__(self, config: StrategyConfig, size: int, *, float_size: int | None = None, device: Any = None) -> None:
-        from fedimg.kernels import WeightedAccumulator
+    name: ClassVar[str]
 
+    def __init__(self, config: StrategyConfig, size: int, *, float_size: int | None = None, device: Any = None) -> None:
         self.config = config
         self.size = int(size)
         self.float_size = self.size if float_size is None else int(float_size)
         self.device = device
-        self._acc = None if config.buffered else WeightedAccumulator(self.size, device=device)
-        self._buffer: list[np.ndarray] = []
         self._tail: np.ndarray | None = None
-        self.m: np.ndarray | None = None
-        self.v: np.ndarray | None = None
         self.count = 0
         self.total_weight = 0.0
 
+    # -- the interface ------------------------------------------------------------------
     def begin_round(self) -> None:
-        """Forget the previous round's updates (FedOpt moments are kept)."""
-        if self._acc is not None:
-            self._acc.reset()
-        self._buffer = []
+        """Forget the previous round's updates (server optimiser state is kept)."""
+        self._reset()
         self._tail = None
         self.count = 0
         self.total_weight = 0.0
 
     def add(self, update: Any, weight: float) -> None:
         """Fold one accepted update (a 1-D array of ``size`` values) with its sample count."""
-        if int(np.prod(update.shape)) != self.size:
-            raise ValueError(f"update has {int(np.prod(update.shape))} values, expected {self.size}")
-        if self._acc is not None:
-            self._acc.add(update, weight)
-        else:
-            self._buffer.append(update)
+        n = int(np.prod(update.shape))
+        if n != self.size:
+            raise ValueError(f"update has {n} values, expected {self.size}")
+        self._fold(update, weight)
         self._count([update], weight)
 
     def add_checked(self, update: Any, weight: float, check: Callable[[float], bool]) -> bool:
         """:meth:`add` only if ``check(norm)`` accepts the update's L2 norm; returns that answer.
 
         ``update``: a 1-D array or a list of 1-D arrays that one after the other make it (a
-        state dict's tensors in pack order, :func:`fedimg.kernels.layout.flat_parts`). Streaming
-        strategies fold and measure it in one pass
-        (:meth:`fedimg.kernels.WeightedAccumulator.add_checked`); a refused update leaves the
-        round untouched. Buffered strategies keep a packed copy of accepted updates.
+        state dict's tensors in pack order, :func:`fedimg.kernels.layout.flat_parts`). A
+        refused update leaves the round untouched.
         """
         parts = list(update) if isinstance(update, (list, tuple)) else [update]
         n = sum(math.prod(p.shape) for p in parts)
         if n != self.size:
             raise ValueError(f"update has {n} values, expected {self.size}")
-        if self._acc is not None:
-            if not self._acc.add_checked(parts, weight, check):
-                return False
-        else:
-            from fedimg.kernels import l2_norms
-
-            flat = np.concatenate([_host(p).reshape(-1) for p in parts])
-            if not check(float(l2_norms([flat])[0])):
-                return False
-            self._buffer.append(flat)
+        if not self._fold_checked(parts, weight, check):
+            return False
         self._count(parts, weight)
         return True
+
+    def finish(self) -> Any:
+        """The server step to add to the global model (a new 1-D float32 array)."""
+        if self.count == 0:
+            raise ValueError("no update was accepted this round")
+        step = self._combine()
+        self._scale(step)
+        if self._tail is not None:
+            step[self.float_size:] = self._tail
+        return step
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Server optimiser state to checkpoint (empty for stateless strategies)."""
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore the state saved by :meth:`state` (resume); stateless strategies ignore it."""
+
+    # -- what each strategy supplies -----------------------------------------------------
+    @abstractmethod
+    def _reset(self) -> None:
+        """Drop this round's folded updates."""
+
+    @abstractmethod
+    def _fold(self, update: Any, weight: float) -> None:
+        """Fold one flat update."""
+
+    @abstractmethod
+    def _fold_checked(self, parts: list[Any], weight: float, check: Callable[[float], bool]) -> bool:
+        """Fold the update made of ``parts`` if ``check(norm)`` accepts it."""
+
+    @abstractmethod
+    def _combine(self) -> np.ndarray:
+        """The round's combined update: a new float32 host array of ``size`` values."""
+
+    def _scale(self, step: np.ndarray) -> None:
+        """Turn the combined update into the server step in place (its float part)."""
+        if self.config.server_lr != 1.0:
+            step[:self.float_size] *= self.config.server_lr
 
     def _count(self, parts: list[Any], weight: float) -> None:
         from fedimg.kernels.layout import slice_parts
@@ -175,53 +160,152 @@ class RoundAggregator:
             tail = tail.astype(np.float64)
             self._tail = tail if self._tail is None else np.maximum(self._tail, tail)
 
-    def finish(self) -> Any:
-        """The server step to add to the global model (a new 1-D float array)."""
-        if self.count == 0:
-            raise ValueError("no update was accepted this round")
-        cfg = self.config
-        fs = self.float_size
-        if cfg.buffered:
-            from fedimg.kernels import coordinate_median, trimmed_mean
 
-            if cfg.name == "median":
-                mean = coordinate_median(self._buffer)
-            else:
-                mean = trimmed_mean(self._buffer, cfg.trim_ratio)
-        else:
-            mean = self._acc.result()
-        mean = _host(mean).astype(np.float32, copy=False)  # a new array already
-        if cfg.name in _FEDOPT:
-            from fedimg.kernels import fedopt_step
+class _Streaming(Strategy):
+    """Weighted mean streamed through one :class:`fedimg.kernels.WeightedAccumulator`."""
 
-            d = mean[:fs]
-            if self.m is None:
-                self.m = np.zeros(fs, np.float32)
-                self.v = np.zeros(fs, np.float32)
-            zero = np.zeros(fs, np.float32)
-            # Reddi et al.: x' = x + lr * m / (sqrt(v) + tau) with m, v from the mean difference d.
-            # The step does not depend on x: start from zero and read it off.
-            step, self.m, self.v = fedopt_step(
-                zero, d, self.m, self.v,
-                method=cfg.name[3:], lr=cfg.server_lr, beta1=cfg.beta1, beta2=cfg.beta2, tau=cfg.tau,
-            )
-            self.m, self.v = _host(self.m), _host(self.v)
-            mean[:fs] = _host(step)
-        elif cfg.server_lr != 1.0:
-            mean[:fs] *= cfg.server_lr
-        if self._tail is not None:
-            mean[fs:] = self._tail
-        return mean
+    def __init__(self, config: StrategyConfig, size: int, *, float_size: int | None = None, device: Any = None) -> None:
+        from fedimg.kernels import WeightedAccumulator
+
+        super().__init__(config, size, float_size=float_size, device=device)
+        self._acc = WeightedAccumulator(self.size, device=device)
+
+    def _reset(self) -> None:
+        self._acc.reset()
+
+    def _fold(self, update: Any, weight: float) -> None:
+        self._acc.add(update, weight)
+
+    def _fold_checked(self, parts: list[Any], weight: float, check: Callable[[float], bool]) -> bool:
+        # one pass folds the update into a scratch sum and measures its norm
+        return bool(self._acc.add_checked(parts, weight, check))
+
+    def _combine(self) -> np.ndarray:
+        return _host(self._acc.result()).astype(np.float32, copy=False)  # a new array already
+
+
+class FedAvg(_Streaming):
+    """Sample-weighted mean of the differences, times ``server_lr``."""
+
+    name = "fedavg"
+
+
+class FedProx(FedAvg):
+    """FedAvg on the server; the proximal term (``prox_mu``) lives in the sites' training."""
+
+    name = "fedprox"
+
+
+class _FedOpt(_Streaming):
+    """Adaptive server optimiser on the weighted mean difference; moments ``m, v`` persist."""
+
+    method: ClassVar[str]
+
+    def __init__(self, config: StrategyConfig, size: int, *, float_size: int | None = None, device: Any = None) -> None:
+        super().__init__(config, size, float_size=float_size, device=device)
+        self.m: np.ndarray | None = None
+        self.v: np.ndarray | None = None
+
+    def _scale(self, step: np.ndarray) -> None:
+        from fedimg.kernels import fedopt_step
+
+        cfg, fs = self.config, self.float_size
+        d = step[:fs]
+        if self.m is None:
+            self.m = np.zeros(fs, np.float32)
+            self.v = np.zeros(fs, np.float32)
+        zero = np.zeros(fs, np.float32)
+        # Reddi et al.: x' = x + lr * m / (sqrt(v) + tau) with m, v from the mean difference d.
+        # The step does not depend on x: start from zero and read it off.
+        new, self.m, self.v = fedopt_step(
+            zero, d, self.m, self.v,
+            method=self.method, lr=cfg.server_lr, beta1=cfg.beta1, beta2=cfg.beta2, tau=cfg.tau,
+        )
+        self.m, self.v = _host(self.m), _host(self.v)
+        step[:fs] = _host(new)
 
     def state(self) -> dict[str, np.ndarray]:
-        """Server optimiser state to checkpoint (empty for stateless strategies)."""
         return {} if self.m is None else {"m": self.m, "v": self.v}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore FedOpt moments saved by :meth:`state` (resume)."""
         if "m" in state and "v" in state:
             self.m = np.asarray(state["m"], np.float32).copy()
             self.v = np.asarray(state["v"], np.float32).copy()
+
+
+class FedAdam(_FedOpt):
+    """FedAdam (Reddi et al., 2021)."""
+
+    name = "fedadam"
+    method = "adam"
+
+
+class FedYogi(_FedOpt):
+    """FedYogi (Reddi et al., 2021)."""
+
+    name = "fedyogi"
+    method = "yogi"
+
+
+class _Buffered(Strategy):
+    """Keeps a packed copy of every accepted update of the round (robust statistics)."""
+
+    def __init__(self, config: StrategyConfig, size: int, *, float_size: int | None = None, device: Any = None) -> None:
+        super().__init__(config, size, float_size=float_size, device=device)
+        self._buffer: list[Any] = []
+
+    def _reset(self) -> None:
+        self._buffer = []
+
+    def _fold(self, update: Any, weight: float) -> None:
+        self._buffer.append(update)
+
+    def _fold_checked(self, parts: list[Any], weight: float, check: Callable[[float], bool]) -> bool:
+        from fedimg.kernels import l2_norms
+
+        flat = np.concatenate([_host(p).reshape(-1) for p in parts])
+        if not check(float(l2_norms([flat])[0])):
+            return False
+        self._buffer.append(flat)
+        return True
+
+    def _combine(self) -> np.ndarray:
+        return _host(self._robust()).astype(np.float32, copy=False)  # a new array already
+
+    @abstractmethod
+    def _robust(self) -> Any:
+        """The coordinate-wise statistic of the buffered updates."""
+
+
+class Median(_Buffered):
+    """Coordinate-wise median (sample counts are ignored)."""
+
+    name = "median"
+
+    def _robust(self) -> Any:
+        from fedimg.kernels import coordinate_median
+
+        return coordinate_median(self._buffer)
+
+
+class TrimmedMean(_Buffered):
+    """Coordinate-wise mean after cutting ``trim_ratio`` of the values at each end."""
+
+    name = "trimmed_mean"
+
+    def _robust(self) -> Any:
+        from fedimg.kernels import trimmed_mean
+
+        return trimmed_mean(self._buffer, self.config.trim_ratio)
+
+
+#: One class per name of :data:`STRATEGIES` (a test keeps the two in step).
+_CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (FedAvg, FedProx, FedAdam, FedYogi, Median, TrimmedMean)}
+
+
+def make_strategy(config: StrategyConfig, size: int, float_size: int | None = None, device: Any = None) -> Strategy:
+    """The :class:`Strategy` that ``config.name`` names, for packed updates of ``size`` values."""
+    return _CLASSES[config.name](config, size, float_size=float_size, device=device)
 
 
 def _host(x: Any) -> np.ndarray:

@@ -36,6 +36,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from fedimg.errors import ConfigError
+from fedimg.fl.server.strategy_config import _json_object
 
 __all__ = ["ValidationConfig", "Verdict", "UpdateValidator"]
 
@@ -64,6 +66,15 @@ class ValidationConfig:
             raise ConfigError("max_rel_norm and max_norm_ratio must be >= 0 (0 disables the rule)")
         if self.min_sites < 1:
             raise ConfigError(f"min_sites must be >= 1, got {self.min_sites}")
+
+    def to_json(self) -> str:
+        """One JSON object holding every field (the form the NVFlare job carries)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ValidationConfig:
+        """Inverse of :meth:`to_json`; a malformed text is a :class:`~fedimg.errors.ConfigError`."""
+        return cls(**_json_object(text, "validation"))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedimg.errors import ConfigError
+
 pytest.importorskip("nvflare")
 
 from nvflare.apis.event_type import EventType  # noqa: E402
@@ -16,6 +18,8 @@ from nvflare.app_common.app_event_type import AppEventType  # noqa: E402
 
 from fedimg.fl.nvflare.aggregator import FedimgAggregator  # noqa: E402
 from fedimg.fl.server.state import load_params, read_metrics  # noqa: E402
+from fedimg.fl.server.strategies import StrategyConfig  # noqa: E402
+from fedimg.fl.server.validation import ValidationConfig  # noqa: E402
 
 GLOBAL = {"w": np.array([1.0, 2.0, 3.0], np.float32), "n": np.array(4, np.int64)}
 
@@ -37,7 +41,8 @@ def _result(site, w, n=1, samples=10, params_type=ParamsType.DIFF, metrics=None)
 
 
 def test_fedavg_round_checkpoints_and_logs(tmp_path):
-    agg = FedimgAggregator(strategy="fedavg", run_dir=str(tmp_path), min_sites=1)
+    agg = FedimgAggregator(strategy=StrategyConfig(name="fedavg").to_json(), run_dir=str(tmp_path),
+                           validation=ValidationConfig(min_sites=1).to_json())
     _start(agg)
     agg.accept_model(_result("site-1", [1, 1, 1], samples=10, metrics={"val_dice_mean": 0.2, "train_loss": 1.0}))
     agg.accept_model(_result("site-2", [4, 4, 4], samples=30, metrics={"val_dice_mean": 0.6}))
@@ -65,7 +70,7 @@ def test_full_weights_are_turned_into_differences(tmp_path):
 
 
 def test_too_few_valid_updates_leave_the_model_unchanged(tmp_path):
-    agg = FedimgAggregator(run_dir=str(tmp_path), min_sites=2)
+    agg = FedimgAggregator(run_dir=str(tmp_path), validation=ValidationConfig(min_sites=2).to_json())
     _start(agg)
     agg.accept_model(_result("site-1", [1, 1, 1]))
     agg.accept_model(_result("site-2", [1e9, 1e9, 1e9]))  # norm outlier vs the global model
@@ -76,12 +81,12 @@ def test_too_few_valid_updates_leave_the_model_unchanged(tmp_path):
 
 
 def test_fedadam_moments_survive_a_server_restart(tmp_path):
-    agg = FedimgAggregator(strategy="fedadam", server_lr=0.1, run_dir=str(tmp_path))
+    agg = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_json(), run_dir=str(tmp_path))
     _start(agg)
     agg.accept_model(_result("site-1", [1, -1, 0.5]))
     first = agg.aggregate_model().params["w"]
     np.testing.assert_allclose(first, 0.1 * 0.1 * np.array([1, -1, 0.5]) / (0.1 * np.abs([1, -1, 0.5]) + 1e-3), rtol=1e-5)
-    restarted = FedimgAggregator(strategy="fedadam", server_lr=0.1, run_dir=str(tmp_path))
+    restarted = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_json(), run_dir=str(tmp_path))
     _start(restarted, rnd=1)
     restarted.accept_model(_result("site-1", [1, -1, 0.5]))
     _start(agg, rnd=1)
@@ -96,7 +101,8 @@ def test_gpu_server_matches_cpu(tmp_path, strategy):
     ups = [rng.standard_normal(3).astype(np.float32) for _ in range(3)]
     outs = []
     for device in ("cpu", "cuda"):
-        agg = FedimgAggregator(strategy=strategy, server_lr=0.1, device=device, run_dir=str(tmp_path / device))
+        agg = FedimgAggregator(strategy=StrategyConfig(name=strategy, server_lr=0.1), device=device,
+                               run_dir=str(tmp_path / device))
         _start(agg)
         for i, u in enumerate(ups):
             agg.accept_model(_result(f"site-{i}", u, samples=5 + i))
@@ -137,3 +143,15 @@ def test_nan_and_scaled_sites_never_touch_the_aggregate(tmp_path):
     w = np.array([10, 12, 14], np.float64)
     np.testing.assert_allclose(mixed["w"], sum(wk * u["w"] for wk, u in zip(w, ups)) / w.sum(), rtol=1e-5, atol=1e-8)
     assert entry["sites"]["site-a"]["update_norm"] == pytest.approx(np.hypot(np.linalg.norm(ups[0]["w"]), 1), rel=1e-6)
+
+
+def test_strategy_and_checks_arrive_as_one_json_argument_each(tmp_path):
+    strategy = StrategyConfig(name="trimmed_mean", trim_ratio=0.2)
+    checks = ValidationConfig(max_rel_norm=3.0, min_sites=2)
+    agg = FedimgAggregator(strategy=strategy.to_json(), validation=checks.to_json(), run_dir=str(tmp_path))
+    # the attributes NVFlare writes into config_fed_server.json are the JSON strings
+    assert StrategyConfig.from_json(agg.strategy) == strategy and ValidationConfig.from_json(agg.validation) == checks
+    assert FedimgAggregator(strategy=strategy).strategy == agg.strategy  # a config object is taken too
+    assert StrategyConfig.from_json(FedimgAggregator().strategy) == StrategyConfig()
+    with pytest.raises(ConfigError):
+        FedimgAggregator(strategy='{"name": "fedsgd"}')

@@ -1,7 +1,9 @@
 """Real NVFlare SimEnv runs of the toy task: poisoned updates, payload contents, resume.
 
 Two SimEnv jobs in all (each ~20-40 s): one 4-site run of 2 rounds where site-3 sends NaN
-and site-4 a x1e6 update, then a resume to round 3.
+and site-4 a x1e6 update, then a resume to round 3. The sites' data folders lie under a
+folder whose name holds a space (each site's client config travels as a file, not as a
+whitespace-split command line).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.nvflare]
+
+DATA = "site data"  # a space in every site's data path
 
 BAD_CLIENT = """
 import sys
@@ -41,18 +45,18 @@ def _bad_script(tmp: Path, name: str, action: str) -> str:
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    from fedimg.fl.nvflare.job import FederationConfig
     from fedimg.fl.nvflare.simulate import run_simulation
+    from fedimg.fl.server.federation import FederationConfig
     from fedimg.tasks.toy import make_sites
 
     tmp = tmp_path_factory.mktemp("sim")
-    make_sites(tmp / "data", n_sites=4, n=48, seed=1)
+    make_sites(tmp / DATA, n_sites=4, n=48, seed=1)
     scripts = {
         "site-3": _bad_script(tmp, "nan_client", "v = v * float('nan')"),
         "site-4": _bad_script(tmp, "scaled_client", "v = (v + 1.0) * 1e6"),
     }
     cfg = FederationConfig(task="toy", rounds=2, local_epochs=1, train={"features": 8}, min_sites=2)
-    summary = run_simulation(tmp / "data", tmp / "run", cfg, progress=False, site_scripts=scripts, tracking=False)
+    summary = run_simulation(tmp / DATA, tmp / "run", cfg, progress=False, site_scripts=scripts, tracking=False)
     return tmp, cfg, summary
 
 
@@ -92,7 +96,7 @@ def test_payload_holds_only_weights_counts_and_metrics(toy_run):
     tmp, _, _ = toy_run
     records = [json.loads(line) for line in (tmp / "run" / "payloads.jsonl").read_text().splitlines()]
     assert len(records) == 8  # 4 sites x 2 rounds
-    data_dir = str((tmp / "data").resolve())
+    data_dir = str((tmp / DATA).resolve())
     for rec in records:
         assert set(rec["params"]) == {"0.weight", "0.bias"}
         assert all(t[0] == "ndarray" and t[1] == "float32" for t in rec["params"].values())
@@ -103,45 +107,32 @@ def test_payload_holds_only_weights_counts_and_metrics(toy_run):
         assert data_dir not in text and "toy.npz" not in text
 
 
-def test_study_reuses_the_federated_run(toy_run):
-    import torch
+def test_site_data_paths_with_spaces(toy_run):
+    """Every site read its own cases from a data folder whose path holds a space."""
+    from fedimg.fl.server.state import read_metrics
 
-    from fedimg.tasks import toy as toytask
-    from fedimg.fl.server.state import load_params
-    from fedimg.study.runner import pool_sites, run_study
-
-    tmp, cfg, _ = toy_run
-    res = run_study(tmp / "data", tmp / "study", cfg, fl_run=tmp / "run", progress=False)
-    for f in ("report.md", "results.json", "per_site.png", "dice_per_round.png"):
-        assert (tmp / "study" / f).stat().st_size > 100, f
-    assert res["budget"]["epochs_per_case"] == 2 and res["train_cases"]["site-1"] == 36
-    assert set(res["evaluations"]) == {"federated", "centralised", *[f"site-{k} alone" for k in range(1, 5)]}
-    report = (tmp / "study" / "report.md").read_text()
-    assert "| centralised |" in report and "| federated |" in report and "every training case is seen 2 times" in report
-    # the federated arm is the run's global model, evaluated on each site's held-out cases
-    tcfg = toytask.config_from_dict(cfg.train_config())
-    model = toytask.build_model(tcfg)
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in load_params(tmp / "run" / "global_model.safetensors")[0].items()})
-    site1 = toytask.load_site(tmp / "data" / "site-1", tcfg)
-    assert res["evaluations"]["federated"]["site-1"]["loss"] == pytest.approx(toytask.evaluate(model, site1, tcfg)["loss"])
-    pooled = pool_sites([site1, toytask.load_site(tmp / "data" / "site-2", tcfg)])
-    assert pooled.num_train == 72 and torch.equal(pooled.x_val, site1.x_val)
+    tmp, _, summary = toy_run
+    assert " " in str(tmp / DATA) and summary["sites"] == ["site-1", "site-2", "site-3", "site-4"]
+    for m in read_metrics(tmp / "run"):
+        assert {s: r["samples"] for s, r in m["sites"].items()} == {"site-1": 36, "site-2": 36}
+    configs = list((tmp / "run" / "nvflare").rglob("fedimg_client.json"))
+    assert configs and any(str((tmp / DATA / "site-1").resolve()) in c.read_text() for c in configs)
 
 
 def test_resume_continues_from_last_round(toy_run):
     from fedimg.errors import InputError
-    from fedimg.fl.nvflare.job import FederationConfig
     from fedimg.fl.nvflare.simulate import run_simulation
+    from fedimg.fl.server.federation import FederationConfig
     from fedimg.fl.server.state import load_params, read_metrics
 
     tmp, cfg, _ = toy_run
     run = tmp / "run"
     with pytest.raises(InputError, match="--resume"):
-        run_simulation(tmp / "data", run, cfg, progress=False)
+        run_simulation(tmp / DATA, run, cfg, progress=False)
     before, _ = load_params(run / "rounds" / "round-002.safetensors")
-    sites = {f"site-{k}": (tmp / "data" / f"site-{k}").resolve() for k in (1, 2)}
+    sites = {f"site-{k}": (tmp / DATA / f"site-{k}").resolve() for k in (1, 2)}
     cfg3 = FederationConfig(task="toy", rounds=3, local_epochs=1, train={"features": 8}, min_sites=2)
-    summary = run_simulation(tmp / "data", run, cfg3, resume=True, progress=False, sites=sites, tracking=False)
+    summary = run_simulation(tmp / DATA, run, cfg3, resume=True, progress=False, sites=sites, tracking=False)
     assert summary["rounds"] == 3
     metrics = read_metrics(run)
     assert [m["round"] for m in metrics] == [1, 2, 3]

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import shlex
 
 import numpy as np
 import pytest
 import torch
 
-from fedimg.errors import InputError
+from fedimg.errors import ConfigError, InputError
+from fedimg.fl.nvflare.client import CONFIG_NAME, ClientConfig, build_arg_parser, find_config, make_payload
 from fedimg.fl.server import state
-from fedimg.fl.nvflare.client import build_arg_parser, decode_config, encode_config, make_payload
-from fedimg.fl.nvflare.job import FederationConfig, discover_sites
+from fedimg.fl.server.federation import FederationConfig, discover_sites
+from fedimg.fl.server.strategies import StrategyConfig
 
 
 def test_rounds_latest_and_fallback(tmp_path):
@@ -48,12 +48,34 @@ def test_payload_has_only_differences_counts_and_float_metrics():
     assert torch.equal(full["w"], loc["w"])
 
 
-def test_config_round_trips_through_the_command_line():
-    cfg = {"roi": [32, 32, 32], "lr": 0.002, "model": "segresnet", "threads": None, "amp": "auto", "extra": {}}
-    args = build_arg_parser().parse_args(shlex.split(encode_config(cfg)))
-    assert decode_config(args.cfg) == cfg
-    with pytest.raises(ValueError):
-        encode_config({"name": "has space"})
+def test_config_round_trips_through_the_client_config_file(tmp_path):
+    cfg = {"roi": [32, 32, 32], "lr": 0.002, "model": "segresnet", "threads": None, "amp": "auto", "extra": {},
+           "name": "has space"}
+    cc = ClientConfig(task="brats", task_config=cfg, local_epochs=2, prox_mu=0.01, send="full", threads=3,
+                      local_model_dir=str(tmp_path / "local models"), data=str(tmp_path / "site data" / "site-1"))
+    path = cc.write(tmp_path / "a dir" / CONFIG_NAME)
+    args = build_arg_parser().parse_args(["--config", str(path)])
+    back = ClientConfig.read(find_config(args.config))
+    assert back == cc and back.task_config == cfg and back.data.endswith("site data/site-1")
+    assert build_arg_parser().parse_args([]).config == CONFIG_NAME
+    # a bare name is found in the job's custom/ folder (on the job process's path), the last one first
+    assert find_config(CONFIG_NAME, search=[str(tmp_path), str(path.parent)]) == path
+    with pytest.raises(InputError, match=CONFIG_NAME):
+        find_config(CONFIG_NAME, search=[str(tmp_path)])
+    (tmp_path / "bad.json").write_text("[1]")
+    with pytest.raises(InputError, match="bad.json"):
+        ClientConfig.read(tmp_path / "bad.json")
+    with pytest.raises(ConfigError):
+        ClientConfig(send="both")
+
+
+def test_site_data_from_the_environment(monkeypatch):
+    from fedimg.config import SITE_DATA_ENV, site_data_dir_from_env
+
+    monkeypatch.delenv(SITE_DATA_ENV, raising=False)
+    assert SITE_DATA_ENV == "FEDIMG_SITE_DATA" and site_data_dir_from_env() is None
+    monkeypatch.setenv(SITE_DATA_ENV, "/data/site 1")
+    assert site_data_dir_from_env() == "/data/site 1"
 
 
 def test_discover_sites(tmp_path):
@@ -69,20 +91,43 @@ def test_export_job_is_portable(tmp_path):
     from fedimg.fl.nvflare.job import build_recipe, export_job
 
     cfg = FederationConfig(task="toy", rounds=3, local_epochs=2, train={"features": 4})
-    recipe = build_recipe(cfg, {"site-a": tmp_path / "a", "site-b": None}, run_dir=None)
+    recipe = build_recipe(cfg, {"site-a": tmp_path / "site a", "site-b": None}, run_dir=None)
     out = export_job(recipe, tmp_path / "jobs" / "toy")
     assert (out / "meta.json").is_file() and (out / "app_site-a" / "custom" / "client.py").is_file()
     server = json.loads((out / "app_server" / "config" / "config_fed_server.json").read_text())
     text = json.dumps(server)
     assert "fedimg.fl.nvflare.aggregator.FedimgAggregator" in text and "fedimg.fl.nvflare.persistor.FedimgPersistor" in text
     assert '"num_rounds": 3' in text
+    assert StrategyConfig.from_json(_component_args(server, "FedimgAggregator")["strategy"]) == cfg.strategy
     client = json.loads((out / "app_site-a" / "config" / "config_fed_client.json").read_text())
     args = client["executors"][0]["executor"]["args"]
     assert args["task_script_path"] == "client.py"
-    assert f"--data {tmp_path / 'a'}" in args["task_script_args"] and "--local-epochs 2" in args["task_script_args"]
-    b_args = json.loads((out / "app_site-b" / "config" / "config_fed_client.json").read_text())
-    assert "--data" not in b_args["executors"][0]["executor"]["args"]["task_script_args"]
+    assert args["task_script_args"] == f"--config {CONFIG_NAME}"  # the whole configuration is one file
+    a_cfg = ClientConfig.read(out / "app_site-a" / "custom" / CONFIG_NAME)
+    assert a_cfg.data == str(tmp_path / "site a") and a_cfg.local_epochs == 2 and a_cfg.task == "toy"
+    assert a_cfg.task_config["features"] == 4 and a_cfg.task_config["epochs"] == 6
+    b_cfg = ClientConfig.read(out / "app_site-b" / "custom" / CONFIG_NAME)
+    assert b_cfg.data == ""  # the site's $FEDIMG_SITE_DATA at run time
     assert sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) < 200_000  # no copied libraries
+
+
+def _component_args(doc, class_name: str) -> dict:
+    """The ``args`` of the one component of class ``class_name`` anywhere in a job config."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if str(node.get("path", "")).endswith("." + class_name):
+                found.append(node.get("args", {}))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    (args,) = found
+    return args
 
 
 def test_toy_task_learns(tmp_path):

@@ -6,14 +6,25 @@ import numpy as np
 import pytest
 
 from fedimg.errors import ConfigError
-from fedimg.fl.server.strategies import RoundAggregator, StrategyConfig
+from fedimg.fl.server.strategies import (
+    STRATEGIES,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    FedYogi,
+    Median,
+    Strategy,
+    StrategyConfig,
+    TrimmedMean,
+    make_strategy,
+)
 
 U1 = np.array([1.0, 2.0, 3.0, -4.0], np.float32)
 U2 = np.array([3.0, 2.0, 1.0, 0.0], np.float32)
 U3 = np.array([-1.0, 8.0, 2.0, 4.0], np.float32)
 
 
-def _round(agg: RoundAggregator, updates, weights):
+def _round(agg: Strategy, updates, weights):
     agg.begin_round()
     for u, w in zip(updates, weights):
         agg.add(u, w)
@@ -21,7 +32,7 @@ def _round(agg: RoundAggregator, updates, weights):
 
 
 def test_fedavg_weighted_mean_by_sample_count():
-    agg = RoundAggregator(StrategyConfig(name="fedavg"), size=4)
+    agg = make_strategy(StrategyConfig(name="fedavg"), size=4)
     out = _round(agg, [U1, U2, U3], [1, 3, 4])
     expected = (1 * U1 + 3 * U2 + 4 * U3) / 8
     np.testing.assert_allclose(out, expected, rtol=1e-6)
@@ -30,7 +41,7 @@ def test_fedavg_weighted_mean_by_sample_count():
 
 def test_fedavg_does_not_mutate_inputs_and_resets_each_round():
     u1, u2 = U1.copy(), U2.copy()
-    agg = RoundAggregator(StrategyConfig(name="fedavg"), size=4)
+    agg = make_strategy(StrategyConfig(name="fedavg"), size=4)
     _round(agg, [u1, u2], [1, 1])
     np.testing.assert_array_equal(u1, U1)
     np.testing.assert_array_equal(u2, U2)
@@ -38,14 +49,14 @@ def test_fedavg_does_not_mutate_inputs_and_resets_each_round():
 
 
 def test_server_lr_scales_the_step():
-    agg = RoundAggregator(StrategyConfig(name="fedavg", server_lr=0.5), size=4)
+    agg = make_strategy(StrategyConfig(name="fedavg", server_lr=0.5), size=4)
     np.testing.assert_allclose(_round(agg, [U1, U2], [1, 1]), 0.5 * (U1 + U2) / 2)
 
 
 def test_fedprox_aggregates_like_fedavg_and_defaults_mu():
     cfg = StrategyConfig(name="fedprox")
     assert cfg.prox_mu == pytest.approx(0.01)
-    agg = RoundAggregator(cfg, size=4)
+    agg = make_strategy(cfg, size=4)
     np.testing.assert_allclose(_round(agg, [U1, U2], [2, 2]), (U1 + U2) / 2)
     with pytest.raises(ConfigError):
         StrategyConfig(name="fedprox", prox_mu=0.0)
@@ -54,7 +65,7 @@ def test_fedprox_aggregates_like_fedavg_and_defaults_mu():
 @pytest.mark.parametrize("method", ["fedadam", "fedyogi"])
 def test_fedopt_two_rounds_by_hand(method):
     lr, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
-    agg = RoundAggregator(StrategyConfig(name=method, server_lr=lr, beta1=b1, beta2=b2, tau=tau), size=4)
+    agg = make_strategy(StrategyConfig(name=method, server_lr=lr, beta1=b1, beta2=b2, tau=tau), size=4)
     d1 = (U1 + U2) / 2
     d2 = U3.astype(np.float64)
     m = (1 - b1) * d1
@@ -69,20 +80,20 @@ def test_fedopt_two_rounds_by_hand(method):
     step2 = lr * m2 / (np.sqrt(v2) + tau)
     np.testing.assert_allclose(_round(agg, [U3], [7]), step2, rtol=1e-5, atol=1e-7)
     # moments survive a save/restore (resume)
-    restored = RoundAggregator(StrategyConfig(name=method, server_lr=lr, beta1=b1, beta2=b2, tau=tau), size=4)
+    restored = make_strategy(StrategyConfig(name=method, server_lr=lr, beta1=b1, beta2=b2, tau=tau), size=4)
     restored.load_state(agg.state())
     np.testing.assert_allclose(restored.m, m2, rtol=1e-5)
 
 
 def test_median_is_coordinatewise_and_ignores_weights():
-    agg = RoundAggregator(StrategyConfig(name="median"), size=4)
+    agg = make_strategy(StrategyConfig(name="median"), size=4)
     out = _round(agg, [U1, U2, U3], [1, 100, 1])
     np.testing.assert_allclose(out, [1.0, 2.0, 2.0, 0.0])
 
 
 def test_trimmed_mean_cuts_each_end():
     ups = [np.full(2, x, np.float32) for x in (-100.0, 1.0, 2.0, 3.0, 1e6)]
-    agg = RoundAggregator(StrategyConfig(name="trimmed_mean", trim_ratio=0.2), size=2)
+    agg = make_strategy(StrategyConfig(name="trimmed_mean", trim_ratio=0.2), size=2)
     np.testing.assert_allclose(_round(agg, ups, [1] * 5), [2.0, 2.0])
 
 
@@ -90,7 +101,7 @@ def test_integer_tail_takes_the_max_in_every_strategy():
     a = np.array([1.0, 1.0, 3.0], np.float32)  # last value: an integer buffer's difference
     b = np.array([3.0, 3.0, 5.0], np.float32)
     for name in ("fedavg", "median"):
-        agg = RoundAggregator(StrategyConfig(name=name), size=3, float_size=2)
+        agg = make_strategy(StrategyConfig(name=name), size=3, float_size=2)
         out = _round(agg, [a, b], [1, 1])
         np.testing.assert_allclose(out, [2.0, 2.0, 5.0])
 
@@ -101,4 +112,35 @@ def test_bad_configs_are_refused():
             StrategyConfig(**kw)
     assert StrategyConfig(name="trimmed-mean").name == "trimmed_mean"
     with pytest.raises(ValueError):
-        RoundAggregator(StrategyConfig(), size=3).finish()
+        make_strategy(StrategyConfig(), size=3).finish()
+
+
+def test_one_class_per_strategy_behind_the_abc():
+    classes = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "median": Median,
+               "trimmed_mean": TrimmedMean}
+    assert tuple(classes) == STRATEGIES
+    for name, cls in classes.items():
+        s = make_strategy(StrategyConfig(name=name), size=4)
+        assert type(s) is cls and isinstance(s, Strategy) and s.name == name
+    with pytest.raises(TypeError):
+        Strategy(StrategyConfig(), size=4)  # abstract
+
+
+def test_add_checked_refuses_without_touching_the_round():
+    for name in ("fedavg", "median"):
+        agg = make_strategy(StrategyConfig(name=name), size=4)
+        agg.begin_round()
+        assert agg.add_checked([U1[:2], U1[2:]], 1.0, lambda norm: True)  # an update given as its parts
+        assert not agg.add_checked(U2 * 1e6, 5.0, lambda norm: norm < 100)
+        assert agg.count == 1 and agg.total_weight == 1.0
+        np.testing.assert_allclose(agg.finish(), U1)
+
+
+def test_strategy_config_travels_as_json():
+    cfg = StrategyConfig(name="trimmed-mean", trim_ratio=0.2, server_lr=0.5)
+    text = cfg.to_json()
+    assert isinstance(text, str) and StrategyConfig.from_json(text) == cfg
+    assert StrategyConfig.from_json(StrategyConfig(name="fedprox").to_json()).prox_mu == pytest.approx(0.01)
+    for bad in ("not json", "[1, 2]", '{"name": "fedsgd"}'):
+        with pytest.raises(ConfigError):
+            StrategyConfig.from_json(bad)

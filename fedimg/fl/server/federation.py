@@ -1,0 +1,127 @@
+"""A federated run's configuration, its sites and where a run (re)starts (no NVFlare here).
+
+:class:`FederationConfig` is what ``fedimg simulate / poc / export-job / study`` build
+from the command line and what ``RUN/run_config.json`` records; :func:`discover_sites`
+finds the ``DATA/site-*/`` folders; :func:`start_point` decides, from the run folder,
+whether a run starts fresh or resumes after its last complete round. Used by
+:mod:`fedimg.fl.nvflare` (which turns them into an NVFlare job) and :mod:`fedimg.study`.
+
+>>> cfg = FederationConfig(task="toy", rounds=2, local_epochs=1)
+>>> cfg.total_epochs, cfg.name, cfg.validation.min_sites
+(2, 'fedimg-toy-fedavg', 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedimg.errors import ConfigError, InputError
+from fedimg.fl.server import state as run_state
+from fedimg.fl.server.strategy_config import StrategyConfig
+from fedimg.fl.server.validation import ValidationConfig
+from fedimg.io import read_json
+
+__all__ = ["FederationConfig", "discover_sites", "start_point", "SITE_PATTERN"]
+
+log = logging.getLogger(__name__)
+
+SITE_PATTERN = re.compile(r"^site-[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationConfig:
+    """A federated run: task, rounds, local epochs, strategy and update checks.
+
+    ``train``: the task's config dict (``config_from_dict``); its ``epochs`` is set to the
+    federation's total epoch budget ``rounds * local_epochs`` so that learning-rate
+    schedules span the whole run. ``min_sites`` / ``max_rel_norm`` / ``max_norm_ratio``:
+    the server's update checks (:attr:`validation`).
+    """
+
+    task: str = "brats"
+    rounds: int = 20
+    local_epochs: int = 2
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    min_sites: int = 1
+    max_rel_norm: float = 10.0
+    max_norm_ratio: float = 20.0
+    train: dict[str, Any] = field(default_factory=dict)
+    server_device: str = "auto"
+    send: str = "diff"
+    threads_per_site: int = 0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.local_epochs < 1:
+            raise ConfigError("rounds and local_epochs must be >= 1")
+        if self.min_sites < 1:
+            raise ConfigError("min_sites must be >= 1")
+        if self.send not in ("diff", "full"):
+            raise ConfigError("send must be 'diff' or 'full'")
+        if isinstance(self.strategy, dict):
+            object.__setattr__(self, "strategy", StrategyConfig.from_dict(self.strategy))
+        if not self.name:
+            object.__setattr__(self, "name", f"fedimg-{self.task}-{self.strategy.name.replace('_', '-')}")
+
+    @property
+    def total_epochs(self) -> int:
+        return self.rounds * self.local_epochs
+
+    @property
+    def validation(self) -> ValidationConfig:
+        """The server's update checks as one :class:`ValidationConfig`."""
+        return ValidationConfig(max_rel_norm=self.max_rel_norm, max_norm_ratio=self.max_norm_ratio,
+                                min_sites=self.min_sites)
+
+    def train_config(self) -> dict[str, Any]:
+        return {**self.train, "epochs": self.total_epochs}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FederationConfig:
+        return cls(**d)
+
+
+def discover_sites(data_dir: str | Path) -> dict[str, Path]:
+    """Every ``data_dir/site-*/`` folder, by name (sorted). Raises InputError if none."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise InputError(root, "is not a folder; pass the folder that holds site-*/ sub-folders")
+    sites = {p.name: p.resolve() for p in sorted(root.iterdir()) if p.is_dir() and SITE_PATTERN.match(p.name)}
+    if not sites:
+        raise InputError(root, "holds no site-*/ folders; make one per site (e.g. `fedimg synth --out data/`)")
+    return sites
+
+
+def start_point(out: Path, config: FederationConfig, resume: bool) -> tuple[int, Path | None]:
+    """``(rounds already done, checkpoint to start from)`` for a run in ``out``.
+
+    Refuses to overwrite a run without ``resume``, and to resume with another task or
+    strategy or a run that is already complete.
+    """
+    latest = run_state.load_latest(out) if out.exists() else None
+    if not resume:
+        if latest is not None or (out / "metrics.json").exists():
+            raise InputError(out, "already holds a run; pass --resume to continue it or choose a new --out")
+        return 0, None
+    if latest is None:
+        log.info("%s holds no completed round; starting fresh", out)
+        return 0, None
+    rnd = latest[0]
+    saved = out / "run_config.json"
+    if saved.is_file():
+        prev = read_json(saved).get("federation", {})
+        for key in ("task", "strategy"):
+            if key in prev and prev[key] != config.to_dict()[key]:
+                raise ConfigError(f"{saved}: --resume with a different {key} ({prev[key]} -> {config.to_dict()[key]})")
+    if rnd >= config.rounds:
+        raise ConfigError(f"{out}: all {config.rounds} rounds are already complete; raise --rounds to train longer")
+    log.info("resuming after round %d", rnd)
+    return rnd, run_state.round_path(out, rnd)

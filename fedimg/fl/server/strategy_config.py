@@ -1,0 +1,100 @@
+"""The strategy's parameters as one frozen value, serialised once as JSON (no NVFlare here).
+
+:class:`StrategyConfig` travels whole from the command line to the server: the CLI builds
+it, :class:`fedimg.fl.server.federation.FederationConfig` holds it, the NVFlare job writes
+``to_json()`` into the aggregator's arguments and the server rebuilds it with
+``from_json()``; a new parameter is one new field here.
+
+>>> cfg = StrategyConfig(name="fedadam", server_lr=0.1)
+>>> StrategyConfig.from_json(cfg.to_json()) == cfg
+True
+>>> StrategyConfig(name="fedprox").prox_mu
+0.01
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedimg.errors import ConfigError
+
+__all__ = ["STRATEGIES", "StrategyConfig"]
+
+#: Strategy names, in the order the command line lists them.
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "median", "trimmed_mean")
+_BUFFERED = ("median", "trimmed_mean")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyConfig:
+    """How the server turns a round's updates into a step.
+
+    ``server_lr``: scale of the step (1.0 = plain FedAvg; FedOpt's server learning rate).
+    ``beta1``/``beta2``/``tau``: FedOpt moments and adaptivity. ``trim_ratio``: fraction
+    cut from *each* end per coordinate for ``trimmed_mean``. ``prox_mu``: FedProx's
+    proximal weight, used by the clients (0 disables; ``fedprox`` defaults to 0.01).
+    """
+
+    name: str = "fedavg"
+    server_lr: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    trim_ratio: float = 0.1
+    prox_mu: float | None = None
+
+    def __post_init__(self) -> None:
+        name = self.name.replace("-", "_").lower()
+        if name not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.name!r}; choose one of {', '.join(STRATEGIES)}")
+        object.__setattr__(self, "name", name)
+        if not (self.server_lr > 0 and np.isfinite(self.server_lr)):
+            raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("beta1 and beta2 must lie in [0, 1)")
+        if not self.tau > 0:
+            raise ConfigError(f"tau must be > 0, got {self.tau}")
+        if not 0 <= self.trim_ratio < 0.5:
+            raise ConfigError(f"trim_ratio must lie in [0, 0.5), got {self.trim_ratio}")
+        if self.prox_mu is None:
+            object.__setattr__(self, "prox_mu", 0.01 if name == "fedprox" else 0.0)
+        if self.prox_mu < 0:
+            raise ConfigError(f"prox_mu must be >= 0, got {self.prox_mu}")
+        if name == "fedprox" and self.prox_mu == 0:
+            raise ConfigError("strategy fedprox needs prox_mu > 0")
+
+    @property
+    def buffered(self) -> bool:
+        """True for the robust strategies that keep every update of the round."""
+        return self.name in _BUFFERED
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StrategyConfig:
+        return cls(**d)
+
+    def to_json(self) -> str:
+        """One JSON object holding every field (the form the NVFlare job carries)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StrategyConfig:
+        """Inverse of :meth:`to_json`; a malformed text is a :class:`~fedimg.errors.ConfigError`."""
+        return cls.from_dict(_json_object(text, "strategy"))
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        d = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{what} config is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what} config must be a JSON object, got {text!r}")
+    return d
