@@ -78,6 +78,18 @@ def _only_imports(source: str) -> bool:
     return bool(tree.body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
 
 
+def _file_line(test: doctest.DocTest, line: str, guess: int) -> int:
+    """The 1-based line of ``line`` in the test's file, searched from the docstring's object on."""
+    try:
+        lines = Path(test.filename).read_text().splitlines()
+    except (OSError, TypeError):
+        return guess
+    for j in range(test.lineno or 0, len(lines)):
+        if lines[j].strip() == line.strip():
+            return j + 1
+    return guess
+
+
 def example_problems(tests: list[doctest.DocTest]) -> list[str]:
     """Why these docstrings' examples do not count as examples (empty: they are fine)."""
     problems: list[str] = []
@@ -87,7 +99,7 @@ def example_problems(tests: list[doctest.DocTest]) -> list[str]:
         for i, line in enumerate((test.docstring or "").splitlines()):
             m = _PROMPT_COMMENT.match(line)
             if m and is_commented_out(m.group(1)):
-                where = f"{test.name}:{(test.lineno or 0) + i + 1}"
+                where = f"{test.name}:{_file_line(test, line, (test.lineno or 0) + i + 1)}"
                 problems.append(f"{where}: commented-out example `{line.strip()}`: make it run or remove it")
         for ex in test.examples:
             if ex.options.get(doctest.SKIP):
