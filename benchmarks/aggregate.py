@@ -1,21 +1,162 @@
 #!/usr/bin/env python
-"""FedAvg aggregation: fedimg kernels vs Flower and NVFlare (same as `fedimg bench aggregate`).
+"""FedAvg aggregation: fedimg kernels vs Flower and NVFlare, in one process and round-robin.
+
+For each model size and K updates (see :mod:`fedimg.bench.aggregate`, which times fedimg's
+methods and the bandwidth probes), the peers join the same round-robin:
+
+* Flower 1.x ``flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords`` fed one
+  ``RecordDict({"arrays": ArrayRecord, "metrics": MetricRecord({"num-examples": n})})`` per
+  site, as Flower's ``FedAvg.aggregate_train`` does;
+* NVFlare ``WeightedAggregationHelper`` (``add`` per site + ``get_result``), the helper behind
+  ``InTimeAccumulateWeightedAggregator``.
+
+Prints fedimg's table with the speed-ups over both peers; writes JSON with ``--json``.
+Needs the bench extra (``pip install -e '.[bench]'``); without it, or with ``--no-peers``,
+only fedimg's methods run (as ``fedimg bench aggregate``).
 
     python benchmarks/aggregate.py --quick --json bench-results/aggregate.json
 """
 
-import argparse
-import logging
-import sys
+from __future__ import annotations
 
+import argparse
+import gc
+import logging
+import os
+import platform
+import sys
+from typing import Any
+
+import numpy as np
+
+import _common
 from fedimg.bench import aggregate
+
+__all__ = ["add_arguments", "run", "traffic"]
+
+log = logging.getLogger("benchmarks.aggregate")
+
+DESCRIPTION = "FedAvg aggregation GB/s and memory: fedimg kernels vs Flower aggregate_arrayrecords and NVFlare"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    aggregate.add_arguments(p)
+    p.add_argument("--no-peers", action="store_true", help="skip Flower and NVFlare")
+    p.add_argument("--quick", action="store_true", help="SegResNet size, K=16, 5 repeats (< 2 minutes on 2 cores)")
+
+
+def traffic(method: str, k: int) -> tuple[int, int]:
+    """(reads, writes) in model-sized float32 arrays that a method itself moves for K updates."""
+    if method == "nvflare":  # v*w temp, total + temp -> new total, final divide
+        return 3 * k - 1, 2 * k
+    if method == "flower":  # Array.numpy() copy, *w temp, += ; final ArrayRecord serialisation
+        return 4 * k - 1, 3 * k
+    return aggregate.traffic(method, k)
+
+
+def _host(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+        return x.get()
+    return np.asarray(x)
+
+
+def peers(*, names, offsets, flats, host_flats, weights) -> aggregate.PeerMethods:
+    """Flower's and NVFlare's FedAvg on the same updates (Flower's records are built on the host)."""
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+    from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
+
+    def split(f):
+        return {nm: f[offsets[j] : offsets[j + 1]].reshape(s) for j, (nm, s) in enumerate(names)}
+
+    dicts = [split(f) for f in flats]
+    records = [
+        RecordDict({"arrays": ArrayRecord({nm: Array(v) for nm, v in split(f).items()}),
+                    "metrics": MetricRecord({"num-examples": int(w)})})
+        for f, w in zip(host_flats, weights)
+    ]
+
+    def nvflare():
+        h = WeightedAggregationHelper()
+        for i, (d, w) in enumerate(zip(dicts, weights)):
+            h.add(d, w, f"site-{i}", 0)
+        return h.get_result()
+
+    def flatten(name: str, res: Any) -> np.ndarray:
+        if name == "flower":
+            return np.concatenate([res[k].numpy().reshape(-1) for k, _ in names])
+        return np.concatenate([np.asarray(_host(res[k])).reshape(-1) for k, _ in names])
+
+    methods = {"flower": lambda: aggregate_arrayrecords(records, "num-examples"), "nvflare": nvflare}
+    return aggregate.PeerMethods(methods=methods, traffic=traffic, flatten=flatten, host_side=frozenset({"flower"}))
+
+
+def _print(case: dict[str, Any]) -> None:
+    lim = ", ".join(f"{k} {v:.1f}" for k, v in case["limits"].items())
+    print(f"\n{case['size']}: P={case['params']:,} in {case['tensors']} tensors, K={case['k']}, "
+          f"fedimg backend {case['fedimg_backend']}  (limits GB/s: {lim})")
+    print(f"{'method':18s} {'ms':>9s} {'GB/s own':>9s} {'% limit':>8s} {'% min':>7s} {'x Flower':>9s} {'x NVFlare':>9s} {'mem x model':>11s}")
+    for name, r in case["methods"].items():
+        print(
+            f"{name:18s} {r['median_s'] * 1e3:9.2f} {r['own_GBps']:9.2f} {r['pct_of_limit_own_traffic']:7.0f}% "
+            f"{r['pct_of_limit_min_traffic']:6.0f}% {r.get('speedup_vs_flower', float('nan')):9.2f} "
+            f"{r.get('speedup_vs_nvflare', float('nan')):9.2f} {r['peak_extra_x_model']:11.2f}"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from fedimg.device import configure_threads, resolve_device
+    from fedimg.io import write_json
+
+    threads = configure_threads(args.threads)
+    device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
+    sizes = args.sizes or (["segresnet"] if args.quick else list(aggregate.SIZES))
+    ks = args.ks or ([16] if args.quick else [4, 16])
+    repeats = max(5, args.repeats or (5 if args.quick else 7))
+    with_peers = not args.no_peers
+    if with_peers:
+        try:
+            import flwr  # noqa: F401
+            import nvflare  # noqa: F401
+        except ImportError as exc:
+            log.warning("peer missing (%s): install the bench extra, pip install 'fedimg[bench]'; running without peers", exc)
+            with_peers = False
+    cases = []
+    for size in sizes:
+        for k in ks:
+            log.info("aggregate: %s K=%d on %s", size, k, device)
+            case = aggregate.bench_case(size, k, repeats, on_gpu, device, peers=peers if with_peers else None)
+            rows = case["methods"]
+            for peer in ("flower", "nvflare"):
+                if peer in rows:
+                    for row in rows.values():
+                        row[f"speedup_vs_{peer}"] = rows[peer]["median_s"] / row["median_s"]
+            _print(case)
+            cases.append(case)
+            gc.collect()
+    meta = {
+        "benchmark": "aggregate",
+        "device": str(device),
+        "device_name": aggregate.device_name(device),
+        "cpu_threads": threads,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "platform": platform.platform(),
+        "repeats": repeats,
+        "quick": bool(args.quick),
+        "versions": aggregate.versions(("numpy", "numba", "torch", "cupy", "flwr", "nvflare")),
+        "cases": cases,
+    }
+    if args.json:
+        write_json(args.json, meta)
+        log.info("wrote %s", args.json)
+    return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=aggregate.DESCRIPTION)
-    aggregate.add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return aggregate.run(parser.parse_args(argv))
+    return _common.main(_common.parser(DESCRIPTION, add_arguments), run, argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ log one line. Inputs are never modified; results come back as the inputs' kind/d
 ``fedopt_step(params, g, m, v, method=..)``  FedAdam / FedYogi / FedAdagrad / FedAvgM
 ``coordinate_median`` / ``trimmed_mean``   robust aggregates over K updates
 ``l2_norms`` / ``clip_by_norm`` / ``all_finite``  per-update norms, clipping, NaN/Inf check
+``kind_of(x)`` / ``choose_backend(kind, n)``  which backend an op would pick for ``x``
 =========================================  ============================================
 
 Half precision (float16, bfloat16) is accumulated in float32; float64 stays float64.
@@ -30,7 +31,7 @@ Half precision (float16, bfloat16) is accumulated in float32; float64 stays floa
 array([0., 2., 4., 6.], dtype=float32)
 """
 
-from ._backend import BACKENDS
+from ._backend import BACKENDS, choose_backend, kind_of
 from .aggregate import MODES, WeightedAccumulator, fedavg
 from .fedopt import METHODS, fedopt_step
 from .layout import Layout, pack, unpack
@@ -38,6 +39,8 @@ from .robust import all_finite, clip_by_norm, coordinate_median, l2_norms, trimm
 
 __all__ = [
     "BACKENDS",
+    "choose_backend",
+    "kind_of",
     "fedavg",
     "WeightedAccumulator",
     "MODES",

@@ -32,7 +32,7 @@ from numba.extending import overload
 from . import _ref
 from ._backend import warn_once
 
-__all__ = ["wsum", "wsum_sumsq", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH", "read_sum", "triad"]
+__all__ = ["wsum", "wsum_sumsq", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH"]
 
 CH = 4096
 MAX_TUPLE = 64
@@ -243,29 +243,6 @@ def _scale_k(u, f, out, lut):  # pragma: no cover - numba
         v = u[s:e]
         for i in range(e - s):
             o[i] = f * _ld(v, i, lut)
-
-
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def read_sum(a):  # pragma: no cover - numba
-    """Read-only chunked sum (vectorised, reassociated): the benchmark's read-bandwidth probe."""
-    n = a.size
-    nch = (n + CH - 1) // CH
-    parts = np.zeros(nch, np.float32)
-    for c in prange(nch):
-        parts[c] = a[c * CH : min(c * CH + CH, n)].sum()
-    return parts.sum()
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def triad(a, b, c, s):  # pragma: no cover - numba
-    """``a = b + s*c`` (STREAM triad): the benchmark's read+write bandwidth probe."""
-    n = a.size
-    for k in prange((n + CH - 1) // CH):
-        lo = k * CH
-        hi = min(lo + CH, n)
-        av, bv, cv = a[lo:hi], b[lo:hi], c[lo:hi]
-        for i in range(hi - lo):
-            av[i] = bv[i] + s * cv[i]
 
 
 def _prep(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,18 +1,22 @@
-"""``fedimg bench federation``: federated round time split, server aggregation vs NVFlare, server memory.
+"""``fedimg bench federation``: federated round time split, server aggregation time and memory.
 
-Three measurements, peers run in the same process on the same inputs:
+Three measurements of fedimg's federation on this machine:
 
 1. **Round time split** (3 sites): from a real ``fedimg simulate`` run's ``metrics.json``
    (``--run RUN``, or a fresh SimEnv run of ``--task`` on synthetic sites): per round the
    server's wall time, the slowest site's local training and evaluation, the server's
    aggregation, and the rest (model transfer both ways + NVFlare scheduling).
 2. **Server aggregation time** for K updates of a real model's shapes (MONAI SegResNet,
-   ``init_filters=16``, 4.7 M parameters): fedimg's :class:`FedimgAggregator` (validation +
-   streaming ``WeightedAccumulator``; ``accept_model`` per update, ``aggregate_model``) vs
-   NVFlare's stock ``InTimeAccumulateWeightedAggregator`` (``accept`` per Shareable,
-   ``aggregate``), same difference arrays and weights, median of ``--repeats``.
+   ``init_filters=16``, 4.7 M parameters): what fedimg's server does per round, without
+   NVFlare's message objects: :class:`~fedimg.fl.server.validation.UpdateValidator`
+   ``screen`` per update, the strategy's ``add_checked`` (fold + norm in one pass, judged by
+   the validator), ``finish`` and the unpacked step; median of ``--repeats``, with GB/s of
+   update data folded.
 3. **Server peak memory** vs number of sites (K = 4, 16): updates arrive one at a time (each
-   dropped after ``accept``), tracemalloc peak of the aggregator's own allocations.
+   dropped after it is folded), tracemalloc peak of the aggregation's own allocations.
+
+The comparison with NVFlare's stock ``InTimeAccumulateWeightedAggregator`` (fedimg's
+NVFlare aggregator against it, same updates) is ``benchmarks/federation.py``.
 
     fedimg bench federation --quick --json bench-results/federation.json
 """
@@ -28,15 +32,16 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["DESCRIPTION", "add_arguments", "run", "round_split"]
+__all__ = ["DESCRIPTION", "add_arguments", "run", "round_split", "fresh_run", "print_round_split", "model_params",
+           "updates", "server_round", "peak_aggregator_only"]
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = "federated round time split (3 sites), server aggregation vs NVFlare InTimeAccumulateWeightedAggregator, server memory vs sites"
+DESCRIPTION = "federated round time split (3 sites), fedimg server aggregation time and GB/s, server memory vs sites"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for fedimg's numba/torch (default: all usable)")
     p.add_argument("--skip-round", action="store_true", help="skip the SimEnv round-split measurement")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
-    p.add_argument("--quick", action="store_true", help="toy-task SimEnv run of 2 rounds, K=4 16, 3 repeats (~2 min)")
+    p.add_argument("--quick", action="store_true", help="toy-task SimEnv run of 2 rounds, K=4 16, 3 repeats (~1 min)")
 
 
 # -- 1. round split -------------------------------------------------------------------------
@@ -71,8 +76,9 @@ def round_split(metrics: list[dict[str, Any]]) -> list[dict[str, float]]:
     return rows
 
 
-def _fresh_run(task: str, rounds: int, tmp: Path) -> Path:
-    from fedimg.fl.nvflare.job import FederationConfig
+def fresh_run(task: str, rounds: int, tmp: Path) -> Path:
+    """A 3-site SimEnv run of ``task`` on synthetic sites under ``tmp``; returns its run folder."""
+    from fedimg.fl.server.federation import FederationConfig
     from fedimg.fl.nvflare.simulate import run_simulation
 
     if task == "toy":
@@ -90,8 +96,24 @@ def _fresh_run(task: str, rounds: int, tmp: Path) -> Path:
     return tmp / "run"
 
 
+def print_round_split(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Measure (``--run`` or a fresh run) and print the round split into ``results["round_split"]``."""
+    from fedimg.fl.server.state import read_metrics
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(args.run) if args.run else fresh_run(args.task, args.rounds, Path(tmp))
+        rows = round_split(read_metrics(run_dir))
+        results["round_split"] = {"run": str(args.run or f"fresh {args.task} SimEnv run"), "rounds": rows}
+    print(f"\nround time split (3 sites, {results['round_split']['run']})")
+    print(f"{'round':>5} {'wall s':>8} {'train s':>8} {'eval s':>7} {'aggr s':>8} {'transfer+sched s':>17}")
+    for r in rows:
+        print(f"{r['round']:>5} {r['wall_s']:8.2f} {r['local_train_s']:8.2f} {r['local_eval_s']:7.2f} "
+              f"{r['aggregation_s']:8.4f} {r['transfer_and_overhead_s']:17.2f}")
+
+
 # -- 2./3. aggregation ------------------------------------------------------------------------
-def _model_params(init_filters: int) -> dict[str, np.ndarray]:
+def model_params(init_filters: int) -> dict[str, np.ndarray]:
+    """A seeded MONAI SegResNet state dict (4 in, 3 out channels) as numpy arrays."""
     import torch
     from monai.networks.nets import SegResNet
 
@@ -100,73 +122,50 @@ def _model_params(init_filters: int) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
 
 
-def _updates(params: dict[str, np.ndarray], k: int, seed: int = 0):
+def updates(params: dict[str, np.ndarray], k: int, seed: int = 0):
+    """``k`` seeded (site name, difference dict, sample count) updates shaped like ``params``, one at a time."""
     rng = np.random.default_rng(seed)
     for i in range(k):
         yield f"site-{i + 1}", {n: (rng.standard_normal(v.shape, dtype=np.float32) * 1e-3) for n, v in params.items()}, 10 + i
 
 
-def _fedimg_round(params, k: int, device: str) -> float:
-    from nvflare.apis.fl_context import FLContext
-    from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
-    from nvflare.app_common.abstract.model import make_model_learnable
-    from nvflare.app_common.app_constant import AppConstants
-    from nvflare.app_common.app_event_type import AppEventType
+def server_round(params: dict[str, np.ndarray], k: int, device: str) -> float:
+    """Busy seconds of fedimg's server for one FedAvg round of ``k`` updates (screen, checked fold, finish)."""
+    from fedimg.fl.server.strategies import StrategyConfig, make_strategy
+    from fedimg.fl.server.validation import UpdateValidator, ValidationConfig
+    from fedimg.kernels import unpack
 
-    from fedimg.fl.nvflare.aggregator import FedimgAggregator
-
-    agg = FedimgAggregator(device=device, audit_payloads=False)
-    ctx = FLContext()
-    ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable(params, {}), private=True, sticky=False)
-    ctx.set_prop(AppConstants.CURRENT_ROUND, 0, private=True, sticky=False)
-    agg.handle_event(AppEventType.ROUND_STARTED, ctx)
-    agg.fl_ctx = ctx
+    validator = UpdateValidator(ValidationConfig())
+    validator.begin_round(params)
+    agg = None
     busy = 0.0
-    for site, upd, n in _updates(params, k):
-        model = FLModel(params=upd, params_type=ParamsType.DIFF, metrics={"val_dice_mean": 0.5},
-                        meta={"client_name": site, "NUM_STEPS_CURRENT_ROUND": n})
+    for site, upd, n in updates(params, k):
         t0 = time.perf_counter()
-        agg.accept_model(model)
+        verdict = validator.screen(site, upd)
+        assert verdict.ok, verdict.reason
+        if agg is None:
+            lay = validator.layout
+            agg = make_strategy(StrategyConfig(name="fedavg"), lay.size, float_size=lay.float_size,
+                                device=None if device == "cpu" else device)
+        judged = []
+
+        def check(norm: float, site: str = site) -> bool:
+            judged.append(validator.judge(site, norm))
+            return judged[-1].ok
+
+        agg.add_checked(verdict.parts, n, check)
         busy += time.perf_counter() - t0
-        del model, upd
+        assert judged and judged[0].ok, judged[0].reason if judged else "not judged"
+        del upd, verdict
     t0 = time.perf_counter()
-    out = agg.aggregate_model()
+    delta = unpack(agg.finish(), validator.layout, as_torch=False, copy=False)
+    validator.end_round()
     busy += time.perf_counter() - t0
-    assert len(out.params) == len(params)
+    assert len(delta) == len(params)
     return busy
 
 
-def _nvflare_round(params, k: int) -> float:
-    from nvflare.apis.dxo import DXO, DataKind, MetaKey
-    from nvflare.apis.fl_constant import ReservedKey
-    from nvflare.apis.fl_context import FLContext
-    from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
-    from nvflare.app_common.app_constant import AppConstants
-
-    from nvflare.apis.event_type import EventType
-
-    agg = InTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHT_DIFF)
-    ctx = FLContext()
-    agg.handle_event(EventType.START_RUN, ctx)  # builds its per-DXO aggregators, as in a real run
-    ctx.set_prop(AppConstants.CURRENT_ROUND, 0, private=True, sticky=False)
-    busy = 0.0
-    for site, upd, n in _updates(params, k):
-        sh = DXO(data_kind=DataKind.WEIGHT_DIFF, data=upd, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: n}).to_shareable()
-        sh.set_peer_props({ReservedKey.IDENTITY_NAME: site})
-        sh.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)
-        t0 = time.perf_counter()
-        ok = agg.accept(sh, ctx)
-        busy += time.perf_counter() - t0
-        assert ok, "NVFlare aggregator refused an update"
-        del sh, upd
-    t0 = time.perf_counter()
-    out = agg.aggregate(ctx)
-    busy += time.perf_counter() - t0
-    assert out is not None
-    return busy
-
-
-def _peak(fn, *a) -> float:
+def _peak(fn: Callable, *a) -> float:
     gc.collect()
     tracemalloc.start()
     fn(*a)
@@ -175,65 +174,42 @@ def _peak(fn, *a) -> float:
     return peak
 
 
-def _peak_aggregator_only(fn, params, k, *a) -> float:
+def peak_aggregator_only(fn: Callable, params, k, *a) -> float:
     """Peak of a round minus the peak of just generating the same updates (the aggregator's own memory)."""
     def gen_only(params, k):
-        for _, upd, _ in _updates(params, k):
+        for _, upd, _ in updates(params, k):
             del upd
 
     return _peak(fn, params, k, *a) - _peak(gen_only, params, k)
 
 
-def _alternate(k: int, repeats: int, params, device: str) -> tuple[float, float]:
-    """Median fedimg and NVFlare round times, the two run one after the other each repeat."""
-    t_f, t_n = [], []
-    for _ in range(repeats):
-        t_f.append(_fedimg_round(params, k, device))
-        t_n.append(_nvflare_round(params, k))
-    return statistics.median(t_f), statistics.median(t_n)
-
-
 def run(args: argparse.Namespace) -> int:
     from fedimg.device import configure_threads, resolve_device
-    from fedimg.fl.server.state import read_metrics
 
-    logging.getLogger("nvflare").setLevel(logging.CRITICAL)  # its per-update warnings would cost it time
-    logging.getLogger("fedimg.fl.nvflare.aggregator").setLevel(logging.WARNING)
     if args.quick:
         args.task, args.rounds, args.repeats = "toy", 2, 3
     device = "cuda" if str(resolve_device(args.device)).startswith("cuda") else "cpu"
     threads = configure_threads(args.threads)
     results: dict[str, Any] = {"device": device, "ks": args.ks, "threads": threads}
-
     if not args.skip_round:
-        with tempfile.TemporaryDirectory() as tmp:
-            run_dir = Path(args.run) if args.run else _fresh_run(args.task, args.rounds, Path(tmp))
-            rows = round_split(read_metrics(run_dir))
-            results["round_split"] = {"run": str(args.run or f"fresh {args.task} SimEnv run"), "rounds": rows}
-        print(f"\nround time split (3 sites, {results['round_split']['run']})")
-        print(f"{'round':>5} {'wall s':>8} {'train s':>8} {'eval s':>7} {'aggr s':>8} {'transfer+sched s':>17}")
-        for r in rows:
-            print(f"{r['round']:>5} {r['wall_s']:8.2f} {r['local_train_s']:8.2f} {r['local_eval_s']:7.2f} "
-                  f"{r['aggregation_s']:8.4f} {r['transfer_and_overhead_s']:17.2f}")
+        print_round_split(args, results)
 
-    params = _model_params(args.init_filters)
+    params = model_params(args.init_filters)
     n_params = int(sum(v.size for v in params.values()))
     results["model"] = {"name": f"SegResNet(init_filters={args.init_filters})", "parameters": n_params,
                         "tensors": len(params)}
     print(f"\nserver aggregation, {results['model']['name']}: {n_params / 1e6:.1f} M parameters, {len(params)} tensors, "
           f"fedimg on {device} with {threads} thread(s), median of {args.repeats}")
-    print(f"{'K':>3} {'fedimg s':>9} {'NVFlare s':>10} {'speed-up':>9} {'fedimg MB':>10} {'NVFlare MB':>11} {'model MB':>9}")
+    print(f"{'K':>3} {'fedimg s':>9} {'GB/s':>7} {'fedimg MB':>10} {'model MB':>9}")
     agg_rows = []
     for k in args.ks:
-        _fedimg_round(params, k, device)  # warm-ups: numba compiles or loads its cache, first-touch of buffers
-        _nvflare_round(params, k)
-        t_f, t_n = _alternate(k, args.repeats, params, device)
-        m_f = _peak_aggregator_only(_fedimg_round, params, k, "cpu") / 2**20
-        m_n = _peak_aggregator_only(_nvflare_round, params, k) / 2**20
-        row = {"k": k, "fedimg_s": t_f, "nvflare_s": t_n, "speedup": t_n / t_f, "fedimg_peak_mb": m_f,
-               "nvflare_peak_mb": m_n, "model_mb": n_params * 4 / 2**20}
+        server_round(params, k, device)  # warm-up: numba compiles or loads its cache, first-touch of buffers
+        t_f = statistics.median(server_round(params, k, device) for _ in range(args.repeats))
+        m_f = peak_aggregator_only(server_round, params, k, "cpu") / 2**20
+        row = {"k": k, "fedimg_s": t_f, "fedimg_GBps": k * n_params * 4 / t_f / 1e9, "fedimg_peak_mb": m_f,
+               "model_mb": n_params * 4 / 2**20}
         agg_rows.append(row)
-        print(f"{k:>3} {t_f:9.3f} {t_n:10.3f} {t_n / t_f:8.2f}x {m_f:10.1f} {m_n:11.1f} {row['model_mb']:9.1f}")
+        print(f"{k:>3} {t_f:9.3f} {row['fedimg_GBps']:7.2f} {m_f:10.1f} {row['model_mb']:9.1f}")
     results["aggregation"] = agg_rows
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
-"""``fedimg bench <name>``: run one of the project's benchmarks (or all of them).
+"""``fedimg bench <name>``: measure fedimg's own throughput on this machine (or all benchmarks).
 
 Each benchmark is a module ``fedimg.bench.<name>`` exposing ``DESCRIPTION``,
-``add_arguments(parser)`` and ``run(args) -> dict`` (the JSON it also writes). The
-scripts in ``benchmarks/`` call the same modules.
+``add_arguments(parser)`` and ``run(args) -> int`` (it prints a table and writes JSON with
+``--json``). Comparisons with peers are the scripts in the repository's ``benchmarks/``
+folder (not installed), which call the same modules' measurement functions.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+
+__all__ = ["BENCHMARKS", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ def _load(name: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark fedimg against a named peer on this machine")
+    p = sub.add_parser("bench", help="measure fedimg's own throughput on this machine")
     bsub = p.add_subparsers(dest="bench_name", metavar="NAME")
     for name in BENCHMARKS:
         mod = _load(name)

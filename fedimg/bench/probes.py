@@ -1,0 +1,52 @@
+"""Memory-bandwidth probes: the physical limit ``fedimg bench aggregate`` holds FedAvg to.
+
+Two numba CPU kernels over row chunks of ``CH`` float32 values, each thread owning a chunk
+(the same shape of work as the FedAvg kernels in :mod:`fedimg.kernels`):
+
+* :func:`read_sum`: a read-only chunked sum (vectorised, reassociated): read bandwidth;
+* :func:`triad`: ``a = b + s*c`` (STREAM triad): two reads and one write per element, from
+  which the write bandwidth follows.
+
+They measure the machine, not fedimg; the benchmark times them in the same round-robin as
+the kernels so that a busy machine slows both alike.
+
+>>> import numpy as np
+>>> a, b, c = np.empty(5, np.float32), np.ones(5, np.float32), np.arange(5, dtype=np.float32)
+>>> triad(a, b, c, np.float32(0.5))
+>>> a
+array([1. , 1.5, 2. , 2.5, 3. ], dtype=float32)
+>>> float(read_sum(c))
+10.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["CH", "read_sum", "triad"]
+
+CH = 4096  # float32 values per chunk: 16 KiB, stays in L1 (as in the FedAvg kernels)
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def read_sum(a):  # pragma: no cover - numba
+    """Read-only chunked sum (vectorised, reassociated): the benchmark's read-bandwidth probe."""
+    n = a.size
+    nch = (n + CH - 1) // CH
+    parts = np.zeros(nch, np.float32)
+    for c in prange(nch):
+        parts[c] = a[c * CH : min(c * CH + CH, n)].sum()
+    return parts.sum()
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def triad(a, b, c, s):  # pragma: no cover - numba
+    """``a = b + s*c`` (STREAM triad): the benchmark's read+write bandwidth probe."""
+    n = a.size
+    for k in prange((n + CH - 1) // CH):
+        lo = k * CH
+        hi = min(lo + CH, n)
+        av, bv, cv = a[lo:hi], b[lo:hi], c[lo:hi]
+        for i in range(hi - lo):
+            av[i] = bv[i] + s * cv[i]
