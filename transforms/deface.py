@@ -11,7 +11,8 @@ used as protection: their voxels are never removed).
 >>> t = Deface(config=DefaceConfig(preset="fast"))
 >>> [b.value for b in t.backend]
 ['torch', 'numpy']
->>> # out = t(img, affine=aff)  -> same shape/dtype as img, face voxels zeroed
+
+``t(img, affine=aff)`` gives an array of ``img``'s shape and dtype with the face voxels zeroed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Data: find cases (BraTS 2021 / 2023 folders, MSD Task01), load and validate them,
 map labels to the TC / WT / ET regions, and synthesise a multi-site BraTS-like data set.
 
->>> from fedimg.data import discover, load_case              # doctest: +SKIP
+>>> import numpy as np
+>>> from fedimg.data import discover, labels_to_regions, load_case
+>>> labels_to_regions(np.array([0, 1, 2, 4], np.uint8)).tolist()    # TC, WT, ET of BraTS 2021 labels
+[[0, 1, 0, 1], [0, 1, 1, 1], [0, 0, 0, 1]]
 >>> arrays = load_case(discover("data/site-1")[0])           # doctest: +SKIP
 >>> arrays.image.shape, arrays.regions.shape                 # doctest: +SKIP
 ((4, 88, 128, 112), (3, 88, 128, 112))

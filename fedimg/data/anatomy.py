@@ -9,9 +9,9 @@ centres of CSF / grey matter / white matter inside the brain and bone / muscle /
 outside it. :func:`render` maps T1 intensities to the four MRI contrasts by piecewise
 linear interpolation between those centres (so partial-volume voxels get mixed values).
 
->>> anat = load_anatomy(2.0)                                 # doctest: +SKIP
->>> anat.intensity.shape, anat.brain.dtype                   # doctest: +SKIP
-((88, 128, 112), dtype('float32'))
+>>> anat = load_anatomy(4.0)
+>>> anat.intensity.shape, anat.brain.dtype
+((44, 64, 56), dtype('float32'))
 """
 
 from __future__ import annotations

@@ -14,9 +14,13 @@ Supported layouts (detected automatically):
 ``ROOT`` may also be a single case folder (one case is returned). ``.nii`` works as well
 as ``.nii.gz``.
 
->>> cases = discover("data/site-1")                         # doctest: +SKIP
->>> cases[0].case_id, [p.name for p in cases[0].images]     # doctest: +SKIP
-('case-000', ['case-000_t1.nii.gz', 'case-000_t1ce.nii.gz', 'case-000_t2.nii.gz', 'case-000_flair.nii.gz'])
+>>> import pathlib, tempfile
+>>> site = pathlib.Path(tempfile.mkdtemp()); (site / "case-000").mkdir()
+>>> for m in ("t1", "t1ce", "t2", "flair", "seg"):
+...     _ = (site / "case-000" / f"case-000_{m}.nii.gz").write_bytes(b"")  # names only: nothing is read
+>>> cases = discover(site)
+>>> cases[0].case_id, cases[0].layout, [p.name for p in cases[0].images]
+('case-000', 'brats2021', ['case-000_t1.nii.gz', 'case-000_t1ce.nii.gz', 'case-000_t2.nii.gz', 'case-000_flair.nii.gz'])
 """
 
 from __future__ import annotations

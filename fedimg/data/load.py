@@ -6,9 +6,15 @@ modalities or labels with different shapes or affines, NaN/Inf voxels (those fil
 are :mod:`fedimg.imageio.nifti`), and label values outside the layout's set. Files are only
 read, never written.
 
->>> arrays = load_case(discover("data/site-1")[0])          # doctest: +SKIP
->>> arrays.image.shape, arrays.image.dtype, arrays.regions.shape   # doctest: +SKIP
-((4, 88, 128, 112), dtype('float32'), (3, 88, 128, 112))
+>>> import pathlib, tempfile, numpy as np, nibabel as nib
+>>> from fedimg.data import discover
+>>> case = pathlib.Path(tempfile.mkdtemp()) / "c"; case.mkdir()
+>>> for m in ("t1", "t1ce", "t2", "flair"):
+...     nib.save(nib.Nifti1Image(np.ones((8, 9, 10), np.float32), np.eye(4)), str(case / f"c_{m}.nii.gz"))
+>>> nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), np.uint8), np.eye(4)), str(case / "c_seg.nii.gz"))
+>>> arrays = load_case(discover(case)[0])
+>>> arrays.image.shape, arrays.image.dtype, arrays.regions.shape
+((4, 8, 9, 10), dtype('float32'), (3, 8, 9, 10))
 """
 
 from __future__ import annotations

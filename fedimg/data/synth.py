@@ -16,6 +16,8 @@ seg}.nii.gz``, ``OUT/site-k/site.json`` (signature and case list), ``OUT/README.
 ``OUT/synth.json``. The same arguments give byte-identical files. The whole folder
 appears atomically (built next to ``OUT``, then renamed).
 
+>>> site_profile(seed=0, index=2).name
+'site-2'
 >>> synthesize("data", sites=3, cases_per_site=12, seed=0)  # doctest: +SKIP
 [PosixPath('data/site-1'), PosixPath('data/site-2'), PosixPath('data/site-3')]
 """

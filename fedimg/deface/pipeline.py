@@ -2,8 +2,8 @@
 
 For each output the defacer writes the image (input shape, affine, dtype, scaling and
 orientation; NIfTI ``descrip`` from :func:`fedimg.imageio.provenance.defaced_descrip`), the
-provenance sidecar (:func:`fedimg.imageio.provenance.write_deface_record`) and, per reference, a QC JSON
-and QC PNG next to the reference output. A failed QC writes only the QC files (for review)
+provenance sidecar (:func:`fedimg.imageio.provenance.write_deface_record`) and, per
+reference, a QC JSON and QC PNG next to the reference output. A failed QC writes only the QC files (for review)
 and raises :class:`fedimg.errors.QCError`; inputs are never modified.
 
 >>> plan = DefaceJob(reference=Path("t1.nii.gz"), output=Path("out/t1.nii.gz"))

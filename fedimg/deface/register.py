@@ -7,7 +7,12 @@ runs coarse to fine (4 mm then 2 mm by default); after each level only the best 
 starts go on. Coordinates are world millimetres (RAS), centred on each image's centre of
 mass, so the starts rotate the head about its middle.
 
->>> import numpy as np
+>>> import numpy as np, torch
+>>> small, aff = downsample(torch.ones(8, 8, 8), np.eye(4), 2.0)
+>>> tuple(small.shape), float(aff[0, 0]), float(aff[0, 3])
+((4, 4, 4), 2.0, 0.5)
+>>> RegistrationConfig.preset("fast").starts
+8
 >>> from fedimg.deface.template import load_template
 >>> t = load_template()                                           # doctest: +SKIP
 >>> reg = register(t.intensity, t.affine, t.intensity, t.affine,

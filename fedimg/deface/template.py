@@ -2,8 +2,8 @@
 
 All three share one grid (176x256x256, 1 mm, RAS). Arrays are loaded once per process.
 
->>> t = load_template()          # doctest: +SKIP
->>> t.intensity.shape, t.face.dtype, t.brain.dtype    # doctest: +SKIP
+>>> t = load_template()
+>>> t.intensity.shape, t.face.dtype, t.brain.dtype
 ((176, 256, 256), dtype('float32'), dtype('float32'))
 """
 

@@ -9,9 +9,9 @@ A defaced NIfTI carries two records, both written by ``fedimg deface``:
 
 The defacer writes them with :func:`defaced_descrip` (through
 :func:`fedimg.imageio.volume.save_like`) and :func:`write_deface_record`; either record is
-accepted by the training gate (``is_defaced``). Synthetic data from
-``fedimg synth`` are marked with :data:`SYNTHETIC_DESCRIP` but still have faces (they are built from a real head template), so they are
-*not* exempt: deface them, or pass ``--allow-identifiable``.
+accepted by the training gate (``is_defaced``). Synthetic data from ``fedimg synth`` are
+marked with :data:`SYNTHETIC_DESCRIP` but still have faces (they are built from a real head
+template), so they are *not* exempt: deface them, or pass ``--allow-identifiable``.
 
 >>> sidecar_path("data/sub-01_T1w.nii.gz").name
 'sub-01_T1w.deface.json'
