@@ -7,6 +7,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
+# bench: the peers (Flower, SimpleITK) that the tests of the benchmarks/ scripts run against.
 EXTRAS ?= test,bench
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.fedimg-installed
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench compare clean
 
 venv: $(STAMP)
 
@@ -31,8 +32,14 @@ test: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} NUMBA_ENABLE_CUDASIM=$${NUMBA_ENABLE_CUDASIM:-0} \
 	  $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# fedimg's own numbers on this machine (quick runs; JSON under bench-results/).
 bench: $(STAMP)
 	$(BIN)/fedimg bench all --json-dir bench-results
+
+# fedimg against its peers (Flower, NVFlare, SimpleITK, the MONAI tutorial loop), quick runs.
+compare: $(STAMP)
+	for b in train_throughput aggregate deface federation tiles; do \
+	  $(BIN)/python benchmarks/$$b.py --quick --json bench-results/compare-$$b.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build *.egg-info
