@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 
 _FAMILIES = ("deface", "stain")
+__all__ = list(_FAMILIES)  # the families; their names load lazily through __getattr__
 
 
 def __getattr__(name: str):

@@ -12,6 +12,8 @@ import torch
 from monai.transforms import MapTransform, Transform
 from monai.utils.type_conversion import convert_to_dst_type
 
+__all__: list[str] = []  # private plumbing: stain.py and reinhard.py import the names they use
+
 
 def _batched(img) -> tuple[torch.Tensor, bool]:
     t = torch.as_tensor(img)

@@ -6,9 +6,11 @@ device), array transforms (:class:`MacenkoNormalize`, :class:`ReinhardNormalize`
 :class:`RandStainAugment`) and dictionary twins (``...d``) that only route keys.
 Everything runs on whatever device the input lives on, so a batch of tiles on the GPU is
 normalised in a few kernel launches; numpy inputs come back as numpy. On the CPU (numpy
-arrays and CPU tensors) Macenko runs numba kernels instead (:mod:`._stain_cpu`: one tile
-per thread, exact order statistics without sorting, uint8 written directly), same maths,
-same results within float rounding (uint8: at most 1 grey level, on ~1e-4 of the pixels);
+arrays and CPU tensors) Macenko runs numba kernels instead (:mod:`._stain_cpu`, kernels in
+:mod:`._stain_cpu_kernels`: one tile per thread, exact order statistics without sorting,
+uint8 written directly), same maths, same results within float rounding (the torch path is
+float32: uint8 outputs differ by at most 1 grey level, only where a value lies within that
+rounding of a .5, ~1e-3 of the pixels of real tiles);
 ``backend="torch"`` (``compute="torch"`` for :class:`MacenkoNormalize`) forces the torch
 path, ``"numba"`` insists on the kernels. NaN pixels raise ValueError there.
 

@@ -18,6 +18,7 @@ from fedimg.transforms.stain_reference import (
     macenko_stains_numpy,
 )
 from fedimg.transforms import _stain_cpu as cpu
+from fedimg.transforms import _stain_cpu_kernels as ck
 from fedimg.transforms import _stain_cpu_math as cm
 from fedimg.transforms.stain import (
     REFERENCE_HE,
@@ -236,7 +237,7 @@ def test_misleading_sample_falls_back_to_exact_selection(fitted):
     conc[0], conc[1] = level * ratio, level * (1 - ratio)
     rgb = od_to_rgb(torch.einsum("ck,khw->chw", REFERENCE_HE, torch.from_numpy(conc).float())).round().to(torch.uint8)
     x = rgb[None]
-    assert cpu._step(64 * 64) == 4
+    assert ck._step(64 * 64) == 4
     _assert_stains_within_bound(macenko_stains(x, backend="numba"), macenko_stains(x, backend="torch"), x)
     np.testing.assert_allclose(macenko_stains(x, backend="numba")[0].numpy(), macenko_stains_numpy(x[0].permute(1, 2, 0).numpy()),
                                atol=1e-5)
