@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.errors import ConfigError, InputError
     from fedimg.io import ensure_not_input, write_json
     from fedimg.pathology.store import TileSet, load_tile_set, write_tile_set
-    from fedimg.pathology.train import stain_normalizer
+    from fedimg.pathology.tiledata import stain_normalizer
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")

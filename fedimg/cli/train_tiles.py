@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.device import configure_threads, resolve_device, seed_everything
     from fedimg.errors import InputError
     from fedimg.io import read_json
-    from fedimg.pathology.fit import fit_tiles
-    from fedimg.pathology.train import TileTrainConfig
+    from fedimg.pathology.config import TileTrainConfig
+    from fedimg.tasks.tiles_fit import fit_tiles
 
     out, data = Path(args.out), Path(args.data)
     if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:

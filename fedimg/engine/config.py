@@ -14,7 +14,7 @@ True
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fedimg.errors import ConfigError
@@ -65,7 +65,6 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     allow_identifiable: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from fedimg.engine.models import MODELS
@@ -115,11 +114,14 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (catches typos in config files)."""
         if not isinstance(d, dict):
             raise ConfigError(f"a training config must be a mapping, got {type(d).__name__}")
+        kw = dict(d)
+        if kw.get("extra") == {}:
+            # ``extra``: an always-empty field of earlier versions; their run folders and checkpoints still load
+            del kw["extra"]
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(kw) - names)
         if unknown:
             raise ConfigError(f"unknown training config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-        kw = dict(d)
         if "roi" in kw and not isinstance(kw["roi"], int):
             kw["roi"] = tuple(kw["roi"])
         try:

@@ -1,8 +1,8 @@
 """CPU fast path of the tile trainer's input pipeline: gather, flip/rotate, H&E stain
 perturbation and scaling to the network's input in one numba pass per batch.
 
-The torch path (:meth:`fedimg.pathology.train.TileTrainer.augment` then
-:func:`fedimg.pathology.train.to_input`) makes about ten full-batch temporaries; this writes
+The torch path (:func:`fedimg.pathology.augment.augment_tiles` then
+:func:`fedimg.pathology.augment.to_input`) makes about ten full-batch temporaries; this writes
 each output pixel once, straight into a channels-last float32 batch, from the same random
 draws and with the same rounding to grey levels, so the two paths train on the same
 augmented tiles (up to float rounding of the stain maths, rarely one grey level).

@@ -3,8 +3,10 @@
 The federation (:mod:`fedimg.fl`) and the study (:mod:`fedimg.study`) get a task object
 from :func:`get_task` and call only the methods of :class:`Task`; they never import a
 task's module themselves. Tasks: ``"brats"`` (3-D tumour segmentation,
-:mod:`.brats`), ``"tiles"`` (H&E tile classification, :mod:`.tiles`) and ``"toy"``
-(logistic regression on tabular data, to exercise federation in seconds, :mod:`.toy`).
+:mod:`.brats`), ``"tiles"`` (H&E tile classification, :mod:`.tiles`; its training hooks
+on the engine's epoch loop in :mod:`.tiles_train`, a ``fedimg train-tiles`` run in
+:mod:`.tiles_fit`) and ``"toy"`` (logistic regression on tabular data, to exercise
+federation in seconds, :mod:`.toy`).
 
 >>> task = get_task("toy")
 >>> task.name, task.key_metric, isinstance(task, Task)

@@ -4,13 +4,19 @@ Implements the task interface of docs/INTERFACES.md for ``fedimg simulate --task
 --data pathology_sites/`` (each ``pathology_sites/site-*/`` is a tile store made by
 ``fedimg tiles`` or ``fedimg tiles --synthetic-sites N``).
 
+Where things live: the config, models, tile cache and augmentation in :mod:`fedimg.pathology`
+(:mod:`~fedimg.pathology.config`, :mod:`~fedimg.pathology.models`,
+:mod:`~fedimg.pathology.tiledata`, :mod:`~fedimg.pathology.augment`); the training hooks on
+the engine's epoch loop, the round and the evaluation in :mod:`fedimg.tasks.tiles_train`; a
+whole ``fedimg train-tiles`` run in :mod:`fedimg.tasks.tiles_fit`. Their public names are
+importable from here too.
+
 >>> from fedimg.tasks import tiles as task
 >>> cfg = task.config_from_dict({"model": "resnet10", "width": 0.25, "epochs": 1})
->>> type(task.build_model(cfg)).__name__, task.KEY_METRIC
-('ResNet', 'auc')
->>> # data = task.load_site("pathology_sites/site-1", cfg, torch.device("cpu"))
->>> # metrics, n = task.train_one_round(model, data, cfg, epochs=1, global_params=sd)
->>> # task.evaluate(model, data, cfg)["auc"]
+>>> type(task.build_model(cfg)).__name__, task.KEY_METRIC, task.TASK.key_metric
+('ResNet', 'auc', 'auc')
+>>> task.config_from_dict({**cfg.to_dict(), "allow_identifiable": True}) == cfg
+True
 """
 
 from __future__ import annotations
@@ -18,12 +24,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedimg.pathology.train import TileSiteData, TileTrainConfig, build_tile_model, prepare_tile_data, train_one_round
-from fedimg.pathology.train import evaluate as _evaluate
-
+from fedimg.pathology.config import TileTrainConfig
+from fedimg.pathology.models import build_tile_model
+from fedimg.pathology.tiledata import TileSiteData, prepare_tile_data
 from fedimg.tasks import FunctionTask
+from fedimg.tasks.tiles_fit import fit_tiles, load_tile_model
+from fedimg.tasks.tiles_train import TileTrainer, train_one_round
+from fedimg.tasks.tiles_train import evaluate as _evaluate
 
-__all__ = ["TASK", "KEY_METRIC", "build_model", "load_site", "train_one_round", "evaluate", "config_from_dict"]
+__all__ = ["TASK", "KEY_METRIC", "build_model", "load_site", "train_one_round", "evaluate", "config_from_dict",
+           "TileTrainConfig", "TileSiteData", "TileTrainer", "build_tile_model", "prepare_tile_data", "fit_tiles",
+           "load_tile_model"]
 
 KEY_METRIC = "auc"
 
@@ -50,9 +61,10 @@ def load_site(data_dir: str | Path, config: TileTrainConfig, device: Any) -> Til
     return prepare_tile_data(data_dir, config, device)
 
 
-def evaluate(model: Any, data: TileSiteData, config: TileTrainConfig) -> dict[str, float]:
-    """``auc``, ``accuracy``, ``loss`` and ``n`` on the site's validation tiles (floats only)."""
-    return {k: float(v) for k, v in _evaluate(model, data, config).items()}
+def evaluate(model: Any, data: TileSiteData, config: TileTrainConfig, *, split: str = "val") -> dict[str, float]:
+    """``auc``, ``accuracy``, ``loss`` and ``n`` on the site's validation tiles (``split="train"``:
+    its training tiles), floats only."""
+    return {k: float(v) for k, v in _evaluate(model, data, config, split=split).items()}
 
 
 #: The registered task (:func:`fedimg.tasks.get_task` returns it).

@@ -38,6 +38,15 @@ def test_config_from_dict_rejects_unknown_keys():
         TrainConfig.from_dict({"epoch": 3})
 
 
+def test_config_of_earlier_versions_with_an_empty_extra_still_loads():
+    """``extra`` (always empty, used nowhere) is gone; config.json / checkpoints that carry it still load."""
+    cfg = TrainConfig(epochs=3)
+    assert "extra" not in cfg.to_dict() and not hasattr(cfg, "extra")
+    assert TrainConfig.from_dict({**cfg.to_dict(), "extra": {}}) == cfg
+    with pytest.raises(ConfigError, match="extra"):
+        TrainConfig.from_dict({**cfg.to_dict(), "extra": {"x": 1}})
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_models_map_4_channels_to_3(name):
     net = build_model(name, init_filters=8)

@@ -1,8 +1,8 @@
-"""GPU paths (skipped without CUDA): the same results on the device as on the CPU."""
+"""GPU paths of the pathology side (skipped without CUDA): the same results on the device as on
+the CPU. Tile training on CUDA is tested with the task, tests/tasks/test_tiles.py."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -31,18 +31,3 @@ def test_tissue_mask_on_cuda_matches_cpu(slide_path):
         cpu, _, _ = slide_tissue_mask(s)
         gpu, _, _ = slide_tissue_mask(s, device=torch.device("cuda"))
     assert (cpu != gpu).mean() < 0.002
-
-
-def test_tile_training_on_cuda_bf16_channels_last(synth_sites):
-    from fedimg.pathology.train import TileTrainConfig, build_tile_model, evaluate, prepare_tile_data, train_one_round
-
-    cfg = TileTrainConfig(model="densenet121", epochs=2, batch_size=32, warmup_epochs=0, seed=0)
-    data = prepare_tile_data(synth_sites[0], cfg, torch.device("cuda"))
-    assert data.x_train.is_cuda
-    model = build_tile_model(cfg)
-    metrics, n = train_one_round(model, data, cfg)
-    trainer = data.state["trainer"]
-    assert trainer.bf16 and trainer.channels_last and np.isfinite(metrics["loss"])
-    assert next(model.parameters()).is_cuda
-    res = evaluate(model, data, cfg)
-    assert 0.0 <= res["accuracy"] <= 1.0

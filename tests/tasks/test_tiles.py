@@ -1,31 +1,20 @@
-"""Tile training: learns the synthetic label above chance, exact resume, the federated task
-interface, PatchCamelyon-style HDF5 input."""
+"""The "tiles" task: learns the synthetic label above chance, exact resume of a train-tiles
+run, the federated task interface, the trainer's hooks on the engine's epoch loop."""
 
 from __future__ import annotations
 
 import json
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 from fedimg.errors import ConfigError, InputError
 from fedimg.tasks import tiles as task
-from fedimg.pathology.store import load_tile_set
-from fedimg.pathology.train import TileTrainConfig, build_tile_model, evaluate, prepare_tile_data, train_one_round
+from fedimg.tasks.tiles import TileTrainConfig, build_tile_model, prepare_tile_data, train_one_round
+from fedimg.tasks.tiles_train import evaluate
 
 SMALL = {"model": "resnet10", "width": 0.25, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0, "seed": 0}
-
-
-def test_synthetic_sites_are_marked_and_differ(synth_sites):
-    readme = (synth_sites[0].parent / "README.md").read_text()
-    assert "synthetic" in readme.lower()
-    a, b = (load_tile_set(s) for s in synth_sites)
-    assert a.meta["synthetic"] is True and set(np.unique(a.y)) == {0, 1}
-    assert a.x.shape == (96, 32, 32, 3)
-    assert abs(a.y.mean() - b.y.mean()) > 0.1  # different label mix per site
-    assert np.abs(a.x.reshape(-1, 3).mean(0) - b.x.reshape(-1, 3).mean(0)).max() > 2  # stain shift
 
 
 @pytest.mark.slow
@@ -45,7 +34,7 @@ def test_classifier_learns_synthetic_label_above_chance(synth_sites):
 
 
 def test_fit_resume_is_exact(tmp_path, synth_sites):
-    from fedimg.pathology.fit import fit_tiles, load_tile_model
+    from fedimg.tasks.tiles_fit import fit_tiles, load_tile_model
 
     cfg = TileTrainConfig(epochs=3, max_tiles=48, steps_per_epoch=2, **SMALL)
     dev = torch.device("cpu")
@@ -79,34 +68,45 @@ def test_federated_task_interface(synth_sites):
         task.config_from_dict({"modle": "resnet18"})
 
 
-def test_reads_patchcamelyon_style_hdf5(tmp_path):
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (10, 96, 96, 3), dtype=np.uint8)
-    y = rng.integers(0, 2, (10, 1, 1, 1)).astype(np.uint8)
-    with h5py.File(tmp_path / "camelyonpatch_level_2_split_valid_x.h5", "w") as f:
-        f.create_dataset("x", data=x)
-    with h5py.File(tmp_path / "camelyonpatch_level_2_split_valid_y.h5", "w") as f:
-        f.create_dataset("y", data=y)
-    ts = load_tile_set(tmp_path / "camelyonpatch_level_2_split_valid_x.h5")
-    np.testing.assert_array_equal(ts.x, x)
-    np.testing.assert_array_equal(ts.y, y.reshape(-1))
-    with h5py.File(tmp_path / "combined.h5", "w") as f:
-        f.create_dataset("x", data=x)
-        f.create_dataset("y", data=y[:7])
-    with pytest.raises(InputError, match="10 tiles but 7 labels"):
-        load_tile_set(tmp_path / "combined.h5")
-    with h5py.File(tmp_path / "float.h5", "w") as f:
-        f.create_dataset("x", data=x.astype(np.float32))
-    with pytest.raises(InputError, match="uint8"):
-        load_tile_set(tmp_path / "float.h5")
-    (tmp_path / "trunc.h5").write_bytes((tmp_path / "combined.h5").read_bytes()[:3000])
-    with pytest.raises(InputError, match="corrupt|truncated|HDF5"):
-        load_tile_set(tmp_path / "trunc.h5")
+def test_trainer_hooks_on_the_engine_loop(synth_sites):
+    """Every step reports the running loss; the epoch's rows keep train-tiles' keys; the step
+    batches are one shuffle of the training tiles; no training tiles is an error."""
+    import math
+
+    from fedimg.engine.loop import EpochTrainer
+    from fedimg.tasks.tiles import TileSiteData, TileTrainer
+
+    cfg = TileTrainConfig(epochs=2, max_tiles=40, steps_per_epoch=3, amp="fp32", **SMALL)
+    data = prepare_tile_data(synth_sites[0], cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    trainer = TileTrainer(build_tile_model(cfg), data, cfg)
+    assert isinstance(trainer, EpochTrainer) and trainer.steps_per_epoch == min(3, math.ceil(data.num_train / 16))
+    start = trainer.generator.get_state()
+    batches = trainer.epoch_batches()
+    assert len(batches) == trainer.steps_per_epoch
+    assert sorted(torch.cat(batches).tolist()) == list(range(data.num_train))
+    trainer.generator.set_state(start)
+    steps: list = []
+    stats = trainer.train_epoch(on_step=steps.append)
+    assert list(stats) == ["loss", "lr", "tiles_per_s", "seconds"]
+    assert [s["step"] for s in steps] == list(range(1, len(batches) + 1))
+    assert all(s["loss"] is not None and s["tiles_per_s"] > 0 for s in steps)
+    assert steps[-1]["loss"] == pytest.approx(stats["loss"], rel=1e-12)
+    x, y = data.x_train[:0], data.y_train[:0]
+    empty = TileSiteData(x_train=x, y_train=y, x_val=x, y_val=y, device=data.device, fingerprint="e", classes=["0", "1"])
+    with pytest.raises(ValueError, match="no training tiles"):
+        TileTrainer(build_tile_model(cfg), empty, cfg).train_epoch()
 
 
-def test_unlabelled_tiles_are_refused(tmp_path):
-    from fedimg.pathology.store import TileSet, write_tile_set
-
-    write_tile_set(tmp_path, TileSet(x=np.zeros((4, 16, 16, 3), np.uint8), y=np.full(4, -1)))
-    with pytest.raises(InputError, match="no labelled tiles"):
-        prepare_tile_data(tmp_path, TileTrainConfig(**SMALL), torch.device("cpu"))
+@pytest.mark.gpu
+def test_tile_training_on_cuda_bf16_channels_last(synth_sites):
+    cfg = TileTrainConfig(model="densenet121", epochs=2, batch_size=32, warmup_epochs=0, seed=0)
+    data = prepare_tile_data(synth_sites[0], cfg, torch.device("cuda"))
+    assert data.x_train.is_cuda
+    model = build_tile_model(cfg)
+    metrics, n = train_one_round(model, data, cfg)
+    trainer = data.state["trainer"]
+    assert trainer.bf16 and trainer.channels_last and np.isfinite(metrics["loss"])
+    assert next(model.parameters()).is_cuda
+    res = evaluate(model, data, cfg)
+    assert 0.0 <= res["accuracy"] <= 1.0

@@ -1,12 +1,14 @@
-"""A tile-classifier training run: the run folder, best/last checkpoints, exact resume,
-TensorBoard and GPU telemetry, the same as the 3-D engine's (``fedimg.engine.fit``).
+"""A tile-classifier training run (``fedimg train-tiles``): the tile task's epoch hooks on the
+engine's :class:`fedimg.engine.driver.EpochDriver` (run folder, best/last checkpoints, exact
+resume, TensorBoard and GPU telemetry, the same as the 3-D run's, ``fedimg.engine.fit``).
 
 ``RUN/`` holds ``model.safetensors`` (best validation AUC) + ``model.json``,
 ``last.safetensors`` + ``last.json``, ``last.state.safetensors`` (optimizer, schedule, RNG),
 ``config.json``, ``metrics.json`` (per epoch: loss, AUC, accuracy, tiles/s),
-``telemetry.json`` and ``tb/``.
-
->>> # fit_tiles("pathology_sites/site-1", TileTrainConfig(epochs=2), "runs/tiles-site1", device=torch.device("cpu"))
+``telemetry.json`` and ``tb/``. Usage: ``fit_tiles("pathology_sites/site-1",
+TileTrainConfig(epochs=2), "runs/tiles-site1", device=torch.device("cpu"))`` returns the
+driver's summary (``epochs_run``, ``best``, ...); ``load_tile_model("runs/tiles-site1")``
+gives back ``(model, meta)``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fedimg.engine.checkpoint import meta_path, resolve_checkpoint
+from fedimg.engine.driver import EpochDriver, EpochHooks
+from fedimg.engine.loop import load_global_params
 from fedimg.errors import InputError
 from fedimg.io import read_json
-
-from .train import TileTrainConfig, TileTrainer, build_tile_model, evaluate, prepare_tile_data
+from fedimg.pathology.config import TileTrainConfig
+from fedimg.pathology.models import build_tile_model
+from fedimg.pathology.tiledata import prepare_tile_data
+from fedimg.tasks.tiles_train import TileTrainer, evaluate
 
 __all__ = ["fit_tiles", "load_tile_model"]
 
@@ -35,9 +42,6 @@ def _meta(config: TileTrainConfig, data: Any, epoch: int, row: dict) -> dict[str
 def load_tile_model(path: str | Path, *, device: Any = "cpu"):
     """Rebuild a tile model from ``RUN`` or ``RUN/model.safetensors``; returns ``(model, meta)``."""
     from safetensors.torch import load_file
-
-    from fedimg.engine.checkpoint import meta_path, resolve_checkpoint
-    from fedimg.engine.loop import load_global_params
 
     p = resolve_checkpoint(path)
     meta = read_json(meta_path(p))
@@ -57,8 +61,6 @@ def fit_tiles(data_path: str | Path, config: TileTrainConfig, out: str | Path, *
     """Train on the tile store ``data_path`` and write the run folder ``out``
     (the epoch loop is :class:`fedimg.engine.driver.EpochDriver`)."""
     import torch
-
-    from fedimg.engine.driver import EpochDriver, EpochHooks
 
     run = EpochDriver(out, resume=resume)
     data = prepare_tile_data(data_path, config, device)
