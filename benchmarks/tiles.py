@@ -119,6 +119,23 @@ def _train_both(model_name: str, tiles: np.ndarray, labels: np.ndarray, batch: i
     return t_peer / n, t_fed / n, {"bf16": trainer.bf16, "channels_last": trainer.channels_last}
 
 
+def _rows(res: dict[str, dict[str, float]], cpu: dict[str, float], counts: dict[str, tuple[int, int]]) -> list[dict]:
+    """Per stage and for the pipeline: both sides' tiles/s, CPU s per tile and the ratios."""
+    for side in res.values():
+        side["pipeline_s_per_tile"] = side["extract_s_per_tile"] + side["normalize_s_per_tile"] + side["train_s_per_tile"]
+    cpu_per = {side: {st: cpu.get(f"{side}.{st}", 0.0) / counts[st][i] for st in counts}
+               for i, side in enumerate(("peer", "fedimg"))}
+    for side in cpu_per.values():
+        side["pipeline"] = sum(side.values())
+    rows = []
+    for stage in ("extract", "normalize", "train", "pipeline"):
+        p, f = res["peer"][f"{stage}_s_per_tile"], res["fedimg"][f"{stage}_s_per_tile"]
+        cp, cf = cpu_per["peer"][stage], cpu_per["fedimg"][stage]
+        rows.append({"stage": stage, "peer_tiles_per_s": 1 / p, "fedimg_tiles_per_s": 1 / f, "ratio": p / f,
+                     "peer_cpu_s_per_tile": cp, "fedimg_cpu_s_per_tile": cf, "cpu_ratio": cp / max(cf, 1e-12)})
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -165,20 +182,9 @@ def run(args: argparse.Namespace) -> int:
     res["peer"]["train_s_per_tile"], res["fedimg"]["train_s_per_tile"], train_opts = _train_both(
         args.model, train_tiles, labels, args.batch_size, steps, rounds, device, sync, cpu)
     tel.stop()
-    for side in res.values():
-        side["pipeline_s_per_tile"] = side["extract_s_per_tile"] + side["normalize_s_per_tile"] + side["train_s_per_tile"]
     counts = {"extract": (len(peer_tiles), len(tiles)), "normalize": (len(tiles), len(tiles)),
               "train": (rounds * steps * args.batch_size,) * 2}
-    cpu_per = {side: {st: cpu.get(f"{side}.{st}", 0.0) / counts[st][i] for st in counts}
-               for i, side in enumerate(("peer", "fedimg"))}
-    for side in cpu_per.values():
-        side["pipeline"] = sum(side.values())
-    rows = []
-    for stage in ("extract", "normalize", "train", "pipeline"):
-        p, f = res["peer"][f"{stage}_s_per_tile"], res["fedimg"][f"{stage}_s_per_tile"]
-        cp, cf = cpu_per["peer"][stage], cpu_per["fedimg"][stage]
-        rows.append({"stage": stage, "peer_tiles_per_s": 1 / p, "fedimg_tiles_per_s": 1 / f, "ratio": p / f,
-                     "peer_cpu_s_per_tile": cp, "fedimg_cpu_s_per_tile": cf, "cpu_ratio": cp / max(cf, 1e-12)})
+    rows = _rows(res, cpu, counts)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"\nbenchmarks/tiles.py — {dev_name} ({device}, {threads} threads), {args.model}, {tile} px at {args.mpp} um/px, "
           f"batch {args.batch_size}, {rounds}x{steps} interleaved steps; fedimg training: {'bf16' if train_opts['bf16'] else 'fp32'}"

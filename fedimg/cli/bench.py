@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         bp.set_defaults(func=mod.run)
     allp = bsub.add_parser("all", help="run every benchmark in quick mode")
     allp.add_argument("--json-dir", default="bench-results", help="folder for the JSON files")
+    allp.add_argument("--quick", action="store_true", help="accepted for symmetry: `all` always runs quick mode")
     allp.set_defaults(func=_run_all)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
