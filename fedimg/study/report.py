@@ -61,18 +61,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         lines += ["", "## Dice per region (mean over evaluation sites)", "", "| model | TC | WT | ET |", "|---|---|---|---|"]
         for a in arms:
             lines.append(f"| {a} | " + " | ".join(_fmt(float(np.mean([evals[a][x][r] for x in sites]))) for r in _REGIONS) + " |")
-    lines += ["", "## Summary", ""]
-    if "federated_minus_centralised" in s:
-        rel = s.get("federated_relative_to_centralised")
-        pct = f" ({100 * rel:.1f}% of centralised)" if rel else ""
-        lines.append(f"- Federated − centralised: {s['federated_minus_centralised']:+.3f}{pct}.")
-    if "federated_minus_site_alone_mean" in s:
-        lines.append(f"- Federated − mean single-site model: {s['federated_minus_site_alone_mean']:+.3f}.")
-    if "own_site_alone_mean" in s:
-        lines.append(f"- Single-site models on their own site's held-out cases: {_fmt(s['own_site_alone_mean'])} (mean).")
-    secs = results.get("seconds", {})
-    if secs:
-        lines.append("- Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()) + ".")
+    lines += ["", "## Summary", "", *_summary_lines(s, results.get("seconds", {}))]
     lines += [
         "",
         "These are the numbers measured in this run, whatever they show; small synthetic data and short "
@@ -87,6 +76,22 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     _rounds(out / "dice_per_round.png", results, key, arms, sites)
     write_bytes(out / "report.md", "\n".join(lines).encode())
     return out / "report.md"
+
+
+def _summary_lines(s: dict[str, Any], secs: dict[str, float]) -> list[str]:
+    """The report's summary bullets from the results' ``summary`` and ``seconds``."""
+    lines = []
+    if "federated_minus_centralised" in s:
+        rel = s.get("federated_relative_to_centralised")
+        pct = f" ({100 * rel:.1f}% of centralised)" if rel else ""
+        lines.append(f"- Federated − centralised: {s['federated_minus_centralised']:+.3f}{pct}.")
+    if "federated_minus_site_alone_mean" in s:
+        lines.append(f"- Federated − mean single-site model: {s['federated_minus_site_alone_mean']:+.3f}.")
+    if "own_site_alone_mean" in s:
+        lines.append(f"- Single-site models on their own site's held-out cases: {_fmt(s['own_site_alone_mean'])} (mean).")
+    if secs:
+        lines.append("- Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()) + ".")
+    return lines
 
 
 def _plt():

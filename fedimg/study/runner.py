@@ -60,10 +60,6 @@ def pool_sites(datas: list[Any]) -> Any:
 def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, *, fl_run: str | Path | None = None,
               progress: bool = True) -> dict[str, Any]:
     """Train and evaluate the three arms; write the report. Returns the results dict."""
-    import torch
-
-    from fedimg.device import resolve_device, seed_everything
-    from fedimg.fl.nvflare.simulate import run_simulation
     from fedimg.fl.server.state import load_params, read_metrics
     from fedimg.study.crossval import evaluate_models
     from fedimg.study.report import write_report
@@ -75,48 +71,14 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, *, f
     task = get_task(fed.task)
     tcfg = task.config_from_dict(fed.train_config())
     budget = fed.total_epochs
-    seed = int(getattr(tcfg, "seed", 0))
     timings: dict[str, float] = {}
 
     # (c) federated: reuse a finished `fedimg simulate` run with the same budget, or run one.
-    t0 = time.perf_counter()
-    if fl_run:
-        fl_run = Path(fl_run)
-        prev = read_json(fl_run / "run_config.json")["federation"]
-        for key in ("task", "rounds", "local_epochs", "train"):
-            if prev[key] != fed.to_dict()[key]:
-                raise ConfigError(f"{fl_run}: its {key} ({prev[key]}) differs from the study's ({fed.to_dict()[key]}); "
-                                  "pass the same options or drop --fl-run")
-        fed = FederationConfig.from_dict(prev)
-        summary = fl_run / "summary.json"
-        if summary.is_file():
-            timings["federated (reused run)"] = float(read_json(summary).get("seconds", 0.0))
-    else:
-        fl_run = out / "federated"
-        run_simulation(data_dir, fl_run, fed, progress=progress, sites=sites)
-        timings["federated"] = time.perf_counter() - t0
+    fed, fl_run = _federated_arm(data_dir, out, fed, fl_run, sites, timings, progress)
     models: dict[str, dict[str, np.ndarray]] = {"federated": load_params(fl_run / "global_model.safetensors")[0]}
 
     # (a) centralised and (b) each site alone, same budget and initial weights.
-    device = resolve_device(str(getattr(tcfg, "device", "auto")))
-    datas = {s: task.load_site(p, tcfg, device) for s, p in sites.items()}
-    n_train = {s: int(d.num_train) for s, d in datas.items()}
-
-    def _train(data: Any) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        seed_everything(seed)
-        torch.manual_seed(seed)
-        model = task.build_model(tcfg)
-        metrics, _ = task.train_one_round(model, data, tcfg, epochs=budget)
-        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}, metrics
-
-    t0 = time.perf_counter()
-    models["centralised"], _ = _train(pool_sites(list(datas.values())))
-    timings["centralised"] = time.perf_counter() - t0
-    for s, d in datas.items():
-        t0 = time.perf_counter()
-        models[f"{s} alone"], _ = _train(d)
-        timings[f"{s} alone"] = time.perf_counter() - t0
-    del datas
+    n_train = _local_arms(task, tcfg, sites, budget, models, timings)
 
     # Every model on every site's held-out cases.
     t0 = time.perf_counter()
@@ -144,6 +106,60 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, *, f
     write_json(out / "results.json", results)
     write_report(out, results)
     return results
+
+
+def _local_arms(task: Any, tcfg: Any, sites: dict[str, Path], budget: int, models: dict[str, Any],
+                timings: dict[str, float]) -> dict[str, int]:
+    """Train the centralised model (pooled training cases) and each site's own model for
+    ``budget`` epochs from the same seeded weights, into ``models``; returns training cases per site."""
+    import torch
+
+    from fedimg.device import resolve_device, seed_everything
+
+    seed = int(getattr(tcfg, "seed", 0))
+    device = resolve_device(str(getattr(tcfg, "device", "auto")))
+    datas = {s: task.load_site(p, tcfg, device) for s, p in sites.items()}
+    n_train = {s: int(d.num_train) for s, d in datas.items()}
+
+    def _train(data: Any) -> dict[str, np.ndarray]:
+        seed_everything(seed)
+        torch.manual_seed(seed)
+        model = task.build_model(tcfg)
+        task.train_one_round(model, data, tcfg, epochs=budget)
+        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+    t0 = time.perf_counter()
+    models["centralised"] = _train(pool_sites(list(datas.values())))
+    timings["centralised"] = time.perf_counter() - t0
+    for s, d in datas.items():
+        t0 = time.perf_counter()
+        models[f"{s} alone"] = _train(d)
+        timings[f"{s} alone"] = time.perf_counter() - t0
+    return n_train
+
+
+def _federated_arm(data_dir: str | Path, out: Path, fed: FederationConfig, fl_run: str | Path | None,
+                   sites: dict[str, Path], timings: dict[str, float], progress: bool) -> tuple[FederationConfig, Path]:
+    """The federated run to evaluate: ``fl_run`` checked against the study's budget, or a new
+    ``fedimg simulate`` run in ``out/federated``. Returns its config and folder; adds its time to ``timings``."""
+    from fedimg.fl.nvflare.simulate import run_simulation
+
+    t0 = time.perf_counter()
+    if fl_run:
+        fl_run = Path(fl_run)
+        prev = read_json(fl_run / "run_config.json")["federation"]
+        for key in ("task", "rounds", "local_epochs", "train"):
+            if prev[key] != fed.to_dict()[key]:
+                raise ConfigError(f"{fl_run}: its {key} ({prev[key]}) differs from the study's ({fed.to_dict()[key]}); "
+                                  "pass the same options or drop --fl-run")
+        summary = fl_run / "summary.json"
+        if summary.is_file():
+            timings["federated (reused run)"] = float(read_json(summary).get("seconds", 0.0))
+        return FederationConfig.from_dict(prev), fl_run
+    fl_run = out / "federated"
+    run_simulation(data_dir, fl_run, fed, progress=progress, sites=sites)
+    timings["federated"] = time.perf_counter() - t0
+    return fed, fl_run
 
 
 def _summary(evals: dict[str, dict[str, dict[str, float]]], sites: list[str], key: str) -> dict[str, Any]:

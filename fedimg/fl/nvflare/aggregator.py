@@ -12,11 +12,12 @@ scratch becomes the sum, so a rejected one never touches the aggregate.
 (:mod:`fedimg.fl.server.state`) and appends the round to ``metrics.json``.
 
 Constructor arguments are plain values so that NVFlare can write them into the job's
-``config_fed_server.json``: the strategy and the update checks are one JSON string each
-(:meth:`fedimg.fl.server.strategies.StrategyConfig.to_json`,
-:meth:`fedimg.fl.server.validation.ValidationConfig.to_json`).
+``config_fed_server.json``: the strategy and the update checks are one JSON object each
+(:meth:`fedimg.fl.server.strategies.StrategyConfig.to_dict`,
+:meth:`fedimg.fl.server.validation.ValidationConfig.to_dict`; a JSON *string* would not
+do: NVFlare reads ``"{...}"`` strings in job configs as variable references).
 
->>> agg = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_json(),
+>>> agg = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_dict(),
 ...                        run_dir="/tmp/run")  # doctest: +SKIP
 """
 
@@ -49,18 +50,18 @@ SAMPLES_KEY = "NUM_STEPS_CURRENT_ROUND"
 class FedimgAggregator(ModelAggregator):
     """Validating, streaming aggregator with fedimg's strategies.
 
-    ``strategy``: a :class:`StrategyConfig` or its JSON (default FedAvg); ``validation``: a
-    :class:`ValidationConfig` or its JSON (default thresholds). ``run_dir``: where
-    checkpoints and ``metrics.json`` go (empty: ``<server run dir>/fedimg``). ``device``:
-    ``"auto"`` (GPU if the server has one), ``"cpu"`` or ``"cuda[:n]"``. ``audit_payloads``:
-    also record in ``payloads.jsonl`` the names and types of everything each site sent
-    (used by the payload test).
+    ``strategy``: a :class:`StrategyConfig`, its ``to_dict()`` or its JSON text (default
+    FedAvg); ``validation``: the same for :class:`ValidationConfig` (default thresholds).
+    ``run_dir``: where checkpoints and ``metrics.json`` go (empty: ``<server run
+    dir>/fedimg``). ``device``: ``"auto"`` (GPU if the server has one), ``"cpu"`` or
+    ``"cuda[:n]"``. ``audit_payloads``: also record in ``payloads.jsonl`` the names and
+    types of everything each site sent (used by the payload test).
     """
 
     def __init__(
         self,
-        strategy: str | StrategyConfig = "",
-        validation: str | ValidationConfig = "",
+        strategy: dict | str | StrategyConfig | None = None,
+        validation: dict | str | ValidationConfig | None = None,
         run_dir: str = "",
         device: str = "auto",
         key_metric: str = "dice_mean",
@@ -69,9 +70,9 @@ class FedimgAggregator(ModelAggregator):
         super().__init__()
         self._strategy = _parsed(strategy, StrategyConfig)
         self._validation = _parsed(validation, ValidationConfig)
-        # NVFlare writes the job's component arguments from these attributes: keep them JSON.
-        self.strategy = self._strategy.to_json()
-        self.validation = self._validation.to_json()
+        # NVFlare writes the job's component arguments from these attributes: plain JSON objects.
+        self.strategy = self._strategy.to_dict()
+        self.validation = self._validation.to_dict()
         self.run_dir = run_dir
         self.device = device
         self.key_metric = key_metric
@@ -237,9 +238,11 @@ class FedimgAggregator(ModelAggregator):
 
 
 def _parsed(value: Any, cls: type) -> Any:
-    """``value`` as a ``cls`` config: given as one, as its JSON, or empty for the defaults."""
+    """``value`` as a ``cls`` config: given as one, as its dict or JSON text, or empty for the defaults."""
     if isinstance(value, cls):
         return value
+    if isinstance(value, dict):
+        return cls.from_dict(value)
     return cls.from_json(value) if value else cls()
 
 

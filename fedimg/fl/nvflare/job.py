@@ -2,7 +2,7 @@
 
 :func:`build_recipe` returns an ``nvflare`` ``FedAvgRecipe`` (PyTorch) whose server
 runs NVFlare's FedAvg controller with :class:`fedimg.fl.nvflare.aggregator.FedimgAggregator`
-(its strategy and update checks passed as one JSON argument each) and whose sites run
+(its strategy and update checks passed as one JSON object argument each) and whose sites run
 :mod:`fedimg.fl.nvflare.client`; each site's app ships that site's whole client
 configuration as one JSON file (:class:`fedimg.fl.nvflare.client.ClientConfig`, data
 folder included) in its ``custom/`` folder. The same recipe runs in ``SimEnv``
@@ -112,21 +112,18 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     if remaining < 1:
         raise ConfigError(f"nothing to do: {start_round} of {config.rounds} rounds are already complete")
     agg = FedimgAggregator(
-        strategy=config.strategy.to_json(), validation=config.validation.to_json(),
+        strategy=config.strategy.to_dict(), validation=config.validation.to_dict(),
         run_dir=str(Path(run_dir).resolve()) if run_dir else "", device=config.server_device,
         key_metric=task.key_metric,
     )
     script = str(Path(__file__).with_name("client.py"))
     # The client configs live in a scratch folder until the recipe is exported or run (then dropped with it).
     staging = Path(tempfile.mkdtemp(prefix="fedimg-job-"))
-    site_files: dict[str, Path] = {}
-    per_site = {}
-    for name, cc in client_configs(config, sites, local_model_dir=local_model_dir).items():
-        site_files[name] = cc.write(staging / name / CONFIG_NAME)
-        site_cfg: dict[str, Any] = {"train_args": f"--config {CONFIG_NAME}"}
-        if site_scripts and name in site_scripts:
-            site_cfg["train_script"] = site_scripts[name]
-        per_site[name] = site_cfg
+    site_files = {name: cc.write(staging / name / CONFIG_NAME)
+                  for name, cc in client_configs(config, sites, local_model_dir=local_model_dir).items()}
+    per_site = {name: {"train_args": f"--config {CONFIG_NAME}",
+                       **({"train_script": site_scripts[name]} if site_scripts and name in site_scripts else {})}
+                for name in sites}
     recipe = _Recipe.get()(
         name=config.name,
         model_persistor=persistor,

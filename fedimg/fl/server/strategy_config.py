@@ -2,8 +2,9 @@
 
 :class:`StrategyConfig` travels whole from the command line to the server: the CLI builds
 it, :class:`fedimg.fl.server.federation.FederationConfig` holds it, the NVFlare job writes
-``to_json()`` into the aggregator's arguments and the server rebuilds it with
-``from_json()``; a new parameter is one new field here.
+``to_dict()`` (a JSON object) into the aggregator's arguments and the server rebuilds it
+(``from_dict()``; ``to_json()`` / ``from_json()`` give the same as text); a new parameter is
+one new field here.
 
 >>> cfg = StrategyConfig(name="fedadam", server_lr=0.1)
 >>> StrategyConfig.from_json(cfg.to_json()) == cfg
@@ -74,6 +75,7 @@ class StrategyConfig:
         return self.name in _BUFFERED
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain, JSON-able dict."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -81,7 +83,7 @@ class StrategyConfig:
         return cls(**d)
 
     def to_json(self) -> str:
-        """One JSON object holding every field (the form the NVFlare job carries)."""
+        """:meth:`to_dict` as one JSON object."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod

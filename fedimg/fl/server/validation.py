@@ -67,14 +67,22 @@ class ValidationConfig:
         if self.min_sites < 1:
             raise ConfigError(f"min_sites must be >= 1, got {self.min_sites}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain, JSON-able dict (the form the NVFlare job carries)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ValidationConfig:
+        return cls(**d)
+
     def to_json(self) -> str:
-        """One JSON object holding every field (the form the NVFlare job carries)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """:meth:`to_dict` as one JSON object."""
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ValidationConfig:
         """Inverse of :meth:`to_json`; a malformed text is a :class:`~fedimg.errors.ConfigError`."""
-        return cls(**_json_object(text, "validation"))
+        return cls.from_dict(_json_object(text, "validation"))
 
 
 @dataclass(frozen=True)

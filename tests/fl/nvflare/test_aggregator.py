@@ -41,8 +41,8 @@ def _result(site, w, n=1, samples=10, params_type=ParamsType.DIFF, metrics=None)
 
 
 def test_fedavg_round_checkpoints_and_logs(tmp_path):
-    agg = FedimgAggregator(strategy=StrategyConfig(name="fedavg").to_json(), run_dir=str(tmp_path),
-                           validation=ValidationConfig(min_sites=1).to_json())
+    agg = FedimgAggregator(strategy=StrategyConfig(name="fedavg").to_dict(), run_dir=str(tmp_path),
+                           validation=ValidationConfig(min_sites=1).to_dict())
     _start(agg)
     agg.accept_model(_result("site-1", [1, 1, 1], samples=10, metrics={"val_dice_mean": 0.2, "train_loss": 1.0}))
     agg.accept_model(_result("site-2", [4, 4, 4], samples=30, metrics={"val_dice_mean": 0.6}))
@@ -70,7 +70,7 @@ def test_full_weights_are_turned_into_differences(tmp_path):
 
 
 def test_too_few_valid_updates_leave_the_model_unchanged(tmp_path):
-    agg = FedimgAggregator(run_dir=str(tmp_path), validation=ValidationConfig(min_sites=2).to_json())
+    agg = FedimgAggregator(run_dir=str(tmp_path), validation=ValidationConfig(min_sites=2).to_dict())
     _start(agg)
     agg.accept_model(_result("site-1", [1, 1, 1]))
     agg.accept_model(_result("site-2", [1e9, 1e9, 1e9]))  # norm outlier vs the global model
@@ -81,12 +81,12 @@ def test_too_few_valid_updates_leave_the_model_unchanged(tmp_path):
 
 
 def test_fedadam_moments_survive_a_server_restart(tmp_path):
-    agg = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_json(), run_dir=str(tmp_path))
+    agg = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_dict(), run_dir=str(tmp_path))
     _start(agg)
     agg.accept_model(_result("site-1", [1, -1, 0.5]))
     first = agg.aggregate_model().params["w"]
     np.testing.assert_allclose(first, 0.1 * 0.1 * np.array([1, -1, 0.5]) / (0.1 * np.abs([1, -1, 0.5]) + 1e-3), rtol=1e-5)
-    restarted = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_json(), run_dir=str(tmp_path))
+    restarted = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_dict(), run_dir=str(tmp_path))
     _start(restarted, rnd=1)
     restarted.accept_model(_result("site-1", [1, -1, 0.5]))
     _start(agg, rnd=1)
@@ -146,12 +146,16 @@ def test_nan_and_scaled_sites_never_touch_the_aggregate(tmp_path):
 
 
 def test_strategy_and_checks_arrive_as_one_json_argument_each(tmp_path):
+    import json
+
     strategy = StrategyConfig(name="trimmed_mean", trim_ratio=0.2)
     checks = ValidationConfig(max_rel_norm=3.0, min_sites=2)
-    agg = FedimgAggregator(strategy=strategy.to_json(), validation=checks.to_json(), run_dir=str(tmp_path))
-    # the attributes NVFlare writes into config_fed_server.json are the JSON strings
-    assert StrategyConfig.from_json(agg.strategy) == strategy and ValidationConfig.from_json(agg.validation) == checks
+    agg = FedimgAggregator(strategy=strategy.to_dict(), validation=checks.to_dict(), run_dir=str(tmp_path))
+    # the attributes NVFlare writes into config_fed_server.json are plain JSON objects
+    assert json.loads(json.dumps(agg.strategy)) == agg.strategy
+    assert StrategyConfig.from_dict(agg.strategy) == strategy and ValidationConfig.from_dict(agg.validation) == checks
     assert FedimgAggregator(strategy=strategy).strategy == agg.strategy  # a config object is taken too
-    assert StrategyConfig.from_json(FedimgAggregator().strategy) == StrategyConfig()
+    assert FedimgAggregator(strategy=strategy.to_json()).strategy == agg.strategy  # and its JSON text
+    assert StrategyConfig.from_dict(FedimgAggregator().strategy) == StrategyConfig()
     with pytest.raises(ConfigError):
         FedimgAggregator(strategy='{"name": "fedsgd"}')

@@ -109,7 +109,8 @@ def test_site_without_valid_certificate_is_refused(poc):
 
 
 def test_poisoned_site_rejected_then_server_restart_resumes(poc):
-    from fedimg.fl.nvflare.job import FederationConfig, build_recipe
+    from fedimg.fl.nvflare.job import build_recipe
+    from fedimg.fl.server.federation import FederationConfig
     from fedimg.fl.server.state import load_params, load_latest, read_metrics, round_path
 
     system, tmp = poc
@@ -150,7 +151,8 @@ def test_poisoned_site_rejected_then_server_restart_resumes(poc):
 
 
 def test_killed_site_mid_round_run_completes_with_others(poc):
-    from fedimg.fl.nvflare.job import FederationConfig, build_recipe
+    from fedimg.fl.nvflare.job import build_recipe
+    from fedimg.fl.server.federation import FederationConfig
     from fedimg.fl.server.state import read_metrics
 
     system, tmp = poc

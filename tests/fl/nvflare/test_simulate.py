@@ -111,10 +111,24 @@ def test_site_data_paths_with_spaces(toy_run):
     """Every site read its own cases from a data folder whose path holds a space."""
     from fedimg.fl.server.state import read_metrics
 
-    tmp, _, summary = toy_run
+    import torch
+
+    from fedimg.fl.nvflare.persistor import initial_weights
+    from fedimg.tasks import toy as toytask
+
+    tmp, cfg, summary = toy_run
     assert " " in str(tmp / DATA) and summary["sites"] == ["site-1", "site-2", "site-3", "site-4"]
-    for m in read_metrics(tmp / "run"):
+    metrics = read_metrics(tmp / "run")
+    for m in metrics:
         assert {s: r["samples"] for s, r in m["sites"].items()} == {"site-1": 36, "site-2": 36}
+    # round 1: each site evaluated the initial model on its own folder's cases (not another site's)
+    tcfg = toytask.config_from_dict(cfg.train_config())
+    model = toytask.build_model(tcfg)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in initial_weights("toy", cfg.train_config()).items()})
+    losses = {s: toytask.evaluate(model, toytask.load_site(tmp / DATA / s, tcfg), tcfg)["loss"] for s in ("site-1", "site-2")}
+    assert losses["site-1"] != pytest.approx(losses["site-2"])
+    for s, loss in losses.items():
+        assert metrics[0]["sites"][s]["metrics"]["val_loss"] == pytest.approx(loss, rel=1e-5)
     configs = list((tmp / "run" / "nvflare").rglob("fedimg_client.json"))
     assert configs and any(str((tmp / DATA / "site-1").resolve()) in c.read_text() for c in configs)
 
