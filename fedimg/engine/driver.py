@@ -11,11 +11,15 @@ A trainer is anything with ``epoch``, ``steps_per_epoch``, ``bf16``,
 ``train_epoch(on_step=...) -> dict`` and ``state_dict()``/``load_state_dict()``
 (:class:`fedimg.engine.loop.ResumableTrainer`).
 
->>> # run = EpochDriver("runs/site-1", resume=False)      # checks the folder before any data load
->>> # hooks = EpochHooks(key="auc", evaluate=lambda epoch: {"auc": 0.9}, meta=lambda epoch, row: {})
->>> # summary = run.fit(model, trainer, hooks, config=cfg.to_dict(), fingerprint=data.fingerprint,
->>> #                   epochs=cfg.epochs, device=torch.device("cpu"))
->>> # summary["best"] == {"epoch": ..., "auc": ...}; summary["epochs_run"]
+Usage: ``run = EpochDriver("runs/site-1", resume=False)`` (checks the folder before any
+data load), then ``run.fit(model, trainer, hooks, config=cfg.to_dict(),
+fingerprint=data.fingerprint, epochs=cfg.epochs, device=device)`` returns ``{"run",
+"epochs_run", "epoch", "best", "last", "telemetry"}``; a task's runs are
+:func:`fedimg.engine.fit.fit` and :func:`fedimg.tasks.tiles_fit.fit_tiles`.
+
+>>> hooks = EpochHooks(key="auc", evaluate=lambda epoch: {"auc": 0.9}, meta=lambda epoch, row: {})
+>>> hooks.initial_best(), hooks.score_of({"epoch": 1, "auc": 0.9})
+({'epoch': 0, 'auc': -inf}, 0.9)
 """
 
 from __future__ import annotations

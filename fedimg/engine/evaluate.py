@@ -3,9 +3,15 @@
 Dice follows the BraTS convention: a region absent from both prediction and ground truth
 scores 1, predicted but absent scores 0 (``DiceMetric(ignore_empty=False)``).
 
->>> # res = evaluate(model, site_data, TrainConfig())       # the site's validation cases
->>> # res = evaluate(model, discover("data/site-2"), cfg)  # every case of another site
->>> # res["dice_wt"], res["dice_mean"], res["per_case"][0]["case_id"]
+``evaluate(model, site_data, cfg)`` scores a site's cached validation cases,
+``evaluate(model, discover("data/site-2"), cfg)`` every case of another site; the result holds
+``dice_tc``, ``dice_wt``, ``dice_et``, ``dice_mean`` and ``per_case``.
+
+>>> import torch
+>>> truth = torch.zeros(3, 4, 4, 4, dtype=torch.bool); truth[:2, :2] = True  # ET absent
+>>> pred = truth.clone(); pred[1, 2] = True  # WT over-segmented: 32 true voxels predicted as 48
+>>> [round(d, 3) for d in dice_per_region(pred, truth)]  # an absent region predicted absent scores 1
+[1.0, 0.8, 1.0]
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@
     RUN/telemetry.json         GPU utilisation / memory / power samples (empty on a CPU)
     RUN/tb/                    TensorBoard event files
 
->>> # summary = fit(cases, TrainConfig(epochs=20), Path("runs/site-1"), device=torch.device("cpu"))
->>> # summary["best"]["dice_mean"], summary["epochs_run"]
+Usage: ``fit(cases, TrainConfig(epochs=20), Path("runs/site-1"), device=torch.device("cpu"))``
+returns the driver's summary (``summary["best"]["dice_mean"]``, ``summary["epochs_run"]``, ...).
 """
 
 from __future__ import annotations

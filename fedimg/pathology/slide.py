@@ -10,8 +10,9 @@ strips in parallel threads (OpenSlide decodes with the GIL released), and a leve
 is kept in memory when it fits ``cache_bytes``, so tiling a slide whose mask level is also its
 tile level decodes the slide once, not twice.
 
->>> s = open_slide("tests/assets/pathology/cmu_small_region.svs")  # doctest: +SKIP
->>> s.dimensions, round(s.mpp, 3), s.read_region((0, 0), 0, (64, 32)).shape  # doctest: +SKIP
+>>> from fedimg.pathology.synth import default_slide  # the real CMU small-region SVS of the test assets
+>>> with open_slide(default_slide()) as s:
+...     s.dimensions, round(s.mpp, 3), s.read_region((0, 0), 0, (64, 32)).shape
 ((2220, 2967), 0.499, (32, 64, 3))
 """
 

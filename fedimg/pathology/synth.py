@@ -17,8 +17,11 @@ How they are made:
 Each site folder ``OUT/site-k`` is a normal tile store (``tiles.h5``, ``manifest.csv``,
 ``site.json``) that ``fedimg train-tiles`` and the federated ``tiles`` task read.
 
->>> make_synthetic_sites("pathology_sites", sites=3, tiles_per_site=64, tile_size=48)  # doctest: +SKIP
-[PosixPath('pathology_sites/site-1'), PosixPath('pathology_sites/site-2'), PosixPath('pathology_sites/site-3')]
+>>> import tempfile
+>>> from fedimg.pathology.store import load_tile_set
+>>> sites = make_synthetic_sites(tempfile.mkdtemp(), sites=2, tiles_per_site=4, tile_size=16)
+>>> [s.name for s in sites], load_tile_set(sites[0]).x.shape, load_tile_set(sites[0]).meta["synthetic"]
+(['site-1', 'site-2'], (4, 16, 16, 3), True)
 """
 
 from __future__ import annotations
@@ -74,39 +77,24 @@ def paint_foci(shape: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def make_synthetic_sites(
-    out: str | Path,
-    *,
-    sites: int = 3,
-    tiles_per_site: int = 128,
-    tile_size: int = 96,
-    mpp: float = 1.0,
-    seed: int = 0,
-    slide: str | Path | None = None,
-) -> list[Path]:
-    """Write ``out/site-1`` ... ``out/site-N`` tile stores and ``out/README.md``; return the site folders."""
+def _cut_tiles(slide_path: Path, n_all: int, tile_size: int, mpp: float, rng: np.random.Generator) -> tuple:
+    """``n_all`` real tiles (>= 70 % tissue) at random positions, resized to ``tile_size`` at
+    ``mpp`` and randomly flipped/rotated; returns ``(tiles (N, S, S, 3), xs, ys, tissue
+    fractions, slide stain vectors (3, 2))``."""
     import torch
 
-    from fedimg.io import atomic_path, write_json
-    from fedimg.transforms.stain import fit_macenko, od_to_rgb, stain_concentrations
+    from fedimg.transforms.stain import fit_macenko
 
     from .slide import open_slide
-    from .store import TileSet, write_manifest, write_tile_set
     from .tiling import _resize, _window_fraction
     from .tissue import slide_tissue_mask
 
-    if sites < 1 or tiles_per_site < 4 or tile_size < 16 or not mpp > 0:
-        raise ConfigError("synthetic sites need sites >= 1, tiles per site >= 4, tile size >= 16, mpp > 0")
-    slide_path = Path(slide) if slide else default_slide()
-    out = Path(out)
-    rng = np.random.default_rng(seed)
     with open_slide(slide_path) as sl:
         mask, _, mds = slide_tissue_mask(sl)
         read = int(round(tile_size * mpp / sl.mpp))
         w0, h0 = sl.dimensions
         if read >= min(w0, h0):
             raise ConfigError(f"tile of {tile_size} px at {mpp} um/px does not fit in {slide_path}")
-        n_all = sites * tiles_per_site
         cand_x = rng.integers(0, w0 - read, n_all * 30)
         cand_y = rng.integers(0, h0 - read, n_all * 30)
         frac = _window_fraction(mask, cand_x / mds, cand_y / mds, read / mds)
@@ -121,27 +109,81 @@ def make_synthetic_sites(
     k = rng.integers(0, 4, n_all)
     flip = rng.random(n_all) < 0.5
     tiles = np.stack([np.rot90(t[:, ::-1] if f else t, int(r)) for t, f, r in zip(tiles, flip, k)])
+    return tiles, xs, ys, frac[pick], stains
+
+
+def _restain_site(tiles: np.ndarray, stains, pos_frac: float, srng: np.random.Generator) -> tuple:
+    """One site's tiles: synthetic foci painted into the positives (``pos_frac`` of them, both
+    classes always present), re-rendered with the site's stain vectors, scale, offset and a
+    per-tile jitter; returns ``(uint8 (N, S, S, 3), labels, site stains, scale, offset)``."""
+    import torch
+
+    from fedimg.transforms.stain import od_to_rgb, stain_concentrations
+
+    n, size = len(tiles), tiles.shape[1]
+    x = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float()
+    labels = (srng.random(n) < pos_frac).astype(np.int64)
+    labels[:2] = [0, 1]  # both classes present at every site
+    conc = stain_concentrations(x, stains).reshape(n, 2, size, size)
+    for i in np.flatnonzero(labels):
+        conc[i, 0] += 1.2 * torch.from_numpy(paint_foci(size, srng))
+    site_shift = torch.from_numpy(srng.uniform(-0.12, 0.12, (3, 2))).float()
+    site_stains = (stains + site_shift).clamp_min(0.02)
+    site_stains = site_stains / site_stains.norm(dim=0, keepdim=True)
+    scale = srng.uniform(0.75, 1.3, 2)
+    offset = srng.uniform(-0.08, 0.08, 2)
+    jitter = torch.from_numpy(srng.normal(1.0, 0.04, (n, 2, 1, 1))).float()
+    c = conc * torch.tensor(scale, dtype=torch.float32)[None, :, None, None] * jitter
+    c = c + torch.tensor(offset, dtype=torch.float32)[None, :, None, None] * (conc > 0.05)
+    rgb = od_to_rgb(torch.einsum("ck,bkhw->bchw", site_stains, c))
+    return rgb.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy(), labels, site_stains, scale, offset
+
+
+def _write_site(folder: Path, x: np.ndarray, labels: np.ndarray, coords: np.ndarray, fracs: np.ndarray,
+                meta: dict, mpp: float) -> None:
+    """A site's tile store: ``tiles.h5``, ``manifest.csv`` and ``site.json``."""
+    from fedimg.io import write_json
+
+    from .store import TileSet, write_manifest, write_tile_set
+
+    tile_size = x.shape[1]
+    write_tile_set(folder, TileSet(x=x, y=labels, coords=coords, meta=meta))
+    write_manifest(
+        folder / "manifest.csv",
+        [
+            {"index": i, "x": int(coords[i, 0]), "y": int(coords[i, 1]), "level": 0, "mpp": mpp, "tile_size": tile_size,
+             "tissue_fraction": round(float(fracs[i]), 4), "label": int(labels[i])}
+            for i in range(len(x))
+        ],
+    )
+    write_json(folder / "site.json", meta)
+
+
+def make_synthetic_sites(
+    out: str | Path,
+    *,
+    sites: int = 3,
+    tiles_per_site: int = 128,
+    tile_size: int = 96,
+    mpp: float = 1.0,
+    seed: int = 0,
+    slide: str | Path | None = None,
+) -> list[Path]:
+    """Write ``out/site-1`` ... ``out/site-N`` tile stores and ``out/README.md``; return the site folders."""
+    from fedimg.io import atomic_path
+
+    if sites < 1 or tiles_per_site < 4 or tile_size < 16 or not mpp > 0:
+        raise ConfigError("synthetic sites need sites >= 1, tiles per site >= 4, tile size >= 16, mpp > 0")
+    slide_path = Path(slide) if slide else default_slide()
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    tiles, xs, ys, fracs, stains = _cut_tiles(slide_path, sites * tiles_per_site, tile_size, mpp, rng)
     folders, rows_md = [], []
     pos_fracs = np.linspace(0.3, 0.7, sites) if sites > 1 else np.array([0.5])
     for s in range(sites):
-        srng = np.random.default_rng([seed, s + 1])
         sel = slice(s * tiles_per_site, (s + 1) * tiles_per_site)
-        x = torch.from_numpy(np.ascontiguousarray(tiles[sel])).permute(0, 3, 1, 2).float()
-        labels = (srng.random(tiles_per_site) < pos_fracs[s]).astype(np.int64)
-        labels[:2] = [0, 1]  # both classes present at every site
-        conc = stain_concentrations(x, stains).reshape(tiles_per_site, 2, tile_size, tile_size)
-        for i in np.flatnonzero(labels):
-            conc[i, 0] += 1.2 * torch.from_numpy(paint_foci(tile_size, srng))
-        site_shift = torch.from_numpy(srng.uniform(-0.12, 0.12, (3, 2))).float()
-        site_stains = (stains + site_shift).clamp_min(0.02)
-        site_stains = site_stains / site_stains.norm(dim=0, keepdim=True)
-        scale = srng.uniform(0.75, 1.3, 2)
-        offset = srng.uniform(-0.08, 0.08, 2)
-        jitter = torch.from_numpy(srng.normal(1.0, 0.04, (tiles_per_site, 2, 1, 1))).float()
-        c = conc * torch.tensor(scale, dtype=torch.float32)[None, :, None, None] * jitter
-        c = c + torch.tensor(offset, dtype=torch.float32)[None, :, None, None] * (conc > 0.05)
-        rgb = od_to_rgb(torch.einsum("ck,bkhw->bchw", site_stains, c))
-        x_out = rgb.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        x_out, labels, site_stains, scale, offset = _restain_site(tiles[sel], stains, pos_fracs[s],
+                                                                  np.random.default_rng([seed, s + 1]))
         folder = out / f"site-{s + 1}"
         meta = {
             "synthetic": True,
@@ -155,17 +197,7 @@ def make_synthetic_sites(
             "stain_offset": offset.tolist(),
             "seed": seed,
         }
-        coords = np.stack([xs[sel], ys[sel]], axis=1)
-        write_tile_set(folder, TileSet(x=x_out, y=labels, coords=coords, meta=meta))
-        write_manifest(
-            folder / "manifest.csv",
-            [
-                {"index": i, "x": int(coords[i, 0]), "y": int(coords[i, 1]), "level": 0, "mpp": mpp, "tile_size": tile_size,
-                 "tissue_fraction": round(float(frac[pick[s * tiles_per_site + i]]), 4), "label": int(labels[i])}
-                for i in range(tiles_per_site)
-            ],
-        )
-        write_json(folder / "site.json", meta)
+        _write_site(folder, x_out, labels, np.stack([xs[sel], ys[sel]], axis=1), fracs[sel], meta, mpp)
         folders.append(folder)
         rows_md.append(f"| site-{s + 1} | {tiles_per_site} | {int(labels.sum())} | {scale[0]:.2f}, {scale[1]:.2f} | {offset[0]:+.2f}, {offset[1]:+.2f} |")
         log.info("synthetic site-%d: %d tiles, %d positive", s + 1, tiles_per_site, int(labels.sum()))

@@ -185,6 +185,35 @@ def draw_thumbnail(plan: TilePlan, labels: np.ndarray | None = None):
     return img
 
 
+def _read_tiles(slide: Slide, plan: TilePlan, tile_size: int, progress: bool) -> np.ndarray:
+    """Every planned tile as uint8 ``(N, tile_size, tile_size, 3)``, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    x = np.empty((len(plan), tile_size, tile_size, 3), np.uint8)
+    with tqdm(total=len(plan), desc="tiles", unit="tile", disable=not progress) as bar:
+        for idx, tiles in iter_tiles(slide, plan, tile_size):
+            x[idx] = tiles
+            bar.update(len(idx))
+    return x
+
+
+def _manifest_rows(plan: TilePlan, config: TileConfig, y: np.ndarray) -> list[dict[str, Any]]:
+    """One ``manifest.csv`` row per tile (an empty label for unlabelled tiles)."""
+    return [
+        {
+            "index": i,
+            "x": int(plan.x[i]),
+            "y": int(plan.y[i]),
+            "level": plan.level,
+            "mpp": config.mpp,
+            "tile_size": config.tile_size,
+            "tissue_fraction": round(float(plan.tissue_fraction[i]), 4),
+            "label": "" if y[i] < 0 else int(y[i]),
+        }
+        for i in range(len(plan))
+    ]
+
+
 def extract_tiles(
     slide_path: str | Path,
     out: str | Path,
@@ -197,8 +226,6 @@ def extract_tiles(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Tile one slide into ``out/`` (``tiles.h5``, ``manifest.csv``, ``thumbnail.png``); returns a summary."""
-    from tqdm.auto import tqdm
-
     from fedimg.io import atomic_path, ensure_not_input, sha256_file, write_json
 
     from .labels import label_tiles, load_annotations
@@ -216,11 +243,7 @@ def extract_tiles(
             y, classes = label_tiles(ann, plan.x, plan.y, plan.size0, default=default_label)
         else:
             y, classes = np.full(len(plan), -1, np.int64), []
-        x = np.empty((len(plan), config.tile_size, config.tile_size, 3), np.uint8)
-        with tqdm(total=len(plan), desc="tiles", unit="tile", disable=not progress) as bar:
-            for idx, tiles in iter_tiles(slide, plan, config.tile_size):
-                x[idx] = tiles
-                bar.update(len(idx))
+        x = _read_tiles(slide, plan, config.tile_size, progress)
         level_mpp = slide.level_mpp(plan.level)
         meta = {
             "slide": str(slide_path),
@@ -235,20 +258,7 @@ def extract_tiles(
         }
     coords = np.stack([plan.x, plan.y], axis=1)
     write_tile_set(out, TileSet(x=x, y=y, coords=coords, meta=meta))
-    rows = [
-        {
-            "index": i,
-            "x": int(plan.x[i]),
-            "y": int(plan.y[i]),
-            "level": plan.level,
-            "mpp": config.mpp,
-            "tile_size": config.tile_size,
-            "tissue_fraction": round(float(plan.tissue_fraction[i]), 4),
-            "label": "" if y[i] < 0 else int(y[i]),
-        }
-        for i in range(len(plan))
-    ]
-    write_manifest(out / "manifest.csv", rows)
+    write_manifest(out / "manifest.csv", _manifest_rows(plan, config, y))
     with atomic_path(out / "thumbnail.png") as tmp:
         draw_thumbnail(plan, y if ann is not None else None).save(tmp, format="PNG")
     summary = {**meta, "tiles": len(plan), "labeled": int((y >= 0).sum()), "out": str(out)}

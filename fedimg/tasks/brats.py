@@ -1,15 +1,15 @@
 """The ``"brats"`` federated task: what the NVFlare client calls each round.
 
 A task module exposes ``build_model``, ``load_site``, ``train_one_round``, ``evaluate``,
-``KEY_METRIC`` and ``config_from_dict`` (see docs/INTERFACES.md).
+``KEY_METRIC`` and ``config_from_dict`` (see docs/INTERFACES.md); ``TASK`` bundles them for
+:func:`fedimg.tasks.get_task`. A round: ``data = task.load_site("data/site-1", cfg, device)``
+once, then ``metrics, n = task.train_one_round(model, data, cfg, epochs=1, global_params=sd)``
+and ``task.evaluate(model, data, cfg)["dice_mean"]``.
 
 >>> from fedimg.tasks import brats as task
 >>> cfg = task.config_from_dict({"epochs": 2, "roi": [32, 32, 32]})
 >>> type(task.build_model(cfg)).__name__, task.KEY_METRIC
 ('SegResNet', 'dice_mean')
->>> # data = task.load_site("data/site-1", cfg, torch.device("cpu"))
->>> # metrics, n = task.train_one_round(model, data, cfg, epochs=1, global_params=sd)
->>> # task.evaluate(model, data, cfg)["dice_mean"]
 """
 
 from __future__ import annotations
