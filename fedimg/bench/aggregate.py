@@ -35,7 +35,7 @@ __all__ = ["DESCRIPTION", "SIZES", "add_arguments", "run", "model_shapes", "traf
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = "FedAvg aggregation GB/s, % of the machine's streaming rate and memory of fedimg's kernels"
+DESCRIPTION = "FedAvg aggregation GB/s, percent of the machine's streaming rate and memory of fedimg's kernels"
 SIZES = ("segresnet", "densenet", "50m")
 
 Methods = dict[str, Callable[[], Any]]
