@@ -278,41 +278,10 @@ def _register(subject, subject_affine, template, template_affine, config, device
     losses = None
     for li, ((s, sa, t, ta), iters) in enumerate(zip(pyramid, config.iterations)):
         level = _Level(s, sa, t, ta, c_s, device, config.bins)
-        scale = config.levels_mm[li] / config.levels_mm[0]
-        lin = lin.clone().requires_grad_(True)
-        trans = trans.clone().requires_grad_(True)
-        # Adam, written out (torch.optim pulls in torch._dynamo: seconds of import time).
-        params = [lin, trans]
-        lrs = [config.lr_linear * scale, config.lr_translation * scale]
-        m1 = [torch.zeros_like(p) for p in params]
-        m2 = [torch.zeros_like(p) for p in params]
-        n_pts = level.points.shape[0]
-        for it in range(iters):
-            if li == 0 and it == iters // 3 and lin.shape[0] > config.prune_to:
-                # Prune early: starts far from the optimum rarely recover; keep the best few.
-                with torch.no_grad():
-                    g_eval = torch.Generator(device="cpu").manual_seed(config.seed + 999)
-                    sel = torch.randint(0, n_pts, (min(config.eval_samples, n_pts),), generator=g_eval).to(device)
-                    best = torch.argsort(level.loss(lin, trans, c_t, sel))[: config.prune_to].tolist()
-                lin = lin.detach()[best].requires_grad_(True)
-                trans = trans.detach()[best].requires_grad_(True)
-                params = [lin, trans]
-                m1 = [m[best] for m in m1]
-                m2 = [m[best] for m in m2]
-                ids = [ids[i] for i in best]
-            frac = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters)))
-            sel = torch.randint(0, n_pts, (min(config.samples, n_pts),), generator=gen).to(device)
-            loss = level.loss(lin, trans, c_t, sel)
-            grads = torch.autograd.grad(loss.sum(), params)
-            with torch.no_grad():
-                step = it + 1
-                for p, g, a, b, lr in zip(params, grads, m1, m2, lrs):
-                    a.mul_(0.9).add_(g, alpha=0.1)
-                    b.mul_(0.999).addcmul_(g, g, value=0.001)
-                    denom = (b / (1 - 0.999**step)).sqrt_().add_(1e-8)
-                    p.addcdiv_(a, denom, value=-lr * frac / (1 - 0.9**step))
+        lin, trans, ids = _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
         with torch.no_grad():
             g_eval = torch.Generator(device="cpu").manual_seed(config.seed + 1000 + li)
+            n_pts = level.points.shape[0]
             sel = torch.randint(0, n_pts, (min(config.eval_samples, n_pts),), generator=g_eval).to(device)
             losses = level.loss(lin, trans, c_t, sel)
         order = torch.argsort(losses).tolist()
@@ -322,6 +291,57 @@ def _register(subject, subject_affine, template, template_affine, config, device
         losses = losses[keep]
         ids = [ids[i] for i in keep]
         fg_points = level.points[level.fg]
+    result = _result(lin, trans, losses, ids, fg_points, c_s, c_t_np, t0)
+    log.debug("registration %.2f s, loss %.4f, agreement %.2f mm, start %s", result.seconds, result.loss,
+              result.agreement_mm, result.start)
+    return result
+
+
+def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device):
+    """Adam on every start's affine at one pyramid level; the first level prunes to the best few starts.
+
+    Returns ``(lin, trans, ids)``: the starts still in the race (tensors still require grad).
+    """
+    import torch
+
+    scale = config.levels_mm[li] / config.levels_mm[0]
+    lin = lin.clone().requires_grad_(True)
+    trans = trans.clone().requires_grad_(True)
+    # Adam, written out (torch.optim pulls in torch._dynamo: seconds of import time).
+    params = [lin, trans]
+    lrs = [config.lr_linear * scale, config.lr_translation * scale]
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    n_pts = level.points.shape[0]
+    for it in range(iters):
+        if li == 0 and it == iters // 3 and lin.shape[0] > config.prune_to:
+            # Prune early: starts far from the optimum rarely recover; keep the best few.
+            with torch.no_grad():
+                g_eval = torch.Generator(device="cpu").manual_seed(config.seed + 999)
+                sel = torch.randint(0, n_pts, (min(config.eval_samples, n_pts),), generator=g_eval).to(device)
+                best = torch.argsort(level.loss(lin, trans, c_t, sel))[: config.prune_to].tolist()
+            lin = lin.detach()[best].requires_grad_(True)
+            trans = trans.detach()[best].requires_grad_(True)
+            params = [lin, trans]
+            m1 = [m[best] for m in m1]
+            m2 = [m[best] for m in m2]
+            ids = [ids[i] for i in best]
+        frac = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters)))
+        sel = torch.randint(0, n_pts, (min(config.samples, n_pts),), generator=gen).to(device)
+        loss = level.loss(lin, trans, c_t, sel)
+        grads = torch.autograd.grad(loss.sum(), params)
+        with torch.no_grad():
+            step = it + 1
+            for p, g, a, b, lr in zip(params, grads, m1, m2, lrs):
+                a.mul_(0.9).add_(g, alpha=0.1)
+                b.mul_(0.999).addcmul_(g, g, value=0.001)
+                denom = (b / (1 - 0.999**step)).sqrt_().add_(1e-8)
+                p.addcdiv_(a, denom, value=-lr * frac / (1 - 0.9**step))
+    return lin, trans, ids
+
+
+def _result(lin, trans, losses, ids, fg_points, c_s, c_t_np, t0) -> Registration:
+    """The final starts as subject-to-template matrices, averaged where they reached the same optimum."""
     mats = []
     for b in range(lin.shape[0]):
         m = np.eye(4)
@@ -344,10 +364,8 @@ def _register(subject, subject_affine, template, template_affine, config, device
         d = (pts @ (mats[0][:3, :3] - mats[1][:3, :3]).T) + (mats[0][:3, 3] - mats[1][:3, 3])
         agreement = float(np.sqrt((d**2).sum(1).mean()))
     lv = [float(v) for v in losses.cpu()]
-    result = Registration(
+    return Registration(
         subject_to_template=best if len(mats) > 1 else mats[0], loss=lv[0], second_loss=lv[1] if len(lv) > 1 else lv[0],
         agreement_mm=agreement, start=tuple(float(v) for v in START_ROTATIONS[ids[0]]),
         seconds=time.perf_counter() - t0, losses=tuple(lv),
     )
-    log.debug("registration %.2f s, loss %.4f, agreement %.2f mm, start %s", result.seconds, result.loss, agreement, result.start)
-    return result

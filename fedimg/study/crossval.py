@@ -6,7 +6,9 @@ model (``RUN/local_models/<site>.safetensors``) on its own validation cases. In
 at a time; the table holds only metrics. Writes ``RUN/crossval/crossval.json``,
 ``crossval.csv`` and ``heatmap.png`` (models x sites, the task's key metric).
 
->>> # table = cross_validate("runs/fl", discover_sites("data/"), config)
+Usage (``fedimg simulate`` calls it after a run)::
+
+    table = cross_validate("runs/fl", discover_sites("data/"), config)
 """
 
 from __future__ import annotations

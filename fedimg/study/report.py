@@ -1,6 +1,8 @@
 """The study's ``report.md`` and plots, from its ``results.json`` dict (no training here).
 
->>> # write_report(Path("study"), read_json("study/results.json"))
+Usage (``fedimg study`` calls it)::
+
+    write_report(Path("study"), read_json("study/results.json"))
 """
 
 from __future__ import annotations

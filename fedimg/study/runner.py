@@ -13,7 +13,9 @@ All models start from the same seeded initial weights and are evaluated on every
 held-out cases (the task's validation split, never trained on by any arm). Writes
 ``report.md``, ``results.json``, ``dice_per_round.png`` and ``per_site.png``.
 
->>> # run_study("data/", "study/", FederationConfig(rounds=10, local_epochs=2))
+Usage (``fedimg study`` does this; it trains every arm)::
+
+    run_study("data/", "study/", FederationConfig(rounds=10, local_epochs=2))
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ Constructor arguments are plain values so that NVFlare can write them into the j
 :meth:`fedimg.fl.server.validation.ValidationConfig.to_dict`; a JSON *string* would not
 do: NVFlare reads ``"{...}"`` strings in job configs as variable references).
 
->>> agg = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_dict(),
-...                        run_dir="/tmp/run")  # doctest: +SKIP
+>>> agg = FedimgAggregator(strategy=StrategyConfig(name="fedadam", server_lr=0.1).to_dict())
+>>> agg.strategy["name"], agg.strategy["server_lr"], agg.validation == ValidationConfig().to_dict()
+('fedadam', 0.1, True)
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ folder included) in its ``custom/`` folder. The same recipe runs in ``SimEnv``
 (``fedimg export-job``). Every site and the server need ``fedimg`` installed; the job
 ships only the client script and configuration.
 
->>> # recipe = build_recipe(FederationConfig(task="toy", rounds=2), discover_sites("data/"), run_dir="runs/fl")
+Usage (``fedimg simulate`` does this)::
+
+    recipe = build_recipe(FederationConfig(task="toy", rounds=2), discover_sites("data/"), run_dir="runs/fl")
 """
 
 from __future__ import annotations

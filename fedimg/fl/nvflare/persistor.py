@@ -7,7 +7,9 @@ arguments, which fedimg's task models (built by a registry from a config) do not
 a fedimg checkpoint (``RUN/rounds/round-NNN.safetensors``). Saving is done by
 :class:`fedimg.fl.nvflare.aggregator.FedimgAggregator` every round, so ``save_model`` only logs.
 
->>> p = FedimgPersistor(task="toy", config={"features": 4})  # doctest: +SKIP
+>>> weights = initial_weights("toy", {"features": 4}, "")
+>>> sorted((k, v.shape) for k, v in weights.items())
+[('0.bias', (1,)), ('0.weight', (1, 4))]
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ same path as a real deployment, ``ProdEnv``) and stops everything (``nvflare poc
 then the process groups it started). Everything listens on and connects to
 ``localhost`` only.
 
->>> # with PocSystem(Path("runs/poc/nvflare"), ["site-1", "site-2"]) as poc:
->>> #     job_id = poc.submit(recipe); poc.wait(job_id)
+Usage (``fedimg poc`` does this; it starts real processes)::
+
+    with PocSystem(Path("runs/poc/nvflare"), ["site-1", "site-2"]) as poc:
+        job_id = poc.submit(recipe); poc.wait(job_id)
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ components (``fedimg.fl.`` added to ``local/resources.json.default`` ``class_all
 and writes a short README for the hospitals. :func:`sample_project` writes a starting
 ``project.yml`` for a server and N sites.
 
->>> # kits = provision("project.yml", "kits/")
+Usage (``fedimg provision`` does this)::
+
+    kits = provision("project.yml", "kits/")
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ aggregator) and one process per site run under NVFlare's simulator; the run fold
 ``local_models/<site>.safetensors`` and the NVFlare workspace under ``nvflare/``.
 ``resume=True`` continues from the last completed round.
 
->>> # summary = run_simulation("data/", "runs/fl", FederationConfig(rounds=3, local_epochs=1))
+Usage (``fedimg simulate`` does this; it starts NVFlare's simulator)::
+
+    summary = run_simulation("data/", "runs/fl", FederationConfig(rounds=3, local_epochs=1))
 """
 
 from __future__ import annotations
