@@ -114,3 +114,12 @@ def target_image(target_path) -> np.ndarray:
 
     with Image.open(target_path) as im:
         return np.array(im.convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def synth_sites(tmp_path_factory, slide_path) -> list[Path]:
+    """Two synthetic tile sites of 96 tiles of 32 px at 2 um/px (seeded), cut from the real slide."""
+    from fedimg.pathology.synth import make_synthetic_sites
+
+    out = tmp_path_factory.mktemp("pathology_sites")
+    return make_synthetic_sites(out, sites=2, tiles_per_site=96, tile_size=32, mpp=2.0, seed=0, slide=slide_path)
