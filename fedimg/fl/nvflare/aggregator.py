@@ -203,11 +203,15 @@ class FedimgAggregator(ModelAggregator):
     def _checkpoint(self, rnd: int, delta: dict[str, np.ndarray], entry: dict[str, Any]) -> None:
         if self._run_path is None:
             return
+        server_state = self._agg.state() if self._agg is not None else None
         if self._global is not None:
+            # the round file, server state and metrics first; state.json (the round is complete) last
             new_global = {k: (np.asarray(v) + delta[k]).astype(np.asarray(v).dtype) for k, v in self._global.items()}
-            run_state.save_round(self._run_path, rnd, new_global, {"strategy": self._strategy.name, "sites": entry["accepted"]})
-        if self._agg is not None:
-            run_state.save_server_state(self._run_path, self._agg.state(), rnd)
+            run_state.save_round(self._run_path, rnd, new_global, {"strategy": self._strategy.name, "sites": entry["accepted"]},
+                                 server_state=server_state, metrics=entry)
+            return
+        if server_state is not None:
+            run_state.save_server_state(self._run_path, server_state, rnd)
         run_state.append_metrics(self._run_path, entry)
 
     def _device(self) -> str | None:

@@ -84,11 +84,22 @@ def load_params(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], di
     return params, meta
 
 
-def save_round(run_dir: str | os.PathLike[str], rnd: int, params: Mapping[str, Any], meta: Mapping[str, Any]) -> Path:
-    """Checkpoint the global model after round ``rnd`` and mark it as the latest."""
+def save_round(run_dir: str | os.PathLike[str], rnd: int, params: Mapping[str, Any], meta: Mapping[str, Any], *,
+               server_state: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None) -> Path:
+    """Checkpoint the global model after round ``rnd`` and mark it as the latest.
+
+    ``server_state`` (FedOpt moments) and the round's ``metrics`` entry are written before the
+    round is marked complete in ``state.json``, which is written last: a server killed half-way
+    through leaves the previous round as the latest, never a round whose metrics or server
+    state are missing.
+    """
     run_dir = Path(run_dir)
     meta = {**dict(meta), "round": int(rnd)}
     path = save_params(round_path(run_dir, rnd), params, meta)
+    if server_state is not None:
+        save_server_state(run_dir, server_state, rnd)
+    if metrics is not None:
+        append_metrics(run_dir, metrics)
     latest = run_dir / "global_model.safetensors"
     with atomic_path(latest) as tmp:
         shutil.copyfile(path, tmp)
@@ -136,8 +147,22 @@ def save_server_state(run_dir: str | os.PathLike[str], state: Mapping[str, Any],
 
 
 def load_server_state(run_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The server optimiser state saved with the latest complete round (``{}`` if none).
+
+    A state saved for a later round than ``state.json``'s (the server died between the two
+    writes) does not belong to the model the run resumes from: it is dropped with a warning.
+    """
     path = Path(run_dir) / "server_state.safetensors"
-    return load_params(path)[0] if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    params, meta = load_params(path)
+    state = Path(run_dir) / "state.json"
+    last = int(read_json(state).get("last_round", 0)) if state.is_file() else None
+    if last is not None and "round" in meta and int(meta["round"]) != last:
+        log.warning("%s is from round %s but the run resumes from round %d; server optimiser state starts afresh",
+                    path, meta["round"], last)
+        return {}
+    return params
 
 
 def _to_numpy(v: Any) -> np.ndarray:
