@@ -54,14 +54,6 @@ def traffic(method: str, k: int) -> tuple[int, int]:
     return aggregate.traffic(method, k)
 
 
-def _host(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
-        return x.get()
-    return np.asarray(x)
-
-
 def peers(*, names, offsets, flats, host_flats, weights) -> aggregate.PeerMethods:
     """Flower's and NVFlare's FedAvg on the same updates (Flower's records are built on the host)."""
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
@@ -87,7 +79,7 @@ def peers(*, names, offsets, flats, host_flats, weights) -> aggregate.PeerMethod
     def flatten(name: str, res: Any) -> np.ndarray:
         if name == "flower":
             return np.concatenate([res[k].numpy().reshape(-1) for k, _ in names])
-        return np.concatenate([np.asarray(_host(res[k])).reshape(-1) for k, _ in names])
+        return np.concatenate([np.asarray(aggregate.to_host(res[k])).reshape(-1) for k, _ in names])
 
     methods = {"flower": lambda: aggregate_arrayrecords(records, "num-examples"), "nvflare": nvflare}
     return aggregate.PeerMethods(methods=methods, traffic=traffic, flatten=flatten, host_side=frozenset({"flower"}))

@@ -19,13 +19,10 @@ Three measurements, the peer run in the same process on the same inputs:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import _common
 from fedimg.bench import federation
@@ -109,25 +106,12 @@ def _alternate(k: int, repeats: int, params, device: str) -> tuple[float, float]
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedimg.device import configure_threads, resolve_device
+    from fedimg.io import write_json
 
     logging.getLogger("nvflare").setLevel(logging.CRITICAL)  # its per-update warnings would cost it time
     logging.getLogger("fedimg.fl.nvflare.aggregator").setLevel(logging.WARNING)
-    if args.quick:
-        args.task, args.rounds, args.repeats = "toy", 2, 3
-    device = "cuda" if str(resolve_device(args.device)).startswith("cuda") else "cpu"
-    threads = configure_threads(args.threads)
-    results: dict[str, Any] = {"device": device, "ks": args.ks, "threads": threads}
-    if not args.skip_round:
-        federation.print_round_split(args, results)
-
-    params = federation.model_params(args.init_filters)
-    n_params = int(sum(v.size for v in params.values()))
-    results["model"] = {"name": f"SegResNet(init_filters={args.init_filters})", "parameters": n_params,
-                        "tensors": len(params)}
-    print(f"\nserver aggregation, {results['model']['name']}: {n_params / 1e6:.1f} M parameters, {len(params)} tensors, "
-          f"fedimg on {device} with {threads} thread(s), median of {args.repeats}")
-    print(f"{'K':>3} {'fedimg s':>9} {'NVFlare s':>10} {'speed-up':>9} {'fedimg MB':>10} {'NVFlare MB':>11} {'model MB':>9}")
+    device, results, params, n_params = federation.setup(
+        args, f"{'K':>3} {'fedimg s':>9} {'NVFlare s':>10} {'speed-up':>9} {'fedimg MB':>10} {'NVFlare MB':>11} {'model MB':>9}")
     agg_rows = []
     for k in args.ks:
         _fedimg_round(params, k, device)  # warm-ups: numba compiles or loads its cache, first-touch of buffers
@@ -141,8 +125,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{k:>3} {t_f:9.3f} {t_n:10.3f} {t_n / t_f:8.2f}x {m_f:10.1f} {m_n:11.1f} {row['model_mb']:9.1f}")
     results["aggregation"] = agg_rows
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return 0
 
 

@@ -139,23 +139,14 @@ def _rows(res: dict[str, dict[str, float]], cpu: dict[str, float], counts: dict[
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fedimg.device import configure_threads, resolve_device
     from fedimg.io import write_json
-    from fedimg.pathology.synth import default_slide
     from fedimg.pathology.tiledata import load_target_image
     from fedimg.telemetry import Telemetry, cpu_name
     from fedimg.transforms.stain import MacenkoNormalize
     from fedimg.transforms.stain_reference import macenko_fit_numpy, macenko_normalize_numpy
 
     cpu: dict[str, float] = {}
-    threads = configure_threads(args.threads)
-    device = resolve_device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    slide = args.slide or default_slide()
-    target_path = args.target or default_slide().parent / "tiatoolbox_target_image.png"
-    steps = args.steps or (2 if args.quick else 6)
-    rounds = 2 if args.quick else 3
-    tile = args.tile_size
+    threads, device, sync, slide, target_path, steps, rounds, tile = ftiles.settings(args)
     read = ftiles.read_size(slide, tile, args.mpp)
     tel = Telemetry(device_index=(device.index or 0) if device.type == "cuda" else None, interval=0.5).start()
     res: dict[str, dict[str, float]] = {"peer": {}, "fedimg": {}}

@@ -117,18 +117,6 @@ class TutorialLoop:
         return vox
 
 
-def _table(rows: list[tuple[str, dict]], header: dict) -> str:
-    lines = [f"benchmarks/train_throughput.py  device: {header['device']}  ({header['device_type']}, {header['threads']} threads)",
-             f"cases {header['cases']}, crop {'x'.join(map(str, header['roi']))}, batch {header['batch_size']}, "
-             f"SegResNet init_filters {header['init_filters']}, {header['epochs']} timed epochs",
-             f"{'loop':<44}{'voxels/s':>11}{'vox/cpu-s':>12}{'s/epoch':>9}{'setup s':>8}{'ratio':>8}"]
-    base = rows[0][1]["voxels_per_s"]
-    for name, r in rows:
-        lines.append(f"{name:<44}{r['voxels_per_s']:>11.4g}{r['voxels_per_cpu_s']:>12.4g}{r['epoch_s']:>9.2f}"
-                     f"{r['setup_s']:>8.1f}{r['voxels_per_s'] / base:>7.2f}x")
-    return "\n".join(lines + train.telemetry_lines(rows, header["telemetry"].get("available", False)))
-
-
 def _engine(cases, **kw) -> train.EngineLoop:
     loop = train.EngineLoop(cases, **kw)
     loop.name = "(b) " + loop.name
@@ -163,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     header = {"device": dev_name, "device_type": device.type, "threads": s["threads"], "cases": len(cases),
               "roi": list(s["roi"]), "batch_size": args.batch_size, "init_filters": s["init_filters"], "epochs": epochs,
               "samples_per_case": spc, "telemetry": tel.summary()}
-    print(_table(rows, header))
+    print(train.table(rows, header, title="benchmarks/train_throughput.py", ratio=True))
     ratio = rows[1][1]["voxels_per_s"] / rows[0][1]["voxels_per_s"]
     print(f"ratio engine / tutorial: {ratio:.2f}x")
     result = {"benchmark": "train", **header, "ratio": ratio,

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["DESCRIPTION", "SIZES", "add_arguments", "run", "model_shapes", "traffic", "limit_time", "PeerMethods",
+__all__ = ["DESCRIPTION", "SIZES", "add_arguments", "run", "to_host", "model_shapes", "traffic", "limit_time", "PeerMethods",
            "bench_case", "print_case", "device_name", "versions"]
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,8 @@ def _peak_extra(fn: Callable[[], Any], on_gpu: bool, host_method: bool) -> int:
     return int(peak - base)
 
 
-def _host(x: Any) -> np.ndarray:
+def to_host(x: Any) -> np.ndarray:
+    """A numpy view or copy of a numpy, torch or CuPy array."""
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
     if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
@@ -245,7 +246,7 @@ def bench_case(size: str, k: int, repeats: int, on_gpu: bool, device: Any, *,
         flats = [torch.from_numpy(f).to(device) for f in host_flats]
     else:
         flats = host_flats
-    peer = PeerMethods(methods={}, traffic=traffic, flatten=lambda name, res: _host(res)) if peers is None else peers(
+    peer = PeerMethods(methods={}, traffic=traffic, flatten=lambda name, res: to_host(res)) if peers is None else peers(
         names=names, offsets=offs, flats=flats, host_flats=host_flats, weights=weights)
     peer_methods = peer.methods
     methods = {**peer_methods, **_methods(flats, weights, on_gpu)}
@@ -254,7 +255,7 @@ def bench_case(size: str, k: int, repeats: int, on_gpu: bool, device: Any, *,
     for name, fn in methods.items():  # warm-up (numba compile, CuPy build) and correctness check:
         res = fn()  # every method must give the same average (so no method is timed doing less work)
         _sync(on_gpu)
-        flat = peer.flatten(name, res) if name in peer_methods else _host(res)
+        flat = peer.flatten(name, res) if name in peer_methods else to_host(res)
         np.testing.assert_allclose(flat, ref, rtol=1e-4, atol=1e-5, err_msg=name)
         del res
     for fn in probes.values():

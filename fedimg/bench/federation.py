@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import statistics
 import tempfile
@@ -36,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["DESCRIPTION", "add_arguments", "run", "round_split", "fresh_run", "print_round_split", "model_params",
+__all__ = ["DESCRIPTION", "add_arguments", "run", "setup", "round_split", "fresh_run", "print_round_split", "model_params",
            "updates", "server_round", "peak_aggregator_only"]
 
 log = logging.getLogger(__name__)
@@ -183,7 +182,13 @@ def peak_aggregator_only(fn: Callable, params, k, *a) -> float:
     return _peak(fn, params, k, *a) - _peak(gen_only, params, k)
 
 
-def run(args: argparse.Namespace) -> int:
+def setup(args: argparse.Namespace, columns: str) -> tuple[str, dict[str, Any], dict[str, Any], int]:
+    """What ``fedimg bench federation`` and ``benchmarks/federation.py`` share before timing.
+
+    Applies ``--quick``, resolves the device and threads, runs the round split (unless
+    ``--skip-round``), builds the model's parameters and prints the table's header with
+    ``columns``. Returns ``(device, results, params, n_params)``.
+    """
     from fedimg.device import configure_threads, resolve_device
 
     if args.quick:
@@ -193,14 +198,21 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"device": device, "ks": args.ks, "threads": threads}
     if not args.skip_round:
         print_round_split(args, results)
-
     params = model_params(args.init_filters)
     n_params = int(sum(v.size for v in params.values()))
     results["model"] = {"name": f"SegResNet(init_filters={args.init_filters})", "parameters": n_params,
                         "tensors": len(params)}
     print(f"\nserver aggregation, {results['model']['name']}: {n_params / 1e6:.1f} M parameters, {len(params)} tensors, "
           f"fedimg on {device} with {threads} thread(s), median of {args.repeats}")
-    print(f"{'K':>3} {'fedimg s':>9} {'GB/s':>7} {'fedimg MB':>10} {'model MB':>9}")
+    print(columns)
+    return device, results, params, n_params
+
+
+def run(args: argparse.Namespace) -> int:
+    from fedimg.io import write_json
+
+    device, results, params, n_params = setup(
+        args, f"{'K':>3} {'fedimg s':>9} {'GB/s':>7} {'fedimg MB':>10} {'model MB':>9}")
     agg_rows = []
     for k in args.ks:
         server_round(params, k, device)  # warm-up: numba compiles or loads its cache, first-touch of buffers
@@ -212,6 +224,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{k:>3} {t_f:9.3f} {row['fedimg_GBps']:7.2f} {m_f:10.1f} {row['model_mb']:9.1f}")
     results["aggregation"] = agg_rows
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return 0

@@ -24,11 +24,12 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["DESCRIPTION", "STAGES", "add_arguments", "run", "timed", "read_size", "fedimg_extract", "normalize_tiles",
+__all__ = ["DESCRIPTION", "STAGES", "add_arguments", "run", "settings", "timed", "read_size", "fedimg_extract", "normalize_tiles",
            "training_tiles", "tile_trainer", "warm_up", "train_rounds"]
 
 log = logging.getLogger(__name__)
@@ -127,24 +128,33 @@ def train_rounds(trainer, rounds: int, *, sync, cpu: dict[str, float] | None = N
     return sum(timed(trainer.train_epoch, sync=sync, cpu=cpu, key=key)[1] for _ in range(rounds))
 
 
-def run(args: argparse.Namespace) -> int:
+def settings(args: argparse.Namespace) -> tuple[int, Any, Callable[[], None], Path, Path, int, int, int]:
+    """What ``fedimg bench tiles`` and ``benchmarks/tiles.py`` share: ``(threads, device, sync,
+    slide, target_path, steps, rounds, tile)`` from the parsed arguments (threads configured)."""
     import torch
 
     from fedimg.device import configure_threads, resolve_device
-    from fedimg.io import write_json
     from fedimg.pathology.synth import default_slide
+
+    threads = configure_threads(args.threads)
+    device = resolve_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    slide = Path(args.slide or default_slide())
+    target_path = Path(args.target or default_slide().parent / "tiatoolbox_target_image.png")
+    steps = args.steps or (2 if args.quick else 6)
+    rounds = 2 if args.quick else 3
+    return threads, device, sync, slide, target_path, steps, rounds, args.tile_size
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedimg.io import write_json
     from fedimg.pathology.tiledata import stain_normalizer
     from fedimg.telemetry import Telemetry, cpu_name
 
     cpu: dict[str, float] = {}
-    threads = configure_threads(args.threads)
-    device = resolve_device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    slide = args.slide or default_slide()
-    target_path = args.target or default_slide().parent / "tiatoolbox_target_image.png"
-    steps = args.steps or (2 if args.quick else 6)
-    rounds = 2 if args.quick else 3
-    tile = args.tile_size
+    threads, device, sync, slide, target_path, steps, rounds, tile = settings(args)
     tel = Telemetry(device_index=(device.index or 0) if device.type == "cuda" else None, interval=0.5).start()
     sec: dict[str, float] = {}
     fedimg_extract(slide, tile, args.mpp, device)  # warm the OS cache and imports

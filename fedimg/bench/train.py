@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DESCRIPTION", "add_arguments", "run", "EngineLoop", "measure", "load_cases", "settings", "telemetry_lines"]
+__all__ = ["DESCRIPTION", "add_arguments", "run", "EngineLoop", "measure", "load_cases", "settings", "telemetry_lines", "table"]
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +150,16 @@ def telemetry_lines(rows: list[tuple[str, dict]], available: bool) -> list[str]:
     return lines
 
 
-def _table(rows: list[tuple[str, dict]], header: dict) -> str:
-    lines = [f"fedimg bench train  device: {header['device']}  ({header['device_type']}, {header['threads']} threads)",
+def table(rows: list[tuple[str, dict]], header: dict, *, title: str = "fedimg bench train", ratio: bool = False) -> str:
+    """The printed table of training loops; ``ratio`` adds each loop's voxels/s over the first loop's."""
+    lines = [f"{title}  device: {header['device']}  ({header['device_type']}, {header['threads']} threads)",
              f"cases {header['cases']}, crop {'x'.join(map(str, header['roi']))}, batch {header['batch_size']}, "
              f"SegResNet init_filters {header['init_filters']}, {header['epochs']} timed epochs",
-             f"{'loop':<44}{'voxels/s':>11}{'vox/cpu-s':>12}{'s/epoch':>9}{'setup s':>8}"]
+             f"{'loop':<44}{'voxels/s':>11}{'vox/cpu-s':>12}{'s/epoch':>9}{'setup s':>8}" + (f"{'ratio':>8}" if ratio else "")]
+    base = rows[0][1]["voxels_per_s"]
     for name, r in rows:
         lines.append(f"{name:<44}{r['voxels_per_s']:>11.4g}{r['voxels_per_cpu_s']:>12.4g}{r['epoch_s']:>9.2f}"
-                     f"{r['setup_s']:>8.1f}")
+                     f"{r['setup_s']:>8.1f}" + (f"{r['voxels_per_s'] / base:>7.2f}x" if ratio else ""))
     return "\n".join(lines + telemetry_lines(rows, header["telemetry"].get("available", False)))
 
 
@@ -186,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     header = {"device": dev_name, "device_type": device.type, "threads": s["threads"], "cases": len(cases),
               "roi": list(s["roi"]), "batch_size": args.batch_size, "init_filters": s["init_filters"], "epochs": epochs,
               "samples_per_case": s["samples_per_case"], "telemetry": tel.summary()}
-    print(_table(rows, header))
+    print(table(rows, header))
     result = {"benchmark": "train", **header, "engine_voxels_per_s": rows[0][1]["voxels_per_s"],
               "engine_gpu_util_mean": rows[0][1].get("telemetry", {}).get("gpu_util_mean"),
               "results": {name.strip(): r for name, r in rows}, "quick": bool(args.quick),
