@@ -78,13 +78,11 @@ class _Recipe:
         return cls.cls
 
 
-def client_configs(config: FederationConfig, sites: dict[str, Path | None], *,
+def client_configs(config: FederationConfig, sites: dict[str, Path | None], task_config: dict[str, Any], *,
                    local_model_dir: str | Path | None = None) -> dict[str, ClientConfig]:
-    """Each site's :class:`ClientConfig` (data folder ``None``: the site's ``$FEDIMG_SITE_DATA``)."""
-    from fedimg.tasks import get_task
-
-    tcfg = get_task(config.task).config_from_dict(config.train_config())
-    base = ClientConfig(task=config.task, task_config=tcfg.to_dict(), local_epochs=config.local_epochs,
+    """Each site's :class:`ClientConfig` (data folder ``None``: the site's ``$FEDIMG_SITE_DATA``);
+    ``task_config`` is the task's validated config as a dict."""
+    base = ClientConfig(task=config.task, task_config=task_config, local_epochs=config.local_epochs,
                         prox_mu=float(config.strategy.prox_mu), send=config.send, threads=config.threads_per_site,
                         local_model_dir=str(Path(local_model_dir).resolve()) if local_model_dir else "")
     return {name: dataclasses.replace(base, data=str(path) if path else "") for name, path in sites.items()}
@@ -122,7 +120,7 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     # The client configs live in a scratch folder until the recipe is exported or run (then dropped with it).
     staging = Path(tempfile.mkdtemp(prefix="fedimg-job-"))
     site_files = {name: cc.write(staging / name / CONFIG_NAME)
-                  for name, cc in client_configs(config, sites, local_model_dir=local_model_dir).items()}
+                  for name, cc in client_configs(config, sites, tcfg.to_dict(), local_model_dir=local_model_dir).items()}
     per_site = {name: {"train_args": f"--config {CONFIG_NAME}",
                        **({"train_script": site_scripts[name]} if site_scripts and name in site_scripts else {})}
                 for name in sites}
