@@ -1,6 +1,8 @@
 """Header-first NIfTI reading with sanity checks, for data sets of several files per case.
 
-Open every file of a case first (:func:`open_nifti`: header only, cheap), check the
+Open every file of a case first (:func:`open_nifti`: header only, cheap, and refused there
+when the header declares a volume above the size limit or an impossible type, affine or
+scaling, :mod:`.limits`), check the
 dimensions (:func:`spatial_shape`) and that all files share one grid
 (:func:`check_same_grid`), and only then read the voxels (:func:`read_voxels`) and check
 them (:func:`check_finite`). :func:`read_volume` does all of it for one file. Every
@@ -27,6 +29,8 @@ import numpy as np
 
 from fedimg.errors import InputError
 
+from .limits import Limits, check_nifti_header
+
 __all__ = [
     "AFFINE_ATOL",
     "open_nifti",
@@ -41,8 +45,11 @@ __all__ = [
 AFFINE_ATOL = 1e-3
 
 
-def open_nifti(path: str | PathLike[str]) -> Any:
-    """``nibabel`` image proxy of ``path`` (header only), with a clear error if unreadable."""
+def open_nifti(path: str | PathLike[str], *, limits: Limits | None = None) -> Any:
+    """``nibabel`` image proxy of ``path`` (header only), with a clear error if unreadable.
+
+    The header is checked before anything else is read (:func:`.limits.check_nifti_header`).
+    """
     import nibabel as nib
 
     path = Path(path)
@@ -57,6 +64,7 @@ def open_nifti(path: str | PathLike[str]) -> Any:
         ) from None
     if not hasattr(img, "dataobj") or not hasattr(img, "affine"):
         raise InputError(path, "is not a NIfTI image; convert it to .nii.gz")
+    check_nifti_header(img, path, limits)
     return img
 
 

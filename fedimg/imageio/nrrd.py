@@ -15,7 +15,6 @@ NRRD itself. The voxel-to-world affine is returned in RAS (NIfTI convention): NR
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from os import PathLike
 from pathlib import Path
@@ -24,7 +23,12 @@ import numpy as np
 
 from fedimg.errors import InputError
 
-__all__ = ["read_nrrd"]
+from .limits import Limits, check_affine, check_declared
+
+__all__ = ["read_nrrd", "read_nrrd_header", "MAX_HEADER_BYTES"]
+
+#: An NRRD header longer than this is refused (real headers are a few hundred bytes).
+MAX_HEADER_BYTES = 1 << 20
 
 _TYPES = {
     "signed char": "i1", "int8": "i1", "int8_t": "i1",
@@ -51,21 +55,32 @@ def _vector(text: str, path: Path) -> list[float] | None:
         raise InputError(path, f"NRRD vector {text!r} is not understood; re-save the file with a standard writer") from None
 
 
-def read_nrrd(path: str | PathLike[str]) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-    """Read an NRRD file: ``(data with shape = sizes, RAS affine (4, 4), header fields)``."""
+def read_nrrd_header(path: str | PathLike[str]) -> tuple[bytes, dict[str, str], int]:
+    """Only the header of an NRRD file: ``(header bytes up to its last newline, fields, data offset)``.
+
+    Reads at most :data:`MAX_HEADER_BYTES`; never the voxel data.
+    """
     path = Path(path)
-    raw = path.read_bytes()
-    if not raw.startswith(b"NRRD000"):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(MAX_HEADER_BYTES)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc}); check the path and permissions") from None
+    if not head.startswith(b"NRRD000"):
         raise InputError(path, "is not an NRRD file (no NRRD magic); pass a .nrrd or NIfTI file")
-    end = raw.find(b"\n\n")
+    end = head.find(b"\n\n")
     if end < 0:
         raise InputError(path, "NRRD header has no end (truncated file?); re-export the image")
     fields: dict[str, str] = {}
-    for line in raw[:end].decode("latin-1").splitlines()[1:]:
+    for line in head[:end].decode("latin-1").splitlines()[1:]:
         if line.startswith("#") or ":=" in line or ":" not in line:
             continue
         key, value = line.split(":", 1)
         fields[key.strip().lower()] = value.strip()
+    return head[: end + 1], fields, end + 2
+
+
+def _declared(path: Path, fields: dict[str, str]) -> tuple[np.dtype, list[int]]:
     if "data file" in fields or "datafile" in fields:
         raise InputError(path, "detached NRRD data files are not supported; save as a single .nrrd or NIfTI")
     try:
@@ -73,18 +88,38 @@ def read_nrrd(path: str | PathLike[str]) -> tuple[np.ndarray, np.ndarray, dict[s
         sizes = [int(v) for v in fields["sizes"].split()]
     except (KeyError, ValueError):
         raise InputError(path, "NRRD header lacks a valid 'type' or 'sizes'; re-export the image") from None
+    if "dimension" in fields and fields["dimension"].strip() != str(len(sizes)):
+        raise InputError(path, f"NRRD header says dimension {fields['dimension']} but lists {len(sizes)} sizes; "
+                               "re-export the image")
+    return dtype, sizes
+
+
+def read_nrrd(path: str | PathLike[str], *, limits: Limits | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Read an NRRD file: ``(data with shape = sizes, RAS affine (4, 4), header fields)``.
+
+    The header is checked first (:mod:`.limits`): a volume above the size limit, an impossible
+    size or type, or a raw file shorter than declared is refused before the data are read.
+    """
+    path = Path(path)
+    _, fields, offset = read_nrrd_header(path)
+    dtype, sizes = _declared(path, fields)
+    count = check_declared(path, tuple(sizes), dtype, limits)
+    encoding = fields.get("encoding", "raw").lower()
+    if encoding not in ("raw", "gzip", "gz"):
+        raise InputError(path, f"NRRD encoding {encoding!r} is not supported; use raw or gzip")
+    if encoding == "raw" and path.stat().st_size - offset < count * dtype.itemsize:
+        raise InputError(path, f"NRRD data is truncated ({path.stat().st_size - offset} of {count * dtype.itemsize} bytes)")
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder(">" if fields.get("endian", "little") == "big" else "<")
-    body = raw[end + 2 :]
-    encoding = fields.get("encoding", "raw").lower()
-    try:
-        if encoding in ("gzip", "gz"):
-            body = gzip.decompress(body)
-        elif encoding != "raw":
-            raise InputError(path, f"NRRD encoding {encoding!r} is not supported; use raw or gzip")
-    except (OSError, EOFError, zlib.error):
-        raise InputError(path, "NRRD data cannot be decompressed (corrupt or truncated); re-export the image") from None
-    count = int(np.prod(sizes))
+    with open(path, "rb") as f:
+        f.seek(offset)
+        body = f.read() if encoding == "raw" else b""
+        if encoding != "raw":
+            try:
+                # never inflate more than the header declares (a gzip bomb stops here)
+                body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(f.read(), count * dtype.itemsize)
+            except (OSError, EOFError, zlib.error):
+                raise InputError(path, "NRRD data cannot be decompressed (corrupt or truncated); re-export the image") from None
     if len(body) < count * dtype.itemsize:
         raise InputError(path, f"NRRD data is truncated ({len(body)} of {count * dtype.itemsize} bytes)")
     data = np.frombuffer(body, dtype=dtype, count=count).reshape(sizes[::-1]).T
@@ -106,4 +141,5 @@ def read_nrrd(path: str | PathLike[str]) -> tuple[np.ndarray, np.ndarray, dict[s
         affine[:2] *= -1.0
     elif space and space not in _RAS:
         raise InputError(path, f"NRRD space {space!r} is not supported; use LPS or RAS")
+    check_affine(path, affine)
     return data, affine, fields

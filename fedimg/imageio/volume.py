@@ -27,6 +27,7 @@ import numpy as np
 from fedimg.errors import InputError
 from fedimg.io import atomic_path
 
+from .limits import Limits, check_nifti_header
 from .suffixes import NIFTI_SUFFIXES, is_nifti, is_nrrd
 
 __all__ = ["Volume", "load_volume", "to_canonical", "from_canonical", "save_like", "NIFTI_SUFFIXES",
@@ -65,8 +66,12 @@ class Volume:
         return data
 
 
-def load_volume(path: str | PathLike[str], *, what: str = "image", require_signal: bool = True) -> Volume:
-    """Read and validate a 3-D NIfTI or NRRD file; any problem is an :class:`InputError` naming it."""
+def load_volume(path: str | PathLike[str], *, what: str = "image", require_signal: bool = True,
+                limits: Limits | None = None) -> Volume:
+    """Read and validate a 3-D NIfTI or NRRD file; any problem is an :class:`InputError` naming it.
+
+    The header is checked first (:mod:`.limits`): a volume above the size limit is refused unread.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, f"{what} does not exist; check the path")
@@ -78,17 +83,17 @@ def load_volume(path: str | PathLike[str], *, what: str = "image", require_signa
             import nibabel as nib
 
             nifti = nib.load(str(path))
+            check_nifti_header(nifti, path, limits)
             raw = np.asanyarray(nifti.dataobj.get_unscaled())
             affine = np.asarray(nifti.affine, dtype=np.float64)
             s, i = nifti.dataobj.slope, nifti.dataobj.inter
             slope = 1.0 if s is None or not np.isfinite(s) or s == 0 else float(s)
             inter = 0.0 if i is None or not np.isfinite(i) else float(i)
         elif is_nrrd(path):
-            from .nrrd import read_nrrd
+            from .nrrd import read_nrrd, read_nrrd_header
 
-            raw, affine, _ = read_nrrd(path)
-            head = path.read_bytes()
-            nrrd_header = head[: head.find(b"\n\n") + 1]
+            raw, affine, _ = read_nrrd(path, limits=limits)
+            nrrd_header = read_nrrd_header(path)[0]
         else:
             raise InputError(path, f"{what} is not NIfTI (.nii/.nii.gz) or NRRD (.nrrd); convert it first")
     except InputError:
