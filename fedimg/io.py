@@ -33,6 +33,7 @@ __all__ = [
     "write_bytes",
     "sha256_file",
     "ensure_not_input",
+    "check_writable",
 ]
 
 
@@ -98,6 +99,35 @@ def ensure_not_input(output: str | os.PathLike[str], *inputs: str | os.PathLike[
     for inp in inputs:
         if Path(inp).resolve() == out:
             raise InputError(output, "is also an input; choose a different output path (inputs are never overwritten)")
+
+
+def check_writable(target: str | os.PathLike[str], *, folder: bool) -> Path:
+    """Check, before any work, that ``target`` (a folder, or a file when ``folder`` is false) can be
+    created and written: its nearest existing ancestor must be a writable folder. Creates nothing
+    (a probe folder is made and removed at once).
+
+    >>> import tempfile, pathlib
+    >>> check_writable(pathlib.Path(tempfile.mkdtemp()) / "new" / "run", folder=True).name
+    'run'
+    """
+    target = Path(target)
+    if target.exists() and folder != target.is_dir():
+        want = "a folder" if folder else "a file name"
+        raise InputError(target, f"is {'a file' if folder else 'a folder'}; give {want} for the output")
+    anc = target if folder else target.parent
+    anc = anc.absolute()
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise InputError(target, f"cannot be created: {anc} is a file, not a folder; choose another output location")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fedimg-probe-", dir=anc))
+    except OSError as exc:
+        raise InputError(target, f"cannot be written: {anc} is not writable ({exc.strerror or exc}); "
+                                 "choose another output location") from None
+    if target.exists() and not os.access(target, os.W_OK):
+        raise InputError(target, "exists and is not writable; choose another output location")
+    return target
 
 
 def _finite(obj: Any) -> Any:

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from fedimg.cli._outputs import check_outputs
+
+        check_outputs(args)  # every output location before any work
         return int(args.func(args) or 0)
     except FedimgError as exc:
         if args.debug:

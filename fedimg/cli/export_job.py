@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.cli._federation import federation_config_from_args
     from fedimg.errors import ConfigError
     from fedimg.fl.nvflare.job import build_recipe, export_job
+    from fedimg.fl.nvflare.simulate import check_before_start
 
     config = federation_config_from_args(args)
     paths: dict[str, Path | None] = {s: None for s in args.sites}
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if not sep or name not in paths:
             raise ConfigError(f"--site-data {item!r}: expected NAME=PATH with NAME one of {', '.join(args.sites)}")
         paths[name] = Path(path)
+    check_before_start(paths, config)  # site data on this machine are checked now, others at the site
     recipe = build_recipe(config, paths, run_dir=None)
     out = export_job(recipe, args.out)
     log.info("job written to %s (%d sites, %d rounds, %s); submit it with `nvflare job submit -j %s`",

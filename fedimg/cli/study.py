@@ -40,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or env_threads()
     configure_threads(threads)
     config = federation_config_from_args(args, threads=threads)
+    if args.fl_run:  # otherwise the federated arm's simulation checks every site first
+        from fedimg.fl.nvflare.simulate import check_before_start
+        from fedimg.fl.server.federation import discover_sites
+
+        check_before_start(discover_sites(args.data), config)
     res = run_study(args.data, args.out, config, fl_run=args.fl_run, progress=not args.no_progress)
     s = res["summary"]
     means = s["mean_" + res["key_metric"]]

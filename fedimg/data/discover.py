@@ -198,6 +198,13 @@ def _discover_msd(root: Path, require_labels: bool) -> list[Case]:
     return cases
 
 
+def _looks_like_a_case(folder: Path) -> bool:
+    """An empty folder, or one holding NIfTI files (not BraTS-named), is a (bad) case folder;
+    one holding only other files or sub-folders (notes, a folder of cases) is not."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return not entries or bool(_nifti_files(folder))
+
+
 def _looks_like_sites(root: Path) -> Path | None:
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for case_dir in sorted(p for p in sub.iterdir() if p.is_dir()):
@@ -207,15 +214,18 @@ def _looks_like_sites(root: Path) -> Path | None:
 
 
 def discover(
-    root: str | os.PathLike[str], *, require_labels: bool = True, allow_identifiable: bool = True
+    root: str | os.PathLike[str], *, require_labels: bool = True, allow_identifiable: bool = True,
+    skipped: list[InputError] | None = None,
 ) -> list[Case]:
     """All cases under ``root``, sorted by case id; the layout is detected.
 
     ``require_labels``: every case must have a segmentation (training, evaluation).
+    ``skipped``: skip bad BraTS case folders (empty, missing a file) and append their errors
+    to this list instead of raising (``--skip-bad-cases``; the caller reports them).
     ``allow_identifiable=False``: refuse any image without a defacing record
     (:func:`fedimg.imageio.provenance.is_defaced`).
     Raises :class:`InputError` naming the file or folder for a missing folder, an empty
-    folder, a missing modality or label, or an identifiable image.
+    folder or case folder, a missing modality or label, or an identifiable image.
     """
     root = Path(root)
     if not root.exists():
@@ -229,11 +239,22 @@ def discover(
     else:
         cases = []
         for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            found = case_files(sub)
-            if found is None:
-                log.debug("skipping %s: no BraTS-named NIfTI files", sub)
-                continue
-            cases.append(_brats_case(sub, found[0], found[1], require_labels))
+            try:
+                found = case_files(sub)
+                if found is None:
+                    if not _looks_like_a_case(sub):
+                        log.debug("skipping %s: neither a case folder nor empty", sub)
+                        continue
+                    raise InputError(sub, "is an empty case folder (no BraTS-named NIfTI files); add the case's "
+                                          "files or remove the folder")
+                cases.append(_brats_case(sub, found[0], found[1], require_labels))
+            except InputError as exc:
+                if skipped is None:
+                    raise
+                log.info("bad case folder %s", exc)
+                skipped.append(exc)
+    if not cases and skipped:
+        raise InputError(root, f"holds no usable case: all {len(skipped)} case folder(s) are bad, e.g. {skipped[0]}")
     if not cases:
         site = _looks_like_sites(root)
         hint = f"; it looks like a folder of sites, pass one site, e.g. {site}" if site else ""

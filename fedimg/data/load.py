@@ -3,14 +3,16 @@
 Every check names the offending file and says what to do: unreadable, corrupt or
 truncated NIfTI, images that are not 3-D (or, for MSD, not 4-D with 4 channels),
 modalities or labels with different shapes or affines, NaN/Inf voxels (those file checks
-are :mod:`fedimg.imageio.nifti`), and label values outside the layout's set. Files are only
-read, never written.
+are :mod:`fedimg.imageio.nifti`), label values outside the layout's set, and images without
+content (:func:`check_content`: all zero or constant, or fewer than
+:data:`MIN_NONZERO_FRACTION` non-zero voxels, too few for a head). Files are only read,
+never written.
 
 >>> import pathlib, tempfile, numpy as np, nibabel as nib
 >>> from fedimg.data import discover
 >>> case = pathlib.Path(tempfile.mkdtemp()) / "c"; case.mkdir()
 >>> for m in ("t1", "t1ce", "t2", "flair"):
-...     nib.save(nib.Nifti1Image(np.ones((8, 9, 10), np.float32), np.eye(4)), str(case / f"c_{m}.nii.gz"))
+...     nib.save(nib.Nifti1Image(np.arange(720.0).reshape(8, 9, 10), np.eye(4)), str(case / f"c_{m}.nii.gz"))
 >>> nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), np.uint8), np.eye(4)), str(case / "c_seg.nii.gz"))
 >>> arrays = load_case(discover(case)[0])
 >>> arrays.image.shape, arrays.image.dtype, arrays.regions.shape
@@ -30,7 +32,7 @@ from fedimg.data.labels import LABEL_VALUES, labels_to_regions
 from fedimg.errors import InputError
 from fedimg.imageio.nifti import check_finite, check_same_grid, open_nifti, read_volume, read_voxels, spatial_shape
 
-__all__ = ["CaseArrays", "load_case", "load_nifti_header", "MSD_TO_FEDIMG"]
+__all__ = ["CaseArrays", "load_case", "load_nifti_header", "check_content", "MSD_TO_FEDIMG", "MIN_NONZERO_FRACTION"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ MSD_TO_FEDIMG: tuple[int, ...] = tuple(
     MSD_CHANNELS.index(m) for m in ("T1w", "t1gd", "T2w", "FLAIR")
 )
 assert len(MSD_TO_FEDIMG) == len(MODALITIES)
+
+#: Fewest non-zero voxels (fraction of the volume) an image of a head has; a skull-stripped
+#: BraTS brain fills about 10 % of its 240 x 240 x 155 grid.
+MIN_NONZERO_FRACTION = 0.01
 
 #: Kept for callers of the old name: the checked NIfTI header reader is
 #: :func:`fedimg.imageio.nifti.open_nifti`.
@@ -59,6 +65,26 @@ class CaseArrays:
     label: np.ndarray | None
     affine: np.ndarray
     reference: Path
+
+
+def check_content(arr: np.ndarray, path: str | Path, what: str = "image") -> None:
+    """Refuse an image without content: constant (all zero included) or almost all zero.
+
+    >>> check_content(np.zeros((4, 4, 4), np.float32), "t1.nii.gz")
+    Traceback (most recent call last):
+    fedimg.errors.InputError: t1.nii.gz: image is constant (every voxel is 0): an empty or blank scan; replace it or remove the case
+    """
+    path = Path(path)
+    if arr.size == 0:
+        raise InputError(path, f"{what} holds no voxels; replace it or remove the case")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo == hi:
+        raise InputError(path, f"{what} is constant (every voxel is {lo:g}): an empty or blank scan; "
+                               "replace it or remove the case")
+    nonzero = int(np.count_nonzero(arr))
+    if nonzero < MIN_NONZERO_FRACTION * arr.size:
+        raise InputError(path, f"{what} has only {nonzero} non-zero voxels ({100 * nonzero / arr.size:.2g} % of "
+                               f"{arr.size}), too few for a head; check the file or remove the case")
 
 
 def _load_label(case: Case, ref_shape, ref_affine, ref_path: Path) -> np.ndarray:
@@ -98,6 +124,8 @@ def load_case(case: Case) -> CaseArrays:
         data, affine = read_volume(ref_path, dtype=np.float32, channels=MSD_CHANNELS)
         shape = data.shape[:3]
         image = np.ascontiguousarray(np.moveaxis(data[..., list(MSD_TO_FEDIMG)], -1, 0), dtype=np.float32)
+        for i, name in enumerate(MODALITIES):
+            check_content(image[i], ref_path, f"channel {MSD_CHANNELS[MSD_TO_FEDIMG[i]]} ({name})")
     else:
         headers = [open_nifti(p) for p in case.images]
         ref_path = case.images[0]
@@ -112,6 +140,7 @@ def load_case(case: Case) -> CaseArrays:
         for i, (img, path) in enumerate(zip(headers, case.images)):
             arr = read_voxels(img, path, np.float32).reshape(shape)
             check_finite(arr, path)
+            check_content(arr, path)
             image[i] = arr
     label = regions = None
     if case.label is not None:

@@ -49,6 +49,8 @@ def write_brats_case(root: Path, case_id: str, layout: str = "brats2021", *, seg
                 save(label_map(layout), folder / f"{case_id}{suffix}{ext}", dtype=np.uint8)
             continue
         img = OFFSET[mod] + rng.random(SHAPE).astype(np.float32)
+        if mod == "t1":  # stored as int16: keep it non-constant after rounding
+            img = np.floor(img) + rng.integers(0, 2, SHAPE)
         save(img, folder / f"{case_id}{suffix}{ext}", dtype=np.int16 if mod == "t1" else np.float32)
     return folder
 
@@ -57,9 +59,10 @@ def write_msd(root: Path, n: int = 2, *, n_test: int = 1) -> Path:
     """MSD Task01 layout; the 4-D images hold channels FLAIR, T1w, t1gd, T2w."""
     msd_order = ("flair", "t1", "t1ce", "t2")
     training, test = [], []
+    rng = np.random.default_rng(0)
     for i in range(n + n_test):
         name = f"BRATS_{i + 1:03d}.nii.gz"
-        img = np.stack([np.full(SHAPE, OFFSET[m], np.float32) for m in msd_order], axis=-1)
+        img = np.stack([OFFSET[m] + 0.5 * rng.random(SHAPE, np.float32) for m in msd_order], axis=-1)
         sub = "imagesTr" if i < n else "imagesTs"
         save(img, root / sub / name)
         if i < n:

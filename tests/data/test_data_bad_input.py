@@ -86,7 +86,7 @@ def _truncated(f):
     p = f / "c1_t1.nii.gz"
     data = p.read_bytes()
     p.write_bytes(data[: len(data) * 2 // 3])
-    return "c1_t1.nii.gz", ["corrupt, truncated"]
+    return "c1_t1.nii.gz", ["truncated"]
 
 
 def _truncated_voxels(f):

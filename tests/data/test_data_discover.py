@@ -53,7 +53,7 @@ def test_msd_channels_are_reordered(msd):
     assert [c.case_id for c in cases] == ["BRATS_001", "BRATS_002"]
     assert len(cases[0].images) == 1
     img = load_case(cases[0]).image
-    assert img[:, 0, 0, 0].tolist() == [OFFSET["t1"], OFFSET["t1ce"], OFFSET["t2"], OFFSET["flair"]]
+    assert np.all(np.abs(img[:, 0, 0, 0] - [OFFSET["t1"], OFFSET["t1ce"], OFFSET["t2"], OFFSET["flair"]]) < 1)
 
 
 def test_msd_test_images_without_labels(msd):
@@ -77,6 +77,7 @@ def test_other_files_are_ignored(brats2021):
     (brats2021 / "README.md").write_text("notes")
     (brats2021 / "site.json").write_text("{}")
     (brats2021 / "notes").mkdir()
+    (brats2021 / "notes" / "todo.txt").write_text("a folder of other files is not a case folder")
     (brats2021 / "BraTS2021_00000" / "pred.nii.gz").write_bytes(b"")
     assert len(discover(brats2021)) == 3
 

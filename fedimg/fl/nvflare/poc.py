@@ -223,9 +223,15 @@ def _processes() -> list[tuple[int, str]]:
 
 
 def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool = False, keep_running: bool = False,
-            timeout: float = 3600.0) -> dict[str, Any]:
-    """``fedimg poc``: prepare and start a POC system for every site, run the job to the end, stop."""
+            timeout: float = 3600.0, progress: bool = True, preflight: bool = True) -> dict[str, Any]:
+    """``fedimg poc``: prepare and start a POC system for every site, run the job to the end, stop.
+
+    Like ``simulate``: every site's data are checked first (``preflight``), the terminal shows
+    rounds, sites and metrics while NVFlare's output goes to ``OUT/nvflare.log``, and a site
+    that fails is reported by name with its error line.
+    """
     from fedimg.fl.nvflare.job import build_recipe
+    from fedimg.fl.nvflare.simulate import check_before_start
     from fedimg.fl.server import state as run_state
     from fedimg.fl.server.federation import discover_sites, start_point
     from fedimg.io import write_json
@@ -233,19 +239,18 @@ def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool 
     out = Path(out)
     sites = discover_sites(data_dir)
     start_round, checkpoint = start_point(out, config, resume)
+    if preflight:
+        check_before_start(sites, config)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run_config.json", {"federation": config.to_dict(), "sites": {k: str(v) for k, v in sites.items()},
                                          "mode": "poc"})
     poc = PocSystem(out / "nvflare", list(sites))
     t0 = time.perf_counter()
+    job_id, status = "", None
     try:
-        poc.prepare()
-        poc.start()
         recipe = build_recipe(config, sites, run_dir=out, start_round=start_round, checkpoint=checkpoint,
                               local_model_dir=out / "local_models")
-        job_id = poc.submit(recipe)
-        log.info("job %s submitted to the POC server over mutual TLS", job_id)
-        status = poc.wait(job_id, timeout=timeout)
+        job_id, status = _run_job(poc, recipe, out, config.rounds, start_round, list(sites), timeout, progress)
     finally:
         if not keep_running:
             poc.stop()
@@ -255,6 +260,38 @@ def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool 
                "workspace": str(poc.workspace)}
     write_json(out / "summary.json", summary)
     if done < config.rounds:
-        raise FedimgError(f"{out}: POC job {job_id} ended ({status}) after {done} of {config.rounds} rounds; "
-                          f"logs in {poc.prod_dir}/server/ and each site's folder")
+        from fedimg.fl.nvflare.checks import site_failure
+
+        raise site_failure(poc.workspace, list(sites), f"POC job {job_id}") or FedimgError(
+            f"{out}: POC job {job_id} ended ({status}) after {done} of {config.rounds} rounds; "
+            f"logs in {poc.prod_dir}/server/ and each site's folder")
     return summary
+
+
+def _run_job(poc: PocSystem, recipe: Any, out: Path, rounds: int, start: int, sites: list[str], timeout: float,
+             progress: bool) -> tuple[str, str | None]:
+    """Start the system, submit, wait; the terminal shows rounds (as ``simulate``), NVFlare writes to OUT/nvflare.log."""
+    import threading
+
+    from fedimg.fl.nvflare.simulate import follow_rounds, nvflare_output_to
+
+    result: dict[str, Any] = {}
+
+    def _job() -> None:
+        try:
+            poc.prepare()
+            poc.start()
+            result["job_id"] = poc.submit(recipe)
+            log.info("job %s submitted to the POC server over mutual TLS", result["job_id"])
+            result["status"] = poc.wait(result["job_id"], timeout=timeout)
+        except BaseException as exc:  # re-raised in the calling thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=_job, name="nvflare-poc", daemon=True)
+    with nvflare_output_to(out / "nvflare.log") as console:
+        worker.start()
+        follow_rounds(out, worker, rounds, start, sites, progress, console)
+        worker.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("job_id", ""), result.get("status")

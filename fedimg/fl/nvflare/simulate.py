@@ -23,13 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedimg.data.preflight import problems_error
 from fedimg.errors import FedimgError
+from fedimg.fl.nvflare.checks import preflight_sites, site_failure
 from fedimg.fl.nvflare.job import ALLOW_LIST, build_recipe
 from fedimg.fl.server import state as run_state
 from fedimg.fl.server.federation import FederationConfig, discover_sites, start_point
 from fedimg.io import ensure_not_input, write_json
 
-__all__ = ["run_simulation", "allow_fedimg_components"]
+__all__ = ["run_simulation", "allow_fedimg_components", "check_before_start", "nvflare_output_to", "follow_rounds"]
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,13 @@ def allow_fedimg_components(local_dir: str | Path) -> Path:
 
 def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConfig, *, resume: bool = False,
                    progress: bool = True, site_scripts: dict[str, str] | None = None,
-                   sites: dict[str, Path] | None = None, tracking: bool = True) -> dict[str, Any]:
-    """Run (or resume) a simulated federation; returns a summary dict (also in ``OUT/summary.json``)."""
+                   sites: dict[str, Path] | None = None, tracking: bool = True, preflight: bool = True) -> dict[str, Any]:
+    """Run (or resume) a simulated federation; returns a summary dict (also in ``OUT/summary.json``).
+
+    ``preflight``: check every site's data here first (:func:`.checks.preflight_sites`) and
+    refuse to start on any problem. A site that fails during the run is reported by name
+    with the line of its error (:func:`.checks.site_failure`).
+    """
     from nvflare.recipe import SimEnv
 
     out = Path(out)
@@ -63,6 +70,8 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     for path in sites.values():
         ensure_not_input(out, path)
     start_round, checkpoint = start_point(out, config, resume)
+    if preflight:
+        check_before_start(sites, config)
     if not config.threads_per_site:
         # All sites share this machine's CPUs: split them instead of oversubscribing.
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -86,16 +95,17 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
             error.append(exc)
 
     worker = threading.Thread(target=_run, name="nvflare-simulator", daemon=True)
-    with _nvflare_output_to(out / "nvflare.log") as console:
+    with nvflare_output_to(out / "nvflare.log") as console:
         worker.start()
-        _follow(out, worker, config.rounds, start_round, list(sites), progress, console)
+        follow_rounds(out, worker, config.rounds, start_round, list(sites), progress, console)
         worker.join()
     seconds = time.perf_counter() - t0
     metrics = run_state.read_metrics(out)
     done = max((m["round"] for m in metrics), default=0)
     if error or done < config.rounds:
         why = f"{error[0]}" if error else f"only {done} of {config.rounds} rounds completed"
-        raise FedimgError(f"{out}: simulation failed: {why}; logs under {ws_root / recipe.name} (server/log.txt, <site>/log.txt)")
+        raise site_failure(ws_root, list(sites), "simulation") or FedimgError(
+            f"{out}: simulation failed: {why}; logs under {ws_root / recipe.name} (server/log.txt, <site>/log.txt)")
     summary = {
         "rounds": done,
         "sites": list(sites),
@@ -109,8 +119,15 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     return summary
 
 
+def check_before_start(sites: dict[str, Path | None], config: FederationConfig) -> None:
+    """Pre-flight: raise one error listing every problem of every site's data (nothing started yet)."""
+    problems = preflight_sites(sites, config.task, config.train_config())
+    if problems:
+        raise problems_error(problems)
+
+
 @contextlib.contextmanager
-def _nvflare_output_to(path: Path):
+def nvflare_output_to(path: Path):
     """Send this process's stdout/stderr (inherited by NVFlare's simulator processes) to ``path``.
 
     Yields a text stream on the original stdout for the progress display.
@@ -144,7 +161,7 @@ def _nvflare_output_to(path: Path):
         log.info("NVFlare simulator output: %s", path)
 
 
-def _follow(out: Path, worker: threading.Thread, rounds: int, start: int, sites: list[str], progress: bool,
+def follow_rounds(out: Path, worker: threading.Thread, rounds: int, start: int, sites: list[str], progress: bool,
             console: Any = None) -> None:
     """Show rounds and sites as ``metrics.json`` grows, until the simulator thread ends."""
     seen = start
