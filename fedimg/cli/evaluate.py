@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval-<data folder name>)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None)
+    from fedimg.cli._skip import add_skip_argument
+
+    add_skip_argument(p)
     p.set_defaults(func=run)
 
 
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedimg.cli import env_threads
-    from fedimg.data import discover
+    from fedimg.cli._skip import site_cases, write_skipped
     from fedimg.device import configure_threads, resolve_device
     from fedimg.engine.checkpoint import load_checkpoint, resolve_checkpoint
     from fedimg.engine.config import TrainConfig
@@ -61,13 +64,15 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.model)
     data_dir = Path(args.data)
-    cases = discover(data_dir, require_labels=True)
+    cases, skipped = site_cases(data_dir, skip=args.skip_bad_cases)
     model, meta = load_checkpoint(ckpt, device=device)
     cfg = TrainConfig.from_dict({**meta.get("config", {}), "device": str(device)})
     result = evaluate(model, cases, cfg, device=device)
     out_dir = Path(args.out) if args.out else ckpt.parent / f"eval-{data_dir.resolve().name}"
     csv_path, json_path = write_results(out_dir, result, {"model": str(ckpt), "data": str(data_dir),
-                                                          "data_fingerprint_train": meta.get("data_fingerprint")})
+                                                          "data_fingerprint_train": meta.get("data_fingerprint"),
+                                                          "skipped": [p.to_dict() for p in skipped]})
+    write_skipped(out_dir, skipped)
     log.info("%d cases: Dice TC %.3f  WT %.3f  ET %.3f  mean %.3f -> %s, %s", result["num_cases"], result["dice_tc"],
              result["dice_wt"], result["dice_et"], result["dice_mean"], csv_path, json_path)
     return 0

@@ -1,9 +1,11 @@
 """``fedimg predict``: segment one case and write a BraTS label NIfTI on the input's exact grid.
 
     fedimg predict --model runs/site-1 --case data/site-2/BraTS2021_00012 -o pred.nii.gz
+    fedimg predict --model runs/site-1 --case Task01_BrainTumour/imagesTs/BRATS_485.nii.gz -o pred.nii.gz
 
 Labels are BraTS values (2021: 1 necrotic, 2 oedema, 4 enhancing; a BraTS 2023 case gets
-3 for enhancing); shape, affine, qform and sform are copied from the case's first image.
+3 for enhancing; an MSD 4-D image gets the BraTS 2021 codes); shape, affine, qform and sform
+are copied from the case's first image.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment one case into a BraTS label NIfTI",
                        description="Sliding-window inference on one case folder; the output has the input's affine and shape.")
     p.add_argument("--model", required=True, help="run folder from fedimg train (uses its best model) or a .safetensors")
-    p.add_argument("--case", required=True, help="one case folder (BraTS 2021/2023 naming)")
+    p.add_argument("--case", required=True,
+                   help="one case folder (BraTS 2021/2023 naming) or one MSD Task01 4-D image (FLAIR, T1w, t1gd, T2w)")
     p.add_argument("-o", "--out", required=True, help="output label file (.nii.gz)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None)
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedimg.cli import env_threads
     from fedimg.data import discover
+    from fedimg.data.discover import msd_image_case
     from fedimg.device import configure_threads, resolve_device
     from fedimg.engine.checkpoint import load_checkpoint, resolve_checkpoint
     from fedimg.engine.config import TrainConfig
@@ -53,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if not has_suffix(out, NIFTI_SUFFIXES, ignore_case=False):
         raise InputError(out, "must end in .nii.gz or .nii")
     ckpt = resolve_checkpoint(args.model)
-    cases = discover(Path(args.case), require_labels=False)
+    if Path(args.case).is_file():
+        cases = [msd_image_case(args.case)]
+    else:
+        cases = discover(Path(args.case), require_labels=False)
     if len(cases) != 1:
-        raise InputError(args.case, f"holds {len(cases)} cases; pass one case folder")
+        raise InputError(args.case, f"holds {len(cases)} cases; pass one case folder or one MSD 4-D image")
     case = cases[0]
     ensure_not_input(out, *case.images, *([case.label] if case.label else []))
     model, meta = load_checkpoint(ckpt, device=device)

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (slow start)")
     p.add_argument("--stop-after", type=int, default=None, help="run at most N epochs now (continue with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from fedimg.cli._skip import add_skip_argument
+
+    add_skip_argument(p)
     p.set_defaults(func=run)
 
 
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedimg.cli import env_threads
-    from fedimg.data import discover
+    from fedimg.cli._skip import site_cases, write_skipped
     from fedimg.device import configure_threads, resolve_device, seed_everything
     from fedimg.engine.config import TrainConfig
     from fedimg.engine.fit import fit
@@ -80,10 +83,12 @@ def run(args: argparse.Namespace) -> int:
     n = configure_threads(cfg.threads)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    cases = discover(data_dir, require_labels=True, allow_identifiable=cfg.allow_identifiable)
-    log.info("training %s on %d cases from %s (%s, %d threads)", cfg.model, len(cases), data_dir, device, n)
+    cases, skipped = site_cases(data_dir, skip=args.skip_bad_cases, allow_identifiable=cfg.allow_identifiable)
+    log.info("training %s on %d cases from %s (%s, %d threads)%s", cfg.model, len(cases), data_dir, device, n,
+             f", {len(skipped)} bad case(s) skipped" if skipped else "")
     summary = fit(cases, cfg, out, device=device, resume=args.resume, stop_after=args.stop_after,
                   progress=False if args.no_progress else None, source=data_dir)
+    write_skipped(out, skipped)
     best = summary["best"]
     log.info("done: %d epoch(s) this run, best dice_mean %.3f at epoch %s; run folder %s", summary["epochs_run"],
              best.get("dice_mean") if best.get("dice_mean") is not None else float("nan"), best.get("epoch"), out)

@@ -36,7 +36,7 @@ from fedimg.io import read_json
 from fedimg.imageio.provenance import is_defaced
 from fedimg.imageio.suffixes import NIFTI_SUFFIXES, is_nifti, split_suffix
 
-__all__ = ["MODALITIES", "MSD_CHANNELS", "Case", "discover", "case_files"]
+__all__ = ["MODALITIES", "MSD_CHANNELS", "Case", "discover", "case_files", "msd_image_case"]
 
 log = logging.getLogger(__name__)
 
@@ -271,3 +271,17 @@ def discover(
     cases.sort(key=lambda c: c.case_id)
     log.debug("found %d %s case(s) under %s", len(cases), cases[0].layout, root)
     return cases
+
+
+def msd_image_case(path: str | os.PathLike[str]) -> Case:
+    """One MSD Task01 4-D image (channels FLAIR, T1w, t1gd, T2w) as an unlabelled case.
+
+    The header is checked (4-D with 4 channels, size limit) before anything is read.
+    """
+    from fedimg.imageio.nifti import open_nifti, spatial_shape
+
+    path = Path(path)
+    if not is_nifti(path):
+        raise InputError(path, "is not a NIfTI file; pass a BraTS case folder or an MSD 4-D image (.nii.gz)")
+    spatial_shape(open_nifti(path), path, MSD_CHANNELS)
+    return Case(case_id=_strip_ext(path.name), images=(path,), label=None, layout="msd")
