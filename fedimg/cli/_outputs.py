@@ -1,7 +1,7 @@
 """Every command's output location is checked before the command does any work.
 
 ``fedimg.cli.main`` calls :func:`check_outputs` on the parsed arguments: each output option
-(``--out``, ``-o/--output``, ``--json-dir``) must name a location that can be created and
+(``--out``, ``-o/--output``, ``--json-dir``, ``fedimg bench``'s ``--json``) must name a location that can be created and
 written (:func:`fedimg.io.check_writable`); an option whose value ends in a file suffix is a
 file, any other a folder. A bad location is one line naming it, before any input is read.
 
@@ -21,7 +21,7 @@ from fedimg.io import check_writable
 __all__ = ["OUTPUT_OPTIONS", "FILE_SUFFIXES", "check_outputs"]
 
 #: Argument names (``args.<name>``) that hold an output location.
-OUTPUT_OPTIONS = ("out", "output", "json_dir")
+OUTPUT_OPTIONS = ("out", "output", "json_dir", "json")
 #: Values ending in one of these are output files; any other value is an output folder.
 FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".json", ".csv", ".png", ".safetensors", ".pt", ".npz", ".txt")
 
@@ -34,7 +34,7 @@ def check_outputs(args: argparse.Namespace) -> list[Path]:
         if value is None or value == "":
             continue
         path = Path(value)
-        folder = not path.name.lower().endswith(FILE_SUFFIXES)
+        folder = name != "json" and not path.name.lower().endswith(FILE_SUFFIXES)
         if getattr(args, "input", None) is not None and name == "output" and Path(args.input).is_dir():
             folder = True  # batch deface: the output is a folder
         checked.append(check_writable(path, folder=folder))

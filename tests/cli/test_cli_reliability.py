@@ -48,6 +48,7 @@ COMMANDS = [
     ["synth", "--out", "{out}/data"],
     ["tiles", "--out", "{out}/tiles"],
     ["train-tiles", "--data", "{missing}", "--out", "{out}/run"],
+    ["bench", "aggregate", "--quick", "--json", "{out}/bench.json"],
     ["stain-normalize", "--input", "{missing}", "--target", "{missing}", "--out", "{out}/norm"],
 ]
 
