@@ -73,10 +73,10 @@ def _last_error(text: str) -> tuple[str, bool] | None:
     return (found[-1], False) if found else None
 
 
-def _errors(workspace: Path, sites: list[str]) -> dict[str, tuple[str, bool]]:
+def _errors(workspace: Path, sites: list[str], since: float = 0.0) -> dict[str, tuple[str, bool]]:
     errors: dict[str, tuple[str, bool]] = {}
     for site in sites:
-        logs = [p for d in workspace.rglob(site) if d.is_dir() for p in d.rglob("log*.txt")]
+        logs = [p for d in workspace.rglob(site) if d.is_dir() for p in d.rglob("log*.txt") if p.stat().st_mtime >= since]
         for path in sorted(set(logs), key=lambda p: p.stat().st_mtime):
             try:
                 err = _last_error(path.read_text(errors="replace"))
@@ -87,18 +87,19 @@ def _errors(workspace: Path, sites: list[str]) -> dict[str, tuple[str, bool]]:
     return errors
 
 
-def site_errors(workspace: str | Path, sites: list[str]) -> dict[str, str]:
-    """``{site: the line of the error that stopped it}`` from the site logs under ``workspace``."""
-    return {s: e for s, (e, _) in _errors(Path(workspace), sites).items()}
+def site_errors(workspace: str | Path, sites: list[str], *, since: float = 0.0) -> dict[str, str]:
+    """``{site: the line of the error that stopped it}`` from the site logs under ``workspace``
+    (only logs written at or after ``since``, a ``time.time()``: not an earlier run's)."""
+    return {s: e for s, (e, _) in _errors(Path(workspace), sites, since).items()}
 
 
-def site_failure(workspace: str | Path, sites: list[str], what: str) -> FedimgError | None:
+def site_failure(workspace: str | Path, sites: list[str], what: str, *, since: float = 0.0) -> FedimgError | None:
     """One error with a line per site that failed (``None`` when no site log names an error).
 
     Sites whose only error is a consequence (the job was aborted because another site
     failed) are named on one extra line.
     """
-    errors = _errors(Path(workspace), sites)
+    errors = _errors(Path(workspace), sites, since)
     if not errors:
         return None
     own = {s: e for s, (e, primary) in errors.items() if primary} or {s: e for s, (e, _) in errors.items()}

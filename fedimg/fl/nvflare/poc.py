@@ -135,6 +135,17 @@ class PocSystem:
                     pass
         return killed
 
+    def memory(self) -> dict[str, int]:
+        """Resident memory (bytes) of each participant's processes now (parent, job processes and
+        their children together), from ``/proc``: ``{"server": ..., "site-1": ..., ...}``."""
+        out = {}
+        for name in ("server", *self.sites):
+            marker = str(self.participant_dir(name))
+            pids = {pid for pid, cmd in _processes() if marker + " " in cmd + " " or marker + "/" in cmd}
+            pids -= _ancestors()
+            out[name] = sum(_rss(pid) for pid in pids)
+        return out
+
     def __enter__(self) -> PocSystem:
         return self
 
@@ -210,6 +221,16 @@ def _ancestors() -> set[int]:
     return out
 
 
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _processes() -> list[tuple[int, str]]:
     out = []
     for d in Path("/proc").iterdir():
@@ -245,7 +266,7 @@ def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool 
     write_json(out / "run_config.json", {"federation": config.to_dict(), "sites": {k: str(v) for k, v in sites.items()},
                                          "mode": "poc"})
     poc = PocSystem(out / "nvflare", list(sites))
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     job_id, status = "", None
     try:
         recipe = build_recipe(config, sites, run_dir=out, start_round=start_round, checkpoint=checkpoint,
@@ -262,7 +283,7 @@ def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool 
     if done < config.rounds:
         from fedimg.fl.nvflare.checks import site_failure
 
-        raise site_failure(poc.workspace, list(sites), f"POC job {job_id}") or FedimgError(
+        raise site_failure(poc.workspace, list(sites), f"POC job {job_id}", since=started) or FedimgError(
             f"{out}: POC job {job_id} ended ({status}) after {done} of {config.rounds} rounds; "
             f"logs in {poc.prod_dir}/server/ and each site's folder")
     return summary

@@ -85,7 +85,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(ws_root))
     log.info("simulating %d site(s) x %d round(s) (%s), from round %d; workspace %s",
              len(sites), config.rounds, config.strategy.name, start_round + 1, ws_root)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     error: list[BaseException] = []
 
     def _run() -> None:
@@ -104,7 +104,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     done = max((m["round"] for m in metrics), default=0)
     if error or done < config.rounds:
         why = f"{error[0]}" if error else f"only {done} of {config.rounds} rounds completed"
-        raise site_failure(ws_root, list(sites), "simulation") or FedimgError(
+        raise site_failure(ws_root, list(sites), "simulation", since=started) or FedimgError(
             f"{out}: simulation failed: {why}; logs under {ws_root / recipe.name} (server/log.txt, <site>/log.txt)")
     summary = {
         "rounds": done,

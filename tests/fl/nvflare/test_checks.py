@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,7 @@ def test_site_errors_from_logs(tmp_path):
                                           "  site-2: /d/site-2/a.nii.gz: is constant; replace it",
                                           "  (site-1 stopped because the job was aborted)"]
     assert site_failure(tmp_path, ["site-3"], "simulation") is None
+    assert site_errors(tmp_path, ["site-2"], since=time.time() + 60) == {}  # an earlier run's logs are not this run's
 
 
 @pytest.mark.slow
