@@ -149,3 +149,21 @@ def test_predict_msd_4d_image(tmp_path, hashed):
     three_d = tmp_path / "t1.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((20, 22, 18), np.float32), aff), str(three_d))
     assert main(["-q", "predict", "--model", str(ckpt), "--case", str(three_d), "-o", str(tmp_path / "p2.nii.gz")]) == 2
+
+
+def test_evaluate_skip_bad_cases_lists_them_in_results(tmp_path):
+    from fedimg.engine.checkpoint import save_checkpoint
+    from fedimg.engine.models import build_model
+
+    site = _site(tmp_path / "site", 2, 0)
+    (site / "c5").mkdir()
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, build_model("segresnet", init_filters=8),
+                    {"model": "segresnet", "model_kwargs": {"init_filters": 8},
+                     "config": {"roi": [16, 16, 16], "init_filters": 8, "device": "cpu"}})
+    base = ["-q", "evaluate", "--model", str(ckpt), "--data", str(site), "--threads", "1"]
+    assert main([*base, "--out", str(tmp_path / "e0")]) == 2
+    assert main([*base, "--out", str(tmp_path / "e1"), "--skip-bad-cases"]) == 0
+    res = json.loads((tmp_path / "e1" / "dice.json").read_text())
+    assert res["num_cases"] == 2 and [Path(s["path"]).name for s in res["skipped"]] == ["c5"]
+    assert (tmp_path / "e1" / "skipped_cases.json").is_file()
