@@ -87,10 +87,11 @@ def _errors(workspace: Path, sites: list[str], since: float = 0.0) -> dict[str, 
     return errors
 
 
-def site_errors(workspace: str | Path, sites: list[str], *, since: float = 0.0) -> dict[str, str]:
+def site_errors(workspace: str | Path, sites: list[str], *, since: float = 0.0, own_only: bool = False) -> dict[str, str]:
     """``{site: the line of the error that stopped it}`` from the site logs under ``workspace``
-    (only logs written at or after ``since``, a ``time.time()``: not an earlier run's)."""
-    return {s: e for s, (e, _) in _errors(Path(workspace), sites, since).items()}
+    (only logs written at or after ``since``, a ``time.time()``: not an earlier run's).
+    ``own_only``: only a site's own error (fedimg's or its exit), not an abort it suffered."""
+    return {s: e for s, (e, own) in _errors(Path(workspace), sites, since).items() if own or not own_only}
 
 
 def site_failure(workspace: str | Path, sites: list[str], what: str, *, since: float = 0.0) -> FedimgError | None:

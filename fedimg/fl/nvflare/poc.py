@@ -294,9 +294,11 @@ def _run_job(poc: PocSystem, recipe: Any, out: Path, rounds: int, start: int, si
     """Start the system, submit, wait; the terminal shows rounds (as ``simulate``), NVFlare writes to OUT/nvflare.log."""
     import threading
 
+    from fedimg.fl.nvflare.checks import site_errors
     from fedimg.fl.nvflare.simulate import follow_rounds, nvflare_output_to
 
     result: dict[str, Any] = {}
+    started = time.time()
 
     def _job() -> None:
         try:
@@ -304,7 +306,9 @@ def _run_job(poc: PocSystem, recipe: Any, out: Path, rounds: int, start: int, si
             poc.start()
             result["job_id"] = poc.submit(recipe)
             log.info("job %s submitted to the POC server over mutual TLS", result["job_id"])
-            result["status"] = poc.wait(result["job_id"], timeout=timeout)
+            # a site that stopped on its own error ends the wait (the job cannot finish without it)
+            failed = lambda: bool(site_errors(poc.workspace, sites, since=started, own_only=True))  # noqa: E731
+            result["status"] = poc.wait(result["job_id"], timeout=timeout, until=failed)
         except BaseException as exc:  # re-raised in the calling thread
             result["error"] = exc
 

@@ -158,7 +158,7 @@ def nvflare_output_to(path: Path):
         os.close(saved_out)
         os.close(saved_err)
         console.close()
-        log.info("NVFlare simulator output: %s", path)
+        log.info("NVFlare output: %s", path)
 
 
 def follow_rounds(out: Path, worker: threading.Thread, rounds: int, start: int, sites: list[str], progress: bool,
