@@ -15,13 +15,16 @@ from typing import Any
 from fedimg.fl.server.federation import FederationConfig
 from fedimg.fl.server.strategy_config import STRATEGIES, StrategyConfig
 
-__all__ = ["add_federation_arguments", "federation_config_from_args", "train_overrides"]
+__all__ = ["add_federation_arguments", "federation_config_from_args", "train_overrides", "add_dp_arguments",
+           "dp_from_args"]
 
 _TRAIN_FIELDS = {"model": "model", "roi": "roi", "batch_size": "batch_size", "lr": "lr", "init_filters": "init_filters",
                  "val_fraction": "val_fraction", "amp": "amp", "seed": "seed", "device": "device"}
 
 
-def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, local_epochs: int = 2) -> None:
+def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, local_epochs: int = 2,
+                             dp: bool = True) -> None:
+    """The federation's options; ``dp``: add the patient-level DP-SGD options (:func:`add_dp_arguments`)."""
     g = p.add_argument_group("federation")
     g.add_argument("--task", choices=["brats", "tiles", "toy"], default="brats", help="what each site trains (default brats)")
     g.add_argument("--rounds", type=int, default=rounds, help=f"federated rounds (default {rounds})")
@@ -51,6 +54,32 @@ def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, lo
     t.add_argument("--threads", type=int, default=None, help="CPU threads per site process")
     t.add_argument("--allow-identifiable", action="store_true",
                    help="train on images without a defacing record (e.g. fedimg synth output)")
+    if dp:
+        add_dp_arguments(p)
+
+
+def add_dp_arguments(p: argparse.ArgumentParser) -> None:
+    """Patient-level DP-SGD options (``fedimg train``, ``simulate``, ``poc``, ``export-job``)."""
+    g = p.add_argument_group("patient-level differential privacy (DP-SGD with Opacus at each site)")
+    g.add_argument("--dp-epsilon", type=float, default=None,
+                   help="target epsilon for each site's whole run: the noise is solved for it and the site stops "
+                        "when it is spent")
+    g.add_argument("--dp-noise-multiplier", type=float, default=None,
+                   help="fixed noise multiplier instead of a target epsilon (epsilon is then reported)")
+    g.add_argument("--dp-delta", type=float, default=1e-5, help="delta (default 1e-5)")
+    g.add_argument("--dp-max-grad-norm", type=float, default=1.0, help="per-sample gradient clipping norm (default 1)")
+    g.add_argument("--dp-accountant", choices=["rdp", "prv"], default="rdp", help="Opacus accountant (default rdp)")
+
+
+def dp_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The DP-SGD settings dict (a :class:`fedimg.privacy.DPConfig`'s fields), or ``{}`` when off."""
+    eps, z = getattr(args, "dp_epsilon", None), getattr(args, "dp_noise_multiplier", None)
+    if eps is None and z is None:
+        return {}
+    from fedimg.privacy import DPConfig
+
+    return DPConfig(epsilon=eps, noise_multiplier=z, delta=args.dp_delta, max_grad_norm=args.dp_max_grad_norm,
+                    accountant=args.dp_accountant, seed=int(getattr(args, "seed", None) or 0)).to_dict()
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,5 +107,5 @@ def federation_config_from_args(args: argparse.Namespace, *, threads: int | None
         task=args.task, rounds=args.rounds, local_epochs=args.local_epochs, strategy=strategy,
         min_sites=args.min_sites, max_rel_norm=args.max_rel_norm, max_norm_ratio=args.max_norm_ratio,
         train=train, server_device=args.server_device, send=args.send,
-        threads_per_site=int(threads or getattr(args, "threads", None) or 0),
+        threads_per_site=int(threads or getattr(args, "threads", None) or 0), dp=dp_from_args(args),
     )

@@ -53,6 +53,7 @@ class TileTrainer(EpochTrainer):
         import torch
 
         self.model, self.data, self.config, self.device = model, data, config, data.device
+        self.forward = model  # DP-SGD swaps in its per-sample-gradient wrapper (EpochTrainer.make_private)
         self.bf16 = use_bf16(config, self.device)
         self.channels_last = channels_last_for(config, self.bf16, self.device)
         model.to(self.device)
@@ -97,7 +98,7 @@ class TileTrainer(EpochTrainer):
 
         xb, yb = self.batch_input(idx), self.data.y_train[idx]
         with self.autocast():
-            logits = self.model(xb)
+            logits = self.forward(xb)
         return F.cross_entropy(logits.float(), yb), int(xb.shape[0])
 
 

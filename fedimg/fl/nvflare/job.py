@@ -84,7 +84,8 @@ def client_configs(config: FederationConfig, sites: dict[str, Path | None], task
     ``task_config`` is the task's validated config as a dict."""
     base = ClientConfig(task=config.task, task_config=task_config, local_epochs=config.local_epochs,
                         prox_mu=float(config.strategy.prox_mu), send=config.send, threads=config.threads_per_site,
-                        local_model_dir=str(Path(local_model_dir).resolve()) if local_model_dir else "")
+                        local_model_dir=str(Path(local_model_dir).resolve()) if local_model_dir else "",
+                        dp=dict(config.dp))
     return {name: dataclasses.replace(base, data=str(path) if path else "") for name, path in sites.items()}
 
 

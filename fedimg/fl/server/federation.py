@@ -40,7 +40,9 @@ class FederationConfig:
     ``train``: the task's config dict (``config_from_dict``); its ``epochs`` is set to the
     federation's total epoch budget ``rounds * local_epochs`` so that learning-rate
     schedules span the whole run. ``min_sites`` / ``max_rel_norm`` / ``max_norm_ratio``:
-    the server's update checks (:attr:`validation`).
+    the server's update checks (:attr:`validation`). ``dp``: patient-level DP-SGD at every
+    site (a :class:`fedimg.privacy.DPConfig` dict; empty: off), its budget spanning the
+    whole run's local steps.
     """
 
     task: str = "brats"
@@ -54,6 +56,7 @@ class FederationConfig:
     server_device: str = "auto"
     send: str = "diff"
     threads_per_site: int = 0
+    dp: dict[str, Any] = field(default_factory=dict)
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -65,6 +68,12 @@ class FederationConfig:
             raise ConfigError("send must be 'diff' or 'full'")
         if isinstance(self.strategy, dict):
             object.__setattr__(self, "strategy", StrategyConfig.from_dict(self.strategy))
+        if self.dp:
+            from fedimg.privacy import DPConfig
+
+            DPConfig.from_dict(self.dp)  # validated here, built at each site
+            if self.strategy.prox_mu:
+                raise ConfigError("FedProx (--prox-mu) cannot be combined with DP-SGD: its term is not per-sample")
         if not self.name:
             object.__setattr__(self, "name", f"fedimg-{self.task}-{self.strategy.name.replace('_', '-')}")
 
