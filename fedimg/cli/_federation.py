@@ -103,6 +103,8 @@ def federation_config_from_args(args: argparse.Namespace, *, threads: int | None
     server_lr = args.server_lr if args.server_lr is not None else (0.01 if name in ("fedadam", "fedyogi") else 1.0)
     strategy = StrategyConfig(name=name, server_lr=server_lr, trim_ratio=args.trim_ratio, prox_mu=args.prox_mu)
     train = train_overrides(args)
+    if dp_from_args(args) and args.task == "tiles" and "norm" not in train:
+        train.update(norm="group", model=train.get("model", "resnet18"))  # BatchNorm cannot be made private
     return FederationConfig(
         task=args.task, rounds=args.rounds, local_epochs=args.local_epochs, strategy=strategy,
         min_sites=args.min_sites, max_rel_norm=args.max_rel_norm, max_norm_ratio=args.max_norm_ratio,

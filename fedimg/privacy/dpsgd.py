@@ -149,8 +149,9 @@ class PatientDP:
         cfg = self.config
         errors = ModuleValidator.validate(trainer.model, strict=False)
         if errors:
-            raise ConfigError(f"{type(trainer.model).__name__} cannot be trained with DP-SGD ({errors[0]}); "
-                              "use a model with GroupNorm/InstanceNorm")
+            first = str(errors[0]).split(". ")[0]
+            raise ConfigError(f"{type(trainer.model).__name__} cannot be trained with DP-SGD ({first}); use a model "
+                              "with GroupNorm/InstanceNorm (tile task: a resnet model with norm \"group\")")
         if units < 1:
             raise ConfigError("DP-SGD needs at least one training case")
         self.n, self.batch_size = int(units), min(int(batch_size), int(units))
@@ -167,7 +168,8 @@ class PatientDP:
         self.grad_sample_module = GradSampleModuleExpandedWeights(trainer.model, loss_reduction="mean")
         trainer.forward = self.grad_sample_module
         self.optimizer = DPOptimizer(trainer.optimizer, noise_multiplier=self.noise_multiplier,
-                                     max_grad_norm=cfg.max_grad_norm, expected_batch_size=self.batch_size,
+                                     max_grad_norm=min(cfg.max_grad_norm, 1e30),  # inf: noise std would be NaN
+                                     expected_batch_size=self.batch_size,
                                      generator=self.generator)
         self.accountant = create_accountant(cfg.accountant)
         if self.spent_epochs:
