@@ -38,6 +38,10 @@ def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, lo
                    help="reject an update whose norm exceeds this times the global model's (0: off)")
     g.add_argument("--max-norm-ratio", type=float, default=20.0,
                    help="reject an update whose norm exceeds this times last round's median (0: off)")
+    g.add_argument("--max-samples", type=float, default=1e7,
+                   help="reject a site declaring more training samples than this (0: off; default 1e7)")
+    g.add_argument("--max-samples-ratio", type=float, default=10.0,
+                   help="reject a site declaring more samples than this times the other sites' median (0: off)")
     g.add_argument("--server-device", default="auto", help="where the server aggregates: auto | cpu | cuda[:n]")
     g.add_argument("--send", choices=["diff", "full"], default="diff", help="sites send weight differences or full weights")
     t = p.add_argument_group("local training (the task's config)")
@@ -108,6 +112,7 @@ def federation_config_from_args(args: argparse.Namespace, *, threads: int | None
     return FederationConfig(
         task=args.task, rounds=args.rounds, local_epochs=args.local_epochs, strategy=strategy,
         min_sites=args.min_sites, max_rel_norm=args.max_rel_norm, max_norm_ratio=args.max_norm_ratio,
+        max_samples=args.max_samples, max_samples_ratio=args.max_samples_ratio,
         train=train, server_device=args.server_device, send=args.send,
         threads_per_site=int(threads or getattr(args, "threads", None) or 0), dp=dp_from_args(args),
     )

@@ -52,6 +52,8 @@ class FederationConfig:
     min_sites: int = 1
     max_rel_norm: float = 10.0
     max_norm_ratio: float = 20.0
+    max_samples: float = 1e7
+    max_samples_ratio: float = 10.0
     train: dict[str, Any] = field(default_factory=dict)
     server_device: str = "auto"
     send: str = "diff"
@@ -85,7 +87,8 @@ class FederationConfig:
     def validation(self) -> ValidationConfig:
         """The server's update checks as one :class:`ValidationConfig`."""
         return ValidationConfig(max_rel_norm=self.max_rel_norm, max_norm_ratio=self.max_norm_ratio,
-                                min_sites=self.min_sites)
+                                min_sites=self.min_sites, max_samples=self.max_samples,
+                                max_samples_ratio=self.max_samples_ratio, task=self.task)
 
     def train_config(self) -> dict[str, Any]:
         return {**self.train, "epochs": self.total_epochs}
