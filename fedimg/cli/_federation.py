@@ -16,7 +16,7 @@ from fedimg.fl.server.federation import FederationConfig
 from fedimg.fl.server.strategy_config import STRATEGIES, StrategyConfig
 
 __all__ = ["add_federation_arguments", "federation_config_from_args", "train_overrides", "add_dp_arguments",
-           "dp_from_args"]
+           "dp_from_args", "add_client_dp_arguments", "client_dp_from_args", "log_privacy"]
 
 _TRAIN_FIELDS = {"model": "model", "roi": "roi", "batch_size": "batch_size", "lr": "lr", "init_filters": "init_filters",
                  "val_fraction": "val_fraction", "amp": "amp", "seed": "seed", "device": "device"}
@@ -60,6 +60,7 @@ def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, lo
                    help="train on images without a defacing record (e.g. fedimg synth output)")
     if dp:
         add_dp_arguments(p)
+        add_client_dp_arguments(p)
 
 
 def add_dp_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,6 +74,22 @@ def add_dp_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp-delta", type=float, default=1e-5, help="delta (default 1e-5)")
     g.add_argument("--dp-max-grad-norm", type=float, default=1.0, help="per-sample gradient clipping norm (default 1)")
     g.add_argument("--dp-accountant", choices=["rdp", "prv"], default="rdp", help="Opacus accountant (default rdp)")
+
+
+def add_client_dp_arguments(p: argparse.ArgumentParser) -> None:
+    """Client-level DP-FedAvg options."""
+    g = p.add_argument_group("client-level differential privacy (DP-FedAvg: sites clip, the server adds noise)")
+    g.add_argument("--client-dp", action="store_true", help="clip each site's update and add Gaussian noise on the server")
+    g.add_argument("--noise-multiplier", type=float, default=1.0, help="client-level noise multiplier z (default 1)")
+    g.add_argument("--clip", type=float, default=0.5, help="client-level clipping norm C of a site's update (default 0.5)")
+    g.add_argument("--client-dp-delta", type=float, default=1e-5, help="client-level delta (default 1e-5)")
+
+
+def client_dp_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The client-level DP settings dict, or ``{}`` when ``--client-dp`` is off."""
+    if not getattr(args, "client_dp", False):
+        return {}
+    return {"noise_multiplier": args.noise_multiplier, "clip": args.clip, "delta": args.client_dp_delta, "seed": None}
 
 
 def dp_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,4 +132,25 @@ def federation_config_from_args(args: argparse.Namespace, *, threads: int | None
         max_samples=args.max_samples, max_samples_ratio=args.max_samples_ratio,
         train=train, server_device=args.server_device, send=args.send,
         threads_per_site=int(threads or getattr(args, "threads", None) or 0), dp=dp_from_args(args),
+        client_dp=client_dp_from_args(args),
     )
+
+
+def log_privacy(out: Any, logger: Any) -> None:
+    """Log the privacy guarantees of the federated run in ``out`` (its last metrics.json round)."""
+    from fedimg.fl.server.state import read_metrics
+
+    rounds = read_metrics(out)
+    if not rounds:
+        return
+    last = rounds[-1]
+    if "client_dp" in last:
+        logger.info("%s", last["client_dp"]["statement"])
+    for site, rec in sorted(last.get("sites", {}).items()):
+        m = rec.get("metrics", {})
+        if "train_dp_epsilon" in m:
+            logger.info("%s: patient-level DP-SGD (%.3g, %g)-DP per training case after %d steps (noise %.3g, clip %g, "
+                        "sample rate %.3g)%s", site, m["train_dp_epsilon"], m.get("train_dp_delta", float("nan")),
+                        int(m.get("train_dp_steps", 0)), m.get("train_dp_noise_multiplier", float("nan")),
+                        m.get("train_dp_max_grad_norm", float("nan")), m.get("train_dp_sample_rate", float("nan")),
+                        "; budget spent, the site stopped training" if m.get("train_dp_budget_spent") else "")

@@ -41,4 +41,7 @@ def run(args: argparse.Namespace) -> int:
                       timeout=args.timeout)
     log.info("POC job %s: %s, %d rounds in %.0fs", summary["job_id"], summary["status"], summary["rounds"],
              summary["seconds"])
+    from fedimg.cli._federation import log_privacy
+
+    log_privacy(args.out, log)
     return 0

@@ -55,7 +55,9 @@ class FedimgAggregator(ModelAggregator):
     ``run_dir``: where checkpoints and ``metrics.json`` go (empty: ``<server run
     dir>/fedimg``). ``device``: ``"auto"`` (GPU if the server has one), ``"cpu"`` or
     ``"cuda[:n]"``. ``audit_payloads``: also record in ``payloads.jsonl`` the names and
-    types of everything each site sent (used by the payload test).
+    types of everything each site sent (used by the payload test). ``client_dp``: client-level
+    DP (a :class:`fedimg.privacy.ClientDPConfig` dict): the strategy is wrapped in
+    :class:`fedimg.fl.server.dp_strategy.ClientDP` and each round's ε goes to ``metrics.json``.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class FedimgAggregator(ModelAggregator):
         device: str = "auto",
         key_metric: str = "dice_mean",
         audit_payloads: bool = True,
+        client_dp: dict | None = None,
     ) -> None:
         super().__init__()
         self._strategy = _parsed(strategy, StrategyConfig)
@@ -77,6 +80,7 @@ class FedimgAggregator(ModelAggregator):
         self.device = device
         self.key_metric = key_metric
         self.audit_payloads = audit_payloads
+        self.client_dp = dict(client_dp or {})  # DP-FedAvg (ClientDPConfig fields); empty: off
         self._validator = UpdateValidator(self._validation)
         self._agg: Strategy | None = None
         self._global: dict[str, np.ndarray] | None = None
@@ -197,6 +201,8 @@ class FedimgAggregator(ModelAggregator):
             "aggregation_seconds": self._round_seconds,
             "round_seconds": time.perf_counter() - self._round_started if self._round_started else None,
         }
+        if hasattr(self._agg, "report"):
+            entry["client_dp"] = self._agg.report()
         self._checkpoint(rnd, delta, entry)
         metrics = {k: v for k, v in val.items() if _is_number(v)}
         self.info(
@@ -214,6 +220,11 @@ class FedimgAggregator(ModelAggregator):
         if self._agg is None:
             lay = self._validator.layout
             self._agg = make_strategy(self._strategy, lay.size, float_size=lay.float_size, device=self._device())
+            if self.client_dp:
+                from fedimg.fl.server.dp_strategy import ClientDP
+                from fedimg.privacy import ClientDPConfig
+
+                self._agg = ClientDP(self._agg, ClientDPConfig.from_dict(self.client_dp))
             self._agg.load_state(self._restored_state)
         verdicts: list[Verdict] = []
 

@@ -61,6 +61,8 @@ class ClientConfig:
     folder on its own machine (empty: ``$FEDIMG_SITE_DATA`` at run time). ``dp``: patient-level
     DP-SGD (a :class:`fedimg.privacy.DPConfig` dict; empty: off); each site seeds its sampling
     and noise from the DP seed and its own name (never the same noise at two sites).
+    ``client_clip``: client-level DP's clipping norm C: the update is clipped to it before it
+    is sent (0: off).
     """
 
     task: str = "brats"
@@ -72,6 +74,7 @@ class ClientConfig:
     local_model_dir: str = ""
     data: str = ""
     dp: dict[str, Any] = field(default_factory=dict)
+    client_clip: float = 0.0
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1:
@@ -200,9 +203,15 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
         t_train = time.perf_counter()
         train, n = task.train_one_round(model, data, config, epochs=cc.local_epochs,
                                         global_params=global_sd, prox_mu=cc.prox_mu)
+        if cc.dp and "dp_epsilon" not in train:
+            raise ConfigError(f"task {cc.task!r} did not train with DP-SGD although the job asks for it")
         train = {**train, "seconds_train": time.perf_counter() - t_train, "seconds_eval": t_train - t_eval}
         local_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         params, metrics, meta = make_payload(global_sd, local_sd, num_samples=n, val=val, train=train, send=cc.send)
+        if cc.client_clip > 0:
+            from fedimg.privacy import clip_update
+
+            params, _ = clip_update(params, cc.client_clip)  # before anything leaves the site
         if update_hook is not None:
             params = update_hook(params)
         if cc.local_model_dir:

@@ -42,7 +42,9 @@ class FederationConfig:
     schedules span the whole run. ``min_sites`` / ``max_rel_norm`` / ``max_norm_ratio``:
     the server's update checks (:attr:`validation`). ``dp``: patient-level DP-SGD at every
     site (a :class:`fedimg.privacy.DPConfig` dict; empty: off), its budget spanning the
-    whole run's local steps.
+    whole run's local steps. ``client_dp``: client-level DP-FedAvg (``noise_multiplier``,
+    ``clip``, ``delta``, ``seed`` of :class:`fedimg.privacy.ClientDPConfig`; the job adds the
+    number of sites; empty: off).
     """
 
     task: str = "brats"
@@ -59,6 +61,7 @@ class FederationConfig:
     send: str = "diff"
     threads_per_site: int = 0
     dp: dict[str, Any] = field(default_factory=dict)
+    client_dp: dict[str, Any] = field(default_factory=dict)
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -74,8 +77,17 @@ class FederationConfig:
             from fedimg.privacy import DPConfig
 
             DPConfig.from_dict(self.dp)  # validated here, built at each site
+            if self.task not in ("brats", "tiles"):
+                raise ConfigError(f"DP-SGD (--dp-*) runs in the brats and tiles tasks' training loop, not {self.task!r}")
             if self.strategy.prox_mu:
                 raise ConfigError("FedProx (--prox-mu) cannot be combined with DP-SGD: its term is not per-sample")
+        if self.client_dp:
+            from fedimg.privacy import ClientDPConfig
+
+            ClientDPConfig.from_dict({**self.client_dp, "sites": 1})
+            if self.send != "diff" or self.strategy.buffered:
+                raise ConfigError("--client-dp needs --send diff and a mean-based strategy (fedavg, fedprox, fedadam, "
+                                  "fedyogi)")
         if not self.name:
             object.__setattr__(self, "name", f"fedimg-{self.task}-{self.strategy.name.replace('_', '-')}")
 

@@ -116,3 +116,17 @@ def test_honest_brats_and_tile_payloads_pass_the_audit(tmp_path):
         agg.accept_model(_update("site-2", task=task, samples=20))
         agg.aggregate_model()
         assert read_metrics(tmp_path / task)[0]["rejected"] == []
+
+
+def test_client_dp_round_is_clipped_noised_and_accounted(tmp_path):
+    agg = FedimgAggregator(run_dir=str(tmp_path), validation=ValidationConfig(min_sites=1, task="brats").to_dict(),
+                           client_dp={"noise_multiplier": 1.0, "clip": 0.01, "sites": 3, "seed": 0})
+    _start(agg)
+    for site in ("site-1", "site-2"):
+        agg.accept_model(_update(site))
+    out = agg.aggregate_model()
+    (entry,) = read_metrics(tmp_path)
+    rep = entry["client_dp"]
+    assert rep["rounds"] == 1 and rep["sites"] == 3 and rep["amplification"] is False
+    assert rep["epsilon"] > 0 and "no privacy amplification" in rep["statement"]
+    assert np.isfinite(out.params["w"]).all()
