@@ -168,6 +168,10 @@ class EpochTrainer(ResumableTrainer):
     report_steps = True
     privacy: Any = None
 
+    def dp_batch(self, indices: list[int]) -> Any:
+        """A Poisson draw (unit indices) in the form ``step_loss`` takes (default: the list itself)."""
+        return indices
+
     def dp_units(self) -> int:
         """How many units DP-SGD samples from (default: training cases; a task may override)."""
         return int(self.data.num_train)
@@ -207,7 +211,7 @@ class EpochTrainer(ResumableTrainer):
         dp = self.privacy
         if dp is not None and prox_mu > 0:
             raise ValueError("FedProx (prox_mu > 0) is not supported with DP-SGD: its term is not per-sample")
-        batches = self.epoch_batches() if dp is None else [dp.draw() for _ in range(self.steps_per_epoch)]
+        batches = self.epoch_batches() if dp is None else [self.dp_batch(dp.draw()) for _ in range(self.steps_per_epoch)]
         self.model.train()
         # the loss is summed on the device: no host sync per step (only when on_step shows it)
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)

@@ -147,6 +147,7 @@ class PatientDP:
         from opacus.validators import ModuleValidator
 
         cfg = self.config
+        trainer.model.train()  # the validator asks for training mode (a site evaluates first)
         errors = ModuleValidator.validate(trainer.model, strict=False)
         if errors:
             first = str(errors[0]).split(". ")[0]

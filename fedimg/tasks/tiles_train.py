@@ -92,6 +92,12 @@ class TileTrainer(EpochTrainer):
         order = torch.randperm(n, generator=self.generator).to(self.device)
         return [order[(step * bs) % n:][:bs] for step in range(self.steps_per_epoch)]
 
+    def dp_batch(self, indices: list[int]):
+        """DP-SGD's Poisson draw as an index tensor on the device (what ``step_loss`` takes)."""
+        import torch
+
+        return torch.as_tensor(indices, dtype=torch.long, device=self.device)
+
     def step_loss(self, idx) -> tuple[Any, int]:
         """Cross-entropy of the (augmented) tiles ``idx``; units = tiles."""
         import torch.nn.functional as F

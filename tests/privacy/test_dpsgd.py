@@ -80,7 +80,8 @@ def _weights(seed: int, noise: float = 1.0) -> torch.Tensor:
     data = _data()
     data.state["privacy"] = PatientDP(DPConfig(noise_multiplier=noise, seed=seed), total_epochs=1)
     model = _model()
-    train_one_round(model, data, CFG, epochs=1)
+    cfg = TileTrainConfig(**{**CFG.to_dict(), "augment": True})  # the task's augmented path, as sites train
+    train_one_round(model, data, cfg, epochs=1)
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 

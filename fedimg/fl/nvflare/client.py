@@ -203,15 +203,9 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
         t_train = time.perf_counter()
         train, n = task.train_one_round(model, data, config, epochs=cc.local_epochs,
                                         global_params=global_sd, prox_mu=cc.prox_mu)
-        if cc.dp and "dp_epsilon" not in train:
-            raise ConfigError(f"task {cc.task!r} did not train with DP-SGD although the job asks for it")
         train = {**train, "seconds_train": time.perf_counter() - t_train, "seconds_eval": t_train - t_eval}
         local_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        params, metrics, meta = make_payload(global_sd, local_sd, num_samples=n, val=val, train=train, send=cc.send)
-        if cc.client_clip > 0:
-            from fedimg.privacy import clip_update
-
-            params, _ = clip_update(params, cc.client_clip)  # before anything leaves the site
+        params, metrics, meta = _private_payload(cc, global_sd, local_sd, n, val, train)
         if update_hook is not None:
             params = update_hook(params)
         if cc.local_model_dir:
@@ -223,6 +217,18 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
         flare.send(FLModel(params=params, params_type=ParamsType.DIFF if cc.send == "diff" else ParamsType.FULL,
                            metrics=metrics, meta=meta))
     return 0
+
+
+def _private_payload(cc: ClientConfig, global_sd: dict, local_sd: dict, n: int, val: dict, train: dict):
+    """:func:`make_payload`, after checking DP-SGD really ran, with client-level DP's clipping."""
+    if cc.dp and "dp_epsilon" not in train:
+        raise ConfigError(f"task {cc.task!r} did not train with DP-SGD although the job asks for it")
+    params, metrics, meta = make_payload(global_sd, local_sd, num_samples=n, val=val, train=train, send=cc.send)
+    if cc.client_clip > 0:
+        from fedimg.privacy import clip_update
+
+        params, _ = clip_update(params, cc.client_clip)  # before anything leaves the site
+    return params, metrics, meta
 
 
 def site_privacy(cc: ClientConfig, site: str, config: Any, *, done_rounds: int = 0) -> Any:

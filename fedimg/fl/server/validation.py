@@ -81,6 +81,12 @@ TASK_METRICS: dict[str, frozenset[str]] = {
     )
 }
 _UNIT_RANGE = ("dice", "auc", "accuracy")
+#: ``props`` NVFlare echoes back from the server's previous result (its own bookkeeping).
+ALLOWED_PROPS = frozenset({"fedimg_round", "nr_aggregated", "current_round", "metrics_aggregation_info"})
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float, type(None))) and len(str(v)) <= 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,9 +286,11 @@ class UpdateValidator:
         if name is not None and not (isinstance(name, str) and len(name) <= 128):
             return self._reject(site, "metadata client_name is not a short string")
         props = meta.get("props")
-        if props is not None and not (isinstance(props, dict) and all(
-                isinstance(v, (str, int, float, type(None))) and len(str(v)) <= 256 for v in props.values())):
-            return self._reject(site, "metadata props is not a dict of short scalars")
+        if props is not None and not (isinstance(props, dict) and set(props) <= ALLOWED_PROPS and all(
+                _scalar(v) or (isinstance(v, dict) and all(map(_scalar, v.values()))) for v in props.values())):
+            return self._reject(site, f"metadata props holds something other than NVFlare's bookkeeping "
+                                      f"({_short(sorted(str(k) for k in props))})" if isinstance(props, dict) else
+                                "metadata props is not a dict")
         for label, values in (("metrics", metrics), ("initial_metrics", meta.get("initial_metrics") or {})):
             if not isinstance(values, Mapping):
                 return self._reject(site, f"{label} is not a dict")

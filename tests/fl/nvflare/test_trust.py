@@ -96,7 +96,8 @@ UNIT = {"brats": "val_dice_mean", "tiles": "val_auc"}
     lambda m, t: {"metrics": {**m, "train_loss": "0.1 /data/site-1"}},  # a string smuggled as a metric
     lambda m, t: {"metrics": {**m, UNIT[t]: 7.0}},                     # a Dice / AUC out of [0, 1]
     lambda m, t: {"samples": 2.5},                                     # not a whole count
-], ids=["meta-field", "metric-name", "metric-string", "metric-range", "samples"])
+    lambda m, t: {"meta_extra": {"props": {"site_path": "/data/site-1"}}},  # an unknown prop
+], ids=["meta-field", "metric-name", "metric-string", "metric-range", "samples", "props"])
 def test_a_payload_with_anything_unexpected_is_rejected_and_logged(tmp_path, caplog, task, bad):
     agg = _agg(tmp_path, task)
     base = BRATS_METRICS if task == "brats" else TILE_METRICS
@@ -109,11 +110,17 @@ def test_a_payload_with_anything_unexpected_is_rejected_and_logged(tmp_path, cap
     assert "rejected update from site-2" in caplog.text
 
 
+# what NVFlare 2.9 echoes back in ``props`` from round 2 on (seen in a real SimEnv run of the tile task)
+ROUND2_PROPS = {"fedimg_round": 1, "nr_aggregated": 2, "current_round": 0,
+                "metrics_aggregation_info": {"metric_source": "custom_aggregator_flmodel_metrics",
+                                             "use_contribution_sites": False}}
+
+
 def test_honest_brats_and_tile_payloads_pass_the_audit(tmp_path):
     for task in ("brats", "tiles"):
         agg = _agg(tmp_path / task, task)
         agg.accept_model(_update("site-1", task=task))
-        agg.accept_model(_update("site-2", task=task, samples=20))
+        agg.accept_model(_update("site-2", task=task, samples=20, meta_extra={"props": ROUND2_PROPS}))
         agg.aggregate_model()
         assert read_metrics(tmp_path / task)[0]["rejected"] == []
 
