@@ -153,4 +153,4 @@ def log_privacy(out: Any, logger: Any) -> None:
                         "sample rate %.3g)%s", site, m["train_dp_epsilon"], m.get("train_dp_delta", float("nan")),
                         int(m.get("train_dp_steps", 0)), m.get("train_dp_noise_multiplier", float("nan")),
                         m.get("train_dp_max_grad_norm", float("nan")), m.get("train_dp_sample_rate", float("nan")),
-                        "; budget spent, the site stopped training" if m.get("train_dp_budget_spent") else "")
+                        "; budget fully spent: the site trains no further" if m.get("train_dp_budget_spent") else "")
