@@ -20,7 +20,10 @@ own local steps (every epoch, every round). With a target ε the noise ``z`` is 
 (``opacus.accountants.utils.get_noise_multiplier``) for the planned total
 (``total_epochs x steps_per_epoch``); the site refuses to step once that total is spent
 (its budget), says so in the log and in ``dp_budget_spent``. On the tile task the unit is
-one tile: the guarantee is per patient only where a patient contributes one tile.
+one tile: the guarantee is per patient only where a patient contributes one tile. The
+sampling and noise come from a seeded ``torch.Generator`` (reproducible runs), not Opacus's
+``secure_mode`` CSPRNG: fine for research, not a hardened release against floating-point
+attacks on the noise.
 
 >>> cfg = DPConfig(epsilon=8.0, delta=1e-5, max_grad_norm=1.0)
 >>> z = cfg.noise_for(sample_rate=0.1, steps=100)

@@ -77,7 +77,7 @@ def test_trained_epsilon_matches_opacus_analysis_for_the_same_q_z_steps():
 
 
 def _weights(seed: int, noise: float = 1.0) -> torch.Tensor:
-    data = _data()
+    data = _data(16)
     data.state["privacy"] = PatientDP(DPConfig(noise_multiplier=noise, seed=seed), total_epochs=1)
     model = _model()
     cfg = TileTrainConfig(**{**CFG.to_dict(), "augment": True})  # the task's augmented path, as sites train
