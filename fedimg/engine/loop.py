@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedimg.engine.augment import sample_batch
+from fedimg.errors import ConfigError
 
 __all__ = ["use_bf16", "lr_factor", "warmup_cosine", "adamw", "proximal_term", "load_global_params",
            "ResumableTrainer", "EpochTrainer", "local_round", "make_loss", "Trainer", "train_one_round"]
@@ -147,7 +148,8 @@ class ResumableTrainer:
             torch.set_rng_state(state["torch_rng"])
         if getattr(self, "privacy", None) is not None:
             if "privacy" not in state:
-                raise ValueError("the saved state has no DP accountant: resume a DP run with the same DP options")
+                raise ConfigError("the saved training state has no DP accountant: this run was not trained with "
+                                  "DP-SGD; resume it without --dp-* options")
             self.privacy.load_state_dict(state["privacy"])
 
 
@@ -185,7 +187,7 @@ class EpochTrainer(ResumableTrainer):
         ``privacy.exhausted()``. DP-SGD runs in fp32, uncompiled (per-sample gradient hooks).
         """
         if getattr(self.config, "compile", False):
-            raise ValueError("DP-SGD cannot run a torch.compile'd model; drop --compile")
+            raise ConfigError("DP-SGD cannot run a torch.compile'd model; drop --compile")
         self.bf16 = False
         privacy.attach(self, units=self.dp_units(), batch_size=int(self.config.batch_size))
         self.optimizer = privacy.optimizer
@@ -210,7 +212,7 @@ class EpochTrainer(ResumableTrainer):
 
         dp = self.privacy
         if dp is not None and prox_mu > 0:
-            raise ValueError("FedProx (prox_mu > 0) is not supported with DP-SGD: its term is not per-sample")
+            raise ConfigError("FedProx (prox_mu > 0) is not supported with DP-SGD: its term is not per-sample")
         batches = self.epoch_batches() if dp is None else [self.dp_batch(dp.draw()) for _ in range(self.steps_per_epoch)]
         self.model.train()
         # the loss is summed on the device: no host sync per step (only when on_step shows it)
