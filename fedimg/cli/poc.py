@@ -49,4 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_crossval:  # the sites' data are on this machine: evaluate every model on every site here
         table = cross_validate(args.out, discover_sites(args.data), config)
         log.info("cross-site validation: %s", table["csv"])
+
+    from fedimg.cli._federation import log_privacy
+
+    log_privacy(args.out, log)
     return 0

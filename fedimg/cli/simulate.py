@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
              summary["seconds"], ", ".join(f"{k}={v:.3f}" for k, v in val.items() if isinstance(v, float)))
     for r in summary["rejected"]:
         log.warning("round %d: rejected %s: %s", r["round"], r["site"], r["reason"])
+    from fedimg.cli._federation import log_privacy
+
+    log_privacy(args.out, log)
     if not args.no_crossval:
         table = cross_validate(args.out, sites, config)
         log.info("cross-site validation: %s", table["csv"])

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     from fedimg.cli._federation import add_federation_arguments
 
-    add_federation_arguments(p, rounds=10, local_epochs=2)
+    add_federation_arguments(p, rounds=10, local_epochs=2, dp=False)
     p.set_defaults(func=run)
 
 

@@ -1,6 +1,11 @@
 """``fedimg train``: train a segmentation model on one site's cases.
 
     fedimg train --data data/site-1 --out runs/site-1 --epochs 20 --allow-identifiable
+    fedimg train --data data/site-1 --out runs/s1 --dp-epsilon 8 --dp-delta 1e-5 --dp-max-grad-norm 1.0
+
+With ``--dp-epsilon`` (or ``--dp-noise-multiplier``) the site trains with patient-level
+DP-SGD (:mod:`fedimg.privacy.dpsgd`): epsilon, delta, noise, clip and sample rate are in
+every row of metrics.json and TensorBoard, and RUN/privacy.json states the guarantee.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from fedimg.cli._skip import add_skip_argument
 
     add_skip_argument(p)
+    from fedimg.cli._federation import add_dp_arguments
+
+    add_dp_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -86,10 +94,41 @@ def run(args: argparse.Namespace) -> int:
     cases, skipped = site_cases(data_dir, skip=args.skip_bad_cases, allow_identifiable=cfg.allow_identifiable)
     log.info("training %s on %d cases from %s (%s, %d threads)%s", cfg.model, len(cases), data_dir, device, n,
              f", {len(skipped)} bad case(s) skipped" if skipped else "")
+    privacy = _privacy(args, cfg, out)
     summary = fit(cases, cfg, out, device=device, resume=args.resume, stop_after=args.stop_after,
-                  progress=False if args.no_progress else None, source=data_dir)
+                  progress=False if args.no_progress else None, source=data_dir, privacy=privacy)
     write_skipped(out, skipped)
+    if privacy is not None:
+        _report_privacy(privacy, out)
     best = summary["best"]
     log.info("done: %d epoch(s) this run, best dice_mean %.3f at epoch %s; run folder %s", summary["epochs_run"],
              best.get("dice_mean") if best.get("dice_mean") is not None else float("nan"), best.get("epoch"), out)
     return 0
+
+
+def _privacy(args: argparse.Namespace, cfg, out):
+    """The run's :class:`fedimg.privacy.PatientDP` (budget over ``cfg.epochs``), or ``None``."""
+    from fedimg.cli._federation import dp_from_args
+    from fedimg.io import read_json
+    from fedimg.privacy import DPConfig, PatientDP
+
+    dp = dp_from_args(args)
+    if args.resume and (out / "privacy.json").is_file():
+        saved = read_json(out / "privacy.json")["config"]
+        if dp and {k: v for k, v in dp.items() if k != "seed"} != {k: v for k, v in saved.items() if k != "seed"}:
+            log.warning("--resume keeps the run's DP settings; ignoring the DP options given")
+        dp = saved
+    return PatientDP(DPConfig.from_dict({**dp, "seed": cfg.seed}), total_epochs=cfg.epochs) if dp else None
+
+
+def _report_privacy(privacy, out) -> None:
+    """Write RUN/privacy.json and log the guarantee as measured."""
+    from fedimg.io import write_json
+
+    m = privacy.metrics()
+    statement = (f"patient-level DP-SGD: ({m['dp_epsilon']:.3g}, {m['dp_delta']:g})-DP for each training case "
+                 f"({privacy.config.accountant.upper()} accountant, Poisson sample rate {m['dp_sample_rate']:.3g}, "
+                 f"noise multiplier {m['dp_noise_multiplier']:.3g}, clip {m['dp_max_grad_norm']:g}, "
+                 f"{int(m['dp_steps'])} steps)")
+    write_json(out / "privacy.json", {"config": privacy.config.to_dict(), "metrics": m, "statement": statement})
+    log.info("%s%s", statement, "; budget spent, training stopped" if m["dp_budget_spent"] else "")

@@ -112,9 +112,13 @@ def save_train_state(path: str | Path, state: Mapping[str, Any], meta: Mapping[s
     tensors["generator"] = state["generator"]
     if "torch_rng" in state:
         tensors["torch_rng"] = state["torch_rng"]
+    dp = {}
+    if "privacy" in state:  # DP-SGD: the sampling/noise generator and the accountant's history
+        tensors["dp_generator"] = state["privacy"]["generator"]
+        dp = {"dp_history": state["privacy"]["history"]}
     _save_tensors(path, tensors)
     write_json(meta_path(path), {"epoch": state["epoch"], "optimizer": opt_plain, "scheduler": state["scheduler"],
-                                 **(dict(meta) if meta else {})})
+                                 **dp, **(dict(meta) if meta else {})})
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
@@ -132,6 +136,8 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
             "scheduler": plain["scheduler"],
             "generator": tensors["generator"],
             **({"torch_rng": tensors["torch_rng"]} if "torch_rng" in tensors else {}),
+            **({"privacy": {"generator": tensors["dp_generator"], "history": plain["dp_history"]}}
+               if "dp_generator" in tensors else {}),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(meta_path(path), f"is not a fedimg training state ({exc!r}); start without --resume") from None

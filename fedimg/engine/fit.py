@@ -50,12 +50,15 @@ def checkpoint_meta(config: Any, data: Any, epoch: int, metrics: dict) -> dict[s
 
 
 def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool = False,
-        stop_after: int | None = None, progress: bool | None = None, source: str | Path = "") -> dict[str, Any]:
+        stop_after: int | None = None, progress: bool | None = None, source: str | Path = "",
+        privacy: Any = None) -> dict[str, Any]:
     """Train on ``cases`` (split train/val by the config) and write the run folder ``out``.
 
     ``stop_after`` limits the epochs run in this call (continue later with ``resume``).
     ``progress=None`` shows a progress bar only on a terminal. ``source`` (the data folder)
-    is recorded in the checkpoint metadata. The epoch loop is :class:`fedimg.engine.driver.EpochDriver`.
+    is recorded in the checkpoint metadata. ``privacy`` (e.g. :class:`fedimg.privacy.PatientDP`)
+    trains with DP-SGD (:meth:`fedimg.engine.loop.EpochTrainer.make_private`); its ``dp_*``
+    metrics join every epoch's row. The epoch loop is :class:`fedimg.engine.driver.EpochDriver`.
     """
     from fedimg.engine.cache import prepare_site_data
     from fedimg.engine.driver import EpochDriver, EpochHooks
@@ -67,6 +70,8 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
     data = prepare_site_data(cases, config, device, source=str(source))
     model = build_model(config.model, **model_kwargs(config))
     trainer = Trainer(model, data, config)
+    if privacy is not None:
+        trainer.make_private(privacy)
 
     def validate(epoch: int) -> dict[str, float]:
         if not data.num_val or (epoch % config.val_every != 0 and epoch != config.epochs):

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedimg.engine.augment import sample_batch
+from fedimg.errors import ConfigError
 
 __all__ = ["use_bf16", "lr_factor", "warmup_cosine", "adamw", "proximal_term", "load_global_params",
            "ResumableTrainer", "EpochTrainer", "local_round", "make_loss", "Trainer", "train_one_round"]
@@ -121,16 +122,19 @@ class ResumableTrainer:
     ``generator`` attributes (every task's trainer, through :class:`EpochTrainer`)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Optimizer, scheduler, RNG and epoch (tensors + JSON-able values)."""
+        """Optimizer, scheduler, RNG and epoch (tensors + JSON-able values); DP accountant when private."""
         import torch
 
-        return {
+        state = {
             "epoch": self.epoch,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
+        if getattr(self, "privacy", None) is not None:
+            state["privacy"] = self.privacy.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         import torch
@@ -142,6 +146,11 @@ class ResumableTrainer:
         self.generator.set_state(state["generator"])
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
+        if getattr(self, "privacy", None) is not None:
+            if "privacy" not in state:
+                raise ConfigError("the saved training state has no DP accountant: this run was not trained with "
+                                  "DP-SGD; resume it without --dp-* options")
+            self.privacy.load_state_dict(state["privacy"])
 
 
 class EpochTrainer(ResumableTrainer):
@@ -159,6 +168,30 @@ class EpochTrainer(ResumableTrainer):
     rate_key = "samples_per_s"
     loss_every = 10
     report_steps = True
+    privacy: Any = None
+
+    def dp_batch(self, indices: list[int]) -> Any:
+        """A Poisson draw (unit indices) in the form ``step_loss`` takes (default: the list itself)."""
+        return indices
+
+    def dp_units(self) -> int:
+        """How many units DP-SGD samples from (default: training cases; a task may override)."""
+        return int(self.data.num_train)
+
+    def make_private(self, privacy: Any) -> None:
+        """Train with DP-SGD from now on (``privacy``: e.g. :class:`fedimg.privacy.PatientDP`).
+
+        ``privacy.attach(self, units=, batch_size=)`` wraps the optimizer; ``self.forward`` becomes the per-sample-gradient wrapper of ``self.model``; each step then draws
+        its batch with ``privacy.draw()`` (Poisson sampling over :meth:`dp_units`), an empty
+        draw is a noise-only ``privacy.empty_step``, and training stops once
+        ``privacy.exhausted()``. DP-SGD runs in fp32, uncompiled (per-sample gradient hooks).
+        """
+        if getattr(self.config, "compile", False):
+            raise ConfigError("DP-SGD cannot run a torch.compile'd model; drop --compile")
+        self.bf16 = False
+        privacy.attach(self, units=self.dp_units(), batch_size=int(self.config.batch_size))
+        self.optimizer = privacy.optimizer
+        self.privacy = privacy
 
     def autocast(self) -> Any:
         """bf16 autocast on the trainer's device when ``self.bf16``, a no-op otherwise."""
@@ -177,7 +210,10 @@ class EpochTrainer(ResumableTrainer):
         """One epoch; returns loss, lr, ``rate_key``, seconds (and steps if ``report_steps``)."""
         import torch
 
-        batches = self.epoch_batches()
+        dp = self.privacy
+        if dp is not None and prox_mu > 0:
+            raise ConfigError("FedProx (prox_mu > 0) is not supported with DP-SGD: its term is not per-sample")
+        batches = self.epoch_batches() if dp is None else [self.dp_batch(dp.draw()) for _ in range(self.steps_per_epoch)]
         self.model.train()
         # the loss is summed on the device: no host sync per step (only when on_step shows it)
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -186,10 +222,17 @@ class EpochTrainer(ResumableTrainer):
         sync()
         t0 = time.perf_counter()
         for batch in batches:
+            if dp is not None and (dp.exhausted() or not len(batch)):
+                if dp.exhausted():
+                    break
+                self.optimizer.zero_grad(set_to_none=True)
+                dp.empty_step(self)  # nobody sampled: the step is noise only, and counted
+                self.scheduler.step()
+                continue
+            self.optimizer.zero_grad(set_to_none=True)  # before the forward: DP's per-sample gradients too
             loss, n = self.step_loss(batch)
             if prox_mu > 0 and prox_ref is not None:
                 loss = loss + 0.5 * prox_mu * proximal_term(self.model, prox_ref)
-            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
@@ -203,10 +246,12 @@ class EpochTrainer(ResumableTrainer):
         sync()
         seconds = time.perf_counter() - t0
         self.epoch += 1
-        stats = {"loss": float(total_loss) / max(1, n_batches), "lr": float(self.optimizer.param_groups[0]["lr"]),
+        stats = {"loss": float(total_loss) / n_batches if n_batches else math.nan, "lr": float(self.optimizer.param_groups[0]["lr"]),
                  self.rate_key: units / max(seconds, 1e-9), "seconds": seconds}
         if self.report_steps:
             stats["steps"] = n_batches
+        if dp is not None:
+            stats.update(dp.metrics())
         return stats
 
 
@@ -225,6 +270,8 @@ def local_round(model: Any, data: Any, config: Any, make_trainer: Callable[[Any,
     trainer = data.state.get("trainer")
     if trainer is None or trainer.model is not model or trainer.config != config:
         trainer = data.state["trainer"] = make_trainer(model, data, config)
+        if data.state.get("privacy") is not None:  # DP-SGD handed in by the caller (see EpochTrainer.make_private)
+            trainer.make_private(data.state["privacy"])
     prox_ref = [p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None
     n_epochs = config.epochs if epochs is None else int(epochs)
     history = []
@@ -238,6 +285,7 @@ def local_round(model: Any, data: Any, config: Any, make_trainer: Callable[[Any,
         seconds = sum(h["seconds"] for h in history)
         metrics.update(loss=history[-1]["loss"], lr=history[-1]["lr"], seconds=seconds,
                        **{rate_key: sum(h[rate_key] * h["seconds"] for h in history) / max(seconds, 1e-9)})
+        metrics.update({k: v for k, v in history[-1].items() if k.startswith("dp_")})
     return metrics
 
 

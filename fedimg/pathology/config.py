@@ -47,6 +47,7 @@ class TileTrainConfig:
     max_tiles: int | None = None
     steps_per_epoch: int | None = None
     eval_batch_size: int = 128
+    norm: str = "batch"  # batch | group (ResNet only; DP-SGD needs per-sample normalisation)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -55,6 +56,8 @@ class TileTrainConfig:
             raise ConfigError("--width must be in (0, 4]")
         if self.num_classes < 2:
             raise ConfigError("num_classes must be >= 2")
+        if self.norm not in ("batch", "group") or (self.norm == "group" and not self.model.startswith("resnet")):
+            raise ConfigError(f"norm {self.norm!r}: choose batch, or group with a resnet model")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("epochs and batch sizes must be >= 1")
         if not self.lr > 0 or self.weight_decay < 0:

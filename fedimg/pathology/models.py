@@ -10,6 +10,7 @@ torch.Size([2, 2])
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = ["MODELS", "build_tile_model"]
@@ -33,5 +34,22 @@ def build_tile_model(config: Any):
                                 init_features=max(4, round(64 * w)), growth_rate=max(2, round(32 * w)))
     factory = {"resnet18": nets.resnet18, "resnet10": nets.resnet10}[config.model]
     # torchvision-style stem: 7x7 stride-2 conv then max-pool
-    return factory(spatial_dims=2, n_input_channels=3, num_classes=config.num_classes, conv1_t_size=7,
-                   conv1_t_stride=2, widen_factor=w)
+    model = factory(spatial_dims=2, n_input_channels=3, num_classes=config.num_classes, conv1_t_size=7,
+                    conv1_t_stride=2, widen_factor=w)
+    if getattr(config, "norm", "batch") == "group":
+        _group_norm(model)
+    return model
+
+
+def _group_norm(module: Any) -> None:
+    """Swap every BatchNorm2d for a GroupNorm (4 groups) in place: per-sample normalisation,
+    which DP-SGD needs (BatchNorm mixes a batch's samples). MONAI's ResNet ``norm=`` argument
+    does not reach its residual layers, hence the swap."""
+    from torch import nn
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            c = child.num_features
+            setattr(module, name, nn.GroupNorm(math.gcd(c, 4), c))
+        else:
+            _group_norm(child)

@@ -53,6 +53,7 @@ class TileTrainer(EpochTrainer):
         import torch
 
         self.model, self.data, self.config, self.device = model, data, config, data.device
+        self.forward = model  # DP-SGD swaps in its per-sample-gradient wrapper (EpochTrainer.make_private)
         self.bf16 = use_bf16(config, self.device)
         self.channels_last = channels_last_for(config, self.bf16, self.device)
         model.to(self.device)
@@ -91,13 +92,19 @@ class TileTrainer(EpochTrainer):
         order = torch.randperm(n, generator=self.generator).to(self.device)
         return [order[(step * bs) % n:][:bs] for step in range(self.steps_per_epoch)]
 
+    def dp_batch(self, indices: list[int]):
+        """DP-SGD's Poisson draw as an index tensor on the device (what ``step_loss`` takes)."""
+        import torch
+
+        return torch.as_tensor(indices, dtype=torch.long, device=self.device)
+
     def step_loss(self, idx) -> tuple[Any, int]:
         """Cross-entropy of the (augmented) tiles ``idx``; units = tiles."""
         import torch.nn.functional as F
 
         xb, yb = self.batch_input(idx), self.data.y_train[idx]
         with self.autocast():
-            logits = self.model(xb)
+            logits = self.forward(xb)
         return F.cross_entropy(logits.float(), yb), int(xb.shape[0])
 
 

@@ -39,13 +39,12 @@ from nvflare.app_common.app_event_type import AppEventType
 
 from fedimg.fl.server import state as run_state
 from fedimg.fl.server.strategies import Strategy, StrategyConfig, make_strategy
-from fedimg.fl.server.validation import UpdateValidator, ValidationConfig, Verdict
+from fedimg.fl.server.validation import SAMPLES_KEY, UpdateValidator, ValidationConfig, Verdict
 
 __all__ = ["FedimgAggregator", "SAMPLES_KEY"]
 
 log = logging.getLogger(__name__)
 
-SAMPLES_KEY = "NUM_STEPS_CURRENT_ROUND"
 
 
 class FedimgAggregator(ModelAggregator):
@@ -56,7 +55,9 @@ class FedimgAggregator(ModelAggregator):
     ``run_dir``: where checkpoints and ``metrics.json`` go (empty: ``<server run
     dir>/fedimg``). ``device``: ``"auto"`` (GPU if the server has one), ``"cpu"`` or
     ``"cuda[:n]"``. ``audit_payloads``: also record in ``payloads.jsonl`` the names and
-    types of everything each site sent (used by the payload test).
+    types of everything each site sent (used by the payload test). ``client_dp``: client-level
+    DP (a :class:`fedimg.privacy.ClientDPConfig` dict): the strategy is wrapped in
+    :class:`fedimg.fl.server.dp_strategy.ClientDP` and each round's ε goes to ``metrics.json``.
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class FedimgAggregator(ModelAggregator):
         device: str = "auto",
         key_metric: str = "dice_mean",
         audit_payloads: bool = True,
+        client_dp: dict | None = None,
     ) -> None:
         super().__init__()
         self._strategy = _parsed(strategy, StrategyConfig)
@@ -78,6 +80,7 @@ class FedimgAggregator(ModelAggregator):
         self.device = device
         self.key_metric = key_metric
         self.audit_payloads = audit_payloads
+        self.client_dp = dict(client_dp or {})  # DP-FedAvg (ClientDPConfig fields); empty: off
         self._validator = UpdateValidator(self._validation)
         self._agg: Strategy | None = None
         self._global: dict[str, np.ndarray] | None = None
@@ -87,6 +90,7 @@ class FedimgAggregator(ModelAggregator):
         self._sites: dict[str, dict[str, Any]] = {}
         self._rejected: list[dict[str, str]] = []
         self._round_started = 0.0
+        self._held: list[tuple[str, list, int, dict]] = []  # a round without a previous median: judged together
 
     # -- NVFlare events ---------------------------------------------------------------
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -114,6 +118,7 @@ class FedimgAggregator(ModelAggregator):
     def reset_stats(self) -> None:
         self._sites = {}
         self._rejected = []
+        self._held = []
         self._round_seconds = 0.0
         if self._agg is not None:
             self._agg.begin_round()
@@ -121,29 +126,52 @@ class FedimgAggregator(ModelAggregator):
     def accept_model(self, model: FLModel) -> None:
         t0 = time.perf_counter()
         meta = dict(model.meta or {})
-        site = str(meta.get("client_name") or f"site?{len(self._sites) + len(self._rejected)}")
-        samples = _samples(meta)
+        site = str(meta.get("client_name") or f"site?{len(self._sites) + len(self._rejected) + len(self._held)}")
         metrics = {k: float(v) for k, v in (model.metrics or {}).items() if _is_number(v)}
         if self.audit_payloads:
             self._audit(site, model)
         params = dict(model.params or {})
         if model.params_type == ParamsType.FULL and self._global is not None and params.keys() == self._global.keys():
             params = {k: np.asarray(v) - self._global[k] for k, v in params.items()}
-        verdict = self._validator.screen(site, params)
-        record = {"samples": samples, "metrics": metrics}
+        hold = self._validator.previous_median is None  # no reference yet: judge this round's updates together
+        samples = 0
+        verdict = self._validator.audit(site, meta, model.metrics or {})
         if verdict.ok:
-            verdict = self._fold(site, verdict.parts, samples)
+            verdict, samples = self._validator.check_samples(site, meta.get(SAMPLES_KEY), others=[] if hold else None)
+        if verdict.ok:
+            verdict = self._validator.screen(site, params)
+        record = {"samples": samples, "metrics": metrics}
+        if verdict.ok and hold:
+            self._held.append((site, verdict.parts, samples, record))
+        else:
+            self._settle(site, self._fold(site, verdict.parts, samples) if verdict.ok else verdict, samples, record)
+        self._round_seconds += time.perf_counter() - t0
+
+    def _settle(self, site: str, verdict: Verdict, samples: int, record: dict) -> None:
         if verdict.ok:
             record["update_norm"] = verdict.norm
             self._sites[site] = record
+            self._validator.register(site, samples)
         else:
             self.warning(f"rejected update from {site}: {verdict.reason}")
             self._rejected.append({"site": site, "reason": verdict.reason or "", "samples": samples})
-        self._round_seconds += time.perf_counter() - t0
+
+    def _release_held(self) -> None:
+        """Judge a held round: norms against the other sites' median, counts against theirs, then fold."""
+        held, self._held = self._held, []
+        outliers = self._validator.judge_round({site: self._validator.norm_of(parts) for site, parts, _, _ in held})
+        counts = {site: n for site, _, n, _ in held}
+        for site, parts, samples, record in held:
+            if site in outliers:
+                self._settle(site, Verdict(site=site, ok=False, reason=outliers[site]), samples, record)
+                continue
+            verdict, _ = self._validator.check_samples(site, samples, others=[c for s, c in counts.items() if s != site])
+            self._settle(site, self._fold(site, parts, samples) if verdict.ok else verdict, samples, record)
 
     def aggregate_model(self) -> FLModel:
         t0 = time.perf_counter()
         rnd = int(self.fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0) or 0) + 1 if self.fl_ctx else 0
+        self._release_held()
         layout = self._validator.layout
         n_ok = len(self._sites)
         skipped = not self._validator.enough(n_ok) or self._agg is None or layout is None
@@ -173,6 +201,8 @@ class FedimgAggregator(ModelAggregator):
             "aggregation_seconds": self._round_seconds,
             "round_seconds": time.perf_counter() - self._round_started if self._round_started else None,
         }
+        if hasattr(self._agg, "report"):
+            entry["client_dp"] = self._agg.report()
         self._checkpoint(rnd, delta, entry)
         metrics = {k: v for k, v in val.items() if _is_number(v)}
         self.info(
@@ -190,6 +220,11 @@ class FedimgAggregator(ModelAggregator):
         if self._agg is None:
             lay = self._validator.layout
             self._agg = make_strategy(self._strategy, lay.size, float_size=lay.float_size, device=self._device())
+            if self.client_dp:
+                from fedimg.fl.server.dp_strategy import ClientDP
+                from fedimg.privacy import ClientDPConfig
+
+                self._agg = ClientDP(self._agg, ClientDPConfig.from_dict(self.client_dp))
             self._agg.load_state(self._restored_state)
         verdicts: list[Verdict] = []
 
@@ -249,15 +284,6 @@ def _parsed(value: Any, cls: type) -> Any:
     if isinstance(value, dict):
         return cls.from_dict(value)
     return cls.from_json(value) if value else cls()
-
-
-def _samples(meta: dict[str, Any]) -> float:
-    value = meta.get(SAMPLES_KEY, meta.get("num_samples"))
-    try:
-        w = float(value)
-    except (TypeError, ValueError):
-        return 1.0
-    return w if np.isfinite(w) and w > 0 else 1.0
 
 
 def _is_number(v: Any) -> bool:

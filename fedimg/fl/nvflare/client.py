@@ -58,7 +58,11 @@ class ClientConfig:
     ``task_config``: the task's config dict (``config_from_dict``). ``threads``: CPU
     threads for this site (0: the library default). ``local_model_dir``: keep this site's
     latest local model there (never sent; empty: do not keep). ``data``: the site's data
-    folder on its own machine (empty: ``$FEDIMG_SITE_DATA`` at run time).
+    folder on its own machine (empty: ``$FEDIMG_SITE_DATA`` at run time). ``dp``: patient-level
+    DP-SGD (a :class:`fedimg.privacy.DPConfig` dict; empty: off); each site seeds its sampling
+    and noise from the DP seed and its own name (never the same noise at two sites).
+    ``client_clip``: client-level DP's clipping norm C: the update is clipped to it before it
+    is sent (0: off).
     """
 
     task: str = "brats"
@@ -69,6 +73,8 @@ class ClientConfig:
     threads: int = 0
     local_model_dir: str = ""
     data: str = ""
+    dp: dict[str, Any] = field(default_factory=dict)
+    client_clip: float = 0.0
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1:
@@ -79,6 +85,10 @@ class ClientConfig:
             raise ConfigError("send must be 'diff' or 'full'")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        if self.dp:
+            from fedimg.privacy import DPConfig
+
+            DPConfig.from_dict(self.dp)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -182,6 +192,8 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
         if incoming is None:
             break
         rnd = int(incoming.current_round or 0)
+        if cc.dp and "privacy" not in data.state:
+            data.state["privacy"] = site_privacy(cc, site, config, done_rounds=rnd)
         global_sd = {k: (v.detach().cpu() if hasattr(v, "detach") else torch.as_tensor(np.asarray(v)))
                      for k, v in incoming.params.items()}
         model.load_state_dict(global_sd)
@@ -193,7 +205,7 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
                                         global_params=global_sd, prox_mu=cc.prox_mu)
         train = {**train, "seconds_train": time.perf_counter() - t_train, "seconds_eval": t_train - t_eval}
         local_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        params, metrics, meta = make_payload(global_sd, local_sd, num_samples=n, val=val, train=train, send=cc.send)
+        params, metrics, meta = _private_payload(cc, global_sd, local_sd, n, val, train)
         if update_hook is not None:
             params = update_hook(params)
         if cc.local_model_dir:
@@ -205,6 +217,30 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
         flare.send(FLModel(params=params, params_type=ParamsType.DIFF if cc.send == "diff" else ParamsType.FULL,
                            metrics=metrics, meta=meta))
     return 0
+
+
+def _private_payload(cc: ClientConfig, global_sd: dict, local_sd: dict, n: int, val: dict, train: dict):
+    """:func:`make_payload`, after checking DP-SGD really ran, with client-level DP's clipping."""
+    if cc.dp and "dp_epsilon" not in train:
+        raise ConfigError(f"task {cc.task!r} did not train with DP-SGD although the job asks for it")
+    params, metrics, meta = make_payload(global_sd, local_sd, num_samples=n, val=val, train=train, send=cc.send)
+    if cc.client_clip > 0:
+        from fedimg.privacy import clip_update
+
+        params, _ = clip_update(params, cc.client_clip)  # before anything leaves the site
+    return params, metrics, meta
+
+
+def site_privacy(cc: ClientConfig, site: str, config: Any, *, done_rounds: int = 0) -> Any:
+    """This site's :class:`fedimg.privacy.PatientDP`: budget over the task config's ``epochs``
+    (the federation's ``rounds x local_epochs``); a resumed run (``done_rounds > 0``) counts the
+    steps of the rounds already done as spent. Seeded by the DP seed and the site's name."""
+    import zlib
+
+    from fedimg.privacy import DPConfig, PatientDP
+
+    dp = DPConfig.from_dict({**cc.dp, "seed": int(cc.dp.get("seed", 0)) + zlib.crc32(site.encode())})
+    return PatientDP(dp, total_epochs=int(config.epochs), spent_epochs=done_rounds * cc.local_epochs)
 
 
 def _writer():

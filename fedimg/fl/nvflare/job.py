@@ -84,7 +84,8 @@ def client_configs(config: FederationConfig, sites: dict[str, Path | None], task
     ``task_config`` is the task's validated config as a dict."""
     base = ClientConfig(task=config.task, task_config=task_config, local_epochs=config.local_epochs,
                         prox_mu=float(config.strategy.prox_mu), send=config.send, threads=config.threads_per_site,
-                        local_model_dir=str(Path(local_model_dir).resolve()) if local_model_dir else "")
+                        local_model_dir=str(Path(local_model_dir).resolve()) if local_model_dir else "",
+                        dp=dict(config.dp), client_clip=float(config.client_dp.get("clip", 0.0)))
     return {name: dataclasses.replace(base, data=str(path) if path else "") for name, path in sites.items()}
 
 
@@ -114,7 +115,7 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     agg = FedimgAggregator(
         strategy=config.strategy.to_dict(), validation=config.validation.to_dict(),
         run_dir=str(Path(run_dir).resolve()) if run_dir else "", device=config.server_device,
-        key_metric=task.key_metric,
+        key_metric=task.key_metric, client_dp={**config.client_dp, "sites": len(sites)} if config.client_dp else {},
     )
     script = str(Path(__file__).with_name("client.py"))
     # The client configs live in a scratch folder until the recipe is exported or run (then dropped with it).

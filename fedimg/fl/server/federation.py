@@ -40,7 +40,11 @@ class FederationConfig:
     ``train``: the task's config dict (``config_from_dict``); its ``epochs`` is set to the
     federation's total epoch budget ``rounds * local_epochs`` so that learning-rate
     schedules span the whole run. ``min_sites`` / ``max_rel_norm`` / ``max_norm_ratio``:
-    the server's update checks (:attr:`validation`).
+    the server's update checks (:attr:`validation`). ``dp``: patient-level DP-SGD at every
+    site (a :class:`fedimg.privacy.DPConfig` dict; empty: off), its budget spanning the
+    whole run's local steps. ``client_dp``: client-level DP-FedAvg (``noise_multiplier``,
+    ``clip``, ``delta``, ``seed`` of :class:`fedimg.privacy.ClientDPConfig`; the job adds the
+    number of sites; empty: off).
     """
 
     task: str = "brats"
@@ -50,10 +54,14 @@ class FederationConfig:
     min_sites: int = 1
     max_rel_norm: float = 10.0
     max_norm_ratio: float = 20.0
+    max_samples: float = 1e7
+    max_samples_ratio: float = 10.0
     train: dict[str, Any] = field(default_factory=dict)
     server_device: str = "auto"
     send: str = "diff"
     threads_per_site: int = 0
+    dp: dict[str, Any] = field(default_factory=dict)
+    client_dp: dict[str, Any] = field(default_factory=dict)
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -65,6 +73,21 @@ class FederationConfig:
             raise ConfigError("send must be 'diff' or 'full'")
         if isinstance(self.strategy, dict):
             object.__setattr__(self, "strategy", StrategyConfig.from_dict(self.strategy))
+        if self.dp:
+            from fedimg.privacy import DPConfig
+
+            DPConfig.from_dict(self.dp)  # validated here, built at each site
+            if self.task not in ("brats", "tiles"):
+                raise ConfigError(f"DP-SGD (--dp-*) runs in the brats and tiles tasks' training loop, not {self.task!r}")
+            if self.strategy.prox_mu:
+                raise ConfigError("FedProx (--prox-mu) cannot be combined with DP-SGD: its term is not per-sample")
+        if self.client_dp:
+            from fedimg.privacy import ClientDPConfig
+
+            ClientDPConfig.from_dict({**self.client_dp, "sites": 1})
+            if self.send != "diff" or self.strategy.buffered:
+                raise ConfigError("--client-dp needs --send diff and a mean-based strategy (fedavg, fedprox, fedadam, "
+                                  "fedyogi)")
         if not self.name:
             object.__setattr__(self, "name", f"fedimg-{self.task}-{self.strategy.name.replace('_', '-')}")
 
@@ -76,7 +99,8 @@ class FederationConfig:
     def validation(self) -> ValidationConfig:
         """The server's update checks as one :class:`ValidationConfig`."""
         return ValidationConfig(max_rel_norm=self.max_rel_norm, max_norm_ratio=self.max_norm_ratio,
-                                min_sites=self.min_sites)
+                                min_sites=self.min_sites, max_samples=self.max_samples,
+                                max_samples_ratio=self.max_samples_ratio, task=self.task)
 
     def train_config(self) -> dict[str, Any]:
         return {**self.train, "epochs": self.total_epochs}

@@ -7,7 +7,19 @@ reason, when:
 * a tensor's shape or dtype differs from the global model's,
 * it holds NaN or Inf,
 * its L2 norm is an outlier: above ``max_rel_norm`` times the global model's norm, or
-  above ``max_norm_ratio`` times the median norm accepted in the previous round.
+  above ``max_norm_ratio`` times the median norm accepted in the previous round; in a
+  round with no previous median (the first, or the first after a server restart) the
+  server holds the round's updates and compares each to ``max_norm_ratio`` times the
+  median of the *other* sites' norms (:meth:`UpdateValidator.judge_round`) before any is
+  folded in (that round's updates are then kept in memory together),
+* its declared sample count (its aggregation weight) is not a whole number >= 1, exceeds
+  ``max_samples``, exceeds the count the site declared when it first took part (its
+  registration), or exceeds ``max_samples_ratio`` times the median of the other sites'
+  registered counts (:meth:`UpdateValidator.check_samples`),
+* its metadata or metrics hold anything unexpected (:meth:`UpdateValidator.audit`):
+  metadata keys other than the sample count and NVFlare's own bookkeeping, a metric name
+  that is not ``val_``/``train_`` + a name the task reports (:data:`TASK_METRICS`), or a
+  value that is not a finite number in its range.
 
 The round goes on with the accepted updates when at least ``min_sites`` remain.
 
@@ -48,22 +60,51 @@ import numpy as np
 from fedimg.errors import ConfigError
 from fedimg.fl.server.strategy_config import _json_object
 
-__all__ = ["ValidationConfig", "Verdict", "UpdateValidator"]
+__all__ = ["ValidationConfig", "Verdict", "UpdateValidator", "TASK_METRICS", "ALLOWED_META", "SAMPLES_KEY"]
 
 log = logging.getLogger(__name__)
+
+#: The metadata key of a site's sample count (NVFlare's name for the aggregation weight).
+SAMPLES_KEY = "NUM_STEPS_CURRENT_ROUND"
+#: Metadata a payload may carry: the sample count and NVFlare's own bookkeeping.
+ALLOWED_META = frozenset({SAMPLES_KEY, "client_name", "initial_metrics", "props", "current_round", "total_rounds"})
+_TRAIN = ("loss", "lr", "seconds", "epochs", "epoch", "steps", "seconds_train", "seconds_eval", "dp_epsilon",
+          "dp_delta", "dp_noise_multiplier", "dp_max_grad_norm", "dp_sample_rate", "dp_steps", "dp_budget_spent",
+          "client_clip", "client_update_norm")
+#: Metric names each task's sites send (``val_`` of the incoming global model, ``train_`` of local training).
+TASK_METRICS: dict[str, frozenset[str]] = {
+    task: frozenset([f"val_{v}" for v in val] + [f"train_{t}" for t in _TRAIN + train])
+    for task, val, train in (
+        ("brats", ("dice_tc", "dice_wt", "dice_et", "dice_mean", "num_cases"), ("voxels_per_s",)),
+        ("tiles", ("auc", "accuracy", "loss", "n"), ("tiles_per_s",)),
+        ("toy", ("accuracy", "loss"), ()),
+    )
+}
+_UNIT_RANGE = ("dice", "auc", "accuracy")
+#: ``props`` NVFlare echoes back from the server's previous result (its own bookkeeping).
+ALLOWED_PROPS = frozenset({"fedimg_round", "nr_aggregated", "current_round", "metrics_aggregation_info"})
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float, type(None))) and len(str(v)) <= 256
 
 
 @dataclass(frozen=True, kw_only=True)
 class ValidationConfig:
-    """Thresholds of :class:`UpdateValidator` (0 disables a norm rule)."""
+    """Thresholds of :class:`UpdateValidator` (0 disables a rule). ``task``: whose metric
+    names the audit expects (:data:`TASK_METRICS`; another task: names are checked by form only)."""
 
     max_rel_norm: float = 10.0
     max_norm_ratio: float = 20.0
     min_sites: int = 1
+    max_samples: float = 1e7
+    max_samples_ratio: float = 10.0
+    task: str = ""
 
     def __post_init__(self) -> None:
-        if self.max_rel_norm < 0 or self.max_norm_ratio < 0:
-            raise ConfigError("max_rel_norm and max_norm_ratio must be >= 0 (0 disables the rule)")
+        if min(self.max_rel_norm, self.max_norm_ratio, self.max_samples, self.max_samples_ratio) < 0:
+            raise ConfigError("max_rel_norm, max_norm_ratio, max_samples and max_samples_ratio must be >= 0 "
+                              "(0 disables the rule)")
         if self.min_sites < 1:
             raise ConfigError(f"min_sites must be >= 1, got {self.min_sites}")
 
@@ -117,6 +158,7 @@ class UpdateValidator:
         self.previous_median: float | None = None
         self._accepted: list[float] = []
         self.layout = None
+        self.registered: dict[str, int] = {}  # site -> the sample count it declared when it first took part
 
     def begin_round(self, global_params: Mapping[str, Any] | None) -> None:
         self._accepted = []
@@ -190,6 +232,87 @@ class UpdateValidator:
             )
         self._accepted.append(norm)
         return Verdict(site=site, ok=True, norm=norm)
+
+    @staticmethod
+    def norm_of(parts: list[np.ndarray]) -> float:
+        """L2 norm of an update given as its tensors (:meth:`screen`'s ``parts``)."""
+        return _norm(parts)
+
+    def judge_round(self, norms: Mapping[str, float]) -> dict[str, str]:
+        """Round-median screening of a held round: ``{site: reason}`` of the sites whose norm
+        exceeds ``max_norm_ratio`` times the median of the other sites' norms (logged)."""
+        ratio, out = self.config.max_norm_ratio, {}
+        for site, norm in norms.items():
+            others = [n for s, n in norms.items() if s != site and np.isfinite(n)]
+            if ratio and others and norm > ratio * float(np.median(others)):
+                out[site] = (f"norm outlier: update norm {norm:.4g} > {ratio:g} x the median of the other sites' "
+                             f"norms this round {float(np.median(others)):.4g}")
+                log.warning("rejected update from %s: %s", site, out[site])
+        return out
+
+    def check_samples(self, site: str, value: Any, *, others: list[float] | None = None) -> tuple[Verdict, int]:
+        """The declared sample count (aggregation weight): ``(verdict, count)``.
+
+        ``others``: the other sites' counts to compare with (default: their registered counts).
+        An accepted count is registered on first sight; :meth:`register` can do it later.
+        """
+        cfg = self.config
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            return self._reject(site, f"sample count {value!r} is not a number"), 0
+        if not (np.isfinite(value) and value >= 1 and float(value).is_integer()):
+            return self._reject(site, f"sample count {value!r} is not a whole number >= 1"), 0
+        n = int(value)
+        if cfg.max_samples and n > cfg.max_samples:
+            return self._reject(site, f"sample count {n} exceeds the cap max_samples={cfg.max_samples:g}"), n
+        if site in self.registered and n > self.registered[site]:
+            return self._reject(site, f"sample count {n} exceeds the {self.registered[site]} it registered "
+                                      "when it first took part"), n
+        others = [c for s, c in self.registered.items() if s != site] if others is None else others
+        if cfg.max_samples_ratio and others and n > cfg.max_samples_ratio * float(np.median(others)):
+            return self._reject(site, f"sample count {n} exceeds {cfg.max_samples_ratio:g} x the median of the other "
+                                      f"sites' counts {float(np.median(others)):g}"), n
+        return Verdict(site=site, ok=True), n
+
+    def register(self, site: str, n: int) -> None:
+        """Remember ``n`` as ``site``'s registered count (first time only)."""
+        self.registered.setdefault(site, int(n))
+
+    def audit(self, site: str, meta: Mapping[str, Any], metrics: Mapping[str, Any]) -> Verdict:
+        """Every metadata key and metric name and value (see the module docstring)."""
+        extra = sorted(str(k) for k in meta if k not in ALLOWED_META)
+        if extra:
+            return self._reject(site, f"unexpected metadata field(s) {_short(extra)}")
+        name = meta.get("client_name")
+        if name is not None and not (isinstance(name, str) and len(name) <= 128):
+            return self._reject(site, "metadata client_name is not a short string")
+        props = meta.get("props")
+        if props is not None and not (isinstance(props, dict) and set(props) <= ALLOWED_PROPS and all(
+                _scalar(v) or (isinstance(v, dict) and all(map(_scalar, v.values()))) for v in props.values())):
+            return self._reject(site, f"metadata props holds something other than NVFlare's bookkeeping "
+                                      f"({_short(sorted(str(k) for k in props))})" if isinstance(props, dict) else
+                                "metadata props is not a dict")
+        for label, values in (("metrics", metrics), ("initial_metrics", meta.get("initial_metrics") or {})):
+            if not isinstance(values, Mapping):
+                return self._reject(site, f"{label} is not a dict")
+            for k, v in values.items():
+                problem = self._metric_problem(str(k), v)
+                if problem:
+                    return self._reject(site, f"{label} {str(k)[:60]!r}: {problem}")
+        return Verdict(site=site, ok=True)
+
+    def _metric_problem(self, name: str, v: Any) -> str | None:
+        known = TASK_METRICS.get(self.config.task)
+        if known is not None and name not in known:
+            return f"not a metric the {self.config.task} task reports"
+        if not (name.startswith(("val_", "train_")) and len(name) <= 48 and name.replace("_", "").isalnum()):
+            return "metric names are val_/train_ + letters, digits and underscores"
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return f"value of type {type(v).__name__} is not a number"
+        if not (np.isfinite(v) and abs(v) <= 1e12):
+            return f"value {v!r} is not finite or out of range"
+        if name.startswith("val_") and any(u in name for u in _UNIT_RANGE) and not 0 <= v <= 1:
+            return f"value {v!r} is outside [0, 1]"
+        return None
 
     def enough(self, n_accepted: int) -> bool:
         """Whether ``n_accepted`` updates meet ``min_sites``."""

@@ -100,7 +100,8 @@ def test_export_job_is_portable(tmp_path):
     assert '"num_rounds": 3' in text
     agg_args = _component_args(server, "FedimgAggregator")
     assert StrategyConfig.from_dict(agg_args["strategy"]) == cfg.strategy  # one JSON object, not loose flags
-    assert agg_args["validation"] == {"max_rel_norm": 10.0, "max_norm_ratio": 20.0, "min_sites": 1}
+    assert agg_args["validation"] == {"max_rel_norm": 10.0, "max_norm_ratio": 20.0, "min_sites": 1,
+                                      "max_samples": 1e7, "max_samples_ratio": 10.0, "task": "toy"}
     client = json.loads((out / "app_site-a" / "config" / "config_fed_client.json").read_text())
     args = client["executors"][0]["executor"]["args"]
     assert args["task_script_path"] == "client.py"
