@@ -6,6 +6,8 @@
 Sites read their data folder from ``--site-data NAME=PATH`` or, at run time, from the
 site's ``FEDIMG_SITE_DATA`` environment variable. Every participant needs fedimg
 installed and ``fedimg.fl.`` in its ``class_allow_list`` (``fedimg provision`` does that).
+After training the job runs cross-site validation (``--crossval``); the table and heatmap land
+in the server's job workspace, ``<job run folder>/fedimg/crossval/``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", nargs="+", default=["site-1", "site-2", "site-3"], help="site names (as provisioned)")
     p.add_argument("--site-data", nargs="*", default=[], metavar="NAME=PATH",
                    help="data folder on each site's machine (default: the site's $FEDIMG_SITE_DATA)")
+    p.add_argument("--crossval", choices=["all", "global", "off"], default=None,
+                   help="cross-site validation after training, written to the server's run folder crossval/: "
+                        "every site evaluates the global model and every site's local model (all; the default), "
+                        "the global model only (global; the default with client-level DP) or nothing (off)")
     from fedimg.cli._federation import add_federation_arguments
 
     add_federation_arguments(p)
@@ -48,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--site-data {item!r}: expected NAME=PATH with NAME one of {', '.join(args.sites)}")
         paths[name] = Path(path)
     check_before_start(paths, config)  # site data on this machine are checked now, others at the site
-    recipe = build_recipe(config, paths, run_dir=None)
+    cross = args.crossval or ("global" if config.client_dp else "all")
+    recipe = build_recipe(config, paths, run_dir=None, cross_site="" if cross == "off" else cross)
     out = export_job(recipe, args.out)
-    log.info("job written to %s (%d sites, %d rounds, %s); submit it with `nvflare job submit -j %s`",
-             out, len(paths), config.rounds, config.strategy.name, out)
+    log.info("job written to %s (%d sites, %d rounds, %s, cross-site validation: %s); "
+             "submit it with `nvflare job submit -j %s`",
+             out, len(paths), config.rounds, config.strategy.name, cross, out)
     return 0

@@ -4,7 +4,8 @@ After a run, each site evaluates the final global model and every site's last lo
 model (``RUN/local_models/<site>.safetensors``) on its own validation cases. In
 ``fedimg simulate`` all sites live on this machine, so the evaluations run here, one site
 at a time; the table holds only metrics. Writes ``RUN/crossval/crossval.json``,
-``crossval.csv`` and ``heatmap.png`` (models x sites, the task's key metric).
+``crossval.csv`` and ``heatmap.png`` (models x sites, the task's key metric;
+:func:`fedimg.fl.server.crossval_table.write_crossval`, shared with exported jobs).
 
 Usage (``fedimg simulate`` calls it after a run)::
 
@@ -13,15 +14,13 @@ Usage (``fedimg simulate`` calls it after a run)::
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedimg.io import atomic_path, write_bytes, write_json
+from fedimg.fl.server.crossval_table import heatmap, write_crossval
 
 __all__ = ["cross_validate", "evaluate_models", "heatmap"]
 
@@ -64,39 +63,4 @@ def cross_validate(run_dir: str | Path, sites: dict[str, Path], config: Any) -> 
             models[f"local {site}"] = load_params(local)[0]
     key = get_task(config.task).key_metric
     results = evaluate_models(models, sites, config.task, config.train_config())
-    out = run_dir / "crossval"
-    rows = [[m, *[results[m][s].get(key) for s in sites], float(np.mean([results[m][s].get(key, np.nan) for s in sites]))]
-            for m in models]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["model", *sites, "mean"])
-    for r in rows:
-        w.writerow([r[0], *[f"{x:.4f}" for x in r[1:]]])
-    write_bytes(out / "crossval.csv", buf.getvalue().encode())
-    write_json(out / "crossval.json", {"key_metric": key, "sites": list(sites), "results": results})
-    heatmap(np.array([r[1:-1] for r in rows], float), list(models), list(sites), key, out / "heatmap.png")
-    return {"csv": str(out / "crossval.csv"), "results": results, "key_metric": key}
-
-
-def heatmap(values: np.ndarray, rows: list[str], cols: list[str], label: str, path: str | Path) -> Path:
-    """A models x sites heatmap PNG with the values written in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 1.2 + 0.5 * len(rows)))
-    im = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=max(1.0, float(np.nanmax(values)) if values.size else 1.0))
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_xlabel("evaluated on site")
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", color="w" if values[i, j] < 0.6 else "k")
-    fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(f"cross-site validation ({label})")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return write_crossval(run_dir / "crossval", results, list(sites), key)

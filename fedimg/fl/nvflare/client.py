@@ -157,7 +157,11 @@ def make_payload(global_params: dict[str, Any], local_params: dict[str, Any], *,
 
 
 def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
-    """Client loop. ``update_hook`` transforms the outgoing params (tests use it to play a bad site)."""
+    """Client loop. ``update_hook`` transforms the outgoing params (tests use it to play a bad site).
+
+    Long because it is the whole site loop in one place: receive, answer cross-site evaluation's
+    ``submit_model`` / ``validate`` tasks, evaluate, train, send.
+    """
     import numpy as np
     import torch
 
@@ -186,11 +190,15 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
     log.info("%s: site data ready in %.1fs", site, time.perf_counter() - t0)
     model = task.build_model(config)
     writer = _writer()
+    local_sd: dict[str, Any] | None = None
 
     while flare.is_running():
         incoming = flare.receive()
         if incoming is None:
             break
+        if flare.is_submit_model():  # cross-site evaluation: this site's last local model, weights only
+            flare.send(_local_model(cc, site, local_sd))
+            continue
         rnd = int(incoming.current_round or 0)
         if cc.dp and "privacy" not in data.state:
             data.state["privacy"] = site_privacy(cc, site, config, done_rounds=rnd)
@@ -200,6 +208,10 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
         model.to(device)
         t_eval = time.perf_counter()
         val = task.evaluate(model, data, config)
+        if flare.is_evaluate():  # cross-site evaluation of another model: metrics only, no training
+            floats = make_payload({}, {}, num_samples=0, val=val, train={})[1]  # finite floats, "val_" prefixed
+            flare.send(FLModel(metrics={k.removeprefix("val_"): v for k, v in floats.items()}))
+            continue
         t_train = time.perf_counter()
         train, n = task.train_one_round(model, data, config, epochs=cc.local_epochs,
                                         global_params=global_sd, prox_mu=cc.prox_mu)
@@ -217,6 +229,18 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
         flare.send(FLModel(params=params, params_type=ParamsType.DIFF if cc.send == "diff" else ParamsType.FULL,
                            metrics=metrics, meta=meta))
     return 0
+
+
+def _local_model(cc: ClientConfig, site: str, local_sd: dict[str, Any] | None) -> Any:
+    """This site's last local model for cross-site evaluation (never under client-level DP: un-noised)."""
+    from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+
+    if cc.client_clip > 0:
+        raise ConfigError(f"{site}: asked for its local model under client-level DP; "
+                          "export the job with --crossval global")
+    if local_sd is None:
+        raise ConfigError(f"{site}: asked for its local model before it trained a round in this job")
+    return FLModel(params=local_sd, params_type=ParamsType.FULL)
 
 
 def _private_payload(cc: ClientConfig, global_sd: dict, local_sd: dict, n: int, val: dict, train: dict):

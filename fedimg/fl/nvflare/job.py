@@ -92,16 +92,19 @@ def client_configs(config: FederationConfig, sites: dict[str, Path | None], task
 def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run_dir: str | Path | None,
                  start_round: int = 0, checkpoint: str | Path | None = None,
                  local_model_dir: str | Path | None = None, site_scripts: dict[str, str] | None = None,
-                 tracking: bool = True) -> Any:
+                 tracking: bool = True, cross_site: str = "") -> Any:
     """An NVFlare FedAvg recipe for ``sites`` (name -> data folder, or None to use $FEDIMG_SITE_DATA).
 
     ``start_round`` (0-based) and ``checkpoint`` (a fedimg safetensors file) resume a run; ``run_dir`` is where the
     server writes checkpoints and metrics (None: inside the server's job workspace).
     ``site_scripts`` replaces the client script for some sites (tests play bad sites).
+    ``cross_site``: after training, ``"all"`` evaluates the global model and every site's local model on every
+    site, ``"global"`` the global model only, ``""`` nothing (:mod:`fedimg.fl.nvflare.crossval`).
     """
     from nvflare.client.config import ExchangeFormat, TransferType
 
     from fedimg.fl.nvflare.aggregator import FedimgAggregator
+    from fedimg.fl.nvflare.crossval import add_cross_site_evaluation, check_cross_site
     from fedimg.fl.nvflare.persistor import FedimgPersistor
     from fedimg.tasks import get_task
 
@@ -110,6 +113,7 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     persistor = FedimgPersistor(task=config.task, config=tcfg.to_dict(),
                                 checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "")
     remaining = config.rounds - start_round
+    check_cross_site(cross_site, client_dp=bool(config.client_dp))
     if remaining < 1:
         raise ConfigError(f"nothing to do: {start_round} of {config.rounds} rounds are already complete")
     agg = FedimgAggregator(
@@ -147,6 +151,9 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
         from nvflare.recipe.utils import add_experiment_tracking
 
         add_experiment_tracking(recipe, "tensorboard", client_side=True, server_side=True)
+    if cross_site:
+        add_cross_site_evaluation(recipe, key_metric=task.key_metric, run_dir=agg.run_dir,
+                                  local_models=cross_site == "all")
     return recipe
 
 
