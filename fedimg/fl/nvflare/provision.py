@@ -90,7 +90,9 @@ def provision(project: str | Path, out: str | Path, *, force: bool = False) -> d
         "On every site and the server: install fedimg (`pip install fedimg`), then `./startup/start.sh`.\n"
         "Sites: set FEDIMG_SITE_DATA to the defaced data folder, or export the job with "
         "`fedimg export-job --site-data site-1=/path ...`.\n"
-        "Admin: `nvflare job submit -j <job folder>` with the admin kit.\n\n"
+        "Admin: `nvflare job submit -j <job folder>` with the admin kit. A job from `fedimg export-job` ends with "
+        "cross-site validation: the table and heatmap are in the server's kit folder, "
+        "<job id>/fedimg/crossval/ (crossval.csv, heatmap.png).\n\n"
         "Participants: " + ", ".join(kits) + "\n"
     )
     write_bytes(prod / "README-fedimg.md", readme.encode())
