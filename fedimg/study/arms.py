@@ -15,6 +15,12 @@ over sites), optimizer steps and seconds. Usage (``fedimg study`` does this)::
 
     arm = train_local_arm(task, cfg, pool_sites(datas), ProtocolConfig(), seed=0)
     arm["curve"][-1]["epochs_per_case"], arm["best_check"]
+
+>>> from types import SimpleNamespace
+>>> steps_per_epoch(5, SimpleNamespace(batch_size=2, samples_per_case=1))
+3
+>>> case_score({"dice_tc": 0.5, "dice_wt": 0.7, "dice_et": float("nan")})  # a case without enhancing tumour
+0.6
 """
 
 from __future__ import annotations
