@@ -96,6 +96,8 @@ def train_local_arm(task: Any, config: Any, data: Any, proto: ProtocolConfig, *,
         curve.append({"epochs_per_case": epochs, "val": score, "seconds": seconds,
                       "samples": epochs * data.num_train * spc, "steps": epochs * steps_per_epoch(data.num_train, config)})
         done = stop.update(score)
+        log.info("%d epochs per case: validation %s %.3f (best %.3f at %d)", epochs, task.key_metric, score,
+                 stop.best, (stop.best_index + 1) * proto.check_every)
         if stop.best_index == check:
             best = _state(model)
         if done:
