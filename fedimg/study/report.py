@@ -62,7 +62,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     lines += ["", "## Headline", "", *_headline(s)]
     lines += ["", "## Compute (mean over seeds)", "",
               "| model | kept model at epochs/case | stopped at epochs/case | optimizer steps | training samples "
-              "(summed over sites) | samples to 95 % of own final | train seconds |",
+              "(summed over sites) | samples to 95 % of own final | seconds (federated: simulator wall-clock) |",
               "|---|---|---|---|---|---|---|"]
     for a in arms:
         c = s["arms"][a]["compute"]
