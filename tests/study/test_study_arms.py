@@ -80,7 +80,7 @@ def test_cli_strategy_choice():
     sub = argparse.ArgumentParser().add_subparsers()
     register(sub)
     args = sub.choices["study"].parse_args(["--data", "d", "--out", "o", "--strategy", "fedprox",
-                                            "--compare", "fedavg,fedprox,fed-yogi,fedadam", "--seeds", "3"])
+                                            "--compare", "fedavg,fedprox,fedyogi,trimmed-mean,fedadam", "--seeds", "3"])
     comp = _compare(args.compare, "fedprox")
-    assert [c.name for c in comp] == ["fedavg", "fedyogi", "fedadam"]  # the headline strategy is not repeated
-    assert [c.server_lr for c in comp] == [1.0, 0.01, 0.01] and args.seeds == 3
+    assert [c.name for c in comp] == ["fedavg", "fedyogi", "trimmed_mean", "fedadam"]  # the headline is not repeated
+    assert [c.server_lr for c in comp] == [1.0, 0.01, 1.0, 0.01] and args.seeds == 3
