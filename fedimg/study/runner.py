@@ -108,6 +108,8 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, prot
     if fed.task != "brats":
         raise ConfigError(f"fedimg study runs the brats task (per-case Dice on test cases), not {fed.task!r}")
     out = Path(out)
+    if any(out.glob("seed-*")):
+        raise InputError(out, "already holds a study; choose a new --out (or delete it to run again)")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     seeds = []

@@ -25,3 +25,12 @@ def test_bad_protocol_options(tmp_path, capsys):
     assert "seeds" in capsys.readouterr().err
     assert main(["study", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--task", "toy"]) != 0
     assert "brats" in capsys.readouterr().err
+
+
+def test_refuses_to_overwrite_a_study(tmp_path, capsys):
+    from fedimg.tasks.toy import make_sites
+
+    make_sites(tmp_path / "d", n_sites=2, n=16)
+    (tmp_path / "o" / "seed-0").mkdir(parents=True)
+    assert main(["study", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) != 0
+    assert "already holds a study" in capsys.readouterr().err
