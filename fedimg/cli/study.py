@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.data:
         raise ConfigError("fedimg study needs --data (the folder of site-*/ folders) or --merge")
+    if args.seed is not None:
+        raise ConfigError("fedimg study seeds each repetition itself (split and initial weights): use --base-seed, not --seed")
     threads = args.threads or env_threads()
     configure_threads(threads)
     config = federation_config_from_args(args, threads=threads)

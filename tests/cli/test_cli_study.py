@@ -25,6 +25,8 @@ def test_bad_protocol_options(tmp_path, capsys):
     assert "seeds" in capsys.readouterr().err
     assert main(["study", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--task", "toy"]) != 0
     assert "brats" in capsys.readouterr().err
+    assert main(["study", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--seed", "3"]) != 0
+    assert "--base-seed" in capsys.readouterr().err
 
 
 def test_refuses_to_overwrite_a_study(tmp_path, capsys):
