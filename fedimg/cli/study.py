@@ -75,11 +75,6 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or env_threads()
     configure_threads(threads)
     config = federation_config_from_args(args, threads=threads)
-    # pre-flight: every site's data checked on the host before any arm trains
-    from fedimg.fl.nvflare.simulate import check_before_start
-    from fedimg.fl.server.federation import discover_sites
-
-    check_before_start(discover_sites(args.data), config)
     proto = ProtocolConfig(test_fraction=args.test_fraction, max_epochs=args.rounds * args.local_epochs,
                            check_every=args.local_epochs, patience=args.patience, seeds=args.seeds,
                            base_seed=args.base_seed, n_boot=args.bootstrap)

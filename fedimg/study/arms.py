@@ -139,7 +139,7 @@ def federated_arm(view: Path, out: Path, fed: Any, proto: ProtocolConfig, task: 
     from fedimg.fl.server.state import load_params, read_metrics, round_path
 
     t0 = time.perf_counter()
-    run_simulation(view, out, fed, progress=progress, sites=discover_sites(view))
+    run_simulation(view, out, fed, progress=progress, sites=discover_sites(view), preflight=False)  # run_study checked
     wall = time.perf_counter() - t0
     config = task.config_from_dict(fed.train_config())
     final, _ = load_params(out / "global_model.safetensors")

@@ -110,6 +110,9 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, prot
     out = Path(out)
     if any(out.glob("seed-*")):
         raise InputError(out, "already holds a study; choose a new --out (or delete it to run again)")
+    from fedimg.fl.nvflare.simulate import check_before_start
+
+    check_before_start(discover_sites(data_dir), fed)  # every site's data checked before any arm trains
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     seeds = []
