@@ -65,6 +65,11 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     """
     from nvflare.recipe import SimEnv
 
+    if config.he:
+        from fedimg.errors import ConfigError
+        from fedimg.fl.nvflare.he import HE_SIM_ERROR
+
+        raise ConfigError(HE_SIM_ERROR)
     out = Path(out)
     sites = sites if sites is not None else discover_sites(data_dir)
     for path in sites.values():
