@@ -43,8 +43,9 @@ SERVER_CHECKS_OFF_UNDER_HE = (
 )
 #: What the server still checks under HE (it sees names, ciphertext counts and the plain sample count).
 SERVER_CHECKS_ON_UNDER_HE = (
-    "every tensor is a CKKS ciphertext (a plain update is refused)",
+    "every tensor is a CKKS ciphertext under the federation's public key (plain or foreign-key updates refused)",
     "tensor names are the global model's",
+    "declared sample count within max_samples (counts travel in the clear)",
 )
 
 

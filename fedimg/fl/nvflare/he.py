@@ -30,7 +30,7 @@ import numpy as np
 from fedimg.errors import ConfigError
 from fedimg.privacy.selfcheck import SERVER_CHECKS_OFF_UNDER_HE, SERVER_CHECKS_ON_UNDER_HE
 
-__all__ = ["screen_ciphertext", "build_he_recipe", "FedimgHEAggregator", "he_report", "HE_SIM_ERROR"]
+__all__ = ["screen_ciphertext", "public_key_id", "build_he_recipe", "FedimgHEAggregator", "he_report", "HE_SIM_ERROR"]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,20 @@ HE_SIM_ERROR = ("--he needs provisioned keys and separate processes; NVFlare's H
                 "run `fedimg poc --he` (or a provisioned system) instead of `fedimg simulate`")
 
 
-def screen_ciphertext(data: dict[str, Any], algorithm: Any, expected: set[str] | None) -> str | None:
+def public_key_id(context: Any) -> str:
+    """SHA-256 of a TenSEAL context's public key (what the server compares, never the secret key)."""
+    import hashlib
+
+    return hashlib.sha256(context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
+                                            save_relin_keys=False)).hexdigest()
+
+
+def screen_ciphertext(data: dict[str, Any], algorithm: Any, expected: set[str] | None,
+                      public_key: str | None = None) -> str | None:
     """Why the server refuses an HE contribution (``None``: accepted): every value must be a CKKS
-    vector (``algorithm`` the DXO's processed algorithm), names those of the global model."""
+    vector (``algorithm`` the DXO's processed algorithm) encrypted under the federation's public
+    key (``public_key``: :func:`public_key_id` of the server's provisioned context; None: not
+    compared), names those of the global model."""
     if algorithm != "CKKS":
         return f"update not encrypted with CKKS (processed algorithm {algorithm!r}): a plain update under --he is refused"
     import tenseal as ts
@@ -48,6 +59,9 @@ def screen_ciphertext(data: dict[str, Any], algorithm: Any, expected: set[str] |
     for k, v in data.items():
         if not isinstance(v, ts.CKKSVector):
             return f"tensor {k} is not a CKKS ciphertext ({type(v).__name__}): a plain update under --he is refused"
+        if public_key is not None and public_key_id(v.context()) != public_key:
+            return (f"tensor {k} is encrypted under another key than the federation's: the site lacks the "
+                    "provisioned HE context (client_context.tenseal); refused")
     if expected is not None and set(data) != set(expected):
         return f"tensor names differ from the global model's ({sorted(set(data) ^ set(expected))[:5]})"
     return None
@@ -75,15 +89,30 @@ def _aggregator_class():
     class FedimgHEAggregator(HEInTimeAccumulateWeightedAggregator):
         """Adds ciphertexts (NVFlare), refuses plain ones, audits what it received, writes metrics.json."""
 
-        def __init__(self, run_dir: str = "", expected_data_kind: str = "WEIGHT_DIFF") -> None:
+        def __init__(self, run_dir: str = "", max_samples: float = 0.0, expected_data_kind: str = "WEIGHT_DIFF",
+                     tenseal_context_file: str = "server_context.tenseal") -> None:
             super().__init__(expected_data_kind=expected_data_kind, weigh_by_local_iter=False)
             self.run_dir = run_dir
+            self.max_samples = float(max_samples)
+            self.tenseal_context_file = tenseal_context_file
+            self._public_key: str | None = None
             self._path: Path | None = None
             self._reset()
 
+        def handle_event(self, event_type: str, fl_ctx: Any) -> None:
+            from nvflare.apis.event_type import EventType
+            from nvflare.app_opt.he.homomorphic_encrypt import load_tenseal_context_from_workspace
+
+            if event_type == EventType.START_RUN:  # the server's provisioned context: public key only
+                ctx = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
+                if ctx.has_secret_key():
+                    self.system_panic(f"{self.tenseal_context_file} holds a secret key: the server must not", fl_ctx)
+                self._public_key = public_key_id(ctx)
+            super().handle_event(event_type, fl_ctx)
+
         def _reset(self) -> None:
             self._sites: dict[str, dict[str, Any]] = {}
-            self._rejected: dict[str, str] = {}
+            self._rejected: list[dict[str, Any]] = []
             self._started = None
 
         def _run_path(self, fl_ctx: Any) -> Path:
@@ -104,7 +133,10 @@ def _aggregator_class():
             glob = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
             expected = set(glob["weights"]) if glob and "weights" in glob else None
             data = dxo.data or {}
-            reason = screen_ciphertext(data, dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM), expected)
+            samples = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) or 0
+            reason = screen_ciphertext(data, dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM), expected, self._public_key)
+            if not reason and self.max_samples and not 0 < samples <= self.max_samples:
+                reason = f"declared sample count {samples} is not in 1..{self.max_samples:g}"
             if reason:
                 return self._refuse(fl_ctx, rnd, site, reason)
             types = sorted({type(v).__name__ for v in data.values()})
@@ -112,18 +144,18 @@ def _aggregator_class():
             wire = len(fobs.dumps(dxo.to_shareable()))
             ok = super().accept(shareable, fl_ctx)
             metrics = dxo.get_meta_prop(MetaKey.INITIAL_METRICS) or {}
-            samples = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) or 0
             self._sites[site] = {"samples": samples, "metrics": {k: v for k, v in metrics.items()
                                                                 if isinstance(v, (int, float))}}
             self._audit({"round": rnd, "site": site, "accepted": bool(ok), "data_kind": str(dxo.data_kind),
                          "algorithm": "CKKS", "value_types": types, "tensors": len(data),
-                         "context_has_secret_key": secret, "bytes": wire}, fl_ctx)
+                         "context_has_secret_key": secret, "bytes": wire,
+                         "public_key_checked": self._public_key is not None}, fl_ctx)
             self.log_info(fl_ctx, f"round {rnd}: {site}'s update is {len(data)} CKKS ciphertext(s), {wire} bytes; "
                                   f"secret key on the server: {secret}")
             return ok
 
         def _refuse(self, fl_ctx: Any, rnd: int, site: str, reason: str) -> bool:
-            self._rejected[site] = reason
+            self._rejected.append({"site": site, "reason": reason})
             self.log_warning(fl_ctx, f"round {rnd}: refused {site}'s update: {reason}")
             self._audit({"round": rnd, "site": site, "accepted": False, "reason": reason}, fl_ctx)
             return False
@@ -202,7 +234,8 @@ def build_he_recipe(config: Any, sites: dict[str, Path | None], *, run_dir: str 
     job = BaseFedJob(name=config.name + "-he", min_clients=min(config.min_sites, len(sites)))
     persistor_id = job.to_server(FedimgPersistor(task=config.task, config=tcfg.to_dict()), id="persistor")
     gen_id = job.to_server(HEModelShareableGenerator(), id="shareable_generator")
-    agg_id = job.to_server(_aggregator_class()(run_dir=str(Path(run_dir).resolve())), id="aggregator")
+    agg_id = job.to_server(_aggregator_class()(run_dir=str(Path(run_dir).resolve()), max_samples=config.max_samples),
+                           id="aggregator")
     job.to_server(ScatterAndGather(min_clients=len(sites), num_rounds=config.rounds, wait_time_after_min_received=0,
                                    aggregator_id=agg_id, persistor_id=persistor_id, shareable_generator_id=gen_id))
     staging = Path(tempfile.mkdtemp(prefix="fedimg-he-job-"))
