@@ -43,7 +43,7 @@ SERVER_CHECKS_OFF_UNDER_HE = (
 )
 #: What the server still checks under HE (it sees names, ciphertext counts and the plain sample count).
 SERVER_CHECKS_ON_UNDER_HE = (
-    "every tensor is a CKKS ciphertext under the federation's public key (plain or foreign-key updates refused)",
+    "every tensor is a CKKS ciphertext made with the federation's HE context parameters (plain updates refused)",
     "tensor names are the global model's",
     "declared sample count within max_samples (counts travel in the clear)",
 )

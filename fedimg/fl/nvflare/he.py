@@ -30,7 +30,7 @@ import numpy as np
 from fedimg.errors import ConfigError
 from fedimg.privacy.selfcheck import SERVER_CHECKS_OFF_UNDER_HE, SERVER_CHECKS_ON_UNDER_HE
 
-__all__ = ["screen_ciphertext", "public_key_id", "build_he_recipe", "FedimgHEAggregator", "he_report", "HE_SIM_ERROR"]
+__all__ = ["screen_ciphertext", "context_id", "build_he_recipe", "FedimgHEAggregator", "he_report", "HE_SIM_ERROR"]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,11 @@ HE_SIM_ERROR = ("--he needs provisioned keys and separate processes; NVFlare's H
                 "run `fedimg poc --he` (or a provisioned system) instead of `fedimg simulate`")
 
 
-def public_key_id(context: Any) -> str:
-    """SHA-256 of a TenSEAL context's public key (what the server compares, never the secret key)."""
+def context_id(context: Any) -> str:
+    """SHA-256 of the public part of a TenSEAL context: its CKKS parameters, and its public key
+    where it has one. NVFlare's ``HEBuilder`` makes *symmetric* contexts, which have no public
+    key: then this identifies the parameters only, and a ciphertext made with the same parameters
+    under another secret key cannot be told apart by the server (nobody but the sites can)."""
     import hashlib
 
     return hashlib.sha256(context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
@@ -47,11 +50,11 @@ def public_key_id(context: Any) -> str:
 
 
 def screen_ciphertext(data: dict[str, Any], algorithm: Any, expected: set[str] | None,
-                      public_key: str | None = None) -> str | None:
+                      context: str | None = None) -> str | None:
     """Why the server refuses an HE contribution (``None``: accepted): every value must be a CKKS
-    vector (``algorithm`` the DXO's processed algorithm) encrypted under the federation's public
-    key (``public_key``: :func:`public_key_id` of the server's provisioned context; None: not
-    compared), names those of the global model."""
+    vector (``algorithm`` the DXO's processed algorithm) whose context matches the federation's
+    (``context``: :func:`context_id` of the server's provisioned context; None: not compared),
+    names those of the global model."""
     if algorithm != "CKKS":
         return f"update not encrypted with CKKS (processed algorithm {algorithm!r}): a plain update under --he is refused"
     import tenseal as ts
@@ -59,9 +62,9 @@ def screen_ciphertext(data: dict[str, Any], algorithm: Any, expected: set[str] |
     for k, v in data.items():
         if not isinstance(v, ts.CKKSVector):
             return f"tensor {k} is not a CKKS ciphertext ({type(v).__name__}): a plain update under --he is refused"
-        if public_key is not None and public_key_id(v.context()) != public_key:
-            return (f"tensor {k} is encrypted under another key than the federation's: the site lacks the "
-                    "provisioned HE context (client_context.tenseal); refused")
+        if context is not None and context_id(v.context()) != context:
+            return (f"tensor {k} is encrypted with another HE context than the federation's: the site lacks the "
+                    "provisioned client_context.tenseal; refused")
     if expected is not None and set(data) != set(expected):
         return f"tensor names differ from the global model's ({sorted(set(data) ^ set(expected))[:5]})"
     return None
@@ -95,7 +98,7 @@ def _aggregator_class():
             self.run_dir = run_dir
             self.max_samples = float(max_samples)
             self.tenseal_context_file = tenseal_context_file
-            self._public_key: str | None = None
+            self._context: str | None = None
             self._path: Path | None = None
             self._reset()
 
@@ -103,11 +106,11 @@ def _aggregator_class():
             from nvflare.apis.event_type import EventType
             from nvflare.app_opt.he.homomorphic_encrypt import load_tenseal_context_from_workspace
 
-            if event_type == EventType.START_RUN:  # the server's provisioned context: public key only
+            if event_type == EventType.START_RUN:  # the server's provisioned context: no secret key
                 ctx = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
                 if ctx.has_secret_key():
                     self.system_panic(f"{self.tenseal_context_file} holds a secret key: the server must not", fl_ctx)
-                self._public_key = public_key_id(ctx)
+                self._context_id = context_id(ctx)
             super().handle_event(event_type, fl_ctx)
 
         def _reset(self) -> None:
@@ -134,7 +137,7 @@ def _aggregator_class():
             expected = set(glob["weights"]) if glob and "weights" in glob else None
             data = dxo.data or {}
             samples = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) or 0
-            reason = screen_ciphertext(data, dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM), expected, self._public_key)
+            reason = screen_ciphertext(data, dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM), expected, self._context_id)
             if not reason and self.max_samples and not 0 < samples <= self.max_samples:
                 reason = f"declared sample count {samples} is not in 1..{self.max_samples:g}"
             if reason:
@@ -149,7 +152,7 @@ def _aggregator_class():
             self._audit({"round": rnd, "site": site, "accepted": bool(ok), "data_kind": str(dxo.data_kind),
                          "algorithm": "CKKS", "value_types": types, "tensors": len(data),
                          "context_has_secret_key": secret, "bytes": wire,
-                         "public_key_checked": self._public_key is not None}, fl_ctx)
+                         "context_checked": self._context_id is not None}, fl_ctx)
             self.log_info(fl_ctx, f"round {rnd}: {site}'s update is {len(data)} CKKS ciphertext(s), {wire} bytes; "
                                   f"secret key on the server: {secret}")
             return ok
