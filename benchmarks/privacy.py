@@ -117,12 +117,14 @@ def _he_offline(task: str, config: dict) -> dict:
     import numpy as np
     import tenseal as ts
     from nvflare.apis.dxo import DXO, DataKind
+    from nvflare.app_common.decomposers import common_decomposers
     from nvflare.app_opt.he import decomposers
     from nvflare.fuel.utils import fobs
 
     from fedimg.fl.nvflare.persistor import initial_weights
 
     decomposers.register()
+    common_decomposers.register()
     w = initial_weights(task, config)
     rng = np.random.default_rng(0)
     upd = {k: (1e-3 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in w.items()}
