@@ -14,7 +14,7 @@ plain updates. (1) Offline, per model (toy, BraTS SegResNet): bytes of one updat
 FOBS serialises it (plain float32 vs CKKS with HEBuilder's parameters: poly 8192, [60, 40, 40],
 2^40, symmetric), and the seconds to encrypt it, to add two encrypted updates, to decrypt.
 (2) Real POC runs of the toy task, plain then HE (``--poc-repeats`` pairs): seconds per round
-from the server log's round start times, and the bytes per update the HE aggregator recorded.
+(median gap between a site's consecutive sends, from the site logs), and the bytes per update the HE aggregator recorded.
 Not part of the wheel.
 """
 
@@ -146,18 +146,19 @@ def _he_offline(task: str, config: dict) -> dict:
 
 
 def _round_seconds(run_dir: Path) -> float:
-    """Median seconds between the server's consecutive "Round N started." log lines."""
+    """Median seconds between a site's consecutive sends (its "site-N round R: train_loss=..." log
+    lines): one whole round trip, the same measure for plain and HE runs."""
     import datetime
     import re
 
-    stamps = []
-    for log in run_dir.glob("nvflare/*/prod_*/server/*/log.txt"):
+    gaps = []
+    for log in run_dir.glob("nvflare/*/prod_*/site-*/*/log.txt"):
+        stamps = []
         for line in log.read_text(errors="replace").splitlines():
-            m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) .*Round \d+ started", line)
+            m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) .* site-\d+ round \d+: train_loss=", line)
             if m:
                 stamps.append(datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
-    stamps.sort()
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        gaps += [b - a for a, b in zip(stamps, stamps[1:])]
     return statistics.median(gaps) if gaps else float("nan")
 
 

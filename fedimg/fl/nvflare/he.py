@@ -26,8 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nvflare.apis.dxo import MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import ReservedKey
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_opt.he.homomorphic_encrypt import load_tenseal_context_from_workspace
+from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
+from nvflare.fuel.utils import fobs
 
 from fedimg.errors import ConfigError
+from fedimg.fl.server import state as run_state
 from fedimg.privacy.selfcheck import SERVER_CHECKS_OFF_UNDER_HE, SERVER_CHECKS_ON_UNDER_HE
 
 __all__ = ["screen_ciphertext", "context_id", "build_he_recipe", "FedimgHEAggregator", "he_report", "HE_SIM_ERROR"]
@@ -80,109 +88,96 @@ def he_report() -> dict[str, Any]:
             "protects": "updates from the server; every site holds the same secret key"}
 
 
-def _aggregator_class():
-    from nvflare.apis.dxo import MetaKey, from_shareable
-    from nvflare.apis.fl_constant import ReservedKey
-    from nvflare.app_common.app_constant import AppConstants
-    from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
-    from nvflare.fuel.utils import fobs
+class FedimgHEAggregator(HEInTimeAccumulateWeightedAggregator):
+    """Adds ciphertexts (NVFlare), refuses plain ones, audits what it received, writes metrics.json."""
 
-    from fedimg.fl.server import state as run_state
+    def __init__(self, run_dir: str = "", max_samples: float = 0.0, expected_data_kind: str = "WEIGHT_DIFF",
+                 tenseal_context_file: str = "server_context.tenseal") -> None:
+        super().__init__(expected_data_kind=expected_data_kind, weigh_by_local_iter=False)
+        self.run_dir = run_dir
+        self.max_samples = float(max_samples)
+        self.tenseal_context_file = tenseal_context_file
+        self._context_id: str | None = None
+        self._path: Path | None = None
+        self._reset()
 
-    class FedimgHEAggregator(HEInTimeAccumulateWeightedAggregator):
-        """Adds ciphertexts (NVFlare), refuses plain ones, audits what it received, writes metrics.json."""
+    def handle_event(self, event_type: str, fl_ctx: Any) -> None:
+        if event_type == EventType.START_RUN:  # the server's provisioned context: no secret key
+            ctx = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
+            if ctx.has_secret_key():
+                self.system_panic(f"{self.tenseal_context_file} holds a secret key: the server must not", fl_ctx)
+            self._context_id = context_id(ctx)
+        super().handle_event(event_type, fl_ctx)
 
-        def __init__(self, run_dir: str = "", max_samples: float = 0.0, expected_data_kind: str = "WEIGHT_DIFF",
-                     tenseal_context_file: str = "server_context.tenseal") -> None:
-            super().__init__(expected_data_kind=expected_data_kind, weigh_by_local_iter=False)
-            self.run_dir = run_dir
-            self.max_samples = float(max_samples)
-            self.tenseal_context_file = tenseal_context_file
-            self._context: str | None = None
-            self._path: Path | None = None
-            self._reset()
+    def _reset(self) -> None:
+        self._sites: dict[str, dict[str, Any]] = {}
+        self._rejected: list[dict[str, Any]] = []
+        self._started = None
 
-        def handle_event(self, event_type: str, fl_ctx: Any) -> None:
-            from nvflare.apis.event_type import EventType
-            from nvflare.app_opt.he.homomorphic_encrypt import load_tenseal_context_from_workspace
+    def _run_path(self, fl_ctx: Any) -> Path:
+        if self._path is None:
+            ws = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+            self._path = Path(self.run_dir) if self.run_dir else Path(ws) / "fedimg"
+            self._path.mkdir(parents=True, exist_ok=True)
+        return self._path
 
-            if event_type == EventType.START_RUN:  # the server's provisioned context: no secret key
-                ctx = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
-                if ctx.has_secret_key():
-                    self.system_panic(f"{self.tenseal_context_file} holds a secret key: the server must not", fl_ctx)
-                self._context_id = context_id(ctx)
-            super().handle_event(event_type, fl_ctx)
+    def accept(self, shareable: Any, fl_ctx: Any) -> bool:
+        self._started = self._started or time.perf_counter()
+        site = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
+        rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
+        try:
+            dxo = from_shareable(shareable)
+        except Exception as exc:  # noqa: BLE001 - anything unreadable is refused with its reason
+            return self._refuse(fl_ctx, rnd, site, f"unreadable result ({exc})")
+        glob = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+        expected = set(glob["weights"]) if glob and "weights" in glob else None
+        data = dxo.data or {}
+        samples = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) or 0
+        reason = screen_ciphertext(data, dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM), expected, self._context_id)
+        if not reason and self.max_samples and not 0 < samples <= self.max_samples:
+            reason = f"declared sample count {samples} is not in 1..{self.max_samples:g}"
+        if reason:
+            return self._refuse(fl_ctx, rnd, site, reason)
+        types = sorted({type(v).__name__ for v in data.values()})
+        secret = any(v.context().has_secret_key() for v in data.values())
+        wire = len(fobs.dumps(dxo.to_shareable()))
+        ok = super().accept(shareable, fl_ctx)
+        metrics = dxo.get_meta_prop(MetaKey.INITIAL_METRICS) or {}
+        self._sites[site] = {"samples": samples, "metrics": {k: v for k, v in metrics.items()
+                                                            if isinstance(v, (int, float))}}
+        self._audit({"round": rnd, "site": site, "accepted": bool(ok), "data_kind": str(dxo.data_kind),
+                     "algorithm": "CKKS", "value_types": types, "tensors": len(data),
+                     "context_has_secret_key": secret, "bytes": wire,
+                     "context_checked": self._context_id is not None}, fl_ctx)
+        self.log_info(fl_ctx, f"round {rnd}: {site}'s update is {len(data)} CKKS ciphertext(s), {wire} bytes; "
+                              f"secret key on the server: {secret}")
+        return ok
 
-        def _reset(self) -> None:
-            self._sites: dict[str, dict[str, Any]] = {}
-            self._rejected: list[dict[str, Any]] = []
-            self._started = None
+    def _refuse(self, fl_ctx: Any, rnd: int, site: str, reason: str) -> bool:
+        self._rejected.append({"site": site, "reason": reason})
+        self.log_warning(fl_ctx, f"round {rnd}: refused {site}'s update: {reason}")
+        self._audit({"round": rnd, "site": site, "accepted": False, "reason": reason}, fl_ctx)
+        return False
 
-        def _run_path(self, fl_ctx: Any) -> Path:
-            if self._path is None:
-                ws = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
-                self._path = Path(self.run_dir) if self.run_dir else Path(ws) / "fedimg"
-                self._path.mkdir(parents=True, exist_ok=True)
-            return self._path
+    def _audit(self, rec: dict[str, Any], fl_ctx: Any) -> None:
+        with open(self._run_path(fl_ctx) / "he_audit.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
 
-        def accept(self, shareable: Any, fl_ctx: Any) -> bool:
-            self._started = self._started or time.perf_counter()
-            site = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
-            rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
-            try:
-                dxo = from_shareable(shareable)
-            except Exception as exc:  # noqa: BLE001 - anything unreadable is refused with its reason
-                return self._refuse(fl_ctx, rnd, site, f"unreadable result ({exc})")
-            glob = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
-            expected = set(glob["weights"]) if glob and "weights" in glob else None
-            data = dxo.data or {}
-            samples = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) or 0
-            reason = screen_ciphertext(data, dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM), expected, self._context_id)
-            if not reason and self.max_samples and not 0 < samples <= self.max_samples:
-                reason = f"declared sample count {samples} is not in 1..{self.max_samples:g}"
-            if reason:
-                return self._refuse(fl_ctx, rnd, site, reason)
-            types = sorted({type(v).__name__ for v in data.values()})
-            secret = any(v.context().has_secret_key() for v in data.values())
-            wire = len(fobs.dumps(dxo.to_shareable()))
-            ok = super().accept(shareable, fl_ctx)
-            metrics = dxo.get_meta_prop(MetaKey.INITIAL_METRICS) or {}
-            self._sites[site] = {"samples": samples, "metrics": {k: v for k, v in metrics.items()
-                                                                if isinstance(v, (int, float))}}
-            self._audit({"round": rnd, "site": site, "accepted": bool(ok), "data_kind": str(dxo.data_kind),
-                         "algorithm": "CKKS", "value_types": types, "tensors": len(data),
-                         "context_has_secret_key": secret, "bytes": wire,
-                         "context_checked": self._context_id is not None}, fl_ctx)
-            self.log_info(fl_ctx, f"round {rnd}: {site}'s update is {len(data)} CKKS ciphertext(s), {wire} bytes; "
-                                  f"secret key on the server: {secret}")
-            return ok
+    def aggregate(self, fl_ctx: Any) -> Any:
+        t0 = time.perf_counter()
+        rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
+        out = super().aggregate(fl_ctx)
+        entry = {"round": rnd, "strategy": "fedavg", "sites": self._sites, "accepted": sorted(self._sites),
+                 "rejected": self._rejected, "validation": {"model_round": rnd - 1, **_weighted(self._sites)},
+                 "aggregation_seconds": time.perf_counter() - t0,
+                 "round_seconds": time.perf_counter() - self._started if self._started else None,
+                 "he": he_report()}
+        run_state.append_metrics(self._run_path(fl_ctx), entry)
+        self.log_info(fl_ctx, f"round {rnd}: added {len(self._sites)} encrypted update(s); the global model "
+                              "stays encrypted on the server")
+        self._reset()
+        return out
 
-        def _refuse(self, fl_ctx: Any, rnd: int, site: str, reason: str) -> bool:
-            self._rejected.append({"site": site, "reason": reason})
-            self.log_warning(fl_ctx, f"round {rnd}: refused {site}'s update: {reason}")
-            self._audit({"round": rnd, "site": site, "accepted": False, "reason": reason}, fl_ctx)
-            return False
-
-        def _audit(self, rec: dict[str, Any], fl_ctx: Any) -> None:
-            with open(self._run_path(fl_ctx) / "he_audit.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec, sort_keys=True) + "\n")
-
-        def aggregate(self, fl_ctx: Any) -> Any:
-            t0 = time.perf_counter()
-            rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
-            out = super().aggregate(fl_ctx)
-            entry = {"round": rnd, "strategy": "fedavg", "sites": self._sites, "accepted": sorted(self._sites),
-                     "rejected": self._rejected, "validation": {"model_round": rnd - 1, **_weighted(self._sites)},
-                     "aggregation_seconds": time.perf_counter() - t0,
-                     "round_seconds": time.perf_counter() - self._started if self._started else None,
-                     "he": he_report()}
-            run_state.append_metrics(self._run_path(fl_ctx), entry)
-            self.log_info(fl_ctx, f"round {rnd}: added {len(self._sites)} encrypted update(s); the global model "
-                                  "stays encrypted on the server")
-            self._reset()
-            return out
-
-    return FedimgHEAggregator
 
 
 def _weighted(sites: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -194,12 +189,6 @@ def _weighted(sites: dict[str, dict[str, Any]]) -> dict[str, float]:
                 sums[k[4:]] = sums.get(k[4:], 0.0) + rec["samples"] * v
                 weights[k[4:]] = weights.get(k[4:], 0.0) + rec["samples"]
     return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "FedimgHEAggregator":
-        return _aggregator_class()
-    raise AttributeError(name)
 
 
 def build_he_recipe(config: Any, sites: dict[str, Path | None], *, run_dir: str | Path,
@@ -237,7 +226,7 @@ def build_he_recipe(config: Any, sites: dict[str, Path | None], *, run_dir: str 
     job = BaseFedJob(name=config.name + "-he", min_clients=min(config.min_sites, len(sites)))
     persistor_id = job.to_server(FedimgPersistor(task=config.task, config=tcfg.to_dict()), id="persistor")
     gen_id = job.to_server(HEModelShareableGenerator(), id="shareable_generator")
-    agg_id = job.to_server(_aggregator_class()(run_dir=str(Path(run_dir).resolve()), max_samples=config.max_samples),
+    agg_id = job.to_server(FedimgHEAggregator(run_dir=str(Path(run_dir).resolve()), max_samples=config.max_samples),
                            id="aggregator")
     job.to_server(ScatterAndGather(min_clients=len(sites), num_rounds=config.rounds, wait_time_after_min_received=0,
                                    aggregator_id=agg_id, persistor_id=persistor_id, shareable_generator_id=gen_id))

@@ -130,3 +130,23 @@ def test_poc_he_run_aggregates_only_ciphertexts(tmp_path, capsys):
     logs = "\n".join(p.read_text() for p in (run / "nvflare").rglob("log.txt"))
     assert logs.count("own update screened before encryption") >= 4
     assert "server-side checks off: NaN/Inf" in capsys.readouterr().out
+
+
+def test_client_screens_its_own_update_only_under_he():
+    import torch
+
+    from fedimg.fl.nvflare.client import ClientConfig, _outgoing
+    from fedimg.privacy import UpdateCheckError
+
+    g = {"w": torch.ones(2, 3)}
+    nan = lambda p: {k: v * float("nan") for k, v in p.items()}  # noqa: E731 - a site whose training diverged
+    meta = {"NUM_STEPS_CURRENT_ROUND": 8}
+    plain = ClientConfig(task="toy")
+    assert torch.isnan(_outgoing(plain, {"w": torch.zeros(2, 3)}, g, meta, nan, "site-1 round 1")["w"]).all()
+    he = ClientConfig(task="toy", he=True, max_rel_norm=10.0, max_samples=1e7)
+    ok = _outgoing(he, {"w": torch.full((2, 3), 0.1)}, g, meta, None, "site-1 round 1")
+    assert torch.equal(ok["w"], torch.full((2, 3), 0.1))
+    with pytest.raises(UpdateCheckError, match="NaN"):
+        _outgoing(he, {"w": torch.zeros(2, 3)}, g, meta, nan, "site-1 round 1")
+    with pytest.raises(UpdateCheckError, match="limit 10x"):
+        _outgoing(he, {"w": torch.full((2, 3), 50.0)}, g, meta, None, "site-1 round 1")
