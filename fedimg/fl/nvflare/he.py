@@ -143,8 +143,11 @@ class FedimgHEAggregator(HEInTimeAccumulateWeightedAggregator):
         wire = len(fobs.dumps(dxo.to_shareable()))
         ok = super().accept(shareable, fl_ctx)
         metrics = dxo.get_meta_prop(MetaKey.INITIAL_METRICS) or {}
-        self._sites[site] = {"samples": samples, "metrics": {k: v for k, v in metrics.items()
-                                                            if isinstance(v, (int, float))}}
+        if ok:
+            self._sites[site] = {"samples": samples, "metrics": {k: v for k, v in metrics.items()
+                                                                if isinstance(v, (int, float))}}
+        else:
+            self._rejected.append({"site": site, "reason": "NVFlare's HE aggregator refused it (see the server log)"})
         self._audit({"round": rnd, "site": site, "accepted": bool(ok), "data_kind": str(dxo.data_kind),
                      "algorithm": "CKKS", "value_types": types, "tensors": len(data),
                      "context_has_secret_key": secret, "bytes": wire,
@@ -177,7 +180,6 @@ class FedimgHEAggregator(HEInTimeAccumulateWeightedAggregator):
                               "stays encrypted on the server")
         self._reset()
         return out
-
 
 
 def _weighted(sites: dict[str, dict[str, Any]]) -> dict[str, float]:
