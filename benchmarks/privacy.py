@@ -1,13 +1,21 @@
 """DP-SGD step time against the plain step: same model, same batch, same trainer (CPU or GPU).
 
     python benchmarks/privacy.py [--task tiles|brats|both] [--repeats 5] [--device auto] [--json out.json]
+    python benchmarks/privacy.py --he [--rounds 3] [--json out.json]     # HE vs plain (NVFlare CKKS)
 
 Each repeat times ``--steps`` training steps of the plain trainer and of the same trainer made
 private (Opacus per-sample gradients via ExpandedWeights, clipping, noise; fp32 in both, so the
 ratio is the cost of DP itself), interleaved, from the same initial weights and the same index
 batch (the DP path is handed the fixed batch instead of a Poisson draw, so both do the same
 work). Reports the median seconds per step, wall and process CPU time, and DP/plain ratios.
-Not part of the wheel; the HE cost is not measured here (NVFlare HE is not wired in fedimg yet).
+
+``--he``: the cost of secure aggregation (``fedimg poc --he``, NVFlare's TenSEAL CKKS) against
+plain updates. (1) Offline, per model (toy, BraTS SegResNet): bytes of one update as NVFlare's
+FOBS serialises it (plain float32 vs CKKS with HEBuilder's parameters: poly 8192, [60, 40, 40],
+2^40, symmetric), and the seconds to encrypt it, to add two encrypted updates, to decrypt.
+(2) Real POC runs of the toy task, plain then HE (``--poc-repeats`` pairs): seconds per round
+(median gap between a site's consecutive sends, from the site logs), and the bytes per update the HE aggregator recorded.
+Not part of the wheel.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true", help="one repeat of two steps (a smoke run)")
+    p.add_argument("--he", action="store_true", help="measure HE vs plain updates instead of DP-SGD")
+    p.add_argument("--rounds", type=int, default=3, help="--he: rounds of each POC run (>= 2)")
+    p.add_argument("--poc-repeats", type=int, default=1, help="--he: plain/HE POC run pairs (0: offline only)")
 
 
 def _tile_trainer(device, private: bool):
@@ -91,8 +102,108 @@ def _time(trainer, batch, steps: int) -> tuple[float, float]:
     return (time.perf_counter() - w0) / steps, (time.process_time() - c0) / steps
 
 
+def _he_context():
+    import tenseal as ts
+
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40],
+                     encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC)  # as nvflare.lighter.impl.he.HEBuilder
+    ctx.generate_relin_keys()
+    ctx.global_scale = 2**40
+    return ctx
+
+
+def _he_offline(task: str, config: dict) -> dict:
+    """Bytes and seconds of one update of ``task``'s model, plain vs CKKS (FOBS, as NVFlare sends it)."""
+    import numpy as np
+    import tenseal as ts
+    from nvflare.apis.dxo import DXO, DataKind
+    from nvflare.app_common.decomposers import common_decomposers
+    from nvflare.app_opt.he import decomposers
+    from nvflare.fuel.utils import fobs
+
+    from fedimg.fl.nvflare.persistor import initial_weights
+
+    decomposers.register()
+    common_decomposers.register()
+    w = initial_weights(task, config)
+    rng = np.random.default_rng(0)
+    upd = {k: (1e-3 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in w.items()}
+    n = sum(v.size for v in upd.values())
+    plain = len(fobs.dumps(DXO(DataKind.WEIGHT_DIFF, data=upd).to_shareable()))
+    ctx = _he_context()
+    t0 = time.perf_counter()
+    enc = {k: ts.ckks_vector(ctx, v.ravel().astype(np.float64) * 24.0) for k, v in upd.items()}  # weighed by n
+    t_enc = time.perf_counter() - t0
+    he = len(fobs.dumps(DXO(DataKind.WEIGHT_DIFF, data=enc).to_shareable()))
+    t0 = time.perf_counter()
+    total = {k: v + v for k, v in enc.items()}
+    t_add = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    err = max(float(np.max(np.abs(np.asarray(total[k].decrypt()) / 48.0 - upd[k].ravel()))) for k in upd)
+    t_dec = time.perf_counter() - t0
+    return {"params": int(n), "plain_bytes": plain, "he_bytes": he, "bytes_ratio": he / plain,
+            "encrypt_s": t_enc, "add_two_s": t_add, "decrypt_s": t_dec, "max_abs_error": err}
+
+
+def _round_seconds(run_dir: Path) -> float:
+    """Median seconds between a site's consecutive sends (its "site-N round R: train_loss=..." log
+    lines): one whole round trip, the same measure for plain and HE runs."""
+    import datetime
+    import re
+
+    gaps = []
+    for log in run_dir.glob("nvflare/*/prod_*/site-*/*/log.txt"):
+        stamps = []
+        for line in log.read_text(errors="replace").splitlines():
+            m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) .* site-\d+ round \d+: train_loss=", line)
+            if m:
+                stamps.append(datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+        gaps += [b - a for a, b in zip(stamps, stamps[1:])]
+    return statistics.median(gaps) if gaps else float("nan")
+
+
+def run_he(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+    import tempfile
+
+    from fedimg.io import write_json
+    from fedimg.tasks.toy import make_sites
+
+    out = {"offline": {}, "poc": []}
+    for task, cfg in (("toy", {}), ("brats", {})):
+        r = out["offline"][task] = _he_offline(task, cfg)
+        print(f"{task}: {r['params']} params: plain {r['plain_bytes'] / 1e6:.3f} MB, CKKS {r['he_bytes'] / 1e6:.2f} MB "
+              f"({r['bytes_ratio']:.1f}x); encrypt {r['encrypt_s']:.3f} s, add two {r['add_two_s']:.3f} s, "
+              f"decrypt {r['decrypt_s']:.3f} s, max error {r['max_abs_error']:.2e}")
+    tmp = Path(tempfile.mkdtemp(prefix="fedimg-he-bench-"))
+    make_sites(tmp / "data", n_sites=2, n=48, seed=2)
+    fedimg = [sys.executable, "-m", "fedimg.cli"] if not Path(sys.executable).with_name("fedimg").exists() else \
+        [str(Path(sys.executable).with_name("fedimg"))]
+    for rep in range(args.poc_repeats):
+        for mode in ("plain", "he"):
+            run = tmp / f"{mode}-{rep}"
+            cmd = [*fedimg, "poc", "--data", str(tmp / "data"), "--out", str(run), "--task", "toy", "--rounds",
+                   str(args.rounds), "--no-progress", "--no-crossval", *(["--he"] if mode == "he" else [])]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=900)
+            rec = {"mode": mode, "repeat": rep, "seconds_per_round": _round_seconds(run)}
+            audit = run / "he_audit.jsonl"
+            if audit.exists():
+                sizes = [json.loads(x)["bytes"] for x in audit.read_text().splitlines()]
+                rec["bytes_per_update"] = statistics.median(sizes)
+            out["poc"].append(rec)
+            print(f"POC toy {mode} (run {rep + 1}): {rec['seconds_per_round']:.2f} s per round"
+                  + (f", {rec['bytes_per_update'] / 1e6:.2f} MB per encrypted update" if "bytes_per_update" in rec else ""))
+    if args.json:
+        write_json(args.json, out)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.he:
+        return run_he(args)
 
     from fedimg.device import resolve_device
     from fedimg.io import write_json

@@ -15,7 +15,7 @@ from typing import Any
 from fedimg.fl.server.federation import FederationConfig
 from fedimg.fl.server.strategy_config import STRATEGIES, StrategyConfig
 
-__all__ = ["add_federation_arguments", "federation_config_from_args", "train_overrides", "add_dp_arguments",
+__all__ = ["add_federation_arguments", "federation_config_from_args", "train_overrides", "add_dp_arguments", "add_he_argument",
            "dp_from_args", "add_client_dp_arguments", "client_dp_from_args", "log_privacy"]
 
 _TRAIN_FIELDS = {"model": "model", "roi": "roi", "batch_size": "batch_size", "lr": "lr", "init_filters": "init_filters",
@@ -61,6 +61,13 @@ def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, lo
     if dp:
         add_dp_arguments(p)
         add_client_dp_arguments(p)
+
+
+def add_he_argument(p: argparse.ArgumentParser) -> None:
+    """``--he``: secure aggregation with NVFlare's homomorphic encryption (POC / provisioned systems)."""
+    p.add_argument("--he", action="store_true",
+                   help="encrypt every update with CKKS (NVFlare HE, keys from provisioning): the server adds "
+                        "ciphertexts and never sees a plain update; sites screen their own updates (FedAvg only)")
 
 
 def add_dp_arguments(p: argparse.ArgumentParser) -> None:
@@ -132,7 +139,7 @@ def federation_config_from_args(args: argparse.Namespace, *, threads: int | None
         max_samples=args.max_samples, max_samples_ratio=args.max_samples_ratio,
         train=train, server_device=args.server_device, send=args.send,
         threads_per_site=int(threads or getattr(args, "threads", None) or 0), dp=dp_from_args(args),
-        client_dp=client_dp_from_args(args),
+        client_dp=client_dp_from_args(args), he=bool(getattr(args, "he", False)),
     )
 
 

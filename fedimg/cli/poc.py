@@ -1,6 +1,7 @@
 """``fedimg poc``: the federated job as separate server and site processes (NVFlare POC, mutual TLS).
 
     fedimg poc --data data/ --rounds 5 --out runs/poc --allow-identifiable
+    fedimg poc --data data/ --rounds 2 --out runs/poc-he --he     # CKKS-encrypted updates
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job (default 3600)")
     p.add_argument("--no-crossval", action="store_true", help="skip cross-site validation at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per round)")
-    from fedimg.cli._federation import add_federation_arguments
+    from fedimg.cli._federation import add_federation_arguments, add_he_argument
 
     add_federation_arguments(p, rounds=5)
+    add_he_argument(p)
     p.set_defaults(func=run)
 
 
@@ -46,7 +48,13 @@ def run(args: argparse.Namespace) -> int:
                       timeout=args.timeout, progress=not args.no_progress)
     log.info("POC job %s: %s, %d rounds in %.0fs", summary["job_id"], summary["status"], summary["rounds"],
              summary["seconds"])
-    if not args.no_crossval:  # the sites' data are on this machine: evaluate every model on every site here
+    if config.he:
+        he = summary["he"]
+        log.info("secure aggregation: every update was CKKS-encrypted at its site; server-side checks off: %s; "
+                 "each site screened its own update before encrypting it", "; ".join(he["server_checks_off"]))
+        log.info("the global model stays encrypted on the server (no plain checkpoint, no cross-site validation); "
+                 "what the aggregator received: %s/he_audit.jsonl", args.out)
+    elif not args.no_crossval:  # the sites' data are on this machine: evaluate every model on every site here
         table = cross_validate(args.out, discover_sites(args.data), config)
         log.info("cross-site validation: %s", table["csv"])
 

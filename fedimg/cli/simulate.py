@@ -24,9 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed round")
     p.add_argument("--no-crossval", action="store_true", help="skip cross-site validation at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from fedimg.cli._federation import add_federation_arguments
+    from fedimg.cli._federation import add_federation_arguments, add_he_argument
 
     add_federation_arguments(p)
+    add_he_argument(p)
     p.set_defaults(func=run)
 
 

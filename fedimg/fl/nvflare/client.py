@@ -62,7 +62,9 @@ class ClientConfig:
     DP-SGD (a :class:`fedimg.privacy.DPConfig` dict; empty: off); each site seeds its sampling
     and noise from the DP seed and its own name (never the same noise at two sites).
     ``client_clip``: client-level DP's clipping norm C: the update is clipped to it before it
-    is sent (0: off).
+    is sent (0: off). ``he``: the update is encrypted after the client (NVFlare's HE filters), so
+    the site screens its own update first (:func:`fedimg.privacy.check_own_update` with the
+    server's ``max_rel_norm`` and ``max_samples``) and sends nothing that fails.
     """
 
     task: str = "brats"
@@ -75,6 +77,9 @@ class ClientConfig:
     data: str = ""
     dp: dict[str, Any] = field(default_factory=dict)
     client_clip: float = 0.0
+    he: bool = False
+    max_rel_norm: float = 0.0
+    max_samples: float = 0.0
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1:
@@ -218,8 +223,7 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
         train = {**train, "seconds_train": time.perf_counter() - t_train, "seconds_eval": t_train - t_eval}
         local_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         params, metrics, meta = _private_payload(cc, global_sd, local_sd, n, val, train)
-        if update_hook is not None:
-            params = update_hook(params)
+        params = _outgoing(cc, params, global_sd, meta, update_hook, f"{site} round {rnd + 1}")
         if cc.local_model_dir:
             _keep_local(Path(cc.local_model_dir) / f"{site}.safetensors", local_sd, rnd)
         if writer is not None:
@@ -253,6 +257,23 @@ def _private_payload(cc: ClientConfig, global_sd: dict, local_sd: dict, n: int, 
 
         params, _ = clip_update(params, cc.client_clip)  # before anything leaves the site
     return params, metrics, meta
+
+
+def _outgoing(cc: ClientConfig, params: dict, global_sd: dict, meta: dict, update_hook: Callable | None,
+              where: str) -> dict:
+    """The params to send: ``update_hook`` (tests) applied, then, under HE, the site's own screen of
+    its update, last thing before it leaves (the server cannot screen ciphertexts):
+    :func:`fedimg.privacy.check_own_update` with the server's thresholds (raises on failure)."""
+    from fedimg.privacy import check_own_update
+
+    params = update_hook(params) if update_hook is not None else params
+    if not cc.he:
+        return params
+    own = check_own_update(params, global_sd, num_samples=int(meta["NUM_STEPS_CURRENT_ROUND"]),
+                           max_rel_norm=cc.max_rel_norm, max_samples=cc.max_samples)
+    log.info("%s: own update screened before encryption (norm %.4g, %.3gx the global model's)", where, own["norm"],
+             own["rel_norm"])
+    return params
 
 
 def site_privacy(cc: ClientConfig, site: str, config: Any, *, done_rounds: int = 0) -> Any:

@@ -39,8 +39,9 @@ class PocSystem:
     """One NVFlare POC system (server + sites) in ``workspace``; a context manager that always stops it."""
 
     def __init__(self, workspace: str | Path, sites: list[str], *, start_timeout: float = 180.0,
-                 heartbeat_timeout: float = 60.0) -> None:
+                 heartbeat_timeout: float = 60.0, he: bool = False) -> None:
         self.workspace = Path(workspace).resolve()
+        self.he = he  # provision TenSEAL contexts (server: public, sites: secret key) for --he
         self.sites = list(sites)
         self.start_timeout = start_timeout
         self.heartbeat_timeout = heartbeat_timeout
@@ -78,7 +79,7 @@ class PocSystem:
         """Provision the POC project (certificates for every participant) and allow fedimg components."""
         from fedimg.fl.nvflare.simulate import allow_fedimg_components
 
-        self._nvflare("poc", "prepare", "-c", *self.sites, "--force")
+        self._nvflare("poc", "prepare", "-c", *self.sites, "--force", *(["-he"] if self.he else []))
         for name in ("server", *self.sites):
             allow_fedimg_components(self.participant_dir(name) / "local")
         # A site that stops sending heartbeats (sites send one every 10 s) is dropped after this many
@@ -265,12 +266,19 @@ def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run_config.json", {"federation": config.to_dict(), "sites": {k: str(v) for k, v in sites.items()},
                                          "mode": "poc"})
-    poc = PocSystem(out / "nvflare", list(sites))
+    poc = PocSystem(out / "nvflare", list(sites), he=config.he)
     t0, started = time.perf_counter(), time.time()
     job_id, status = "", None
     try:
-        recipe = build_recipe(config, sites, run_dir=out, start_round=start_round, checkpoint=checkpoint,
-                              local_model_dir=out / "local_models")
+        if config.he:
+            from fedimg.fl.nvflare.he import build_he_recipe
+
+            if start_round:
+                raise FedimgError(f"{out}: an --he run cannot be resumed (the server keeps no plain model); start a new --out")
+            recipe = build_he_recipe(config, sites, run_dir=out, local_model_dir=out / "local_models")
+        else:
+            recipe = build_recipe(config, sites, run_dir=out, start_round=start_round, checkpoint=checkpoint,
+                                  local_model_dir=out / "local_models")
         job_id, status = _run_job(poc, recipe, out, config.rounds, start_round, list(sites), timeout, progress)
     finally:
         if not keep_running:
@@ -279,6 +287,10 @@ def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool 
     done = max((m["round"] for m in metrics), default=0)
     summary = {"job_id": job_id, "status": status, "rounds": done, "sites": list(sites), "seconds": time.perf_counter() - t0,
                "workspace": str(poc.workspace)}
+    if config.he:
+        from fedimg.fl.nvflare.he import he_report
+
+        summary["he"] = he_report()
     write_json(out / "summary.json", summary)
     if done < config.rounds:
         from fedimg.fl.nvflare.checks import site_failure

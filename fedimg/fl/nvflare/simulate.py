@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from fedimg.data.preflight import problems_error
-from fedimg.errors import FedimgError
+from fedimg.errors import ConfigError, FedimgError
 from fedimg.fl.nvflare.checks import preflight_sites, site_failure
+from fedimg.fl.nvflare.he import HE_SIM_ERROR
 from fedimg.fl.nvflare.job import ALLOW_LIST, build_recipe
 from fedimg.fl.server import state as run_state
 from fedimg.fl.server.federation import FederationConfig, discover_sites, start_point
@@ -65,6 +66,8 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     """
     from nvflare.recipe import SimEnv
 
+    if config.he:
+        raise ConfigError(HE_SIM_ERROR)
     out = Path(out)
     sites = sites if sites is not None else discover_sites(data_dir)
     for path in sites.values():

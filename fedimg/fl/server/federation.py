@@ -44,7 +44,8 @@ class FederationConfig:
     site (a :class:`fedimg.privacy.DPConfig` dict; empty: off), its budget spanning the
     whole run's local steps. ``client_dp``: client-level DP-FedAvg (``noise_multiplier``,
     ``clip``, ``delta``, ``seed`` of :class:`fedimg.privacy.ClientDPConfig`; the job adds the
-    number of sites; empty: off).
+    number of sites; empty: off). ``he``: secure aggregation with NVFlare's homomorphic
+    encryption (POC or provisioned systems only; FedAvg of differences, no client-level DP).
     """
 
     task: str = "brats"
@@ -63,6 +64,7 @@ class FederationConfig:
     dp: dict[str, Any] = field(default_factory=dict)
     client_dp: dict[str, Any] = field(default_factory=dict)
     name: str = ""
+    he: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.local_epochs < 1:
@@ -88,6 +90,9 @@ class FederationConfig:
             if self.send != "diff" or self.strategy.buffered:
                 raise ConfigError("--client-dp needs --send diff and a mean-based strategy (fedavg, fedprox, fedadam, "
                                   "fedyogi)")
+        if self.he and (self.client_dp or self.strategy.name != "fedavg" or self.send != "diff"):
+            raise ConfigError("--he runs FedAvg of differences only, without --client-dp (the server can only add "
+                              "ciphertexts): drop --client-dp / use --strategy fedavg --send diff")
         if not self.name:
             object.__setattr__(self, "name", f"fedimg-{self.task}-{self.strategy.name.replace('_', '-')}")
 
