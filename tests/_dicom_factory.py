@@ -179,3 +179,24 @@ def _to_multiframe(files: list[Path], out: Path) -> Path:
     target = out / "enhanced.dcm"
     top.save_as(target, enforce_file_format=True)
     return target
+
+
+BRATS_SERIES = (("T1 MPRAGE", 1.0), ("T1 POST GD", 1.2), ("T2 TSE", 0.8), ("FLAIR", 0.6))
+SERIES_MAP = "t1: '*MPRAGE*'\nt1ce: '*GD*'\nt2: 'T2*'\nflair: '*FLAIR*'\n"
+
+
+def write_exam(root: Path, *, patient: str = "A", series=BRATS_SERIES, full_first: bool = True,
+               localizer: bool = True) -> list[str]:
+    """One patient's exam under ``root/<fake name>/``: the given series (same grid) plus a localiser; returns the fakes."""
+    data, affine = head(4)
+    exam = root / f"DOE_{patient}ZQXJ"
+    fakes: list[str] = []
+    for i, (desc, scale) in enumerate(series):
+        _, f, _, _ = write_case(exam / f"s{i + 1}", patient=patient, description=desc, number=i + 1, scale=scale,
+                                data=data, affine=affine, full=full_first and i == 0)
+        fakes += f
+    if localizer:
+        write_case(exam / "loc", patient=patient, description="localizer", number=99, data=data[:, :, 30:33],
+                   affine=affine)
+    (exam / "README.txt").write_text("exported by a fake PACS; not DICOM\n")
+    return sorted(set(fakes))

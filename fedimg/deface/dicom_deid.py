@@ -8,7 +8,8 @@ with the 113102 code for the defaced pixels), the UIDs the profile replaced. Onl
 defacer removed change; they get the stored value that reads as the defaced value under each
 slice's rescale. Output: ``OUT/<patient pseudonym>/series-<NNN>/IM00001.dcm ...`` and
 ``OUT/deid_report.json`` (tag names, counts, QC numbers; never a header value). Every series
-is checked before anything is written; a series whose defacing fails QC is not written.
+is checked before anything is written; a series whose defacing fails QC is not written, nor
+is one too thin to deface (a localiser; listed under ``skipped``).
 
 >>> stored_for(np.array([10.0, 0.0]), np.array([1, 1], np.int16), slope=2.0, inter=-4.0).tolist()
 [7, 2]
@@ -31,6 +32,7 @@ from fedimg.errors import InputError, QCError
 from fedimg.imageio.deid import PROFILE_TABLE, DeidConfig, deidentify, pseudonym
 from fedimg.imageio.dicom import DicomVolume, find_series, read_series
 from fedimg.imageio.dicom_write import write_like
+from fedimg.imageio.volume import MIN_VOXELS_PER_AXIS
 from fedimg.imageio.write import write_nifti_gz
 from fedimg.io import write_json
 
@@ -91,9 +93,20 @@ def deidentify_tree(root: str | PathLike[str], out: str | PathLike[str], *, deid
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
         raise InputError(out, "is inside the DICOM input folder; choose an output folder outside it")
     series = find_series(root)
+    skipped = []
     if deface is not None:
+        keep = []
         for s in series:  # every series is checked before anything is written
-            read_series(s)
+            v = read_series(s)
+            if min(v.stored.shape) < MIN_VOXELS_PER_AXIS:
+                skipped.append({"patient": pseudonym(deid.pseudonym_key, s.patient_id), "series_number": s.number,
+                                "reason": f"fewer than {MIN_VOXELS_PER_AXIS} voxels along an axis (shape "
+                                          f"{list(v.stored.shape)}): cannot be defaced; not written (--no-deface "
+                                          "de-identifies headers only)"})
+                log.warning("series %s: too small to deface (shape %s); not written", s.number, v.stored.shape)
+            else:
+                keep.append(s)
+        series = keep
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".deid-", dir=out))
     entries, failed, used = [], [], set()
@@ -113,7 +126,7 @@ def deidentify_tree(root: str | PathLike[str], out: str | PathLike[str], *, deid
     report = {"tool": "fedimg", "version": __version__,
               "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
               "profile_table": f"dicom-anonymizer {PROFILE_TABLE}", "private_tags_removed": deid.remove_private,
-              "pixels_defaced": deface is not None, "series": entries, "failed": failed,
+              "pixels_defaced": deface is not None, "series": entries, "failed": failed, "skipped": skipped,
               "files": sum(e["files"] for e in entries)}
     write_json(out / "deid_report.json", report)
     return report
