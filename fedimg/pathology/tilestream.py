@@ -154,15 +154,19 @@ class StreamEpoch:
                 raise ValueError("no training tiles")
             order = torch.randperm(len(blocks), generator=self.generator).tolist()
             per_window = max(1, (self.buffer_bytes // 2) // (block * tile_bytes))
+            per_window = min(per_window, -(-self.steps * self.batch_size // block))  # a capped epoch reads what it uses
             windows = [[blocks[k] for k in order[w : w + per_window]] for w in range(0, len(order), per_window)]
             submit = (lambda w: pool.submit(self._read, files, w)) if pool else (lambda w: _Done(self._read(files, w)))
             pending = submit(windows[0])
             left_x, left_p = np.empty((0,), np.uint8), np.empty((0,), np.int64)
             emitted = 0
             for k in range(len(windows)):
+                if pending is None:
+                    break
                 x, p = pending.result()
-                if k + 1 < len(windows):
-                    pending = submit(windows[k + 1])
+                pending = None
+                if k + 1 < len(windows) and (self.steps - emitted) * self.batch_size > len(p) + len(left_p):
+                    pending = submit(windows[k + 1])  # read ahead while this window trains, only if needed
                 if len(left_p):
                     x, p = np.concatenate([left_x, x]), np.concatenate([left_p, p])
                 perm = torch.randperm(len(p), generator=self.generator).numpy()

@@ -33,10 +33,11 @@ def test_classifier_learns_synthetic_label_above_chance(synth_sites):
     assert after["auc"] > before["auc"] + 0.1
 
 
-def test_fit_resume_is_exact(tmp_path, synth_sites):
+@pytest.mark.parametrize("stream", ["off", "on"])
+def test_fit_resume_is_exact(tmp_path, synth_sites, stream):
     from fedimg.tasks.tiles_fit import fit_tiles, load_tile_model
 
-    cfg = TileTrainConfig(epochs=3, max_tiles=48, steps_per_epoch=2, **SMALL)
+    cfg = TileTrainConfig(epochs=3, max_tiles=48, steps_per_epoch=2, stream=stream, **SMALL)
     dev = torch.device("cpu")
     fit_tiles(synth_sites[0], cfg, tmp_path / "a", device=dev, progress=False)
     fit_tiles(synth_sites[0], cfg, tmp_path / "b", device=dev, progress=False, stop_after=2)
