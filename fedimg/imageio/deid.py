@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import hmac
 import logging
@@ -116,13 +117,27 @@ def shift_date(vr: str, value: str, days: int) -> str:
     return (day - _dt.timedelta(days=days)).strftime("%Y%m%d")
 
 
-def profile_actions(extra: dict | None = None) -> dict:
-    """The Annex E table as dicom-anonymizer actions (tag -> function), with ``extra`` overrides."""
+@functools.lru_cache(maxsize=1)
+def _table() -> dict:
     from dicomanonymizer.simpledicomanonymizer import initialize_actions
 
-    actions = initialize_actions(PROFILE_TABLE)
+    return initialize_actions(PROFILE_TABLE)
+
+
+def profile_actions(extra: dict | None = None) -> dict:
+    """The Annex E table as dicom-anonymizer actions (tag -> function), with ``extra`` overrides."""
+    actions = dict(_table())
     actions.update(extra or {})
     return actions
+
+
+def _present(ds, actions: dict) -> dict:
+    """The actions for the tags ``ds`` holds (and the repeating groups): the package then skips ~650 lookups."""
+    present = {(e.tag.group, e.tag.element) for e in ds}
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        present |= {(e.tag.group, e.tag.element) for e in meta}
+    return {t: a for t, a in actions.items() if len(t) != 2 or t in present}
 
 
 def _date_rules(days: int) -> dict:
@@ -136,7 +151,7 @@ def _date_rules(days: int) -> dict:
             elem.value = shifted[0] if len(shifted) == 1 else shifted
 
     rules = {}
-    for tag in profile_actions():
+    for tag in _table():
         if len(tag) != 2 or tag == _BIRTH_DATE:
             continue
         try:
@@ -185,9 +200,10 @@ def deidentify(ds, config: DeidConfig) -> DeidReport:
     before = _fingerprint(ds)
     n_private = sum(1 for e in ds if e.tag.is_private)
     burned = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
-    for item in list(_nested(ds)):
-        anonymize_dataset(item, extra, config.remove_private, lambda: profile_actions())
-    anonymize_dataset(ds, extra, config.remove_private, lambda: profile_actions())
+    actions = profile_actions(extra)
+    for item in [*_nested(ds), ds]:
+        rules = _present(item, actions)
+        anonymize_dataset(item, None, config.remove_private, lambda rules=rules: rules)
     alias = pseudonym(config.pseudonym_key, patient)
     ds.PatientID, ds.PatientName = alias, alias
     codes = ["basic"] + (["features"] if config.pixels_defaced else []) + (["dates"] if days is not None else [])
