@@ -91,9 +91,10 @@ def test_rescale_slope_intercept_applied(tmp_path, head4):
     assert vol.stored.dtype == np.int16
 
 
-def test_write_like_keeps_geometry_new_uids(tmp_path, head4):
+@pytest.mark.parametrize("multiframe", [False, True])
+def test_write_like_keeps_geometry_new_uids(tmp_path, head4, multiframe):
     data, affine = head4
-    F.write_case(tmp_path / "in", data=data, affine=affine, oblique_deg=10)
+    F.write_case(tmp_path / "in", data=data, affine=affine, oblique_deg=10, multiframe=multiframe)
     vol = read_series(find_series(tmp_path / "in")[0])
     stored = vol.stored.copy()
     stored[:5] = 0
@@ -105,6 +106,7 @@ def test_write_like_keeps_geometry_new_uids(tmp_path, head4):
     new = {str(pydicom.dcmread(f).SOPInstanceUID) for f in out}
     assert not src & new and again.series.uid != vol.series.uid
     assert all(pydicom.dcmread(f).file_meta.MediaStorageSOPInstanceUID == pydicom.dcmread(f).SOPInstanceUID for f in out[:3])
+    assert len(out) == (1 if multiframe else data.shape[2])
 
 
 def test_write_series_single_file_per_slice(tmp_path):
