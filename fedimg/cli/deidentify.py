@@ -3,6 +3,7 @@
     fedimg deidentify dicom_root/ -o dicom_deid/
     fedimg deidentify dicom_root/ -o dicom_deid/ --key site.key --date-shift   # dates moved per patient
     fedimg deidentify dicom_root/ -o dicom_deid/ --no-deface                   # headers only
+    fedimg deidentify dicom_root/ -o dicom_deid/ --series-map series.yml      # only the series it names
 
 Writes ``OUT/<patient pseudonym>/series-<NNN>/IM00001.dcm ...`` and ``OUT/deid_report.json``
 (which tags were removed, emptied or replaced, by name; never a value). Exit codes: 0 done;
@@ -20,11 +21,14 @@ __all__ = ["register", "run", "add_deid_options", "deid_config", "add_deface_opt
 log = logging.getLogger(__name__)
 
 
-def add_deid_options(p: argparse.ArgumentParser) -> None:
-    """The de-identification options ``deidentify`` and ``import`` share."""
+def add_deid_options(p: argparse.ArgumentParser, *, dates: bool = True) -> None:
+    """The de-identification options ``deidentify`` and ``import`` share (``import`` writes no dates)."""
     p.add_argument("--key", type=Path, default=None, metavar="FILE",
-                   help="site secret (>= 16 bytes, keep it at the site): the same pseudonyms on every run and the "
-                        "date-shift key; without it pseudonyms are random per run")
+                   help="site secret (>= 16 bytes, keep it at the site): the same pseudonyms on every run"
+                        + (" and the date-shift key" if dates else "") + "; without it pseudonyms are random per run")
+    if not dates:
+        p.set_defaults(date_shift=False, max_shift_days=3650)
+        return
     p.add_argument("--date-shift", action="store_true",
                    help="move every date back by a keyed per-patient number of days (needs --key) instead of "
                         "removing dates")
@@ -79,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, help="folder of DICOM files (any nesting; non-DICOM files are skipped)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (outside the input)")
     add_deid_options(p)
+    p.add_argument("--series-map", type=Path, default=None, metavar="YAML",
+                   help="only the series this map names (name -> SeriesDescription globs, as for `fedimg import`); "
+                        "the others are listed in the report and not written")
     p.add_argument("--keep-private", action="store_true", help="keep private tags (removed by default)")
     p.add_argument("--no-deface", action="store_true", help="de-identify headers only; keep the pixels")
     add_deface_options(p)
@@ -87,16 +94,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedimg.deface.dicom_deid import deidentify_tree
+    from fedimg.deface.dicom_import import load_series_map
 
+    series_map = load_series_map(args.series_map) if args.series_map is not None else None
     deid = deid_config(args, remove_private=not args.keep_private)
     deface, device = deface_config(args)
     report = deidentify_tree(args.input, args.output, deid=deid, deface=None if args.no_deface else deface,
-                             device=device)
+                             device=device, series_map=series_map)
     burned = sum(e["burned_in_annotation"] for e in report["series"])
     if burned:
         log.warning("%d series say BurnedInAnnotation=YES: review their pixels for text", burned)
-    log.info("%d series (%d files) de-identified into %s; report %s", len(report["series"]), report["files"],
-             args.output, args.output / "deid_report.json")
+    log.info("%d series (%d files) de-identified into %s (%d skipped); report %s", len(report["series"]),
+             report["files"], args.output, len(report["skipped"]), args.output / "deid_report.json")
     for f in report["failed"]:
         log.error("FAILED %s/%s: %s", f["patient"], f["series"], f["error"])
     return 3 if report["failed"] else 0

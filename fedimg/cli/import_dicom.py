@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--series-map", type=Path, default=None, metavar="YAML",
                    help="name -> SeriesDescription glob(s); required for --layout brats; without it (series "
                         "layout) every series is imported as series<N>")
-    add_deid_options(p)
+    add_deid_options(p, dates=False)
     p.add_argument("--no-png", action="store_true", help="skip the defacing QC pictures")
     add_deface_options(p)
     p.set_defaults(func=run)

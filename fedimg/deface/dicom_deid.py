@@ -30,13 +30,14 @@ import numpy as np
 from fedimg import __version__
 from fedimg.errors import InputError, QCError
 from fedimg.imageio.deid import PROFILE_TABLE, DeidConfig, deidentify, pseudonym
-from fedimg.imageio.dicom import DicomVolume, find_series, read_series
+from fedimg.imageio.dicom import DicomVolume, check_series, find_series, read_series
 from fedimg.imageio.dicom_write import write_like
 from fedimg.imageio.volume import MIN_VOXELS_PER_AXIS
 from fedimg.imageio.write import write_nifti_gz
 from fedimg.io import write_json
 
 from .core import DefaceConfig
+from .dicom_import import match_series
 from .pipeline import DefaceJob, deface_job
 
 __all__ = ["deidentify_tree", "deface_volume", "stored_for"]
@@ -79,11 +80,13 @@ def _series_report(reports: list, name: str, files: int) -> dict[str, Any]:
 
 
 def deidentify_tree(root: str | PathLike[str], out: str | PathLike[str], *, deid: DeidConfig | None = None,
-                    deface: DefaceConfig | None = None, device=None) -> dict[str, Any]:
+                    deface: DefaceConfig | None = None, device=None,
+                    series_map: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """De-identify (and, unless ``deface`` is None, deface) every series under ``root`` into ``out``.
 
     Returns the report (also ``OUT/deid_report.json``). ``deface=None`` de-identifies headers
-    only and keeps the pixels (then 113102 is not claimed).
+    only and keeps the pixels (then 113102 is not claimed). ``series_map``: only the series it
+    names are processed (the others are listed as skipped, not written).
     """
     import dataclasses
 
@@ -94,16 +97,24 @@ def deidentify_tree(root: str | PathLike[str], out: str | PathLike[str], *, deid
         raise InputError(out, "is inside the DICOM input folder; choose an output folder outside it")
     series = find_series(root)
     skipped = []
+    if series_map is not None:
+        for s in series:
+            if match_series(s, series_map) is None:
+                skipped.append({"patient": pseudonym(deid.pseudonym_key, s.patient_id), "series_number": s.number,
+                                "reason": "not in the series map; not written"})
+        series = [s for s in series if match_series(s, series_map) is not None]
+        if not series:
+            raise InputError(root, "no series matches the series map; check the globs against the SeriesDescription values")
     if deface is not None:
         keep = []
         for s in series:  # every series is checked before anything is written
-            v = read_series(s)
-            if min(v.stored.shape) < MIN_VOXELS_PER_AXIS:
+            shape = check_series(s)
+            if min(shape) < MIN_VOXELS_PER_AXIS:
                 skipped.append({"patient": pseudonym(deid.pseudonym_key, s.patient_id), "series_number": s.number,
                                 "reason": f"fewer than {MIN_VOXELS_PER_AXIS} voxels along an axis (shape "
-                                          f"{list(v.stored.shape)}): cannot be defaced; not written (--no-deface "
+                                          f"{list(shape)}): cannot be defaced; not written (--no-deface "
                                           "de-identifies headers only)"})
-                log.warning("series %s: too small to deface (shape %s); not written", s.number, v.stored.shape)
+                log.warning("series %s: too small to deface (shape %s); not written", s.number, shape)
             else:
                 keep.append(s)
         series = keep

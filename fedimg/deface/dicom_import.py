@@ -38,14 +38,14 @@ import numpy as np
 from fedimg import __version__
 from fedimg.errors import ConfigError, InputError, QCError
 from fedimg.imageio.deid import CODES, PROFILE_TABLE, DeidConfig, deidentify, pseudonym
-from fedimg.imageio.dicom import DicomSeries, DicomVolume, find_series, read_series
+from fedimg.imageio.dicom import DicomSeries, DicomVolume, check_series, find_series, read_series
 from fedimg.imageio.write import write_nifti_gz
 from fedimg.io import write_json
 
 from .core import DefaceConfig
 from .pipeline import DefaceJob, deface_job
 
-__all__ = ["load_series_map", "plan_cases", "import_dicom", "deid_summary", "LAYOUTS", "BRATS_NAMES"]
+__all__ = ["load_series_map", "match_series", "plan_cases", "import_dicom", "deid_summary", "LAYOUTS", "BRATS_NAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def load_series_map(path: str | PathLike[str]) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _match(series: DicomSeries, series_map: dict[str, tuple[str, ...]] | None) -> str | None:
+def match_series(series: DicomSeries, series_map: dict[str, tuple[str, ...]] | None) -> str | None:
+    """The series map's name for ``series`` (None: not mapped); without a map, ``series<N>``."""
     if series_map is None:
         return f"series{series.number}" if series.number is not None else None
     desc = series.description.lower()
@@ -109,7 +110,7 @@ def plan_cases(root: str | PathLike[str], *, series_map: dict[str, tuple[str, ..
         case = pseudonym(deid.pseudonym_key, s.patient_id)
         if len(study_list) > 1:
             case += f"-{study_list.index((s.study_date, s.study_uid)) + 1}"
-        name = _match(s, series_map)
+        name = match_series(s, series_map)
         if name is None:
             skipped.append({"case": case, "series_number": s.number})
             continue
@@ -173,8 +174,8 @@ def _import_case(case: str, named: dict[str, DicomSeries], out: Path, work: Path
     record = {"tool": "fedimg", "version": __version__, "source": "dicom", "case": case, "layout": layout,
               "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
               "profile_table": f"dicom-anonymizer {PROFILE_TABLE}",
-              "codes": [CODES["basic"][0], CODES["features"][0]] + ([CODES["dates"][0]] if deid.date_shift_key else []),
-              "carried_from_headers": "voxels and geometry only", "images": images}
+              "codes": [CODES["basic"][0], CODES["features"][0]],
+              "carried_from_headers": "voxels and geometry only (no names, IDs, dates or UIDs)", "images": images}
     write_json(folder / f"{case}.dicom.json", record)
     return record
 
@@ -195,7 +196,7 @@ def import_dicom(root: str | PathLike[str], out: str | PathLike[str], *, layout:
     cases, skipped = plan_cases(root, series_map=series_map, layout=layout, deid=deid)
     for named in cases.values():  # check every series before writing anything
         for s in named.values():
-            read_series(s)
+            check_series(s)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".import-", dir=out))
     done, failed = [], []

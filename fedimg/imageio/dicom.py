@@ -7,7 +7,7 @@ order ``(columns, rows, slices)`` and the NIfTI (RAS) affine built from
 ``ImagePositionPatient`` / ``ImageOrientationPatient`` / ``PixelSpacing``. Single-frame
 series and multi-frame (enhanced MR, per-frame functional groups) are both read. Slices are
 ordered along the slice normal; ``RescaleSlope`` / ``RescaleIntercept`` are applied per
-slice. Refused with one line naming the series folder: mixed series (orientations, sizes,
+slice. :func:`check_series` runs the same checks from the headers alone (no pixels). Refused with one line naming the series folder: mixed series (orientations, sizes,
 patients), missing slices (uneven spacing), repeated positions (echoes, phases), and gantry
 tilt (``GantryDetectorTilt`` or slice positions off the normal), which is not corrected.
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from fedimg.errors import InputError
 
-__all__ = ["DicomSeries", "DicomVolume", "find_series", "read_series", "dicom_affine", "LPS_TO_RAS",
+__all__ = ["DicomSeries", "DicomVolume", "find_series", "check_series", "read_series", "dicom_affine", "LPS_TO_RAS",
            "MAX_TILT_DEG"]
 
 log = logging.getLogger(__name__)
@@ -236,16 +236,30 @@ def _order(series: DicomSeries, slices: list[dict]) -> tuple[list[dict], np.ndar
     return slices, step
 
 
-def read_series(series: DicomSeries) -> DicomVolume:
-    """Read one series with its pixels; any problem is an :class:`InputError` naming its folder."""
+def _read_all(series: DicomSeries, *, pixels: bool) -> list:
     import pydicom
 
     datasets = []
     for f in series.files:
         try:
-            datasets.append(pydicom.dcmread(f))
+            datasets.append(pydicom.dcmread(f, stop_before_pixels=not pixels))
         except Exception as exc:  # pydicom raises assorted errors for damaged files
             raise InputError(f, f"cannot be read as DICOM ({type(exc).__name__}: {exc}); re-export it") from None
+    return datasets
+
+
+def check_series(series: DicomSeries) -> tuple[int, int, int]:
+    """Every check of :func:`read_series` from the headers alone; returns the volume shape."""
+    slices = _slices(series, _read_all(series, pixels=False))
+    _check_one_series(series, slices)
+    slices, _ = _order(series, slices)
+    rows, cols = slices[0]["shape"]
+    return cols, rows, len(slices)
+
+
+def read_series(series: DicomSeries) -> DicomVolume:
+    """Read one series with its pixels; any problem is an :class:`InputError` naming its folder."""
+    datasets = _read_all(series, pixels=True)
     slices = _slices(series, datasets)
     _check_one_series(series, slices)
     slices, step = _order(series, slices)

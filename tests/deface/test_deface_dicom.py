@@ -80,16 +80,13 @@ def test_plan_refuses_incomplete_maps(exam):
 
 def test_deidentify_tree_defaces_and_keeps_geometry(exam, tmp_path):
     root, fakes, _ = exam
-    one = tmp_path / "in"
-    for f in next(s for s in find_series(root) if s.number == 1).files:  # just the T1 series
-        (one / f.name).parent.mkdir(exist_ok=True)
-        (one / f.name).write_bytes(f.read_bytes())
-    report = deidentify_tree(one, tmp_path / "out", deid=DeidConfig(pseudonym_key=KEY, date_shift_key=KEY),
-                             deface=DefaceConfig())
+    report = deidentify_tree(root, tmp_path / "out", deid=DeidConfig(pseudonym_key=KEY, date_shift_key=KEY),
+                             deface=DefaceConfig(), series_map={"t1": ("*mprage*",)})  # just the T1 series
+    assert sorted(s["series_number"] for s in report["skipped"]) == [2, 3, 4, 99]
     (entry,) = report["series"]
     assert entry["deface_qc"]["passed"] and entry["codes"] == ["113100", "113102", "113107"]
     assert entry["private_tags_removed"] == 128 and entry["date_shifted"] and report["files"] == 64
-    src = read_series(find_series(one)[0])
+    src = read_series(next(s for s in find_series(root) if s.number == 1))
     (series,) = find_series(tmp_path / "out")
     assert series.folder.parent.name == entry["patient"] and series.uid != src.series.uid
     out = read_series(series)
