@@ -52,6 +52,8 @@ CODES = {
     "dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
 }
 _BIRTH_DATE = (0x0010, 0x0030)
+#: Source / Sending / Receiving Application Entity Title in the file meta (not in the Annex E table).
+_META_AE = (0x00020016, 0x00020017, 0x00020018)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -204,6 +206,10 @@ def deidentify(ds, config: DeidConfig) -> DeidReport:
     for item in [*_nested(ds), ds]:
         rules = _present(item, actions)
         anonymize_dataset(item, None, config.remove_private, lambda rules=rules: rules)
+    meta = getattr(ds, "file_meta", None)
+    for tag in _META_AE if meta is not None else ():
+        if tag in meta:  # station AE titles in the file meta name the sending site
+            del meta[tag]
     alias = pseudonym(config.pseudonym_key, patient)
     ds.PatientID, ds.PatientName = alias, alias
     codes = ["basic"] + (["features"] if config.pixels_defaced else []) + (["dates"] if days is not None else [])

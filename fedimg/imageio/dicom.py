@@ -100,7 +100,12 @@ def find_series(root: str | PathLike[str]) -> list[DicomSeries]:
     for f in files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
+        except InvalidDicomError:
+            log.debug("%s: not a DICOM file, skipped", f)
+            continue
+        except Exception as exc:  # a DICOM preamble but a damaged header: not silently dropped
+            if _has_preamble(f):
+                raise InputError(f, f"is a damaged DICOM file ({type(exc).__name__}); re-export it or remove it") from None
             log.debug("%s: not a DICOM file, skipped", f)
             continue
         if "SeriesInstanceUID" not in ds or "Rows" not in ds:
@@ -116,10 +121,20 @@ def find_series(root: str | PathLike[str]) -> list[DicomSeries]:
         folder = Path(*_common_parts(paths)) if len(paths) > 1 else paths[0].parent
         number = ds0.get("SeriesNumber")
         out.append(DicomSeries(uid=uid, files=paths, folder=folder, description=str(ds0.get("SeriesDescription", "")),
-                               modality=str(ds0.get("Modality", "")), patient_id=str(ds0.get("PatientID", "")),
+                               modality=str(ds0.get("Modality", "")),
+                               patient_id=str(ds0.get("PatientID", "") or ds0.get("PatientName", "") or ""),
                                study_uid=str(ds0.get("StudyInstanceUID", "")), study_date=str(ds0.get("StudyDate", "")),
                                number=None if number in (None, "") else int(number)))
     return sorted(out, key=lambda s: (s.patient_id, s.number if s.number is not None else -1, str(s.folder), s.uid))
+
+
+def _has_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _common_parts(paths: tuple[Path, ...]) -> list[str]:

@@ -72,6 +72,7 @@ def test_every_table_tag_removed_emptied_or_replaced(series):
 def test_private_tags_and_0012_tags(series):
     files, _, _, _ = series
     ds = pydicom.dcmread(files[0])
+    ds.file_meta.SourceApplicationEntityTitle = "FAKEAE-MRI1"  # the sending station, in the file meta
     assert any(e.tag.is_private for e in ds)
     report = deidentify(ds, DeidConfig(pseudonym_key=KEY, pixels_defaced=True))
     assert not any(e.tag.is_private for e in ds) and report.private_removed == 2
@@ -81,6 +82,7 @@ def test_private_tags_and_0012_tags(series):
     assert codes == [("113100", "DCM"), ("113102", "DCM")]
     assert ds.LongitudinalTemporalInformationModified == "REMOVED"
     assert ds.PatientID == ds.PatientName == report.pseudonym and report.pseudonym.startswith("anon-")
+    assert b"FAKEAE-MRI1" not in _bytes(ds)
     kept = pydicom.dcmread(files[0])
     deidentify(kept, DeidConfig(pseudonym_key=KEY, remove_private=False))
     assert b"FAKE-PRIVATE-SECRET-9921" in _bytes(kept) and "private tags kept" in kept.DeidentificationMethod
