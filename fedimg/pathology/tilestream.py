@@ -84,15 +84,20 @@ class _Files:
         self._open.clear()
 
 
-def read_rows(files: _Files, part: StoreRows, a: int, b: int) -> np.ndarray:
-    """Tiles ``part.rows[a:b]`` as uint8 ``(n, S, S, 3)``: one contiguous read, then a selection."""
+def read_rows(files: _Files, part: StoreRows, a: int, b: int, *, max_gap: int = 8) -> np.ndarray:
+    """Tiles ``part.rows[a:b]`` as uint8 ``(n, S, S, 3)``: one contiguous HDF5 read per run of rows
+    whose gaps are at most ``max_gap`` rows (sparse rows are not read as one long span)."""
     rows = part.rows[a:b]
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
-    try:
-        block = files.x(part.path)[lo:hi]
-    except OSError as exc:
-        raise InputError(part.path, f"tiles {lo}:{hi} cannot be read ({exc}); the tile store may be truncated") from None
-    return block if hi - lo == len(rows) else block[rows - lo]
+    x = files.x(part.path)
+    out = []
+    for run in np.split(rows, np.flatnonzero(np.diff(rows) > max_gap) + 1):
+        lo, hi = int(run[0]), int(run[-1]) + 1
+        try:
+            block = x[lo:hi]
+        except OSError as exc:
+            raise InputError(part.path, f"tiles {lo}:{hi} cannot be read ({exc}); the tile store may be truncated") from None
+        out.append(block if hi - lo == len(run) else block[run - lo])
+    return out[0] if len(out) == 1 else np.concatenate(out)
 
 
 def _tile_bytes(parts: list[StoreRows], files: _Files) -> int:
