@@ -9,7 +9,7 @@ the import with one line naming its folder. Each case is then converted (NIfTI, 
 from the DICOM geometry), defaced with :func:`fedimg.deface.pipeline.deface_job` (series on
 the reference's grid share its registration), and gets ``<case>.dicom.json``: which series
 made which file, geometry, and which identifying header tags (Annex E, by name) were not
-carried over. The NIfTI files carry voxels and geometry only.
+carried over, and a SHA-256 of the source files. The NIfTI files carry voxels and geometry only.
 
 Layouts: ``brats`` (BraTS 2021 names ``<case>_t1.nii.gz``, ``_t1ce``, ``_t2``, ``_flair``;
 the map must name all four) and ``series`` (``<case>_<name>.nii.gz`` per mapped series).
@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -40,12 +41,13 @@ from fedimg.errors import ConfigError, InputError, QCError
 from fedimg.imageio.deid import CODES, PROFILE_TABLE, DeidConfig, deidentify, pseudonym
 from fedimg.imageio.dicom import DicomSeries, DicomVolume, check_series, find_series, read_series
 from fedimg.imageio.write import write_nifti_gz
-from fedimg.io import write_json
+from fedimg.io import sha256_file, write_json
 
 from .core import DefaceConfig
 from .pipeline import DefaceJob, deface_job
 
-__all__ = ["load_series_map", "match_series", "plan_cases", "import_dicom", "deid_summary", "LAYOUTS", "BRATS_NAMES"]
+__all__ = ["load_series_map", "match_series", "plan_cases", "import_dicom", "deid_summary", "series_sha256",
+           "LAYOUTS", "BRATS_NAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,14 @@ def deid_summary(volume: DicomVolume, deid: DeidConfig) -> dict[str, Any]:
             "date_shift_days_applied": report.date_shift_days is not None}
 
 
+def series_sha256(series: DicomSeries) -> str:
+    """SHA-256 of the files' SHA-256 values, in path order: the site can later tell which export made a case."""
+    h = hashlib.sha256()
+    for f in sorted(series.files):
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
 def _grid(v: DicomVolume) -> tuple:
     return v.stored.shape, np.round(v.affine, 3).tobytes()
 
@@ -167,6 +177,7 @@ def _import_case(case: str, named: dict[str, DicomSeries], out: Path, work: Path
     for n in names:
         v = vols[n]
         images[n] = {"output": target[n].name, "series_number": named[n].number, "files": len(named[n].files),
+                     "source_sha256": series_sha256(named[n]),
                      "multiframe": len(v.datasets) == 1 and len(v.frames) > 1, "shape": list(v.stored.shape),
                      "spacing_mm": v.spacing.round(4).tolist(), "affine_ras": v.affine.round(6).tolist(),
                      "rescale_applied": bool(np.any(v.slope != 1) or np.any(v.inter != 0)),

@@ -14,7 +14,7 @@ import _dicom_factory as F
 from fedimg.data.discover import discover
 from fedimg.deface.core import DefaceConfig
 from fedimg.deface.dicom_deid import deidentify_tree
-from fedimg.deface.dicom_import import import_dicom, load_series_map, plan_cases
+from fedimg.deface.dicom_import import import_dicom, load_series_map, plan_cases, series_sha256
 from fedimg.errors import ConfigError, InputError
 from fedimg.imageio.deid import DeidConfig
 from fedimg.imageio.dicom import find_series, read_series
@@ -53,6 +53,7 @@ def test_import_brats_site(exam, tmp_path):
     assert set(record["images"]) == {"t1", "t1ce", "t2", "flair"} and record["codes"] == ["113100", "113102"]
     t1 = record["images"]["t1"]
     assert t1["files"] == 64 and "PatientName" in t1["deidentification"]["tags_replaced"] + t1["deidentification"]["tags_emptied"]
+    assert t1["source_sha256"] == series_sha256(next(s for s in find_series(root) if s.number == 1))
     assert record["images"]["t2"]["deface"]["reference"] == f"{case.case_id}_t1.nii.gz"  # same grid: one registration
     # the NIfTI keeps the DICOM geometry and the voxels outside the removed face
     vol = read_series(next(s for s in find_series(root) if s.number == 1))
