@@ -24,7 +24,6 @@ the map must name all four) and ``series`` (``<case>_<name>.nii.gz`` per mapped 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import fnmatch
 import hashlib
 import logging

@@ -19,7 +19,6 @@ from fedimg.errors import ConfigError, InputError
 from fedimg.imageio.deid import DeidConfig
 from fedimg.imageio.dicom import find_series, read_series
 from fedimg.imageio.provenance import is_defaced
-from fedimg.imageio.volume import to_canonical
 
 KEY = b"fedimg-test-site-secret-0001"
 
