@@ -56,7 +56,7 @@ def child(args: list[str], root: Path, threads: int) -> dict:
     """``fedimg ARGS`` in a fresh process with ``root`` first on the path: rc, peak MB, CPU s, wall s."""
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env, cwd=root)
     if proc.returncode != 0:
         raise SystemExit(f"fedimg {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -25,7 +25,7 @@ _CHILD = ("import json, resource, sys; from fedimg.cli import main; rc = main(sy
 def peak_mb(*args: str) -> float:
     """Peak RSS (MB) of ``fedimg ARGS`` in a fresh process (one thread)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rc"] == 0
