@@ -8,12 +8,15 @@ pyramidal TIFF written tile by tile by tifffile (:func:`fedimg.pathology.mosaic.
 a fresh child process that reports its peak RSS (``ru_maxrss``) and CPU seconds; training runs
 alternate ``--stream off`` (the whole store on the device, as before) and ``--stream on``
 (block-shuffled reads from the store), ``--reps`` times, and report the tiles/s of their last
-epoch (the first pays for compilation and warm-up). ``--before DIR`` also runs the tiling and
+epoch (the first pays for compilation and warm-up); then, in this process, cached and streamed
+epochs alternate ``--interleave-reps`` times on the same store (median tiles/s and tiles per
+CPU second: on a shared CPU the wall clock mostly measures the neighbours). ``--before DIR`` also runs the tiling and
 the cached training with the fedimg source tree in ``DIR`` (e.g. ``git archive`` of an older
 commit) for a before/after row.
 
     python benchmarks/wsi_memory.py --json bench-results/wsi_memory.json
-    python benchmarks/wsi_memory.py --cols 2 --rows 2 --overlap 24 --train-reps 0   # ~150k tiles, tiling only
+    python benchmarks/wsi_memory.py --train-reps 0 --threads 1 --steps 60           # tiles/s, interleaved only
+    python benchmarks/wsi_memory.py --cols 2 --rows 2 --overlap 24 --train-reps 0 --interleave-reps 0  # ~150k tiles
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=5)
     p.add_argument("--tile-size", type=int, default=32)
     p.add_argument("--overlap", type=int, default=0)
-    p.add_argument("--train-reps", type=int, default=2, help="cached/streamed training pairs (0: tiling only)")
+    p.add_argument("--train-reps", type=int, default=2, help="cached/streamed training child processes (peak memory)")
+    p.add_argument("--interleave-reps", type=int, default=5,
+                   help="in one process: cached and streamed epochs alternated this many times (tiles/s, tiles per CPU s)")
     p.add_argument("--steps", type=int, default=150, help="optimizer steps per epoch (2 epochs per run)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
@@ -102,6 +107,44 @@ def train(a: argparse.Namespace, work: Path, store: str, root: Path, mode: str |
     return res
 
 
+def interleaved(a: argparse.Namespace, store: str) -> dict:
+    """Cached and streamed training epochs alternated in this process (after one warm-up epoch
+    each): median wall tiles/s and tiles per CPU second (``time.process_time``)."""
+    import statistics
+
+    import torch
+
+    from fedimg.device import configure_threads
+    from fedimg.pathology.config import TileTrainConfig
+    from fedimg.pathology.models import build_tile_model
+    from fedimg.pathology.tiledata import prepare_tile_data
+    from fedimg.tasks.tiles_train import TileTrainer
+
+    configure_threads(a.threads)
+    trainers = {}
+    for mode in ("off", "on"):
+        cfg = TileTrainConfig(model="resnet10", width=0.25, batch_size=a.batch_size, val_fraction=0.02, stream=mode,
+                              steps_per_epoch=a.steps, epochs=a.interleave_reps + 1, seed=0)
+        data = prepare_tile_data(store, cfg, torch.device("cpu"))
+        torch.manual_seed(0)
+        trainers[mode] = TileTrainer(build_tile_model(cfg), data, cfg)
+        trainers[mode].train_epoch()  # warm-up: numba compilation, first allocations
+    rows: dict[str, list] = {"cached": [], "streamed": []}
+    for _ in range(a.interleave_reps):
+        for mode, key in (("off", "cached"), ("on", "streamed")):
+            c0 = time.process_time()
+            stats = trainers[mode].train_epoch()
+            cpu = time.process_time() - c0
+            rows[key].append({"tiles_per_s": stats["tiles_per_s"], "tiles_per_cpu_s": a.steps * a.batch_size / cpu})
+    out = {k: {"median_tiles_per_s": statistics.median(r["tiles_per_s"] for r in v),
+               "median_tiles_per_cpu_s": statistics.median(r["tiles_per_cpu_s"] for r in v), "epochs": v}
+           for k, v in rows.items()}
+    log.info("interleaved: cached %.0f tiles/s (%.0f per CPU s), streamed %.0f tiles/s (%.0f per CPU s)",
+             out["cached"]["median_tiles_per_s"], out["cached"]["median_tiles_per_cpu_s"],
+             out["streamed"]["median_tiles_per_s"], out["streamed"]["median_tiles_per_cpu_s"])
+    return out
+
+
 def run(a: argparse.Namespace) -> int:
     from fedimg.io import write_json
     from fedimg.pathology.mosaic import write_mosaic_slide
@@ -124,6 +167,8 @@ def run(a: argparse.Namespace) -> int:
             res["training"]["streamed"].append(train(a, work, store, ROOT, "on", f"streamed-{r}"))
             if a.before:
                 res["training"]["before"].append(train(a, work, store, Path(a.before), None, f"before-{r}"))
+        if a.interleave_reps:
+            res["interleaved"] = interleaved(a, store)
     print(json.dumps(res, indent=1))
     if a.json:
         write_json(a.json, res)
