@@ -53,11 +53,13 @@ def test_fit_resume_is_exact(tmp_path, synth_sites, stream):
     assert meta["task"] == "tiles" and meta["model"] == "resnet10"
 
 
-def test_federated_task_interface(synth_sites):
-    cfg = task.config_from_dict({**SMALL, "epochs": 1, "max_tiles": 32})
+@pytest.mark.parametrize("stream", ["auto", "on"])
+def test_federated_task_interface(synth_sites, stream):
+    cfg = task.config_from_dict({**SMALL, "epochs": 1, "max_tiles": 32, "stream": stream})
     assert task.config_from_dict(cfg.to_dict()) == cfg and task.KEY_METRIC == "auc"
     model = task.build_model(cfg)
     data = task.load_site(synth_sites[0], cfg, torch.device("cpu"))
+    assert data.streamed == (stream == "on")  # auto: a small store is cached
     global_sd = {k: v.clone().numpy() for k, v in model.state_dict().items()}
     metrics, n = task.train_one_round(model, data, cfg, epochs=1, global_params=global_sd, prox_mu=0.01)
     assert n == data.num_train > 0 and np.isfinite(metrics["loss"])
