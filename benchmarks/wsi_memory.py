@@ -4,7 +4,7 @@ pyramidal TIFF, and training tiles/s cached vs streamed on the same store.
 
 The slide is the real CMU H&E region repeated ``--cols x --rows`` times into a tiled, zlib,
 pyramidal TIFF written tile by tile by tifffile (:func:`fedimg.pathology.mosaic.write_mosaic_slide`;
-5 x 5 gives 11080 x 14800 px and ~59k tissue tiles of 32 px at 0.5 um/px). Every command runs in
+5 x 5 gives 11040 x 14800 px and ~59k tissue tiles of 32 px at 0.5 um/px). Every command runs in
 a fresh child process that reports its peak RSS (``ru_maxrss``) and CPU seconds; training runs
 alternate ``--stream off`` (the whole store on the device, as before) and ``--stream on``
 (block-shuffled reads from the store), ``--reps`` times, and report the tiles/s of their last
