@@ -5,7 +5,7 @@ pyramidal TIFF, and training tiles/s cached vs streamed on the same store.
 The slide is the real CMU H&E region repeated ``--cols x --rows`` times into a tiled, zlib,
 pyramidal TIFF written tile by tile by tifffile (:func:`fedimg.pathology.mosaic.write_mosaic_slide`;
 5 x 5 gives 11040 x 14800 px and ~59k tissue tiles of 32 px at 0.5 um/px). Every command runs in
-a fresh child process that reports its peak RSS (``ru_maxrss``) and CPU seconds; training runs
+a fresh child process that reports its peak RSS (``VmHWM``) and CPU seconds; training runs
 alternate ``--stream off`` (the whole store on the device, as before) and ``--stream on``
 (block-shuffled reads from the store), ``--reps`` times, and report the tiles/s of their last
 epoch (the first pays for compilation and warm-up); then, in this process, cached and streamed
@@ -36,9 +36,11 @@ import _common
 log = logging.getLogger("benchmarks.wsi_memory")
 
 ROOT = Path(__file__).resolve().parents[1]
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS (kept across fork and exec)
 _CHILD = ("import json, resource, sys; from fedimg.cli import main; rc = main(sys.argv[1:]); "
           "r = resource.getrusage(resource.RUSAGE_SELF); "
-          "print(json.dumps({'rc': rc, 'peak_mb': r.ru_maxrss / 1024, 'cpu_s': r.ru_utime + r.ru_stime}))")
+          "hwm = [int(ln.split()[1]) for ln in open('/proc/self/status') if ln.startswith('VmHWM:')][0]; "
+          "print(json.dumps({'rc': rc, 'peak_mb': hwm / 1024, 'cpu_s': r.ru_utime + r.ru_stime}))")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

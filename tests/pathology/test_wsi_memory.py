@@ -18,12 +18,14 @@ import pytest
 from fedimg.pathology.mosaic import write_mosaic_slide
 
 ROOT = Path(__file__).resolve().parents[2]
-_CHILD = ("import json, resource, sys; from fedimg.cli import main; rc = main(sys.argv[1:]); "
-          "print(json.dumps({'rc': rc, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS (kept across fork and exec)
+_CHILD = ("import json, sys; from fedimg.cli import main; rc = main(sys.argv[1:]); "
+          "hwm = [int(ln.split()[1]) for ln in open('/proc/self/status') if ln.startswith('VmHWM:')][0]; "
+          "print(json.dumps({'rc': rc, 'peak_mb': hwm / 1024}))")
 
 
 def peak_mb(*args: str) -> float:
-    """Peak RSS (MB) of ``fedimg ARGS`` in a fresh process (one thread)."""
+    """Peak RSS (MB, the kernel's VmHWM) of ``fedimg ARGS`` in a fresh process (one thread)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -56,6 +58,7 @@ def tile_and_train(tmp: Path, slide: Path, labels: Path, overlap: int) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak RSS read from /proc (Linux)")
 def test_tiling_and_streamed_training_memory_does_not_grow_with_the_tile_count(tmp_path):
     """The same pyramidal TIFF tiled without overlap (~2.4k tiles) and with 24 px overlap (16x the
     tiles, ~38k): the peaks stay within a few MB; the cached run holds the tiles."""
@@ -71,6 +74,6 @@ def test_tiling_and_streamed_training_memory_does_not_grow_with_the_tile_count(t
     print(f"tiles {few['n']} -> {many['n']} (+{grow_mb:.0f} MB of tiles); peak MB: tiles {few['tiles_mb']:.0f} -> "
           f"{many['tiles_mb']:.0f}, streamed training {few['train_mb']:.0f} -> {many['train_mb']:.0f}, cached {cached:.0f}")
     assert many["n"] >= 12 * few["n"]
-    assert many["tiles_mb"] - few["tiles_mb"] < 0.15 * grow_mb
-    assert many["train_mb"] - few["train_mb"] < 0.15 * grow_mb
+    assert many["tiles_mb"] - few["tiles_mb"] < 0.2 * grow_mb  # the grid plan: ~100 B per position
+    assert many["train_mb"] - few["train_mb"] < 0.2 * grow_mb
     assert cached - many["train_mb"] > 0.75 * grow_mb  # the measurement sees tiles held in memory
