@@ -27,6 +27,8 @@ log = logging.getLogger("fedimg")
 # Order is the order shown by ``fedimg --help``.
 COMMAND_MODULES = [
     "synth",
+    "import_dicom",
+    "deidentify",
     "deface",
     "train",
     "evaluate",

@@ -1,6 +1,7 @@
 """``fedimg train-tiles``: train a tile classifier on one site's tile store.
 
     fedimg train-tiles --data tiles/ --out runs/tiles-site1 --model densenet121
+    fedimg train-tiles --data wsi_tiles/ --out runs/wsi --stream on     # a store larger than memory
     fedimg tiles --synthetic-sites 3 --out pathology_sites/ && \\
         fedimg train-tiles --data pathology_sites/site-1 --out runs/tiles-site1 --model resnet18
 """
@@ -15,7 +16,7 @@ __all__ = ["register", "run"]
 log = logging.getLogger(__name__)
 
 _FIELDS = ("model", "epochs", "batch_size", "lr", "width", "num_classes", "amp", "channels_last", "seed", "val_fraction",
-           "stain_normalize", "max_tiles", "steps_per_epoch")
+           "stain_normalize", "max_tiles", "steps_per_epoch", "stream", "stream_buffer_mb")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations/stain augmentation")
     p.add_argument("--max-tiles", type=int, default=None, help="use the first N tiles")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap optimizer steps per epoch")
+    p.add_argument("--stream", choices=["auto", "on", "off"], default=None,
+                   help="stream tiles from the store, shuffled by blocks, in memory independent of the tile count "
+                        "(auto: when the labelled tiles exceed 2 GiB; off: hold them all on the device)")
+    p.add_argument("--stream-buffer-mb", type=int, default=None, help="streamed: memory for tiles read ahead (default 256)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")

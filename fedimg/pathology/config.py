@@ -48,6 +48,8 @@ class TileTrainConfig:
     steps_per_epoch: int | None = None
     eval_batch_size: int = 128
     norm: str = "batch"  # batch | group (ResNet only; DP-SGD needs per-sample normalisation)
+    stream: str = "auto"  # auto (stream when the labelled tiles exceed 2 GiB) | on | off (hold them on the device)
+    stream_buffer_mb: int = 256  # streamed: memory for tiles read ahead (two shuffle windows)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -74,6 +76,10 @@ class TileTrainConfig:
             raise ConfigError("--stain-normalize needs --target (an H&E target image)")
         if self.threads is not None and self.threads < 1:
             raise ConfigError("--threads must be >= 1")
+        if self.stream not in ("auto", "on", "off"):
+            raise ConfigError(f"--stream {self.stream!r}: use auto, on or off")
+        if self.stream_buffer_mb < 1:
+            raise ConfigError("--stream-buffer-mb must be >= 1")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError("--steps-per-epoch must be >= 1")
 

@@ -5,6 +5,9 @@ Coordinates follow OpenSlide: ``(x, y)`` in level-0 pixels, sizes ``(width, heig
 requested level's pixels. Regions come back as ``(H, W, 3)`` uint8 RGB, transparent areas
 composited on white.
 
+The tifffile backend (TIFFs OpenSlide does not take: stripped, or a compression it lacks)
+decodes only the strips or tiles a region touches, so a multi-GB TIFF is read in bounded memory.
+
 Whole levels (the tissue-mask thumbnail, or level 0 of a small slide) are read as horizontal
 strips in parallel threads (OpenSlide decodes with the GIL released), and a level read whole
 is kept in memory when it fits ``cache_bytes``, so tiling a slide whose mask level is also its
@@ -137,8 +140,14 @@ class Slide:
 
     def _read_array_region(self, location, level, w, h) -> np.ndarray:
         arr = self._levels[level]
+        if self.backend == "tifffile" and _chunk_readable(arr):
+            ds = self.level_downsamples[level]
+            return _rgb(_tiff_region(self._reader, arr, int(round(location[0] / ds)), int(round(location[1] / ds)), w, h))
         if callable(arr):
             arr = self._levels[level] = _rgb(arr())
+        elif not isinstance(arr, np.ndarray):  # a TIFF page stored in a way we do not read by chunks
+            log.warning("%s: level %d is decoded whole (not a tiled/stripped contiguous uint8 TIFF)", self.path, level)
+            arr = self._levels[level] = _rgb(arr.asarray())
         return _crop(arr, location, self.level_downsamples[level], w, h)
 
     def close(self) -> None:
@@ -211,7 +220,12 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
     if suffix in IMAGE_SUFFIXES:
         slide = _open_image(path)
     else:
-        slide = _open_openslide(path)
+        try:
+            slide = _open_openslide(path)
+        except InputError:
+            if suffix not in (".tif", ".tiff"):
+                raise
+            slide = None  # e.g. a TIFF compression OpenSlide lacks: tifffile may still read it
         if slide is None:
             if suffix not in (".tif", ".tiff"):
                 raise InputError(path, "is not a readable whole-slide image (OpenSlide cannot open it); the file may be corrupt or truncated")
@@ -252,28 +266,64 @@ def _open_tifffile(path: Path) -> Slide:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            levels = list(getattr(series, "levels", [series]))
-            shapes = [lv.shape for lv in levels]
-            page = tif.pages[0]
-            mpp = _tiff_mpp(page)
+        tif = tifffile.TiffFile(path)
     except Exception as exc:
         raise InputError(path, f"is not a readable TIFF ({exc}); the file may be corrupt or truncated") from None
+    try:
+        series = tif.series[0]
+        pages = [lv.keyframe for lv in getattr(series, "levels", [series])]
+        mpp = _tiff_mpp(tif.pages[0])
+    except Exception as exc:
+        tif.close()
+        raise InputError(path, f"is not a readable TIFF ({exc}); the file may be corrupt or truncated") from None
     dims = []
-    for shp in shapes:
+    for page in pages:
+        shp = page.shape
         if len(shp) == 3 and shp[0] in (3, 4) and shp[-1] not in (3, 4):
+            tif.close()
             raise InputError(path, f"has planar (channel-first) data {shp}; convert it to an RGB pyramidal TIFF")
         dims.append((int(shp[1]), int(shp[0])))
-    loaders = [(lambda i=i: tifffile.imread(path, series=0, level=i)) for i in range(len(dims))]
     return Slide(
         path=path,
         backend="tifffile",
         level_dimensions=tuple(dims),
         level_downsamples=tuple(dims[0][0] / d[0] for d in dims),
         mpp=mpp or 0.0,
-        _levels=loaders,
+        _reader=tif,
+        _levels=pages,
     )
+
+
+def _chunk_readable(page: Any) -> bool:
+    """A TIFF page whose tiles/strips can be decoded one by one into RGB(A)/grey uint8."""
+    return (hasattr(page, "dataoffsets") and getattr(page, "planarconfig", 1) == 1 and page.dtype == np.uint8
+            and len(page.shape) in (2, 3) and len(page.dataoffsets) > 0 and len(page.chunks) in (2, 3))
+
+
+def _tiff_region(tif: Any, page: Any, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """``(h, w[, spp])`` window at level pixel ``(x, y)`` of a tiled or stripped TIFF page, decoding
+    only the tiles/strips it overlaps (white outside the image)."""
+    ch, cw = page.chunks[0], page.chunks[1]
+    H, W = page.shape[0], page.shape[1]
+    spp = page.shape[2] if len(page.shape) == 3 else 1
+    out = np.full((h, w, spp), 255, np.uint8)
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+    if x1 <= x0 or y1 <= y0:
+        return out
+    per_row = -(-W // cw)
+    fh = tif.filehandle
+    for gy in range(y0 // ch, (y1 - 1) // ch + 1):
+        for gx in range(x0 // cw, (x1 - 1) // cw + 1):
+            i = gy * per_row + gx
+            if not page.databytecounts[i]:
+                continue  # a sparse (empty) tile: background
+            fh.seek(page.dataoffsets[i])
+            seg, _, _ = page.decode(fh.read(page.databytecounts[i]), i, jpegtables=page.jpegtables)
+            seg = seg.reshape(-1, cw if page.is_tiled else W, spp)
+            sy, sx = gy * ch, gx * cw
+            ay, ax, by, bx = max(y0, sy), max(x0, sx), min(y1, sy + seg.shape[0]), min(x1, sx + seg.shape[1])
+            out[ay - y : by - y, ax - x : bx - x] = seg[ay - sy : by - sy, ax - sx : bx - sx]
+    return out[..., 0] if spp == 1 else out
 
 
 def _open_image(path: Path) -> Slide:

@@ -1,5 +1,7 @@
 """Tiling a slide at a given resolution: tissue-only grid, strip reads, HDF5 store,
-``manifest.csv`` and ``thumbnail.png``.
+``manifest.csv`` and ``thumbnail.png``, streamed: tiles go from each batch of row reads
+straight into the store (:class:`~fedimg.pathology.store.TileStoreWriter`), so a 100k x 100k
+px slide is tiled in memory that does not grow with its number of tiles.
 
 The grid lives on the pyramid level nearest (and not coarser than) the requested mpp.
 Each tile row is read with one ``read_region`` call and cut into tiles (far fewer
@@ -16,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -27,7 +30,7 @@ import numpy as np
 from fedimg.errors import ConfigError
 
 from .slide import Slide, open_slide
-from .store import TileSet, write_manifest, write_tile_set
+from .store import TileStoreWriter, write_manifest
 from .tissue import slide_tissue_mask
 
 __all__ = ["TileConfig", "TilePlan", "plan_tiles", "iter_tiles", "extract_tiles", "draw_thumbnail"]
@@ -131,25 +134,25 @@ def iter_tiles(slide: Slide, plan: TilePlan, tile_size: int, *, max_strip_px: in
     ds = slide.level_downsamples[plan.level]
     rs = plan.read_size
     order = np.lexsort((plan.x, plan.y))
-    rows: dict[int, list[int]] = {}
-    for i in order:
-        rows.setdefault(int(plan.y[i]), []).append(int(i))
-    segments: list[tuple[list[int], np.ndarray, tuple]] = []
-    for y, idx in rows.items():
-        start = 0
-        while start < len(idx):  # split very wide rows into segments
-            seg = [idx[start]]
-            x_first = plan.x[idx[start]]
-            for j in idx[start + 1 :]:
-                if (plan.x[j] - x_first) / ds + rs > max_strip_px:
-                    break
-                seg.append(j)
-            start += len(seg)
-            xl = np.round((plan.x[seg] - x_first) / ds).astype(int)
-            segments.append((seg, xl, ((int(x_first), y), plan.level, (int(xl[-1] + rs), rs))))
+    if len(order) == 0:
+        return
+
+    def segments():  # lazily, row by row: memory does not grow with the number of tiles
+        ys = plan.y[order]
+        cuts = np.flatnonzero(np.diff(ys)) + 1
+        for row in np.split(order, cuts):
+            start = 0
+            while start < len(row):  # split very wide rows into segments
+                xl_all = (plan.x[row[start:]] - plan.x[row[start]]) / ds
+                k = max(1, int(np.searchsorted(xl_all + rs, max_strip_px, side="right")))
+                seg = row[start : start + k]
+                start += k
+                xl = np.round(xl_all[:k]).astype(int)
+                yield seg, xl, ((int(plan.x[seg[0]]), int(plan.y[seg[0]])), plan.level, (int(xl[-1] + rs), rs))
+
     batch = max(1, 2 * slide.threads)
-    for b in range(0, len(segments), batch):
-        chunk = segments[b : b + batch]
+    it = segments()
+    while chunk := list(itertools.islice(it, batch)):
         for (seg, xl, _), strip in zip(chunk, slide.read_regions([req for _, _, req in chunk])):
             tiles = np.stack([strip[:, a : a + rs] for a in xl])
             if rs != tile_size:
@@ -185,21 +188,24 @@ def draw_thumbnail(plan: TilePlan, labels: np.ndarray | None = None):
     return img
 
 
-def _read_tiles(slide: Slide, plan: TilePlan, tile_size: int, progress: bool) -> np.ndarray:
-    """Every planned tile as uint8 ``(N, tile_size, tile_size, 3)``, with a progress bar."""
+def _stream_tiles(slide: Slide, plan: TilePlan, tile_size: int, writer: Any, y: np.ndarray, progress: bool) -> None:
+    """Append every planned tile to ``writer`` row by row (plan order), with a progress bar;
+    only the tiles of one batch of row reads are in memory at a time."""
     from tqdm.auto import tqdm
 
-    x = np.empty((len(plan), tile_size, tile_size, 3), np.uint8)
+    done = 0
     with tqdm(total=len(plan), desc="tiles", unit="tile", disable=not progress) as bar:
         for idx, tiles in iter_tiles(slide, plan, tile_size):
-            x[idx] = tiles
+            if idx[0] != done or idx[-1] != done + len(idx) - 1:  # the plan is row-major: rows come in order
+                raise RuntimeError(f"tile rows out of order at tile {done}")
+            writer.append(tiles, y=y[idx], coords=np.stack([plan.x[idx], plan.y[idx]], axis=1))
+            done += len(idx)
             bar.update(len(idx))
-    return x
 
 
-def _manifest_rows(plan: TilePlan, config: TileConfig, y: np.ndarray) -> list[dict[str, Any]]:
-    """One ``manifest.csv`` row per tile (an empty label for unlabelled tiles)."""
-    return [
+def _manifest_rows(plan: TilePlan, config: TileConfig, y: np.ndarray):
+    """One ``manifest.csv`` row per tile (an empty label for unlabelled tiles), generated lazily."""
+    return (
         {
             "index": i,
             "x": int(plan.x[i]),
@@ -211,7 +217,7 @@ def _manifest_rows(plan: TilePlan, config: TileConfig, y: np.ndarray) -> list[di
             "label": "" if y[i] < 0 else int(y[i]),
         }
         for i in range(len(plan))
-    ]
+    )
 
 
 def extract_tiles(
@@ -243,7 +249,6 @@ def extract_tiles(
             y, classes = label_tiles(ann, plan.x, plan.y, plan.size0, default=default_label)
         else:
             y, classes = np.full(len(plan), -1, np.int64), []
-        x = _read_tiles(slide, plan, config.tile_size, progress)
         level_mpp = slide.level_mpp(plan.level)
         meta = {
             "slide": str(slide_path),
@@ -256,8 +261,8 @@ def extract_tiles(
             "classes": classes,
             "config": asdict(config),
         }
-    coords = np.stack([plan.x, plan.y], axis=1)
-    write_tile_set(out, TileSet(x=x, y=y, coords=coords, meta=meta))
+        with TileStoreWriter(out, tile_size=config.tile_size, meta=meta) as writer:
+            _stream_tiles(slide, plan, config.tile_size, writer, y, progress)
     write_manifest(out / "manifest.csv", _manifest_rows(plan, config, y))
     with atomic_path(out / "thumbnail.png") as tmp:
         draw_thumbnail(plan, y if ann is not None else None).save(tmp, format="PNG")

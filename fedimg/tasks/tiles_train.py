@@ -2,7 +2,9 @@
 
 :class:`TileTrainer` is an :class:`fedimg.engine.loop.EpochTrainer`: fused AdamW, the
 engine's warm-up + cosine schedule and bf16 decision; its hooks shuffle the cached tiles
-each epoch (``steps_per_epoch`` batches, wrapping around) and compute the cross-entropy of
+each epoch (``steps_per_epoch`` batches, wrapping around), or stream them from the store
+shuffled by blocks (:class:`fedimg.pathology.tilestream.StreamEpoch`, when the site data is
+streamed), and compute the cross-entropy of
 augmented tiles (:func:`fedimg.pathology.augment.batch_input`, drawn from the trainer's own
 generator so ``--resume`` is exact), in bf16 autocast with channels-last memory where
 supported.
@@ -10,7 +12,7 @@ supported.
 >>> import torch
 >>> from fedimg.pathology.config import TileTrainConfig
 >>> from fedimg.pathology.models import build_tile_model
->>> from fedimg.pathology.tiledata import TileSiteData
+>>> from fedimg.pathology.tiledata import TileSiteData, split_batches
 >>> cfg = TileTrainConfig(model="resnet10", width=0.25, batch_size=4, epochs=1, amp="fp32", augment=False)
 >>> x, y = torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.arange(8) % 2
 >>> data = TileSiteData(x_train=x, y_train=y, x_val=x[:4], y_val=y[:4], device=torch.device("cpu"),
@@ -30,7 +32,7 @@ from typing import Any
 from fedimg.engine.loop import EpochTrainer, adamw, local_round, use_bf16, warmup_cosine
 from fedimg.pathology.augment import augment_tiles, batch_input, draw_augment, to_input
 from fedimg.pathology.config import TileTrainConfig
-from fedimg.pathology.tiledata import TileSiteData
+from fedimg.pathology.tiledata import TileSiteData, split_batches
 
 __all__ = ["channels_last_for", "TileTrainer", "train_one_round", "evaluate"]
 
@@ -81,14 +83,21 @@ class TileTrainer(EpochTrainer):
         """The network input for training tiles ``idx`` (:func:`fedimg.pathology.augment.batch_input`)."""
         return batch_input(self.data.x_train, idx, self.generator, self.config, channels_last=self.channels_last)
 
-    def epoch_batches(self) -> list:
-        """A fresh permutation of the training tiles, cut into ``steps_per_epoch`` batches (wrapping around)."""
+    def epoch_batches(self) -> Any:
+        """A fresh permutation of the training tiles, cut into ``steps_per_epoch`` batches (wrapping
+        around); streamed data: a :class:`~fedimg.pathology.tilestream.StreamEpoch` of ``(tiles, labels)``."""
         import torch
 
         n = self.data.num_train
         if n == 0:
             raise ValueError("no training tiles")
         bs = self.config.batch_size
+        if self.data.streamed:
+            from fedimg.pathology.tilestream import StreamEpoch
+
+            return StreamEpoch(self.data.x_train, self.data.y_train, steps=self.steps_per_epoch, batch_size=bs,
+                               generator=self.generator, device=self.device, transform=self.data.transform,
+                               buffer_bytes=self.config.stream_buffer_mb << 20)
         order = torch.randperm(n, generator=self.generator).to(self.device)
         return [order[(step * bs) % n:][:bs] for step in range(self.steps_per_epoch)]
 
@@ -99,10 +108,16 @@ class TileTrainer(EpochTrainer):
         return torch.as_tensor(indices, dtype=torch.long, device=self.device)
 
     def step_loss(self, idx) -> tuple[Any, int]:
-        """Cross-entropy of the (augmented) tiles ``idx``; units = tiles."""
+        """Cross-entropy of the (augmented) tiles ``idx`` (streamed: of the batch ``(tiles, labels)``); units = tiles."""
+        import torch
         import torch.nn.functional as F
 
-        xb, yb = self.batch_input(idx), self.data.y_train[idx]
+        if isinstance(idx, tuple):
+            tiles, yb = idx
+            xb = batch_input(tiles, torch.arange(len(yb), device=tiles.device), self.generator, self.config,
+                             channels_last=self.channels_last)
+        else:
+            xb, yb = self.batch_input(idx), self.data.y_train[idx]
         with self.autocast():
             logits = self.forward(xb)
         return F.cross_entropy(logits.float(), yb), int(xb.shape[0])
@@ -123,7 +138,7 @@ def evaluate(model, data: TileSiteData, config: TileTrainConfig, *, split: str =
     import torch.nn.functional as F
     from monai.metrics import compute_roc_auc
 
-    x, y = (data.x_val, data.y_val) if split == "val" else (data.x_train, data.y_train)
+    y = data.y_val if split == "val" else data.y_train
     if len(y) == 0:
         return {"auc": math.nan, "accuracy": math.nan, "loss": math.nan, "n": 0.0}
     bf16 = use_bf16(config, data.device)
@@ -131,8 +146,8 @@ def evaluate(model, data: TileSiteData, config: TileTrainConfig, *, split: str =
     model.to(data.device).eval()
     logits = []
     with torch.no_grad(), torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=bf16):
-        for i in range(0, len(y), config.eval_batch_size):
-            logits.append(model(to_input(x[i : i + config.eval_batch_size], cl)).float())
+        for xb, _ in split_batches(data, split, config.eval_batch_size):
+            logits.append(model(to_input(xb, cl)).float())
     out = torch.cat(logits)
     prob = out.softmax(1).cpu()
     yc = y.cpu()

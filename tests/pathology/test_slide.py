@@ -40,6 +40,39 @@ def test_tifffile_fallback_reads_plain_tiff(tmp_path):
         assert (edge[10:, 10:] == 255).all()
 
 
+@pytest.mark.parametrize("layout", [{"rowsperstrip": 16}, {"tile": (64, 64)}])
+def test_tifffile_regions_decode_only_the_strips_or_tiles_they_touch(tmp_path, layout, monkeypatch):
+    """A 36 MB TIFF read by the tifffile fallback (OpenSlide takes no stripped TIFF; for the tiled
+    one it is made to refuse, as it does for TIFF compressions it lacks, e.g. LZMA): a region
+    costs the strips or tiles it touches, never the level."""
+    import tracemalloc
+
+    import openslide
+    import tifffile
+
+    def refuse(path):
+        raise openslide.OpenSlideUnsupportedFormatError(path)
+
+    monkeypatch.setattr(openslide, "OpenSlide", refuse)
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (500, 375, 3), dtype=np.uint8).repeat(8, axis=0).repeat(8, axis=1)  # 4000 x 3000 px
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, img, photometric="rgb", compression="zlib", resolution=(2e4, 2e4), resolutionunit="CENTIMETER",
+                     **layout)
+    with open_slide(path) as s:
+        assert s.backend == "tifffile"
+        s.read_region((0, 0), 0, (8, 8))
+        tracemalloc.start()
+        region = s.read_region((2937, 1210), 0, (90, 70))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_array_equal(region[:, :63], img[1210:1280, 2937:3000])
+        assert (region[:, 63:] == 255).all()  # beyond the right edge: white
+        np.testing.assert_array_equal(s.read_level(0), img)
+    assert peak < 2_000_000, peak  # strips of 144 KB or tiles of 12 KB, never the 36 MB level
+
+
 def test_png_needs_mpp(tmp_path, target_path):
     with pytest.raises(InputError, match="--slide-mpp"):
         open_slide(target_path)

@@ -33,10 +33,11 @@ def test_classifier_learns_synthetic_label_above_chance(synth_sites):
     assert after["auc"] > before["auc"] + 0.1
 
 
-def test_fit_resume_is_exact(tmp_path, synth_sites):
+@pytest.mark.parametrize("stream", ["off", "on"])
+def test_fit_resume_is_exact(tmp_path, synth_sites, stream):
     from fedimg.tasks.tiles_fit import fit_tiles, load_tile_model
 
-    cfg = TileTrainConfig(epochs=3, max_tiles=48, steps_per_epoch=2, **SMALL)
+    cfg = TileTrainConfig(epochs=3, max_tiles=48, steps_per_epoch=2, stream=stream, **SMALL)
     dev = torch.device("cpu")
     fit_tiles(synth_sites[0], cfg, tmp_path / "a", device=dev, progress=False)
     fit_tiles(synth_sites[0], cfg, tmp_path / "b", device=dev, progress=False, stop_after=2)
@@ -52,11 +53,13 @@ def test_fit_resume_is_exact(tmp_path, synth_sites):
     assert meta["task"] == "tiles" and meta["model"] == "resnet10"
 
 
-def test_federated_task_interface(synth_sites):
-    cfg = task.config_from_dict({**SMALL, "epochs": 1, "max_tiles": 32})
+@pytest.mark.parametrize("stream", ["auto", "on"])
+def test_federated_task_interface(synth_sites, stream):
+    cfg = task.config_from_dict({**SMALL, "epochs": 1, "max_tiles": 32, "stream": stream})
     assert task.config_from_dict(cfg.to_dict()) == cfg and task.KEY_METRIC == "auc"
     model = task.build_model(cfg)
     data = task.load_site(synth_sites[0], cfg, torch.device("cpu"))
+    assert data.streamed == (stream == "on")  # auto: a small store is cached
     global_sd = {k: v.clone().numpy() for k, v in model.state_dict().items()}
     metrics, n = task.train_one_round(model, data, cfg, epochs=1, global_params=global_sd, prox_mu=0.01)
     assert n == data.num_train > 0 and np.isfinite(metrics["loss"])

@@ -1,0 +1,99 @@
+"""``fedimg import`` and ``fedimg deidentify`` from the command line: real runs, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pydicom
+import pytest
+
+import _dicom_factory as F
+from fedimg.cli import main
+from fedimg.data.discover import discover
+from fedimg.imageio.deid import pseudonym
+from fedimg.imageio.dicom import find_series, read_series
+
+
+@pytest.fixture(scope="module")
+def exam(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_dicom")
+    dicom = root / "dicom"
+    fakes = F.write_exam(dicom, patient="C")
+    (root / "series.yml").write_text(F.SERIES_MAP)
+    (root / "site.key").write_text("5f0c8e7d0a4b4f1e9a3c2d1b0e9f8a7c\n")
+    return root, dicom, fakes
+
+
+def _hashes(root) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_import_command(exam, tmp_path):
+    root, dicom, fakes = exam
+    before = _hashes(dicom)
+    rc = main(["import", str(dicom), "-o", str(tmp_path / "site-1"), "--layout", "brats", "--series-map",
+               str(root / "series.yml"), "--key", str(root / "site.key"), "--no-png", "--threads", "1"])
+    assert rc == 0 and _hashes(dicom) == before
+    (case,) = discover(tmp_path / "site-1", require_labels=False, allow_identifiable=False)
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "site-1").rglob("*") if p.is_file())
+    assert not [f for f in fakes if f.encode() in blob]
+    # the case is named by the keyed pseudonym: the same key names it the same on a later run
+    assert case.case_id == pseudonym((root / "site.key").read_bytes().strip(), "FAKEID-C-7731")
+
+
+def test_deidentify_headers_only(exam, tmp_path):
+    root, dicom, fakes = exam
+    t1 = next(s for s in find_series(dicom) if s.number == 1).folder  # one series keeps the test short
+    rc = main(["deidentify", str(t1), "-o", str(tmp_path / "out"), "--no-deface", "--key", str(root / "site.key"),
+               "--date-shift"])
+    assert rc == 0
+    out = find_series(tmp_path / "out")
+    assert len(out) == 1 and len(out[0].files) == 64
+    ds = pydicom.dcmread(out[0].files[0])
+    assert ds.PatientIdentityRemoved == "YES" and ds.LongitudinalTemporalInformationModified == "MODIFIED"
+    assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113107"]  # no 113102: pixels kept
+    src = {s.number: read_series(s) for s in find_series(dicom) if s.number == 1}
+    np.testing.assert_array_equal(read_series(out[0]).stored, src[1].stored)
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert not [f for f in fakes if f.encode() in blob] and b"20230115" not in blob
+
+
+def _bad(capsys, argv, *words) -> None:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and err.startswith("fedimg: error: "), err
+    assert all(w in err for w in words), err
+
+
+@pytest.mark.parametrize("problem", ["tilt", "gap", "mixed"])
+def test_bad_series_one_line_nothing_written(tmp_path, capsys, problem):
+    data, affine = F.head(4)
+    dicom = tmp_path / "dicom"
+    kw = {"tilt": {"tilt_deg": 8.0}}.get(problem, {})
+    files, _, _, _ = F.write_case(dicom / "s1", data=data[:, :, 20:40], affine=affine, shuffle=False, **kw)
+    if problem == "gap":
+        files[7].unlink()
+    if problem == "mixed":
+        other, _, _, _ = F.write_case(dicom / "s2", data=data[:, :, 20:40], affine=affine, number=2, oblique_deg=30)
+        for f in other:
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID = pydicom.dcmread(files[0]).SeriesInstanceUID
+            ds.save_as(f)
+    before = _hashes(dicom)
+    words = {"tilt": ("s1", "tilt"), "gap": ("s1", "missing"), "mixed": (str(dicom), "mixed series")}[problem]
+    _bad(capsys, ["import", str(dicom), "-o", str(tmp_path / "site"), "--layout", "series"], *words)
+    _bad(capsys, ["deidentify", str(dicom), "-o", str(tmp_path / "deid")], *words)
+    assert not (tmp_path / "site").exists() and not (tmp_path / "deid").exists()
+    assert _hashes(dicom) == before
+
+
+def test_bad_options_one_line(exam, tmp_path, capsys):
+    root, dicom, _ = exam
+    _bad(capsys, ["deidentify", str(dicom), "-o", str(tmp_path / "o"), "--date-shift"], "--key")
+    _bad(capsys, ["import", str(dicom), "-o", str(tmp_path / "o")], "--series-map")
+    (tmp_path / "bad.yml").write_text("t1: [\n")
+    _bad(capsys, ["import", str(dicom), "-o", str(tmp_path / "o"), "--series-map", str(tmp_path / "bad.yml")],
+         "bad.yml", "YAML")
+    _bad(capsys, ["import", str(tmp_path / "nothing"), "-o", str(tmp_path / "o"), "--layout", "series"], "does not exist")
+    assert not (tmp_path / "o").exists()
