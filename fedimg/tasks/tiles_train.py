@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fedimg.errors import ConfigError
 from fedimg.engine.loop import EpochTrainer, adamw, local_round, use_bf16, warmup_cosine
 from fedimg.pathology.augment import augment_tiles, batch_input, draw_augment, to_input
 from fedimg.pathology.config import TileTrainConfig
@@ -105,6 +106,9 @@ class TileTrainer(EpochTrainer):
         """DP-SGD's Poisson draw as an index tensor on the device (what ``step_loss`` takes)."""
         import torch
 
+        if self.data.streamed:  # Poisson draws index single tiles anywhere in the store
+            raise ConfigError("DP-SGD draws tiles by index and needs them held in memory: train with --stream off "
+                              "(a smaller tile store, or --max-tiles) or without --dp-*")
         return torch.as_tensor(indices, dtype=torch.long, device=self.device)
 
     def step_loss(self, idx) -> tuple[Any, int]:
