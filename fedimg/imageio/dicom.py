@@ -179,6 +179,9 @@ def _slices(series: DicomSeries, datasets: list) -> list[dict]:
     out = []
     for i, ds in enumerate(datasets):
         nframes = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        if "Rows" in ds and "Columns" in ds:  # one file's declared pixels, before looping over its frames
+            _declared(series.files[i], (int(ds.Columns), int(ds.Rows), nframes), bits)
         per_frame = ds.get("PerFrameFunctionalGroupsSequence")
         for f in range(nframes):
             fg = per_frame[f] if per_frame is not None and len(per_frame) > f else None
@@ -195,7 +198,7 @@ def _slices(series: DicomSeries, datasets: list) -> list[dict]:
                         "shape": (int(ds.Rows), int(ds.Columns)), "patient": str(ds.get("PatientID", "")),
                         "slope": 1.0 if slope in (None, "") else float(slope),
                         "inter": 0.0 if inter in (None, "") else float(inter),
-                        "tilt": float(ds.get("GantryDetectorTilt", 0) or 0)})
+                        "tilt": float(ds.get("GantryDetectorTilt", 0) or 0), "bits": bits})
     return out
 
 
@@ -269,11 +272,27 @@ def check_series(series: DicomSeries) -> tuple[int, int, int]:
     _check_one_series(series, slices)
     slices, _ = _order(series, slices)
     rows, cols = slices[0]["shape"]
-    return cols, rows, len(slices)
+    return _check_size(series, (cols, rows, len(slices)), slices)
+
+
+def _check_size(series: DicomSeries, shape: tuple[int, int, int], slices: list[dict]) -> tuple[int, int, int]:
+    """Header-first refusal (``imageio.limits``): the declared volume against the size limit, before any pixel."""
+    _declared(series.folder, shape, max(s["bits"] for s in slices))
+    return shape
+
+
+def _declared(where: Path, shape: tuple[int, ...], bits: int) -> None:
+    from fedimg.imageio.limits import check_declared
+
+    check_declared(where, shape, np.uint8 if bits <= 8 else (np.uint16 if bits <= 16 else np.uint32))
 
 
 def read_series(series: DicomSeries) -> DicomVolume:
-    """Read one series with its pixels; any problem is an :class:`InputError` naming its folder."""
+    """Read one series with its pixels; any problem is an :class:`InputError` naming its folder.
+
+    Every header check (and the size limit) runs on the headers alone before any pixel is read.
+    """
+    check_series(series)
     datasets = _read_all(series, pixels=True)
     slices = _slices(series, datasets)
     _check_one_series(series, slices)

@@ -183,3 +183,17 @@ def test_folder_without_dicom(tmp_path):
     _one_line(exc, "no DICOM image series")
     with pytest.raises(InputError):
         find_series(tmp_path / "absent")
+
+
+def test_declared_size_refused_before_pixels(tmp_path, head4, monkeypatch):
+    """A multi-frame header declaring far more frames than the limit allows is refused from its headers alone."""
+    files, _, _, _ = F.write_case(tmp_path / "s", data=head4[0], affine=head4[1], multiframe=True)
+    ds = pydicom.dcmread(files[0])
+    ds.NumberOfFrames = 200_000  # 200k frames of the same rows x columns: tens of GiB declared, the file is small
+    ds.save_as(files[0])
+    before = files[0].read_bytes()
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(lambda self: pytest.fail("pixels read")))
+    (series,) = find_series(tmp_path / "s")
+    with pytest.raises(InputError, match="limit|voxels"):
+        read_series(series)
+    assert files[0].read_bytes() == before
