@@ -99,6 +99,7 @@ class Registration:
     start: tuple[float, float, float]
     seconds: float
     losses: tuple[float, ...]
+    candidates: tuple[np.ndarray, ...] = ()  # every surviving start's final affine, best first
 
 
 def downsample(data, affine: np.ndarray, target_mm: float):
@@ -240,24 +241,50 @@ class _Level:
 
 
 def register(subject: np.ndarray, subject_affine: np.ndarray, template: np.ndarray, template_affine: np.ndarray,
-             *, config: RegistrationConfig | None = None, device=None) -> Registration:
-    """Register ``template`` to ``subject`` (both 3-D float arrays with voxel→world affines)."""
+             *, config: RegistrationConfig | None = None, device=None, initial=None) -> Registration:
+    """Register ``template`` to ``subject`` (both 3-D float arrays with voxel→world affines).
+
+    ``initial``: subject-world → template-world affines to start from (e.g. the coarse
+    head-mask stage's); without them the first ``config.starts`` of :data:`START_ROTATIONS`.
+    """
     import torch
 
     config = config or RegistrationConfig()
     device = device or torch.device("cpu")
     if device.type != "cpu":
-        return _register(subject, subject_affine, template, template_affine, config, device)
+        return _register(subject, subject_affine, template, template_affine, config, device, initial)
     # The per-iteration tensors are small: one thread beats two (no sync spinning on busy CPUs).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _register(subject, subject_affine, template, template_affine, config, device)
+        return _register(subject, subject_affine, template, template_affine, config, device, initial)
     finally:
         torch.set_num_threads(threads)
 
 
-def _register(subject, subject_affine, template, template_affine, config, device) -> Registration:
+def _starts(initial, config, c_s, c_t_np):
+    """Start parameters ``(lin, trans, rotations)``: world_t = lin @ (p - c_s) + trans + c_t."""
+    if initial is None or not len(initial):
+        rots = START_ROTATIONS[: config.starts]
+        lin = np.stack([_rotation(*r) for r in rots])
+        return lin, np.zeros((len(rots), 3)), list(rots)
+    mats = np.stack([np.asarray(m, dtype=np.float64) for m in initial])
+    lin = mats[:, :3, :3]
+    trans = np.einsum("bij,j->bi", lin, c_s) + mats[:, :3, 3] - c_t_np
+    return lin, trans, [_euler(m[:3, :3]) for m in mats]
+
+
+def _euler(m: np.ndarray) -> tuple[float, float, float]:
+    """(pitch, roll, yaw) in degrees of the rotation nearest to ``m`` (inverse of :func:`_rotation`)."""
+    u, _, vt = np.linalg.svd(m)
+    r = u @ vt
+    roll = math.degrees(math.asin(float(np.clip(-r[2, 0], -1, 1))))
+    pitch = math.degrees(math.atan2(r[2, 1], r[2, 2]))
+    yaw = math.degrees(math.atan2(r[1, 0], r[0, 0]))
+    return (round(pitch, 1), round(roll, 1), round(yaw, 1))
+
+
+def _register(subject, subject_affine, template, template_affine, config, device, initial=None) -> Registration:
     import torch
 
     t0 = time.perf_counter()
@@ -271,9 +298,9 @@ def _register(subject, subject_affine, template, template_affine, config, device
     c_s = _centre_of_mass(pyramid[0][0], pyramid[0][1])
     c_t_np = _centre_of_mass(pyramid[0][2], pyramid[0][3])
     c_t = torch.as_tensor(c_t_np, dtype=torch.float32, device=device)
-    rots = START_ROTATIONS[: config.starts]
-    lin = torch.as_tensor(np.stack([_rotation(*r) for r in rots]), dtype=torch.float32, device=device)
-    trans = torch.zeros(len(rots), 3, dtype=torch.float32, device=device)
+    lin_np, trans_np, rots = _starts(initial, config, c_s, c_t_np)
+    lin = torch.as_tensor(lin_np, dtype=torch.float32, device=device)
+    trans = torch.as_tensor(trans_np, dtype=torch.float32, device=device)
     ids = list(range(len(rots)))
     losses = None
     for li, ((s, sa, t, ta), iters) in enumerate(zip(pyramid, config.iterations)):
@@ -291,7 +318,7 @@ def _register(subject, subject_affine, template, template_affine, config, device
         losses = losses[keep]
         ids = [ids[i] for i in keep]
         fg_points = level.points[level.fg]
-    result = _result(lin, trans, losses, ids, fg_points, c_s, c_t_np, t0)
+    result = _result(lin, trans, losses, [rots[i] for i in ids], fg_points, c_s, c_t_np, t0)
     log.debug("registration %.2f s, loss %.4f, agreement %.2f mm, start %s", result.seconds, result.loss,
               result.agreement_mm, result.start)
     return result
@@ -340,7 +367,7 @@ def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
     return lin, trans, ids
 
 
-def _result(lin, trans, losses, ids, fg_points, c_s, c_t_np, t0) -> Registration:
+def _result(lin, trans, losses, starts, fg_points, c_s, c_t_np, t0) -> Registration:
     """The final starts as subject-to-template matrices, averaged where they reached the same optimum."""
     mats = []
     for b in range(lin.shape[0]):
@@ -366,6 +393,6 @@ def _result(lin, trans, losses, ids, fg_points, c_s, c_t_np, t0) -> Registration
     lv = [float(v) for v in losses.cpu()]
     return Registration(
         subject_to_template=best if len(mats) > 1 else mats[0], loss=lv[0], second_loss=lv[1] if len(lv) > 1 else lv[0],
-        agreement_mm=agreement, start=tuple(float(v) for v in START_ROTATIONS[ids[0]]),
-        seconds=time.perf_counter() - t0, losses=tuple(lv),
+        agreement_mm=agreement, start=tuple(float(v) for v in starts[0]),
+        seconds=time.perf_counter() - t0, losses=tuple(lv), candidates=tuple(mats),
     )
