@@ -78,12 +78,12 @@ def base_registration(name: str, out: Path) -> np.ndarray:
     return m
 
 
-def _canonical_head(name: str):
+def _canonical_head(path: Path):
     import nibabel as nib
 
     from fedimg.imageio.volume import to_canonical
 
-    img = nib.load(str(DATA / HEADS[name]))
+    img = nib.load(str(path))
     return to_canonical(np.asarray(img.get_fdata(dtype=np.float32)), img.affine.astype(np.float64))
 
 
@@ -141,7 +141,7 @@ def _contrast(x: np.ndarray, name: str) -> np.ndarray:
     return np.interp(np.clip(x, 0, 1.3), KNOTS + (1.3,), CONTRASTS[name] + (CONTRASTS[name][-1] * 1.1,))
 
 
-def make_case(name: str, base: np.ndarray, params: dict, rng) -> dict:
+def make_case(path: Path, base: np.ndarray, params: dict, rng) -> dict:
     """Resample one real head through a known transform; returns arrays, affine and truth masks.
 
     Long because the steps share many intermediate arrays: pose, output grid and crop,
@@ -152,7 +152,7 @@ def make_case(name: str, base: np.ndarray, params: dict, rng) -> dict:
     from fedimg.deface.coarse import head_mask, rotation_matrix
     from fedimg.deface.template import load_template
 
-    data, aff = _canonical_head(name)
+    data, aff = _canonical_head(path)
     hm, hm_aff = head_mask(data, aff, step_mm=4.0)
     hpts = np.argwhere(hm) @ hm_aff[:3, :3].T + hm_aff[:3, 3]
     c0 = hpts.mean(0)
@@ -216,7 +216,7 @@ def build(out: Path, heads: list[str], per_head: int, seed: int) -> list[Path]:
         base = base_registration(name, out)
         for i in range(per_head):
             rng = np.random.default_rng([seed, hi, i])
-            case = make_case(name, base, _params(rng), rng)
+            case = make_case(DATA / HEADS[name], base, _params(rng), rng)
             stem = f"{name}_{i:02d}"
             folder = out / "cases"
             folder.mkdir(parents=True, exist_ok=True)
@@ -252,15 +252,15 @@ def run_case(image: Path, work: Path, config) -> dict:
     truth = np.load(image.with_name(f"{stem}_truth.npz"))
     out = work / f"{stem}_defaced.nii.gz"
     job = DefaceJob(reference=image, output=out, protect=(label,) if label.is_file() else ())
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         record = deface_job(job, config=config)
         passed, failures = True, []
     except QCError as exc:
         record, passed, failures = json.loads(out.with_name(f"{stem}_defaced.qc.json").read_text()), False, [str(exc)]
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     src = np.asarray(nib.load(str(image)).dataobj)
-    res = {"case": stem, "passed": passed, "failures": failures, "seconds": seconds,
+    res = {"case": stem, "passed": passed, "failures": failures, "seconds": seconds, "cpu_seconds": cpu,
            "start_agreement_dice": record.get("start_agreement_dice"), "coarse_dice": record.get("coarse_dice"),
            "mutual_information": record.get("mutual_information")}
     if out.is_file():
@@ -297,10 +297,17 @@ def summarise(rows: list[dict]) -> dict:
     ok = [r for r in rows if r["passed"]]
     correct = [r for r in ok if r.get("correct")]
     dices = [r["dice"] for r in ok]
+    every = [r["dice"] for r in rows if "dice" in r]
+    failed = [r for r in rows if not r["passed"]]
     return {"cases": n, "passed_qc": len(ok), "passed_and_correct": len(correct),
             "pass_rate": len(correct) / max(1, n), "wrong_passes": [r["case"] for r in ok if not r.get("correct")],
-            "dice_median": float(np.median(dices)) if dices else None, "dice_min": float(min(dices)) if dices else None,
-            "seconds_median": float(np.median([r["seconds"] for r in rows])) if rows else None}
+            "failed_but_would_be_correct": [r["case"] for r in failed if r.get("would_be_correct")],
+            "failed_and_wrong (caught)": [r["case"] for r in failed if not r.get("would_be_correct")],
+            "dice_median_passed": float(np.median(dices)) if dices else None,
+            "dice_min_passed": float(min(dices)) if dices else None,
+            "dice_median_all": float(np.median(every)) if every else None, "dice_min_all": float(min(every)) if every else None,
+            "seconds_median": float(np.median([r["seconds"] for r in rows])) if rows else None,
+            "cpu_seconds_median": float(np.median([r["cpu_seconds"] for r in rows])) if rows else None}
 
 
 def main(argv=None) -> int:

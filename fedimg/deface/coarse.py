@@ -121,10 +121,12 @@ class _Sampler:
         import torch
         import torch.nn.functional as F
 
-        world = np.einsum("bij,nj->bni", mats[:, :3, :3], pts) + mats[:, None, :3, 3]
-        grid = world @ self.lin.T + self.shift
-        g = torch.as_tensor(grid.astype(np.float32))[None, :, :, None, :]
-        out = F.grid_sample(self.vol, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+        lin = np.einsum("ij,bjk->bik", self.lin, mats[:, :3, :3])  # subject world -> grid, per start
+        off = mats[:, :3, 3] @ self.lin.T + self.shift
+        p = torch.as_tensor(pts, dtype=torch.float32)
+        grid = torch.matmul(p[None], torch.as_tensor(lin, dtype=torch.float32).transpose(1, 2))
+        grid = grid + torch.as_tensor(off, dtype=torch.float32)[:, None, :]
+        out = F.grid_sample(self.vol, grid[None, :, :, None, :], mode="bilinear", padding_mode="zeros", align_corners=True)
         return out[0, 0, :, :, 0].numpy()
 
 
@@ -178,15 +180,15 @@ def coarse_candidates(image: np.ndarray, affine: np.ndarray, template_mask: np.n
     mats[:, :3, :3] = np.stack(rots)
     mats[:, :3, 3] = c_t - np.einsum("bij,j->bi", mats[:, :3, :3], c_s)
     sampler = _Sampler(template_mask, template_mask_affine)
-    sub = np.arange(len(pts))[:: max(1, len(pts) // 20000)]
+    sub = np.arange(len(pts))[:: max(1, len(pts) // 10000)]
     mats = _fit_translations(mats, sampler, pts[sub], flat[sub], iterations=3)
     dice = overlap_dice(sampler(mats, pts[sub]), flat[sub])
-    order = np.argsort(-dice)[: max(3 * keep, 8)]
+    order = np.argsort(-dice)[: max(2 * keep, 6)]
     # Re-score the best on the finer (4 mm) mask, with a small local search of ±8° around each.
     fmask, faff = head_mask(image, affine, step_mm=4.0)
     fpts = _points(fmask.shape, faff)
     fflat = fmask.reshape(-1)
-    fsub = np.arange(len(fpts))[:: max(1, len(fpts) // 40000)]
+    fsub = np.arange(len(fpts))[:: max(1, len(fpts) // 15000)]
     local = [rotation_matrix(*d) for d in ((0, 0, 0), (8, 0, 0), (-8, 0, 0), (0, 8, 0), (0, -8, 0), (0, 0, 8), (0, 0, -8))]
     refined = []
     for i in order:
