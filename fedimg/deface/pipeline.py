@@ -2,7 +2,8 @@
 
 For each output the defacer writes the image (input shape, affine, dtype, scaling and
 orientation; NIfTI ``descrip`` from :func:`fedimg.imageio.provenance.defaced_descrip`), the
-provenance sidecar (:func:`fedimg.imageio.provenance.write_deface_record`) and, per
+provenance sidecar (:func:`fedimg.imageio.provenance.write_deface_record`, with the content
+hash of the image as read back from disk) and, per
 reference, a QC JSON and QC PNG next to the reference output. A failed QC writes only the QC files (for review)
 and raises :class:`fedimg.errors.QCError`; inputs are never modified.
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from fedimg import __version__
 from fedimg.errors import InputError, QCError
-from fedimg.imageio.provenance import defaced_descrip, sidecar_path, stem, write_deface_record
+from fedimg.imageio.provenance import defaced_descrip, sidecar_path, stem, voxel_sha256, write_deface_record
 from fedimg.imageio.volume import Volume, load_volume, save_like, to_canonical
 from fedimg.io import ensure_not_input, write_bytes, write_json
 
@@ -128,8 +129,9 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
                                       "removed_fraction", "face_near_removed")}
     for (vol, target), raw in zip(outputs, new_raw):
         save_like(vol, raw, target, descrip=descrip)
+        written = voxel_sha256(load_volume(target, what="defaced output", require_signal=False))  # as a reader sees it
         write_deface_record(target, source=vol.path, reference=job.reference.name, version=__version__,
-                            mode=config.mode, qc=summary, qc_report=qc_json.name)
+                            mode=config.mode, qc=summary, qc_report=qc_json.name, voxel_hash=written)
     for src, dst in job.copy:
         write_bytes(dst, src.read_bytes())
     record["seconds"] = time.perf_counter() - t0
