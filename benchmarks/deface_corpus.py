@@ -320,6 +320,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="run: write per-case results and the summary here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--shape-weight", type=float, default=None, help="run: override the head-mask MI weight")
+    p.add_argument("--no-coarse", action="store_true", help="run: fixed start rotations instead of the coarse stage")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
@@ -330,12 +332,12 @@ def main(argv=None) -> int:
         return 0
     from fedimg.deface.core import DefaceConfig
 
-    work = args.out / "defaced"
+    work = args.out / f"defaced_{args.json.stem if args.json else 'run'}"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.heads:
         for image in sorted((args.out / "cases").glob(f"{name}_[0-9][0-9].nii.gz")):
-            rows.append(run_case(image, work, DefaceConfig()))
+            rows.append(run_case(image, work, DefaceConfig(shape_weight=args.shape_weight, coarse=not args.no_coarse)))
             log.info("%s", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()})
     result = {"heads": args.heads, "summary": summarise(rows), "cases": rows}
     print(json.dumps(result["summary"], indent=1))

@@ -28,6 +28,8 @@ __all__ = ["DefaceConfig", "FaceRemoval", "face_removal"]
 
 log = logging.getLogger(__name__)
 
+RETRY_BELOW_DICE = 0.9  # start agreement (face-region Dice) under which an ambiguous registration is refined
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DefaceConfig:
@@ -40,6 +42,7 @@ class DefaceConfig:
     preset: str = "auto"
     modality: str = "auto"
     coarse: bool = True
+    shape_weight: float | None = None  # overrides the preset's head-mask MI weight when given
     mode: str = "zero"
     blur_mm: float = 8.0
     protect_margin_mm: float = 2.0
@@ -63,7 +66,8 @@ class DefaceConfig:
         name = self.preset
         if name == "auto":
             name = "fast" if float(np.min(spacing)) >= 1.8 else "default"
-        return RegistrationConfig.preset(name, seed=self.seed)
+        extra = {} if self.shape_weight is None else {"shape_weight": self.shape_weight}
+        return RegistrationConfig.preset(name, seed=self.seed, **extra)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,7 +138,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
         "modality": modality,
         "coarse_dice": coarse_dice,
         "start_agreement_dice": start_agreement_dice(registration, template, can.shape, can_aff),
-        "mutual_information": -registration.loss,
+        "mutual_information": registration.mi if registration.mi is not None else -registration.loss,
         "runner_up_mutual_information": -registration.second_loss,
         "loss_gap": registration.second_loss - registration.loss,
         "agreement_mm": registration.agreement_mm,
@@ -151,7 +155,11 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
 
 
 def _register_head(can, can_aff, modality, config, spacing, device, brain_protect):
-    """Coarse head-mask alignment, then MI: intensities for MR, head masks for CT. Returns ``(reg, dice)``."""
+    """Coarse head-mask alignment, then MI: intensities for MR, head masks for CT. Returns ``(reg, dice)``.
+
+    When the two best starts end on different face regions with near-equal loss, the MI stage
+    runs once more with the ``accurate`` settings from those two (longer, more samples).
+    """
     rcfg = config.registration_for(spacing)
     template = load_template(brain_protect)
     initial, dice = None, None
@@ -163,10 +171,18 @@ def _register_head(can, can_aff, modality, config, spacing, device, brain_protec
     if modality == "ct":
         smask, saff = head_mask(can, can_aff, step_mm=2.0)
         tm, ta = template_head_mask(2.0, brain_protect)
-        reg = register(smask.astype(np.float32), saff, tm.astype(np.float32), ta, config=rcfg, device=device,
-                       initial=initial)
+        args = (smask.astype(np.float32), saff, tm.astype(np.float32), ta)
+        rcfg = dataclasses.replace(rcfg, shape_weight=0.0)  # the images are head masks already
     else:
-        reg = register(can, can_aff, template.intensity, template.affine, config=rcfg, device=device, initial=initial)
+        args = (can, can_aff, template.intensity, template.affine)
+    reg = register(*args, config=rcfg, device=device, initial=initial)
+    ambiguous = reg.second_loss - reg.loss < config.qc.ambiguous_gap
+    if config.registration is None and len(reg.candidates) > 1 and ambiguous and \
+            start_agreement_dice(reg, template, can.shape, can_aff) < RETRY_BELOW_DICE:
+        log.info("two best starts disagree with near-equal loss: refining both with the accurate settings")
+        retry = RegistrationConfig.preset("accurate", seed=config.seed, starts=2, keep=2, prune_to=2,
+                                          shape_weight=rcfg.shape_weight)
+        reg = register(*args, config=retry, device=device, initial=list(reg.candidates[:2]))
     return reg, dice
 
 

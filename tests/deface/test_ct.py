@@ -48,3 +48,24 @@ def test_real_mr_heads_are_not_ct(head_2mm):
         resolve_modality("pet", data, img.affine)
     with pytest.raises(ConfigError):
         DefaceConfig(modality="xray")
+
+
+def test_real_ct_face_removal_is_anterior_and_filled_with_air(ct):
+    """The head-shape route on the real CT (stored in HU here): the removal lies in front of the
+    head's middle, the back of the head stays, and removed voxels become air (-1000 HU)."""
+    from fedimg.deface.core import face_removal
+    from fedimg.deface.masks import apply_removal
+
+    data, aff = ct
+    hu = data - 1024.0
+    res = face_removal(hu, aff, config=DefaceConfig(modality="auto"))
+    assert res.modality == "ct" and res.fill_value == -1000.0
+    assert res.metrics["modality"] == "ct" and 0.0 <= res.metrics["start_agreement_dice"] <= 1.0
+    vox = np.argwhere(res.remove)
+    assert len(vox) > 1000
+    world = vox @ aff[:3, :3].T + aff[:3, 3]
+    head = np.argwhere(hu > -500) @ aff[:3, :3].T + aff[:3, 3]
+    assert np.median(world[:, 1]) > np.median(head[:, 1]) + 20  # in front (A) of the head's middle
+    assert (world[:, 1] < np.percentile(head[:, 1], 25)).mean() < 0.05  # almost nothing from the back of the head
+    out = apply_removal(hu, res.remove, mode="zero", zero_value=res.fill_value)
+    assert (out[res.remove] == -1000.0).all() and (out[~res.remove] == hu[~res.remove]).all()
