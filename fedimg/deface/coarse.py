@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-__all__ = ["Candidate", "head_mask", "rotation_grid", "coarse_candidates", "overlap_dice", "rotation_matrix"]
+__all__ = ["Candidate", "block_mean", "head_mask", "rotation_grid", "coarse_candidates", "overlap_dice", "rotation_matrix"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ class Candidate:
     dice: float
 
 
-def _block_mean(data: np.ndarray, affine: np.ndarray, step_mm: float):
+def block_mean(data: np.ndarray, affine: np.ndarray, step_mm: float):
+    """Block means of about ``step_mm`` per axis (float32) and their affine; ``(data, affine)``."""
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     f = [max(1, int(round(step_mm / s))) for s in spacing]
     s = [n - n % k if n >= k else n for n, k in zip(data.shape, f)]
@@ -82,7 +83,7 @@ def head_mask(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 4.0) ->
     """
     from scipy import ndimage as ndi
 
-    small, aff = _block_mean(image, affine, step_mm)
+    small, aff = block_mean(image, affine, step_mm)
     lo, hi = np.percentile(small, [0.5, 99.0])
     if hi <= lo:
         return np.zeros(small.shape, bool), aff
@@ -156,14 +157,14 @@ def _principal(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def coarse_candidates(image: np.ndarray, affine: np.ndarray, template_mask: np.ndarray, template_mask_affine: np.ndarray,
-                      *, keep: int = 4, step_mm: float = 6.0, min_angle_deg: float = 15.0) -> list[Candidate]:
+                      *, keep: int = 4, step_mm: float = 4.0, min_angle_deg: float = 15.0) -> list[Candidate]:
     """The ``keep`` best distinct coarse alignments (subject world → template world), best first.
 
     Long because it chains the steps: masks, candidate rotations (principal axes with sign
     flips, and the grid), translation by centroids inside the field of view, Dice scores, a
     finer re-score of the best few, and the removal of near-duplicate rotations.
     """
-    smask, saff = head_mask(image, affine, step_mm=step_mm)
+    smask, saff = head_mask(image, affine, step_mm=step_mm)  # one mask (block means) for both stages
     if smask.sum() < 20:
         return []
     pts = _points(smask.shape, saff)
@@ -184,10 +185,8 @@ def coarse_candidates(image: np.ndarray, affine: np.ndarray, template_mask: np.n
     mats = _fit_translations(mats, sampler, pts[sub], flat[sub], iterations=3)
     dice = overlap_dice(sampler(mats, pts[sub]), flat[sub])
     order = np.argsort(-dice)[: max(2 * keep, 6)]
-    # Re-score the best on the finer (4 mm) mask, with a small local search of ±8° around each.
-    fmask, faff = head_mask(image, affine, step_mm=4.0)
-    fpts = _points(fmask.shape, faff)
-    fflat = fmask.reshape(-1)
+    # Re-score the best on more points, with a small local search of ±8° around each.
+    fpts, fflat = pts, flat
     fsub = np.arange(len(fpts))[:: max(1, len(fpts) // 15000)]
     local = [rotation_matrix(*d) for d in ((0, 0, 0), (8, 0, 0), (-8, 0, 0), (0, 8, 0), (0, -8, 0), (0, 0, 8), (0, 0, -8))]
     refined = []

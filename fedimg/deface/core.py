@@ -17,6 +17,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
+from .coarse import block_mean as _block_mean
 from .coarse import coarse_candidates, head_mask
 from .ct import MODALITIES, air_value, looks_like_hu, resolve_modality
 from .masks import MODES, dilate_mm, removal_mask, warp_template_maps
@@ -117,13 +118,15 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     can_aff = np.round(can_aff, 4)
     spacing = np.sqrt((can_aff[:3, :3] ** 2).sum(axis=0))
     template = load_template(brain_protect)
-    modality = resolve_modality(config.modality, can, can_aff)
+    small = _block_mean(can, can_aff, 4.0)  # one 4 mm copy for modality detection and the coarse stage
+    modality = resolve_modality(config.modality, *small)
     fill = air_value(can, modality)
     if modality == "ct" and looks_like_hu(can):
         can = np.maximum(can, fill)  # padding outside the scanner's circle (-2048 etc.) reads as air
+        small = _block_mean(can, can_aff, 4.0)
     coarse_dice = None
     if registration is None:
-        registration, coarse_dice = _register_head(can, can_aff, modality, config, spacing, device, brain_protect)
+        registration, coarse_dice = _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect)
     face, brain = warp_template_maps(template, can.shape, can_aff, registration.subject_to_template, device=device)
     user = None
     if protect is not None:
@@ -154,7 +157,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
                        registration=registration, metrics=metrics, modality=modality, fill_value=fill)
 
 
-def _register_head(can, can_aff, modality, config, spacing, device, brain_protect):
+def _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect):
     """Coarse head-mask alignment, then MI: intensities for MR, head masks for CT. Returns ``(reg, dice)``.
 
     When the two best starts end on different face regions with near-equal loss, the MI stage
@@ -165,7 +168,7 @@ def _register_head(can, can_aff, modality, config, spacing, device, brain_protec
     initial, dice = None, None
     if config.coarse:
         tmask, tmaff = template_head_mask(4.0, brain_protect)
-        cands = coarse_candidates(can, can_aff, tmask, tmaff, keep=rcfg.prune_to)
+        cands = coarse_candidates(*small, tmask, tmaff, keep=rcfg.prune_to)
         if cands:
             initial, dice = [c.matrix for c in cands], cands[0].dice
     if modality == "ct":

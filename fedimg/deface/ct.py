@@ -42,14 +42,14 @@ def looks_like_hu(image: np.ndarray) -> bool:
 
 def detect_modality(image: np.ndarray, affine: np.ndarray) -> str:
     """``"ct"`` for HU images or a narrow soft-tissue peak with a bright bone tail, else ``"mr"``."""
-    from .coarse import _block_mean, head_mask
+    from .coarse import block_mean, head_mask
 
     if looks_like_hu(image):
         return "ct"
     mask, _ = head_mask(image, affine, step_mm=4.0)
     if mask.sum() < 50:
         return "mr"
-    small, _ = _block_mean(image, affine, 4.0)
+    small, _ = block_mean(image, affine, 4.0)
     bg = float(np.percentile(small, 0.5))
     v = small[mask] - bg
     p25, p50, p75, p95 = np.percentile(v, [25, 50, 75, 95])
