@@ -300,6 +300,44 @@ def _would_remove(subject_to_template, shape, affine, label: Path) -> np.ndarray
     return removal_mask(face, brain, user)[0]
 
 
+def consistency(out: Path, name: str, run_stem: str) -> dict:
+    """Pose-only cases: Dice of each case's removal against fedimg's removal on the unrotated head
+    pulled through the known transform, and fedimg-vs-reference Dice on the unrotated head itself."""
+    import nibabel as nib
+
+    from fedimg.deface.coarse import head_mask, rotation_matrix
+    from fedimg.deface.core import face_removal
+    from fedimg.deface.template import load_template
+
+    data, aff = _canonical_head(DATA / HEADS[name])
+    own = face_removal(data, aff).remove
+    base = base_registration(name, out)
+    t = load_template()
+    idx = np.argwhere(np.ones(data.shape, bool))
+    tq = (idx @ aff[:3, :3].T + aff[:3, 3]) @ base[:3, :3].T + base[:3, 3]
+    face, brain = _sample(np.stack([t.face, t.brain]), t.affine, tq).reshape(2, *data.shape)
+    result = {"unrotated_dice_vs_reference": _dice(own, (face > 0.5) & ~(brain > 0.01)), "cases": {}}
+    hm, hm_aff = head_mask(data, aff, step_mm=4.0)
+    c0 = (np.argwhere(hm) @ hm_aff[:3, :3].T + hm_aff[:3, 3]).mean(0)
+    for image in sorted((out / "cases").glob(f"{name}_[0-9][0-9].nii.gz")):
+        params = json.loads(image.with_suffix("").with_suffix(".json").read_text())
+        img = nib.load(str(image))
+        shape = img.shape
+        p = np.argwhere(np.ones(shape, bool)) @ img.affine[:3, :3].T + img.affine[:3, 3]
+        q = c0 + (p - c0) @ (rotation_matrix(*params["angles"]) * params["scale"]).T + params["shift"]
+        pulled = _sample(own.astype(np.float32), aff, q)[0].reshape(shape) > 0.5
+        stem = image.name[: -len(".nii.gz")]
+        defaced = out / f"defaced_{run_stem}" / f"{stem}_defaced.nii.gz"
+        src = np.asarray(img.dataobj)
+        if defaced.is_file():
+            removed = np.asarray(nib.load(str(defaced)).dataobj) != src
+        else:
+            rec = json.loads(defaced.with_name(f"{stem}_defaced.qc.json").read_text())
+            removed = _would_remove(np.array(rec["subject_to_template"]), shape, img.affine, Path("-"))
+        result["cases"][stem] = _dice(removed, pulled)
+    return result
+
+
 def summarise(rows: list[dict]) -> dict:
     n = len(rows)
     ok = [r for r in rows if r["passed"]]
@@ -320,7 +358,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="defacing robustness corpus: build cases with known answers, or run fedimg on them")
-    p.add_argument("action", choices=["build", "run"])
+    p.add_argument("action", choices=["build", "run", "consistency"])
     p.add_argument("--out", type=Path, required=True, help="corpus folder")
     p.add_argument("--heads", nargs="+", default=[h for h in HEADS if h != HELD_OUT],
                    help=f"real heads to use (default: all but the held-out {HELD_OUT})")
@@ -338,6 +376,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.action == "build":
         build(args.out, args.heads, args.per_head, args.seed, args.pose_only)
+        return 0
+    if args.action == "consistency":
+        res = consistency(args.out, args.heads[0], args.json.stem)
+        print(json.dumps(res, indent=1))
         return 0
     from fedimg.deface.core import DefaceConfig
 
