@@ -142,8 +142,29 @@ def head_mask(small: np.ndarray, spacing) -> np.ndarray:
     return _largest(_fill(head))
 
 
+def _grow_brain(small, head, depth, deep, m, sp, skull_mm, low, high, open_mm, grow_mm) -> np.ndarray:
+    """Steps 3: candidates in the band around ``m``, eroded, the deep component, grown back, filled."""
+    from scipy import ndimage as ndi
+
+    cand = head & (depth >= skull_mm) & (small >= low * m) & (small <= high * m)
+    # erode hard enough to cut the brain from the face and neck, keep the part holding the
+    # deep core, and grow it back inside the candidates (a reconstruction by dilation)
+    ball = _ball(open_mm, sp)
+    lab, n = ndi.label(ndi.binary_erosion(cand, structure=ball))
+    counts = np.bincount(lab[deep], minlength=n + 1)
+    counts[0] = 0
+    if n == 0 or counts.max() == 0:
+        return np.zeros(head.shape, bool)
+    brain = ndi.binary_dilation(lab == int(np.argmax(counts)), structure=ball) & cand
+    steps = int(round(grow_mm / float(sp.mean())))
+    if steps:  # give back the gyri the opening cut off, a few mm along the candidates only
+        brain = ndi.binary_dilation(brain, iterations=steps, mask=cand)
+    return ndi.binary_fill_holes(np.pad(brain, 1))[1:-1, 1:-1, 1:-1]
+
+
 def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.0, skull_mm: float = 6.0,
-                   low: float = 0.55, high: float = 1.6, open_mm: float = 8.0, grow_mm: float = 6.0) -> BrainEstimate:
+                   low: float = 0.55, high: float = 1.6, open_mm: float = 8.0, grow_mm: float = 6.0,
+                   max_ml: float = 1900.0) -> BrainEstimate:
     """Estimate head and brain masks of a canonical (RAS-ordered) 3-D ``image``; see the module text."""
     from scipy import ndimage as ndi
 
@@ -159,23 +180,21 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     if not head.any():
         return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=0.0)
     depth = ndi.distance_transform_edt(np.pad(head, 1), sampling=sp)[1:-1, 1:-1, 1:-1]
-    deep = depth >= 0.75 * depth.max()
-    m = float(np.median(small[deep]))
-    cand = head & (depth >= skull_mm) & (small >= low * m) & (small <= high * m)
-    # erode hard enough to cut the brain from the face and neck, keep the part holding the
-    # deep core, and grow it back inside the candidates (a reconstruction by dilation)
-    ball = _ball(open_mm, sp)
-    core = ndi.binary_erosion(cand, structure=ball)
-    lab, n = ndi.label(core)
-    counts = np.bincount(lab[deep], minlength=n + 1)
-    counts[0] = 0
-    if n == 0 or counts.max() == 0:
-        return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=m)
-    brain = ndi.binary_dilation(lab == int(np.argmax(counts)), structure=ball) & cand
-    steps = int(round(grow_mm / float(sp.mean())))
-    if steps:  # give back the gyri the opening cut off, a few mm along the candidates only
-        brain = ndi.binary_dilation(brain, iterations=steps, mask=cand)
-    brain = ndi.binary_fill_holes(np.pad(brain, 1))[1:-1, 1:-1, 1:-1]
+    # the deepest part of the head's upper half (world +S; a full field of view's deepest
+    # point can be the skull base or neck)
+    idx = np.indices(head.shape).reshape(3, -1).T
+    z = (idx @ cell_aff[2, :3] + cell_aff[2, 3]).reshape(head.shape)
+    upper = head & (z >= np.median(z[head]))
+    deep = upper & (depth >= 0.75 * depth[upper].max())
+    brain, m = empty, 0.0
+    # the deep core's median is white matter in T1, a grey/white mix elsewhere: try it and two
+    # neighbouring quantiles, keep the largest brain that is not a leak into the face (max_ml)
+    for q in (50, 30, 70):
+        ref = float(np.percentile(small[deep], q))
+        got = _grow_brain(small, head, depth, deep, ref, sp, skull_mm, low, high, open_mm, grow_mm)
+        ml = float(got.sum()) * cell_ml
+        if ml <= max_ml and ml > float(brain.sum()) * cell_ml:
+            brain, m = got, ref
     log.debug("brain estimate: head %.0f mL, brain %.0f mL, reference %.3g",
               head.sum() * cell_ml, brain.sum() * cell_ml, m)
     return BrainEstimate(head=head, brain=brain, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=m)
@@ -191,8 +210,9 @@ def head_frame(brain: np.ndarray, cell_affine: np.ndarray, *, points: int = 2000
     """The brain's own frame in world mm: ``(centre, left-right normal, anterior)`` unit vectors.
 
     The mid-sagittal plane is the plane through the brain's centre whose mirror image of the
-    brain overlaps it most: started from the principal axis that mirrors best, refined by
-    hill-climbing (8 to 1 degree steps), so any head pose works. Anterior is the longer of
+    brain overlaps it most: started from the principal axis (or the scanner's x axis) that mirrors
+    best (of those mirroring nearly as well, the one nearest x), refined by
+    hill-climbing (8 to 1 degree steps, at most 20 degrees away), so poses up to about 45 degrees work. Anterior is the longer of
     the other two principal axes (the brain is longer front to back than top to bottom),
     made perpendicular to the normal and signed towards world +A (poses within 90 degrees).
     """
@@ -212,9 +232,13 @@ def head_frame(brain: np.ndarray, cell_affine: np.ndarray, *, points: int = 2000
         return float(brain[tuple(idx[ok].T)].sum()) / len(rel)
 
     evals, evecs = np.linalg.eigh(np.cov(rel.T))
-    axes = list(evecs.T)
-    first = max(range(3), key=lambda i: score(axes[i]))
-    normal, best = axes[first], score(axes[first])
+    axes = list(evecs.T) + [np.array([1.0, 0.0, 0.0])]
+    scores = [score(a) for a in axes]
+    # a blob-like brain estimate can mirror about a wrong axis almost as well: among the axes
+    # (principal ones and the scanner's x) within 0.05 of the best, take the one nearest x
+    first = max((i for i in range(4) if scores[i] >= max(scores) - 0.05), key=lambda i: abs(axes[i][0]))
+    normal, best = axes[first], scores[first]
+    start = normal
     for step in (8.0, 4.0, 2.0, 1.0):
         improved = True
         while improved:
@@ -224,10 +248,13 @@ def head_frame(brain: np.ndarray, cell_affine: np.ndarray, *, points: int = 2000
             for axis in (u, np.cross(normal, u)):
                 for sign in (1.0, -1.0):
                     cand = _rotate(normal, axis, sign * step)
+                    if abs(cand @ start) < np.cos(np.radians(20.0)):  # refine, never wander off
+                        continue
                     sc = score(cand)
                     if sc > best + 1e-9:
                         normal, best, improved = cand, sc, True
-    others = sorted((i for i in range(3) if i != first), key=lambda i: evals[i])
+    lr = int(np.argmax([abs(axes[i] @ normal) for i in range(3)]))  # the principal axis nearest the normal
+    others = sorted((i for i in range(3) if i != lr), key=lambda i: evals[i])
     ant = axes[others[-1]] - (axes[others[-1]] @ normal) * normal
     ant /= np.linalg.norm(ant)
     if ant[1] < 0:
