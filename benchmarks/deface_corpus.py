@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -366,6 +367,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="run: write per-case results and the summary here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", default=None, help="run: only cases whose name matches this regular expression")
     p.add_argument("--pose-only", action="store_true", help="build: rotated 1 mm T1 heads only (the Dice target)")
     p.add_argument("--shape-weight", type=float, default=None, help="run: override the head-mask MI weight")
     p.add_argument("--no-coarse", action="store_true", help="run: fixed start rotations instead of the coarse stage")
@@ -388,6 +390,8 @@ def main(argv=None) -> int:
     rows = []
     for name in args.heads:
         for image in sorted((args.out / "cases").glob(f"{name}_[0-9][0-9].nii.gz")):
+            if args.only and not re.search(args.only, image.name):
+                continue
             rows.append(run_case(image, work, DefaceConfig(shape_weight=args.shape_weight, coarse=not args.no_coarse)))
             log.info("%s", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()})
     result = {"heads": args.heads, "summary": summarise(rows), "cases": rows}
