@@ -186,15 +186,17 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     z = (idx @ cell_aff[2, :3] + cell_aff[2, 3]).reshape(head.shape)
     upper = head & (z >= np.median(z[head]))
     deep = upper & (depth >= 0.75 * depth[upper].max())
-    brain, m = empty, 0.0
     # the deep core's median is white matter in T1, a grey/white mix elsewhere: try it and two
-    # neighbouring quantiles, keep the largest brain that is not a leak into the face (max_ml)
+    # neighbouring quantiles, keep the largest brain that is not a leak into the face (max_ml);
+    # if every try leaks, the smallest (a too large brain makes QC stricter, never laxer)
+    tries = []
     for q in (50, 30, 70):
         ref = float(np.percentile(small[deep], q))
         got = _grow_brain(small, head, depth, deep, ref, sp, skull_mm, low, high, open_mm, grow_mm)
-        ml = float(got.sum()) * cell_ml
-        if ml <= max_ml and ml > float(brain.sum()) * cell_ml:
-            brain, m = got, ref
+        tries.append((float(got.sum()) * cell_ml, ref, got))
+    fit = [t for t in tries if 0 < t[0] <= max_ml]
+    leaks = [t for t in tries if t[0] > max_ml]
+    _, m, brain = max(fit, key=lambda t: t[0]) if fit else min(leaks, key=lambda t: t[0]) if leaks else (0, 0.0, empty)
     log.debug("brain estimate: head %.0f mL, brain %.0f mL, reference %.3g",
               head.sum() * cell_ml, brain.sum() * cell_ml, m)
     return BrainEstimate(head=head, brain=brain, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=m)

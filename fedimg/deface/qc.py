@@ -6,9 +6,14 @@ Checks (a failed check fails the file, never silently passes it):
 - ``start_agreement``: the face regions of the two best starts overlap (Dice
   ``start_agreement_dice`` >= ``min_start_dice``; ``agreement_mm`` when no Dice is given)
   unless the runner-up is clearly worse;
-- ``protected_untouched``: no removed voxel lies in the brain *estimated from the image
-  itself* (:mod:`.brainmask`, independent of the registration: ``brain_removed_ml`` is 0) and
-  no voxel of a ``--protect`` label changed in the written output (``protected_changed_ml`` 0);
+- ``protected_untouched``: at most ``max_brain_removed_ml`` (1 mL) of removed voxels lie in
+  the brain *estimated from the image itself* (:mod:`.brainmask`, independent of the
+  registration; its boundary is a 2 mm cell, or one slice of a thick slab, wide, so 1 mL,
+  under 0.1 % of a brain, is its uncertainty; the wrong registrations in the tests remove
+  3-200 mL of it) and no voxel of a ``--protect`` label changed in the written output
+  (``protected_changed_ml`` 0). Zero true brain voxels is what the removal guarantees by
+  construction (the warped brain-protection mask with its margin); this check catches a
+  registration that is wrong;
 - ``brain_in_head``: the warped template brain lies inside the subject's head;
 - ``removed_volume``: the removed head tissue is a plausible share of the head in the field
   of view (``removed_fraction`` within ``removed_fraction_range``; 0 mL removed fails);
@@ -68,7 +73,7 @@ class QCThresholds:
     min_start_dice: float = 0.8
     ambiguous_gap: float = 0.02  # runner-up within this MI of the best counts as a rival
     min_brain_in_head: float = 0.85
-    max_brain_removed_ml: float = 0.0
+    max_brain_removed_ml: float = 1.0
     removed_fraction_range: tuple[float, float] = (0.02, 0.13)
     min_face_near_removed: float = 0.14
     max_removal_offset_mm: float = 10.0
