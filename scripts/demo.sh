@@ -29,9 +29,8 @@ mkdir -p "$OUT"
 step() { printf '\n==> %s\n' "$*"; }
 t0=$SECONDS
 
-step "1/7 synthesise $SITES non-IID sites of $CASES cases from 5 real heads (BraTS 2021 layout, faces still in)"
-"$FEDIMG" synth --out "$OUT/raw" --sites "$SITES" --cases-per-site "$CASES" --spacing "$SPACING" --seed 0 \
-  --heads all --hard
+step "1/7 synthesise $SITES non-IID sites of $CASES cases from the head template, own contrast mappings (BraTS 2021 layout, faces still in)"
+"$FEDIMG" synth --out "$OUT/raw" --sites "$SITES" --cases-per-site "$CASES" --spacing "$SPACING" --seed 0 --hard
 
 step "2/7 deface every case (t1 registered, same removal applied to t1ce/t2/flair, tumour protected)"
 mkdir -p "$OUT/data"
