@@ -185,7 +185,11 @@ def test_site_killed_then_rejoins_after_server_restart_each_round_once(poc):
     assert [m["round"] for m in metrics] == [1, 2, 3, 4, 5]  # none lost, none counted twice
     assert [m["validation"]["model_round"] for m in metrics] == [0, 1, 2, 3, 4]
     assert sorted(metrics[0]["accepted"]) == SITES
-    for m in metrics[1:done]:  # after the kill, before the restart: the others go on
+    # round 2: site-4's update may have arrived before the kill (a toy round takes milliseconds at a
+    # site; seen on a loaded machine), so it may count; every later round before the restart goes on
+    # without it
+    assert set(metrics[1]["accepted"]) >= {"site-1", "site-2", "site-3"} and not metrics[1]["skipped"]
+    for m in metrics[2:done]:
         assert sorted(m["accepted"]) == ["site-1", "site-2", "site-3"] and not m["skipped"], m["round"]
     assert all(sorted(m["accepted"]) == SITES for m in metrics[done:])  # site-4 is back after the restart
     # site-4 evaluated (then trained from) the current global model: its metrics of round done+1 are
