@@ -260,7 +260,10 @@ def _read_all(series: DicomSeries, *, pixels: bool) -> list:
     datasets = []
     for f in series.files:
         try:
-            datasets.append(pydicom.dcmread(f, stop_before_pixels=not pixels))
+            # with pixels: PixelData is deferred (read from the file on first use), so every header
+            # check and the size limit run before any pixel is loaded
+            datasets.append(pydicom.dcmread(f, stop_before_pixels=True) if not pixels
+                            else pydicom.dcmread(f, defer_size="64 KB"))
         except Exception as exc:  # pydicom raises assorted errors for damaged files
             raise InputError(f, f"cannot be read as DICOM ({type(exc).__name__}: {exc}); re-export it") from None
     return datasets
@@ -292,11 +295,11 @@ def read_series(series: DicomSeries) -> DicomVolume:
 
     Every header check (and the size limit) runs on the headers alone before any pixel is read.
     """
-    check_series(series)
     datasets = _read_all(series, pixels=True)
     slices = _slices(series, datasets)
     _check_one_series(series, slices)
     slices, step = _order(series, slices)
+    _check_size(series, (slices[0]["shape"][1], slices[0]["shape"][0], len(slices)), slices)
     arrays = {}
     for i, ds in enumerate(datasets):
         try:
