@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_privacy_sweep_arguments", "privacy_sweep_from_args"]
+__all__ = ["add_privacy_sweep_arguments", "privacy_sweep_from_args", "log_privacy_table"]
 
 
 def add_privacy_sweep_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,3 +43,15 @@ def privacy_sweep_from_args(args: argparse.Namespace) -> Any:
     modes = ("sample", "client") if args.dp_mode == "both" else (args.dp_mode,)
     return PrivacySweep(epsilons=tuple(args.dp_sweep), modes=modes, delta=args.dp_delta,
                         max_grad_norm=args.dp_max_grad_norm, clip=args.clip, accountant=args.dp_accountant)
+
+
+def log_privacy_table(res: dict, logger: Any) -> None:
+    """One log line per row of the study's privacy-utility table (nothing without one)."""
+    for r in res.get("privacy_utility", {}).get("rows", []):
+        d = r["dice"]
+        if r["mode"] == "none":
+            logger.info("no DP: test Dice %.3f [%.3f, %.3f]", d["mean"], d["low"], d["high"])
+        else:
+            logger.info("%s DP, target epsilon %g (spent %.3g, noise %.3g): test Dice %.3f [%.3f, %.3f]",
+                        r["mode"], r["target_epsilon"], r["epsilon_spent"], r["noise_multiplier"], d["mean"], d["low"],
+                        d["high"])

@@ -82,11 +82,12 @@ def run(args: argparse.Namespace) -> int:
     proto = ProtocolConfig(test_fraction=args.test_fraction, max_epochs=args.rounds * args.local_epochs,
                            check_every=args.local_epochs, patience=args.patience, seeds=args.seeds,
                            base_seed=args.base_seed, n_boot=args.bootstrap)
-    from fedimg.cli._study_privacy import privacy_sweep_from_args
+    from fedimg.cli._study_privacy import log_privacy_table, privacy_sweep_from_args
 
     res = run_study(args.data, args.out, config, proto, compare=_compare(args.compare, config.strategy.name),
                     progress=not args.no_progress, privacy=privacy_sweep_from_args(args))
     _log(res, args.out)
+    log_privacy_table(res, log)
     return 0
 
 

@@ -59,7 +59,7 @@ def _p(mode, eps, spent, z):
 
 
 def test_table_and_report_section_by_hand(tmp_path):
-    rec = {"seed": 0, "arms": {
+    rec = {"seed": 0, "split": {x: {"train": ["a"], "val": ["b"], "test": ["c"]} for x in SITES}, "arms": {
         "federated": _arm((0.8, 0.6, 0.7)),
         arm_name("client", 8.0): _arm((0.1, 0.0, 0.2), _p("client", 8.0, 7.9, 1.2)),
         arm_name("sample", 8.0): _arm((0.4, 0.3, 0.35), _p("sample", 8.0, 7.5, 0.9)),
@@ -81,6 +81,22 @@ def test_table_and_report_section_by_hand(tmp_path):
     other = {**rec, "arms": {k: v for k, v in rec["arms"].items() if "client" not in k}}
     with pytest.raises(ConfigError, match="different DP arms"):
         privacy_table({**results, "seeds": [rec, other]})
+
+    # merging studies run with other seeds recomputes the table over the pooled seeds
+    from fedimg.io import read_json, write_json
+    from fedimg.study.runner import merge_studies
+
+    base = {**results, "protocol": {"n_boot": 50, "seeds": 1, "base_seed": 0, "check_every": 2, "patience": 1,
+                                    "max_epochs": 2, "test_fraction": 0.25},
+            "federation": {"strategy": {"name": "fedavg"}, "compare": [], "local_epochs": 2, "max_rounds": 1},
+            "train_config": {"seed": 0}, "privacy": {"epsilons": [1.0, 8.0]}, "privacy_utility": t}
+    for k in (0, 1):
+        write_json(tmp_path / f"s{k}" / "results.json", {**base, "seeds": [{**rec, "seed": k}]})
+    merged = merge_studies([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    assert [r["mode"] for r in merged["privacy_utility"]["rows"]] == ["none", "sample", "sample", "client"]
+    assert read_json(tmp_path / "merged" / "results.json")["privacy_utility"]["rows"][2]["dice"]["mean"] == \
+        pytest.approx(0.35)
+    assert "Privacy-utility" in (tmp_path / "merged" / "report.md").read_text()
 
 
 @pytest.mark.slow
