@@ -42,7 +42,7 @@ def test_dp_arm_configs_reach_their_target_epsilon():
             assert eps * 0.9 < spent <= eps  # the noise solved for the target over all rounds
     z = {e: f.client_dp["noise_multiplier"] for _, m, e, f in arms if m == "client"}
     assert z[1.0] > z[8.0] > 0  # a smaller epsilon needs more noise
-    with pytest.raises(ConfigError, match="client-dp"):  # refused before any arm trains
+    with pytest.raises(ConfigError, match="use --dp-mode sample"):  # refused before any arm trains
         dp_configs(PrivacySweep(epsilons=(1.0,), modes=("client",)),
                    FederationConfig(task="brats", strategy=StrategyConfig(name="trimmed_mean")), seed=0)
 
