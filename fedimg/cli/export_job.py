@@ -2,6 +2,7 @@
 
     fedimg export-job --out jobs/brats-fedavg --sites site-1 site-2 --rounds 20
     nvflare job submit -j jobs/brats-fedavg        # from an admin startup kit
+    fedimg export-job --out jobs/brats-he --he     # CKKS-encrypted updates (kits from `fedimg provision --he`)
 
 Sites read their data folder from ``--site-data NAME=PATH`` or, at run time, from the
 site's ``FEDIMG_SITE_DATA`` environment variable. Every participant needs fedimg
@@ -35,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from fedimg.cli._federation import add_federation_arguments
 
     add_federation_arguments(p)
+    from fedimg.cli._federation import add_he_argument
+
+    add_he_argument(p)
     p.set_defaults(func=run)
 
 
@@ -54,10 +58,19 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--site-data {item!r}: expected NAME=PATH with NAME one of {', '.join(args.sites)}")
         paths[name] = Path(path)
     check_before_start(paths, config)  # site data on this machine are checked now, others at the site
-    cross = args.crossval or ("global" if config.client_dp else "all")
-    recipe = build_recipe(config, paths, run_dir=None, cross_site="" if cross == "off" else cross)
+    if config.he:  # the server holds only ciphertexts: no plain models to cross-validate
+        from fedimg.fl.nvflare.he import build_he_recipe
+
+        if args.crossval not in (None, "off"):
+            raise ConfigError(f"--crossval {args.crossval} needs plain models on the server; with --he use --crossval off")
+        cross = "off"
+        recipe = build_he_recipe(config, paths, run_dir=None)
+    else:
+        cross = args.crossval or ("global" if config.client_dp else "all")
+        recipe = build_recipe(config, paths, run_dir=None, cross_site="" if cross == "off" else cross)
     out = export_job(recipe, args.out)
     log.info("job written to %s (%d sites, %d rounds, %s, cross-site validation: %s); "
-             "submit it with `nvflare job submit -j %s`",
-             out, len(paths), config.rounds, config.strategy.name, cross, out)
+             "submit it with `nvflare job submit -j %s`%s",
+             out, len(paths), config.rounds, config.strategy.name, cross, out,
+             " (HE: every kit needs its TenSEAL context, from `fedimg provision --he`)" if config.he else "")
     return 0

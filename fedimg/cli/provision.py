@@ -2,6 +2,7 @@
 
     fedimg provision --sample project.yml --sites site-1 site-2 site-3   # write a starting project.yml
     fedimg provision --project project.yml --out kits/
+    fedimg provision --project project.yml --out kits/ --he   # + TenSEAL CKKS contexts (export-job --he)
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--project", help="NVFlare project.yml")
     p.add_argument("--out", help="folder for the startup kits")
     p.add_argument("--force", action="store_true", help="allow a non-empty --out")
+    p.add_argument("--he", action="store_true",
+                   help="add NVFlare's HE builder: CKKS contexts in every kit (sites: secret key; server: none) for "
+                        "jobs exported with `fedimg export-job --he`")
     p.add_argument("--sample", metavar="PATH", help="write a sample project.yml to PATH and exit")
     p.add_argument("--sites", nargs="+", default=["site-1", "site-2", "site-3"], help="site names for --sample")
     p.add_argument("--server", default="server1", help="server host name (FQDN) for --sample")
@@ -37,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.project or not args.out:
         raise ConfigError("pass --project and --out (or --sample PATH)")
-    kits = provision(args.project, args.out, force=args.force)
+    kits = provision(args.project, args.out, force=args.force, he=args.he)
     log.info("%d startup kits written under %s", len(kits), args.out)
     return 0

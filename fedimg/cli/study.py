@@ -2,6 +2,7 @@
 
     fedimg study --data data/ --out study/ --seeds 3 --rounds 16 --local-epochs 6 --patience 4 \\
         --compare fedprox,fedadam --allow-identifiable
+    fedimg study --data data/ --out study/ --dp-epsilon 1 3 8 inf     # + the privacy-utility table
 
 Per seed: a train / validation / test split of every site, early stopping of every arm on
 its own validation Dice (at most ``rounds x local_epochs`` epochs per case), one test
@@ -42,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from fedimg.cli._federation import add_federation_arguments
 
     add_federation_arguments(p, rounds=16, local_epochs=6, dp=False)
+    from fedimg.cli._study_privacy import add_privacy_sweep_arguments
+
+    add_privacy_sweep_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -78,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
     proto = ProtocolConfig(test_fraction=args.test_fraction, max_epochs=args.rounds * args.local_epochs,
                            check_every=args.local_epochs, patience=args.patience, seeds=args.seeds,
                            base_seed=args.base_seed, n_boot=args.bootstrap)
+    from fedimg.cli._study_privacy import log_privacy_table, privacy_sweep_from_args
+
     res = run_study(args.data, args.out, config, proto, compare=_compare(args.compare, config.strategy.name),
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, privacy=privacy_sweep_from_args(args))
     _log(res, args.out)
+    log_privacy_table(res, log)
     return 0
 
 

@@ -94,41 +94,15 @@ def run(args: argparse.Namespace) -> int:
     cases, skipped = site_cases(data_dir, skip=args.skip_bad_cases, allow_identifiable=cfg.allow_identifiable)
     log.info("training %s on %d cases from %s (%s, %d threads)%s", cfg.model, len(cases), data_dir, device, n,
              f", {len(skipped)} bad case(s) skipped" if skipped else "")
-    privacy = _privacy(args, cfg, out)
+    from fedimg.cli._dp import report_privacy, run_privacy
+
+    privacy = run_privacy(args, seed=cfg.seed, epochs=cfg.epochs, out=out)
     summary = fit(cases, cfg, out, device=device, resume=args.resume, stop_after=args.stop_after,
                   progress=False if args.no_progress else None, source=data_dir, privacy=privacy)
     write_skipped(out, skipped)
     if privacy is not None:
-        _report_privacy(privacy, out)
+        report_privacy(privacy, out)
     best = summary["best"]
     log.info("done: %d epoch(s) this run, best dice_mean %.3f at epoch %s; run folder %s", summary["epochs_run"],
              best.get("dice_mean") if best.get("dice_mean") is not None else float("nan"), best.get("epoch"), out)
     return 0
-
-
-def _privacy(args: argparse.Namespace, cfg, out):
-    """The run's :class:`fedimg.privacy.PatientDP` (budget over ``cfg.epochs``), or ``None``."""
-    from fedimg.cli._federation import dp_from_args
-    from fedimg.io import read_json
-    from fedimg.privacy import DPConfig, PatientDP
-
-    dp = dp_from_args(args)
-    if args.resume and (out / "privacy.json").is_file():
-        saved = read_json(out / "privacy.json")["config"]
-        if dp and {k: v for k, v in dp.items() if k != "seed"} != {k: v for k, v in saved.items() if k != "seed"}:
-            log.warning("--resume keeps the run's DP settings; ignoring the DP options given")
-        dp = saved
-    return PatientDP(DPConfig.from_dict({**dp, "seed": cfg.seed}), total_epochs=cfg.epochs) if dp else None
-
-
-def _report_privacy(privacy, out) -> None:
-    """Write RUN/privacy.json and log the guarantee as measured."""
-    from fedimg.io import write_json
-
-    m = privacy.metrics()
-    statement = (f"patient-level DP-SGD: ({m['dp_epsilon']:.3g}, {m['dp_delta']:g})-DP for each training case "
-                 f"({privacy.config.accountant.upper()} accountant, Poisson sample rate {m['dp_sample_rate']:.3g}, "
-                 f"noise multiplier {m['dp_noise_multiplier']:.3g}, clip {m['dp_max_grad_norm']:g}, "
-                 f"{int(m['dp_steps'])} steps)")
-    write_json(out / "privacy.json", {"config": privacy.config.to_dict(), "metrics": m, "statement": statement})
-    log.info("%s%s", statement, "; budget spent, training stopped" if m["dp_budget_spent"] else "")

@@ -2,6 +2,7 @@
 
     fedimg train-tiles --data tiles/ --out runs/tiles-site1 --model densenet121
     fedimg train-tiles --data wsi_tiles/ --out runs/wsi --stream on     # a store larger than memory
+    fedimg train-tiles --data tiles/ --out runs/dp --dp-epsilon 8       # DP-SGD (Opacus): resnet18, GroupNorm
     fedimg tiles --synthetic-sites 3 --out pathology_sites/ && \\
         fedimg train-tiles --data pathology_sites/site-1 --out runs/tiles-site1 --model resnet18
 """
@@ -51,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--stop-after", type=int, default=None, help="run at most N epochs now (continue with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from fedimg.cli._federation import add_dp_arguments
+
+    add_dp_arguments(p)  # DP-SGD over tiles: the protected unit is one tile
     p.set_defaults(func=run)
 
 
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedimg.cli import env_threads
     from fedimg.device import configure_threads, resolve_device, seed_everything
-    from fedimg.errors import InputError
+    from fedimg.errors import ConfigError, InputError
     from fedimg.io import read_json
     from fedimg.pathology.config import TileTrainConfig
     from fedimg.tasks.tiles_fit import fit_tiles
@@ -79,13 +83,27 @@ def run(args: argparse.Namespace) -> int:
         if ignored:
             log.warning("--resume keeps the run's config; ignoring %s", ", ".join(ignored))
         overrides = {k: v for k, v in overrides.items() if k == "epochs"}
+    from fedimg.cli._dp import report_privacy, run_privacy
+    from fedimg.cli._federation import dp_from_args
+
+    if dp_from_args(args) and not base:
+        if overrides.get("stream") == "on":
+            raise ConfigError("DP-SGD (--dp-*) draws tiles by index from memory and cannot train on a streamed tile "
+                              "store: drop --stream on (or --dp-*)")
+        if not str(overrides.get("model", "resnet")).startswith("resnet"):
+            raise ConfigError(f"--model {overrides['model']} uses BatchNorm, which DP-SGD cannot make private: "
+                              "use --model resnet18 or resnet10 (GroupNorm)")
+        overrides = {"model": "resnet18", **overrides, "norm": "group"}  # per-sample normalisation
     cfg = TileTrainConfig.from_dict({**base, **overrides, "device": args.device})
     n = configure_threads(args.threads or env_threads())
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     log.info("training %s on %s (%s, %d threads)", cfg.model, data, device, n)
+    privacy = run_privacy(args, seed=cfg.seed, epochs=cfg.epochs, out=out)
     s = fit_tiles(data, cfg, out, device=device, resume=args.resume, stop_after=args.stop_after,
-                  progress=False if args.no_progress else None)
+                  progress=False if args.no_progress else None, privacy=privacy)
+    if privacy is not None:
+        report_privacy(privacy, out, unit="training tile (one patient only where a patient gives one tile)")
     log.info("done: %d epoch(s), best AUC %.3f at epoch %s; run folder %s", s["epochs_run"], s["best"].get("auc", float("nan")),
              s["best"].get("epoch"), out)
     return 0

@@ -7,10 +7,10 @@ screen of its own update before encryption (:mod:`fedimg.privacy.selfcheck`).
 1e-05
 """
 
-from fedimg.privacy.clientdp import ClientDPConfig, client_dp_epsilon, clip_update, statement
+from fedimg.privacy.clientdp import ClientDPConfig, client_dp_epsilon, client_noise_for, clip_update, statement
 from fedimg.privacy.dpsgd import DPConfig, PatientDP, dp_metric_names, epsilon_of
 from fedimg.privacy.selfcheck import SERVER_CHECKS_OFF_UNDER_HE, UpdateCheckError, check_own_update
 
 __all__ = ["DPConfig", "PatientDP", "dp_metric_names", "epsilon_of", "ClientDPConfig", "clip_update",
-           "client_dp_epsilon", "statement", "check_own_update", "UpdateCheckError",
+           "client_dp_epsilon", "client_noise_for", "statement", "check_own_update", "UpdateCheckError",
            "SERVER_CHECKS_OFF_UNDER_HE"]

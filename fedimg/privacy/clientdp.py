@@ -16,6 +16,9 @@ sites' metrics and sample counts are sent in the clear and are not covered.
 (5.0, [0.6000000238418579, 0.800000011920929])
 >>> round(client_dp_epsilon(noise_multiplier=1.0, rounds=20, delta=1e-5), 1)
 30.1
+>>> z = client_noise_for(epsilon=8.0, rounds=20, delta=1e-5)  # the noise for a target epsilon
+>>> 2 < z < 4, client_dp_epsilon(noise_multiplier=z, rounds=20, delta=1e-5) <= 8.0
+(True, True)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
-__all__ = ["ClientDPConfig", "clip_update", "client_dp_epsilon", "statement"]
+__all__ = ["ClientDPConfig", "clip_update", "client_dp_epsilon", "client_noise_for", "statement"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +90,16 @@ def client_dp_epsilon(*, noise_multiplier: float, rounds: int, delta: float) -> 
     from fedimg.privacy.dpsgd import epsilon_of
 
     return epsilon_of(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=rounds, delta=delta)
+
+
+def client_noise_for(*, epsilon: float, rounds: int, delta: float) -> float:
+    """The noise multiplier z whose ε after ``rounds`` rounds (q = 1, RDP) is at most ``epsilon``."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if not (0 < epsilon < math.inf) or rounds < 1:
+        raise ConfigError(f"client-level DP needs a positive finite target epsilon and rounds >= 1, got {epsilon}, {rounds}")
+    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=rounds,
+                                      accountant="rdp"))
 
 
 def statement(config: ClientDPConfig, rounds: int) -> str:

@@ -75,6 +75,9 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
               "| epochs/case | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
     for e, row in eq.items():
         lines.append(f"| {e} | " + " | ".join(_fmt(row[a]) for a in arms) + " |")
+    from fedimg.study.privacy import privacy_lines
+
+    lines += privacy_lines(results, out)
     lines += ["", "These are the numbers measured, whatever they show.", "",
               "![per-site](per_site.png)", "", "![learning curves](learning_curves.png)", ""]
     _bars(out / "per_site.png", s, scored, sites)

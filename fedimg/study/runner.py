@@ -55,8 +55,10 @@ def _strip(arm: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolConfig, seed: int,
-             compare: tuple[StrategyConfig, ...] = (), progress: bool = False) -> dict[str, Any]:
-    """All arms for one seed; returns the seed's record (splits, curves, test scores)."""
+             compare: tuple[StrategyConfig, ...] = (), progress: bool = False, privacy: Any = None) -> dict[str, Any]:
+    """All arms for one seed; returns the seed's record (splits, curves, test scores).
+
+    ``privacy``: a :class:`fedimg.study.privacy.PrivacySweep` (its DP arms run on the same split)."""
     from fedimg.device import resolve_device
     from fedimg.study.arms import evaluate_cases, federated_arm, pool_sites, train_local_arm
     from fedimg.tasks import get_task
@@ -86,6 +88,11 @@ def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolCo
         arm = federated_arm(view, out / f"fl-{strat.name}", f, proto, task, datas, progress=progress)
         arm["test"] = evaluate_cases(task, config, arm["params"], tests)
         arms[name] = _strip(arm)
+    if privacy is not None:
+        from fedimg.study.privacy import run_privacy_arms
+
+        arms.update(run_privacy_arms(privacy, view=view, out=out, fed=fed, proto=proto, task=task, datas=datas,
+                                     tests=tests, config=config, seed=seed, progress=progress))
     log.info("seed %d: centralised arm", seed)
     arm = train_local_arm(task, config, pool_sites(list(datas.values())), proto, seed=seed)
     arm["test"] = evaluate_cases(task, config, arm["params"], tests)
@@ -99,8 +106,10 @@ def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolCo
 
 
 def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, proto: ProtocolConfig, *,
-              compare: tuple[StrategyConfig, ...] = (), progress: bool = False) -> dict[str, Any]:
-    """Run every seed, summarise with intervals, write ``results.json`` and the report."""
+              compare: tuple[StrategyConfig, ...] = (), progress: bool = False, privacy: Any = None) -> dict[str, Any]:
+    """Run every seed, summarise with intervals, write ``results.json`` and the report.
+
+    ``privacy``: a :class:`fedimg.study.privacy.PrivacySweep` adds DP arms and the privacy-utility table."""
     from fedimg.study.report import write_report
     from fedimg.study.summary import summarise
     from fedimg.tasks import get_task
@@ -112,13 +121,17 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, prot
         raise InputError(out, "already holds a study; choose a new --out (or delete it to run again)")
     from fedimg.fl.nvflare.simulate import check_before_start
 
+    if privacy is not None:  # refuse a bad DP combination before any arm trains
+        from fedimg.study.privacy import dp_configs
+
+        dp_configs(privacy, dataclasses.replace(fed, rounds=proto.max_checks), proto.base_seed)
     check_before_start(discover_sites(data_dir), fed)  # every site's data checked before any arm trains
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     seeds = []
     for i in range(proto.seeds):
         seed = proto.base_seed + i
-        seeds.append(run_seed(Path(data_dir), out / f"seed-{seed}", fed, proto, seed, compare, progress))
+        seeds.append(run_seed(Path(data_dir), out / f"seed-{seed}", fed, proto, seed, compare, progress, privacy))
         write_json(out / "results.json", {"partial": True, "seeds": seeds})
     sites = list(discover_sites(data_dir))
     results = {
@@ -134,6 +147,11 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, prot
         "seconds": time.perf_counter() - t0,
     }
     results["summary"] = summarise(results)
+    if privacy is not None:
+        from fedimg.study.privacy import privacy_table
+
+        results["privacy"] = privacy.to_dict()
+        results["privacy_utility"] = privacy_table(results)
     write_json(out / "results.json", results)
     write_report(out, results)
     return results
@@ -161,7 +179,7 @@ def merge_studies(studies: list[str | Path], out: str | Path) -> dict[str, Any]:
     if first.get("partial"):
         raise InputError(first_path, "is from an unfinished study; let it finish or leave it out")
     same = lambda r: (r["sites"], {k: v for k, v in r["protocol"].items() if k not in ("seeds", "base_seed")},  # noqa: E731
-                      r["federation"], r["train_config"] | {"seed": 0})
+                      r["federation"], r["train_config"] | {"seed": 0}, r.get("privacy"))
     seeds, seen = [], set()
     for path, r in parts:
         if r.get("partial") or same(r) != same(first):
@@ -176,6 +194,10 @@ def merge_studies(studies: list[str | Path], out: str | Path) -> dict[str, Any]:
                "protocol": {**first["protocol"], "seeds": len(seeds)},
                "seconds": sum(float(r.get("seconds", 0.0)) for _, r in parts)}
     results["summary"] = summarise(results)
+    if "privacy_utility" in first:
+        from fedimg.study.privacy import privacy_table
+
+        results["privacy_utility"] = privacy_table(results)
     out = Path(out)
     write_json(out / "results.json", results)
     write_report(out, results)

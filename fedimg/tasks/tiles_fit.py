@@ -57,9 +57,10 @@ def load_tile_model(path: str | Path, *, device: Any = "cpu"):
 
 
 def fit_tiles(data_path: str | Path, config: TileTrainConfig, out: str | Path, *, device: Any, resume: bool = False,
-              stop_after: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+              stop_after: int | None = None, progress: bool | None = None, privacy: Any = None) -> dict[str, Any]:
     """Train on the tile store ``data_path`` and write the run folder ``out``
-    (the epoch loop is :class:`fedimg.engine.driver.EpochDriver`)."""
+    (the epoch loop is :class:`fedimg.engine.driver.EpochDriver`; ``privacy``, e.g.
+    :class:`fedimg.privacy.PatientDP`: DP-SGD over tiles, its ``dp_*`` metrics in every epoch's row)."""
     import torch
 
     run = EpochDriver(out, resume=resume)
@@ -67,6 +68,8 @@ def fit_tiles(data_path: str | Path, config: TileTrainConfig, out: str | Path, *
     torch.manual_seed(config.seed)
     model = build_tile_model(config)
     trainer = TileTrainer(model, data, config)
+    if privacy is not None:
+        trainer.make_private(privacy)
 
     def validate(epoch: int) -> dict[str, float]:
         res = evaluate(model, data, config)

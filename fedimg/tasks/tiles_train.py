@@ -102,13 +102,17 @@ class TileTrainer(EpochTrainer):
         order = torch.randperm(n, generator=self.generator).to(self.device)
         return [order[(step * bs) % n:][:bs] for step in range(self.steps_per_epoch)]
 
+    def dp_units(self) -> int:
+        """Tiles DP-SGD samples from; refused on a streamed store (checked when DP is attached, before any step)."""
+        if self.data.streamed:  # Poisson draws index single tiles anywhere in the store
+            raise ConfigError("DP-SGD draws tiles by index and needs them held in memory: train with --stream off "
+                              "(a smaller tile store, or --max-tiles) or without --dp-*")
+        return int(self.data.num_train)
+
     def dp_batch(self, indices: list[int]):
         """DP-SGD's Poisson draw as an index tensor on the device (what ``step_loss`` takes)."""
         import torch
 
-        if self.data.streamed:  # Poisson draws index single tiles anywhere in the store
-            raise ConfigError("DP-SGD draws tiles by index and needs them held in memory: train with --stream off "
-                              "(a smaller tile store, or --max-tiles) or without --dp-*")
         return torch.as_tensor(indices, dtype=torch.long, device=self.device)
 
     def step_loss(self, idx) -> tuple[Any, int]:

@@ -193,11 +193,12 @@ def _weighted(sites: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
 
 
-def build_he_recipe(config: Any, sites: dict[str, Path | None], *, run_dir: str | Path,
+def build_he_recipe(config: Any, sites: dict[str, Path | None], *, run_dir: str | Path | None,
                     local_model_dir: str | Path | None = None) -> Any:
     """An NVFlare HE job: ``ScatterAndGather`` + HE shareable generator + :class:`FedimgHEAggregator`
     on the server, fedimg's client script between ``HEModelDecryptor`` and ``HEModelEncryptor`` at
-    each site. Only FedAvg of differences, without client-level DP, can run on ciphertexts."""
+    each site. Only FedAvg of differences, without client-level DP, can run on ciphertexts.
+    ``run_dir=None`` (an exported job): the server writes to its job workspace, ``<run>/fedimg/``."""
     if config.client_dp:
         raise ConfigError("--he cannot be combined with --client-dp: the server cannot clip or add noise to ciphertexts")
     if config.strategy.name != "fedavg" or config.send != "diff":
@@ -228,7 +229,8 @@ def build_he_recipe(config: Any, sites: dict[str, Path | None], *, run_dir: str 
     job = BaseFedJob(name=config.name + "-he", min_clients=min(config.min_sites, len(sites)))
     persistor_id = job.to_server(FedimgPersistor(task=config.task, config=tcfg.to_dict()), id="persistor")
     gen_id = job.to_server(HEModelShareableGenerator(), id="shareable_generator")
-    agg_id = job.to_server(FedimgHEAggregator(run_dir=str(Path(run_dir).resolve()), max_samples=config.max_samples),
+    agg_id = job.to_server(FedimgHEAggregator(run_dir=str(Path(run_dir).resolve()) if run_dir else "",
+                                              max_samples=config.max_samples),
                            id="aggregator")
     job.to_server(ScatterAndGather(min_clients=len(sites), num_rounds=config.rounds, wait_time_after_min_received=0,
                                    aggregator_id=agg_id, persistor_id=persistor_id, shareable_generator_id=gen_id))

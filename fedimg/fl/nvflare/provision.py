@@ -7,9 +7,20 @@ components (``fedimg.fl.`` added to ``local/resources.json.default`` ``class_all
 and writes a short README for the hospitals. :func:`sample_project` writes a starting
 ``project.yml`` for a server and N sites.
 
+With ``he=True`` (``fedimg provision --he``) NVFlare's ``HEBuilder`` (TenSEAL CKKS, as in
+NVFlare's HE docs) joins the project's builders before signing: the server's kit gets
+``startup/server_context.tenseal`` (no secret key) and every site's kit
+``startup/client_context.tenseal`` (the shared secret key); a job exported with ``fedimg
+export-job --he`` finds them there.
+
 Usage (``fedimg provision`` does this)::
 
-    kits = provision("project.yml", "kits/")
+    kits = provision("project.yml", "kits/", he=True)
+
+>>> builders = with_he_builder([{"path": "nvflare.lighter.impl.cert.CertBuilder"},
+...                             {"path": "nvflare.lighter.impl.signature.SignatureBuilder"}])
+>>> [b["path"].rsplit(".", 1)[1] for b in builders]
+['CertBuilder', 'HEBuilder', 'SignatureBuilder']
 """
 
 from __future__ import annotations
@@ -24,7 +35,9 @@ from pathlib import Path
 from fedimg.errors import FedimgError, InputError
 from fedimg.io import write_bytes
 
-__all__ = ["provision", "sample_project"]
+__all__ = ["provision", "sample_project", "with_he_builder", "HE_BUILDER"]
+
+HE_BUILDER = "nvflare.lighter.impl.he.HEBuilder"
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +72,51 @@ def sample_project(path: str | Path, *, sites: list[str], server: str = "server1
     return Path(path)
 
 
-def provision(project: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Path]:
-    """Run ``nvflare provision`` on ``project`` into ``out``; returns participant -> startup kit folder."""
+def with_he_builder(builders: list) -> list:
+    """``builders`` with NVFlare's CKKS ``HEBuilder`` before the ``SignatureBuilder`` (so the
+    contexts are signed with the kit); unchanged when an HE builder is already there."""
+    if any(isinstance(b, dict) and b.get("path") == HE_BUILDER for b in builders):
+        return list(builders)
+    sig = [i for i, b in enumerate(builders) if isinstance(b, dict) and str(b.get("path", "")).endswith("SignatureBuilder")]
+    at = sig[0] if sig else len(builders)
+    he = {"path": HE_BUILDER, "args": {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 40],
+                                       "scale_bits": 40, "scheme": "CKKS"}}
+    return [*builders[:at], he, *builders[at:]]
+
+
+def _he_project(project: Path, dest: Path) -> None:
+    """Write ``project`` with the HE builder to ``dest`` (the input stays as it is)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(project.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(project, f"is not a readable project.yml ({exc}); fix it or write one with --sample") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("builders"), list):
+        raise InputError(project, "has no builders list; write a project.yml with `fedimg provision --sample`")
+    doc["builders"] = with_he_builder(doc["builders"])
+    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _check_he_kits(out: Path, kits: dict[str, Path]) -> None:
+    """Every kit holds its TenSEAL context; the server's has no secret key."""
+    import tenseal as ts
+
+    for name, kit in kits.items():
+        if "@" in name:
+            continue
+        server = (kit / "startup" / "fed_server.json").is_file()
+        ctx = kit / "startup" / ("server_context.tenseal" if server else "client_context.tenseal")
+        if not ctx.is_file():
+            raise FedimgError(f"{out}: nvflare provision wrote no {ctx.name} for {name}")
+        if server and ts.context_from(ctx.read_bytes()).has_secret_key():
+            raise FedimgError(f"{ctx}: the server's HE context holds a secret key; it must not")
+
+
+def provision(project: str | Path, out: str | Path, *, force: bool = False, he: bool = False) -> dict[str, Path]:
+    """Run ``nvflare provision`` on ``project`` into ``out``; returns participant -> startup kit folder.
+
+    ``he``: add NVFlare's ``HEBuilder`` (CKKS contexts in every kit, for ``export-job --he``)."""
     from fedimg.fl.nvflare.simulate import allow_fedimg_components
 
     project, out = Path(project), Path(out)
@@ -71,7 +127,10 @@ def provision(project: str | Path, out: str | Path, *, force: bool = False) -> d
     exe = Path(sys.executable).with_name("nvflare")
     with tempfile.TemporaryDirectory() as tmp:
         # nvflare writes <workspace>/<project name>/prod_NN; run in a scratch folder so no input is touched
-        shutil.copyfile(project, Path(tmp) / "project.yml")
+        if he:
+            _he_project(project, Path(tmp) / "project.yml")
+        else:
+            shutil.copyfile(project, Path(tmp) / "project.yml")
         res = subprocess.run([str(exe) if exe.exists() else "nvflare", "provision", "-p", "project.yml", "-w",
                               str(Path(out).resolve()), "--force"], cwd=tmp, capture_output=True, text=True, timeout=300)
     if res.returncode != 0:
@@ -84,6 +143,8 @@ def provision(project: str | Path, out: str | Path, *, force: bool = False) -> d
     for name, kit in kits.items():
         if (kit / "local").is_dir() and "@" not in name:
             allow_fedimg_components(kit / "local")
+    if he:
+        _check_he_kits(out, kits)
     readme = (
         "# fedimg startup kits\n\n"
         f"Provisioned from {project.name}. Send each participant its own folder only (it holds its private key).\n\n"
@@ -93,7 +154,11 @@ def provision(project: str | Path, out: str | Path, *, force: bool = False) -> d
         "Admin: `nvflare job submit -j <job folder>` with the admin kit. A job from `fedimg export-job` ends with "
         "cross-site validation: the table and heatmap are in the server's kit folder, "
         "<job id>/fedimg/crossval/ (crossval.csv, heatmap.png).\n\n"
-        "Participants: " + ", ".join(kits) + "\n"
+        + ("Homomorphic encryption: every site's startup/ holds client_context.tenseal (the shared secret key: keep "
+           "it at the sites), the server's server_context.tenseal (no secret key). Export the job with "
+           "`fedimg export-job --he ...`: sites encrypt every update, the server adds ciphertexts only.\n\n"
+           if he else "")
+        + "Participants: " + ", ".join(kits) + "\n"
     )
     write_bytes(prod / "README-fedimg.md", readme.encode())
     log.info("startup kits for %s in %s", ", ".join(kits), prod)

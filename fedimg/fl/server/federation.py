@@ -83,6 +83,9 @@ class FederationConfig:
                 raise ConfigError(f"DP-SGD (--dp-*) runs in the brats and tiles tasks' training loop, not {self.task!r}")
             if self.strategy.prox_mu:
                 raise ConfigError("FedProx (--prox-mu) cannot be combined with DP-SGD: its term is not per-sample")
+            if self.task == "tiles" and self.train.get("stream") == "on":
+                raise ConfigError("DP-SGD (--dp-*) draws tiles by index from memory and cannot train on a streamed "
+                                  "tile store: drop --stream on (or --dp-*)")
         if self.client_dp:
             from fedimg.privacy import ClientDPConfig
 
