@@ -33,7 +33,7 @@ from numba.extending import overload
 from . import _ref
 from ._backend import warn_once
 
-__all__ = ["wsum", "wsum_sumsq", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH"]
+__all__ = ["wsum", "wsum_sumsq", "sumsq_parts", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH"]
 
 CH = 4096
 MAX_TUPLE = 64  # numba unpacks a tuple passed to a parallel region: at most 100 (NUMBA_PARFOR_MAX_TUPLE_SIZE)
@@ -215,6 +215,18 @@ def _wsum_sumsq_k(us, cpart, clo, starts, w, src, out, accumulate, lut):  # prag
 
 
 @njit(parallel=True, cache=True, nogil=True)
+def _sumsq_parts_k(us, cpart, clo, lut):  # pragma: no cover - numba
+    """float64 sum of squares of the parts ``us`` (chunk table as in :func:`_wsum_sumsq_k`)."""
+    nch = cpart.size
+    ss = np.zeros(nch, np.float64)
+    for c in prange(nch):
+        u = us[cpart[c]]
+        lo = clo[c]
+        ss[c] = _sumsq_chunk(u[lo : min(lo + CH, u.size)], lut, 0.0)
+    return ss.sum()
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def _fedopt_k(p, g, m, v, method, lr, b1, omb1, b2, omb2, tau, po, mo, vo):  # pragma: no cover - numba
     n = p.size
     for c in prange((n + CH - 1) // CH):
@@ -332,6 +344,17 @@ def wsum_sumsq(parts, w: float, src: np.ndarray, out: np.ndarray, accumulate: bo
         off += sum(sizes)
     if not math.isfinite(total):  # NaN/Inf, or a float32 square overflowed: the exact float64 sum
         total = sum(_reduce_k(a, lut, False) for a, lut in prepped)
+    return float(total)
+
+
+def sumsq_parts(parts) -> float:
+    """float64 sum of squares of one update given as its parts: one launch per run of <= MAX_TUPLE parts."""
+    prepped = [_prep(u) for u in parts]
+    total = 0.0
+    for start, end in _runs(prepped):
+        arrs = [a for a, _ in prepped[start:end]]
+        cpart, clo, _ = _chunk_table(tuple(a.size for a in arrs))
+        total += _sumsq_parts_k(_ref.padded(arrs)[0], cpart, clo, prepped[start][1])
     return float(total)
 
 

@@ -188,3 +188,17 @@ def test_wsum_sumsq_many_parts_matches_the_reference(backend, rng):
         ss = ops.wsum_sumsq([to_native(p, backend) for p in parts], 0.3, to_native(base, backend), out, True)
         np.testing.assert_array_equal(ops.host(out), want)
         assert ss == pytest.approx(ss_want, rel=sumsq_rtol(n, f32_chunk=_chunk(backend)) + sumsq_rtol(n), abs=0)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_parts_norm_is_the_norm_of_the_packed_update(backend, rng):
+    from fedimg.kernels import parts_norm
+
+    u, _ = updates(rng, 2, N)
+    parts = [to_native(p, backend) for p in _parts(u)] * 40  # 200 parts: several numba launches
+    want = math.sqrt(40) * _norm64(u)
+    assert parts_norm(parts, backend=backend) == pytest.approx(want, rel=2 * norm_rtol(40 * N), abs=0)
+    bad = u.copy()
+    bad[N - 1] = np.inf
+    assert math.isinf(parts_norm([to_native(p, backend) for p in _parts(bad)], backend=backend))
+    assert parts_norm([], backend=backend) == 0.0
