@@ -220,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
                                                peers=server_peers if with_peers else None)
     meta = {
         "benchmark": "aggregate",
+        "commit": _commit(),
+        "command": "python benchmarks/aggregate.py " + " ".join(sys.argv[1:]),
         "device": str(device),
         "device_name": aggregate.device_name(device),
         "cpu_threads": threads,
@@ -235,6 +237,20 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json, meta)
         log.info("wrote %s", args.json)
     return 0
+
+
+def _commit() -> str:
+    """The repository's commit (with ``-dirty`` when files differ from it), for the JSON."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
 
 
 def main(argv=None) -> int:
