@@ -11,6 +11,15 @@ methods and the bandwidth probes), the peers join the same round-robin:
   ``InTimeAccumulateWeightedAggregator``.
 
 Prints fedimg's table with the speed-ups over both peers; writes JSON with ``--json``.
+
+``--path server`` (part of the default ``both``) compares the server's *real* path instead:
+the same per-tensor update dicts go to fedimg's validating fold
+(:mod:`fedimg.bench.aggregate_server`), to Flower's ``aggregate_arrayrecords``, to the in-time
+aggregation of NVFlare's ``FedAvg`` controller and to NVFlare's
+``InTimeAccumulateWeightedAggregator`` (:func:`server_peers`), interleaved with a streaming
+probe that moves the validating fold's bytes. The one command for RESULTS.md:
+
+    python benchmarks/aggregate.py --path server --json benchmarks/cpu-results/aggregate-server.json
 Needs the bench extra (``pip install -e '.[bench]'``); without it, or with ``--no-peers``,
 only fedimg's methods run (as ``fedimg bench aggregate``).
 
@@ -32,7 +41,7 @@ import numpy as np
 import _common
 from fedimg.bench import aggregate
 
-__all__ = ["add_arguments", "run", "traffic"]
+__all__ = ["add_arguments", "run", "traffic", "peers", "server_peers"]
 
 log = logging.getLogger("benchmarks.aggregate")
 
@@ -85,6 +94,84 @@ def peers(*, names, offsets, flats, host_flats, weights) -> aggregate.PeerMethod
     return aggregate.PeerMethods(methods=methods, traffic=traffic, flatten=flatten, host_side=frozenset({"flower"}))
 
 
+def server_peers(*, glob, updates, weights, shapes) -> Any:
+    """Flower's and NVFlare's FedAvg on the same per-tensor update dicts as fedimg's server path.
+
+    * ``flower``: ``aggregate_arrayrecords`` on one ``RecordDict`` per site (each tensor an
+      ``Array``, i.e. the serialised bytes a Flower server receives; it deserialises them);
+    * ``nvflare_fedavg``: ``WeightedAggregationHelper.add(result.params, weight)`` per site and
+      ``get_result()``: the in-time aggregation of NVFlare 2.9's ``FedAvg`` controller (what
+      ``FedAvgRecipe`` runs when no aggregator is given);
+    * ``nvflare_intime``: ``InTimeAccumulateWeightedAggregator`` (``WEIGHT_DIFF``), ``accept``
+      per site ``Shareable`` (DXO built before timing, no copy of the arrays) and ``aggregate``:
+      the stock aggregator of NVFlare's ``ScatterAndGather`` workflow.
+
+    None of them checks the updates' values; fedimg's path validates every update.
+    """
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+    from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+    from nvflare.apis.event_type import EventType
+    from nvflare.apis.fl_constant import ReservedKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
+    from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
+    from nvflare.app_common.app_constant import AppConstants
+
+    logging.getLogger("nvflare").setLevel(logging.CRITICAL)  # its per-update log lines would cost it time
+    records = [RecordDict({"arrays": ArrayRecord({nm: Array(v) for nm, v in u.items()}),
+                           "metrics": MetricRecord({"num-examples": int(w)})}) for u, w in zip(updates, weights)]
+    shareables = []
+    for i, (u, w) in enumerate(zip(updates, weights)):
+        sh = DXO(data_kind=DataKind.WEIGHT_DIFF, data=u, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: w}).to_shareable()
+        sh.set_peer_props({ReservedKey.IDENTITY_NAME: f"site-{i + 1}"})
+        sh.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)
+        shareables.append(sh)
+
+    def nvflare_fedavg():
+        h = WeightedAggregationHelper()
+        for i, (u, w) in enumerate(zip(updates, weights)):
+            h.add(data=u, weight=w, contributor_name=f"site-{i + 1}", contribution_round=0)
+        return h.get_result()
+
+    def nvflare_intime():
+        agg = InTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHT_DIFF)
+        ctx = FLContext()
+        agg.handle_event(EventType.START_RUN, ctx)
+        ctx.set_prop(AppConstants.CURRENT_ROUND, 0, private=True, sticky=False)
+        for sh in shareables:
+            if not agg.accept(sh, ctx):
+                raise RuntimeError("NVFlare's aggregator refused an update")
+        return from_shareable(agg.aggregate(ctx)).data
+
+    def flatten(name: str, res: Any) -> np.ndarray:
+        get = (lambda k: res[k].numpy()) if name == "flower" else (lambda k: np.asarray(res[k]))
+        return np.concatenate([get(nm).reshape(-1) for nm, _ in shapes])
+
+    import flwr
+    import nvflare
+
+    numpy_note = "numpy arrays on the host; numpy ops single-threaded"
+    settings = {
+        "flower": {"version": flwr.__version__, "call": "flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords",
+                   "input": "RecordDict per site: ArrayRecord of Array (serialised, as received) + MetricRecord "
+                            "num-examples", "as_in": "FedAvg.aggregate_train", "note": numpy_note},
+        "nvflare_fedavg": {"version": nvflare.__version__, "call": "WeightedAggregationHelper.add + get_result",
+                           "input": "dict name -> array per site (FLModel.params)",
+                           "as_in": "nvflare.app_common.workflows.fedavg.FedAvg in-time aggregation (FedAvgRecipe "
+                                    "default)", "note": numpy_note},
+        "nvflare_intime": {"version": nvflare.__version__,
+                           "call": "InTimeAccumulateWeightedAggregator(expected_data_kind=WEIGHT_DIFF).accept + aggregate",
+                           "input": "Shareable of a DXO holding the dict per site", "as_in": "ScatterAndGather",
+                           "note": numpy_note},
+    }
+    methods = {"flower": lambda: aggregate_arrayrecords(records, "num-examples"), "nvflare_fedavg": nvflare_fedavg,
+               "nvflare_intime": nvflare_intime}
+    from fedimg.bench.aggregate_server import ServerPeers
+
+    return ServerPeers(methods=methods, flatten=flatten, settings=settings)
+
+
 def _print(case: dict[str, Any]) -> None:
     lim = ", ".join(f"{k} {v:.1f}" for k, v in case["limits"].items())
     print(f"\n{case['size']}: P={case['params']:,} in {case['tensors']} tensors, K={case['k']}, "
@@ -117,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
             log.warning("peer missing (%s): install the bench extra, pip install 'fedimg[bench]'; running without peers", exc)
             with_peers = False
     cases = []
-    for size in sizes:
+    for size in sizes if args.path in ("packed", "both") else ():
         for k in ks:
             log.info("aggregate: %s K=%d on %s", size, k, device)
             case = aggregate.bench_case(size, k, repeats, on_gpu, device, peers=peers if with_peers else None)
@@ -129,8 +216,12 @@ def run(args: argparse.Namespace) -> int:
             _print(case)
             cases.append(case)
             gc.collect()
+    server_cases = aggregate.server_path_cases(args.path, ks, repeats, on_gpu, device,
+                                               peers=server_peers if with_peers else None)
     meta = {
         "benchmark": "aggregate",
+        "commit": _commit(),
+        "command": "python benchmarks/aggregate.py " + " ".join(sys.argv[1:]),
         "device": str(device),
         "device_name": aggregate.device_name(device),
         "cpu_threads": threads,
@@ -140,11 +231,26 @@ def run(args: argparse.Namespace) -> int:
         "quick": bool(args.quick),
         "versions": aggregate.versions(("numpy", "numba", "torch", "cupy", "flwr", "nvflare")),
         "cases": cases,
+        "server_cases": server_cases,
     }
     if args.json:
         write_json(args.json, meta)
         log.info("wrote %s", args.json)
     return 0
+
+
+def _commit() -> str:
+    """The repository's commit (with ``-dirty`` when files differ from it), for the JSON."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
 
 
 def main(argv=None) -> int:

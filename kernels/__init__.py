@@ -19,6 +19,7 @@ log one line. Inputs are never modified; results come back as the inputs' kind/d
 ``fedopt_step(params, g, m, v, method=..)``  FedAdam / FedYogi / FedAdagrad / FedAvgM
 ``coordinate_median`` / ``trimmed_mean``   robust aggregates over K updates
 ``l2_norms`` / ``clip_by_norm`` / ``all_finite``  per-update norms, clipping, NaN/Inf check
+``parts_norm(parts)``                      norm of one update given as its tensors (one pass)
 ``kind_of(x)`` / ``choose_backend(kind, n)``  which backend an op would pick for ``x``
 =========================================  ============================================
 
@@ -35,7 +36,7 @@ from ._backend import BACKENDS, choose_backend, kind_of
 from .aggregate import MODES, WeightedAccumulator, fedavg
 from .fedopt import METHODS, fedopt_step
 from .layout import Layout, pack, unpack
-from .robust import all_finite, clip_by_norm, coordinate_median, l2_norms, trimmed_mean
+from .robust import all_finite, clip_by_norm, coordinate_median, l2_norms, parts_norm, trimmed_mean
 
 __all__ = [
     "BACKENDS",
@@ -52,6 +53,7 @@ __all__ = [
     "coordinate_median",
     "trimmed_mean",
     "l2_norms",
+    "parts_norm",
     "clip_by_norm",
     "all_finite",
 ]

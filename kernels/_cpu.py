@@ -11,8 +11,9 @@ float32 table (numba's CPU target has no float16), i.e. accumulated in float32. 
 seen read-only (one numba type whether or not the caller's array is writeable).
 
 ``wsum_sumsq`` takes one update as its parts (a state dict's tensors, no packed copy): the
-parts travel as a tuple with a chunk table (chunks never straddle parts), and each chunk is
-folded into the output and then measured (sum of squares) while it is still in L1.
+parts travel as a tuple (up to ``MAX_TUPLE`` per launch) with a chunk table built once per
+layout (chunks never straddle parts), and one loop per chunk folds each value into the output
+and adds its square to the update's sum of squares (each value read once).
 
 >>> import numpy as np
 >>> out = np.empty(5, np.float32)
@@ -32,10 +33,10 @@ from numba.extending import overload
 from . import _ref
 from ._backend import warn_once
 
-__all__ = ["wsum", "wsum_sumsq", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH"]
+__all__ = ["wsum", "wsum_sumsq", "sumsq_parts", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH"]
 
 CH = 4096
-MAX_TUPLE = 64
+MAX_TUPLE = 64  # numba unpacks a tuple passed to a parallel region: at most 100 (NUMBA_PARFOR_MAX_TUPLE_SIZE)
 F16_LUT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 BF16_LUT = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)
 
@@ -169,30 +170,59 @@ def _wsum_k(us, K, ws, out, accumulate, lut):  # pragma: no cover - numba
                 o[i] += w * _ld(u, i, lut)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _wsum_sumsq_k(us, first, starts, w, src, out, accumulate, lut):  # pragma: no cover - numba
-    """``out = [src +] w * us[p]`` on each part's segment (part p at ``starts[p]``), and the
-    parts' sum of squares from the same chunk while it is in L1: one pass over memory.
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def _fold_sumsq_chunk(v, s, o, w, lut, acc, accumulate):  # pragma: no cover - numba
+    """``o = [s +] w*v`` and ``acc + sum(v**2)`` in one loop over one chunk (one read of ``v``).
 
-    Chunks never straddle parts: part p owns chunks ``first[p] .. first[p+1]-1``.
+    Each value is ``s + w*x`` exactly as :func:`wsum` computes it: ``reassoc`` only lets LLVM
+    reorder the sum of squares (its own chain); a single add has nothing to reassociate and no
+    fusion into an FMA is allowed (that needs ``contract``, which is not set).
     """
-    nch = first[first.size - 1]
+    if accumulate:
+        for i in range(v.size):
+            x = _ld(v, i, lut)
+            o[i] = s[i] + w * x
+            y = _cast_like(x, acc)
+            acc += y * y
+    else:
+        for i in range(v.size):
+            x = _ld(v, i, lut)
+            o[i] = w * x
+            y = _cast_like(x, acc)
+            acc += y * y
+    return np.float64(acc)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _wsum_sumsq_k(us, cpart, clo, starts, w, src, out, accumulate, lut):  # pragma: no cover - numba
+    """``out = [src +] w * us[p]`` on each part's segment (part p at ``starts[p]``), and the
+    parts' sum of squares from the same loop: one pass over memory, one launch per update.
+
+    Chunk c covers values ``clo[c] .. min(clo[c] + CH, size)`` of part ``cpart[c]`` (chunks
+    never straddle parts; the table is built once per layout by :func:`_chunk_table`).
+    """
+    nch = cpart.size
     ss = np.zeros(nch, np.float64)
     for c in prange(nch):
-        p = np.searchsorted(first, c, side="right") - 1
+        p = cpart[c]
         u = us[p]
-        lo = (c - first[p]) * CH
+        lo = clo[c]
         hi = min(lo + CH, u.size)
-        v = u[lo:hi]
-        o = out[starts[p] + lo : starts[p] + hi]
-        if accumulate:
-            s = src[starts[p] + lo : starts[p] + hi]
-            for i in range(hi - lo):
-                o[i] = s[i] + w * _ld(v, i, lut)
-        else:
-            for i in range(hi - lo):
-                o[i] = w * _ld(v, i, lut)
-        ss[c] = _sumsq_chunk(v, lut, _zero_of(v))
+        a = starts[p] + lo
+        b = starts[p] + hi
+        ss[c] = _fold_sumsq_chunk(u[lo:hi], src[a:b], out[a:b], w, lut, _zero_of(u), accumulate)
+    return ss.sum()
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _sumsq_parts_k(us, cpart, clo, lut):  # pragma: no cover - numba
+    """float64 sum of squares of the parts ``us`` (chunk table as in :func:`_wsum_sumsq_k`)."""
+    nch = cpart.size
+    ss = np.zeros(nch, np.float64)
+    for c in prange(nch):
+        u = us[cpart[c]]
+        lo = clo[c]
+        ss[c] = _sumsq_chunk(u[lo : min(lo + CH, u.size)], lut, 0.0)
     return ss.sum()
 
 
@@ -278,22 +308,53 @@ def wsum(us, ws, out: np.ndarray, accumulate: bool) -> None:
         _wsum_k(tup, k, ws[start:end].copy(), out, accumulate or start > 0, prepped[start][1])
 
 
+_TABLES: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _chunk_table(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(cpart, clo, starts)`` of :func:`_wsum_sumsq_k` for parts of ``sizes`` (cached: a
+    model's updates share one layout, so the server builds it once)."""
+    if sizes not in _TABLES:
+        sz = np.array(sizes, np.int64)
+        nch = (sz + CH - 1) // CH
+        cpart = np.repeat(np.arange(sz.size, dtype=np.int64), nch)
+        first = np.cumsum(nch) - nch
+        clo = (np.arange(int(nch.sum()), dtype=np.int64) - np.repeat(first, nch)) * CH
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        _TABLES[sizes] = (cpart, clo, np.cumsum(sz) - sz)
+    return _TABLES[sizes]
+
+
 def wsum_sumsq(parts, w: float, src: np.ndarray, out: np.ndarray, accumulate: bool) -> float:
-    """``out = [src +] w * concat(parts)`` and the update's float64 sum of squares, in one pass."""
+    """``out = [src +] w * concat(parts)`` and the update's float64 sum of squares, in one pass.
+
+    One parallel launch per run of up to ``MAX_TUPLE`` same-dtype parts (a SegResNet's 83
+    tensors: two launches), not one per tensor.
+    """
     wv = out.dtype.type(w)
     prepped = [_prep(u) for u in parts]
     total, off = 0.0, 0
     for start, end in _runs(prepped):
         arrs = [a for a, _ in prepped[start:end]]
-        sizes = np.array([a.size for a in arrs], np.int64)
-        first = np.zeros(len(arrs) + 1, np.int64)
-        np.cumsum((sizes + CH - 1) // CH, out=first[1:])
-        starts = off + np.cumsum(sizes) - sizes
+        sizes = tuple(a.size for a in arrs)
+        cpart, clo, starts = _chunk_table(sizes)
         tup, _ = _ref.padded(arrs)
-        total += _wsum_sumsq_k(tup, first, starts, wv, src, out, accumulate, prepped[start][1])
-        off += int(sizes.sum())
+        total += _wsum_sumsq_k(tup, cpart, clo, starts + off, wv, src, out, accumulate, prepped[start][1])
+        off += sum(sizes)
     if not math.isfinite(total):  # NaN/Inf, or a float32 square overflowed: the exact float64 sum
         total = sum(_reduce_k(a, lut, False) for a, lut in prepped)
+    return float(total)
+
+
+def sumsq_parts(parts) -> float:
+    """float64 sum of squares of one update given as its parts: one launch per run of <= MAX_TUPLE parts."""
+    prepped = [_prep(u) for u in parts]
+    total = 0.0
+    for start, end in _runs(prepped):
+        arrs = [a for a, _ in prepped[start:end]]
+        cpart, clo, _ = _chunk_table(tuple(a.size for a in arrs))
+        total += _sumsq_parts_k(_ref.padded(arrs)[0], cpart, clo, prepped[start][1])
     return float(total)
 
 

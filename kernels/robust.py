@@ -41,7 +41,7 @@ from ._backend import choose_backend, kind_of
 from ._convert import from_native, to_native
 from ._ops import acc_dtype, check_updates, ops_for
 
-__all__ = ["coordinate_median", "trimmed_mean", "l2_norms", "clip_by_norm", "all_finite"]
+__all__ = ["coordinate_median", "trimmed_mean", "l2_norms", "parts_norm", "clip_by_norm", "all_finite"]
 
 
 def _robust(updates: Sequence[Any], k_trim: int, backend: str | None) -> Any:
@@ -71,6 +71,27 @@ def l2_norms(updates: Sequence[Any], *, backend: str | None = None) -> np.ndarra
     be = choose_backend(kind_of(updates[0]), n, backend)
     ops = ops_for(be)
     return np.array([math.sqrt(ops.sumsq(to_native(u, be))) for u in updates], dtype=np.float64)
+
+
+def parts_norm(parts: Sequence[Any], *, backend: str | None = None) -> float:
+    """L2 norm (float64) of ONE update given as consecutive 1-D parts (a state dict's tensors,
+    :func:`fedimg.kernels.layout.flat_parts`), without packing them: on the numba backend one
+    parallel pass over all parts (not one per tensor). NaN/Inf when a value is NaN/Inf.
+
+    >>> parts_norm([np.full(3, 2.0, np.float32), np.zeros(0, np.float32), np.full(1, 2.0, np.float32)])
+    4.0
+    """
+    parts = [p for p in parts if math.prod(p.shape)]
+    if not parts:
+        return 0.0
+    kinds = {kind_of(p) for p in parts}
+    if len(kinds) > 1:
+        raise TypeError(f"parts_norm: mixes array kinds {sorted(kinds)}; pass arrays of one library/device")
+    be = choose_backend(kinds.pop(), sum(math.prod(p.shape) for p in parts), backend)
+    ops = ops_for(be)
+    native = [to_native(p, be).reshape(-1) for p in parts]
+    many = getattr(ops, "sumsq_parts", None)
+    return math.sqrt(many(native) if many is not None else sum(ops.sumsq(p) for p in native))
 
 
 def clip_by_norm(update: Any, max_norm: float, *, backend: str | None = None) -> Any:

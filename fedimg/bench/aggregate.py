@@ -15,6 +15,10 @@ CUDA tensors): a device-to-device copy. Peak extra memory: tracemalloc (host) or
 allocators. The comparison with Flower and NVFlare is ``benchmarks/aggregate.py``, which
 runs :func:`bench_case` with its peers added to the same round-robin.
 
+``--path server`` (also part of the default ``both``) times the server's *real* path instead:
+per-tensor update dicts, validation and the checked fold
+(:mod:`fedimg.bench.aggregate_server`), against a streaming probe that moves the same bytes.
+
     fedimg bench aggregate --quick --json bench-results/aggregate.json
 """
 
@@ -31,12 +35,13 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["DESCRIPTION", "SIZES", "add_arguments", "run", "to_host", "model_shapes", "traffic", "limit_time", "PeerMethods",
-           "bench_case", "print_case", "device_name", "versions"]
+           "bench_case", "print_case", "server_path_cases", "device_name", "versions"]
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = "FedAvg aggregation GB/s, percent of the machine's streaming rate and memory of fedimg's kernels"
 SIZES = ("segresnet", "densenet", "50m")
+PATHS = ("packed", "server", "both")
 
 Methods = dict[str, Callable[[], Any]]
 
@@ -64,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (auto: updates on the GPU if there is one)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for numba/torch (default: all usable)")
     p.add_argument("--no-peers", action="store_true", help=argparse.SUPPRESS)  # peers live in benchmarks/ now
+    p.add_argument("--path", choices=PATHS, default="both",
+                   help="packed: fedavg on pre-packed flat updates; server: the server's real path on per-tensor "
+                        "dicts (validation + fold; SegResNet); both (default)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
     p.add_argument("--quick", action="store_true", help="SegResNet size, K=16, 5 repeats (< 1 minute on 2 cores)")
 
@@ -309,13 +317,14 @@ def run(args: argparse.Namespace) -> int:
     ks = args.ks or ([16] if args.quick else [4, 16])
     repeats = max(5, args.repeats or (5 if args.quick else 7))
     cases = []
-    for size in sizes:
+    for size in sizes if args.path in ("packed", "both") else ():
         for k in ks:
             log.info("aggregate: %s K=%d on %s", size, k, device)
             case = bench_case(size, k, repeats, on_gpu, device)
             print_case(case)
             cases.append(case)
             gc.collect()
+    server_cases = server_path_cases(args.path, ks, repeats, on_gpu, device)
     meta = {
         "benchmark": "aggregate",
         "device": str(device),
@@ -327,11 +336,27 @@ def run(args: argparse.Namespace) -> int:
         "quick": bool(args.quick),
         "versions": versions(),
         "cases": cases,
+        "server_cases": server_cases,
     }
     if args.json:
         write_json(args.json, meta)
         log.info("wrote %s", args.json)
     return 0
+
+
+def server_path_cases(path: str, ks: list[int], repeats: int, on_gpu: bool, device: Any,
+                      peers: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+    """The server's real path (:mod:`fedimg.bench.aggregate_server`) for each K, when ``path`` asks for it."""
+    from .aggregate_server import print_server_case, server_case
+
+    out = []
+    for k in ks if path in ("server", "both") else ():
+        log.info("aggregate: server path, SegResNet K=%d on %s", k, device)
+        case = server_case(k, repeats, peers=peers, device=str(device) if on_gpu else None)
+        print_server_case(case)
+        out.append(case)
+        gc.collect()
+    return out
 
 
 def device_name(device: Any) -> str:

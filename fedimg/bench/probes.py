@@ -5,7 +5,8 @@ Two numba CPU kernels over row chunks of ``CH`` float32 values, each thread owni
 
 * :func:`read_sum`: a read-only chunked sum (vectorised, reassociated): read bandwidth;
 * :func:`triad`: ``a = b + s*c`` (STREAM triad): two reads and one write per element, from
-  which the write bandwidth follows.
+  which the write bandwidth follows;
+* :func:`scale_copy`: ``a = s*b`` (STREAM scale): one read and one write per element.
 
 They measure the machine, not fedimg; the benchmark times them in the same round-robin as
 the kernels so that a busy machine slows both alike.
@@ -17,6 +18,8 @@ the kernels so that a busy machine slows both alike.
 array([1. , 1.5, 2. , 2.5, 3. ], dtype=float32)
 >>> float(read_sum(c))
 10.0
+>>> scale_copy(a, c, np.float32(2)); a
+array([0., 2., 4., 6., 8.], dtype=float32)
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["CH", "read_sum", "triad"]
+__all__ = ["CH", "read_sum", "triad", "scale_copy"]
 
 CH = 4096  # float32 values per chunk: 16 KiB, stays in L1 (as in the FedAvg kernels)
 
@@ -50,3 +53,15 @@ def triad(a, b, c, s):  # pragma: no cover - numba
         av, bv, cv = a[lo:hi], b[lo:hi], c[lo:hi]
         for i in range(hi - lo):
             av[i] = bv[i] + s * cv[i]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def scale_copy(a, b, s):  # pragma: no cover - numba
+    """``a = s*b``: one read and one write per element (a fold's first update, a result's scaling)."""
+    n = a.size
+    for k in prange((n + CH - 1) // CH):
+        lo = k * CH
+        hi = min(lo + CH, n)
+        av, bv = a[lo:hi], b[lo:hi]
+        for i in range(hi - lo):
+            av[i] = s * bv[i]

@@ -51,7 +51,7 @@ def test_fedimg_bench_runs_without_peers(tmp_path, monkeypatch, capsys):
     p = argparse.ArgumentParser()
     aggregate.add_arguments(p)
     out = tmp_path / "agg.json"
-    args = p.parse_args(["--quick", "--ks", "3", "--device", "cpu", "--threads", "1", "--json", str(out)])
+    args = p.parse_args(["--quick", "--path", "packed", "--ks", "3", "--device", "cpu", "--threads", "1", "--json", str(out)])
     assert aggregate.run(args) == 0
     data = json.loads(out.read_text())
     case = data["cases"][0]
@@ -71,7 +71,7 @@ def test_bench_runs_and_writes_json(tmp_path, monkeypatch, capsys, benchmark_scr
     script = benchmark_script("aggregate")
     monkeypatch.setattr(aggregate, "model_shapes", lambda name: TINY)
     out = tmp_path / "agg.json"
-    assert script.main(["--quick", "--ks", "3", "--device", "cpu", "--threads", "1", "--json", str(out)]) == 0
+    assert script.main(["--quick", "--path", "packed", "--ks", "3", "--device", "cpu", "--threads", "1", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     case = data["cases"][0]
     assert case["k"] == 3 and case["params"] == 60007

@@ -161,3 +161,44 @@ def test_read_only_and_writeable_updates_mix(rng):
     assert_mean_close(fedavg([a, b], [1, 3], backend="numba"), [a, b], [1, 3])
     acc = WeightedAccumulator(40000, backend="numba")
     assert acc.add_checked([a[:100], b[100:]], 1.0, lambda nm: True)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_wsum_sumsq_many_parts_matches_the_reference(backend, rng):
+    """A model's worth of parts (150: more than one numba tuple of 64; empty, tiny and multi-chunk
+    ones), a weight that is not a power of two: numba gives exactly numpy's ``src + w*u`` in
+    float32 (no FMA contraction, no reordering of the fold on any CPU; torch, which may fuse,
+    exactly its own ``wsum``), the sum of squares within its bound; the second call (numba's
+    cached chunk table) gives the same bits."""
+    from fedimg.kernels import _ref
+
+    sizes = [int(s) for s in rng.choice([0, 1, 5, 63, 4095, 4096, 4097, 9000], size=150)]
+    parts = [rng.standard_normal(s, dtype=np.float32) for s in sizes]
+    n = sum(sizes)
+    base = rng.standard_normal(n, dtype=np.float32)
+    ops = ops_for(backend)
+    want = np.empty(n, np.float32)
+    ss_want = _ref.wsum_sumsq(parts, 0.3, base, want, True)
+    if backend == "torch":
+        native = to_native(base.copy(), backend)
+        ops.wsum([to_native(np.concatenate(parts), backend)], np.array([0.3]), native, True)
+        want = ops.host(native)
+    for _ in range(2):
+        out = to_native(np.zeros(n, np.float32), backend)
+        ss = ops.wsum_sumsq([to_native(p, backend) for p in parts], 0.3, to_native(base, backend), out, True)
+        np.testing.assert_array_equal(ops.host(out), want)
+        assert ss == pytest.approx(ss_want, rel=sumsq_rtol(n, f32_chunk=_chunk(backend)) + sumsq_rtol(n), abs=0)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_parts_norm_is_the_norm_of_the_packed_update(backend, rng):
+    from fedimg.kernels import parts_norm
+
+    u, _ = updates(rng, 2, N)
+    parts = [to_native(p, backend) for p in _parts(u)] * 40  # 200 parts: several numba launches
+    want = math.sqrt(40) * _norm64(u)
+    assert parts_norm(parts, backend=backend) == pytest.approx(want, rel=2 * norm_rtol(40 * N), abs=0)
+    bad = u.copy()
+    bad[N - 1] = np.inf
+    assert math.isinf(parts_norm([to_native(p, backend) for p in _parts(bad)], backend=backend))
+    assert parts_norm([], backend=backend) == 0.0

@@ -178,3 +178,21 @@ def test_add_checked_on_device(backend, dtype):
         assert_mean_close(acc.result().cpu().numpy(), _np64([us[0], us[2]]), [1.0, 0.5])
     want = [float(torch.linalg.vector_norm(u.double())) for u in (us[0], us[2])]
     np.testing.assert_allclose([norms[0], norms[2]], want, rtol=2 * norm_rtol(N), atol=0)  # float64 on the device
+
+
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
+def test_add_checked_segresnet_parts_on_device(backend):
+    """83 parts shaped like a SegResNet update (the torch backend folds them with one
+    multi-tensor launch per step): the weighted mean and the norm of the numpy reference."""
+    from fedimg.bench.aggregate import model_shapes
+
+    sizes = [int(np.prod(s)) for _, s in model_shapes("segresnet")]
+    n = sum(sizes)
+    us = _us(2, n=n)
+    acc = WeightedAccumulator(n, device="cuda", backend=backend)
+    norms = []
+    for u, w in zip(us, (3.0, 1.0)):
+        acc.add_checked(list(u.cuda().split(sizes)), w, lambda nm: norms.append(nm) or True)
+    assert_mean_close(acc.result().cpu().numpy(), _np64(us), [3.0, 1.0])
+    want = [float(torch.linalg.vector_norm(u.double())) for u in us]
+    np.testing.assert_allclose(norms, want, rtol=2 * norm_rtol(n), atol=0)

@@ -330,9 +330,9 @@ class UpdateValidator:
 
 def _norm(parts: list[np.ndarray]) -> float:
     """L2 norm (float64) of the values of ``parts`` taken together; NaN/Inf when one is NaN/Inf."""
-    from fedimg.kernels import l2_norms
+    from fedimg.kernels import parts_norm
 
-    return math.sqrt(sum(float(l2_norms([p])[0]) ** 2 for p in parts if p.size))
+    return parts_norm(parts)  # one pass over all tensors, not one kernel launch per tensor
 
 
 def _dtype(x: Any) -> str:
