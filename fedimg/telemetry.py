@@ -1,14 +1,16 @@
 """GPU telemetry sampled by NVML (nvidia-ml-py) in a background thread.
 
 Utilisation, memory and power are sampled every ``interval`` seconds while the block
-runs. Without a GPU, NVML library or driver the sampler is a silent no-op; nothing touches
-NVML at import time.
+runs. Given the CUDA ``torch_device`` the work runs on, the summary also holds PyTorch's own
+peak allocated / reserved memory (``torch.cuda.max_memory_*``), which is all there is when
+nvidia-ml-py is missing. Without a GPU, NVML library or driver the sampler is a silent
+no-op and the summary has no GPU numbers; nothing touches NVML or CUDA at import time.
 
->>> with Telemetry(device_index=0, interval=0.05) as tel:
+>>> with Telemetry(device_index=None, interval=0.05) as tel:
 ...     pass
 >>> s = tel.summary()
->>> sorted(k for k in s if k in ("available", "samples"))
-['available', 'samples']
+>>> s["available"], s["samples"], "gpu_util_mean" in s, format_summary(s)
+(False, 0, False, None)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["Telemetry", "cpu_name"]
+__all__ = ["Telemetry", "cpu_name", "format_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,9 @@ def cpu_name() -> str:
 class Telemetry:
     """Background NVML sampler for one GPU; ``summary()`` gives means, peaks and the device name."""
 
-    def __init__(self, device_index: int | None = 0, interval: float = 0.5) -> None:
+    def __init__(self, device_index: int | None = 0, interval: float = 0.5, torch_device: Any = None) -> None:
         self.device_index = device_index
+        self.torch_device = torch_device if getattr(torch_device, "type", None) == "cuda" else None
         self.interval = float(interval)
         self.samples: list[dict[str, float]] = []
         self.device_name: str | None = None
@@ -54,6 +57,8 @@ class Telemetry:
 
     def start(self) -> Telemetry:
         self._t0 = time.perf_counter()
+        if self.torch_device is not None:
+            self._torch_memory(reset=True)
         if self.device_index is None:
             return self
         try:
@@ -93,6 +98,20 @@ class Telemetry:
         except Exception:
             pass
         self.samples.append(row)
+
+    def _torch_memory(self, reset: bool = False) -> dict[str, float]:
+        """PyTorch's peak allocated / reserved MiB on ``torch_device`` (reset at :meth:`start`)."""
+        try:
+            import torch
+
+            if reset:
+                torch.cuda.reset_peak_memory_stats(self.torch_device)
+                return {}
+            return {"torch_max_allocated_mib": torch.cuda.max_memory_allocated(self.torch_device) / 2**20,
+                    "torch_max_reserved_mib": torch.cuda.max_memory_reserved(self.torch_device) / 2**20}
+        except Exception as exc:  # CUDA unusable: no numbers, no noise
+            log.debug("torch CUDA memory stats off: %s", exc)
+            return {}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -144,8 +163,34 @@ class Telemetry:
         if (p := col("power_w")):
             out["power_mean_w"] = sum(p) / len(p)
             out["power_max_w"] = max(p)
+        if self.torch_device is not None:
+            out.update(self._torch_memory())
         return out
 
     def to_dict(self) -> dict[str, Any]:
         """Summary plus the raw samples (for ``telemetry.json``)."""
         return {"summary": self.summary(), "interval_s": self.interval, "samples": self.samples}
+
+
+def format_summary(summary: dict[str, Any]) -> str | None:
+    """One line of GPU utilisation and memory for a benchmark's table, ``None`` without GPU numbers.
+
+    >>> format_summary({"available": True, "gpu_util_mean": 91.0, "gpu_util_max": 100.0,
+    ...                 "mem_used_peak_mib": 5120.0, "torch_max_allocated_mib": 3000.0})
+    'GPU: utilisation mean 91 % (max 100 %), memory peak 5120 MiB (NVML), PyTorch peak allocated 3000 MiB'
+    >>> format_summary({"torch_max_allocated_mib": 3000.0, "torch_max_reserved_mib": 3500.0})
+    'GPU: utilisation not sampled (nvidia-ml-py missing), PyTorch peak allocated 3000 MiB, reserved 3500 MiB'
+    """
+    parts = []
+    if "gpu_util_mean" in summary:
+        parts.append(f"utilisation mean {summary['gpu_util_mean']:.0f} % (max {summary.get('gpu_util_max', 0):.0f} %)")
+    elif "torch_max_allocated_mib" in summary:
+        parts.append("utilisation not sampled (nvidia-ml-py missing)")
+    if "mem_used_peak_mib" in summary:
+        parts.append(f"memory peak {summary['mem_used_peak_mib']:.0f} MiB (NVML)")
+    if "torch_max_allocated_mib" in summary:
+        s = f"PyTorch peak allocated {summary['torch_max_allocated_mib']:.0f} MiB"
+        if "torch_max_reserved_mib" in summary and "mem_used_peak_mib" not in summary:
+            s += f", reserved {summary['torch_max_reserved_mib']:.0f} MiB"
+        parts.append(s)
+    return "GPU: " + ", ".join(parts) if parts else None

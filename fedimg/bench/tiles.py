@@ -12,8 +12,8 @@ measured in one process on the real CMU slide (or ``--slide``).
 
 Pipeline tiles/s = 1 / (1/extract + 1/normalise + 1/train): one tile through all three.
 Prints wall-clock tiles/s and process CPU milliseconds per tile for each stage (on a shared,
-oversubscribed CPU the wall clock mostly measures the neighbours) and the GPU telemetry
-summary. The comparison with per-tile ``read_region``, per-tile numpy Macenko and a plain
+oversubscribed CPU the wall clock mostly measures the neighbours) and, on a GPU, its
+utilisation and memory (NVML, and PyTorch's peak allocation; absent on a CPU). The comparison with per-tile ``read_region``, per-tile numpy Macenko and a plain
 fp32 DataLoader loop is ``benchmarks/tiles.py``, which reuses the functions here.
 
     fedimg bench tiles --quick --json bench-results/tiles.json
@@ -93,10 +93,10 @@ def normalize_tiles(norm, xt, *, sync, cpu: dict[str, float] | None = None, key:
     return timed(lambda: torch.cat([norm(xt[i : i + 64]) for i in range(0, len(xt), 64)]), sync=sync, cpu=cpu, key=key)
 
 
-def training_tiles(normed, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Host HWC tiles (repeated to at least two batches) and synthetic labels (alternating halves)."""
+def training_tiles(normed, batch: int, min_tiles: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Host HWC tiles (repeated to at least two batches and ``min_tiles``) and synthetic labels (alternating halves)."""
     train_tiles = normed.permute(0, 2, 3, 1).cpu().numpy()
-    reps = max(1, int(np.ceil(2 * batch / len(train_tiles))))
+    reps = max(1, int(np.ceil(max(2 * batch, min_tiles) / len(train_tiles))))
     train_tiles = np.concatenate([train_tiles] * reps)
     return train_tiles, (np.arange(len(train_tiles)) % 2).astype(np.int64)
 
@@ -151,11 +151,12 @@ def run(args: argparse.Namespace) -> int:
 
     from fedimg.io import write_json
     from fedimg.pathology.tiledata import stain_normalizer
-    from fedimg.telemetry import Telemetry, cpu_name
+    from fedimg.telemetry import Telemetry, cpu_name, format_summary
 
     cpu: dict[str, float] = {}
     threads, device, sync, slide, target_path, steps, rounds, tile = settings(args)
-    tel = Telemetry(device_index=(device.index or 0) if device.type == "cuda" else None, interval=0.5).start()
+    tel = Telemetry(device_index=(device.index or 0) if device.type == "cuda" else None, interval=0.5,
+                    torch_device=device).start()
     sec: dict[str, float] = {}
     fedimg_extract(slide, tile, args.mpp, device)  # warm the OS cache and imports
     tiles, t = timed(lambda: fedimg_extract(slide, tile, args.mpp, device), sync=sync, cpu=cpu, key="extract")
@@ -183,9 +184,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'stage':<10} {'tiles/s':>10} {'CPU ms/tile':>12}")
     for r in rows:
         print(f"{r['stage']:<10} {r['tiles_per_s']:>10.1f} {r['cpu_s_per_tile'] * 1e3:>12.2f}")
-    if summary.get("available"):
-        print(f"GPU telemetry: util mean {summary.get('gpu_util_mean', float('nan')):.0f} %, peak memory "
-              f"{summary.get('mem_used_peak_mib', float('nan')):.0f} MiB")
+    if (line := format_summary(summary)):
+        print(line)
     result = {"benchmark": "tiles", "device": str(device), "device_name": dev_name, "threads": threads, "model": args.model,
               "tile_size": tile, "mpp": args.mpp, "batch_size": args.batch_size, "steps": steps, "rounds": rounds,
               "quick": bool(args.quick), "tiles_extracted": int(len(tiles)), "fedimg_training": opts, "stages": rows,
