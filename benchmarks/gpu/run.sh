@@ -113,7 +113,7 @@ if [ "$DRY" = 1 ]; then
   DEFACE=(--quick --repeats 1 --threads 1 --preset fast --image fedimg/assets/heads/pycortex.nii.gz)
 else
   TRAIN=(--quick)
-  AGG=(--quick)
+  AGG=(--path both --sizes segresnet --ks 16)  # i14b: the packed path's device-copy probe gives the GPU %
   DEFACE=(--quick)
   TILES=(--runs 5 --steps 10 --batch-size 64)  # 2 x 2 steps of 16 tiles was launch-bound on the H200
 fi
