@@ -109,6 +109,43 @@ def test_site_without_valid_certificate_is_refused(poc):
     assert not _tls_probe(ca, _self_signed(tmp))  # a certificate not signed by the project's CA: refused
 
 
+def test_submit_through_admin_kit_shows_rounds_and_site_errors(poc, capfd):
+    """Issue 15 item 4: a provisioned run (the POC's kits are provisioned with certificates, mutual TLS)
+    followed from the admin kit with ``fedimg submit`` shows rounds, sites and metrics like ``simulate``;
+    NVFlare's chatter goes to OUT/nvflare.log; a site that fails is one line naming it and its file."""
+    from fedimg.cli import main
+    from fedimg.fl.nvflare.job import build_recipe, export_job
+    from fedimg.fl.server.federation import FederationConfig
+    from fedimg.fl.server.state import read_metrics
+
+    system, tmp = poc
+    two = {s: p for s, p in _sites(tmp).items() if s in ("site-1", "site-2")}
+    cfg = FederationConfig(task="toy", rounds=2, local_epochs=1, train={"features": 8}, min_sites=2)
+    # a site whose data folder is missing at the site: the job fails there, the terminal names it
+    bad = export_job(build_recipe(cfg, dict(two, **{"site-2": tmp / "gone"}), run_dir=None, cross_site=""),
+                     tmp / "job-bad")
+    capfd.readouterr()
+    rc = main(["submit", "--kit", str(system.admin_kit), "--job", str(bad), "--out", str(tmp / "kit-bad"),
+               "--no-progress", "--timeout", "240"])
+    err = capfd.readouterr().err
+    assert rc != 0
+    assert "failed in 1 site(s)" in err and "site-2: " in err and str(tmp / "gone" / "toy.npz") in err, err
+    assert "Connecting to FLARE" not in err
+    # a good job: every round on the terminal with its sites and metrics, the server's folder downloaded
+    good = export_job(build_recipe(cfg, two, run_dir=None, cross_site="global"), tmp / "job-good")
+    rc = main(["submit", "--kit", str(system.admin_kit), "--job", str(good), "--out", str(tmp / "kit-good"),
+               "--no-progress", "--timeout", "240"])
+    shown = capfd.readouterr()
+    assert rc == 0, shown.err
+    assert "round 1/2: sites 2/2 | accuracy=" in shown.out and "round 2/2: sites 2/2 | accuracy=" in shown.out
+    assert "Connecting to FLARE" not in shown.out + shown.err
+    assert "Connecting to FLARE" in (tmp / "kit-good" / "nvflare.log").read_text()
+    assert [m["round"] for m in read_metrics(tmp / "kit-good")] == [1, 2]
+    server = tmp / "kit-good" / "server"
+    assert [m["round"] for m in read_metrics(server)] == [1, 2]
+    assert (server / "global_model.safetensors").is_file() and (server / "crossval" / "crossval.csv").is_file()
+
+
 def test_poisoned_site_rejected_then_server_restart_resumes(poc):
     from fedimg.fl.nvflare.job import build_recipe
     from fedimg.fl.server.federation import FederationConfig
