@@ -39,6 +39,8 @@ __all__ = ["job_plan", "run_kit_job", "KitSession"]
 log = logging.getLogger(__name__)
 
 _DONE = ("FINISHED", "ABORTED", "FAILED")
+#: Consecutive failed status polls (a wrong job id, a server down for good) before giving up.
+_MAX_FAILED_POLLS = 40
 #: Lines of a site's job log worth reading back (the error parser in :mod:`.checks` picks the line); the
 #: admin ``grep`` takes one plain pattern and no options. While waiting: only a site's own errors.
 _OWN_ERRORS = ("fedimg.errors", "SystemExit")
@@ -161,14 +163,18 @@ def run_kit_job(admin_kit: str | Path, job: str | Path | None, out: str | Path, 
             if state["job_id"] is None:
                 state["job_id"] = kit.call("submit_job", str(Path(job).resolve()))
                 log.info("job %s submitted to the server over mutual TLS", state["job_id"])
-            jid, last, t_end, n = state["job_id"], "", time.time() + timeout, 0
+            jid, last, t_end, n, failures = state["job_id"], "", time.time() + timeout, 0, 0
             while time.time() < t_end:
                 try:
                     status = kit.call("get_job_meta", jid).get("status", "")
                     last = _mirror_metrics(kit, jid, out, last)
-                except Exception as exc:  # noqa: BLE001 - server restarting: keep polling
+                    failures = 0
+                except Exception as exc:  # noqa: BLE001 - server restarting: keep polling, for a while
                     log.debug("poll failed: %s", exc)
-                    status = ""
+                    status, failures = "", failures + 1
+                    if failures >= _MAX_FAILED_POLLS:
+                        raise FedimgError(f"job {jid}: its status could not be read {failures} times in a row "
+                                          f"({exc}); check the job id and that the server is up") from None
                 state["status"] = status or state.get("status")
                 if status and status.upper().startswith(_DONE):
                     return
