@@ -38,6 +38,7 @@ COMMAND_MODULES = [
     "poc",
     "provision",
     "export_job",
+    "submit",
     "tiles",
     "stain_normalize",
     "train_tiles",

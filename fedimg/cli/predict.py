@@ -3,6 +3,10 @@
     fedimg predict --model runs/site-1 --case data/site-2/BraTS2021_00012 -o pred.nii.gz
     fedimg predict --model runs/site-1 --case Task01_BrainTumour/imagesTs/BRATS_485.nii.gz -o pred.nii.gz
 
+Full-resolution cases (1 mm, 240×240×155) run in bounded memory: sliding windows of ``--roi``
+(``--sw-batch-size`` at a time, ``--overlap``) under ``torch.inference_mode``, the output
+stitched on the CPU (see the full-resolution section of the README for the measured bound).
+
 Labels are BraTS values (2021: 1 necrotic, 2 oedema, 4 enhancing; a BraTS 2023 case gets
 3 for enhancing; an MSD 4-D image gets the BraTS 2021 codes); shape, affine, qform and sform
 are copied from the case's first image.
@@ -27,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help="output label file (.nii.gz)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--roi", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="sliding-window size (default: the model's training crop; 128 128 128 for 1 mm BraTS)")
+    p.add_argument("--sw-batch-size", type=int, default=None,
+                   help="windows per forward pass (default: the model's; 1 for the smallest memory)")
+    p.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: the model's, 0.25)")
     p.set_defaults(func=run)
 
 
@@ -66,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
     case = cases[0]
     ensure_not_input(out, *case.images, *([case.label] if case.label else []))
     model, meta = load_checkpoint(ckpt, device=device)
-    cfg = TrainConfig.from_dict({**meta.get("config", {}), "device": str(device)})
-    labels, arrays = predict_case(model, case, cfg, device=device)
-    write_label(out, labels, arrays.reference)
+    override = {k: v for k, v in (("roi", args.roi), ("sw_batch_size", args.sw_batch_size),
+                                  ("sw_overlap", args.overlap)) if v is not None}
+    cfg = TrainConfig.from_dict({**meta.get("config", {}), **override, "device": str(device)})
+    labels, reference = predict_case(model, case, cfg, device=device)
+    write_label(out, labels, reference)
     counts = {int(v): int((labels == v).sum()) for v in sorted(set(labels.ravel().tolist())) if v}
     log.info("%s: wrote %s (voxels per label %s)", case.case_id, out, counts or "none")
     return 0

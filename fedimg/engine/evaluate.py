@@ -29,8 +29,15 @@ log = logging.getLogger(__name__)
 REGIONS = ("tc", "wt", "et")
 
 
-def infer_regions(model: Any, image: Any, config: Any, device: Any = None) -> Any:
-    """Binary TC/WT/ET (bool, (3, x, y, z), on ``device``) for one preprocessed image (4, x, y, z)."""
+def infer_regions(model: Any, image: Any, config: Any, device: Any = None, *, stitch_device: Any = None) -> Any:
+    """Binary TC/WT/ET (bool, (3, x, y, z)) for one preprocessed image (4, x, y, z).
+
+    Windows of ``config.roi`` run on ``device``, ``config.sw_batch_size`` at a time; the
+    output is stitched on ``stitch_device`` (default ``device``; the CPU keeps a full-size
+    volume's logits out of GPU memory) and the result stays there. Memory beyond the input:
+    the stitched logits and their weight map (4 bytes × 3 and × 1 per voxel) and one batch
+    of windows through the model.
+    """
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -46,8 +53,9 @@ def infer_regions(model: Any, image: Any, config: Any, device: Any = None) -> An
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             logits = sliding_window_inference(x, config.roi, config.sw_batch_size, model, overlap=config.sw_overlap,
-                                              mode="gaussian")
-        return logits[0].float() > 0
+                                              mode="gaussian", sw_device=device,
+                                              device=stitch_device if stitch_device is not None else device)
+            return logits[0] > 0  # no float copy of the full-size logits
     finally:
         model.train(was_training)
 
@@ -98,14 +106,30 @@ def evaluate(model: Any, cases_or_data: Any, config: Any, *, device: Any = None)
 
 
 def predict_case(model: Any, case: Any, config: Any, *, device: Any = None) -> tuple[np.ndarray, Any]:
-    """BraTS label map (uint8, the input's full shape) for one case; returns ``(labels, case_arrays)``."""
+    """BraTS label map (uint8, the input's full shape) for one case; returns ``(labels, reference image path)``.
+
+    Memory on a full-resolution case: the label file is not read, the loaded volumes are dropped
+    once preprocessed (only the cropped, normalised copy goes through the windows) and the
+    output is stitched on the CPU.
+    """
+    import dataclasses
+
+    import torch
+
     from fedimg.data import regions_to_brats_labels
     from fedimg.engine.cache import load_and_preprocess
 
+    if getattr(case, "label", None) is not None:
+        case = dataclasses.replace(case, label=None)  # predicting: the truth is not needed
     pre, arrays = load_and_preprocess(case)
-    pred = infer_regions(model, pre.image, config, device).cpu().numpy().astype(bool)
-    full = np.zeros((3, *pre.shape), bool)
-    full[(slice(None), *(slice(a, b) for a, b in pre.bbox))] = pred
+    reference = arrays.reference
+    del arrays  # the full-size float32 volumes
+    pred = infer_regions(model, pre.image, config, device, stitch_device=torch.device("cpu")).numpy()
+    shape, bbox = pre.shape, pre.bbox
+    del pre
+    full = np.zeros((3, *shape), bool)
+    full[(slice(None), *(slice(a, b) for a, b in bbox))] = pred
+    del pred
     layout = getattr(case, "layout", "brats2021")
     out_layout = layout if layout in ("brats2021", "brats2023") else "brats2021"
-    return np.asarray(regions_to_brats_labels(full, layout=out_layout), dtype=np.uint8), arrays
+    return np.asarray(regions_to_brats_labels(full, layout=out_layout), dtype=np.uint8), reference

@@ -99,23 +99,46 @@ class PocSystem:
     def start(self, *participants: str) -> None:
         """Start the server and sites (or only ``participants``) and wait until they are up."""
         self._prod = None  # a restarted server needs a new admin session
-        args = ["poc", "start", "--timeout", str(int(self.start_timeout))]
+        args = ["poc", "start", "--no-wait"]
         for p in participants:
             args += ["-p", p]
         t0 = time.perf_counter()
         self._nvflare(*args, timeout=self.start_timeout + 60)
         self._remember_pgids()
+        self._wait_ready()
         log.info("POC %s started in %.0fs", ", ".join(participants) or "system", time.perf_counter() - t0)
 
-    def stop(self, *participants: str) -> None:
-        """``nvflare poc stop`` (all or some participants); kill leftover process groups when stopping all."""
-        args = ["poc", "stop"]
-        for p in participants:
-            args += ["-p", p]
+    def _wait_ready(self) -> None:
+        """Wait until the admin can log in and every site is registered.
+
+        ``nvflare poc start``'s own wait gives each admin login 1 s, which a loaded machine does
+        not meet (the start then times out with the system up); here each login may take 15 s.
+        """
+        from nvflare.tool.api_utils import wait_for_system_start
+
         try:
-            self._nvflare(*args, timeout=120, check=False)
-        except subprocess.TimeoutExpired:
-            log.warning("nvflare poc stop timed out")
+            wait_for_system_start(len(self.sites), str(self.prod_dir), username=ADMIN, secure_mode=True,
+                                  second_to_wait=0, timeout_in_sec=int(self.start_timeout), poll_interval=1.0,
+                                  conn_timeout=15.0, expected_clients=list(self.sites))
+        except Exception as exc:  # SystemStartTimeout and connection errors
+            raise FedimgError(f"{self.workspace}: the POC system did not become ready within "
+                              f"{self.start_timeout:.0f}s ({exc}); logs in {self.prod_dir}/server/log.txt") from None
+
+    def stop(self, *participants: str, graceful: bool = False) -> None:
+        """Stop the system (or some participants).
+
+        Stopping all: SIGTERM to every process of this system, SIGKILL to any still alive
+        after a few seconds (``nvflare poc stop``'s admin shutdown took 14-40 s here and is
+        only used with ``graceful=True``). Some participants: ``nvflare poc stop -p``.
+        """
+        if participants or graceful:
+            args = ["poc", "stop"]
+            for p in participants:
+                args += ["-p", p]
+            try:
+                self._nvflare(*args, timeout=120, check=False)
+            except subprocess.TimeoutExpired:
+                log.warning("nvflare poc stop timed out")
         if not participants:
             self._remember_pgids()
             self._kill_groups()
@@ -159,18 +182,27 @@ class PocSystem:
         self._pgids.update(pid for pid, cmd in _processes() if marker in cmd and pid not in _ancestors())
 
     def _kill_groups(self) -> None:
-        """SIGTERM, then SIGKILL, every process of this POC system still alive (never this process)."""
+        """SIGTERM, then SIGKILL, every process of this POC system still alive (never this process).
+
+        Only processes whose command line names this workspace now (a remembered pid may have been
+        reused); repeated until none is left, so a child respawned by a dying start loop goes too.
+        """
         marker = str(self.workspace) + "/"
         mine = _ancestors()
-        pids = {pid for pid, cmd in _processes() if marker in cmd} | set(self._pgids)
-        pids -= mine
-        for sig, pause in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 0.0)):
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            time.sleep(pause)
+        for _ in range(3):
+            pids = {pid for pid, cmd in _processes() if marker in cmd and _alive(pid)} - mine
+            if not pids:
+                break
+            for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 1.0)):
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                t_end = time.time() + grace
+                while time.time() < t_end and any(_alive(pid) for pid in pids):
+                    time.sleep(0.2)
+                pids = {pid for pid in pids if _alive(pid)}
         self._pgids.clear()
 
     # -- jobs -----------------------------------------------------------------------------
@@ -220,6 +252,14 @@ def _ancestors() -> set[int]:
         except (OSError, ValueError, IndexError):
             break
     return out
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _rss(pid: int) -> int:

@@ -132,3 +132,13 @@ def test_poc_terminal_matches_simulate_and_runs_crossval(tmp_path):
     assert csv[0] == "model,site-1,site-2,site-3,mean" and [r.split(",")[0] for r in csv[1:]] == [
         "global", "local site-1", "local site-2", "local site-3"]
     assert (tmp_path / "run" / "crossval" / "heatmap.png").stat().st_size > 1000
+    ws = str((tmp_path / "run" / "nvflare").resolve()) + "/"
+    left = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and ws in _cmdline(p)]
+    assert not left, f"POC processes still running after fedimg poc: {left}"
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

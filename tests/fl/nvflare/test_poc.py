@@ -11,6 +11,7 @@ import json
 import socket
 import ssl
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.nvflare]
 
 SITES = ["site-1", "site-2", "site-3", "site-4"]
+SOAK_ROUNDS = 12  # the submit test's job: long enough to sample memory after a warm-up
 NAN_CLIENT = """
 import sys
 from fedimg.fl.nvflare.client import main
@@ -107,6 +109,68 @@ def test_site_without_valid_certificate_is_refused(poc):
     assert _tls_probe(ca, (kit / "client.crt", kit / "client.key"))  # the provisioned site's certificate works
     assert not _tls_probe(ca, None)  # no certificate: refused
     assert not _tls_probe(ca, _self_signed(tmp))  # a certificate not signed by the project's CA: refused
+
+
+def test_submit_through_admin_kit_shows_rounds_site_errors_and_memory_bound(poc, capfd):
+    """Issue 15 item 4: a provisioned run (the POC's kits are provisioned with certificates, mutual TLS)
+    followed from the admin kit with ``fedimg submit`` shows rounds, sites and metrics like ``simulate``;
+    NVFlare's chatter goes to OUT/nvflare.log; a site that fails is one line naming it and its file.
+    Item 7's soak, short: the memory of every participant stays within the stated bound
+    (``benchmarks/soak.py`` runs the long version)."""
+    from fedimg.cli import main
+    from fedimg.fl.nvflare.job import build_recipe, export_job
+    from fedimg.fl.server.federation import FederationConfig
+    from fedimg.fl.server.state import read_metrics
+
+    system, tmp = poc
+    two = {s: p for s, p in _sites(tmp).items() if s in ("site-1", "site-2")}
+    cfg = FederationConfig(task="toy", rounds=2, local_epochs=1, train={"features": 8}, min_sites=2)
+    # a site whose data folder is missing at the site: the job fails there, the terminal names it
+    bad = export_job(build_recipe(cfg, dict(two, **{"site-2": tmp / "gone"}), run_dir=None, cross_site=""),
+                     tmp / "job-bad")
+    capfd.readouterr()
+    rc = main(["submit", "--kit", str(system.admin_kit), "--job", str(bad), "--out", str(tmp / "kit-bad"),
+               "--no-progress", "--timeout", "240"])
+    err = capfd.readouterr().err
+    assert rc != 0
+    assert "failed in 1 site(s)" in err and "site-2: " in err and str(tmp / "gone" / "toy.npz") in err, err
+    assert "Connecting to FLARE" not in err
+    # a good job: every round on the terminal with its sites and metrics, the server's folder downloaded;
+    # meanwhile the memory of the server and every site is sampled (issue 15 item 7: the soak's bound)
+    good = export_job(build_recipe(dataclasses.replace(cfg, rounds=SOAK_ROUNDS), two, run_dir=None,
+                                   cross_site="global"), tmp / "job-good")
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append({"round": len(_rounds(tmp / "kit-good")), "rss": system.memory()})
+            stop.wait(1.0)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        rc = main(["submit", "--kit", str(system.admin_kit), "--job", str(good), "--out", str(tmp / "kit-good"),
+                   "--no-progress", "--timeout", "240"])
+    finally:
+        stop.set()
+        sampler.join()
+    shown = capfd.readouterr()
+    assert rc == 0, shown.err
+    for r in range(1, SOAK_ROUNDS + 1):
+        assert f"round {r}/{SOAK_ROUNDS}: sites 2/2 | accuracy=" in shown.out, shown.out
+    assert "Connecting to FLARE" not in shown.out + shown.err
+    assert "Connecting to FLARE" in (tmp / "kit-good" / "nvflare.log").read_text()
+    assert [m["round"] for m in read_metrics(tmp / "kit-good")] == list(range(1, SOAK_ROUNDS + 1))
+    server = tmp / "kit-good" / "server"
+    assert [m["round"] for m in read_metrics(server)] == list(range(1, SOAK_ROUNDS + 1))
+    assert (server / "global_model.safetensors").is_file() and (server / "crossval" / "crossval.csv").is_file()
+    # the stated bound: after round 3, each participant within 64 MiB + 0.5 MiB per round of its memory then
+    base = next(x for x in samples if x["round"] >= 3)
+    for name, start in base["rss"].items():
+        for x in samples[samples.index(base):]:
+            if x["round"] <= SOAK_ROUNDS and x["rss"][name] > 0:
+                grown = (x["rss"][name] - start) / 2**20
+                assert grown <= 64.0 + 0.5 * (x["round"] - base["round"]), (name, x["round"], grown)
 
 
 def test_poisoned_site_rejected_then_server_restart_resumes(poc):

@@ -16,7 +16,7 @@ from fedimg.fl.nvflare.aggregator import FedimgAggregator  # noqa: E402
 from fedimg.fl.server.state import read_metrics  # noqa: E402
 from fedimg.fl.server.validation import ValidationConfig  # noqa: E402
 
-from tests.fl.nvflare.test_aggregator import _start  # noqa: E402
+from test_aggregator import _start  # noqa: E402  (pytest puts tests/fl/nvflare on sys.path; torchstain ships a top-level `tests` package)
 
 BRATS_METRICS = {"val_dice_mean": 0.4, "val_dice_tc": 0.3, "val_dice_wt": 0.5, "val_dice_et": 0.4, "val_num_cases": 2.0,
                  "train_loss": 0.8, "train_lr": 1e-3, "train_voxels_per_s": 1e5, "train_dp_epsilon": 3.2}
