@@ -348,13 +348,17 @@ class Trainer(EpochTrainer):
         bs = self.config.batch_size
         return [order[b:b + bs] for b in range(0, len(order), bs)]
 
+    def make_batch(self, batch: list[int]) -> tuple[Any, Any]:
+        """The augmented crops ``(x, y)`` of the cases ``batch`` (the distributed trainer draws its own)."""
+        return sample_batch(self.data.train_images, self.data.train_regions, self.data.train_fg, batch, self.config,
+                            self.generator)
+
     def step_loss(self, batch: list[int]) -> tuple[Any, int]:
         """Augmented crops of the cases ``batch``, forward in autocast, Dice loss; units = voxels."""
         import torch
 
         cfg = self.config
-        x, y = sample_batch(self.data.train_images, self.data.train_regions, self.data.train_fg, batch, cfg,
-                            self.generator)
+        x, y = self.make_batch(batch)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with self.autocast():
