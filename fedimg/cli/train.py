@@ -182,7 +182,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from fedimg.engine.distributed import DistContext, write_rank_error
+    from fedimg.engine.distributed import DistContext, leave_process_group, write_rank_error
     from fedimg.io import read_json
 
     spec_path = Path(args.dist_worker)
@@ -198,6 +198,8 @@ def _run_worker(args: argparse.Namespace) -> int:
         log.debug("rank %d failed", rank, exc_info=True)
         write_rank_error(spec_path.parent, rank, exc)
         return int(getattr(exc, "exit_code", 1))
+    finally:
+        leave_process_group()
 
 
 def _privacy(args: argparse.Namespace, cfg, out):

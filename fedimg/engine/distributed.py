@@ -44,7 +44,7 @@ from fedimg.engine.loop import Trainer
 from fedimg.errors import ConfigError, FedimgError
 
 __all__ = ["DistContext", "RankFailed", "per_rank_batch", "backend_for", "sample_seed", "sampler_order",
-           "init_process_group", "DistributedTrainer", "follow", "launch", "write_rank_error"]
+           "init_process_group", "leave_process_group", "DistributedTrainer", "follow", "launch", "write_rank_error"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,14 @@ def init_process_group(ctx: DistContext, device: Any) -> Any:
         dist.init_process_group(backend_for(device), rank=ctx.rank, world_size=ctx.world_size,
                                 timeout=datetime.timedelta(minutes=30))
     return device
+
+
+def leave_process_group() -> None:
+    """Leave the process group, if this process joined one (the end of every worker)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class DistributedTrainer(Trainer):
