@@ -25,10 +25,10 @@ repeating samples. A rank that fails writes its one-line error to ``error_dir``;
 
 >>> per_rank_batch(4, 2), backend_for("cpu"), backend_for("cuda:1")
 (2, 'gloo', 'nccl')
->>> sampler_order(8, nproc=2, rank=0, seed=0, epoch=0), sampler_order(8, nproc=2, rank=1, seed=0, epoch=0)
-([0, 6, 2, 4], [1, 5, 3, 7])
 >>> sampler_order(8, nproc=1, rank=0, seed=0, epoch=0)
-[0, 1, 6, 5, 2, 3, 4, 7]
+[4, 0, 7, 3, 2, 5, 1, 6]
+>>> sampler_order(8, nproc=2, rank=0, seed=0, epoch=0), sampler_order(8, nproc=2, rank=1, seed=0, epoch=0)
+([4, 7, 2, 1], [0, 3, 5, 6])
 """
 
 from __future__ import annotations
