@@ -179,20 +179,19 @@ def _launch(args: argparse.Namespace) -> int:
 
 def _run_worker(args: argparse.Namespace) -> int:
     """One torchrun worker of ``--nproc``: its rank from torchrun's environment; errors to the launcher."""
-    import os
     from pathlib import Path
 
+    from fedimg.config import torchrun_rank_from_env
     from fedimg.engine.distributed import DistContext, leave_process_group, write_rank_error
     from fedimg.io import read_json
 
     spec_path = Path(args.dist_worker)
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world, local = torchrun_rank_from_env()
     if rank:
         logging.getLogger("fedimg").setLevel(logging.WARNING)  # rank 0 alone logs
     try:
         ns = argparse.Namespace(**read_json(spec_path))
-        dist = DistContext(rank=rank, world_size=int(os.environ.get("WORLD_SIZE", "1")),
-                           local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        dist = DistContext(rank=rank, world_size=world, local_rank=local)
         return _train(ns, dist)
     except Exception as exc:  # every failure goes back to the launcher as one line
         log.debug("rank %d failed", rank, exc_info=True)

@@ -44,7 +44,8 @@ from fedimg.engine.loop import Trainer
 from fedimg.errors import ConfigError, FedimgError
 
 __all__ = ["DistContext", "RankFailed", "per_rank_batch", "backend_for", "sample_seed", "sampler_order",
-           "init_process_group", "leave_process_group", "DistributedTrainer", "follow", "launch", "write_rank_error"]
+           "init_process_group", "leave_process_group", "DistributedTrainer", "follow", "launch", "torchrun_argv",
+           "write_rank_error"]
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,12 @@ def _rank_error(error_dir: Path, failures: dict) -> RankFailed:
     return RankFailed(f"training process rank {rank} {how} without an error message; rerun with -vv to see its log")
 
 
+def torchrun_argv(nproc: int) -> list[str]:
+    """The torchrun command (this interpreter) that starts ``nproc`` local workers of a script given after it."""
+    return [sys.executable, "-u", "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+            f"--nproc-per-node={int(nproc)}"]
+
+
 def launch(worker_argv: Sequence[str], *, nproc: int, error_dir: str | Path) -> None:
     """Run ``python <worker_argv>`` on ``nproc`` local processes with ``torch.distributed.run``.
 
@@ -245,8 +252,7 @@ def launch(worker_argv: Sequence[str], *, nproc: int, error_dir: str | Path) -> 
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    args = torchrun.parse_args(["--standalone", "--nnodes=1", f"--nproc-per-node={int(nproc)}", "--no-python",
-                                sys.executable, *worker_argv])
+    args = torchrun.parse_args([*torchrun_argv(nproc)[4:], "--no-python", sys.executable, *worker_argv])
     previous = logging.root.manager.disable
     logging.disable(logging.ERROR)  # torchrun's own notes and failure report: replaced by the rank's one line
     try:

@@ -269,7 +269,8 @@ def local_round(model: Any, data: Any, config: Any, make_trainer: Callable[[Any,
         load_global_params(model, global_params)
     trainer = data.state.get("trainer")
     if trainer is None or trainer.model is not model or trainer.config != config:
-        trainer = data.state["trainer"] = make_trainer(model, data, config)
+        # data.state["make_trainer"]: a replacement set by the caller (the NVFlare client's DDP trainer)
+        trainer = data.state["trainer"] = data.state.get("make_trainer", make_trainer)(model, data, config)
         if data.state.get("privacy") is not None:  # DP-SGD handed in by the caller (see EpochTrainer.make_private)
             trainer.make_private(data.state["privacy"])
     prox_ref = [p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None
