@@ -162,6 +162,7 @@ def _launch(args: argparse.Namespace) -> int:
     cfg = _config(args)
     per_rank_batch(cfg.batch_size, nproc)
     check_run_folder(Path(args.out), resume=args.resume)
+    _check_gpus(cfg.device, nproc)
     threads = max(1, (cfg.threads or os.cpu_count() or 1) // nproc)
     log.info("starting %d training processes with torchrun (%d thread(s) each, per-process batch %d)", nproc, threads,
              cfg.batch_size // nproc)
@@ -175,6 +176,19 @@ def _launch(args: argparse.Namespace) -> int:
                 "--dist-worker", str(Path(tmp) / "spec.json")], nproc=nproc, error_dir=tmp)
     log.info("done: %d processes; run folder %s", nproc, args.out)
     return 0
+
+
+def _check_gpus(device: str, nproc: int) -> None:
+    """On CUDA each process takes one GPU (``cuda:<local rank>``): refuse more processes than GPUs."""
+    from fedimg.device import resolve_device
+    from fedimg.errors import ConfigError
+
+    if resolve_device(device).type == "cuda":
+        import torch
+
+        if nproc > torch.cuda.device_count():
+            raise ConfigError(f"--nproc {nproc} needs {nproc} GPUs (one per process) but {torch.cuda.device_count()} "
+                              "are visible; use --nproc <= the GPU count, or --device cpu")
 
 
 def _run_worker(args: argparse.Namespace) -> int:
