@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-__all__ = ["SITE_DATA_ENV", "MAX_VOLUME_ENV", "site_data_dir_from_env", "max_volume_mb_from_env", "child_process_env"]
+__all__ = ["SITE_DATA_ENV", "MAX_VOLUME_ENV", "site_data_dir_from_env", "max_volume_mb_from_env", "child_process_env",
+           "torchrun_rank_from_env"]
 
 #: Environment variable naming a site's data folder when its job does not name one.
 SITE_DATA_ENV = "FEDIMG_SITE_DATA"
@@ -52,3 +53,9 @@ def child_process_env(extra: Mapping[str, str] | None = None, *, path_first: str
     if path_first:
         env["PATH"] = path_first + os.pathsep + env.get("PATH", "")
     return env
+
+
+def torchrun_rank_from_env() -> tuple[int, int, int]:
+    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` that torchrun sets for each worker (``(0, 1, 0)`` outside torchrun)."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")))

@@ -2,10 +2,17 @@
 
     fedimg train --data data/site-1 --out runs/site-1 --epochs 20 --allow-identifiable
     fedimg train --data data/site-1 --out runs/s1 --dp-epsilon 8 --dp-delta 1e-5 --dp-max-grad-norm 1.0
+    fedimg train --data data/site-1 --out runs/s1 --nproc 2 --batch-size 4 --allow-identifiable
 
 With ``--dp-epsilon`` (or ``--dp-noise-multiplier``) the site trains with patient-level
 DP-SGD (:mod:`fedimg.privacy.dpsgd`): epsilon, delta, noise, clip and sample rate are in
 every row of metrics.json and TensorBoard, and RUN/privacy.json states the guarantee.
+
+With ``--nproc N`` the site trains on N processes (DistributedDataParallel; gloo on the CPU,
+NCCL with one GPU per process) started by torch's launcher, torchrun
+(:mod:`fedimg.engine.distributed`); ``--batch-size`` is the global batch, N times the
+per-process batch. Rank 0 alone writes the run folder and logs; a failing rank's error
+comes back as one line.
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (slow start)")
     p.add_argument("--stop-after", type=int, default=None, help="run at most N epochs now (continue with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train on N processes with DistributedDataParallel through torchrun (one GPU each on CUDA; "
+                        "--batch-size is the global batch and must be a multiple of N)")
+    p.add_argument("--dist-worker", default=None, help=argparse.SUPPRESS)  # set by --nproc for its workers
     from fedimg.cli._skip import add_skip_argument
 
     add_skip_argument(p)
@@ -60,13 +71,19 @@ _FIELDS = {"epochs": "epochs", "model": "model", "seed": "seed", "roi": "roi", "
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "dist_worker", None):
+        return _run_worker(args)
+    if getattr(args, "nproc", 1) != 1:
+        return _launch(args)
+    return _train(args)
+
+
+def _config(args: argparse.Namespace):
+    """The run's TrainConfig from ``--config``, the options and (``--resume``) the run folder."""
     from pathlib import Path
 
     from fedimg.cli import env_threads
-    from fedimg.cli._skip import site_cases, write_skipped
-    from fedimg.device import configure_threads, resolve_device, seed_everything
     from fedimg.engine.config import TrainConfig
-    from fedimg.engine.fit import fit
     from fedimg.errors import InputError
     from fedimg.io import read_json
 
@@ -86,10 +103,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         base = {}
     threads = args.threads or env_threads()
-    cfg = TrainConfig.from_dict({**base, **overrides, "device": args.device, "threads": threads,
-                                 "allow_identifiable": bool(args.allow_identifiable or base.get("allow_identifiable", False))})
+    return TrainConfig.from_dict({**base, **overrides, "device": args.device, "threads": threads,
+                                  "allow_identifiable": bool(args.allow_identifiable or base.get("allow_identifiable", False))})
+
+
+def _train(args: argparse.Namespace, dist=None) -> int:
+    """Train in this process (``dist``: this process's rank of a ``--nproc`` group, or ``None``)."""
+    from pathlib import Path
+
+    from fedimg.cli._skip import site_cases, write_skipped
+    from fedimg.device import configure_threads, resolve_device, seed_everything
+    from fedimg.engine.fit import fit
+
+    out, data_dir = Path(args.out), Path(args.data)
+    cfg = _config(args)
     n = configure_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    if dist is not None:
+        from fedimg.engine.distributed import init_process_group
+
+        device = init_process_group(dist, device)
     seed_everything(cfg.seed)
     cases, skipped = site_cases(data_dir, skip=args.skip_bad_cases, allow_identifiable=cfg.allow_identifiable)
     log.info("training %s on %d cases from %s (%s, %d threads)%s", cfg.model, len(cases), data_dir, device, n,
@@ -98,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
 
     privacy = run_privacy(args, seed=cfg.seed, epochs=cfg.epochs, out=out)
     summary = fit(cases, cfg, out, device=device, resume=args.resume, stop_after=args.stop_after,
-                  progress=False if args.no_progress else None, source=data_dir, privacy=privacy)
+                  progress=False if args.no_progress else None, source=data_dir, privacy=privacy, dist=dist)
+    if dist is not None and not dist.is_main:
+        return 0
     write_skipped(out, skipped)
     if privacy is not None:
         report_privacy(privacy, out)
@@ -106,3 +141,77 @@ def run(args: argparse.Namespace) -> int:
     log.info("done: %d epoch(s) this run, best dice_mean %.3f at epoch %s; run folder %s", summary["epochs_run"],
              best.get("dice_mean") if best.get("dice_mean") is not None else float("nan"), best.get("epoch"), out)
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N``: check everything checkable here, then run N workers with torchrun."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from fedimg.cli._federation import dp_from_args
+    from fedimg.engine.checkpoint import check_run_folder
+    from fedimg.engine.distributed import launch, per_rank_batch
+    from fedimg.errors import ConfigError
+    from fedimg.io import write_json
+
+    nproc = int(args.nproc)
+    if nproc < 1:
+        raise ConfigError(f"--nproc {nproc}: use 1 or more processes")
+    if dp_from_args(args):
+        raise ConfigError("--dp-* (DP-SGD) cannot run with --nproc > 1 (its accountant samples one process's batches); "
+                          "drop --nproc or the --dp-* options")
+    cfg = _config(args)
+    per_rank_batch(cfg.batch_size, nproc)
+    check_run_folder(Path(args.out), resume=args.resume)
+    _check_gpus(cfg.device, nproc)
+    threads = max(1, (cfg.threads or os.cpu_count() or 1) // nproc)
+    log.info("starting %d training processes with torchrun (%d thread(s) each, per-process batch %d)", nproc, threads,
+             cfg.batch_size // nproc)
+    spec = {k: v for k, v in vars(args).items() if k not in ("func", "dist_worker")}
+    spec["threads"] = threads
+    flags = ["--debug"] * bool(getattr(args, "debug", False)) + ["-q"] * bool(getattr(args, "quiet", False)) \
+        + ["-v"] * int(getattr(args, "verbose", 0) or 0)
+    with tempfile.TemporaryDirectory(prefix="fedimg-ddp-") as tmp:
+        write_json(Path(tmp) / "spec.json", spec)
+        launch(["-m", "fedimg", *flags, "train", "--data", str(args.data), "--out", str(args.out),
+                "--dist-worker", str(Path(tmp) / "spec.json")], nproc=nproc, error_dir=tmp)
+    log.info("done: %d processes; run folder %s", nproc, args.out)
+    return 0
+
+
+def _check_gpus(device: str, nproc: int) -> None:
+    """On CUDA each process takes one GPU (``cuda:<local rank>``): refuse more processes than GPUs."""
+    from fedimg.device import resolve_device
+    from fedimg.errors import ConfigError
+
+    if resolve_device(device).type == "cuda":
+        import torch
+
+        if nproc > torch.cuda.device_count():
+            raise ConfigError(f"--nproc {nproc} needs {nproc} GPUs (one per process) but {torch.cuda.device_count()} "
+                              "are visible; use --nproc <= the GPU count, or --device cpu")
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    """One torchrun worker of ``--nproc``: its rank from torchrun's environment; errors to the launcher."""
+    from pathlib import Path
+
+    from fedimg.config import torchrun_rank_from_env
+    from fedimg.engine.distributed import DistContext, leave_process_group, write_rank_error
+    from fedimg.io import read_json
+
+    spec_path = Path(args.dist_worker)
+    rank, world, local = torchrun_rank_from_env()
+    if rank:
+        logging.getLogger("fedimg").setLevel(logging.WARNING)  # rank 0 alone logs
+    try:
+        ns = argparse.Namespace(**read_json(spec_path))
+        dist = DistContext(rank=rank, world_size=world, local_rank=local)
+        return _train(ns, dist)
+    except Exception as exc:  # every failure goes back to the launcher as one line
+        log.debug("rank %d failed", rank, exc_info=True)
+        write_rank_error(spec_path.parent, rank, exc)
+        return int(getattr(exc, "exit_code", 1))
+    finally:
+        leave_process_group()

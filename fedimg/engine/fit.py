@@ -51,7 +51,7 @@ def checkpoint_meta(config: Any, data: Any, epoch: int, metrics: dict) -> dict[s
 
 def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool = False,
         stop_after: int | None = None, progress: bool | None = None, source: str | Path = "",
-        privacy: Any = None) -> dict[str, Any]:
+        privacy: Any = None, dist: Any = None) -> dict[str, Any]:
     """Train on ``cases`` (split train/val by the config) and write the run folder ``out``.
 
     ``stop_after`` limits the epochs run in this call (continue later with ``resume``).
@@ -59,6 +59,8 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
     is recorded in the checkpoint metadata. ``privacy`` (e.g. :class:`fedimg.privacy.PatientDP`)
     trains with DP-SGD (:meth:`fedimg.engine.loop.EpochTrainer.make_private`); its ``dp_*``
     metrics join every epoch's row. The epoch loop is :class:`fedimg.engine.driver.EpochDriver`.
+    ``dist`` (a :class:`fedimg.engine.distributed.DistContext`) trains this process's rank of a
+    DDP group (:func:`_distributed_trainer`); only rank 0 writes the run folder.
     """
     from fedimg.engine.cache import prepare_site_data
     from fedimg.engine.driver import EpochDriver, EpochHooks
@@ -66,12 +68,17 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
     from fedimg.engine.loop import Trainer
     from fedimg.engine.models import build_model, model_kwargs
 
-    run = EpochDriver(out, resume=resume)
+    run = EpochDriver(out, resume=resume) if dist is None or dist.is_main else None
     data = prepare_site_data(cases, config, device, source=str(source))
     model = build_model(config.model, **model_kwargs(config))
-    trainer = Trainer(model, data, config)
+    trainer = Trainer(model, data, config) if dist is None else _distributed_trainer(model, data, config, dist)
     if privacy is not None:
         trainer.make_private(privacy)
+    if run is None:  # a rank other than 0: train in step with rank 0, write nothing
+        from fedimg.engine.distributed import follow
+
+        return follow(model, trainer, out, resume=resume, fingerprint=data.fingerprint, epochs=config.epochs,
+                      stop_after=stop_after)
 
     def validate(epoch: int) -> dict[str, float]:
         if not data.num_val or (epoch % config.val_every != 0 and epoch != config.epochs):
@@ -100,7 +107,15 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
 
     hooks = EpochHooks(key="dice_mean", evaluate=validate, score=score,
                        meta=lambda epoch, row: checkpoint_meta(config, data, epoch, row),
-                       info={"train_cases": data.num_train, "val_cases": data.num_val},
+                       info={"train_cases": data.num_train, "val_cases": data.num_val,
+                             **({} if dist is None else {"processes": dist.world_size})},
                        step_postfix=step_postfix, epoch_postfix=epoch_postfix, log_epoch=log_epoch)
     return run.fit(model, trainer, hooks, config=config.to_dict(), fingerprint=data.fingerprint, epochs=config.epochs,
                    device=device, stop_after=stop_after, progress=progress)
+
+
+def _distributed_trainer(model: Any, data: Any, config: Any, dist: Any) -> Any:
+    """The rank's :class:`fedimg.engine.distributed.DistributedTrainer` (DDP, DistributedSampler)."""
+    from fedimg.engine.distributed import DistributedTrainer
+
+    return DistributedTrainer(model, data, config, dist)

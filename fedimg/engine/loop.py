@@ -269,7 +269,8 @@ def local_round(model: Any, data: Any, config: Any, make_trainer: Callable[[Any,
         load_global_params(model, global_params)
     trainer = data.state.get("trainer")
     if trainer is None or trainer.model is not model or trainer.config != config:
-        trainer = data.state["trainer"] = make_trainer(model, data, config)
+        # data.state["make_trainer"]: a replacement set by the caller (the NVFlare client's DDP trainer)
+        trainer = data.state["trainer"] = data.state.get("make_trainer", make_trainer)(model, data, config)
         if data.state.get("privacy") is not None:  # DP-SGD handed in by the caller (see EpochTrainer.make_private)
             trainer.make_private(data.state["privacy"])
     prox_ref = [p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None
@@ -348,13 +349,17 @@ class Trainer(EpochTrainer):
         bs = self.config.batch_size
         return [order[b:b + bs] for b in range(0, len(order), bs)]
 
+    def make_batch(self, batch: list[int]) -> tuple[Any, Any]:
+        """The augmented crops ``(x, y)`` of the cases ``batch`` (the distributed trainer draws its own)."""
+        return sample_batch(self.data.train_images, self.data.train_regions, self.data.train_fg, batch, self.config,
+                            self.generator)
+
     def step_loss(self, batch: list[int]) -> tuple[Any, int]:
         """Augmented crops of the cases ``batch``, forward in autocast, Dice loss; units = voxels."""
         import torch
 
         cfg = self.config
-        x, y = sample_batch(self.data.train_images, self.data.train_regions, self.data.train_fg, batch, cfg,
-                            self.generator)
+        x, y = self.make_batch(batch)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with self.autocast():

@@ -164,14 +164,11 @@ def make_payload(global_params: dict[str, Any], local_params: dict[str, Any], *,
 def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
     """Client loop. ``update_hook`` transforms the outgoing params (tests use it to play a bad site).
 
-    Long because it is the whole site loop in one place: receive, answer cross-site evaluation's
-    ``submit_model`` / ``validate`` tasks, evaluate, train, send.
+    Under torchrun (a site on N processes, ``fedimg simulate --site-nproc SITE=N``) every rank
+    loads the data and model; rank 0 alone talks to NVFlare (:func:`_rounds`) and hands each
+    round's global weights to the others, which train in step with it (DDP) and send nothing.
     """
-    import numpy as np
-    import torch
-
     import nvflare.client as flare
-    from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
     from fedimg.config import SITE_DATA_ENV, site_data_dir_from_env
     from fedimg.device import configure_threads, resolve_device, seed_everything
@@ -180,9 +177,11 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     cc = ClientConfig.read(find_config(args.config))
-    configure_threads(cc.threads or None)
-    flare.init()
-    site = flare.get_site_name()
+    ctx = _dist_context()  # under torchrun (a site on N processes): this process's rank, else None
+    world = ctx.world_size if ctx else 1
+    configure_threads(max(1, cc.threads // world) if cc.threads else None)
+    flare.init(rank=str(ctx.rank if ctx else 0))  # ranks > 0 have no Client API session: rank 0 shares each round
+    site = flare.get_site_name() or "site"
     data_dir = cc.data or site_data_dir_from_env()
     if not data_dir:
         raise SystemExit(f"{site}: no data folder; export the job with --site-data {site}=PATH or set {SITE_DATA_ENV}")
@@ -190,13 +189,36 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
     config = task.config_from_dict(cc.task_config)
     seed_everything(int(getattr(config, "seed", 0)))
     device = resolve_device(str(getattr(config, "device", "auto")))
+    device = _join_group(ctx, device)
     t0 = time.perf_counter()
     data = task.load_site(data_dir, config, device)
     log.info("%s: site data ready in %.1fs", site, time.perf_counter() - t0)
     model = task.build_model(config)
-    writer = _writer()
-    local_sd: dict[str, Any] | None = None
+    if ctx is not None:
+        _use_ddp(ctx, data)
+        if not ctx.is_main:
+            return _follow_rounds(ctx, task, model, data, config, cc, device)
+    _rounds(flare, cc, ctx, task, model, data, config, device, site, _writer(), update_hook)
+    if ctx is not None:  # (on a failure this process exits and torchrun stops the other ranks)
+        _share_round(ctx, None)  # the other ranks stop too
+        from fedimg.engine.distributed import leave_process_group
 
+        leave_process_group()
+    return 0
+
+
+def _rounds(flare: Any, cc: ClientConfig, ctx: Any, task: Any, model: Any, data: Any, config: Any, device: Any,
+            site: str, writer: Any, update_hook: Callable | None) -> None:
+    """Rank 0's (or the only process's) round loop: receive, evaluate, train, send.
+
+    Long because it is the whole site loop in one place: receive, answer cross-site evaluation's
+    ``submit_model`` / ``validate`` tasks, evaluate, train, send.
+    """
+    import numpy as np
+    import torch
+    from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+
+    local_sd: dict[str, Any] | None = None
     while flare.is_running():
         incoming = flare.receive()
         if incoming is None:
@@ -218,6 +240,7 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
             flare.send(FLModel(metrics={k.removeprefix("val_"): v for k, v in floats.items()}))
             continue
         t_train = time.perf_counter()
+        _share_round(ctx, global_sd)  # the other ranks train this round with this rank (DDP)
         train, n = task.train_one_round(model, data, config, epochs=cc.local_epochs,
                                         global_params=global_sd, prox_mu=cc.prox_mu)
         train = {**train, "seconds_train": time.perf_counter() - t_train, "seconds_eval": t_train - t_eval}
@@ -232,6 +255,61 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
         log.info("%s round %d: %s", site, rnd + 1, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
         flare.send(FLModel(params=params, params_type=ParamsType.DIFF if cc.send == "diff" else ParamsType.FULL,
                            metrics=metrics, meta=meta))
+
+
+def _dist_context() -> Any:
+    """This process's :class:`fedimg.engine.distributed.DistContext` under torchrun, else ``None``."""
+    from fedimg.config import torchrun_rank_from_env
+
+    rank, world, local = torchrun_rank_from_env()
+    if world <= 1:
+        return None
+    from fedimg.engine.distributed import DistContext
+
+    return DistContext(rank=rank, world_size=world, local_rank=local)
+
+
+def _join_group(ctx: Any, device: Any) -> Any:
+    if ctx is None:
+        return device
+    from fedimg.engine.distributed import init_process_group
+
+    return init_process_group(ctx, device)
+
+
+def _use_ddp(ctx: Any, data: Any) -> None:
+    """The task's local rounds train a DistributedTrainer (DDP, DistributedSampler) on this rank."""
+    from fedimg.engine.distributed import DistributedTrainer
+
+    if not hasattr(data, "state") or not hasattr(data, "train_images"):
+        raise ConfigError("only the brats task trains on several processes; drop --site-nproc")
+    data.state["make_trainer"] = lambda model, d, config: DistributedTrainer(model, d, config, ctx)
+
+
+def _share_round(ctx: Any, global_sd: dict[str, Any] | None) -> None:
+    """Rank 0 hands a round's global weights (``None``: stop) to the other ranks."""
+    if ctx is None:
+        return
+    import torch.distributed as dist
+
+    dist.broadcast_object_list([global_sd], src=0)
+
+
+def _follow_rounds(ctx: Any, task: Any, model: Any, data: Any, config: Any, cc: ClientConfig, device: Any) -> int:
+    """A rank > 0: train every round rank 0 shares, in step with it (DDP); send nothing."""
+    import torch.distributed as dist
+
+    from fedimg.engine.distributed import leave_process_group
+
+    while True:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            break
+        model.load_state_dict(box[0])
+        model.to(device)
+        task.train_one_round(model, data, config, epochs=cc.local_epochs, global_params=box[0], prox_mu=cc.prox_mu)
+    leave_process_group()
     return 0
 
 

@@ -30,7 +30,7 @@ from fedimg.errors import ConfigError
 from fedimg.fl.nvflare.client import CONFIG_NAME, ClientConfig
 from fedimg.fl.server.federation import FederationConfig
 
-__all__ = ["build_recipe", "export_job", "client_configs", "ALLOW_LIST"]
+__all__ = ["build_recipe", "export_job", "client_configs", "site_launch", "ALLOW_LIST"]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def client_configs(config: FederationConfig, sites: dict[str, Path | None], task
 def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run_dir: str | Path | None,
                  start_round: int = 0, checkpoint: str | Path | None = None,
                  local_model_dir: str | Path | None = None, site_scripts: dict[str, str] | None = None,
-                 tracking: bool = True, cross_site: str = "") -> Any:
+                 tracking: bool = True, cross_site: str = "", site_nproc: dict[str, int] | None = None) -> Any:
     """An NVFlare FedAvg recipe for ``sites`` (name -> data folder, or None to use $FEDIMG_SITE_DATA).
 
     ``start_round`` (0-based) and ``checkpoint`` (a fedimg safetensors file) resume a run; ``run_dir`` is where the
@@ -100,6 +100,8 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     ``site_scripts`` replaces the client script for some sites (tests play bad sites).
     ``cross_site``: after training, ``"all"`` evaluates the global model and every site's local model on every
     site, ``"global"`` the global model only, ``""`` nothing (:mod:`fedimg.fl.nvflare.crossval`).
+    ``site_nproc`` (site -> N > 1): that site's client runs under torchrun on N processes
+    (:func:`site_launch`; DDP in the client, rank 0 talks to NVFlare).
     """
     from nvflare.client.config import ExchangeFormat, TransferType
 
@@ -129,6 +131,8 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     per_site = {name: {"train_args": f"--config {CONFIG_NAME}",
                        **({"train_script": site_scripts[name]} if site_scripts and name in site_scripts else {})}
                 for name in sites}
+    for name, launch in site_launch(site_nproc or {}, sites, config, tcfg, staging=staging).items():
+        per_site[name].update(launch)
     recipe = _Recipe.get()(
         name=config.name,
         model_persistor=persistor,
@@ -155,6 +159,37 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
         add_cross_site_evaluation(recipe, key_metric=task.key_metric, run_dir=agg.run_dir,
                                   local_models=cross_site == "all")
     return recipe
+
+
+#: The client script torchrun starts (NVFlare copies it into the site's custom/ folder; fedimg is installed).
+DDP_SCRIPT = "from fedimg.fl.nvflare.client import main\n\nraise SystemExit(main())\n"
+
+
+def site_launch(site_nproc: dict[str, int], sites: dict[str, Path | None], config: FederationConfig,
+                tcfg: Any, *, staging: Path) -> dict[str, dict[str, Any]]:
+    """Per-site runner settings for sites trained on N > 1 processes: an external process started by
+    torchrun (this interpreter) running a two-line script written under ``staging``. Refuses what DDP
+    cannot do here with one line."""
+    from fedimg.engine.distributed import per_rank_batch, torchrun_argv
+
+    out = {}
+    for name, n in site_nproc.items():
+        if name not in sites:
+            raise ConfigError(f"--site-nproc {name}={n}: no site {name!r} (sites: {', '.join(sites)})")
+        if n < 1:
+            raise ConfigError(f"--site-nproc {name}={n}: use 1 or more processes")
+        if n == 1:
+            continue
+        if config.task != "brats":
+            raise ConfigError(f"--site-nproc {name}={n}: only the brats task trains on several processes")
+        if config.dp or config.he:
+            raise ConfigError(f"--site-nproc {name}={n} cannot run with DP-SGD or HE; drop one of them")
+        per_rank_batch(int(tcfg.batch_size), n)
+        script = Path(staging) / f"ddp-{name}" / "fedimg_ddp_client.py"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(DDP_SCRIPT)
+        out[name] = {"launch_external_process": True, "command": " ".join(torchrun_argv(n)), "train_script": str(script)}
+    return out
 
 
 def export_job(recipe: Any, out: str | Path) -> Path:

@@ -57,7 +57,8 @@ def allow_fedimg_components(local_dir: str | Path) -> Path:
 
 def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConfig, *, resume: bool = False,
                    progress: bool = True, site_scripts: dict[str, str] | None = None,
-                   sites: dict[str, Path] | None = None, tracking: bool = True, preflight: bool = True) -> dict[str, Any]:
+                   sites: dict[str, Path] | None = None, tracking: bool = True, preflight: bool = True,
+                   site_nproc: dict[str, int] | None = None) -> dict[str, Any]:  # site_nproc: .job.site_launch
     """Run (or resume) a simulated federation; returns a summary dict (also in ``OUT/summary.json``).
 
     ``preflight``: check every site's data here first (:func:`.checks.preflight_sites`) and
@@ -82,7 +83,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run_config.json", {"federation": config.to_dict(), "sites": {k: str(v) for k, v in sites.items()}})
     recipe = build_recipe(config, sites, run_dir=out, start_round=start_round, checkpoint=checkpoint,
-                          local_model_dir=out / "local_models", site_scripts=site_scripts, tracking=tracking)
+                          local_model_dir=out / "local_models", site_scripts=site_scripts, tracking=tracking, site_nproc=site_nproc)
     ws_root = (out / "nvflare").resolve()
     allow_fedimg_components(ws_root / recipe.name / "local")
     env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(ws_root))
