@@ -1,6 +1,6 @@
 """Why does federated lag centralised? In-process diagnosis on the study's DEVELOPMENT split.
 
-    python benchmarks/study_dev.py                 # quick: 12 epochs per case, 3 arms (about 4 min on 2 free cores)
+    python benchmarks/study_dev.py                 # quick: 12 epochs per case, 3 arms (estimated 3-4 min on 2 free cores)
     python benchmarks/study_dev.py --full          # the numbers in RESULTS.md: 24 epochs per case, every arm
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
@@ -15,7 +15,7 @@ weights, so arms differ only in what is measured):
 * ``fedavg-contrast``: contrast augmentation at every site (``fedimg study --contrast-aug on``);
 * ``fedavg-localnorm``: FedBN-style: each site keeps its own GroupNorm weights (personalised,
   evaluated with each site's own norm layers on its own test cases);
-* ``fedavg-slr2``: FedAvg with server learning rate 2.
+* ``fedavg-slr2`` / ``fedavg-slr3``: FedAvg with server learning rate 2 / 3.
 
 Per arm: validation Dice (all sites' validation cases) after every check, test Dice per site
 of the model (centralised: its best check; federated: the last round), CPU and wall
@@ -40,6 +40,7 @@ ARMS = {
     "fedavg-contrast": {"contrast": True},
     "fedavg-localnorm": {"local_norm": True},
     "fedavg-slr2": {"server_lr": 2.0},
+    "fedavg-slr3": {"server_lr": 3.0},
 }
 QUICK = ("central", "fedavg", "fedavg-contrast")
 
