@@ -8,7 +8,7 @@
 # Usage: scripts/demo.sh [OUT_DIR]   (default: demo/). Tunables via environment:
 #   DEMO_SITES, DEMO_CASES (one number or one per site, e.g. 6,8,10), DEMO_SPACING (mm),
 #   DEMO_EPOCHS, DEMO_ROUNDS (most rounds), DEMO_LOCAL_EPOCHS, DEMO_PATIENCE, DEMO_SEEDS,
-#   DEMO_TILE_ROUNDS
+#   DEMO_TILE_ROUNDS, DEMO_CONTRAST_AUG (on|off: the study's contrast augmentation at every site)
 # The defaults keep the whole demo on a 2-core CPU well under 15 minutes (4 mm voxels);
 # `fedimg synth` itself defaults to 2 mm.
 set -euo pipefail
@@ -23,6 +23,7 @@ LOCAL_EPOCHS=${DEMO_LOCAL_EPOCHS:-4}
 PATIENCE=${DEMO_PATIENCE:-2}
 SEEDS=${DEMO_SEEDS:-3}
 TILE_ROUNDS=${DEMO_TILE_ROUNDS:-5}
+CONTRAST_AUG=${DEMO_CONTRAST_AUG:-on}
 SMALL=(--roi 32 32 32 --batch-size 2 --init-filters 8)
 PATHO=tests/assets/pathology
 mkdir -p "$OUT"
@@ -44,9 +45,9 @@ step "3/7 train site-1 alone for $EPOCHS epochs (defaced data only: no --allow-i
 step "4/7 evaluate the site-1 model on site-2's cases"
 "$FEDIMG" evaluate --model "$OUT/runs/site-1" --data "$OUT/data/site-2"
 
-step "5/7 study, $SEEDS seeds: federated (NVFlare SimEnv, FedAvg) vs centralised vs each site alone, early stopping"
+step "5/7 study, $SEEDS seeds: federated (NVFlare SimEnv, FedAvg) vs centralised vs each site alone, early stopping, contrast augmentation $CONTRAST_AUG"
 "$FEDIMG" study --data "$OUT/data" --out "$OUT/study" --seeds "$SEEDS" --rounds "$ROUNDS" \
-  --local-epochs "$LOCAL_EPOCHS" --patience "$PATIENCE" --strategy fedavg "${SMALL[@]}" --no-progress
+  --local-epochs "$LOCAL_EPOCHS" --patience "$PATIENCE" --strategy fedavg --contrast-aug "$CONTRAST_AUG" "${SMALL[@]}" --no-progress
 
 step "6/7 pathology: tile the real H&E slide, make $SITES stain-shifted synthetic sites, Macenko-normalise one"
 "$FEDIMG" tiles --slide "$PATHO/cmu_small_region.svs" --out "$OUT/pathology/slide-tiles" --tile-size 224 --mpp 0.5 --no-progress

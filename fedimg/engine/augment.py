@@ -73,9 +73,13 @@ def sample_batch(images: list, regions: list, fgs: list, indices: list[int], con
     """Build one augmented training batch ``(x float32 (B,4,*roi), y float32 (B,3,*roi))``."""
     import torch
 
+    from fedimg.engine.contrast import contrast_enabled, random_contrast
+
+    contrast = contrast_enabled(config)
     xs, ys = [], []
     for i in indices:
-        x, y = random_crop(images[i], regions[i], fgs[i], config.roi, config.pos_fraction, gen)
+        img = random_contrast(images[i], config, gen) if contrast else images[i]
+        x, y = random_crop(img, regions[i], fgs[i], config.roi, config.pos_fraction, gen)
         x, y = random_flip(x, y, config.flip_prob, gen)
         if config.intensity_scale or config.intensity_shift:
             x = random_intensity(x, config.intensity_scale, config.intensity_shift, gen)

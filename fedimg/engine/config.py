@@ -54,6 +54,10 @@ class TrainConfig:
     flip_prob: float = 0.5
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
+    contrast_gamma: float = 0.0
+    contrast_bias: float = 0.0
+    contrast_hist: int = 0
+    contrast_prob: float = 0.5
     val_fraction: float = 0.25
     val_every: int = 1
     sw_batch_size: int = 2
@@ -88,10 +92,12 @@ class TrainConfig:
             raise ConfigError(f"amp {self.amp!r}: choose one of {', '.join(_AMP)}")
         if not (self.lr > 0):
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        for name in ("weight_decay", "momentum", "intensity_scale", "intensity_shift"):
+        for name in ("weight_decay", "momentum", "intensity_scale", "intensity_shift", "contrast_gamma", "contrast_bias"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("pos_fraction", "flip_prob", "min_lr_ratio", "dropout"):
+        if not isinstance(self.contrast_hist, int) or isinstance(self.contrast_hist, bool) or self.contrast_hist < 0:
+            raise ConfigError(f"contrast_hist must be an integer >= 0 (0: off), got {self.contrast_hist!r}")
+        for name in ("pos_fraction", "flip_prob", "min_lr_ratio", "dropout", "contrast_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 1.0:

