@@ -106,6 +106,12 @@ def _headline(s: dict[str, Any]) -> list[str]:
         lines.append(f"- Federated wall-clock estimate (sites in parallel: the slowest site's training time summed "
                      f"over rounds): {c['slowest_site_seconds_to_stop']:.0f} s; slowest site's samples per round "
                      f"{c['slowest_site_samples_per_round']:.0f}.")
+    capped = [f"{a} ({c['at_budget'] * s['seeds']:.0f}/{s['seeds']})" for a, d in s["arms"].items()
+              if (c := d.get("compute", {})).get("at_budget")]
+    if capped:
+        lines.append("- **Budget-limited, not converged**: the kept model was the last check (validation still "
+                     "improving at the maximum budget) in " + ", ".join(capped) + " seed(s); a larger budget may "
+                     "change these arms' numbers.")
     for k, v in s.get("targets", {}).items():
         lines.append(f"- Target {k}: {'met' if v else '**not met**'}.")
     return lines

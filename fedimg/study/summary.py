@@ -70,7 +70,8 @@ def _compute(records: list[dict[str, Any]], arm: str) -> dict[str, float]:
         p95 = to_fraction(c, b)
         row = {"best_epochs_per_case": c[b]["epochs_per_case"], "stop_epochs_per_case": c[s]["epochs_per_case"],
                "steps_to_stop": c[s]["steps"], "samples_to_stop": c[s]["samples"], "seconds_to_stop": c[s]["seconds"],
-               "samples_to_95": p95["samples"] if p95 else np.nan, "val_best": c[b]["val"]}
+               "samples_to_95": p95["samples"] if p95 else np.nan, "val_best": c[b]["val"],
+               "at_budget": float(b == s)}  # kept model = last check: still improving when the budget ran out
         if "slowest_site_seconds" in c[s]:
             row["slowest_site_seconds_to_stop"] = c[s]["slowest_site_seconds"]
             row["slowest_site_samples_per_round"] = c[s]["slowest_site_samples_per_round"]

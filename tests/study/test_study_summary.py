@@ -55,6 +55,9 @@ def test_summary_by_hand():
     assert s["compute_ratio_to_95"] == pytest.approx(1.5)
     assert a["federated"]["compute"]["stop_epochs_per_case"] == 8 and a["federated"]["compute"]["steps_to_stop"] == 40
     assert a["federated"]["compute"]["slowest_site_seconds_to_stop"] == 2.0
+    # still improving when the budget ran out (kept model = last check): the single-site arms, not the others
+    assert [a[x]["compute"]["at_budget"] for x in ("federated", "centralised", "site-1 alone", "site-2 alone")] == \
+        [0, 0, 1, 1]
     assert s["targets"] == {"federated >= 97% of centralised": False, "federated >= mean single site + 0.05": True,
                             "federated >= best single site": True, "compute to 95% <= 1.5x centralised": True}
     # equal budget: validation at equal epochs per case; an arm that stopped has no value
@@ -81,6 +84,8 @@ def test_report_and_merge(tmp_path):
     assert merged["summary"]["arms"]["federated"]["mean"] == pytest.approx(0.725)
     report = (tmp_path / "m" / "report.md").read_text()
     assert "| federated | **0.725** [" in report and "Equal-budget table" in report and "95 %" in report
+    (capped,) = [ln for ln in report.splitlines() if "Budget-limited, not converged" in ln]
+    assert "site-1 alone (2/2)" in capped and "site-2 alone (2/2)" in capped and "federated" not in capped
     assert (tmp_path / "m" / "learning_curves.png").stat().st_size > 1000
     assert read_json(tmp_path / "m" / "results.json")["protocol"]["seeds"] == 2
     with pytest.raises(InputError, match="repeats seed"):
