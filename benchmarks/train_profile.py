@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi", type=int, default=64, help="cubic crop (default 64)")
     p.add_argument("--runs", type=int, default=5, help="interleaved timed steps per option (default 5)")
     p.add_argument("--init-filters", type=int, default=8)
+    p.add_argument("--data", default=None, help="site folder to use (default: 2 synthetic cases at 2 mm)")
     p.add_argument("--json", default=None, metavar="PATH")
 
 
@@ -102,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
     configure_threads(1)
     cfg = TrainConfig(roi=(args.roi,) * 3, init_filters=args.init_filters, val_fraction=0.0)
     with tempfile.TemporaryDirectory(prefix="fedimg-train-profile-") as tmp:
-        site = synthesize(Path(tmp) / "d", sites=1, cases_per_site=2, seed=0, spacing=2.0)[0]
-        data = prepare_site_data(discover(site, require_labels=True), cfg, torch.device("cpu"))
+        site = args.data or synthesize(Path(tmp) / "d", sites=1, cases_per_site=2, seed=0, spacing=2.0)[0]
+        data = prepare_site_data(discover(site, require_labels=True)[:2], cfg, torch.device("cpu"))
     steps = {name: _stepper(data, cfg, *opt) for name, opt in OPTIONS.items()}
     result = {"benchmark": "train_profile", "cpu": cpu_name(), "threads": 1, "roi": args.roi,
               "init_filters": args.init_filters, "batch_size": 2, "torch": torch.__version__,

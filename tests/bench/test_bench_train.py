@@ -116,3 +116,15 @@ def test_fedimg_bench_train_reports_gpu_utilisation_and_memory(site, tmp_path):
     res = json.loads(out.read_text())
     assert res["device_type"] == "cuda" and res["engine_gpu_mem_peak_mib"] > 0
     assert res["telemetry"]["available"] is True and res["engine_gpu_util_mean"] is not None
+
+
+def test_train_profile_breaks_a_step_down_and_times_each_option(site, tmp_path, capsys, benchmark_script):
+    """``benchmarks/train_profile.py``: op shares per precision sum to 100 %, every option timed."""
+    script = benchmark_script("train_profile")
+    out = tmp_path / "profile.json"
+    assert script.main(["--data", str(site), "--roi", "16", "--runs", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for share in res["op_share_percent"].values():
+        assert sum(share.values()) == pytest.approx(100.0, abs=0.5) and share["convolution backward"] > 0
+    assert set(res["step_cpu_s"]) == set(script.OPTIONS) and res["step_cpu_s"]["bf16"]["vs_bf16"] == 1.0
+    assert res["data_path_cpu_s"] > 0 and "s/step" in capsys.readouterr().out
