@@ -80,6 +80,8 @@ def _import_peers() -> None:
     import monai.optimizers
     import monai.transforms  # noqa: F401
 
+    train.import_engine()
+
 
 def _summary_lines(rows: list, ratios: dict, cpu_ratios: dict) -> list[str]:
     eng = next(n for n, _ in rows if "fedimg engine" in n)
