@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-filters", type=int, default=8)
     p.add_argument("--data", default=None, help="site folder to use (default: 2 synthetic cases at 2 mm)")
     p.add_argument("--json", default=None, metavar="PATH")
+    p.add_argument("--quick", action="store_true", help="32^3 crops, 3 runs (~20 s)")
 
 
 def _stepper(data, cfg, bf16: bool, channels_last: bool, opt_kw: dict):
@@ -101,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.telemetry import cpu_name
 
     configure_threads(1)
+    if args.quick:
+        args.roi, args.runs = min(args.roi, 32), min(args.runs, 3)
     cfg = TrainConfig(roi=(args.roi,) * 3, init_filters=args.init_filters, val_fraction=0.0)
     with tempfile.TemporaryDirectory(prefix="fedimg-train-profile-") as tmp:
         site = args.data or synthesize(Path(tmp) / "d", sites=1, cases_per_site=2, seed=0, spacing=2.0)[0]
