@@ -102,7 +102,7 @@ if [ "$DRY" = 1 ]; then
 else
   TESTS=(tests)
 fi
-step pytest-gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+step pytest-gpu 130 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
   -rs --timeout 120 --junitxml="$OUT/pytest-gpu.xml" "${TESTS[@]}"
 
 # 4. every benchmark with its peer, on the GPU (tiny on the CPU in the dry run)
@@ -117,10 +117,10 @@ else
   DEFACE=(--quick)
   TILES=(--runs 5 --steps 10 --batch-size 64)  # 2 x 2 steps of 16 tiles was launch-bound on the H200
 fi
-step bench-train 100 "$PY" benchmarks/train_throughput.py "${TRAIN[@]}" --device "$DEV" --json "$OUT/train.json"
-step bench-aggregate 50 "$PY" benchmarks/aggregate.py "${AGG[@]}" --device "$DEV" --json "$OUT/aggregate.json"
-step bench-deface 50 "$PY" benchmarks/deface.py "${DEFACE[@]}" --device "$DEV" --json "$OUT/deface.json"
-step bench-tiles 80 "$PY" benchmarks/tiles.py "${TILES[@]}" --device "$DEV" --json "$OUT/tiles.json"
+step bench-train 150 "$PY" benchmarks/train_throughput.py "${TRAIN[@]}" --device "$DEV" --json "$OUT/train.json"
+step bench-aggregate 40 "$PY" benchmarks/aggregate.py "${AGG[@]}" --device "$DEV" --json "$OUT/aggregate.json"
+step bench-deface 40 "$PY" benchmarks/deface.py "${DEFACE[@]}" --device "$DEV" --json "$OUT/deface.json"
+step bench-tiles 70 "$PY" benchmarks/tiles.py "${TILES[@]}" --device "$DEV" --json "$OUT/tiles.json"
 
 [ "$PRINT" = 1 ] && exit 0
 grep -E "[0-9]+ (passed|failed|error)" "$LOG" | tail -3 >>"$SUM"
