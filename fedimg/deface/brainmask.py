@@ -13,7 +13,14 @@ FLAIR and CT alike:
 3. the **brain** is the component holding that deep core among head voxels at least
    ``skull_mm`` deep whose intensity lies in ``[low, high] * m`` (skull, CSF, air and fat
    fall outside in MRI; bone and air in CT), after an opening that cuts the thin bridges
-   (optic nerves, vessels) to the face; then hole-filled (ventricles).
+   (optic nerves, vessels) to the face; then hole-filled (ventricles);
+4. step 3 runs from four quantiles of the deep core as ``m``; a try that leaks into the face
+   or neck (where the band also holds muscle or fat, e.g. on 4 mm synthetic heads whose
+   skull base does not show) is pulled away from the deep core, so of the tries of a
+   plausible volume (``min_ml``-``max_ml``) those centred within 5 mm of the best-centred
+   one are kept, and of them the largest. Every try too large: no brain is returned
+   (``source="none"``), and QC falls back to the brain placed by the head shape
+   (:func:`fedimg.deface.qc.head_shape_brain`).
 
 >>> import numpy as np
 >>> g = np.stack(np.meshgrid(*[np.arange(60.0)] * 3, indexing="ij"), -1)
@@ -48,6 +55,8 @@ class BrainEstimate:
     cell_spacing: np.ndarray  # (3,) mm per reduced cell
     cell_affine: np.ndarray  # (4, 4) reduced cell index -> world mm
     reference: float  # intensity of the deep brain core
+    source: str = "image"  # "image"; "none" (no plausible brain in the image); "head shape" (qc's fallback)
+    offset_mm: float = 0.0  # distance of the brain's centre from the head's deep core
 
     @property
     def head_ml(self) -> float:
@@ -164,7 +173,7 @@ def _grow_brain(small, head, depth, deep, m, sp, skull_mm, low, high, open_mm, g
 
 def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.0, skull_mm: float = 6.0,
                    low: float = 0.55, high: float = 1.6, open_mm: float = 8.0, grow_mm: float = 6.0,
-                   max_ml: float = 1900.0) -> BrainEstimate:
+                   min_ml: float = 800.0, max_ml: float = 1900.0) -> BrainEstimate:
     """Estimate head and brain masks of a canonical (RAS-ordered) 3-D ``image``; see the module text."""
     from scipy import ndimage as ndi
 
@@ -186,20 +195,36 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     z = (idx @ cell_aff[2, :3] + cell_aff[2, 3]).reshape(head.shape)
     upper = head & (z >= np.median(z[head]))
     deep = upper & (depth >= 0.75 * depth[upper].max())
-    # the deep core's median is white matter in T1, a grey/white mix elsewhere: try it and two
-    # neighbouring quantiles, keep the largest brain that is not a leak into the face (max_ml);
-    # if every try leaks, the smallest (a too large brain makes QC stricter, never laxer)
+    # the deep core's median is white matter in T1, a grey/white mix elsewhere: try it and
+    # three neighbouring quantiles. A try that leaks into the face or neck (where the band
+    # around the reference also holds muscle or fat) is pulled away from the deep core, so of
+    # the tries of a plausible brain volume keep those centred nearest the deep core. Every
+    # try too large (the image shows no brain boundary): no brain (QC then refuses, never
+    # passes, the file); every try too small: the largest.
+    core = np.argwhere(deep).mean(0) * sp
     tries = []
-    for q in (50, 30, 70):
+    for q in (50, 30, 70, 85):
         ref = float(np.percentile(small[deep], q))
         got = _grow_brain(small, head, depth, deep, ref, sp, skull_mm, low, high, open_mm, grow_mm)
-        tries.append((float(got.sum()) * cell_ml, ref, got))
-    fit = [t for t in tries if 0 < t[0] <= max_ml]
-    leaks = [t for t in tries if t[0] > max_ml]
-    _, m, brain = max(fit, key=lambda t: t[0]) if fit else min(leaks, key=lambda t: t[0]) if leaks else (0, 0.0, empty)
+        off = float(np.linalg.norm(np.argwhere(got).mean(0) * sp - core)) if got.any() else np.inf
+        tries.append((float(got.sum()) * cell_ml, off, ref, got))
+    fit = [t for t in tries if min_ml <= t[0] <= max_ml]
+    off, source = 0.0, "image"
+    if fit:  # the best-centred tries (within 5 mm) are one brain with more or less cortex: the largest
+        best = min(t[1] for t in fit)
+        _, off, m, brain = max((t for t in fit if t[1] <= best + 5.0), key=lambda t: t[0])
+    elif any(t[0] > max_ml for t in tries):
+        m, brain, source = 0.0, empty, "none"
+    else:
+        _, off, m, brain = max(tries, key=lambda t: t[0])
+    log.debug("tries %s", [(round(t[0]), round(t[1], 1)) for t in tries])
+    if source == "none":
+        log.info("brain estimate: no plausible brain in the image (tries %s mL, %s mm off the deep core)",
+                 [round(t[0]) for t in tries], [round(t[1], 1) for t in tries])
     log.debug("brain estimate: head %.0f mL, brain %.0f mL, reference %.3g",
               head.sum() * cell_ml, brain.sum() * cell_ml, m)
-    return BrainEstimate(head=head, brain=brain, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=m)
+    return BrainEstimate(head=head, brain=brain, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=m,
+                         source=source, offset_mm=float(off))
 
 
 def _rotate(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:
@@ -289,6 +314,7 @@ def removal_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarra
     out = {
         "head_ml": est.head_ml,
         "brain_estimate_ml": est.brain_ml,
+        "brain_source": est.source,
         "brain_removed_ml": float(est.lookup(remove, "brain").sum()) * voxel_ml,
         "removed_tissue_ml": in_head * voxel_ml,
         "removed_fraction": in_head * voxel_ml / est.head_ml if est.head_ml > 0 else 0.0,

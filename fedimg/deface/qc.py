@@ -14,6 +14,11 @@ Checks (a failed check fails the file, never silently passes it):
   (``protected_changed_ml`` 0). Zero true brain voxels is what the removal guarantees by
   construction (the warped brain-protection mask with its margin); this check catches a
   registration that is wrong;
+  When the image shows no brain boundary (every intensity estimate leaks into the face or
+  neck: ``brain_source`` "none" from :mod:`.brainmask`, seen on the demo's 4 mm synthetic
+  heads of sites 2 and 3), the check uses the template brain placed by the head-mask
+  alignment alone (:func:`head_shape_brain`, eroded 8 mm; ``brain_source`` "head shape"):
+  still independent of the registration it checks, but not of the template;
 - ``brain_in_head``: the warped template brain lies inside the subject's head;
 - ``removed_volume``: the removed head tissue is a plausible share of the head in the field
   of view (``removed_fraction`` within ``removed_fraction_range``; 0 mL removed fails);
@@ -59,7 +64,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
-__all__ = ["QCThresholds", "evaluate_qc", "check_removal", "brain_in_head", "render_qc_png", "face_render"]
+__all__ = ["QCThresholds", "evaluate_qc", "check_removal", "head_shape_brain", "brain_in_head", "render_qc_png", "face_render"]
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +165,41 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
 
     from .brainmask import removal_metrics
 
+    from .brainmask import estimate_brain
+
     can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
     remove, _ = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
-    metrics.update(removal_metrics(can, can_aff, remove, estimate=estimate))
+    est = estimate or estimate_brain(can, can_aff)
+    if not est.brain.any() and removal.modality == "mr":
+        est = head_shape_brain(can, can_aff, est)
+    metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
     return evaluate_qc(metrics, thresholds)
+
+
+def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, erode_mm: float = 8.0):
+    """Fallback brain for QC when the image shows no brain boundary (``estimate.source == "none"``).
+
+    The template's brain, placed by the best head-mask alignment of :mod:`.coarse` (the outer
+    shape of the head only: no intensities, and not the registration being checked), eroded by
+    ``erode_mm`` for that alignment's coarseness. Returns ``estimate`` with this brain and
+    ``source="head shape"``, or ``estimate`` unchanged when no head is found.
+    """
+    from scipy import ndimage as ndi
+
+    from .coarse import block_mean, coarse_candidates
+    from .template import load_template, template_head_mask
+
+    tmask, tmaff = template_head_mask(4.0)
+    cands = coarse_candidates(*block_mean(canonical, affine, 4.0), tmask, tmaff, keep=1)
+    if not cands or not estimate.head.any():
+        return estimate
+    brain = _warp_core(load_template(), estimate.head.shape, estimate.cell_affine, cands[0].matrix) & estimate.head
+    depth = ndi.distance_transform_edt(np.pad(brain, 1), sampling=estimate.cell_spacing)[1:-1, 1:-1, 1:-1]
+    brain = depth > erode_mm
+    log.info("QC: no brain boundary in the image; using the template brain placed by the head shape (%.0f mL)",
+             brain.sum() * estimate.cell_ml)
+    return dataclasses.replace(estimate, brain=brain, source="head shape")
 
 
 def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_to_template: np.ndarray, *, step_mm: float = 4.0) -> float:
