@@ -173,7 +173,7 @@ def _grow_brain(small, head, depth, deep, m, sp, skull_mm, low, high, open_mm, g
 
 def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.0, skull_mm: float = 6.0,
                    low: float = 0.55, high: float = 1.6, open_mm: float = 8.0, grow_mm: float = 6.0,
-                   min_ml: float = 800.0, max_ml: float = 1900.0) -> BrainEstimate:
+                   min_ml: float = 800.0, max_ml: float = 1700.0) -> BrainEstimate:
     """Estimate head and brain masks of a canonical (RAS-ordered) 3-D ``image``; see the module text."""
     from scipy import ndimage as ndi
 
