@@ -14,11 +14,14 @@ Checks (a failed check fails the file, never silently passes it):
   (``protected_changed_ml`` 0). Zero true brain voxels is what the removal guarantees by
   construction (the warped brain-protection mask with its margin); this check catches a
   registration that is wrong;
-  When the image shows no brain boundary (every intensity estimate leaks into the face or
-  neck: ``brain_source`` "none" from :mod:`.brainmask`, seen on the demo's 4 mm synthetic
-  heads of sites 2 and 3), the check uses the template brain placed by the head-mask
-  alignment alone (:func:`head_shape_brain`, eroded 8 mm; ``brain_source`` "head shape"):
-  still independent of the registration it checks, but not of the template;
+  The image's estimate is cross-checked against the template brain placed by the head-mask
+  alignment alone (:func:`head_shape_brain`): still independent of the registration it
+  checks, though not of the template. Where the estimate leaks (over 20 mL of it more than
+  10 mm outside that placed brain: face or neck), is a fragment (under half of it), or
+  there is none (every intensity band too large: ``brain_source`` "none" from
+  :mod:`.brainmask`), the check uses the placed brain eroded 8 mm (``brain_source`` "head
+  shape"). This happens on the demo's 4 mm synthetic heads of sites 2 and 3, where brain,
+  face and neck share one intensity band and the skull base does not show;
 - ``brain_in_head``: the warped template brain lies inside the subject's head;
 - ``removed_volume``: the removed head tissue is a plausible share of the head in the field
   of view (``removed_fraction`` within ``removed_fraction_range``; 0 mL removed fails);
@@ -171,19 +174,22 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     remove, _ = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
     est = estimate or estimate_brain(can, can_aff)
-    if not est.brain.any() and removal.modality == "mr":
+    if removal.modality == "mr":
         est = head_shape_brain(can, can_aff, est)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
     return evaluate_qc(metrics, thresholds)
 
 
-def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, erode_mm: float = 8.0):
-    """Fallback brain for QC when the image shows no brain boundary (``estimate.source == "none"``).
+def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, erode_mm: float = 8.0,
+                     leak_mm: float = 10.0, max_leak_ml: float = 20.0, min_cover: float = 0.5):
+    """The brain QC checks: the image's own estimate where the head shape agrees, else the head shape's.
 
-    The template's brain, placed by the best head-mask alignment of :mod:`.coarse` (the outer
-    shape of the head only: no intensities, and not the registration being checked), eroded by
-    ``erode_mm`` for that alignment's coarseness. Returns ``estimate`` with this brain and
-    ``source="head shape"``, or ``estimate`` unchanged when no head is found.
+    The template's brain-protection mask is placed by the best head-mask alignment of
+    :mod:`.coarse` (the outer shape of the head only: no intensities, and not the registration
+    being checked). The image's estimate is kept when at most ``max_leak_ml`` of it lies more
+    than ``leak_mm`` outside that placed mask (a leak into face or neck goes further) and it
+    covers at least ``min_cover`` of the placed mask eroded by ``erode_mm`` (not a fragment);
+    otherwise (or with no estimate) the eroded placed mask is the brain, ``source="head shape"``.
     """
     from scipy import ndimage as ndi
 
@@ -194,12 +200,19 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     cands = coarse_candidates(*block_mean(canonical, affine, 4.0), tmask, tmaff, keep=1)
     if not cands or not estimate.head.any():
         return estimate
-    brain = _warp_core(load_template(), estimate.head.shape, estimate.cell_affine, cands[0].matrix) & estimate.head
-    depth = ndi.distance_transform_edt(np.pad(brain, 1), sampling=estimate.cell_spacing)[1:-1, 1:-1, 1:-1]
-    brain = depth > erode_mm
-    log.info("QC: no brain boundary in the image; using the template brain placed by the head shape (%.0f mL)",
-             brain.sum() * estimate.cell_ml)
-    return dataclasses.replace(estimate, brain=brain, source="head shape")
+    placed = _warp_core(load_template(), estimate.head.shape, estimate.cell_affine, cands[0].matrix) & estimate.head
+    sp = estimate.cell_spacing
+    core = ndi.distance_transform_edt(np.pad(placed, 1), sampling=sp)[1:-1, 1:-1, 1:-1] > erode_mm
+    if estimate.brain.any() and core.any():
+        outside = ndi.distance_transform_edt(~placed, sampling=sp) > leak_mm
+        leak_ml = float((estimate.brain & outside).sum()) * estimate.cell_ml
+        cover = float((estimate.brain & core).sum() / core.sum())
+        if leak_ml <= max_leak_ml and cover >= min_cover:
+            return estimate
+        log.info("QC: the image's brain estimate disagrees with the head shape (%.0f mL more than %.0f mm outside, "
+                 "covers %.0f%%)", leak_ml, leak_mm, 100 * cover)
+    log.info("QC: checking the template brain placed by the head shape (%.0f mL)", core.sum() * estimate.cell_ml)
+    return dataclasses.replace(estimate, brain=core, source="head shape")
 
 
 def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_to_template: np.ndarray, *, step_mm: float = 4.0) -> float:

@@ -3,7 +3,7 @@
 The demo's sites (``fedimg synth --hard``) map the template's tissues through each site's own
 contrast. On site 1 the brain stands out from the face and the image's own brain estimate
 is used; on site 3 brain, face and neck share one intensity band and the skull base does
-not show at 4 mm, so every intensity estimate leaks into the face (QC refused 4/4 such cases
+not show at 4 mm, so every intensity estimate leaks into the face (QC refused 4/4 demo cases
 before): QC then checks the brain placed by the head shape. Both must pass a correct
 defacing, and a wrong registration must still fail through the brain check. The synthetic
 case also carries its true brain: the correct removal must not touch it.
@@ -52,3 +52,23 @@ def test_demo_like_head_passes_qc_and_keeps_the_true_brain(anatomy, site, source
                              second_loss=-0.5, agreement_mm=0.0, start=(0.0, 0.0, 0.0), seconds=0.0, losses=())
         bad = check_removal(t1, anatomy.affine, face_removal(t1, anatomy.affine, registration=wrong), cfg.qc)
         assert not bad["passed"] and not bad["checks"]["protected_untouched"], bad["checks"]
+
+
+def test_a_leaking_or_fragmentary_brain_estimate_gives_way_to_the_head_shape(anatomy):
+    """The image's estimate is kept only where the brain placed by the head shape agrees with it."""
+    import dataclasses
+
+    from fedimg.deface.brainmask import estimate_brain
+    from fedimg.deface.qc import head_shape_brain
+    from fedimg.imageio.volume import to_canonical
+
+    t1, _, _ = _case(anatomy, 1, 0)
+    can, aff = to_canonical(t1, anatomy.affine)
+    est = estimate_brain(can, aff)
+    assert est.source == "image" and head_shape_brain(can, aff, est) is est
+    down = int(round(40.0 / est.cell_spacing[2]))  # the same brain again 40 mm lower: a leak into the neck
+    leak = dataclasses.replace(est, brain=est.brain | np.roll(est.brain, -down, axis=2) & est.head)
+    assert head_shape_brain(can, aff, leak).source == "head shape"
+    half = est.brain.copy()
+    half[: half.shape[0] * 2 // 3] = False  # a third of the brain: a fragment
+    assert head_shape_brain(can, aff, dataclasses.replace(est, brain=half)).source == "head shape"
