@@ -181,15 +181,16 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
 
 
 def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, erode_mm: float = 8.0,
-                     leak_mm: float = 10.0, max_leak_ml: float = 20.0, min_cover: float = 0.5):
+                     leak_mm: float = 10.0, max_leak_ml: float = 20.0, min_cover: float = 0.5, keep: int = 4):
     """The brain QC checks: the image's own estimate where the head shape agrees, else the head shape's.
 
-    The template's brain-protection mask is placed by the best head-mask alignment of
-    :mod:`.coarse` (the outer shape of the head only: no intensities, and not the registration
-    being checked). The image's estimate is kept when at most ``max_leak_ml`` of it lies more
-    than ``leak_mm`` outside that placed mask (a leak into face or neck goes further) and it
-    covers at least ``min_cover`` of the placed mask eroded by ``erode_mm`` (not a fragment);
-    otherwise (or with no estimate) the eroded placed mask is the brain, ``source="head shape"``.
+    The template's brain-protection mask is placed by the ``keep`` best head-mask alignments
+    of :mod:`.coarse` (the outer shape of the head only: no intensities, and not the
+    registration being checked). The image's estimate is kept when, for one of them, at most
+    ``max_leak_ml`` of it lies more than ``leak_mm`` outside the placed mask (a leak into face
+    or neck goes further) and it covers at least ``min_cover`` of the placed mask eroded by
+    ``erode_mm`` (not a fragment); otherwise (or with no estimate) the best alignment's eroded
+    placed mask is the brain, ``source="head shape"``.
     """
     from scipy import ndimage as ndi
 
@@ -197,20 +198,27 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     from .template import load_template, template_head_mask
 
     tmask, tmaff = template_head_mask(4.0)
-    cands = coarse_candidates(*block_mean(canonical, affine, 4.0), tmask, tmaff, keep=1)
+    cands = coarse_candidates(*block_mean(canonical, affine, 4.0), tmask, tmaff, keep=keep)
     if not cands or not estimate.head.any():
         return estimate
-    placed = _warp_core(load_template(), estimate.head.shape, estimate.cell_affine, cands[0].matrix) & estimate.head
     sp = estimate.cell_spacing
-    core = ndi.distance_transform_edt(np.pad(placed, 1), sampling=sp)[1:-1, 1:-1, 1:-1] > erode_mm
-    if estimate.brain.any() and core.any():
+    template = load_template()
+    cores, seen = [], []
+    for cand in cands:  # the estimate stands when one of the best head-shape placements agrees with it
+        placed = _warp_core(template, estimate.head.shape, estimate.cell_affine, cand.matrix) & estimate.head
+        core = ndi.distance_transform_edt(np.pad(placed, 1), sampling=sp)[1:-1, 1:-1, 1:-1] > erode_mm
+        cores.append(core)
+        if not (estimate.brain.any() and core.any()):
+            continue
         outside = ndi.distance_transform_edt(~placed, sampling=sp) > leak_mm
         leak_ml = float((estimate.brain & outside).sum()) * estimate.cell_ml
         cover = float((estimate.brain & core).sum() / core.sum())
         if leak_ml <= max_leak_ml and cover >= min_cover:
             return estimate
-        log.info("QC: the image's brain estimate disagrees with the head shape (%.0f mL more than %.0f mm outside, "
-                 "covers %.0f%%)", leak_ml, leak_mm, 100 * cover)
+        seen.append(f"{leak_ml:.0f} mL more than {leak_mm:.0f} mm outside, covers {100 * cover:.0f}%")
+    if seen:
+        log.info("QC: the image's brain estimate disagrees with the head shape (%s)", "; ".join(seen))
+    core = cores[0]
     log.info("QC: checking the template brain placed by the head shape (%.0f mL)", core.sum() * estimate.cell_ml)
     return dataclasses.replace(estimate, brain=core, source="head shape")
 
