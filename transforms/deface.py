@@ -6,6 +6,11 @@ and give back the same type, shape and dtype. ``Defaced`` registers once, on the
 key, applies that removal to every image key and never touches label keys (labels are
 used as protection: their voxels are never removed).
 
+Both run the same QC as ``fedimg deface`` (:func:`fedimg.deface.qc.check_removal`: brain
+estimated from the image itself untouched, plausible removed volume, face removed and
+centred, starts agreeing) and raise :class:`fedimg.errors.QCError` naming the image when it
+fails: a failed registration never comes back as a normal image.
+
 >>> import numpy as np
 >>> from fedimg.deface import DefaceConfig
 >>> t = Deface(config=DefaceConfig(preset="fast"))
@@ -27,8 +32,10 @@ from monai.utils import TransformBackends
 
 from fedimg.deface.core import DefaceConfig, FaceRemoval, face_removal
 from fedimg.deface.masks import apply_removal
+from fedimg.deface.qc import check_removal
+from fedimg.errors import QCError
 
-__all__ = ["deface_volume", "Deface", "Defaced"]
+__all__ = ["deface_volume", "checked", "Deface", "Defaced"]
 
 
 def _to_numpy(x) -> tuple[np.ndarray, bool]:
@@ -77,8 +84,31 @@ def deface_volume(image: np.ndarray, affine: np.ndarray, *, config: DefaceConfig
     elif removal.remove.shape != image.shape:
         raise ValueError(f"removal mask shape {removal.remove.shape} != image shape {image.shape}")
     spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    out = apply_removal(image, removal.remove, mode=config.mode, zero_value=0, spacing=spacing, blur_mm=config.blur_mm)
+    fill = np.asarray(getattr(removal, "fill_value", 0.0)).astype(image.dtype)  # air for CT
+    out = apply_removal(image, removal.remove, mode=config.mode, zero_value=fill, spacing=spacing, blur_mm=config.blur_mm)
     return out, removal
+
+
+def _name(img, meta=None, default: str = "image") -> str:
+    """A name for error messages: the source file from MONAI metadata, else ``default``."""
+    for m in (getattr(img, "meta", None), meta):
+        if isinstance(m, Mapping) and m.get("filename_or_obj"):
+            return str(m["filename_or_obj"])
+    return default
+
+
+def checked(image: np.ndarray, affine: np.ndarray, out: np.ndarray, removal: FaceRemoval, config: DefaceConfig,
+            protect: np.ndarray | None, name: str) -> dict:
+    """QC of one defacing (``out`` is the defaced ``image``); raises :class:`QCError` naming ``name`` on failure."""
+    changed = 0
+    if protect is not None:
+        changed = int(((out != image) & (protect != 0)).sum())
+    voxel_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    record = check_removal(image, affine, removal, config.qc, protected_changed_ml=changed * voxel_ml)
+    if not record["passed"]:
+        raise QCError(f"{name}: defacing QC failed ({'; '.join(record['failures'])}); "
+                      "the image was not defaced; check it, or run fedimg deface on the file to get the QC picture")
+    return record
 
 
 class Deface(Transform):
@@ -90,21 +120,25 @@ class Deface(Transform):
         self.config = config or DefaceConfig()
         self.device = device
         self.last_removal: FaceRemoval | None = None
+        self.last_qc: dict | None = None
 
-    def __call__(self, img, affine=None, protect=None):
+    def __call__(self, img, affine=None, protect=None, name: str | None = None):
+        """Defaced copy of ``img``; raises :class:`QCError` (naming ``name`` or the source file) if QC fails."""
         arr, ch = _to_numpy(img)
         prot = None if protect is None else _to_numpy(protect)[0]
-        out, self.last_removal = deface_volume(arr, _affine_of(img, affine), config=self.config, protect=prot,
-                                               device=self.device)
+        aff = _affine_of(img, affine)
+        self.last_qc = None
+        out, self.last_removal = deface_volume(arr, aff, config=self.config, protect=prot, device=self.device)
+        self.last_qc = checked(arr, aff, out, self.last_removal, self.config, prot, name or _name(img))
         return _like(img, out, ch)
 
 
 class Defaced(MapTransform):
     """Dict transform: register on ``reference_key``, apply one removal to all ``keys``.
 
-    ``label_keys`` are read as protection and returned untouched. The QC numbers go to
-    ``data[qc_key]``. The affine comes from a MetaTensor, ``data["<ref>_affine"]`` or
-    ``data["<ref>_meta_dict"]["affine"]``.
+    ``label_keys`` are read as protection and returned untouched. The QC record goes to
+    ``data[qc_key]``; a failed QC raises :class:`QCError` naming the reference image. The
+    affine comes from a MetaTensor, ``data["<ref>_affine"]`` or ``data["<ref>_meta_dict"]["affine"]``.
     """
 
     backend = Deface.backend
@@ -137,9 +171,13 @@ class Defaced(MapTransform):
             affine = meta.get("affine")
         affine = _affine_of(ref, affine)
         removal = face_removal(ref_arr, affine, protect=protect, config=self.config, device=self.device)
+        ref_out, _ = deface_volume(ref_arr, affine, config=self.config, removal=removal)
+        record = checked(ref_arr, affine, ref_out, removal, self.config, protect,
+                         _name(ref, meta, default=f"image {self.reference_key!r}"))
         for key in self.key_iterator(d):
             arr, ch = _to_numpy(d[key])
-            out, _ = deface_volume(arr, affine, config=self.config, removal=removal)
+            out = ref_out if key == self.reference_key else deface_volume(arr, affine, config=self.config,
+                                                                          removal=removal)[0]
             d[key] = _like(d[key], out, ch)
-        d[self.qc_key] = dict(removal.metrics)
+        d[self.qc_key] = record
         return d

@@ -4,6 +4,7 @@
     fedimg deface bids_root/ -o bids_defaced/                       # every anat image, tree mirrored
     fedimg deface data/site-1 -o data_defaced/site-1 --layout brats # t1 registered, others follow
     fedimg deface t1.nii.gz -o t1_defaced.nii.gz --apply-to flair.nii.gz t2.nii.gz --protect seg.nii.gz
+    fedimg deface head_ct.nii.gz -o head_ct_defaced.nii.gz --modality ct   # removed voxels -> air
 
 Exit codes: 0 all defaced and QC passed; 2 bad input or option; 3 a QC failure (batch: any
 file failed, see ``deface_summary.json``).
@@ -38,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output paths for --apply-to images, in the same order")
     p.add_argument("--protect", nargs="+", type=Path, default=[], metavar="LABEL",
                    help="label images (same grid) whose non-zero voxels are never removed (e.g. tumour)")
+    p.add_argument("--modality", choices=["auto", "mr", "ct"], default="auto",
+                   help="mr, ct or auto (default: CT when the values look like Hounsfield units or the head "
+                        "histogram is CT-like); CT registers by head shape and fills removed voxels with air")
     p.add_argument("--layout", choices=["auto", "bids", "brats"], default="auto", help="batch folder layout")
     p.add_argument("--mode", choices=["zero", "blur"], default="zero", help="zero the face (default) or blur it")
     p.add_argument("--preset", choices=["auto", "fast", "default", "accurate"], default="auto",
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     configure_threads(args.threads or env_threads())
     device = resolve_device(args.device)
-    config = DefaceConfig(preset=args.preset, mode=args.mode, protect_margin_mm=args.protect_margin_mm, seed=args.seed)
+    config = DefaceConfig(preset=args.preset, modality=args.modality, mode=args.mode, protect_margin_mm=args.protect_margin_mm, seed=args.seed)
     if not args.input.exists():
         raise InputError(args.input, "does not exist; pass an image, a BIDS root or BraTS case folder(s)")
     if args.input.is_dir():

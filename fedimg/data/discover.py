@@ -33,7 +33,7 @@ from pathlib import Path
 from fedimg.data.labels import LAYOUTS
 from fedimg.errors import InputError
 from fedimg.io import read_json
-from fedimg.imageio.provenance import is_defaced
+from fedimg.imageio.provenance import defacing_problem
 from fedimg.imageio.suffixes import NIFTI_SUFFIXES, is_nifti, split_suffix
 
 __all__ = ["MODALITIES", "MSD_CHANNELS", "Case", "discover", "case_files", "msd_image_case"]
@@ -222,8 +222,9 @@ def discover(
     ``require_labels``: every case must have a segmentation (training, evaluation).
     ``skipped``: skip bad BraTS case folders (empty, missing a file) and append their errors
     to this list instead of raising (``--skip-bad-cases``; the caller reports them).
-    ``allow_identifiable=False``: refuse any image without a defacing record
-    (:func:`fedimg.imageio.provenance.is_defaced`).
+    ``allow_identifiable=False``: refuse any image without a defacing record whose content
+    hash matches the image (:func:`fedimg.imageio.provenance.defacing_problem`; a header tag
+    alone, an edited image or a record copied from another file is refused).
     Raises :class:`InputError` naming the file or folder for a missing folder, an empty
     folder or case folder, a missing modality or label, or an identifiable image.
     """
@@ -262,12 +263,9 @@ def discover(
     if not allow_identifiable:
         for case in cases:
             for img in case.images:
-                if not is_defaced(img):
-                    raise InputError(
-                        img,
-                        "has no defacing record and may show a face; run `fedimg deface` on the data first, "
-                        "or pass --allow-identifiable if the data may be used as they are",
-                    )
+                problem = defacing_problem(img)
+                if problem is not None:
+                    raise InputError(img, problem)
     cases.sort(key=lambda c: c.case_id)
     log.debug("found %d %s case(s) under %s", len(cases), cases[0].layout, root)
     return cases

@@ -27,7 +27,7 @@ from pathlib import Path
 from fedimg.data.discover import Case, discover
 from fedimg.data.load import load_case
 from fedimg.errors import InputError
-from fedimg.imageio.provenance import is_defaced
+from fedimg.imageio.provenance import defacing_problem
 
 __all__ = ["Problem", "SiteCheck", "check_site", "check_sites", "screen_cases", "problems_error"]
 
@@ -78,9 +78,18 @@ def screen_cases(cases: list[Case], *, site: str = "") -> tuple[list[Case], list
 
 
 def _identifiable(cases: list[Case], site: str) -> list[Problem]:
-    return [Problem(site=site, path=str(img), message=f"{img}: has no defacing record and may show a face; run "
-                    "`fedimg deface` on the data first, or pass --allow-identifiable if the data may be used as they are")
-            for case in cases for img in case.images if not is_defaced(img)]
+    """The defacing gate's own words (no record, a header tag only, a record that does not match the voxels)."""
+    out = []
+    for case in cases:
+        for img in case.images:
+            try:
+                problem = defacing_problem(img)
+            except InputError as exc:
+                problem = str(exc)
+            if problem is not None:
+                out.append(Problem(site=site, path=str(img), message=f"{img}: {problem} (or pass --allow-identifiable "
+                                   "if the data may be used as they are)"))
+    return out
 
 
 def check_site(path: str | PathLike[str], *, site: str = "", require_labels: bool = True,

@@ -17,21 +17,33 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
+from .coarse import block_mean as _block_mean
+from .coarse import coarse_candidates, head_mask
+from .ct import MODALITIES, air_value, looks_like_hu, resolve_modality
 from .masks import MODES, dilate_mm, removal_mask, warp_template_maps
 from .qc import QCThresholds, brain_in_head
 from .register import PRESETS, Registration, RegistrationConfig, register
-from .template import load_template
+from .template import load_template, template_head_mask
 
 __all__ = ["DefaceConfig", "FaceRemoval", "face_removal"]
 
 log = logging.getLogger(__name__)
 
+RETRY_BELOW_DICE = 0.9  # start agreement (face-region Dice) under which an ambiguous registration is refined
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DefaceConfig:
-    """How to deface. ``preset="auto"`` picks ``fast`` for inputs coarser than 1.8 mm, else ``default``."""
+    """How to deface. ``preset="auto"`` picks ``fast`` for inputs coarser than 1.8 mm, else ``default``.
+
+    ``modality``: ``mr``, ``ct`` or ``auto`` (HU range or CT-like head histogram). ``coarse``:
+    start the MI stage from the head-mask alignment (else from the fixed start rotations).
+    """
 
     preset: str = "auto"
+    modality: str = "auto"
+    coarse: bool = True
+    shape_weight: float | None = None  # overrides the preset's head-mask MI weight when given
     mode: str = "zero"
     blur_mm: float = 8.0
     protect_margin_mm: float = 2.0
@@ -42,6 +54,8 @@ class DefaceConfig:
     def __post_init__(self) -> None:
         if self.preset != "auto" and self.preset not in PRESETS:
             raise ConfigError(f"preset {self.preset!r}: choose auto or one of {', '.join(sorted(PRESETS))}")
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"modality {self.modality!r}: choose one of {', '.join(MODALITIES)}")
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if self.blur_mm <= 0 or self.protect_margin_mm < 0:
@@ -53,7 +67,8 @@ class DefaceConfig:
         name = self.preset
         if name == "auto":
             name = "fast" if float(np.min(spacing)) >= 1.8 else "default"
-        return RegistrationConfig.preset(name, seed=self.seed)
+        extra = {} if self.shape_weight is None else {"shape_weight": self.shape_weight}
+        return RegistrationConfig.preset(name, seed=self.seed, **extra)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,6 +79,8 @@ class FaceRemoval:
     protected: np.ndarray  # bool, voxels that must not change
     registration: Registration
     metrics: dict
+    modality: str = "mr"
+    fill_value: float = 0.0  # value (scaled units) removed voxels get: 0 for MR, air for CT
 
 
 def _canonical(data: np.ndarray, affine: np.ndarray):
@@ -101,9 +118,15 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     can_aff = np.round(can_aff, 4)
     spacing = np.sqrt((can_aff[:3, :3] ** 2).sum(axis=0))
     template = load_template(brain_protect)
+    small = _block_mean(can, can_aff, 4.0)  # one 4 mm copy for modality detection and the coarse stage
+    modality = resolve_modality(config.modality, *small)
+    fill = air_value(can, modality)
+    if modality == "ct" and looks_like_hu(can):
+        can = np.maximum(can, fill)  # padding outside the scanner's circle (-2048 etc.) reads as air
+        small = _block_mean(can, can_aff, 4.0)
+    coarse_dice = None
     if registration is None:
-        registration = register(can, can_aff, template.intensity, template.affine,
-                                config=config.registration_for(spacing), device=device)
+        registration, coarse_dice = _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect)
     face, brain = warp_template_maps(template, can.shape, can_aff, registration.subject_to_template, device=device)
     user = None
     if protect is not None:
@@ -115,7 +138,10 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     bih = brain_in_head(can, can_aff, template, registration.subject_to_template)
     metrics = {
-        "mutual_information": -registration.loss,
+        "modality": modality,
+        "coarse_dice": coarse_dice,
+        "start_agreement_dice": start_agreement_dice(registration, template, can.shape, can_aff),
+        "mutual_information": registration.mi if registration.mi is not None else -registration.loss,
         "runner_up_mutual_information": -registration.second_loss,
         "loss_gap": registration.second_loss - registration.loss,
         "agreement_mm": registration.agreement_mm,
@@ -128,4 +154,52 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
         "user_protected_ml": float(user.sum()) * voxel_ml if user is not None else 0.0,
     }
     return FaceRemoval(remove=_back(remove, affine), protected=_back(protected, affine),
-                       registration=registration, metrics=metrics)
+                       registration=registration, metrics=metrics, modality=modality, fill_value=fill)
+
+
+def _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect):
+    """Coarse head-mask alignment, then MI: intensities for MR, head masks for CT. Returns ``(reg, dice)``.
+
+    When the two best starts end on different face regions with near-equal loss, the MI stage
+    runs once more with the ``accurate`` settings from those two (longer, more samples).
+    """
+    rcfg = config.registration_for(spacing)
+    template = load_template(brain_protect)
+    initial, dice = None, None
+    if config.coarse:
+        tmask, tmaff = template_head_mask(4.0, brain_protect)
+        cands = coarse_candidates(*small, tmask, tmaff, keep=rcfg.prune_to)
+        if cands:
+            initial, dice = [c.matrix for c in cands], cands[0].dice
+    if modality == "ct":
+        smask, saff = head_mask(can, can_aff, step_mm=2.0)
+        tm, ta = template_head_mask(2.0, brain_protect)
+        args = (smask.astype(np.float32), saff, tm.astype(np.float32), ta)
+        rcfg = dataclasses.replace(rcfg, shape_weight=0.0)  # the images are head masks already
+    else:
+        args = (can, can_aff, template.intensity, template.affine)
+    reg = register(*args, config=rcfg, device=device, initial=initial)
+    ambiguous = reg.second_loss - reg.loss < config.qc.ambiguous_gap
+    if config.registration is None and len(reg.candidates) > 1 and ambiguous and \
+            start_agreement_dice(reg, template, can.shape, can_aff) < RETRY_BELOW_DICE:
+        log.info("two best starts disagree with near-equal loss: refining both with the accurate settings")
+        retry = RegistrationConfig.preset("accurate", seed=config.seed, starts=2, keep=2, prune_to=2,
+                                          shape_weight=rcfg.shape_weight)
+        reg = register(*args, config=retry, device=device, initial=list(reg.candidates[:2]))
+    return reg, dice
+
+
+def start_agreement_dice(registration: Registration, template, shape, affine: np.ndarray, step_mm: float = 4.0) -> float:
+    """Dice of the face-removal regions of the two best starts (1.0 with a single start), at ~4 mm."""
+    from .coarse import _Sampler, _points
+
+    if len(registration.candidates) < 2:
+        return 1.0
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    st = [max(1, int(round(step_mm / s))) for s in spacing]
+    small_shape = [len(range(0, n, k)) for n, k in zip(shape, st)]
+    pts = _points(small_shape, affine @ np.diag([*st, 1.0]))
+    vals = _Sampler(template.face, template.affine)(np.stack(registration.candidates[:2]), pts) > 0.5
+    inter = float((vals[0] & vals[1]).sum())
+    total = float(vals[0].sum() + vals[1].sum())
+    return 1.0 if total == 0 else 2.0 * inter / total

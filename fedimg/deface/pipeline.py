@@ -2,7 +2,8 @@
 
 For each output the defacer writes the image (input shape, affine, dtype, scaling and
 orientation; NIfTI ``descrip`` from :func:`fedimg.imageio.provenance.defaced_descrip`), the
-provenance sidecar (:func:`fedimg.imageio.provenance.write_deface_record`) and, per
+provenance sidecar (:func:`fedimg.imageio.provenance.write_deface_record`, with the content
+hash of the image as read back from disk) and, per
 reference, a QC JSON and QC PNG next to the reference output. A failed QC writes only the QC files (for review)
 and raises :class:`fedimg.errors.QCError`; inputs are never modified.
 
@@ -22,13 +23,13 @@ import numpy as np
 
 from fedimg import __version__
 from fedimg.errors import InputError, QCError
-from fedimg.imageio.provenance import defaced_descrip, sidecar_path, stem, write_deface_record
+from fedimg.imageio.provenance import defaced_descrip, sidecar_path, stem, voxel_sha256, write_deface_record
 from fedimg.imageio.volume import Volume, load_volume, save_like, to_canonical
 from fedimg.io import ensure_not_input, write_bytes, write_json
 
 from .core import DefaceConfig, face_removal
 from .masks import apply_removal
-from .qc import evaluate_qc, render_qc_png
+from .qc import check_removal, render_qc_png
 
 __all__ = ["DefaceJob", "deface_job", "qc_paths"]
 
@@ -104,18 +105,9 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
     removal = face_removal(scaled, ref.affine, protect=protect, config=config, device=device)
     spacing = ref.spacing
     outputs = [(ref, job.output)] + list(zip(others, (b for _, b in job.apply_to)))
-    new_raw = []
-    changed_protected = 0
-    for vol, _ in outputs:
-        zero = _raw_zero(vol)
-        out = apply_removal(vol.raw, removal.remove, mode=config.mode, zero_value=zero, spacing=spacing, blur_mm=config.blur_mm)
-        changed_protected += int(((out != vol.raw) & removal.protected).sum())
-        if protect is not None:
-            changed_protected += int(((out != vol.raw) & protect).sum())
-        new_raw.append(out)
+    new_raw, changed_protected = _apply(outputs, removal, protect, config, spacing)
     voxel_ml = float(abs(np.linalg.det(ref.affine[:3, :3]))) / 1000.0
-    metrics = dict(removal.metrics, protected_changed_ml=changed_protected * voxel_ml)
-    record = evaluate_qc(metrics, config.qc)
+    record = check_removal(scaled, ref.affine, removal, config.qc, protected_changed_ml=changed_protected * voxel_ml)
     record.update({
         "reference": str(job.reference), "output": str(job.output),
         "apply_to": [str(b) for _, b in job.apply_to], "protect": [str(p) for p in job.protect],
@@ -133,11 +125,13 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
                       f"nothing written except {qc_json.name}; inspect {qc_png.name}")
     descrip = defaced_descrip(__version__)
     summary = {k: record[k] for k in ("passed", "mutual_information", "agreement_mm", "removed_ml",
-                                      "protected_changed_ml", "brain_in_head")}
+                                      "protected_changed_ml", "brain_in_head", "brain_removed_ml",
+                                      "removed_fraction", "face_near_removed")}
     for (vol, target), raw in zip(outputs, new_raw):
         save_like(vol, raw, target, descrip=descrip)
+        written = voxel_sha256(load_volume(target, what="defaced output", require_signal=False))  # as a reader sees it
         write_deface_record(target, source=vol.path, reference=job.reference.name, version=__version__,
-                            mode=config.mode, qc=summary, qc_report=qc_json.name)
+                            mode=config.mode, qc=summary, qc_report=qc_json.name, voxel_hash=written)
     for src, dst in job.copy:
         write_bytes(dst, src.read_bytes())
     record["seconds"] = time.perf_counter() - t0
@@ -147,9 +141,25 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
     return record
 
 
-def _raw_zero(vol: Volume):
-    """The stored value that reads as 0 after scaling (clipped to the dtype)."""
-    value = 0.0 if vol.slope == 0 else -vol.inter / vol.slope
+def _apply(outputs, removal, protect, config: DefaceConfig, spacing) -> tuple[list[np.ndarray], int]:
+    """Removed copies of every output's raw data, and how many protected voxels changed in them."""
+    new_raw = []
+    changed_protected = 0
+    fill = float(getattr(removal, "fill_value", 0.0))  # air for CT, 0 for MR
+    for vol, _ in outputs:
+        out = apply_removal(vol.raw, removal.remove, mode=config.mode, zero_value=_raw_value(vol, fill),
+                            spacing=spacing, blur_mm=config.blur_mm)
+        changed = out != vol.raw
+        changed_protected += int((changed & removal.protected).sum())
+        if protect is not None:
+            changed_protected += int((changed & protect).sum())
+        new_raw.append(out)
+    return new_raw, changed_protected
+
+
+def _raw_value(vol: Volume, scaled_value: float = 0.0):
+    """The stored value that reads as ``scaled_value`` after scaling (clipped to the dtype)."""
+    value = scaled_value if vol.slope == 0 else (scaled_value - vol.inter) / vol.slope
     if np.issubdtype(vol.raw.dtype, np.integer):
         info = np.iinfo(vol.raw.dtype)
         return vol.raw.dtype.type(np.clip(np.rint(value), info.min, info.max))

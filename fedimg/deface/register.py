@@ -32,6 +32,8 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
+from .mi import mutual_information as _mi
+
 __all__ = ["RegistrationConfig", "Registration", "register", "downsample", "START_ROTATIONS", "PRESETS"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class RegistrationConfig:
     bins: int = 32
     lr_linear: float = 0.01
     lr_translation: float = 2.0
+    shape_weight: float = 0.0  # weight of a head-mask MI term added to the intensity MI (0.5 measured worse)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,6 +76,8 @@ class RegistrationConfig:
             raise ConfigError("samples >= 256, eval_samples >= samples, 8 <= bins <= 128")
         if self.lr_linear <= 0 or self.lr_translation <= 0:
             raise ConfigError("learning rates must be > 0")
+        if self.shape_weight < 0:
+            raise ConfigError("shape_weight must be >= 0")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> RegistrationConfig:
@@ -99,6 +104,8 @@ class Registration:
     start: tuple[float, float, float]
     seconds: float
     losses: tuple[float, ...]
+    candidates: tuple[np.ndarray, ...] = ()  # every surviving start's final affine, best first
+    mi: float | None = None  # intensity MI of the best start (``loss`` also holds the head-shape term)
 
 
 def downsample(data, affine: np.ndarray, target_mm: float):
@@ -144,52 +151,6 @@ def _normalise(t):
     return (t / hi.clamp_min(1e-6)).clamp(0.0, 1.0).to(torch.float32)
 
 
-def _bspline_weights(x, bins: int):
-    """Cubic B-spline Parzen window: for values ``x`` in [0, 1] the 4 bin indices and weights.
-
-    Bins are padded by one on each side (``bins + 2`` in all) so every index is valid.
-    """
-    import torch
-
-    p = x * (bins - 1) + 1.0
-    base = torch.floor(p).detach()
-    idx, wts = [], []
-    for off in (-1, 0, 1, 2):
-        j = base + off
-        u = (p - j).abs()
-        w = torch.where(u < 1, 2.0 / 3.0 - u**2 + 0.5 * u**3, torch.where(u < 2, (2.0 - u) ** 3 / 6.0, torch.zeros_like(u)))
-        idx.append(j.clamp(0, bins + 1).long())
-        wts.append(w)
-    return torch.stack(idx, -1), torch.stack(wts, -1)
-
-
-def _mi(moving, fixed, bins: int):
-    """Mutual information per start from moving (B, N) and fixed (N,) intensities in [0, 1].
-
-    Joint histogram: cubic B-spline window on the moving, linear on the fixed intensity,
-    accumulated with ``scatter_add`` (differentiable in the moving intensities).
-    """
-    import torch
-
-    nb = bins + 2
-    b, n = moving.shape
-    im, wm = _bspline_weights(moving, bins)  # (B, N, 4)
-    pf = fixed * (bins - 1) + 1.0
-    f0 = torch.floor(pf)
-    ff = pf - f0
-    jf = torch.stack([f0, f0 + 1], -1).clamp(0, nb - 1).long()  # (N, 2)
-    wf = torch.stack([1 - ff, ff], -1)
-    flat = (im[:, :, :, None] * nb + jf[None, :, None, :])  # (B, N, 4, 2)
-    flat = flat + (torch.arange(b, device=moving.device) * nb * nb)[:, None, None, None]
-    vals = wm[:, :, :, None] * wf[None, :, None, :]
-    joint = torch.zeros(b * nb * nb, device=moving.device, dtype=moving.dtype)
-    joint = joint.scatter_add(0, flat.reshape(-1), vals.reshape(-1)).reshape(b, nb, nb) / n
-    pm = joint.sum(2, keepdim=True)
-    pfm = joint.sum(1, keepdim=True)
-    eps = 1e-10
-    return (joint * (torch.log(joint + eps) - torch.log(pm + eps) - torch.log(pfm + eps))).sum((1, 2))
-
-
 def _rotation(pitch: float, roll: float, yaw: float) -> np.ndarray:
     a, b, c = (math.radians(v) for v in (pitch, roll, yaw))
     rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
@@ -210,11 +171,13 @@ def _centre_of_mass(t, affine: np.ndarray) -> np.ndarray:
 class _Level:
     """One pyramid level: subject sample points and the template as a grid_sample input."""
 
-    def __init__(self, subj, s_aff, tmpl, t_aff, c_s, device, bins):
+    def __init__(self, subj, s_aff, tmpl, t_aff, c_s, device, bins, masks=None, weight: float = 0.0):
         import torch
 
         self.device = device
-        self.tmpl = tmpl[None, None]
+        self.weight = weight if masks is not None else 0.0
+        self.tmpl = tmpl[None, None] if not self.weight else torch.stack([tmpl, masks[1]])[None]
+        self.mask_values = masks[0].reshape(-1) if self.weight else None
         sh = subj.shape
         idx = torch.stack(torch.meshgrid(*[torch.arange(n, device=device, dtype=torch.float32) for n in sh], indexing="ij"), -1).reshape(-1, 3)
         a = torch.as_tensor(s_aff, dtype=torch.float32, device=device)
@@ -229,35 +192,65 @@ class _Level:
         self.to_grid_shift = (tinv[:3, 3] * 2.0 / (size - 1) - 1.0).flip(0)
         self.fg = self.values > 0.05
 
-    def loss(self, lin, trans, c_t, sel):
+    def loss(self, lin, trans, c_t, sel, shape: bool = True):
+        """-(intensity MI + weight x head-mask MI) per start; ``shape=False``: intensity MI only."""
         import torch.nn.functional as F
 
         pts = self.points[sel]  # (N, 3)
         world = pts @ lin.transpose(1, 2) + (trans + c_t)[:, None, :]  # (B, N, 3)
         grid = world @ self.to_grid.T + self.to_grid_shift
         moving = F.grid_sample(self.tmpl, grid[None, :, :, None, :], mode="bilinear", padding_mode="zeros", align_corners=True)
-        return -_mi(moving[0, 0, :, :, 0], self.values[sel], self.bins)
+        mi = _mi(moving[0, 0, :, :, 0], self.values[sel], self.bins)
+        if self.weight and shape:
+            mi = mi + self.weight * _mi(moving[0, 1, :, :, 0], self.mask_values[sel], self.bins)
+        return -mi
 
 
 def register(subject: np.ndarray, subject_affine: np.ndarray, template: np.ndarray, template_affine: np.ndarray,
-             *, config: RegistrationConfig | None = None, device=None) -> Registration:
-    """Register ``template`` to ``subject`` (both 3-D float arrays with voxel→world affines)."""
+             *, config: RegistrationConfig | None = None, device=None, initial=None) -> Registration:
+    """Register ``template`` to ``subject`` (both 3-D float arrays with voxel→world affines).
+
+    ``initial``: subject-world → template-world affines to start from (e.g. the coarse
+    head-mask stage's); without them the first ``config.starts`` of :data:`START_ROTATIONS`.
+    """
     import torch
 
     config = config or RegistrationConfig()
     device = device or torch.device("cpu")
     if device.type != "cpu":
-        return _register(subject, subject_affine, template, template_affine, config, device)
+        return _register(subject, subject_affine, template, template_affine, config, device, initial)
     # The per-iteration tensors are small: one thread beats two (no sync spinning on busy CPUs).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _register(subject, subject_affine, template, template_affine, config, device)
+        return _register(subject, subject_affine, template, template_affine, config, device, initial)
     finally:
         torch.set_num_threads(threads)
 
 
-def _register(subject, subject_affine, template, template_affine, config, device) -> Registration:
+def _starts(initial, config, c_s, c_t_np):
+    """Start parameters ``(lin, trans, rotations)``: world_t = lin @ (p - c_s) + trans + c_t."""
+    if initial is None or not len(initial):
+        rots = START_ROTATIONS[: config.starts]
+        lin = np.stack([_rotation(*r) for r in rots])
+        return lin, np.zeros((len(rots), 3)), list(rots)
+    mats = np.stack([np.asarray(m, dtype=np.float64) for m in initial])
+    lin = mats[:, :3, :3]
+    trans = np.einsum("bij,j->bi", lin, c_s) + mats[:, :3, 3] - c_t_np
+    return lin, trans, [_euler(m[:3, :3]) for m in mats]
+
+
+def _euler(m: np.ndarray) -> tuple[float, float, float]:
+    """(pitch, roll, yaw) in degrees of the rotation nearest to ``m`` (inverse of :func:`_rotation`)."""
+    u, _, vt = np.linalg.svd(m)
+    r = u @ vt
+    roll = math.degrees(math.asin(float(np.clip(-r[2, 0], -1, 1))))
+    pitch = math.degrees(math.atan2(r[2, 1], r[2, 2]))
+    yaw = math.degrees(math.atan2(r[1, 0], r[0, 0]))
+    return (round(pitch, 1), round(roll, 1), round(yaw, 1))
+
+
+def _register(subject, subject_affine, template, template_affine, config, device, initial=None) -> Registration:
     import torch
 
     t0 = time.perf_counter()
@@ -271,19 +264,21 @@ def _register(subject, subject_affine, template, template_affine, config, device
     c_s = _centre_of_mass(pyramid[0][0], pyramid[0][1])
     c_t_np = _centre_of_mass(pyramid[0][2], pyramid[0][3])
     c_t = torch.as_tensor(c_t_np, dtype=torch.float32, device=device)
-    rots = START_ROTATIONS[: config.starts]
-    lin = torch.as_tensor(np.stack([_rotation(*r) for r in rots]), dtype=torch.float32, device=device)
-    trans = torch.zeros(len(rots), 3, dtype=torch.float32, device=device)
+    lin_np, trans_np, rots = _starts(initial, config, c_s, c_t_np)
+    lin = torch.as_tensor(lin_np, dtype=torch.float32, device=device)
+    trans = torch.as_tensor(trans_np, dtype=torch.float32, device=device)
     ids = list(range(len(rots)))
     losses = None
     for li, ((s, sa, t, ta), iters) in enumerate(zip(pyramid, config.iterations)):
-        level = _Level(s, sa, t, ta, c_s, device, config.bins)
+        masks = _level_masks(s, sa, t, ta) if config.shape_weight else None
+        level = _Level(s, sa, t, ta, c_s, device, config.bins, masks, config.shape_weight)
         lin, trans, ids = _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
         with torch.no_grad():
             g_eval = torch.Generator(device="cpu").manual_seed(config.seed + 1000 + li)
             n_pts = level.points.shape[0]
             sel = torch.randint(0, n_pts, (min(config.eval_samples, n_pts),), generator=g_eval).to(device)
             losses = level.loss(lin, trans, c_t, sel)
+            mi = -level.loss(lin, trans, c_t, sel, shape=False)
         order = torch.argsort(losses).tolist()
         log.debug("level %.1f mm: losses %s", config.levels_mm[li], [round(float(losses[i]), 4) for i in order])
         keep = order if li == len(pyramid) - 1 else order[: max(config.keep, 2 if len(order) > 1 else 1)]
@@ -291,10 +286,22 @@ def _register(subject, subject_affine, template, template_affine, config, device
         losses = losses[keep]
         ids = [ids[i] for i in keep]
         fg_points = level.points[level.fg]
-    result = _result(lin, trans, losses, ids, fg_points, c_s, c_t_np, t0)
+    result = _result(lin, trans, losses, [rots[i] for i in ids], fg_points, c_s, c_t_np, t0)
+    result = dataclasses.replace(result, mi=float(mi[order[0]]))
     log.debug("registration %.2f s, loss %.4f, agreement %.2f mm, start %s", result.seconds, result.loss,
               result.agreement_mm, result.start)
     return result
+
+
+def _level_masks(s, sa, t, ta):
+    """Head masks (float tensors) of one level's subject and template, on their own grids."""
+    import torch
+
+    from .coarse import head_mask
+
+    sm = head_mask(s.cpu().numpy(), sa, step_mm=1e-3)[0]
+    tm = head_mask(t.cpu().numpy(), ta, step_mm=1e-3)[0]
+    return (torch.as_tensor(sm, dtype=torch.float32, device=s.device), torch.as_tensor(tm, dtype=torch.float32, device=t.device))
 
 
 def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device):
@@ -340,7 +347,7 @@ def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
     return lin, trans, ids
 
 
-def _result(lin, trans, losses, ids, fg_points, c_s, c_t_np, t0) -> Registration:
+def _result(lin, trans, losses, starts, fg_points, c_s, c_t_np, t0) -> Registration:
     """The final starts as subject-to-template matrices, averaged where they reached the same optimum."""
     mats = []
     for b in range(lin.shape[0]):
@@ -366,6 +373,6 @@ def _result(lin, trans, losses, ids, fg_points, c_s, c_t_np, t0) -> Registration
     lv = [float(v) for v in losses.cpu()]
     return Registration(
         subject_to_template=best if len(mats) > 1 else mats[0], loss=lv[0], second_loss=lv[1] if len(lv) > 1 else lv[0],
-        agreement_mm=agreement, start=tuple(float(v) for v in START_ROTATIONS[ids[0]]),
-        seconds=time.perf_counter() - t0, losses=tuple(lv),
+        agreement_mm=agreement, start=tuple(float(v) for v in starts[0]),
+        seconds=time.perf_counter() - t0, losses=tuple(lv), candidates=tuple(mats),
     )

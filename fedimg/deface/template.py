@@ -19,7 +19,7 @@ import numpy as np
 
 from fedimg.errors import FedimgError
 
-__all__ = ["Template", "load_template", "asset_path", "TEMPLATE_NAME", "FACEMASK_NAME", "BRAIN_PROTECT_NAME"]
+__all__ = ["Template", "load_template", "template_head_mask", "asset_path", "TEMPLATE_NAME", "FACEMASK_NAME", "BRAIN_PROTECT_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +62,12 @@ def load_template(brain_protect: str | None = None) -> Template:
     brain = (np.asarray(brain_img.dataobj) > 0).astype(np.float32)
     log.debug("template loaded: %s, face %.0f mL, brain-protect %.0f mL", img.shape, face.sum() / 1e3, brain.sum() / 1e3)
     return Template(intensity=intensity, face=face, brain=brain, affine=np.asarray(img.affine, dtype=np.float64))
+
+
+@functools.lru_cache(maxsize=4)
+def template_head_mask(step_mm: float = 4.0, brain_protect: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The template's head mask (see :func:`fedimg.deface.coarse.head_mask`) and its affine, cached."""
+    from .coarse import head_mask
+
+    t = load_template(brain_protect)
+    return head_mask(t.intensity, t.affine, step_mm=step_mm)

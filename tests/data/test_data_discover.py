@@ -98,20 +98,69 @@ def test_case_is_frozen_and_validated(tmp_path):
         Case("x", (tmp_path / "a.nii.gz",), None, "brats2019")
 
 
+def _record(img):
+    """A defacing record for ``img`` as ``fedimg deface`` writes it (content hash of the image as read)."""
+    from fedimg.imageio.provenance import voxel_sha256, write_deface_record
+    from fedimg.imageio.volume import load_volume
+
+    write_deface_record(img, source=img, reference=img.name, version="t", mode="zero", qc={"passed": True},
+                        qc_report="x.qc.json", voxel_hash=voxel_sha256(load_volume(img, require_signal=False)))
+
+
 def test_identifiable_gate(brats2021):
     with pytest.raises(InputError) as err:
         discover(brats2021, allow_identifiable=False)
     msg = str(err.value)
     assert "--allow-identifiable" in msg and "fedimg deface" in msg and "_t1.nii.gz" in msg
-    # mark every image defaced: sidecars for most, the NIfTI descrip tag for one
-    for i, case in enumerate(discover(brats2021)):
-        for j, img in enumerate(case.images):
-            if i == 0 and j == 0:
-                nii = nib.load(str(img))
-                nii.header["descrip"] = b"fedimg-defaced 0.1.0"
-                nib.save(nib.Nifti1Image(np.asarray(nii.dataobj), nii.affine, nii.header), str(img))
-            else:
-                img.with_name(img.name.replace(".nii.gz", ".deface.json")).write_text(json.dumps({"defaced": True}))
+    cases = discover(brats2021)
+    for case in cases:
+        for img in case.images:
+            _record(img)
+    assert len(discover(brats2021, allow_identifiable=False)) == 3
+    first = cases[0].images[0]
+    side = first.with_name(first.name.replace(".nii.gz", ".deface.json"))
+    good = side.read_text()
+    # a header tag alone is not enough
+    side.unlink()
+    nii = nib.load(str(first))
+    nii.header["descrip"] = b"fedimg-defaced 0.1.0"
+    nib.save(nib.Nifti1Image(np.asarray(nii.dataobj), nii.affine, nii.header), str(first))
+    with pytest.raises(InputError, match=r"_t1.nii.gz: has only a header tag .* re-run `fedimg deface`"):
+        discover(brats2021, allow_identifiable=False)
+    # a record without a content hash (older fedimg, or hand-written) is not enough
+    side.write_text(json.dumps({"defaced": True}))
+    with pytest.raises(InputError, match="has no content hash"):
+        discover(brats2021, allow_identifiable=False)
+    # the header change above kept the voxels: the original record still matches
+    side.write_text(good)
+    assert len(discover(brats2021, allow_identifiable=False)) == 3
+
+
+def test_identifiable_gate_checks_contents(brats2021):
+    cases = discover(brats2021)
+    for case in cases:
+        for img in case.images:
+            _record(img)
+    a, b = cases[0].images[1], cases[1].images[1]
+    side_a = a.with_name(a.name.replace(".nii.gz", ".deface.json"))
+    side_b = b.with_name(b.name.replace(".nii.gz", ".deface.json"))
+    # a sidecar copied from another case does not match this image
+    kept = side_b.read_text()
+    side_b.write_text(side_a.read_text())
+    with pytest.raises(InputError) as err:
+        discover(brats2021, allow_identifiable=False)
+    assert str(err.value).startswith(str(b)) and "does not match its defacing record" in str(err.value)
+    side_b.write_text(kept)
+    # one voxel edited after defacing
+    nii = nib.load(str(a))
+    data = np.asarray(nii.dataobj).copy()
+    data[0, 0, 0] += 1
+    nib.save(nib.Nifti1Image(data, nii.affine, nii.header), str(a))
+    with pytest.raises(InputError, match="changed after defacing"):
+        discover(brats2021, allow_identifiable=False)
+    # the voxels restored (a rewritten file, not a byte copy) match again
+    data[0, 0, 0] -= 1
+    nib.save(nib.Nifti1Image(data, nii.affine, nii.header), str(a))
     assert len(discover(brats2021, allow_identifiable=False)) == 3
 
 

@@ -6,6 +6,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from fedimg.cli import main
 from fedimg.imageio.provenance import is_defaced, sidecar_path
@@ -60,6 +61,20 @@ def test_brats_site_layout(brats_site, tmp_path, hashed):
     assert (out / "site.json").read_text() == (brats_site / "site.json").read_text()
     # the training gate: defaced output passes, the raw input is refused naming --allow-identifiable
     assert len(discover(out, allow_identifiable=False)) == 1
+    # ... and it checks contents: the t1's record copied onto the t2, or a t2 voxel edited, is refused
+    t2_out, t2_side = case_out / "case-000_t2.nii.gz", sidecar_path(case_out / "case-000_t2.nii.gz")
+    kept_side, kept_img = t2_side.read_bytes(), t2_out.read_bytes()
+    t2_side.write_bytes(sidecar_path(case_out / "case-000_t1.nii.gz").read_bytes())
+    with pytest.raises(InputError, match="case-000_t2.nii.gz: does not match its defacing record"):
+        discover(out, allow_identifiable=False)
+    t2_side.write_bytes(kept_side)
+    nii = nib.load(str(t2_out))
+    edited = np.asarray(nii.dataobj).copy()
+    edited[edited.shape[0] // 2, -3, edited.shape[2] // 2] += 7  # e.g. the face pasted back, one voxel of it
+    nib.save(nib.Nifti1Image(edited, nii.affine, nii.header), str(t2_out))
+    with pytest.raises(InputError, match="changed after defacing"):
+        discover(out, allow_identifiable=False)
+    t2_out.write_bytes(kept_img)
     try:
         discover(brats_site, allow_identifiable=False)
     except InputError as exc:

@@ -45,7 +45,9 @@ def test_real_head_defaced_with_qc_and_provenance(head_run):
     assert np.all(b[changed] == 0)
     qc = json.loads(out.with_name("sub-01_T1w_defaced.qc.json").read_text())
     assert qc["passed"] and qc["protected_changed_ml"] == 0.0
-    assert 400 < qc["removed_ml"] < 2000 and qc["mutual_information"] > 0.4 and qc["agreement_mm"] < 5
+    assert 400 < qc["removed_ml"] < 2000 and qc["mutual_information"] > 0.4
+    # the starts are distinct coarse alignments: a runner-up may end elsewhere, but then with a clearly worse loss
+    assert qc["start_agreement_dice"] >= 0.8 or qc["loss_gap"] > 0.02
     assert out.with_name("sub-01_T1w_defaced.qc.png").stat().st_size > 10_000
     side = json.loads(sidecar_path(out).read_text())
     assert side["defaced"] is True and side["tool"] == "fedimg" and side["qc"]["passed"]

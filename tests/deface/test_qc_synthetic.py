@@ -1,0 +1,74 @@
+"""QC on the heads ``make demo`` defaces: template-derived synthetic heads at 4 mm.
+
+The demo's sites (``fedimg synth --hard``) map the template's tissues through each site's own
+contrast. On site 1 the brain stands out from the face and the image's own brain estimate
+is used; on site 3 brain, face and neck share one intensity band and the skull base does
+not show at 4 mm, so every intensity estimate leaks into the face (QC refused 4/4 demo cases
+before): QC then checks the brain placed by the head shape. Both must pass a correct
+defacing, and a wrong registration must still fail through the brain check. The synthetic
+case also carries its true brain: the correct removal must not touch it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedimg.data.anatomy import load_anatomy
+from fedimg.data.synth import site_profile, synth_case
+from fedimg.deface import DefaceConfig, face_removal
+from fedimg.deface.qc import check_removal
+from fedimg.deface.register import Registration
+
+
+@pytest.fixture(scope="module")
+def anatomy():
+    return load_anatomy(4.0)
+
+
+def _case(anatomy, site: int, case: int):
+    """The demo's case ``case`` of site ``site`` (``fedimg synth --seed 0 --hard --spacing 4``)."""
+    prof = site_profile(0, site, hard=True)
+    out = synth_case(anatomy, prof, np.random.default_rng([0, site, 2, case]))
+    return out["images"][0].astype(np.float32), out["label"], out["brain"] > 0.5
+
+
+@pytest.mark.parametrize("site, source", [(1, "image"), (3, "head shape")])
+def test_demo_like_head_passes_qc_and_keeps_the_true_brain(anatomy, site, source):
+    t1, label, brain = _case(anatomy, site, 0)
+    cfg = DefaceConfig()
+    removal = face_removal(t1, anatomy.affine, protect=label, config=cfg)
+    qc = check_removal(t1, anatomy.affine, removal, cfg.qc)
+    assert qc["passed"], qc["failures"]
+    assert qc["brain_source"] == source
+    assert not (removal.remove & brain).any()  # the generator's own brain is untouched
+    assert not (removal.remove & (label > 0)).any()
+    if site == 3:  # the head-shape brain still catches the face region moved into the brain
+        s2t = np.asarray(removal.registration.subject_to_template)
+        centre = np.eye(4)
+        centre[:3, 3] = (anatomy.affine @ np.r_[(np.array(t1.shape) - 1) / 2.0, 1.0])[:3]
+        flip = np.diag([1.0, -1.0, 1.0, 1.0])
+        wrong = Registration(subject_to_template=s2t @ centre @ flip @ np.linalg.inv(centre), loss=-0.6,
+                             second_loss=-0.5, agreement_mm=0.0, start=(0.0, 0.0, 0.0), seconds=0.0, losses=())
+        bad = check_removal(t1, anatomy.affine, face_removal(t1, anatomy.affine, registration=wrong), cfg.qc)
+        assert not bad["passed"] and not bad["checks"]["protected_untouched"], bad["checks"]
+
+
+def test_a_leaking_or_fragmentary_brain_estimate_gives_way_to_the_head_shape(anatomy):
+    """The image's estimate is kept only where the brain placed by the head shape agrees with it."""
+    import dataclasses
+
+    from fedimg.deface.brainmask import estimate_brain
+    from fedimg.deface.qc import head_shape_brain
+    from fedimg.imageio.volume import to_canonical
+
+    t1, _, _ = _case(anatomy, 1, 0)
+    can, aff = to_canonical(t1, anatomy.affine)
+    est = estimate_brain(can, aff)
+    assert est.source == "image" and head_shape_brain(can, aff, est) is est
+    down = int(round(40.0 / est.cell_spacing[2]))  # the same brain again 40 mm lower: a leak into the neck
+    leak = dataclasses.replace(est, brain=est.brain | np.roll(est.brain, -down, axis=2) & est.head)
+    assert head_shape_brain(can, aff, leak).source == "head shape"
+    half = est.brain.copy()
+    half[: half.shape[0] * 2 // 3] = False  # a third of the brain: a fragment
+    assert head_shape_brain(can, aff, dataclasses.replace(est, brain=half)).source == "head shape"
