@@ -23,10 +23,8 @@ Flower's and NVFlare's FedAvg fed the same dicts to the round-robin.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,14 +113,10 @@ def stream_probe(glob_flat: np.ndarray, flats: list[np.ndarray], weights: list[f
 
 
 def _peak(fn: Callable[[], Any]) -> int:
-    gc.collect()
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    res = fn()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    del res
-    return int(peak - base)
+    """Host bytes ``fn`` allocates at its peak (tracemalloc), as the packed benchmark measures them."""
+    from fedimg.bench.aggregate import _peak_extra
+
+    return _peak_extra(fn, on_gpu=False, host_method=True)
 
 
 def _spread(xs: list[float]) -> dict[str, float]:
