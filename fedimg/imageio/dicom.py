@@ -54,6 +54,8 @@ class DicomSeries:
     study_uid: str
     study_date: str
     number: int | None
+    #: the headers (no pixels) :func:`find_series` already parsed, in ``files`` order; reused by :func:`check_series`
+    headers: tuple[Any, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -118,13 +120,14 @@ def find_series(root: str | PathLike[str]) -> list[DicomSeries]:
     for uid, members in groups.items():
         ds0 = members[0][1]
         paths = tuple(p for p, _ in members)
+        headers = tuple(d for _, d in members)
         folder = Path(*_common_parts(paths)) if len(paths) > 1 else paths[0].parent
         number = ds0.get("SeriesNumber")
         out.append(DicomSeries(uid=uid, files=paths, folder=folder, description=str(ds0.get("SeriesDescription", "")),
                                modality=str(ds0.get("Modality", "")),
                                patient_id=str(ds0.get("PatientID", "") or ds0.get("PatientName", "") or ""),
                                study_uid=str(ds0.get("StudyInstanceUID", "")), study_date=str(ds0.get("StudyDate", "")),
-                               number=None if number in (None, "") else int(number)))
+                               number=None if number in (None, "") else int(number), headers=headers))
     return sorted(out, key=lambda s: (s.patient_id, s.number if s.number is not None else -1, str(s.folder), s.uid))
 
 
@@ -271,15 +274,16 @@ def _read_all(series: DicomSeries, *, pixels: bool) -> list:
 
 def check_series(series: DicomSeries) -> tuple[int, int, int]:
     """Every check of :func:`read_series` from the headers alone; returns the volume shape."""
-    slices = _slices(series, _read_all(series, pixels=False))
+    slices = _slices(series, list(series.headers) or _read_all(series, pixels=False))
     _check_one_series(series, slices)
     slices, _ = _order(series, slices)
-    rows, cols = slices[0]["shape"]
-    return _check_size(series, (cols, rows, len(slices)), slices)
+    return _check_size(series, slices)
 
 
-def _check_size(series: DicomSeries, shape: tuple[int, int, int], slices: list[dict]) -> tuple[int, int, int]:
+def _check_size(series: DicomSeries, slices: list[dict]) -> tuple[int, int, int]:
     """Header-first refusal (``imageio.limits``): the declared volume against the size limit, before any pixel."""
+    rows, cols = slices[0]["shape"]
+    shape = (cols, rows, len(slices))
     _declared(series.folder, shape, max(s["bits"] for s in slices))
     return shape
 
@@ -299,7 +303,7 @@ def read_series(series: DicomSeries) -> DicomVolume:
     slices = _slices(series, datasets)
     _check_one_series(series, slices)
     slices, step = _order(series, slices)
-    _check_size(series, (slices[0]["shape"][1], slices[0]["shape"][0], len(slices)), slices)
+    cols, rows, _ = _check_size(series, slices)
     arrays = {}
     for i, ds in enumerate(datasets):
         try:
@@ -310,7 +314,6 @@ def read_series(series: DicomSeries) -> DicomVolume:
         if arr.ndim not in (2, 3) or int(ds.get("SamplesPerPixel", 1)) != 1:
             raise InputError(series.files[i], "is not a grey-scale image; only MR/CT grey-scale series are supported")
         arrays[i] = arr
-    rows, cols = slices[0]["shape"]
     dtype = np.result_type(*[a.dtype for a in arrays.values()])
     stored = np.empty((cols, rows, len(slices)), dtype=dtype)
     for k, s in enumerate(slices):

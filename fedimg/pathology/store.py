@@ -149,12 +149,9 @@ def open_tile_store(path: str | Path, *, max_tiles: int | None = None) -> StoreI
 
 def load_tile_set(path: str | Path, *, max_tiles: int | None = None) -> TileSet:
     """Read a store folder, a store ``.h5``, or a PatchCamelyon ``x``/``y`` file (pair), tiles included."""
-    import h5py
-
     info = open_tile_store(path, max_tiles=max_tiles)
     try:
-        with h5py.File(info.path, "r") as f:
-            x = np.asarray(f["x"][: info.n])
+        x = info.read(0, info.n)
     except OSError as exc:
         raise InputError(info.path, f"tiles cannot be read ({exc}); the file may be corrupt or truncated") from None
     return TileSet(x=x, y=info.y, coords=info.coords, meta=info.meta)
