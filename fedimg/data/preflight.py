@@ -83,12 +83,12 @@ def _identifiable(cases: list[Case], site: str) -> list[Problem]:
     for case in cases:
         for img in case.images:
             try:
-                problem = defacing_problem(img)
-            except InputError as exc:
-                problem = str(exc)
+                problem = defacing_problem(img)  # its words already end with the --allow-identifiable way out
+            except InputError as exc:  # unreadable image: the error names the file already
+                out.append(Problem.of(site, exc))
+                continue
             if problem is not None:
-                out.append(Problem(site=site, path=str(img), message=f"{img}: {problem} (or pass --allow-identifiable "
-                                   "if the data may be used as they are)"))
+                out.append(Problem.of(site, InputError(img, problem)))
     return out
 
 

@@ -166,9 +166,7 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     """
     from fedimg.imageio.volume import to_canonical
 
-    from .brainmask import removal_metrics
-
-    from .brainmask import estimate_brain
+    from .brainmask import estimate_brain, removal_metrics
 
     can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
     remove, _ = to_canonical(removal.remove, affine)
@@ -203,6 +201,8 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
         return estimate
     sp = estimate.cell_spacing
     template = load_template()
+    if not estimate.brain.any():
+        cands = cands[:1]  # nothing to compare: only the best placement's core is needed
     cores, seen = [], []
     for cand in cands:  # the estimate stands when one of the best head-shape placements agrees with it
         placed = _warp_core(template, estimate.head.shape, estimate.cell_affine, cand.matrix) & estimate.head
