@@ -60,7 +60,7 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
     trains with DP-SGD (:meth:`fedimg.engine.loop.EpochTrainer.make_private`); its ``dp_*``
     metrics join every epoch's row. The epoch loop is :class:`fedimg.engine.driver.EpochDriver`.
     ``dist`` (a :class:`fedimg.engine.distributed.DistContext`) trains this process's rank of a
-    DDP group (:func:`_distributed_trainer`); only rank 0 writes the run folder.
+    DDP group (:class:`fedimg.engine.distributed.DistributedTrainer`); only rank 0 writes the run folder.
     """
     from fedimg.engine.cache import prepare_site_data
     from fedimg.engine.driver import EpochDriver, EpochHooks
@@ -71,7 +71,12 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
     run = EpochDriver(out, resume=resume) if dist is None or dist.is_main else None
     data = prepare_site_data(cases, config, device, source=str(source))
     model = build_model(config.model, **model_kwargs(config))
-    trainer = Trainer(model, data, config) if dist is None else _distributed_trainer(model, data, config, dist)
+    if dist is None:
+        trainer = Trainer(model, data, config)
+    else:
+        from fedimg.engine.distributed import DistributedTrainer
+
+        trainer = DistributedTrainer(model, data, config, dist)
     if privacy is not None:
         trainer.make_private(privacy)
     if run is None:  # a rank other than 0: train in step with rank 0, write nothing
@@ -113,9 +118,3 @@ def fit(cases: list, config: Any, out: str | Path, *, device: Any, resume: bool 
     return run.fit(model, trainer, hooks, config=config.to_dict(), fingerprint=data.fingerprint, epochs=config.epochs,
                    device=device, stop_after=stop_after, progress=progress)
 
-
-def _distributed_trainer(model: Any, data: Any, config: Any, dist: Any) -> Any:
-    """The rank's :class:`fedimg.engine.distributed.DistributedTrainer` (DDP, DistributedSampler)."""
-    from fedimg.engine.distributed import DistributedTrainer
-
-    return DistributedTrainer(model, data, config, dist)

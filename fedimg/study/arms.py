@@ -8,7 +8,8 @@
   ``max_epochs / local_epochs`` rounds; each round the sites validate the incoming global
   model, and the same early-stopping rule, applied to that per-round curve, picks the round
   (:func:`fedimg.study.protocol.stop_point`). Compute is counted to the stopping round.
-* :func:`evaluate_cases` — a model's Dice on every test case (one score per case).
+* :func:`evaluate_cases` — a model's Dice on every test case (one score per case);
+  :func:`tested_arm` — an arm's record with those scores, its weights left out.
 
 Every learning-curve point records epochs per case, training samples processed (summed
 over sites), optimizer steps and seconds. Usage (``fedimg study`` does this)::
@@ -36,7 +37,8 @@ import numpy as np
 
 from fedimg.study.protocol import EarlyStopping, ProtocolConfig, stop_point
 
-__all__ = ["pool_sites", "train_local_arm", "federated_arm", "evaluate_cases", "case_score", "steps_per_epoch"]
+__all__ = ["pool_sites", "train_local_arm", "federated_arm", "evaluate_cases", "tested_arm", "case_score",
+           "steps_per_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +76,9 @@ def _state(model: Any) -> dict[str, np.ndarray]:
 
 def train_local_arm(task: Any, config: Any, data: Any, proto: ProtocolConfig, *, seed: int) -> dict[str, Any]:
     """Train one local arm with early stopping; returns its curve, stop and best weights (``params``)."""
-    import torch
-
     from fedimg.device import seed_everything
 
-    seed_everything(seed)
-    torch.manual_seed(seed)
+    seed_everything(seed)  # seeds torch too
     model = task.build_model(config)
     data.state = {}
     stop = EarlyStopping(proto.patience)
@@ -176,3 +175,9 @@ def evaluate_cases(task: Any, config: Any, params: dict[str, np.ndarray], tests:
         res = evaluate(net, data, config, device=data.device)
         out[site] = {r["case_id"]: case_score(r) for r in res["per_case"]}
     return out
+
+
+def tested_arm(arm: dict[str, Any], task: Any, config: Any, tests: dict[str, Any]) -> dict[str, Any]:
+    """The arm's record for ``results.json``: its test scores (:func:`evaluate_cases`) added, its ``params`` left out."""
+    scores = evaluate_cases(task, config, arm["params"], tests)
+    return {**{k: v for k, v in arm.items() if k != "params"}, "test": scores}

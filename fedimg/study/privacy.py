@@ -37,7 +37,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 from fedimg.study.intervals import bootstrap_ratio
-from fedimg.study.summary import case_scores
+from fedimg.study.summary import case_scores, common_cases
 
 __all__ = ["PrivacySweep", "arm_name", "dp_configs", "run_privacy_arms", "privacy_table", "privacy_lines"]
 
@@ -140,25 +140,17 @@ def run_privacy_arms(sweep: PrivacySweep, *, view: Path, out: Path, fed: Any, pr
                      progress: bool = False) -> dict[str, dict[str, Any]]:
     """Train and test every DP arm of one seed (``fed`` as :func:`run_seed` set it up); returns
     ``{arm name: arm record}`` with ``privacy`` (mode, target ε, ε spent, noise) in each."""
-    from fedimg.study.arms import evaluate_cases, federated_arm
+    from fedimg.study.arms import federated_arm, tested_arm
 
     arms: dict[str, dict[str, Any]] = {}
     for name, mode, eps, f in dp_configs(sweep, fed, seed):
         run = out / f"fl-dp-{mode}-eps{eps:g}"
         log.info("seed %d: %s arm (NVFlare SimEnv)", seed, name)
-        arm = federated_arm(view, run, f, proto, task, datas, progress=progress)
-        arm["test"] = evaluate_cases(task, config, arm["params"], tests)
+        arm = tested_arm(federated_arm(view, run, f, proto, task, datas, progress=progress), task, config, tests)
         arm["privacy"] = {"mode": mode, "target_epsilon": eps, "delta": sweep.delta, **_spent(run, mode),
                           "clip": sweep.clip if mode == "client" else sweep.max_grad_norm}
-        arms[name] = {k: v for k, v in arm.items() if k != "params"}
+        arms[name] = arm
     return arms
-
-
-def _common(record: dict[str, Any], sites: list[str]) -> list[tuple[str, str]]:
-    arms = record["arms"].values()
-    first = next(iter(arms))["test"]
-    return [(s, c) for s in sites for c in sorted(first.get(s, {}))
-            if all(np.isfinite(a["test"].get(s, {}).get(c, np.nan)) for a in arms)]
 
 
 def privacy_table(results: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +165,7 @@ def privacy_table(results: dict[str, Any]) -> dict[str, Any]:
     if any({a for a in r["arms"] if "privacy" in r["arms"][a]} != set(names) for r in records):
         raise ConfigError("the seeds of this study ran different DP arms; merge only studies with the same --dp-epsilon")
     n_boot = int(results.get("protocol", {}).get("n_boot", 2000))
-    cases = [_common(r, sites) for r in records]
+    cases = [common_cases(r, sites) for r in records]
     base = [case_scores(r, "federated", sites, c) for r, c in zip(records, cases)]
     rows = [{"mode": "none", "target_epsilon": "inf", "dice": _pick(s["arms"]["federated"])}]
     for a in names:

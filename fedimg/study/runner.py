@@ -50,17 +50,13 @@ def load_test_data(cases: list, config: Any, device: Any, source: str) -> Any:
                     train_fg=[], val=pre, device=device, source=source)
 
 
-def _strip(arm: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in arm.items() if k != "params"}
-
-
 def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolConfig, seed: int,
              compare: tuple[StrategyConfig, ...] = (), progress: bool = False, privacy: Any = None) -> dict[str, Any]:
     """All arms for one seed; returns the seed's record (splits, curves, test scores).
 
     ``privacy``: a :class:`fedimg.study.privacy.PrivacySweep` (its DP arms run on the same split)."""
     from fedimg.device import resolve_device
-    from fedimg.study.arms import evaluate_cases, federated_arm, pool_sites, train_local_arm
+    from fedimg.study.arms import federated_arm, pool_sites, tested_arm, train_local_arm
     from fedimg.tasks import get_task
 
     task = get_task(fed.task)
@@ -86,8 +82,7 @@ def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolCo
         f = dataclasses.replace(fed, strategy=strat, name="")
         log.info("seed %d: %s arm (%s, NVFlare SimEnv)", seed, name, strat.name)
         arm = federated_arm(view, out / f"fl-{strat.name}", f, proto, task, datas, progress=progress)
-        arm["test"] = evaluate_cases(task, config, arm["params"], tests)
-        arms[name] = _strip(arm)
+        arms[name] = tested_arm(arm, task, config, tests)
     if privacy is not None:
         from fedimg.study.privacy import run_privacy_arms
 
@@ -95,13 +90,11 @@ def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolCo
                                      tests=tests, config=config, seed=seed, progress=progress))
     log.info("seed %d: centralised arm", seed)
     arm = train_local_arm(task, config, pool_sites(list(datas.values())), proto, seed=seed)
-    arm["test"] = evaluate_cases(task, config, arm["params"], tests)
-    arms["centralised"] = _strip(arm)
+    arms["centralised"] = tested_arm(arm, task, config, tests)
     for s, d in datas.items():
         log.info("seed %d: %s alone", seed, s)
         arm = train_local_arm(task, config, d, proto, seed=seed)
-        arm["test"] = evaluate_cases(task, config, arm["params"], tests)
-        arms[f"{s} alone"] = _strip(arm)
+        arms[f"{s} alone"] = tested_arm(arm, task, config, tests)
     return record
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from fedimg.study.intervals import bootstrap_mean, bootstrap_ratio
 
-__all__ = ["summarise", "arm_names", "case_scores", "to_fraction"]
+__all__ = ["summarise", "arm_names", "case_scores", "common_cases", "to_fraction"]
 
 
 def arm_names(record: dict[str, Any]) -> list[str]:
@@ -44,7 +44,7 @@ def case_scores(record: dict[str, Any], arm: str, sites: list[str], cases: list[
     return [float(test[s][c]) for s, c in cases]
 
 
-def _common_cases(record: dict[str, Any], sites: list[str]) -> list[tuple[str, str]]:
+def common_cases(record: dict[str, Any], sites: list[str]) -> list[tuple[str, str]]:
     """Test cases that every arm scored with a finite value (so every mean covers the same cases)."""
     arms = record["arms"].values()
     first = next(iter(arms))["test"]
@@ -97,7 +97,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     sites, records = results["sites"], results["seeds"]
     n_boot = int(results.get("protocol", {}).get("n_boot", 2000))
     arms = arm_names(records[0])
-    cases = [_common_cases(r, sites) for r in records]
+    cases = [common_cases(r, sites) for r in records]
     alone = [a for a in arms if a.endswith(" alone")]
     scored = arms + (["site alone (mean)"] if alone else [])
     scores = {a: [case_scores(r, a, sites, cs) for r, cs in zip(records, cases)] for a in scored}
