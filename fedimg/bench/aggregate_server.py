@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from fedimg.bench.aggregate import _peak_extra  # host peak as the packed benchmark measures it
+from fedimg.bench.train import spread
+
 __all__ = ["ServerPath", "ServerPeers", "make_updates", "stream_probe", "server_case", "print_server_case"]
 
 log = logging.getLogger(__name__)
@@ -112,17 +115,6 @@ def stream_probe(glob_flat: np.ndarray, flats: list[np.ndarray], weights: list[f
     return probe
 
 
-def _peak(fn: Callable[[], Any]) -> int:
-    """Host bytes ``fn`` allocates at its peak (tracemalloc), as the packed benchmark measures them."""
-    from fedimg.bench.aggregate import _peak_extra
-
-    return _peak_extra(fn, on_gpu=False, host_method=True)
-
-
-def _spread(xs: list[float]) -> dict[str, float]:
-    return {"median": float(np.median(xs)), "min": float(min(xs)), "max": float(max(xs))}
-
-
 def server_case(k: int, repeats: int, *, shapes: list[tuple[str, tuple[int, ...]]] | None = None,
                 peers: Callable[..., ServerPeers] | None = None, device: Any = None) -> dict[str, Any]:
     """Time fedimg's server path (and ``peers(glob=, updates=, weights=, shapes=)``) on K updates.
@@ -163,15 +155,15 @@ def server_case(k: int, repeats: int, *, shapes: list[tuple[str, tuple[int, ...]
     probe_bytes = n * 4 * (1 + 2 + 3 * (k - 1) + 2)
     rows: dict[str, Any] = {}
     for name in methods:
-        row = {"times_s": wall[name], "cpu_s": cpu[name], "wall_s": _spread(wall[name]), "cpu_time_s": _spread(cpu[name]),
-               "pct_of_stream": _spread([100 * p / t for p, t in zip(wall["probe_stream"], wall[name])]),
-               "peak_extra_x_model": _peak(methods[name]) / (n * 4)}
+        row = {"times_s": wall[name], "cpu_s": cpu[name], "wall_s": spread(wall[name]), "cpu_time_s": spread(cpu[name]),
+               "pct_of_stream": spread([100 * p / t for p, t in zip(wall["probe_stream"], wall[name])]),
+               "peak_extra_x_model": _peak_extra(methods[name], on_gpu=False, host_method=True) / (n * 4)}
         for other in peer.methods:
-            row[f"speedup_vs_{other}"] = _spread([o / t for o, t in zip(wall[other], wall[name])])
+            row[f"speedup_vs_{other}"] = spread([o / t for o, t in zip(wall[other], wall[name])])
         rows[name] = row
-    stream = _spread([probe_bytes / t / 1e9 for t in wall["probe_stream"]])
+    stream = spread([probe_bytes / t / 1e9 for t in wall["probe_stream"]])
     return {"path": "server", "fedimg_device": str(device or "cpu"), "probe_device": "cpu", "params": n, "tensors": len(shapes), "k": k, "repeats": repeats, "methods": rows,
-            "probe_stream": {"wall_s": _spread(wall["probe_stream"]), "GBps": stream, "bytes": probe_bytes},
+            "probe_stream": {"wall_s": spread(wall["probe_stream"]), "GBps": stream, "bytes": probe_bytes},
             "peers": peer.settings}
 
 

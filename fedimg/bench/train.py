@@ -173,8 +173,8 @@ def measure(loops: list, epochs: int, device, tel: Any = None) -> list[dict[str,
                             "step_s": s / max(1, u["steps"])})
     out = []
     for lp, r, w, pk, w0 in zip(loops, runs, windows, peaks, warm):
-        res = {"voxels_per_s": spread([x["voxels_per_s"] for x in r])["median"],
-               "voxels_per_s_spread": spread([x["voxels_per_s"] for x in r]),
+        vox = spread([x["voxels_per_s"] for x in r])
+        res = {"voxels_per_s": vox["median"], "voxels_per_s_spread": vox,
                "cases_per_s": spread([x["cases_per_s"] for x in r]), "step_s": spread([x["step_s"] for x in r]),
                "epoch_s": statistics.median(x["seconds"] for x in r),
                "voxels_per_cpu_s": sum(x["voxels"] for x in r) / max(1e-9, sum(x["cpu_s"] for x in r)),

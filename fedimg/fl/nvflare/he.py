@@ -116,8 +116,9 @@ class FedimgHEAggregator(HEInTimeAccumulateWeightedAggregator):
 
     def _run_path(self, fl_ctx: Any) -> Path:
         if self._path is None:
-            ws = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
-            self._path = Path(self.run_dir) if self.run_dir else Path(ws) / "fedimg"
+            from fedimg.fl.nvflare.crossval import run_path
+
+            self._path = run_path(self.run_dir, fl_ctx)
             self._path.mkdir(parents=True, exist_ok=True)
         return self._path
 

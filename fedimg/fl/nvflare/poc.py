@@ -45,7 +45,6 @@ class PocSystem:
         self.sites = list(sites)
         self.start_timeout = start_timeout
         self.heartbeat_timeout = heartbeat_timeout
-        self._pgids: set[int] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -104,7 +103,6 @@ class PocSystem:
             args += ["-p", p]
         t0 = time.perf_counter()
         self._nvflare(*args, timeout=self.start_timeout + 60)
-        self._remember_pgids()
         self._wait_ready()
         log.info("POC %s started in %.0fs", ", ".join(participants) or "system", time.perf_counter() - t0)
 
@@ -140,7 +138,6 @@ class PocSystem:
             except subprocess.TimeoutExpired:
                 log.warning("nvflare poc stop timed out")
         if not participants:
-            self._remember_pgids()
             self._kill_groups()
 
     def kill(self, participant: str) -> int:
@@ -176,16 +173,11 @@ class PocSystem:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def _remember_pgids(self) -> None:
-        """Remember the processes of this POC system (their command lines name our workspace)."""
-        marker = str(self.workspace) + "/"
-        self._pgids.update(pid for pid, cmd in _processes() if marker in cmd and pid not in _ancestors())
-
     def _kill_groups(self) -> None:
         """SIGTERM, then SIGKILL, every process of this POC system still alive (never this process).
 
-        Only processes whose command line names this workspace now (a remembered pid may have been
-        reused); repeated until none is left, so a child respawned by a dying start loop goes too.
+        Only processes whose command line names this workspace now (from ``/proc``, so no stale pid);
+        repeated until none is left, so a child respawned by a dying start loop goes too.
         """
         marker = str(self.workspace) + "/"
         mine = _ancestors()
@@ -203,7 +195,6 @@ class PocSystem:
                 while time.time() < t_end and any(_alive(pid) for pid in pids):
                     time.sleep(0.2)
                 pids = {pid for pid in pids if _alive(pid)}
-        self._pgids.clear()
 
     # -- jobs -----------------------------------------------------------------------------
     def submit(self, recipe: Any) -> str:

@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from fedimg.errors import FedimgError, InputError
+from fedimg.fl.nvflare.poc import _DONE  # the job states that end a wait, as for POC jobs
 from fedimg.io import write_bytes, write_json
 
 __all__ = ["job_plan", "run_kit_job", "KitSession"]
 
 log = logging.getLogger(__name__)
 
-_DONE = ("FINISHED", "ABORTED", "FAILED")
 #: Consecutive failed status polls (a wrong job id, a server down for good) before giving up.
 _MAX_FAILED_POLLS = 40
 #: Lines of a site's job log worth reading back (the error parser in :mod:`.checks` picks the line); the

@@ -26,7 +26,6 @@ from typing import Any
 from fedimg.data.preflight import problems_error
 from fedimg.errors import ConfigError, FedimgError
 from fedimg.fl.nvflare.checks import preflight_sites, site_failure
-from fedimg.fl.nvflare.he import HE_SIM_ERROR
 from fedimg.fl.nvflare.job import ALLOW_LIST, build_recipe
 from fedimg.fl.server import state as run_state
 from fedimg.fl.server.federation import FederationConfig, discover_sites, start_point
@@ -68,6 +67,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     from nvflare.recipe import SimEnv
 
     if config.he:
+        from fedimg.fl.nvflare.he import HE_SIM_ERROR  # lazy: he.py imports NVFlare's HE stack and TenSEAL
         raise ConfigError(HE_SIM_ERROR)
     out = Path(out)
     sites = sites if sites is not None else discover_sites(data_dir)
@@ -76,8 +76,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     start_round, checkpoint = start_point(out, config, resume)
     if preflight:
         check_before_start(sites, config)
-    if not config.threads_per_site:
-        # All sites share this machine's CPUs: split them instead of oversubscribing.
+    if not config.threads_per_site:  # all sites share this machine's CPUs: split them instead of oversubscribing
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         config = dataclasses.replace(config, threads_per_site=max(1, cpus // max(1, len(sites))))
     out.mkdir(parents=True, exist_ok=True)
