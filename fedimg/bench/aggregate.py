@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["DESCRIPTION", "SIZES", "add_arguments", "run", "to_host", "model_shapes", "traffic", "limit_time", "PeerMethods",
+__all__ = ["peak_extra", "DESCRIPTION", "SIZES", "add_arguments", "run", "to_host", "model_shapes", "traffic", "limit_time", "PeerMethods",
            "bench_case", "print_case", "server_path_cases", "device_name", "versions"]
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,8 @@ def _sync(on_gpu: bool) -> None:
         torch.cuda.synchronize()
 
 
-def _peak_extra(fn: Callable[[], Any], on_gpu: bool, host_method: bool) -> int:
+def peak_extra(fn: Callable[[], Any], on_gpu: bool, host_method: bool) -> int:
+    """Bytes ``fn`` allocates at its peak beyond what was live before: device memory, or host (tracemalloc)."""
     gc.collect()
     if on_gpu and not host_method:
         import torch
@@ -274,7 +275,7 @@ def bench_case(size: str, k: int, repeats: int, on_gpu: bool, device: Any, *,
     for name, fn in methods.items():
         t = float(np.median(times[name]))
         r, w = peer.traffic(name, k) if name in peer_methods else traffic(name, k)
-        peak = _peak_extra(fn, on_gpu, host_method=name in peer.host_side)
+        peak = peak_extra(fn, on_gpu, host_method=name in peer.host_side)
         rows[name] = {
             "median_s": t,
             "times_s": times[name],

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from fedimg.bench.aggregate import _peak_extra  # host peak as the packed benchmark measures it
+from fedimg.bench.aggregate import peak_extra  # host peak as the packed benchmark measures it
 from fedimg.bench.train import spread
 
 __all__ = ["ServerPath", "ServerPeers", "make_updates", "stream_probe", "server_case", "print_server_case"]
@@ -157,7 +157,7 @@ def server_case(k: int, repeats: int, *, shapes: list[tuple[str, tuple[int, ...]
     for name in methods:
         row = {"times_s": wall[name], "cpu_s": cpu[name], "wall_s": spread(wall[name]), "cpu_time_s": spread(cpu[name]),
                "pct_of_stream": spread([100 * p / t for p, t in zip(wall["probe_stream"], wall[name])]),
-               "peak_extra_x_model": _peak_extra(methods[name], on_gpu=False, host_method=True) / (n * 4)}
+               "peak_extra_x_model": peak_extra(methods[name], on_gpu=False, host_method=True) / (n * 4)}
         for other in peer.methods:
             row[f"speedup_vs_{other}"] = spread([o / t for o, t in zip(wall[other], wall[name])])
         rows[name] = row
