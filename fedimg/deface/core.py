@@ -18,10 +18,10 @@ import numpy as np
 from fedimg.errors import ConfigError
 
 from .coarse import block_mean as _block_mean
-from .coarse import coarse_candidates, head_mask
+from .coarse import Candidate, coarse_candidates, head_mask
 from .ct import MODALITIES, air_value, looks_like_hu, resolve_modality
 from .masks import MODES, dilate_mm, removal_mask, warp_template_maps
-from .qc import QCThresholds, brain_in_head
+from .qc import HEAD_SHAPE_KEEP, QCThresholds, brain_in_head
 from .register import PRESETS, Registration, RegistrationConfig, register
 from .template import load_template, template_head_mask
 
@@ -73,7 +73,13 @@ class DefaceConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FaceRemoval:
-    """Masks (input voxel order) and registration of one defacing, plus raw QC numbers."""
+    """Masks (input voxel order) and registration of one defacing, plus raw QC numbers.
+
+    ``head_shape``: the coarse head-mask alignments (best first) the registration started
+    from, kept for QC (:func:`fedimg.deface.qc.check_removal` reuses them instead of aligning
+    the head shape again); empty when none were computed (a given ``registration``,
+    ``coarse=False``). ``brain_protect``: the brain-protection mask used (None: the shipped one).
+    """
 
     remove: np.ndarray  # bool, voxels to remove
     protected: np.ndarray  # bool, voxels that must not change
@@ -81,6 +87,8 @@ class FaceRemoval:
     metrics: dict
     modality: str = "mr"
     fill_value: float = 0.0  # value (scaled units) removed voxels get: 0 for MR, air for CT
+    head_shape: tuple[Candidate, ...] = ()
+    brain_protect: str | None = None
 
 
 def _canonical(data: np.ndarray, affine: np.ndarray):
@@ -103,6 +111,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
 
     ``protect``: boolean/label array on the same grid (non-zero = keep, dilated by the margin).
     ``registration``: reuse an earlier result (e.g. the t1's for the other modalities).
+    ``brain_protect``: path of another brain-protection mask on the template grid (QC checks it too).
     """
     import torch
 
@@ -124,9 +133,12 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     if modality == "ct" and looks_like_hu(can):
         can = np.maximum(can, fill)  # padding outside the scanner's circle (-2048 etc.) reads as air
         small = _block_mean(can, can_aff, 4.0)
-    coarse_dice = None
+    coarse_dice, head_shape = None, ()
     if registration is None:
-        registration, coarse_dice = _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect)
+        registration, cands = _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect)
+        coarse_dice = cands[0].dice if cands else None
+        if config.registration_for(spacing).prune_to == HEAD_SHAPE_KEEP:
+            head_shape = cands  # exactly the alignments QC would compute (same image, same keep)
     face, brain = warp_template_maps(template, can.shape, can_aff, registration.subject_to_template, device=device)
     user = None
     if protect is not None:
@@ -154,23 +166,25 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
         "user_protected_ml": float(user.sum()) * voxel_ml if user is not None else 0.0,
     }
     return FaceRemoval(remove=_back(remove, affine), protected=_back(protected, affine),
-                       registration=registration, metrics=metrics, modality=modality, fill_value=fill)
+                       registration=registration, metrics=metrics, modality=modality, fill_value=fill,
+                       head_shape=head_shape, brain_protect=brain_protect)
 
 
 def _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect):
-    """Coarse head-mask alignment, then MI: intensities for MR, head masks for CT. Returns ``(reg, dice)``.
+    """Coarse head-mask alignment, then MI: intensities for MR, head masks for CT. Returns ``(reg, cands)``.
 
+    ``cands``: the ``prune_to`` best coarse alignments that start the MI stage (QC reuses them).
     When the two best starts end on different face regions with near-equal loss, the MI stage
     runs once more with the ``accurate`` settings from those two (longer, more samples).
     """
     rcfg = config.registration_for(spacing)
     template = load_template(brain_protect)
-    initial, dice = None, None
+    initial, cands = None, ()
     if config.coarse:
         tmask, tmaff = template_head_mask(4.0, brain_protect)
-        cands = coarse_candidates(*small, tmask, tmaff, keep=rcfg.prune_to)
+        cands = tuple(coarse_candidates(*small, tmask, tmaff, keep=rcfg.prune_to))
         if cands:
-            initial, dice = [c.matrix for c in cands], cands[0].dice
+            initial = [c.matrix for c in cands]
     if modality == "ct":
         smask, saff = head_mask(can, can_aff, step_mm=2.0)
         tm, ta = template_head_mask(2.0, brain_protect)
@@ -186,7 +200,7 @@ def _register_head(can, can_aff, small, modality, config, spacing, device, brain
         retry = RegistrationConfig.preset("accurate", seed=config.seed, starts=2, keep=2, prune_to=2,
                                           shape_weight=rcfg.shape_weight)
         reg = register(*args, config=retry, device=device, initial=list(reg.candidates[:2]))
-    return reg, dice
+    return reg, cands
 
 
 def start_agreement_dice(registration: Registration, template, shape, affine: np.ndarray, step_mm: float = 4.0) -> float:

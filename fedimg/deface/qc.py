@@ -21,7 +21,14 @@ Checks (a failed check fails the file, never silently passes it):
   there is none (every intensity band too large: ``brain_source`` "none" from
   :mod:`.brainmask`), the check uses the placed brain eroded 8 mm (``brain_source`` "head
   shape"). This happens on the demo's 4 mm synthetic heads of sites 2 and 3, where brain,
-  face and neck share one intensity band and the skull base does not show;
+  face and neck share one intensity band and the skull base does not show.
+  The head-mask alignments are computed once per case: :func:`~fedimg.deface.core.face_removal`
+  keeps the ones that started its MI registration (``FaceRemoval.head_shape``) and QC reuses
+  them. That is a design decision: QC stays independent of the *MI registration* it checks
+  (its result is never used here), while the coarse alignment is a separate estimate from the
+  head's outline alone, the same whoever computes it. Without them (a given registration)
+  QC aligns the head shape itself. The brain placed is the one the removal protected
+  (``FaceRemoval.brain_protect``, the shipped mask unless another was given);
 - ``brain_in_head``: the warped template brain lies inside the subject's head;
 - ``removed_volume``: the removed head tissue is a plausible share of the head in the field
   of view (``removed_fraction`` within ``removed_fraction_range``; 0 mL removed fails);
@@ -67,9 +74,12 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
-__all__ = ["QCThresholds", "evaluate_qc", "check_removal", "head_shape_brain", "brain_in_head", "render_qc_png", "face_render"]
+__all__ = ["QCThresholds", "evaluate_qc", "check_removal", "head_shape_brain", "brain_in_head", "render_qc_png",
+           "face_render", "HEAD_SHAPE_KEEP"]
 
 log = logging.getLogger(__name__)
+
+HEAD_SHAPE_KEEP = 4  # head-mask alignments :func:`head_shape_brain` compares the image's brain estimate with
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -162,7 +172,9 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     ``protected_changed_ml`` (protected voxels changed in the written output) to the
     registration's metrics, then :func:`evaluate_qc`. ``estimate``: a
     :class:`~.brainmask.BrainEstimate` of this image from an earlier call (it depends on the
-    image only, never on the registration).
+    image only, never on the registration). The head-shape cross-check reuses
+    ``removal.head_shape`` (the coarse alignments, not the MI registration) and places
+    ``removal.brain_protect``.
     """
     from fedimg.imageio.volume import to_canonical
 
@@ -173,13 +185,15 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
     est = estimate or estimate_brain(can, can_aff)
     if removal.modality == "mr":
-        est = head_shape_brain(can, can_aff, est)
+        est = head_shape_brain(can, can_aff, est, candidates=removal.head_shape or None,
+                               brain_protect=removal.brain_protect)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
     return evaluate_qc(metrics, thresholds)
 
 
 def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, erode_mm: float = 8.0,
-                     leak_mm: float = 10.0, max_leak_ml: float = 20.0, min_cover: float = 0.5, keep: int = 4):
+                     leak_mm: float = 10.0, max_leak_ml: float = 20.0, min_cover: float = 0.5, keep: int = HEAD_SHAPE_KEEP,
+                     candidates=None, brain_protect: str | None = None):
     """The brain QC checks: the image's own estimate where the head shape agrees, else the head shape's.
 
     The template's brain-protection mask is placed by the ``keep`` best head-mask alignments
@@ -188,19 +202,23 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     ``max_leak_ml`` of it lies more than ``leak_mm`` outside the placed mask (a leak into face
     or neck goes further) and it covers at least ``min_cover`` of the placed mask eroded by
     ``erode_mm`` (not a fragment); otherwise (or with no estimate) the best alignment's eroded
-    placed mask is the brain, ``source="head shape"``.
+    placed mask is the brain, ``source="head shape"``. ``candidates``: those alignments when
+    already computed for this image (:attr:`~fedimg.deface.core.FaceRemoval.head_shape`), best
+    first; ``brain_protect``: the brain-protection mask to place (None: the shipped one).
     """
     from scipy import ndimage as ndi
 
     from .coarse import block_mean, coarse_candidates
     from .template import load_template, template_head_mask
 
-    tmask, tmaff = template_head_mask(4.0)
-    cands = coarse_candidates(*block_mean(canonical, affine, 4.0), tmask, tmaff, keep=keep)
+    if candidates is None:
+        tmask, tmaff = template_head_mask(4.0)
+        candidates = coarse_candidates(*block_mean(canonical, affine, 4.0), tmask, tmaff, keep=keep)
+    cands = list(candidates)[:keep]
     if not cands or not estimate.head.any():
         return estimate
     sp = estimate.cell_spacing
-    template = load_template()
+    template = load_template(brain_protect)
     if not estimate.brain.any():
         cands = cands[:1]  # nothing to compare: only the best placement's core is needed
     cores, seen = [], []
