@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="remove the face from head MRI (template registration + face mask), with QC and provenance",
         description="Deface 3-D head MRI: register the pydeface template (batched multi-start affine, mutual "
         "information, PyTorch), warp its face mask and remove the face, never the brain or --protect labels. "
-        "Writes the defaced image, a provenance sidecar (.deface.json), a QC JSON and a QC PNG.",
+        "Writes the defaced image, a provenance sidecar (.deface.json), a QC JSON and, for a file that fails QC "
+        "(or with --qc-png always), a QC PNG.",
     )
     p.add_argument("input", type=Path, help="a NIfTI/NRRD image, a BIDS root, or BraTS case folder(s)")
     p.add_argument("-o", "--output", type=Path, required=True,
@@ -51,7 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the voxel sampling")
-    p.add_argument("--no-png", action="store_true", help="skip the QC picture")
+    p.add_argument("--qc-png", choices=["off", "fail", "always"], default="fail", dest="qc_png",
+                   help="when to draw the QC picture <name>.qc.png: fail (default: only for a file that fails QC, "
+                        "to look at), always, or off")
+    p.add_argument("--no-png", action="store_const", const="off", dest="qc_png", help="same as --qc-png off")
     p.set_defaults(func=run)
 
 
@@ -78,10 +82,9 @@ def run(args: argparse.Namespace) -> int:
         if args.apply_to or args.protect:
             raise ConfigError("--apply-to/--protect are for a single image; batch mode pairs files by layout")
         jobs, copies = plan(args.input, args.output, args.layout)
-        if args.no_png:
-            import dataclasses
+        import dataclasses
 
-            jobs = [dataclasses.replace(j, png=False) for j in jobs]
+        jobs = [dataclasses.replace(j, png=args.qc_png) for j in jobs]
         summary = run_batch(jobs, args.output, copies=copies, config=config, device=device)
         log.info("defaced %d of %d; summary in %s", summary["ok"], summary["total"], args.output / "deface_summary.json")
         for f in summary["failed"]:
@@ -97,6 +100,6 @@ def run(args: argparse.Namespace) -> int:
     elif len(outs) != len(args.apply_to):
         raise ConfigError("--apply-to-output needs one path per --apply-to image")
     job = DefaceJob(reference=args.input, output=args.output, apply_to=tuple(zip(args.apply_to, outs)),
-                    protect=tuple(args.protect), png=not args.no_png)
+                    protect=tuple(args.protect), png=args.qc_png)
     deface_job(job, config=config, device=device)
     return 0

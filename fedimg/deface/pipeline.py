@@ -3,13 +3,15 @@
 For each output the defacer writes the image (input shape, affine, dtype, scaling and
 orientation; NIfTI ``descrip`` from :func:`fedimg.imageio.provenance.defaced_descrip`), the
 provenance sidecar (:func:`fedimg.imageio.provenance.write_deface_record`, with the content
-hash of the image as read back from disk) and, per
-reference, a QC JSON and QC PNG next to the reference output. A failed QC writes only the QC files (for review)
-and raises :class:`fedimg.errors.QCError`; inputs are never modified.
+hash of the voxels written, :func:`fedimg.imageio.provenance.written_voxel_sha256`: the same
+hash a fresh read gives, without reading the image back) and, per reference, a QC JSON next
+to the reference output and a QC PNG as ``DefaceJob.png`` says: ``"fail"`` (default: only
+when QC fails, where a person must look), ``"always"`` or ``"off"``. A failed QC writes only
+the QC files (for review) and raises :class:`fedimg.errors.QCError`; inputs are never modified.
 
 >>> plan = DefaceJob(reference=Path("t1.nii.gz"), output=Path("out/t1.nii.gz"))
->>> qc_paths(plan.output)[0].name
-'t1.qc.json'
+>>> qc_paths(plan.output)[0].name, plan.png
+('t1.qc.json', 'fail')
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from fedimg import __version__
-from fedimg.errors import InputError, QCError
-from fedimg.imageio.provenance import defaced_descrip, sidecar_path, stem, voxel_sha256, write_deface_record
+from fedimg.errors import ConfigError, InputError, QCError
+from fedimg.imageio.provenance import defaced_descrip, sidecar_path, stem, write_deface_record, written_voxel_sha256
 from fedimg.imageio.volume import Volume, load_volume, save_like, to_canonical
 from fedimg.io import ensure_not_input, write_bytes, write_json
 
@@ -31,9 +33,11 @@ from .core import DefaceConfig, face_removal
 from .masks import apply_removal
 from .qc import check_removal, render_qc_png
 
-__all__ = ["DefaceJob", "deface_job", "qc_paths"]
+__all__ = ["DefaceJob", "deface_job", "qc_paths", "PNG_MODES"]
 
 log = logging.getLogger(__name__)
+
+PNG_MODES = ("off", "fail", "always")  # when the QC picture is drawn
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,6 +46,8 @@ class DefaceJob:
 
     ``protect``: label images on the reference grid whose non-zero voxels are never removed.
     ``copy``: (input, output) pairs copied byte for byte (e.g. segmentation labels).
+    ``png``: when to draw the QC picture, one of :data:`PNG_MODES` (``True`` means
+    ``"always"``, ``False`` ``"off"``, as before these modes).
     """
 
     reference: Path
@@ -49,7 +55,13 @@ class DefaceJob:
     apply_to: tuple[tuple[Path, Path], ...] = ()
     protect: tuple[Path, ...] = ()
     copy: tuple[tuple[Path, Path], ...] = ()
-    png: bool = True
+    png: str = "fail"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.png, bool):
+            object.__setattr__(self, "png", "always" if self.png else "off")
+        if self.png not in PNG_MODES:
+            raise ConfigError(f"QC picture mode {self.png!r}: choose one of {', '.join(PNG_MODES)}")
 
     def inputs(self) -> list[Path]:
         return [self.reference, *(a for a, _ in self.apply_to), *self.protect, *(a for a, _ in self.copy)]
@@ -115,23 +127,26 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
         "subject_to_template": removal.registration.subject_to_template.tolist(),
     })
     qc_json, qc_png = qc_paths(job.output)
-    if job.png:
+    if job.png == "always" or (job.png == "fail" and not record["passed"]):
         _write_png(qc_png, ref, scaled, new_raw[0], removal, record)
         record["qc_png"] = str(qc_png)
+    else:
+        qc_png.unlink(missing_ok=True)  # an earlier run's picture would no longer match this record
     if not record["passed"]:
         record["seconds"] = time.perf_counter() - t0
         write_json(qc_json, record)
+        kept = f"{qc_json.name}; inspect {qc_png.name}" if "qc_png" in record else qc_json.name
         raise QCError(f"{job.reference}: defacing QC failed ({'; '.join(record['failures'])}); "
-                      f"nothing written except {qc_json.name}; inspect {qc_png.name}")
+                      f"nothing written except {kept}")
     descrip = defaced_descrip(__version__)
     summary = {k: record[k] for k in ("passed", "mutual_information", "agreement_mm", "removed_ml",
                                       "protected_changed_ml", "brain_in_head", "brain_removed_ml",
                                       "removed_fraction", "face_near_removed")}
     for (vol, target), raw in zip(outputs, new_raw):
         save_like(vol, raw, target, descrip=descrip)
-        written = voxel_sha256(load_volume(target, what="defaced output", require_signal=False))  # as a reader sees it
         write_deface_record(target, source=vol.path, reference=job.reference.name, version=__version__,
-                            mode=config.mode, qc=summary, qc_report=qc_json.name, voxel_hash=written)
+                            mode=config.mode, qc=summary, qc_report=qc_json.name,
+                            voxel_hash=written_voxel_sha256(target, raw))
     for src, dst in job.copy:
         write_bytes(dst, src.read_bytes())
     record["seconds"] = time.perf_counter() - t0

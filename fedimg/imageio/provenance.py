@@ -50,6 +50,7 @@ __all__ = [
     "is_defaced",
     "defacing_problem",
     "voxel_sha256",
+    "written_voxel_sha256",
     "read_deface_record",
     "write_deface_record",
     "read_descrip",
@@ -111,13 +112,34 @@ def voxel_sha256(volume) -> str:
     return h.hexdigest()
 
 
+def written_voxel_sha256(path: str | PathLike[str], raw: np.ndarray) -> str:
+    """:func:`voxel_sha256` of the image just written to ``path`` from the stored voxels ``raw``.
+
+    The voxels are not decoded from the file again: they are ``raw`` (in the file's dtype),
+    while shape, dtype, affine and scaling come from the written header as
+    :func:`~fedimg.imageio.volume.load_volume` reads them, so the result equals the hash of a
+    fresh read (``tests/deface`` checks this). An NRRD file is read back in full.
+    """
+    from .volume import Volume, load_volume, nifti_scaling
+
+    if not is_nifti(path):
+        return voxel_sha256(load_volume(path, what="defaced output", require_signal=False))
+    import nibabel as nib
+
+    img = nib.load(str(path))  # header only: the voxels stay on disk
+    slope, inter = nifti_scaling(img)
+    stored = np.asarray(raw, dtype=img.get_data_dtype())
+    return voxel_sha256(Volume(path=None, raw=stored, affine=np.asarray(img.affine, dtype=np.float64),
+                               slope=slope, inter=inter))
+
+
 def write_deface_record(
     image: str | PathLike[str], *, source: str | PathLike[str], reference: str, version: str, mode: str,
     qc: dict[str, Any], qc_report: str, voxel_hash: str, method: str = DEFACE_METHOD,
 ) -> Path:
     """Atomically write the sidecar record of the defaced ``image`` made from ``source``; returns its path.
 
-    ``voxel_hash``: :func:`voxel_sha256` of ``image`` as written (read it back to compute it).
+    ``voxel_hash``: :func:`voxel_sha256` of ``image`` as written (:func:`written_voxel_sha256`).
     """
     source = Path(source)
     side = sidecar_path(image)

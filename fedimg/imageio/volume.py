@@ -30,7 +30,7 @@ from fedimg.io import atomic_path
 from .limits import Limits, check_nifti_header
 from .suffixes import NIFTI_SUFFIXES, is_nifti, is_nrrd
 
-__all__ = ["Volume", "load_volume", "to_canonical", "from_canonical", "save_like", "NIFTI_SUFFIXES",
+__all__ = ["Volume", "load_volume", "nifti_scaling", "to_canonical", "from_canonical", "save_like", "NIFTI_SUFFIXES",
            "MIN_VOXELS_PER_AXIS"]
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,7 @@ def load_volume(path: str | PathLike[str], *, what: str = "image", require_signa
             check_nifti_header(nifti, path, limits)
             raw = np.asanyarray(nifti.dataobj.get_unscaled())
             affine = np.asarray(nifti.affine, dtype=np.float64)
-            s, i = nifti.dataobj.slope, nifti.dataobj.inter
-            slope = 1.0 if s is None or not np.isfinite(s) or s == 0 else float(s)
-            inter = 0.0 if i is None or not np.isfinite(i) else float(i)
+            slope, inter = nifti_scaling(nifti)
         elif is_nrrd(path):
             from .nrrd import read_nrrd, read_nrrd_header
 
@@ -122,6 +120,14 @@ def load_volume(path: str | PathLike[str], *, what: str = "image", require_signa
     if require_signal and (raw.size == 0 or raw.max() == raw.min()):
         raise InputError(path, f"{what} is empty (every voxel equals {raw.flat[0]!r}); pass a real scan")
     return Volume(path=path, raw=raw, affine=affine, slope=slope, inter=inter, nifti=nifti, nrrd_header=nrrd_header)
+
+
+def nifti_scaling(nifti) -> tuple[float, float]:
+    """``(slope, inter)`` of a nibabel image as :func:`load_volume` applies them (missing or 0 slope: 1)."""
+    s, i = nifti.dataobj.slope, nifti.dataobj.inter
+    slope = 1.0 if s is None or not np.isfinite(s) or s == 0 else float(s)
+    inter = 0.0 if i is None or not np.isfinite(i) else float(i)
+    return slope, inter
 
 
 def _orientation(affine: np.ndarray):
