@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fedimg.cli import main
-from fedimg.imageio.provenance import is_defaced, sidecar_path
+from fedimg.imageio.provenance import is_defaced, sidecar_path, voxel_sha256
+from fedimg.imageio.volume import load_volume
 
 
 def _changed(src, dst) -> np.ndarray:
@@ -39,6 +40,9 @@ def test_brats_site_layout(brats_site, tmp_path, hashed):
 
     checker = hashed(brats_site)
     out = tmp_path / "site_defaced"
+    stale = out / "case-000" / "case-000_t1.qc.png"  # an earlier run's picture
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old picture")
     assert main(["deface", str(brats_site), "-o", str(out), "--layout", "brats"]) == 0
     checker.assert_unchanged()
     case_in, case_out = brats_site / "case-000", out / "case-000"
@@ -55,9 +59,12 @@ def test_brats_site_layout(brats_site, tmp_path, hashed):
         assert np.all(out_data[ref] == 0), m
         assert not (changed & ~(ref | (t1 == 0))).any(), m
         assert not (changed & seg).any()  # tumour label protected
-        assert is_defaced(dst) and json.loads(sidecar_path(dst).read_text())["reference"] == "case-000_t1.nii.gz"
+        record = json.loads(sidecar_path(dst).read_text())
+        assert is_defaced(dst) and record["reference"] == "case-000_t1.nii.gz"
+        # the hash recorded from the array written is the hash of a fresh read of the file
+        assert record["voxel_sha256"] == voxel_sha256(load_volume(dst, require_signal=False)), m
     assert (case_out / "case-000_seg.nii.gz").read_bytes() == (case_in / "case-000_seg.nii.gz").read_bytes()
-    assert (case_out / "case-000_t1.qc.png").is_file()
+    assert not stale.exists()  # --qc-png fail (default): no picture for a pass, and no stale one left
     assert (out / "site.json").read_text() == (brats_site / "site.json").read_text()
     # the training gate: defaced output passes, the raw input is refused naming --allow-identifiable
     assert len(discover(out, allow_identifiable=False)) == 1

@@ -28,7 +28,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def head_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("head") / "sub-01_T1w_defaced.nii.gz"
     before = HEAD.read_bytes()
-    rc = main(["deface", str(HEAD), "-o", str(out)])
+    rc = main(["deface", str(HEAD), "-o", str(out), "--qc-png", "always"])
     assert HEAD.read_bytes() == before, "input modified"
     return rc, out
 
@@ -109,16 +109,23 @@ def test_tumour_scan_keeps_every_tumour_voxel(tmp_path, with_label):
         assert qc["user_protected_ml"] > 4137 * 0.78 * 0.78 * 6.5 / 1000
 
 
-def test_non_head_fails_qc_and_writes_no_image(tmp_path, capsys):
-    """A volume that is not a head: QC fails (exit 3), only the QC report is written."""
+@pytest.mark.parametrize("png", ["default", "--no-png"])
+def test_non_head_fails_qc_and_writes_no_image(tmp_path, capsys, png):
+    """A volume that is not a head: QC fails (exit 3), only the QC report (and by default its picture) is written."""
     rng = np.random.default_rng(0)
     noise = (rng.random((64, 64, 64)) * 100).astype(np.int16)
     src = tmp_path / "noise.nii.gz"
     nib.save(nib.Nifti1Image(noise, np.diag([3.0, 3.0, 3.0, 1.0])), str(src))
     out = tmp_path / "out" / "noise_defaced.nii.gz"
-    rc = main(["deface", str(src), "-o", str(out), "--no-png"])
+    rc = main(["deface", str(src), "-o", str(out)] + ([] if png == "default" else [png]))
     assert rc == 3
-    assert "QC failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "QC failed" in err
     assert not out.exists() and not sidecar_path(out).exists()
     qc = json.loads((tmp_path / "out" / "noise_defaced.qc.json").read_text())
     assert qc["passed"] is False and qc["failures"]
+    picture = tmp_path / "out" / "noise_defaced.qc.png"
+    if png == "default":  # --qc-png fail: a failed file gets its picture, named in the error
+        assert picture.stat().st_size > 10_000 and qc["qc_png"] == str(picture) and picture.name in err
+    else:
+        assert not picture.exists() and "qc_png" not in qc

@@ -118,3 +118,29 @@ def test_gate_refuses_a_copied_or_stale_record(tmp_path):
     assert "re-run `fedimg deface`" in pv.defacing_problem(b)
     a.write_bytes(b.read_bytes())  # image replaced after defacing, record kept
     assert not pv.is_defaced(a)
+
+
+def test_written_hash_equals_a_fresh_reads_hash(tmp_path):
+    """``written_voxel_sha256`` (header read back, voxels from memory) == the hash of reading the file."""
+    from fedimg.imageio.volume import save_like
+
+    rng = np.random.default_rng(1)
+    aff = np.array([[-0.9375, 0.01, 0.0, 91.23456], [0.0, 0.9375, 0.02, -126.00049], [0.0, -0.03, 1.2, -72.4999], [0, 0, 0, 1]])
+    cases = {  # stored dtype, scaling, output suffix
+        "int16_scaled": (rng.integers(-50, 900, (9, 10, 11)).astype(">i2"), (2.5, -3.0), ".nii.gz"),
+        "uint8": (rng.integers(0, 255, (9, 10, 11)).astype(np.uint8), (1.0, 0.0), ".nii"),
+        "float32": (rng.normal(size=(9, 10, 11)).astype(np.float32), (1.0, 0.0), ".nii.gz"),
+        "float64": (rng.normal(size=(9, 10, 11)), (1.0, 0.0), ".nii"),
+    }
+    for name, (data, (slope, inter), suffix) in cases.items():
+        src = tmp_path / f"{name}_in.nii.gz"
+        img = nib.Nifti1Image(data, aff)
+        img.header.set_slope_inter(slope, inter)
+        nib.save(img, str(src))
+        vol = load_volume(src)
+        raw = vol.raw.copy()
+        raw.flat[::7] = 0  # the "defaced" voxels
+        out = tmp_path / f"{name}_out{suffix}"
+        save_like(vol, raw, out, descrip=b"t")
+        assert pv.written_voxel_sha256(out, raw) == pv.voxel_sha256(load_volume(out, require_signal=False)), name
+        assert pv.written_voxel_sha256(out, vol.raw) != pv.voxel_sha256(load_volume(out, require_signal=False)), name
