@@ -11,7 +11,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-@pytest.mark.parametrize("name", ["train_throughput", "train_profile", "aggregate", "deface", "federation", "tiles"])
+@pytest.mark.parametrize("name", ["train_throughput", "train_profile", "aggregate", "deface", "deface_cli", "federation", "tiles"])
 def test_benchmark_script_help(name):
     r = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"], capture_output=True, text=True,
                        timeout=120)

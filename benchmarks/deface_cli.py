@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Seconds per head of a whole ``fedimg deface`` through the CLI (process start, imports, read,
+registration, QC, writing), as a user runs it; optionally against an older checkout.
+
+Each run is a fresh process (``python -c "from fedimg.cli import main; ..."``); its CPU time
+(user + sys of the child, ``os.wait4``) is the number to compare on a shared machine, wall
+time and the 1-minute load average are recorded beside it. With ``--baseline-src DIR`` (a
+checkout of another commit, e.g. ``git worktree add /tmp/base dda85ae``) the two code trees
+run interleaved, head by head, and the removal masks of their last runs are compared
+(identical voxels, or the removal Dice). ``--batch`` also defaces all heads in one process
+(a BIDS tree), whose CPU time per head leaves the start-up (torch import etc.) out.
+
+    python benchmarks/deface_cli.py --json benchmarks/cpu-results/deface-cli.json
+    python benchmarks/deface_cli.py --baseline-src /tmp/base --runs 3 --batch --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data" / "mri"  # the workplace's real heads, when present
+DEFAULT_HEADS = [ROOT / "tests" / "assets" / "mri" / "ds000031_sub-01_ses-006_run-001_T1w.nii.gz",
+                 SHARED / "pycortex_S1_T1w.nii.gz"]
+MACHINE = "AMD EPYC, 2 vCPU (Zen 5, AVX-512 BF16, no AMX)"
+
+
+def _run(src: Path, argv: list[str], threads: int) -> dict:
+    """One ``fedimg`` process from the code tree ``src``: CPU seconds (user + sys), wall, load, exit code."""
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(threads))
+    code = f"import sys; from fedimg.cli import main; sys.exit(main({argv!r}))"
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=src, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = rc = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    if rc != 0:
+        raise SystemExit(f"fedimg {' '.join(argv)} (from {src}) exited {rc}: {text.strip()[-500:]}")
+    return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, "load1": load}
+
+
+def _removed(src: Path, out: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(out)).dataobj) != np.asarray(nib.load(str(src)).dataobj)
+
+
+def _commit(src: Path) -> str:
+    r = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else src.name  # an exported tree: its folder name
+
+
+def _summary(runs: list[dict]) -> dict:
+    return {"cpu_s_median": statistics.median(r["cpu_s"] for r in runs),
+            "wall_s_median": statistics.median(r["wall_s"] for r in runs), "runs": runs}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Long because it is the whole measurement: interleaved single-file runs, the mask comparison,
+    the optional batch run, and the report."""
+    heads = [Path(h) for h in (args.heads or DEFAULT_HEADS) if Path(h).is_file()]
+    if args.quick:
+        heads, args.runs = heads[:1], 1
+    if not heads:
+        raise SystemExit("no head images found; pass --heads PATH ...")
+    trees = {"this": ROOT}
+    if args.baseline_src:
+        trees["baseline"] = args.baseline_src.resolve()
+    result = {"command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]), "machine": MACHINE,
+              "commits": {k: _commit(v) for k, v in trees.items()}, "threads": args.threads, "heads": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for head in heads:
+            runs = {k: [] for k in trees}
+            outs = {k: Path(tmp) / k / head.name for k in trees}
+            for i in range(args.runs):
+                order = list(trees) if i % 2 == 0 else list(trees)[::-1]  # interleaved, alternating first
+                for name in order:
+                    argv = ["-q", "deface", str(head), "-o", str(outs[name]), "--threads", str(args.threads)]
+                    runs[name].append(_run(trees[name], argv, args.threads))
+                    print(f"{head.name} {name} run {i + 1}: {runs[name][-1]}", flush=True)
+            entry = {k: _summary(v) for k, v in runs.items()}
+            if "baseline" in trees:
+                a, b = _removed(head, outs["this"]), _removed(head, outs["baseline"])
+                entry["removal_identical"] = bool(np.array_equal(a, b))
+                entry["removal_dice"] = float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+            result["heads"][head.name] = entry
+            _save(args.json, result)  # after every head: a cut-short run keeps what it measured
+        if args.batch:
+            bids = Path(tmp) / "bids"
+            for i, head in enumerate(heads, 1):
+                (bids / f"sub-{i:02d}" / "anat").mkdir(parents=True)
+                (bids / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz").symlink_to(head)
+            result["batch"] = {}
+            for name, src in trees.items():
+                r = _run(src, ["-q", "deface", str(bids), "-o", str(Path(tmp) / f"bids-{name}"), "--threads",
+                               str(args.threads)], args.threads)
+                result["batch"][name] = dict(r, heads=len(heads), cpu_s_per_head=r["cpu_s"] / len(heads))
+                print(f"batch {name}: {result['batch'][name]}", flush=True)
+    for name, entry in result["heads"].items():
+        line = ", ".join(f"{k} CPU {v['cpu_s_median']:.2f} s wall {v['wall_s_median']:.2f} s"
+                         for k, v in entry.items() if isinstance(v, dict))
+        print(f"{name}: {line}" + (f", removal identical {entry['removal_identical']}"
+                                   f" (Dice {entry['removal_dice']:.4f})" if "removal_dice" in entry else ""))
+    _save(args.json, result)
+    return 0
+
+
+def _save(path: Path | None, result: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--heads", nargs="+", type=Path, help="1 mm head images (default: ds000031 from tests/assets, "
+                                                           "pycortex from ../shared/data/mri when present)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per head and code tree (default 3)")
+    ap.add_argument("--quick", action="store_true", help="one run of the first head")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baseline-src", type=Path, help="another checkout to run interleaved (e.g. an older commit)")
+    ap.add_argument("--batch", action="store_true", help="also deface all heads in one process (CPU s per head)")
+    ap.add_argument("--json", type=Path, help="write the results here (e.g. benchmarks/cpu-results/...)")
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
