@@ -4,14 +4,14 @@ registration, QC, writing), as a user runs it; optionally against an older check
 
 Each run is a fresh process (``python -c "from fedimg.cli import main; ..."``); its CPU time
 (user + sys of the child, ``os.wait4``) is the number to compare on a shared machine, wall
-time and the 1-minute load average are recorded beside it. With ``--baseline-src DIR`` (a
-checkout of another commit, e.g. ``git worktree add /tmp/base dda85ae``) the two code trees
-run interleaved, head by head, and the removal masks of their last runs are compared
+time and the 1-minute load average are recorded beside it. With ``--baseline REV`` (a commit
+of this repository, exported with ``git archive``) or ``--baseline-src DIR`` (another checkout)
+the two code trees run interleaved, head by head, and the removal masks of their last runs are compared
 (identical voxels, or the removal Dice). ``--batch`` also defaces all heads in one process
 (a BIDS tree), whose CPU time per head leaves the start-up (torch import etc.) out.
 
     python benchmarks/deface_cli.py --json benchmarks/cpu-results/deface-cli.json
-    python benchmarks/deface_cli.py --baseline-src /tmp/base --runs 3 --batch --json out.json
+    python benchmarks/deface_cli.py --baseline dda85ae --batch --json benchmarks/cpu-results/deface-cli.json
 """
 
 from __future__ import annotations
@@ -64,6 +64,20 @@ def _commit(src: Path) -> str:
     return r.stdout.strip() if r.returncode == 0 else src.name  # an exported tree: its folder name
 
 
+def _export(rev: str, dest: Path) -> Path:
+    """The tree of commit ``rev`` of this repository, exported to ``dest`` (``git archive``)."""
+    import io
+    import tarfile
+
+    r = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True)
+    if r.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: git archive failed: {r.stderr.decode(errors='replace').strip()}")
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tar:
+        tar.extractall(dest, filter="tar")
+    return dest
+
+
 def _summary(runs: list[dict]) -> dict:
     return {"cpu_s_median": statistics.median(r["cpu_s"] for r in runs),
             "wall_s_median": statistics.median(r["wall_s"] for r in runs), "runs": runs}
@@ -78,11 +92,14 @@ def run(args: argparse.Namespace) -> int:
     if not heads:
         raise SystemExit("no head images found; pass --heads PATH ...")
     trees = {"this": ROOT}
-    if args.baseline_src:
-        trees["baseline"] = args.baseline_src.resolve()
-    result = {"command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]), "machine": MACHINE,
-              "commits": {k: _commit(v) for k, v in trees.items()}, "threads": args.threads, "heads": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.baseline:
+            trees["baseline"] = _export(args.baseline, Path(tmp) / f"base-{args.baseline}")
+        elif args.baseline_src:
+            trees["baseline"] = args.baseline_src.resolve()
+        result = {"command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]),
+                  "machine": MACHINE, "commits": {k: _commit(v) for k, v in trees.items()}, "threads": args.threads,
+                  "load1_start": os.getloadavg()[0], "heads": {}}
         for head in heads:
             runs = {k: [] for k in trees}
             outs = {k: Path(tmp) / k / head.name for k in trees}
@@ -132,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs per head and code tree (default 3)")
     ap.add_argument("--quick", action="store_true", help="one run of the first head")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baseline", metavar="REV", help="a commit of this repository to run interleaved (git archive)")
     ap.add_argument("--baseline-src", type=Path, help="another checkout to run interleaved (e.g. an older commit)")
     ap.add_argument("--batch", action="store_true", help="also deface all heads in one process (CPU s per head)")
     ap.add_argument("--json", type=Path, help="write the results here (e.g. benchmarks/cpu-results/...)")
