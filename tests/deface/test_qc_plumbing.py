@@ -46,9 +46,11 @@ def test_qc_reuses_the_removals_head_shape_alignment_and_decides_the_same(head, 
     monkeypatch.setattr(coarse, "coarse_candidates", refuse)
     shared = check_removal(t1, aff, removal, thresholds)
     assert shared["passed"] and shared["checks"] == own["checks"] and shared.keys() == own.keys()
-    for key, value in own.items():  # the alignments differ at most by the 0.1 um rounding of the affine
+    # the same decisions; numbers equal up to what the 0.1 um rounding of face_removal's affine
+    # (its alignments are computed on it) can move: a few um or a few hundredths of a mL
+    for key, value in own.items():
         if isinstance(value, float):
-            assert shared[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+            assert shared[key] == pytest.approx(value, rel=1e-3, abs=0.01), key
         else:
             assert shared[key] == value, key
 
