@@ -311,12 +311,20 @@ class FedimgAggregator(ModelAggregator):
             "params_type": str(model.params_type),
             "params": {k: [type(v).__name__, str(getattr(v, "dtype", "")), list(np.shape(v))] for k, v in params.items()},
             "metrics": {k: [type(v).__name__, v if _is_number(v) else repr(v)] for k, v in (model.metrics or {}).items()},
-            "meta": {k: [type(v).__name__, sorted(map(str, v)) if isinstance(v, dict) else repr(v)]
-                     for k, v in (model.meta or {}).items()},  # a dict (SCAFFOLD's controls): its names
+            "meta": {k: [type(v).__name__, _meta_repr(k, v)] for k, v in (model.meta or {}).items()},
         }
         if self._run_path is not None:
             with open(self._run_path / "payloads.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _meta_repr(key: str, value: Any) -> Any:
+    """How the payload audit records a meta entry: SCAFFOLD's controls by name, the rest by repr."""
+    if key == SCAFFOLD_CTRL_DIFF and isinstance(value, dict):
+        return sorted(map(str, value))
+    if key == "props" and isinstance(value, dict) and SCAFFOLD_CTRL_GLOBAL in value:  # the server's own copy
+        value = {**value, SCAFFOLD_CTRL_GLOBAL: sorted(map(str, value[SCAFFOLD_CTRL_GLOBAL] or {}))}
+    return repr(value)
 
 
 def _parsed(value: Any, cls: type) -> Any:
