@@ -119,19 +119,16 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     check_cross_site(cross_site, client_dp=bool(config.client_dp))
     if remaining < 1:
         raise ConfigError(f"nothing to do: {start_round} of {config.rounds} rounds are already complete")
-    local_keys = site_local_keys(config, task, tcfg)
+    local_keys = site_local_keys(config, task, tcfg)  # FedBN: the norm layers stay at the sites
     agg = FedimgAggregator(
         strategy=config.strategy.to_dict(), validation=config.validation.to_dict(),
-        run_dir=str(Path(run_dir).resolve()) if run_dir else "", device=config.server_device,
-        key_metric=task.key_metric, client_dp={**config.client_dp, "sites": len(sites)} if config.client_dp else {},
-        local_keys=local_keys,
-    )
+        run_dir=str(Path(run_dir).resolve()) if run_dir else "", device=config.server_device, local_keys=local_keys,
+        key_metric=task.key_metric, client_dp={**config.client_dp, "sites": len(sites)} if config.client_dp else {})
     script = str(Path(__file__).with_name("client.py"))
     # The client configs live in a scratch folder until the recipe is exported or run (then dropped with it).
     staging = Path(tempfile.mkdtemp(prefix="fedimg-job-"))
-    site_files = {name: cc.write(staging / name / CONFIG_NAME)
-                  for name, cc in client_configs(config, sites, tcfg.to_dict(), local_model_dir=local_model_dir,
-                                                 local_keys=local_keys).items()}
+    ccs = client_configs(config, sites, tcfg.to_dict(), local_model_dir=local_model_dir, local_keys=local_keys)
+    site_files = {name: cc.write(staging / name / CONFIG_NAME) for name, cc in ccs.items()}
     per_site = {name: {"train_args": f"--config {CONFIG_NAME}",
                        **({"train_script": site_scripts[name]} if site_scripts and name in site_scripts else {})}
                 for name in sites}
