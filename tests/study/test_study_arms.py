@@ -119,3 +119,22 @@ def test_personalised_arm_tests_each_site_with_its_own_norm_layers(tmp_path):
         np.testing.assert_array_equal(mine[keys[0]], own[site][keys[0]])
         assert rec["test"][site] == evaluate_cases(task, cfg, mine, {site: tests[site]})[site]  # its own model
     assert site_params(run, "site-2", 3, params, False) is params
+
+
+def test_cli_reads_scaffold_and_fedbn_and_refuses_them_with_dp():
+    import argparse
+
+    from fedimg.cli._federation import add_federation_arguments, federation_config_from_args
+    from fedimg.cli.study import _compare
+    from fedimg.errors import ConfigError
+
+    comp = _compare("fedavg,scaffold,fedbn", "fedavg")
+    assert [(c.name, c.server_lr, c.scaffold, c.local_norm) for c in comp] == [
+        ("scaffold", 1.0, True, False), ("fedbn", 1.0, False, True)]
+    p = argparse.ArgumentParser()
+    add_federation_arguments(p)
+    assert federation_config_from_args(p.parse_args(["--strategy", "scaffold"])).strategy.scaffold
+    for argv in (["--strategy", "scaffold", "--dp-epsilon", "1"], ["--strategy", "fedbn", "--client-dp"],
+                 ["--strategy", "scaffold", "--prox-mu", "0.1"]):
+        with pytest.raises(ConfigError, match="scaffold|fedbn"):
+            federation_config_from_args(p.parse_args(argv))
