@@ -156,14 +156,21 @@ def test_scaffold_and_fedbn_in_simenv(tmp_path):
     payloads = [json.loads(x) for x in (run / "payloads.jsonl").read_text().splitlines()]
     assert all(p["meta"][SCAFFOLD_CTRL_DIFF][1] == ["0.bias", "0.weight"] for p in payloads)
 
-    fedavg_like = _simulate(tmp_path, "fedbn", "fedbn", {"hidden": 4, "norm": True})
-    bn = read_metrics(fedavg_like)
+    fedbn_run = _simulate(tmp_path, "fedbn", "fedbn", {"hidden": 4, "norm": True})
+    bn = read_metrics(fedbn_run)
     assert [m["accepted"] for m in bn] == [["site-1", "site-2"]] * 2 and not any(m["rejected"] for m in bn)
-    received = [json.loads(x) for x in (fedavg_like / "payloads.jsonl").read_text().splitlines()]
+    received = [json.loads(x) for x in (fedbn_run / "payloads.jsonl").read_text().splitlines()]
     assert len(received) == 4 and all(set(p["params"]) == {"0.weight", "0.bias", "3.weight", "3.bias"} for p in received)
-    g0, g2 = (load_params(fedavg_like / "rounds" / f"round-00{r}.safetensors")[0] for r in (1, 2))
-    own = {s: load_params(norms_path(fedavg_like / "local_models", s, 2))[0] for s in ("site-1", "site-2")}
+    g0, g2 = (load_params(fedbn_run / "rounds" / f"round-00{r}.safetensors")[0] for r in (1, 2))
+    own = {s: load_params(norms_path(fedbn_run / "local_models", s, 2))[0] for s in ("site-1", "site-2")}
     assert set(own["site-1"]) == {"1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"}
     assert not np.allclose(own["site-1"]["1.running_mean"], own["site-2"]["1.running_mean"])  # each site's own
     np.testing.assert_array_equal(g2["1.running_mean"], g0["1.running_mean"])  # never averaged on the server
     assert not np.allclose(g2["0.weight"], g0["0.weight"])  # shared entries are
+    from fedimg.fl.server.federation import discover_sites
+    from fedimg.study.crossval import cross_validate
+
+    cfg = FederationConfig(task="toy", rounds=2, strategy=StrategyConfig(name="fedbn"),
+                           train={"features": 8, "hidden": 4, "norm": True})
+    table = cross_validate(fedbn_run, discover_sites(tmp_path / "data"), cfg)
+    assert {"global", "personalised site-1", "personalised site-2"} <= set(table["results"])  # each site's own model
