@@ -69,10 +69,11 @@ def test_site_round_divides_by_the_sum_of_the_step_learning_rates():
 def test_first_round_has_zero_controls_and_other_models_are_untouched():
     net, other = _net(), _net()
     site = SiteControl()
-    site.begin(net, None)  # round 1: c = c_i = 0
+    site.begin(net, None)  # round 1: no global control yet, c = c_i = 0
+    assert torch.equal(site.local["weight"], torch.zeros(1, 2))
     opt, opt_other = torch.optim.SGD(net.parameters(), lr=0.1), torch.optim.SGD(other.parameters(), lr=0.1)
-    site.local["weight"] += 1.0  # pretend c_i != 0: begin() already fixed this round's correction at c - c_i = 0
-    site.begin(net, {"weight": np.zeros((1, 2), np.float32)})  # c - c_i = -1 now
+    site.local["weight"] += 1.0  # a later round: c_i = 1, c = 0, so each step adds 0.1 * 1
+    site.begin(net, {"weight": np.zeros((1, 2), np.float32)})
     with site.attached(net):
         _steps(other, opt_other, 1)
         _steps(net, opt, 1)
