@@ -225,7 +225,8 @@ class FedimgAggregator(ModelAggregator):
         meta: dict[str, Any] = {"fedimg_round": rnd}
         if self._strategy.scaffold and self._agg is not None:
             meta[SCAFFOLD_CTRL_GLOBAL] = self._agg.controls()  # NVFlare's FedAvg sends it with the next model
-            entry["scaffold"] = {"control_norm": self._agg.control_norm(), "sites": sorted(set(self._controls) & set(self._sites))}
+            entry["scaffold"] = {"control_norm": self._agg.control_norm(),
+                                 "sites": sorted(set(self._controls) & set(self._sites))}
         self._checkpoint(rnd, delta, entry)
         metrics = {k: v for k, v in val.items() if _is_number(v)}
         self.info(
