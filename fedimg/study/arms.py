@@ -164,7 +164,8 @@ def federated_arm(view: Path, out: Path, fed: Any, proto: ProtocolConfig, task: 
             **({"personalised": True} if fed.strategy.local_norm else {})}
 
 
-def site_params(run: Path, site: str, rnd: int, params: dict[str, np.ndarray], personalised: bool) -> dict[str, np.ndarray]:
+def site_params(run: Path, site: str, rnd: int, params: dict[str, np.ndarray],
+                personalised: bool) -> dict[str, np.ndarray]:
     """The model ``site`` uses after round ``rnd`` of the run in ``run``: ``params`` (the global
     model), with the site's own norm layers when ``personalised`` (FedBN; kept by the site)."""
     if not personalised:

@@ -79,7 +79,8 @@ class _Recipe:
 
 
 def client_configs(config: FederationConfig, sites: dict[str, Path | None], task_config: dict[str, Any], *,
-                   local_model_dir: str | Path | None = None, local_keys: list[str] | None = None) -> dict[str, ClientConfig]:
+                   local_model_dir: str | Path | None = None,
+                   local_keys: list[str] | None = None) -> dict[str, ClientConfig]:
     """Each site's :class:`ClientConfig` (data folder ``None``: the site's ``$FEDIMG_SITE_DATA``);
     ``task_config`` is the task's validated config as a dict; ``local_keys``: FedBN's site-local entries."""
     base = ClientConfig(task=config.task, task_config=task_config, local_epochs=config.local_epochs,
