@@ -9,7 +9,10 @@
   model, and the same early-stopping rule, applied to that per-round curve, picks the round
   (:func:`fedimg.study.protocol.stop_point`). Compute is counted to the stopping round.
 * :func:`evaluate_cases` — a model's Dice on every test case (one score per case);
-  :func:`tested_arm` — an arm's record with those scores, its weights left out.
+  :func:`tested_arm` — an arm's record with those scores, its weights left out. A FedBN arm
+  (strategy ``fedbn``) is *personalised*: each site's model is the kept round's shared layers
+  with that site's own norm layers (:func:`site_params`), validated and tested on that site's
+  own cases only (``"personalised": True`` in its record).
 
 Every learning-curve point records epochs per case, training samples processed (summed
 over sites), optimizer steps and seconds. Usage (``fedimg study`` does this)::
@@ -38,7 +41,7 @@ import numpy as np
 from fedimg.study.protocol import EarlyStopping, ProtocolConfig, stop_point
 
 __all__ = ["pool_sites", "train_local_arm", "federated_arm", "evaluate_cases", "tested_arm", "case_score",
-           "steps_per_epoch"]
+           "steps_per_epoch", "site_params"]
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +146,34 @@ def federated_arm(view: Path, out: Path, fed: Any, proto: ProtocolConfig, task: 
     config = task.config_from_dict(fed.train_config())
     final, _ = load_params(out / "global_model.safetensors")
     net = task.build_model(config)
-    net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in final.items()})
-    scores = [(task.evaluate(net, d, config)[task.key_metric], getattr(d, "num_val", 1)) for d in datas.values()]
+    metrics = read_metrics(out)
+    last = max(int(m["round"]) for m in metrics)
+    scores = []
+    for site, d in datas.items():  # FedBN: each site with its own norm layers
+        own = site_params(out, site, last, final, fed.strategy.local_norm)
+        net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in own.items()})
+        scores.append((task.evaluate(net, d, config)[task.key_metric], getattr(d, "num_val", 1)))
     final_val = float(sum(s * n for s, n in scores) / max(1, sum(n for _, n in scores)))
     spc = int(getattr(config, "samples_per_case", 1))
-    curve = _fed_curve(read_metrics(out), task.key_metric, final_val, fed.local_epochs,
+    curve = _fed_curve(metrics, task.key_metric, final_val, fed.local_epochs,
                        {s: int(d.num_train) for s, d in datas.items()}, spc, config)
     best, last = stop_point([p["val"] for p in curve], proto.patience)
     params = load_params(round_path(out, best + 1))[0] if best + 1 < len(curve) else final
     return {"curve": curve, "best_check": best, "stop_check": last, "params": params, "simulator_seconds": wall,
-            "num_train": sum(int(d.num_train) for d in datas.values()), "run": str(out)}
+            "num_train": sum(int(d.num_train) for d in datas.values()), "run": str(out),
+            **({"personalised": True} if fed.strategy.local_norm else {})}
+
+
+def site_params(run: Path, site: str, rnd: int, params: dict[str, np.ndarray],
+                personalised: bool) -> dict[str, np.ndarray]:
+    """The model ``site`` uses after round ``rnd`` of the run in ``run``: ``params`` (the global
+    model), with the site's own norm layers when ``personalised`` (FedBN; kept by the site)."""
+    if not personalised:
+        return params
+    from fedimg.fl.nvflare.site_strategy import norms_path
+    from fedimg.fl.server.state import load_params
+
+    return {**params, **load_params(norms_path(Path(run) / "local_models", site, rnd))[0]}
 
 
 def case_score(row: dict[str, float]) -> float:
@@ -178,6 +199,13 @@ def evaluate_cases(task: Any, config: Any, params: dict[str, np.ndarray], tests:
 
 
 def tested_arm(arm: dict[str, Any], task: Any, config: Any, tests: dict[str, Any]) -> dict[str, Any]:
-    """The arm's record for ``results.json``: its test scores (:func:`evaluate_cases`) added, its ``params`` left out."""
+    """The arm's record for ``results.json``: its test scores (:func:`evaluate_cases`) added, its ``params`` left out.
+
+    A personalised arm's scores on a site's test cases are those of that site's own model."""
+    if arm.get("personalised"):
+        rnd = arm["best_check"] + 1
+        scores = {s: evaluate_cases(task, config, site_params(Path(arm["run"]), s, rnd, arm["params"], True),
+                                    {s: t})[s] for s, t in tests.items()}
+        return {**{k: v for k, v in arm.items() if k != "params"}, "test": scores}
     scores = evaluate_cases(task, config, arm["params"], tests)
     return {**{k: v for k, v in arm.items() if k != "params"}, "test": scores}

@@ -1,7 +1,8 @@
 """Cross-site validation: every model evaluated on every site's held-out cases.
 
 After a run, each site evaluates the final global model and every site's last local
-model (``RUN/local_models/<site>.safetensors``) on its own validation cases. In
+model (``RUN/local_models/<site>.safetensors``) on its own validation cases; after a FedBN
+run also every site's personalised model (the global model with that site's last norm layers). In
 ``fedimg simulate`` all sites live on this machine, so the evaluations run here, one site
 at a time; the table holds only metrics. Writes ``RUN/crossval/crossval.json``,
 ``crossval.csv`` and ``heatmap.png`` (models x sites, the task's key metric;
@@ -61,6 +62,9 @@ def cross_validate(run_dir: str | Path, sites: dict[str, Path], config: Any) -> 
         local = run_dir / "local_models" / f"{site}.safetensors"
         if local.is_file():
             models[f"local {site}"] = load_params(local)[0]
+        norms = sorted((run_dir / "local_models" / "norms" / site).glob("round-*.safetensors"))
+        if norms:  # FedBN: the global model is incomplete without a site's norm layers; its own model is this
+            models[f"personalised {site}"] = {**models["global"], **load_params(norms[-1])[0]}
     key = get_task(config.task).key_metric
     results = evaluate_models(models, sites, config.task, config.train_config())
     return write_crossval(run_dir / "crossval", results, list(sites), key)

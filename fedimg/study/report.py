@@ -59,6 +59,11 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     for a in scored:
         d = s["arms"][a]
         lines.append(f"| {a} | {_ci(d)} | " + " | ".join(_fmt(d['per_site'][x]) for x in sites) + " |")
+    personal = [a for a in arms if results["seeds"][0]["arms"][a].get("personalised")]
+    if personal:
+        lines += ["", f"Personalised (FedBN: normalisation layers stay at each site): {', '.join(personal)}. Each "
+                  "site's own model (the kept round's shared layers + that site's norm layers) is validated and "
+                  "tested on that site's own cases only; its row is not one model evaluated everywhere."]
     lines += ["", "## Headline", "", *_headline(s)]
     lines += ["", "## Compute (mean over seeds)", "",
               "| model | kept model at epochs/case | stopped at epochs/case | optimizer steps | training samples "

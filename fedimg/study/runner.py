@@ -79,6 +79,8 @@ def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolCo
     arms = record["arms"]
     for strat in (fed.strategy, *compare):
         name = "federated" if strat == fed.strategy else f"federated ({strat.name})"
+        if strat.local_norm and strat != fed.strategy:
+            name = f"federated ({strat.name}, personalised)"  # each site's own model on its own test cases
         f = dataclasses.replace(fed, strategy=strat, name="")
         log.info("seed %d: %s arm (%s, NVFlare SimEnv)", seed, name, strat.name)
         arm = federated_arm(view, out / f"fl-{strat.name}", f, proto, task, datas, progress=progress)

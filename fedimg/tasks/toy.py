@@ -42,6 +42,7 @@ class ToyConfig:
 
     features: int = 8
     hidden: int = 0
+    norm: bool = False
     epochs: int = 1
     lr: float = 0.5
     batch_size: int = 16
@@ -52,6 +53,8 @@ class ToyConfig:
     def __post_init__(self) -> None:
         if self.features < 1 or self.epochs < 1 or self.batch_size < 1 or self.hidden < 0:
             raise ConfigError("toy task: features, epochs and batch_size must be >= 1, hidden >= 0")
+        if self.norm and not self.hidden:
+            raise ConfigError("toy task: norm (a BatchNorm after the hidden layer) needs hidden >= 1")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("toy task: val_fraction must lie in (0, 1)")
 
@@ -82,8 +85,9 @@ def build_model(config: ToyConfig) -> Any:
 
     torch.manual_seed(config.seed)
     if config.hidden:
+        norm = [torch.nn.BatchNorm1d(config.hidden)] if config.norm else []  # FedBN's site-local layer
         return torch.nn.Sequential(
-            torch.nn.Linear(config.features, config.hidden), torch.nn.ReLU(), torch.nn.Linear(config.hidden, 1)
+            torch.nn.Linear(config.features, config.hidden), *norm, torch.nn.ReLU(), torch.nn.Linear(config.hidden, 1)
         )
     return torch.nn.Sequential(torch.nn.Linear(config.features, 1))
 
@@ -110,6 +114,7 @@ def train_one_round(model: Any, data: ToyData, config: ToyConfig, *, epochs: int
 
     if global_params is not None:
         model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in global_params.items()})
+    model.train()
     ref = [p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None
     opt = torch.optim.SGD(model.parameters(), lr=config.lr)
     g = torch.Generator().manual_seed(config.seed)
@@ -134,6 +139,7 @@ def train_one_round(model: Any, data: ToyData, config: ToyConfig, *, epochs: int
 def evaluate(model: Any, data: ToyData, config: ToyConfig) -> dict[str, float]:
     import torch
 
+    model.eval()
     with torch.no_grad():
         logits = model(data.x_val).squeeze(-1)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, data.y_val)

@@ -84,3 +84,57 @@ def test_cli_strategy_choice():
     comp = _compare(args.compare, "fedprox")
     assert [c.name for c in comp] == ["fedavg", "fedyogi", "trimmed_mean", "fedadam"]  # the headline is not repeated
     assert [c.server_lr for c in comp] == [1.0, 0.01, 1.0, 0.01] and args.seeds == 3
+
+
+def test_personalised_arm_tests_each_site_with_its_own_norm_layers(tmp_path):
+    """FedBN: a site's test cases are scored with the kept round's shared layers + that site's norms."""
+    from fedimg.data import discover
+    from fedimg.data.synth import synthesize
+    from fedimg.fl.nvflare.site_strategy import norms_path
+    from fedimg.fl.server.scaffold import norm_keys
+    from fedimg.fl.server.state import save_params
+    from fedimg.study.arms import evaluate_cases, site_params, tested_arm
+    from fedimg.study.runner import load_test_data
+    from fedimg.tasks import get_task
+
+    torch.set_num_threads(1)  # four small sliding-window evaluations; a busy 2-core machine spins with 2 threads
+    synthesize(tmp_path / "data", sites=1, cases_per_site=1, seed=0, spacing=4.0)  # the same case at both sites
+    task = get_task("brats")
+    cfg = task.config_from_dict({"roi": [32, 32, 32], "init_filters": 8, "allow_identifiable": True, "device": "cpu"})
+    model = task.build_model(cfg)
+    params = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    keys = norm_keys(model)
+    modules = dict(model.named_modules())
+    assert keys and all(isinstance(modules[k.rsplit(".", 1)[0]], torch.nn.GroupNorm) for k in keys)
+    run = tmp_path / "run"
+    own = {"site-1": {k: params[k] for k in keys}, "site-2": {k: params[k] + 0.5 for k in keys}}
+    for site, norms in own.items():
+        save_params(norms_path(run / "local_models", site, 3), norms)
+    case = load_test_data(discover(tmp_path / "data" / "site-1", allow_identifiable=True), cfg, torch.device("cpu"), "s")
+    tests = {"site-1": case, "site-2": case}
+    rec = tested_arm({"params": params, "best_check": 2, "run": str(run), "personalised": True}, task, cfg, tests)
+    assert rec["personalised"] and "params" not in rec
+    for site in tests:
+        mine = site_params(run, site, 3, params, True)
+        np.testing.assert_array_equal(mine[keys[0]], own[site][keys[0]])
+        assert rec["test"][site] == evaluate_cases(task, cfg, mine, {site: tests[site]})[site]  # its own model
+    assert site_params(run, "site-2", 3, params, False) is params
+
+
+def test_cli_reads_scaffold_and_fedbn_and_refuses_them_with_dp():
+    import argparse
+
+    from fedimg.cli._federation import add_federation_arguments, federation_config_from_args
+    from fedimg.cli.study import _compare
+    from fedimg.errors import ConfigError
+
+    comp = _compare("fedavg,scaffold,fedbn", "fedavg")
+    assert [(c.name, c.server_lr, c.scaffold, c.local_norm) for c in comp] == [
+        ("scaffold", 1.0, True, False), ("fedbn", 1.0, False, True)]
+    p = argparse.ArgumentParser()
+    add_federation_arguments(p)
+    assert federation_config_from_args(p.parse_args(["--strategy", "scaffold"])).strategy.scaffold
+    for argv in (["--strategy", "scaffold", "--dp-epsilon", "1"], ["--strategy", "fedbn", "--client-dp"],
+                 ["--strategy", "scaffold", "--prox-mu", "0.1"]):
+        with pytest.raises(ConfigError, match="scaffold|fedbn"):
+            federation_config_from_args(p.parse_args(argv))

@@ -34,7 +34,7 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
-from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
 from fedimg.fl.server import state as run_state
@@ -44,6 +44,9 @@ from fedimg.fl.server.validation import SAMPLES_KEY, UpdateValidator, Validation
 __all__ = ["FedimgAggregator", "SAMPLES_KEY"]
 
 log = logging.getLogger(__name__)
+
+SCAFFOLD_CTRL_DIFF = AlgorithmConstants.SCAFFOLD_CTRL_DIFF  # a site's control difference, in its update's meta
+SCAFFOLD_CTRL_GLOBAL = AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL  # the global control, in the next model's meta
 
 
 
@@ -58,6 +61,10 @@ class FedimgAggregator(ModelAggregator):
     types of everything each site sent (used by the payload test). ``client_dp``: client-level
     DP (a :class:`fedimg.privacy.ClientDPConfig` dict): the strategy is wrapped in
     :class:`fedimg.fl.server.dp_strategy.ClientDP` and each round's ε goes to ``metrics.json``.
+    ``local_keys``: model entries that stay at the sites (FedBN's norm layers): updates must not
+    carry them and the global model's stay as they are. Strategy ``scaffold``: each update's
+    ``meta["scaffold_c_diff"]`` (NVFlare's key) is checked and, when the update is accepted, folded
+    into the global control, which goes out with the next round's model (``meta["scaffold_c_global"]``).
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class FedimgAggregator(ModelAggregator):
         key_metric: str = "dice_mean",
         audit_payloads: bool = True,
         client_dp: dict | None = None,
+        local_keys: list[str] | None = None,
     ) -> None:
         super().__init__()
         self._strategy = _parsed(strategy, StrategyConfig)
@@ -81,6 +89,8 @@ class FedimgAggregator(ModelAggregator):
         self.key_metric = key_metric
         self.audit_payloads = audit_payloads
         self.client_dp = dict(client_dp or {})  # DP-FedAvg (ClientDPConfig fields); empty: off
+        self.local_keys = sorted(local_keys or [])  # FedBN: entries that never leave the sites
+        self._controls: dict[str, Any] = {}  # SCAFFOLD: this round's control differences by site
         self._validator = UpdateValidator(self._validation)
         self._agg: Strategy | None = None
         self._global: dict[str, np.ndarray] | None = None
@@ -101,7 +111,7 @@ class FedimgAggregator(ModelAggregator):
             learnable = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
             weights = learnable.get("weights") if learnable is not None else None
             self._global = {k: np.asarray(v) for k, v in weights.items()} if weights else None
-            self._validator.begin_round(self._global)
+            self._validator.begin_round(self._shared(self._global))
             self._round_started = time.perf_counter()
 
     def _start_run(self, fl_ctx: FLContext) -> None:
@@ -119,6 +129,7 @@ class FedimgAggregator(ModelAggregator):
         self._sites = {}
         self._rejected = []
         self._held = []
+        self._controls = {}
         self._round_seconds = 0.0
         if self._agg is not None:
             self._agg.begin_round()
@@ -131,11 +142,17 @@ class FedimgAggregator(ModelAggregator):
         if self.audit_payloads:
             self._audit(site, model)
         params = dict(model.params or {})
-        if model.params_type == ParamsType.FULL and self._global is not None and params.keys() == self._global.keys():
-            params = {k: np.asarray(v) - self._global[k] for k, v in params.items()}
+        shared = self._shared(self._global)
+        if model.params_type == ParamsType.FULL and shared is not None and params.keys() == shared.keys():
+            params = {k: np.asarray(v) - shared[k] for k, v in params.items()}
         hold = self._validator.previous_median is None  # no reference yet: judge this round's updates together
         samples = 0
+        controls = meta.pop(SCAFFOLD_CTRL_DIFF, None) if self._strategy.scaffold else None
+        if self._strategy.scaffold and isinstance(meta.get("props"), dict):  # the server's own copy of what it sent
+            meta["props"] = {k: v for k, v in meta["props"].items() if k != SCAFFOLD_CTRL_GLOBAL}
         verdict = self._validator.audit(site, meta, model.metrics or {})
+        if verdict.ok and self._strategy.scaffold:
+            verdict = self._screen_controls(site, controls)
         if verdict.ok:
             verdict, samples = self._validator.check_samples(site, meta.get(SAMPLES_KEY), others=[] if hold else None)
         if verdict.ok:
@@ -149,6 +166,8 @@ class FedimgAggregator(ModelAggregator):
 
     def _settle(self, site: str, verdict: Verdict, samples: int, record: dict) -> None:
         if verdict.ok:
+            if site in self._controls:
+                self._agg.add_controls(self._controls[site], samples)
             record["update_norm"] = verdict.norm
             self._sites[site] = record
             self._validator.register(site, samples)
@@ -203,13 +222,18 @@ class FedimgAggregator(ModelAggregator):
         }
         if hasattr(self._agg, "report"):
             entry["client_dp"] = self._agg.report()
+        meta: dict[str, Any] = {"fedimg_round": rnd}
+        if self._strategy.scaffold and self._agg is not None:
+            meta[SCAFFOLD_CTRL_GLOBAL] = self._agg.controls()  # NVFlare's FedAvg sends it with the next model
+            entry["scaffold"] = {"control_norm": self._agg.control_norm(),
+                                 "sites": sorted(set(self._controls) & set(self._sites))}
         self._checkpoint(rnd, delta, entry)
         metrics = {k: v for k, v in val.items() if _is_number(v)}
         self.info(
             f"round {rnd}: aggregated {n_ok} update(s) with {self._strategy.name} in {self._round_seconds:.3f}s"
             + (f", rejected {len(self._rejected)}" if self._rejected else "")
         )
-        out = FLModel(params=delta, params_type=ParamsType.DIFF, metrics=metrics or None, meta={"fedimg_round": rnd})
+        out = FLModel(params=delta, params_type=ParamsType.DIFF, metrics=metrics or None, meta=meta)
         self.reset_stats()
         return out
 
@@ -241,13 +265,31 @@ class FedimgAggregator(ModelAggregator):
         server_state = self._agg.state() if self._agg is not None else None
         if self._global is not None:
             # the round file, server state and metrics first; state.json (the round is complete) last
-            new_global = {k: (np.asarray(v) + delta[k]).astype(np.asarray(v).dtype) for k, v in self._global.items()}
+            new_global = {k: (np.asarray(v) + delta[k]).astype(np.asarray(v).dtype) if k in delta else np.asarray(v)
+                          for k, v in self._global.items()}  # FedBN's site-local entries: not in delta
             run_state.save_round(self._run_path, rnd, new_global, {"strategy": self._strategy.name, "sites": entry["accepted"]},
                                  server_state=server_state, metrics=entry)
             return
         if server_state is not None:
             run_state.save_server_state(self._run_path, server_state, rnd)
         run_state.append_metrics(self._run_path, entry)
+
+    def _shared(self, params: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+        """``params`` without the site-local entries (FedBN's norm layers)."""
+        if params is None or not self.local_keys:
+            return params
+        return {k: v for k, v in params.items() if k not in set(self.local_keys)}
+
+    def _screen_controls(self, site: str, controls: Any) -> Verdict:
+        """SCAFFOLD: a site's control difference must name the model's float tensors, finite."""
+        from fedimg.fl.server.scaffold import check_controls
+
+        ref = self._shared(self._global) or {}
+        problem = check_controls(controls, {k: np.shape(v) for k, v in ref.items() if np.asarray(v).dtype.kind == "f"})
+        if problem:
+            return Verdict(site=site, ok=False, reason=problem)
+        self._controls[site] = controls
+        return Verdict(site=site, ok=True)
 
     def _device(self) -> str | None:
         if self.device == "cpu":
@@ -270,11 +312,20 @@ class FedimgAggregator(ModelAggregator):
             "params_type": str(model.params_type),
             "params": {k: [type(v).__name__, str(getattr(v, "dtype", "")), list(np.shape(v))] for k, v in params.items()},
             "metrics": {k: [type(v).__name__, v if _is_number(v) else repr(v)] for k, v in (model.metrics or {}).items()},
-            "meta": {k: [type(v).__name__, repr(v)] for k, v in (model.meta or {}).items()},
+            "meta": {k: [type(v).__name__, _meta_repr(k, v)] for k, v in (model.meta or {}).items()},
         }
         if self._run_path is not None:
             with open(self._run_path / "payloads.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _meta_repr(key: str, value: Any) -> Any:
+    """How the payload audit records a meta entry: SCAFFOLD's controls by name, the rest by repr."""
+    if key == SCAFFOLD_CTRL_DIFF and isinstance(value, dict):
+        return sorted(map(str, value))
+    if key == "props" and isinstance(value, dict) and SCAFFOLD_CTRL_GLOBAL in value:  # the server's own copy
+        value = {**value, SCAFFOLD_CTRL_GLOBAL: sorted(map(str, value[SCAFFOLD_CTRL_GLOBAL] or {}))}
+    return repr(value)
 
 
 def _parsed(value: Any, cls: type) -> Any:

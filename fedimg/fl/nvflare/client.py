@@ -64,7 +64,9 @@ class ClientConfig:
     ``client_clip``: client-level DP's clipping norm C: the update is clipped to it before it
     is sent (0: off). ``he``: the update is encrypted after the client (NVFlare's HE filters), so
     the site screens its own update first (:func:`fedimg.privacy.check_own_update` with the
-    server's ``max_rel_norm`` and ``max_samples``) and sends nothing that fails.
+    server's ``max_rel_norm`` and ``max_samples``) and sends nothing that fails. ``scaffold`` /
+    ``local_keys``: SCAFFOLD's control variates, FedBN's site-local entries
+    (:mod:`fedimg.fl.nvflare.site_strategy`).
     """
 
     task: str = "brats"
@@ -80,6 +82,8 @@ class ClientConfig:
     he: bool = False
     max_rel_norm: float = 0.0
     max_samples: float = 0.0
+    scaffold: bool = False
+    local_keys: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1:
@@ -218,6 +222,9 @@ def _rounds(flare: Any, cc: ClientConfig, ctx: Any, task: Any, model: Any, data:
     import torch
     from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
+    from fedimg.fl.nvflare.site_strategy import SiteStrategy
+
+    own = SiteStrategy(cc, site)  # SCAFFOLD's c_i, FedBN's norm layers (nothing for other strategies)
     local_sd: dict[str, Any] | None = None
     while flare.is_running():
         incoming = flare.receive()
@@ -231,7 +238,8 @@ def _rounds(flare: Any, cc: ClientConfig, ctx: Any, task: Any, model: Any, data:
             data.state["privacy"] = site_privacy(cc, site, config, done_rounds=rnd)
         global_sd = {k: (v.detach().cpu() if hasattr(v, "detach") else torch.as_tensor(np.asarray(v)))
                      for k, v in incoming.params.items()}
-        model.load_state_dict(global_sd)
+        start_sd = own.start(global_sd, rnd)
+        model.load_state_dict(start_sd)
         model.to(device)
         t_eval = time.perf_counter()
         val = task.evaluate(model, data, config)
@@ -241,11 +249,13 @@ def _rounds(flare: Any, cc: ClientConfig, ctx: Any, task: Any, model: Any, data:
             continue
         t_train = time.perf_counter()
         _share_round(ctx, global_sd)  # the other ranks train this round with this rank (DDP)
-        train, n = task.train_one_round(model, data, config, epochs=cc.local_epochs,
-                                        global_params=global_sd, prox_mu=cc.prox_mu)
+        with own.training(model, incoming.meta):
+            train, n = task.train_one_round(model, data, config, epochs=cc.local_epochs,
+                                            global_params=start_sd, prox_mu=cc.prox_mu)
         train = {**train, "seconds_train": time.perf_counter() - t_train, "seconds_eval": t_train - t_eval}
         local_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        params, metrics, meta = _private_payload(cc, global_sd, local_sd, n, val, train)
+        params, metrics, meta = _private_payload(cc, own.shared(start_sd), local_sd, n, val, train)
+        own.finish(model, start_sd, meta, local_sd, rnd)
         params = _outgoing(cc, params, global_sd, meta, update_hook, f"{site} round {rnd + 1}")
         if cc.local_model_dir:
             _keep_local(Path(cc.local_model_dir) / f"{site}.safetensors", local_sd, rnd)

@@ -30,7 +30,7 @@ from fedimg.errors import ConfigError
 from fedimg.fl.nvflare.client import CONFIG_NAME, ClientConfig
 from fedimg.fl.server.federation import FederationConfig
 
-__all__ = ["build_recipe", "export_job", "client_configs", "site_launch", "ALLOW_LIST"]
+__all__ = ["build_recipe", "export_job", "client_configs", "site_launch", "site_local_keys", "ALLOW_LIST"]
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,15 @@ class _Recipe:
 
 
 def client_configs(config: FederationConfig, sites: dict[str, Path | None], task_config: dict[str, Any], *,
-                   local_model_dir: str | Path | None = None) -> dict[str, ClientConfig]:
+                   local_model_dir: str | Path | None = None,
+                   local_keys: list[str] | None = None) -> dict[str, ClientConfig]:
     """Each site's :class:`ClientConfig` (data folder ``None``: the site's ``$FEDIMG_SITE_DATA``);
-    ``task_config`` is the task's validated config as a dict."""
+    ``task_config`` is the task's validated config as a dict; ``local_keys``: FedBN's site-local entries."""
     base = ClientConfig(task=config.task, task_config=task_config, local_epochs=config.local_epochs,
                         prox_mu=float(config.strategy.prox_mu), send=config.send, threads=config.threads_per_site,
                         local_model_dir=str(Path(local_model_dir).resolve()) if local_model_dir else "",
-                        dp=dict(config.dp), client_clip=float(config.client_dp.get("clip", 0.0)))
+                        dp=dict(config.dp), client_clip=float(config.client_dp.get("clip", 0.0)),
+                        scaffold=config.strategy.scaffold, local_keys=list(local_keys or []))
     return {name: dataclasses.replace(base, data=str(path) if path else "") for name, path in sites.items()}
 
 
@@ -118,16 +120,16 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     check_cross_site(cross_site, client_dp=bool(config.client_dp))
     if remaining < 1:
         raise ConfigError(f"nothing to do: {start_round} of {config.rounds} rounds are already complete")
+    local_keys = site_local_keys(config, task, tcfg)  # FedBN: the norm layers stay at the sites
     agg = FedimgAggregator(
         strategy=config.strategy.to_dict(), validation=config.validation.to_dict(),
-        run_dir=str(Path(run_dir).resolve()) if run_dir else "", device=config.server_device,
-        key_metric=task.key_metric, client_dp={**config.client_dp, "sites": len(sites)} if config.client_dp else {},
-    )
+        run_dir=str(Path(run_dir).resolve()) if run_dir else "", device=config.server_device, local_keys=local_keys,
+        key_metric=task.key_metric, client_dp={**config.client_dp, "sites": len(sites)} if config.client_dp else {})
     script = str(Path(__file__).with_name("client.py"))
     # The client configs live in a scratch folder until the recipe is exported or run (then dropped with it).
     staging = Path(tempfile.mkdtemp(prefix="fedimg-job-"))
-    site_files = {name: cc.write(staging / name / CONFIG_NAME)
-                  for name, cc in client_configs(config, sites, tcfg.to_dict(), local_model_dir=local_model_dir).items()}
+    ccs = client_configs(config, sites, tcfg.to_dict(), local_model_dir=local_model_dir, local_keys=local_keys)
+    site_files = {name: cc.write(staging / name / CONFIG_NAME) for name, cc in ccs.items()}
     per_site = {name: {"train_args": f"--config {CONFIG_NAME}",
                        **({"train_script": site_scripts[name]} if site_scripts and name in site_scripts else {})}
                 for name in sites}
@@ -161,6 +163,20 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     return recipe
 
 
+def site_local_keys(config: FederationConfig, task: Any, tcfg: Any) -> list[str]:
+    """FedBN (strategy ``fedbn``): the task model's normalisation entries, which stay at the sites;
+    ``[]`` for every other strategy. Refuses a model without normalisation layers."""
+    if not config.strategy.local_norm:
+        return []
+    from fedimg.fl.server.scaffold import norm_keys
+
+    keys = norm_keys(task.build_model(tcfg))
+    if not keys:
+        raise ConfigError(f"strategy fedbn keeps normalisation layers at the sites, but the {config.task} model has "
+                          "none; use fedavg (toy task: set \"norm\" in its config)")
+    return keys
+
+
 #: The client script torchrun starts (NVFlare copies it into the site's custom/ folder; fedimg is installed).
 DDP_SCRIPT = "from fedimg.fl.nvflare.client import main\n\nraise SystemExit(main())\n"
 
@@ -182,8 +198,8 @@ def site_launch(site_nproc: dict[str, int], sites: dict[str, Path | None], confi
             continue
         if config.task != "brats":
             raise ConfigError(f"--site-nproc {name}={n}: only the brats task trains on several processes")
-        if config.dp or config.he:
-            raise ConfigError(f"--site-nproc {name}={n} cannot run with DP-SGD or HE; drop one of them")
+        if config.dp or config.he or config.strategy.scaffold or config.strategy.local_norm:
+            raise ConfigError(f"--site-nproc {name}={n} cannot run with DP-SGD, HE, scaffold or fedbn; drop one of them")
         per_rank_batch(int(tcfg.batch_size), n)
         script = Path(staging) / f"ddp-{name}" / "fedimg_ddp_client.py"
         script.parent.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,9 @@ class FederationConfig:
             if self.send != "diff" or self.strategy.buffered:
                 raise ConfigError("--client-dp needs --send diff and a mean-based strategy (fedavg, fedprox, fedadam, "
                                   "fedyogi)")
+        if (self.strategy.scaffold or self.strategy.local_norm) and (self.dp or self.client_dp):
+            raise ConfigError(f"strategy {self.strategy.name} cannot run with DP (--dp-* / --client-dp): its "
+                              "control variates / site-local layers are not privatised; drop one of them")
         if self.he and (self.client_dp or self.strategy.name != "fedavg" or self.send != "diff"):
             raise ConfigError("--he runs FedAvg of differences only, without --client-dp (the server can only add "
                               "ciphertexts): drop --client-dp / use --strategy fedavg --send diff")
@@ -147,6 +150,9 @@ def start_point(out: Path, config: FederationConfig, resume: bool) -> tuple[int,
         log.info("%s holds no completed round; starting fresh", out)
         return 0, None
     rnd = latest[0]
+    if config.strategy.scaffold:
+        raise ConfigError(f"{out}: a SCAFFOLD run cannot resume (the sites' control variates live in their "
+                          "processes and would restart at zero); start a new run with another --out")
     saved = out / "run_config.json"
     if saved.is_file():
         prev = read_json(saved).get("federation", {})

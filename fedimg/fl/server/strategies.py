@@ -305,6 +305,11 @@ _CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (FedAvg, FedProx, FedA
 
 def make_strategy(config: StrategyConfig, size: int, float_size: int | None = None, device: Any = None) -> Strategy:
     """The :class:`Strategy` that ``config.name`` names, for packed updates of ``size`` values."""
+    if config.name in ("scaffold", "fedbn"):  # defined in .scaffold (subclasses of FedAvg)
+        from fedimg.fl.server import scaffold
+
+        return getattr(scaffold, {"scaffold": "Scaffold", "fedbn": "FedBN"}[config.name])(
+            config, size, float_size=float_size, device=device)
     return _CLASSES[config.name](config, size, float_size=float_size, device=device)
 
 

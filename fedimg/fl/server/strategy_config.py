@@ -27,7 +27,7 @@ from fedimg.errors import ConfigError
 __all__ = ["STRATEGIES", "StrategyConfig"]
 
 #: Strategy names, in the order the command line lists them.
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "median", "trimmed_mean")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "median", "trimmed_mean", "scaffold", "fedbn")
 _BUFFERED = ("median", "trimmed_mean")
 
 
@@ -68,6 +68,18 @@ class StrategyConfig:
             raise ConfigError(f"prox_mu must be >= 0, got {self.prox_mu}")
         if name == "fedprox" and self.prox_mu == 0:
             raise ConfigError("strategy fedprox needs prox_mu > 0")
+        if name == "scaffold" and self.prox_mu:
+            raise ConfigError("strategy scaffold corrects client drift itself: drop --prox-mu (or use fedprox)")
+
+    @property
+    def scaffold(self) -> bool:
+        """True for SCAFFOLD: sites keep control variates and correct their local steps."""
+        return self.name == "scaffold"
+
+    @property
+    def local_norm(self) -> bool:
+        """True for FedBN: normalisation layers stay at each site (personalised models)."""
+        return self.name == "fedbn"
 
     @property
     def buffered(self) -> bool:

@@ -116,8 +116,10 @@ def test_bad_configs_are_refused():
 
 
 def test_one_class_per_strategy_behind_the_abc():
+    from fedimg.fl.server.scaffold import FedBN, Scaffold
+
     classes = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "median": Median,
-               "trimmed_mean": TrimmedMean}
+               "trimmed_mean": TrimmedMean, "scaffold": Scaffold, "fedbn": FedBN}
     assert tuple(classes) == STRATEGIES
     for name, cls in classes.items():
         s = make_strategy(StrategyConfig(name=name), size=4)
