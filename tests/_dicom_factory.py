@@ -4,7 +4,8 @@ No patient data: the pixels are the CC0 OpenNeuro head (tests/assets), the ident
 invented (``FAKE`` plus a per-tag code) and fill every text / date / UID tag of the Annex E
 table, a private block and nested sequences, so a test can prove none survives. Cases:
 axial, oblique (rotated plane), multi-frame enhanced MR (frames stored in reverse order),
-gantry tilt (sheared stack or the ``GantryDetectorTilt`` tag), rescaled pixels.
+gantry tilt (sheared stack or the ``GantryDetectorTilt`` tag; :func:`tilted_acquisition` samples the
+head as a tilted scanner would), rescaled pixels.
 """
 
 from __future__ import annotations
@@ -53,6 +54,25 @@ def tilt(affine: np.ndarray, degrees: float) -> np.ndarray:
     col = out[:3, 1] / np.linalg.norm(out[:3, 1])
     out[:3, 2] = out[:3, 2] + np.tan(np.radians(degrees)) * np.linalg.norm(out[:3, 2]) * col
     return out
+
+
+def tilted_acquisition(data: np.ndarray, affine: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """What a scanner tilted by ``degrees`` records of the head ``data``: its voxels sampled (cubic) at
+    the sheared slice positions of :func:`tilt`, and that sheared affine. The field of view is widened
+    along the columns (whole rows) so every slice still holds the whole head; outside it: the minimum."""
+    from scipy import ndimage
+
+    sheared = tilt(affine, degrees)
+    t1 = float((np.linalg.inv(affine) @ sheared)[1, 2])  # rows moved per slice
+    extra = int(np.ceil(abs((data.shape[2] - 1) * t1) - 1e-9))
+    shift = np.eye(4)
+    shift[1, 3] = -extra if t1 > 0 else 0
+    sheared = sheared @ shift
+    shape = (data.shape[0], data.shape[1] + extra, data.shape[2])
+    grid = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    src = (np.linalg.inv(affine) @ sheared)[:3] @ np.vstack([grid, np.ones(grid.shape[1])])
+    out = ndimage.map_coordinates(data.astype(np.float32), src, order=3, mode="constant", cval=float(data.min()))
+    return np.rint(out.reshape(shape)).astype(data.dtype), sheared
 
 
 def fake_header(patient: str = "A", *, full: bool = False) -> tuple[Dataset, list[str]]:

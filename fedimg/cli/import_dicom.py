@@ -12,7 +12,8 @@
 
 Each (patient, study) becomes a case named by a pseudonym; every file is defaced and gets a
 ``.deface.json`` record; each case has ``<case>.dicom.json`` (what came from which series,
-which identifying tags were left behind, by name). Exit codes: 0 done; 2 bad input or option
+which identifying tags were left behind, by name). A gantry-tilted series is resampled onto
+an orthogonal grid with a warning (``--refuse-tilt`` refuses it instead). Exit codes: 0 done; 2 bad input or option
 (nothing written); 3 a case failed defacing QC (see ``import_summary.json``).
 """
 
@@ -47,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "layout) every series is imported as series<N>")
     add_deid_options(p, dates=False)
     p.add_argument("--no-png", action="store_true", help="skip the defacing QC pictures")
+    p.add_argument("--refuse-tilt", action="store_true",
+                   help="refuse gantry-tilted series (slices off the slice normal) instead of resampling them onto "
+                        "an orthogonal grid (linear; recorded as tilt_corrected_deg)")
     add_deface_options(p)
     p.set_defaults(func=run)
 
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     deid = deid_config(args)
     deface, device = deface_config(args)
     summary = import_dicom(args.input, args.output, layout=args.layout, series_map=series_map, deid=deid,
-                           deface=deface, device=device, png=not args.no_png)
+                           deface=deface, device=device, png=not args.no_png, refuse_tilt=args.refuse_tilt)
     log.info("imported %d of %d case(s) into %s (%d series skipped: not in the series map)", len(summary["cases"]),
              summary["total"], args.output, len(summary["skipped_series"]))
     for f in summary["failed"]:

@@ -10,6 +10,9 @@ from the DICOM geometry), defaced with :func:`fedimg.deface.pipeline.deface_job`
 the reference's grid share its registration), and gets ``<case>.dicom.json``: which series
 made which file, geometry, and which identifying header tags (Annex E, by name) were not
 carried over, and a SHA-256 of the source files. The NIfTI files carry voxels and geometry only.
+A gantry-tilted series (slice positions off the slice normal) is resampled onto an orthogonal
+grid (:func:`fedimg.imageio.dicom_tilt.orthogonal_grid`, linear), with a warning and
+``tilt_corrected_deg`` in the record; ``refuse_tilt=True`` refuses it instead.
 
 Layouts: ``brats`` (BraTS 2021 names ``<case>_t1.nii.gz``, ``_t1ce``, ``_t2``, ``_flair``;
 the map must name all four) and ``series`` (``<case>_<name>.nii.gz`` per mapped series).
@@ -38,7 +41,8 @@ import numpy as np
 from fedimg import __version__
 from fedimg.errors import ConfigError, InputError, QCError
 from fedimg.imageio.deid import CODES, PROFILE_TABLE, DeidConfig, deidentify, pseudonym
-from fedimg.imageio.dicom import DicomSeries, DicomVolume, check_series, find_series, read_series
+from fedimg.imageio.dicom import MAX_TILT_DEG, DicomSeries, DicomVolume, check_series, find_series, read_series
+from fedimg.imageio.dicom_tilt import orthogonal_grid
 from fedimg.imageio.write import write_nifti_gz
 from fedimg.io import sha256_file, write_json
 
@@ -46,7 +50,7 @@ from .core import DefaceConfig
 from .pipeline import DefaceJob, deface_job
 
 __all__ = ["load_series_map", "match_series", "plan_cases", "import_dicom", "deid_summary", "series_sha256",
-           "LAYOUTS", "BRATS_NAMES"]
+           "volume_on_grid", "LAYOUTS", "BRATS_NAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -147,23 +151,42 @@ def series_sha256(series: DicomSeries) -> str:
     return h.hexdigest()
 
 
-def _grid(v: DicomVolume) -> tuple:
-    return v.stored.shape, np.round(v.affine, 3).tobytes()
+def _grid(data: np.ndarray, affine: np.ndarray) -> tuple:
+    return data.shape, np.round(affine, 3).tobytes()
+
+
+def volume_on_grid(volume: DicomVolume) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(voxels, affine, tilt record)`` of a read series: a tilted stack resampled onto an orthogonal grid."""
+    data, affine = volume.scaled(), volume.affine
+    record: dict[str, Any] = {}
+    if volume.gantry_tilt_deg > 1e-3:
+        record["gantry_detector_tilt_deg"] = round(volume.gantry_tilt_deg, 3)
+    if volume.tilt_deg > MAX_TILT_DEG:
+        acquired = list(data.shape)
+        data, affine, angle = orthogonal_grid(data, affine)
+        record.update(tilt_corrected_deg=round(angle, 3), acquired_shape=acquired)
+        log.warning("series %s: slices %.1f deg off the slice normal (gantry tilt); resampled onto an orthogonal "
+                    "grid (linear), shape %s -> %s", volume.series.number, angle, acquired, list(data.shape))
+    elif volume.gantry_tilt_deg > 1e-3:
+        log.warning("series %s: GantryDetectorTilt %.3g deg, but the slice positions are on the slice normal; "
+                    "imported as positioned, nothing resampled", volume.series.number, volume.gantry_tilt_deg)
+    return data, affine, record
 
 
 def _import_case(case: str, named: dict[str, DicomSeries], out: Path, work: Path, *, layout: str, deid: DeidConfig,
-                 deface: DefaceConfig, device, png: bool) -> dict[str, Any]:
+                 deface: DefaceConfig, device, png: bool, refuse_tilt: bool = False) -> dict[str, Any]:
     """Convert, deface and record one case; returns its record."""
     folder = out / case
     names = list(named)
     ref_name = "t1" if layout == "brats" else names[0]
-    vols = {n: read_series(named[n]) for n in names}
-    raw = {n: write_nifti_gz(work / f"{case}_{n}.nii.gz", vols[n].scaled(), vols[n].affine, descrip=_RAW_DESCRIP)
+    vols = {n: read_series(named[n], allow_tilt=not refuse_tilt, tilt_hint=refuse_tilt) for n in names}
+    grids = {n: volume_on_grid(vols[n]) for n in names}
+    raw = {n: write_nifti_gz(work / f"{case}_{n}.nii.gz", grids[n][0], grids[n][1], descrip=_RAW_DESCRIP)
            for n in names}
     target = {n: folder / f"{case}_{n}.nii.gz" for n in names}
     groups: dict[tuple, list[str]] = {}
     for n in [ref_name] + [m for m in names if m != ref_name]:
-        groups.setdefault(_grid(vols[n]), []).append(n)
+        groups.setdefault(_grid(*grids[n][:2]), []).append(n)
     qc = {}
     for members in groups.values():
         lead = members[0]
@@ -174,12 +197,13 @@ def _import_case(case: str, named: dict[str, DicomSeries], out: Path, work: Path
             qc[m] = {"reference": target[lead].name, "passed": record["passed"], "removed_ml": record["removed_ml"]}
     images = {}
     for n in names:
-        v = vols[n]
+        v, (data, affine, tilt) = vols[n], grids[n]
         images[n] = {"output": target[n].name, "series_number": named[n].number, "files": len(named[n].files),
                      "source_sha256": series_sha256(named[n]),
-                     "multiframe": len(v.datasets) == 1 and len(v.frames) > 1, "shape": list(v.stored.shape),
-                     "spacing_mm": v.spacing.round(4).tolist(), "affine_ras": v.affine.round(6).tolist(),
-                     "rescale_applied": bool(np.any(v.slope != 1) or np.any(v.inter != 0)),
+                     "multiframe": len(v.datasets) == 1 and len(v.frames) > 1, "shape": list(data.shape),
+                     "spacing_mm": np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).round(4).tolist(),
+                     "affine_ras": affine.round(6).tolist(),
+                     "rescale_applied": bool(np.any(v.slope != 1) or np.any(v.inter != 0)), **tilt,
                      "deface": qc[n], "deidentification": deid_summary(v, deid)}
     record = {"tool": "fedimg", "version": __version__, "source": "dicom", "case": case, "layout": layout,
               "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
@@ -192,7 +216,8 @@ def _import_case(case: str, named: dict[str, DicomSeries], out: Path, work: Path
 
 def import_dicom(root: str | PathLike[str], out: str | PathLike[str], *, layout: str = "brats",
                  series_map: dict[str, tuple[str, ...]] | None = None, deid: DeidConfig | None = None,
-                 deface: DefaceConfig | None = None, device=None, png: bool = True) -> dict[str, Any]:
+                 deface: DefaceConfig | None = None, device=None, png: bool = True,
+                 refuse_tilt: bool = False) -> dict[str, Any]:
     """Import a DICOM folder into a site folder; returns the summary (also ``import_summary.json``).
 
     Raises :class:`InputError` before writing anything when a mapped series is bad; a case
@@ -206,14 +231,15 @@ def import_dicom(root: str | PathLike[str], out: str | PathLike[str], *, layout:
     cases, skipped = plan_cases(root, series_map=series_map, layout=layout, deid=deid)
     for named in cases.values():  # check every series before writing anything
         for s in named.values():
-            check_series(s)
+            check_series(s, allow_tilt=not refuse_tilt, tilt_hint=refuse_tilt)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".import-", dir=out))
     done, failed = [], []
     try:
         for case, named in sorted(cases.items()):
             try:
-                _import_case(case, named, out, work, layout=layout, deid=deid, deface=deface, device=device, png=png)
+                _import_case(case, named, out, work, layout=layout, deid=deid, deface=deface, device=device, png=png,
+                             refuse_tilt=refuse_tilt)
                 done.append(case)
                 log.info("%s: %d series imported and defaced", case, len(named))
             except QCError as exc:
