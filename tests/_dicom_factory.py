@@ -220,3 +220,51 @@ def write_exam(root: Path, *, patient: str = "A", series=BRATS_SERIES, full_firs
                    affine=affine)
     (exam / "README.txt").write_text("exported by a fake PACS; not DICOM\n")
     return sorted(set(fakes))
+
+
+TUMOUR_SEGMENTS = (("Necrotic core", 1), ("Peritumoral edema", 2), ("Enhancing tumor", 4))
+
+
+def tumour(shape, centre=None, radius: float = 6.0) -> np.ndarray:
+    """A synthetic BraTS 2021 tumour label (uint8): oedema shell, enhancing rim, necrotic core."""
+    centre = np.array(shape) // 2 if centre is None else np.asarray(centre)
+    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(np.indices(shape), centre)))
+    lab = np.zeros(shape, np.uint8)
+    lab[r <= radius] = 2
+    lab[r <= radius * 0.66] = 4
+    lab[r <= radius * 0.33] = 1
+    return lab
+
+
+def write_seg(series_folder: Path, label: np.ndarray, out: Path, *, segments=TUMOUR_SEGMENTS,
+              description: str = "TUMOR SEG") -> Path:
+    """A DICOM SEG (highdicom, BINARY) of ``label`` (on the series' read grid, NIfTI order) over the series' images."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from fedimg.imageio.dicom import LPS_TO_RAS, find_series, read_series
+
+    (series,) = find_series(series_folder)
+    ras = read_series(series).affine
+    lps = LPS_TO_RAS @ ras
+    vol_affine = np.eye(4)  # highdicom volumes are (slice, row, column)
+    vol_affine[:3, :3] = lps[:3, [2, 1, 0]]
+    vol_affine[:3, 3] = lps[:3, 3]
+    src = [pydicom.dcmread(f) for f in series.files]
+    for ds in src:
+        ds.StudyID = ds.get("StudyID", "1")
+    masks = np.stack([np.transpose(label == code, (2, 1, 0)) for _, code in segments], axis=-1).astype(np.uint8)
+    volume = hd.Volume(masks, vol_affine, "PATIENT", frame_of_reference_uid=src[0].FrameOfReferenceUID,
+                       channels={"SegmentNumber": list(range(1, len(segments) + 1))})
+    descs = [hd.seg.SegmentDescription(segment_number=i + 1, segment_label=name,
+                                       segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+                                       segmented_property_type=codes.SCT.Neoplasm, algorithm_type="MANUAL")
+             for i, (name, _) in enumerate(segments)]
+    seg = hd.seg.Segmentation(source_images=src, pixel_array=volume, segmentation_type="BINARY",
+                              segment_descriptions=descs, series_instance_uid=hd.UID(), series_number=50,
+                              sop_instance_uid=hd.UID(), instance_number=1, manufacturer="fedimg test",
+                              manufacturer_model_name="synthetic", software_versions="0", device_serial_number="0",
+                              series_description=description)
+    out.mkdir(parents=True, exist_ok=True)
+    seg.save_as(out / "seg.dcm")
+    return out / "seg.dcm"

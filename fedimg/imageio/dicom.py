@@ -31,8 +31,8 @@ import numpy as np
 
 from fedimg.errors import InputError
 
-__all__ = ["DicomSeries", "DicomVolume", "find_series", "check_series", "read_series", "dicom_affine", "LPS_TO_RAS",
-           "MAX_TILT_DEG"]
+__all__ = ["DicomSeries", "DicomVolume", "find_series", "check_series", "header_grid", "read_series", "dicom_affine",
+           "LPS_TO_RAS", "MAX_TILT_DEG"]
 
 log = logging.getLogger(__name__)
 
@@ -289,10 +289,17 @@ def _read_all(series: DicomSeries, *, pixels: bool) -> list:
 
 def check_series(series: DicomSeries, *, allow_tilt: bool = False, tilt_hint: bool = False) -> tuple[int, int, int]:
     """Every check of :func:`read_series` from the headers alone; returns the volume shape (as acquired)."""
+    return header_grid(series, allow_tilt=allow_tilt, tilt_hint=tilt_hint)[0]
+
+
+def header_grid(series: DicomSeries, *, allow_tilt: bool = False,
+                tilt_hint: bool = False) -> tuple[tuple[int, int, int], np.ndarray]:
+    """:func:`check_series`, and the RAS affine :func:`read_series` will give, from the headers alone."""
     slices = _slices(series, list(series.headers) or _read_all(series, pixels=False))
     _check_one_series(series, slices, allow_tilt=allow_tilt, tilt_hint=tilt_hint)
-    slices, _, _ = _order(series, slices, allow_tilt=allow_tilt, tilt_hint=tilt_hint)
-    return _check_size(series, slices)
+    slices, step, _ = _order(series, slices, allow_tilt=allow_tilt, tilt_hint=tilt_hint)
+    shape = _check_size(series, slices)
+    return shape, dicom_affine(slices[0]["iop"], slices[0]["ps"], slices[0]["ipp"], step)
 
 
 def _check_size(series: DicomSeries, slices: list[dict]) -> tuple[int, int, int]:
