@@ -141,13 +141,15 @@ def plan_cases(root: str | PathLike[str], *, series_map: dict[str, tuple[str, ..
         cases[case][name] = s
     if labels is not None:
         _assign_label_files(cases, who, labels)
+    for case, named in cases.items():
+        if set(named) == {LABEL_NAME}:
+            where = named[LABEL_NAME].folder if isinstance(named[LABEL_NAME], DicomSeries) else named[LABEL_NAME]
+            raise InputError(where, f"case {case} has a label but no image series the series map names")
     if not cases:
         raise InputError(root, "no series matches the series map; check the globs against the SeriesDescription values")
     if layout == "brats":
         for case, named in cases.items():
             missing = [n for n in BRATS_NAMES if n not in named]
-            if set(named) == {LABEL_NAME}:
-                raise InputError(named[LABEL_NAME].folder, f"case {case} has a SEG series but no image series")
             if missing:
                 folder = next(iter(named.values())).folder
                 raise InputError(folder, f"case {case} has no series for {', '.join(missing)}; every BraTS case needs "

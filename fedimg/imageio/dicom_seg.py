@@ -83,7 +83,7 @@ def read_seg(path: str | PathLike[str], *, codes: dict[str, int] | None = None) 
         numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
         names = {int(s.SegmentNumber): str(s.get("SegmentLabel", f"segment {int(s.SegmentNumber)}"))
                  for s in seg.SegmentSequence}
-        vol = seg.get_volume(segment_numbers=numbers, combine_segments=False, dtype=np.uint8)
+        vol = seg.get_volume(segment_numbers=numbers, combine_segments=False)
     except Exception as exc:  # highdicom / pydicom raise assorted errors for unusable files
         raise InputError(path, f"cannot be read as a DICOM Segmentation with geometry ({type(exc).__name__}: "
                                f"{exc}); export the SEG with plane positions (3-D), or give a NIfTI label") from None
@@ -94,15 +94,16 @@ def read_seg(path: str | PathLike[str], *, codes: dict[str, int] | None = None) 
             raise InputError(path, f"segment {n} ({names[n]!r}) has no BraTS code; map it in the series map "
                                    f"(seg: codes: {{'{names[n]}': 1|2|4|0}})")
         mapping[n] = code
-    masks = np.asarray(vol.array)  # (slice, row, column, segment)
+    masks = np.asarray(vol.array)  # (slice, row, column, segment); FRACTIONAL: probabilities in [0, 1]
+    masks = masks >= 0.5 if masks.dtype.kind == "f" else masks > 0
     if masks.ndim == 3:
         masks = masks[..., None]
-    if int((masks > 0).sum(axis=-1).max(initial=0)) > 1:
+    if int(masks.sum(axis=-1).max(initial=0)) > 1:
         raise InputError(path, "has overlapping segments; BraTS labels are exclusive: export non-overlapping "
                                "segments (necrotic core, oedema, enhancing tumour)")
     out = np.zeros(masks.shape[:3], np.uint8)
     for i, n in enumerate(numbers):
-        out[masks[..., i] > 0] = mapping[n]
+        out[masks[..., i]] = mapping[n]
     return LabelVolume(codes=out, affine=LPS_TO_RAS @ np.asarray(vol.affine, dtype=np.float64), source="dicom-seg",
                        segments={str(n): mapping[n] for n in numbers})  # by number: labels are free text
 
