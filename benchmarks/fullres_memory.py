@@ -12,8 +12,13 @@ then runs each command in its own process and reads that process's peak resident
 - ``train`` (skipped with ``--quick``): one epoch of 128³ crops, batch 1, on two
   full-resolution cases (one trains, one is validated with the same sliding window).
 
-    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python benchmarks/fullres_memory.py \\
-        --json benchmarks/cpu-results/fullres_memory.json          # ~2-3 min; --quick: predict only
+Each peak is checked against its stated bound (README, "Full-resolution BraTS"): predict
+<= 1.5 GiB; training <= 1.25 GiB + 0.2 GiB per cached case (bf16 autocast, which fedimg uses
+where the CPU supports it; in fp32 the 128³ backward alone is ~580 MiB more). Exit code 1 when
+a bound does not hold.
+
+    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python benchmarks/fullres_memory.py   # ~2-3 min quiet; --quick: predict only
+        # JSON: benchmarks/cpu-results/fullres_memory.json (--json elsewhere)
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 SHAPE = (240, 240, 155)
+#: the stated bounds (MiB): predict; training = base + per cached case (train and validation)
+PREDICT_BOUND_MIB, TRAIN_BOUND_MIB, TRAIN_PER_CASE_MIB = 1536, 1280, 205
 #: Run a fedimg command in a fresh process. It first imports what ``predict`` imports (torch, MONAI, nibabel,
 #: fedimg's engine) and prints that high-water mark (the floor), then runs the command and prints the peak:
 #: VmHWM, KiB, this process's own (``ru_maxrss`` would include the parent's from before ``exec``).
@@ -120,7 +127,8 @@ def run(a: argparse.Namespace) -> dict:
         cases = [write_case(site, f"BraTS2021_{i:05d}", seed=i) for i in range(1 if a.quick else 2)]
         ckpt = write_checkpoint(tmp / "model", roi=a.roi, sw_batch_size=a.sw_batch_size)
         out: dict = {"shape": list(SHAPE), "roi": a.roi, "sw_batch_size": a.sw_batch_size, "threads": a.threads,
-                     "model": "segresnet init_filters=8 (fedimg default)", "machine": platform.processor() or platform.machine()}
+                     "model": "segresnet init_filters=8 (fedimg default)", "commit": _commit(),
+                     "machine": platform.processor() or platform.machine()}
         out["predict"] = _show("predict", peak_of(["-q", "predict", "--model", str(ckpt), "--case", str(cases[0]), "-o",
                                   str(tmp / "pred.nii.gz"), "--device", "cpu", "--roi", *[str(a.roi)] * 3,
                                   "--sw-batch-size", str(a.sw_batch_size)], a.threads))
@@ -130,7 +138,22 @@ def run(a: argparse.Namespace) -> dict:
             out["train"] = _show("train", peak_of(["-q", "train", "--data", str(site), "--out", str(tmp / "run"), "--allow-identifiable",
                                     "--epochs", "1", "--roi", *[str(a.roi)] * 3, "--batch-size", "1", "--val-fraction",
                                     "0.5", "--config", str(cfg), "--device", "cpu", "--no-progress"], a.threads))
+        out["bounds_mib"] = {"predict": PREDICT_BOUND_MIB}
+        if "train" in out:
+            out["bounds_mib"]["train"] = TRAIN_BOUND_MIB + len(cases) * TRAIN_PER_CASE_MIB
+    out["bounds_hold"] = all(out[k]["peak_mib"] <= b for k, b in out["bounds_mib"].items())
+    for k, b in out["bounds_mib"].items():
+        print(f"{k:8s} bound {b} MiB: {'holds' if out[k]['peak_mib'] <= b else 'BROKEN'} "
+              f"(margin {b - out[k]['peak_mib']:.0f} MiB)", flush=True)
     return out
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--roi", type=int, default=128, help="window / crop edge (default 128)")
     p.add_argument("--sw-batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--json", default=str(Path(__file__).resolve().parent / "cpu-results" / "fullres_memory.json"),
+                   help="write the results here (default: benchmarks/cpu-results/fullres_memory.json)")
     a = p.parse_args(argv)
     res = run(a)
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(res, indent=1))
-    return 0
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0 if res["bounds_hold"] else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ No patient data: the pixels are the CC0 OpenNeuro head (tests/assets), the ident
 invented (``FAKE`` plus a per-tag code) and fill every text / date / UID tag of the Annex E
 table, a private block and nested sequences, so a test can prove none survives. Cases:
 axial, oblique (rotated plane), multi-frame enhanced MR (frames stored in reverse order),
-gantry tilt (sheared stack or the ``GantryDetectorTilt`` tag), rescaled pixels.
+gantry tilt (sheared stack or the ``GantryDetectorTilt`` tag; :func:`tilted_acquisition` samples the
+head as a tilted scanner would), rescaled pixels.
 """
 
 from __future__ import annotations
@@ -53,6 +54,25 @@ def tilt(affine: np.ndarray, degrees: float) -> np.ndarray:
     col = out[:3, 1] / np.linalg.norm(out[:3, 1])
     out[:3, 2] = out[:3, 2] + np.tan(np.radians(degrees)) * np.linalg.norm(out[:3, 2]) * col
     return out
+
+
+def tilted_acquisition(data: np.ndarray, affine: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """What a scanner tilted by ``degrees`` records of the head ``data``: its voxels sampled (cubic) at
+    the sheared slice positions of :func:`tilt`, and that sheared affine. The field of view is widened
+    along the columns (whole rows) so every slice still holds the whole head; outside it: the minimum."""
+    from scipy import ndimage
+
+    sheared = tilt(affine, degrees)
+    t1 = float((np.linalg.inv(affine) @ sheared)[1, 2])  # rows moved per slice
+    extra = int(np.ceil(abs((data.shape[2] - 1) * t1) - 1e-9))
+    shift = np.eye(4)
+    shift[1, 3] = -extra if t1 > 0 else 0
+    sheared = sheared @ shift
+    shape = (data.shape[0], data.shape[1] + extra, data.shape[2])
+    grid = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    src = (np.linalg.inv(affine) @ sheared)[:3] @ np.vstack([grid, np.ones(grid.shape[1])])
+    out = ndimage.map_coordinates(data.astype(np.float32), src, order=3, mode="constant", cval=float(data.min()))
+    return np.rint(out.reshape(shape)).astype(data.dtype), sheared
 
 
 def fake_header(patient: str = "A", *, full: bool = False) -> tuple[Dataset, list[str]]:
@@ -200,3 +220,51 @@ def write_exam(root: Path, *, patient: str = "A", series=BRATS_SERIES, full_firs
                    affine=affine)
     (exam / "README.txt").write_text("exported by a fake PACS; not DICOM\n")
     return sorted(set(fakes))
+
+
+TUMOUR_SEGMENTS = (("Necrotic core", 1), ("Peritumoral edema", 2), ("Enhancing tumor", 4))
+
+
+def tumour(shape, centre=None, radius: float = 6.0) -> np.ndarray:
+    """A synthetic BraTS 2021 tumour label (uint8): oedema shell, enhancing rim, necrotic core."""
+    centre = np.array(shape) // 2 if centre is None else np.asarray(centre)
+    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(np.indices(shape), centre)))
+    lab = np.zeros(shape, np.uint8)
+    lab[r <= radius] = 2
+    lab[r <= radius * 0.66] = 4
+    lab[r <= radius * 0.33] = 1
+    return lab
+
+
+def write_seg(series_folder: Path, label: np.ndarray, out: Path, *, segments=TUMOUR_SEGMENTS,
+              description: str = "TUMOR SEG") -> Path:
+    """A DICOM SEG (highdicom, BINARY) of ``label`` (on the series' read grid, NIfTI order) over the series' images."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from fedimg.imageio.dicom import LPS_TO_RAS, find_series, read_series
+
+    (series,) = find_series(series_folder)
+    ras = read_series(series).affine
+    lps = LPS_TO_RAS @ ras
+    vol_affine = np.eye(4)  # highdicom volumes are (slice, row, column)
+    vol_affine[:3, :3] = lps[:3, [2, 1, 0]]
+    vol_affine[:3, 3] = lps[:3, 3]
+    src = [pydicom.dcmread(f) for f in series.files]
+    for ds in src:
+        ds.StudyID = ds.get("StudyID", "1")
+    masks = np.stack([np.transpose(label == code, (2, 1, 0)) for _, code in segments], axis=-1).astype(np.uint8)
+    volume = hd.Volume(masks, vol_affine, "PATIENT", frame_of_reference_uid=src[0].FrameOfReferenceUID,
+                       channels={"SegmentNumber": list(range(1, len(segments) + 1))})
+    descs = [hd.seg.SegmentDescription(segment_number=i + 1, segment_label=name,
+                                       segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+                                       segmented_property_type=codes.SCT.Neoplasm, algorithm_type="MANUAL")
+             for i, (name, _) in enumerate(segments)]
+    seg = hd.seg.Segmentation(source_images=src, pixel_array=volume, segmentation_type="BINARY",
+                              segment_descriptions=descs, series_instance_uid=hd.UID(), series_number=50,
+                              sop_instance_uid=hd.UID(), instance_number=1, manufacturer="fedimg test",
+                              manufacturer_model_name="synthetic", software_versions="0", device_serial_number="0",
+                              series_description=description)
+    out.mkdir(parents=True, exist_ok=True)
+    seg.save_as(out / "seg.dcm")
+    return out / "seg.dcm"

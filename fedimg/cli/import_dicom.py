@@ -9,10 +9,14 @@
     t1ce: ["*T1*GD*", "*T1*POST*"]
     t2: "T2*"
     flair: "*FLAIR*"
+    seg: "*SEG*"                 # optional tumour label: a DICOM SEG series per case, or
+    # seg: {files: {PAT-0001: labels/pat1.nii.gz}, codes: {3: 4}}   NIfTI labels keyed by PatientID
 
 Each (patient, study) becomes a case named by a pseudonym; every file is defaced and gets a
 ``.deface.json`` record; each case has ``<case>.dicom.json`` (what came from which series,
-which identifying tags were left behind, by name). Exit codes: 0 done; 2 bad input or option
+which identifying tags were left behind, by name); a case with a label gets ``<case>_seg.nii.gz``
+(resampled nearest-neighbour onto its t1 grid, BraTS 2021 codes). A gantry-tilted series is resampled onto
+an orthogonal grid with a warning (``--refuse-tilt`` refuses it instead). Exit codes: 0 done; 2 bad input or option
 (nothing written); 3 a case failed defacing QC (see ``import_summary.json``).
 """
 
@@ -44,9 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "series: <case>/<case>_<name>.nii.gz per mapped series")
     p.add_argument("--series-map", type=Path, default=None, metavar="YAML",
                    help="name -> SeriesDescription glob(s); required for --layout brats; without it (series "
-                        "layout) every series is imported as series<N>")
+                        "layout) every series is imported as series<N>; its optional `seg` entry names each case's "
+                        "label (DICOM SEG series or NIfTI files), written as <case>_seg.nii.gz")
     add_deid_options(p, dates=False)
     p.add_argument("--no-png", action="store_true", help="skip the defacing QC pictures")
+    p.add_argument("--refuse-tilt", action="store_true",
+                   help="refuse gantry-tilted series (slices off the slice normal) instead of resampling them onto "
+                        "an orthogonal grid (linear; recorded as tilt_corrected_deg)")
     add_deface_options(p)
     p.set_defaults(func=run)
 
@@ -54,12 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fedimg.cli.deidentify import deface_config, deid_config
     from fedimg.deface.dicom_import import import_dicom, load_series_map
+    from fedimg.deface.dicom_labels import load_label_map
 
     series_map = load_series_map(args.series_map) if args.series_map is not None else None
+    labels = load_label_map(args.series_map) if args.series_map is not None else None
     deid = deid_config(args)
     deface, device = deface_config(args)
     summary = import_dicom(args.input, args.output, layout=args.layout, series_map=series_map, deid=deid,
-                           deface=deface, device=device, png=not args.no_png)
+                           deface=deface, device=device, png=not args.no_png, refuse_tilt=args.refuse_tilt, labels=labels)
     log.info("imported %d of %d case(s) into %s (%d series skipped: not in the series map)", len(summary["cases"]),
              summary["total"], args.output, len(summary["skipped_series"]))
     for f in summary["failed"]:

@@ -212,14 +212,14 @@ def prepare_site_data(cases: list, config: Any, device: Any, *, source: str = ""
     train, val = split_cases(list(cases), config.val_fraction, config.seed)
     images, regions, fgs = [], [], []
     for case in train:
-        p, _ = load_and_preprocess(case)
+        p = load_and_preprocess(case)[0]  # the loaded arrays go now, not while the next case loads
         img, reg = _pad_to(p.image, config.roi), _pad_to(p.regions, config.roi)
         fgs.append(torch.nonzero(reg[1].reshape(-1)).reshape(-1))
         images.append(img.to(device))
         regions.append(reg.to(device))
     vals = []
     for case in val:
-        p, _ = load_and_preprocess(case)
+        p = load_and_preprocess(case)[0]
         vals.append(Preprocessed(p.image.to(device), p.regions.to(device), p.bbox, p.shape))
     data = SiteData(
         train_ids=[c.case_id for c in train],

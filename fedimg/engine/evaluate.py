@@ -61,12 +61,18 @@ def infer_regions(model: Any, image: Any, config: Any, device: Any = None, *, st
 
 
 def dice_per_region(pred: Any, truth: Any) -> list[float]:
-    """Dice of each region channel of bool/uint8 ``pred`` vs ``truth`` (3, x, y, z)."""
+    """Dice of each region channel of bool/uint8 ``pred`` vs ``truth`` (3, x, y, z).
+
+    One channel at a time, so the float copies DiceMetric works on are one region's, not three.
+    """
     from monai.metrics import DiceMetric
 
     metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
-    d = metric(pred.unsqueeze(0).float(), truth.to(pred.device).unsqueeze(0).float())
-    return [float(v) for v in d[0].cpu()]
+    out = []
+    for c in range(pred.shape[0]):
+        d = metric(pred[c][None, None].float(), truth[c].to(pred.device)[None, None].float())
+        out.append(float(d[0, 0].cpu()))
+    return out
 
 
 def _summarise(rows: list[dict]) -> dict[str, Any]:

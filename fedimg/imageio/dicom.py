@@ -8,8 +8,11 @@ order ``(columns, rows, slices)`` and the NIfTI (RAS) affine built from
 series and multi-frame (enhanced MR, per-frame functional groups) are both read. Slices are
 ordered along the slice normal; ``RescaleSlope`` / ``RescaleIntercept`` are applied per
 slice. :func:`check_series` runs the same checks from the headers alone (no pixels). Refused with one line naming the series folder: mixed series (orientations, sizes,
-patients), missing slices (uneven spacing), repeated positions (echoes, phases), and gantry
-tilt (``GantryDetectorTilt`` or slice positions off the normal), which is not corrected.
+patients), missing slices (uneven spacing) and repeated positions (echoes, phases). Gantry
+tilt (``GantryDetectorTilt``, or slice positions off the normal) is refused by default; with
+``allow_tilt=True`` the volume keeps the true, sheared geometry of its slice positions
+(``DicomVolume.tilt_deg`` says how far off the normal) and
+:func:`fedimg.imageio.dicom_tilt.orthogonal_grid` resamples it onto an orthogonal grid.
 
 >>> lps = dicom_affine([1, 0, 0, 0, 1, 0], [0.5, 0.8], [10.0, 20.0, 30.0], [0, 0, 2.0])
 >>> lps.round(2).tolist()[0], lps.round(2).tolist()[1]
@@ -28,8 +31,8 @@ import numpy as np
 
 from fedimg.errors import InputError
 
-__all__ = ["DicomSeries", "DicomVolume", "find_series", "check_series", "read_series", "dicom_affine", "LPS_TO_RAS",
-           "MAX_TILT_DEG"]
+__all__ = ["DicomSeries", "DicomVolume", "find_series", "check_series", "header_grid", "read_series", "dicom_affine",
+           "LPS_TO_RAS", "MAX_TILT_DEG"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,10 @@ class DicomVolume:
     affine: np.ndarray
     datasets: tuple[Any, ...]
     frames: tuple[tuple[int, int], ...]
+    #: angle (degrees) between the slice step and the slice normal: > ``MAX_TILT_DEG`` only with ``allow_tilt``
+    tilt_deg: float = 0.0
+    #: the largest ``GantryDetectorTilt`` in the headers (degrees; 0 when absent)
+    gantry_tilt_deg: float = 0.0
 
     @property
     def spacing(self) -> np.ndarray:
@@ -205,7 +212,12 @@ def _slices(series: DicomSeries, datasets: list) -> list[dict]:
     return out
 
 
-def _check_one_series(series: DicomSeries, slices: list[dict]) -> None:
+_TILT_FIX = {False: "tilted series are not corrected here (DICOM output keeps the acquired geometry): "
+                    "`fedimg import` resamples them, or reconstruct without tilt on the scanner",
+             True: "it was refused by --refuse-tilt; leave the option out to resample it onto an orthogonal grid"}
+
+
+def _check_one_series(series: DicomSeries, slices: list[dict], *, allow_tilt: bool, tilt_hint: bool) -> None:
     s0 = slices[0]
     for s in slices[1:]:
         what = None
@@ -221,13 +233,16 @@ def _check_one_series(series: DicomSeries, slices: list[dict]) -> None:
             raise InputError(series.folder, f"is a mixed series ({what}: {s0['file'].name} vs {s['file'].name}); "
                                             "export each acquisition as its own series (one SeriesInstanceUID each)")
     tilt = max(abs(s["tilt"]) for s in slices)
-    if tilt > 1e-3:
-        raise InputError(series.folder, f"has gantry tilt {tilt:g} deg (GantryDetectorTilt); tilted series are not "
-                                        "corrected: reconstruct without tilt on the scanner or resample it first")
+    if tilt > 1e-3 and not allow_tilt:
+        raise InputError(series.folder, f"has gantry tilt {tilt:g} deg (GantryDetectorTilt); {_TILT_FIX[tilt_hint]}")
 
 
-def _order(series: DicomSeries, slices: list[dict]) -> tuple[list[dict], np.ndarray]:
-    """Slices sorted along the normal; the mean slice step (LPS). Refuses gaps, repeats and tilt."""
+def _order(series: DicomSeries, slices: list[dict], *, allow_tilt: bool,
+           tilt_hint: bool) -> tuple[list[dict], np.ndarray, float]:
+    """Slices sorted along the normal; the mean slice step (LPS); its angle to the normal (degrees).
+
+    Refuses gaps and repeats, and a step off the normal unless ``allow_tilt``.
+    """
     iop = slices[0]["iop"]
     normal = np.cross(iop[:3], iop[3:])
     slices = sorted(slices, key=lambda s: float(s["ipp"] @ normal))
@@ -251,10 +266,10 @@ def _order(series: DicomSeries, slices: list[dict]) -> tuple[list[dict], np.ndar
     step = (pos[-1] - pos[0]) / (len(slices) - 1)
     cosang = abs(float(step @ normal)) / float(np.linalg.norm(step))
     angle = float(np.degrees(np.arccos(np.clip(cosang, -1.0, 1.0))))
-    if angle > MAX_TILT_DEG:
+    if angle > MAX_TILT_DEG and not allow_tilt:
         raise InputError(series.folder, f"has slices {angle:.1f} deg off the slice normal (gantry tilt or sheared "
-                                        "stack); tilted series are not corrected: resample it first")
-    return slices, step
+                                        f"stack); {_TILT_FIX[tilt_hint]}")
+    return slices, step, angle
 
 
 def _read_all(series: DicomSeries, *, pixels: bool) -> list:
@@ -272,12 +287,19 @@ def _read_all(series: DicomSeries, *, pixels: bool) -> list:
     return datasets
 
 
-def check_series(series: DicomSeries) -> tuple[int, int, int]:
-    """Every check of :func:`read_series` from the headers alone; returns the volume shape."""
+def check_series(series: DicomSeries, *, allow_tilt: bool = False, tilt_hint: bool = False) -> tuple[int, int, int]:
+    """Every check of :func:`read_series` from the headers alone; returns the volume shape (as acquired)."""
+    return header_grid(series, allow_tilt=allow_tilt, tilt_hint=tilt_hint)[0]
+
+
+def header_grid(series: DicomSeries, *, allow_tilt: bool = False,
+                tilt_hint: bool = False) -> tuple[tuple[int, int, int], np.ndarray]:
+    """:func:`check_series`, and the RAS affine :func:`read_series` will give, from the headers alone."""
     slices = _slices(series, list(series.headers) or _read_all(series, pixels=False))
-    _check_one_series(series, slices)
-    slices, _ = _order(series, slices)
-    return _check_size(series, slices)
+    _check_one_series(series, slices, allow_tilt=allow_tilt, tilt_hint=tilt_hint)
+    slices, step, _ = _order(series, slices, allow_tilt=allow_tilt, tilt_hint=tilt_hint)
+    shape = _check_size(series, slices)
+    return shape, dicom_affine(slices[0]["iop"], slices[0]["ps"], slices[0]["ipp"], step)
 
 
 def _check_size(series: DicomSeries, slices: list[dict]) -> tuple[int, int, int]:
@@ -294,15 +316,17 @@ def _declared(where: Path, shape: tuple[int, ...], bits: int) -> None:
     check_declared(where, shape, np.uint8 if bits <= 8 else (np.uint16 if bits <= 16 else np.uint32))
 
 
-def read_series(series: DicomSeries) -> DicomVolume:
+def read_series(series: DicomSeries, *, allow_tilt: bool = False, tilt_hint: bool = False) -> DicomVolume:
     """Read one series with its pixels; any problem is an :class:`InputError` naming its folder.
 
     Every header check (and the size limit) runs on the headers alone before any pixel is read.
+    ``allow_tilt``: a tilted stack is read with its sheared affine instead of refused;
+    ``tilt_hint``: the refusal names ``--refuse-tilt`` (``fedimg import``) as its cause.
     """
     datasets = _read_all(series, pixels=True)
     slices = _slices(series, datasets)
-    _check_one_series(series, slices)
-    slices, step = _order(series, slices)
+    _check_one_series(series, slices, allow_tilt=allow_tilt, tilt_hint=tilt_hint)
+    slices, step, angle = _order(series, slices, allow_tilt=allow_tilt, tilt_hint=tilt_hint)
     cols, rows, _ = _check_size(series, slices)
     arrays = {}
     for i, ds in enumerate(datasets):
@@ -322,4 +346,5 @@ def read_series(series: DicomSeries) -> DicomVolume:
     affine = dicom_affine(slices[0]["iop"], slices[0]["ps"], slices[0]["ipp"], step)
     return DicomVolume(series=series, stored=stored, affine=affine, datasets=tuple(datasets),
                        slope=np.array([s["slope"] for s in slices]), inter=np.array([s["inter"] for s in slices]),
-                       frames=tuple((s["ds"], s["frame"]) for s in slices))
+                       frames=tuple((s["ds"], s["frame"]) for s in slices), tilt_deg=angle,
+                       gantry_tilt_deg=max(abs(s["tilt"]) for s in slices))

@@ -82,7 +82,8 @@ def test_bad_series_one_line_nothing_written(tmp_path, capsys, problem):
             ds.save_as(f)
     before = _hashes(dicom)
     words = {"tilt": ("s1", "tilt"), "gap": ("s1", "missing"), "mixed": (str(dicom), "mixed series")}[problem]
-    _bad(capsys, ["import", str(dicom), "-o", str(tmp_path / "site"), "--layout", "series"], *words)
+    refuse = ["--refuse-tilt"] if problem == "tilt" else []  # import resamples tilted series unless told not to
+    _bad(capsys, ["import", str(dicom), "-o", str(tmp_path / "site"), "--layout", "series", *refuse], *words)
     _bad(capsys, ["deidentify", str(dicom), "-o", str(tmp_path / "deid")], *words)
     assert not (tmp_path / "site").exists() and not (tmp_path / "deid").exists()
     assert _hashes(dicom) == before
@@ -97,3 +98,32 @@ def test_bad_options_one_line(exam, tmp_path, capsys):
          "bad.yml", "YAML")
     _bad(capsys, ["import", str(tmp_path / "nothing"), "-o", str(tmp_path / "o"), "--layout", "series"], "does not exist")
     assert not (tmp_path / "o").exists()
+
+
+def test_import_corrects_gantry_tilt(tmp_path, capsys):
+    """A tilted acquisition of the real head imports onto an orthogonal grid that matches the untilted head."""
+    import json
+
+    import nibabel as nib
+    from scipy import ndimage
+
+    data, affine = F.head(4)
+    tdata, taff = F.tilted_acquisition(data, affine, 15.0)
+    F.write_case(tmp_path / "dicom" / "s1", data=tdata, affine=taff)
+    rc = main(["import", str(tmp_path / "dicom"), "-o", str(tmp_path / "site"), "--layout", "series", "--no-png",
+               "--threads", "1"])
+    assert rc == 0 and "15.0 deg off the slice normal" in capsys.readouterr().out  # the warning
+    (record_path,) = (tmp_path / "site").rglob("*.dicom.json")
+    image = json.loads(record_path.read_text())["images"]["series1"]
+    assert image["tilt_corrected_deg"] == pytest.approx(15.0, abs=0.01) and image["acquired_shape"][0::2] == [48, 64]
+    img = nib.load(str(record_path.parent / image["output"]))
+    out = np.asarray(img.dataobj)
+    assert list(out.shape) == image["shape"] and out.shape[1] > image["acquired_shape"][1]  # widened: every voxel kept
+    np.testing.assert_allclose(img.affine, image["affine_ras"], atol=1e-5)
+    # voxels the defacer kept, against the untilted head at the same world points
+    kept = np.argwhere(out > 0.05 * data.max()).T.astype(np.float64)
+    src = np.linalg.solve(affine, img.affine)[:3] @ np.vstack([kept, np.ones(kept.shape[1])])
+    inside = np.all((src >= 0) & (src <= np.array(data.shape)[:, None] - 1), axis=0)
+    ref = ndimage.map_coordinates(data.astype(np.float32), src[:, inside], order=1)
+    got = out[tuple(kept[:, inside].astype(int))].astype(np.float32)
+    assert inside.sum() > 40_000 and np.corrcoef(got, ref)[0, 1] > 0.98
