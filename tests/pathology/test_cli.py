@@ -67,24 +67,3 @@ def test_synthetic_sites_then_train_tiles(tmp_path, hashed):
     assert (run / "model.safetensors").is_file() and (run / "tb").is_dir()
     check.assert_unchanged()
     assert main(["train-tiles", "--data", str(sites / "site-1"), "--out", str(sites / "site-1" / "run")]) == 2
-
-
-@pytest.mark.slow
-@pytest.mark.nvflare
-def test_simulate_task_tiles_on_synthetic_sites(tmp_path):
-    """The federation engine runs the ``tiles`` task on two tiny synthetic sites (NVFlare SimEnv)."""
-    pytest.importorskip("nvflare")
-    from fedimg.cli import COMMAND_MODULES
-
-    if "simulate" not in COMMAND_MODULES:
-        pytest.skip("no simulate command")
-    sites = tmp_path / "pathology_sites"
-    assert main(["-q", "tiles", "--synthetic-sites", "2", "--out", str(sites), "--tiles-per-site", "24",
-                 "--tile-size", "32", "--mpp", "2.0"]) == 0
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"model": "resnet10", "width": 0.25, "batch_size": 8}))
-    rc = main(["-q", "simulate", "--task", "tiles", "--data", str(sites), "--out", str(tmp_path / "fl"), "--rounds", "1",
-               "--local-epochs", "1", "--config", str(cfg), "--threads", "1", "--no-progress", "--no-crossval"])
-    assert rc == 0
-    metrics = json.loads((tmp_path / "fl" / "metrics.json").read_text())
-    assert "auc" in json.dumps(metrics)

@@ -108,10 +108,12 @@ def test_study_with_a_dp_arm_end_to_end(tmp_path):
 
     synthesize(tmp_path / "data", sites=2, cases_per_site=3, seed=0, spacing=4.0)
     out = tmp_path / "study"
+    cfg = tmp_path / "train.json"  # no window overlap: about half the sliding windows in every evaluation
+    cfg.write_text('{"sw_overlap": 0.0}')
     rc = main(["study", "--data", str(tmp_path / "data"), "--out", str(out), "--seeds", "1", "--rounds", "1",
                "--local-epochs", "1", "--patience", "1", "--roi", "16", "16", "16", "--batch-size", "2",
                "--init-filters", "8", "--threads", "1", "--allow-identifiable", "--no-progress", "--bootstrap", "50",
-               "--dp-epsilon", "8", "inf", "--dp-mode", "sample"])
+               "--config", str(cfg), "--dp-epsilon", "8", "inf", "--dp-mode", "sample"])
     assert rc == 0
     res = read_json(out / "results.json")
     (rec,) = res["seeds"]
@@ -123,4 +125,5 @@ def test_study_with_a_dp_arm_end_to_end(tmp_path):
     (row,) = [r for r in t["rows"] if r["mode"] == "sample"]
     assert 0 < row["epsilon_spent"] <= 8.0 and row["noise_multiplier"] > 0  # measured at the sites, within target
     assert res["privacy"]["epsilons"] == [8.0, "inf"]
+    assert res["train_config"]["sw_overlap"] == 0.0  # the --config file reached the study
     assert "Privacy-utility" in (out / "report.md").read_text() and (out / "privacy_utility.png").is_file()
