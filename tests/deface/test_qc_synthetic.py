@@ -76,6 +76,7 @@ def test_a_leaking_or_fragmentary_brain_estimate_gives_way_to_the_head_shape(ana
     assert head_shape_brain(can, aff, dataclasses.replace(est, brain=half)).source == "head shape"
 
 
+@pytest.mark.slow
 def test_2mm_demo_head_is_centred_by_the_placed_template_plane_and_a_yaw_still_fails():
     """``DEMO_SPACING=2``: site-2 case 6 was refused, its removal "13.5 mm off the brain's mid-plane".
 
