@@ -33,8 +33,9 @@ Checks (a failed check fails the file, never silently passes it):
   nearer of the two, at most ``max_removal_offset_mm``; a yawed removal keeps one cheek and
   is off both). The brain estimate's plane alone gave false alarms: measured ~90 mm in front
   of the brain's centre, a 7 degree error of the mirror plane of a partial estimate moves
-  it 11 mm (2 mm synthetic demo heads, 13.5 and 28.7 mm against 1.0 and 0.9 mm from the
-  placed template plane; the true removals were centred within 2.2 mm).
+  it 11 mm, and a blob-like estimate can mirror best about a wrong axis (2 mm synthetic demo
+  heads, site 2 cases 6 and 4: 13.5 and 28.7 mm, against 1.0 and 2.1 mm from the placed
+  template plane; case 6's true removal is 2.2 mm off the generator's brain plane).
 
 The bounds come from two real T1 heads (ds000031 and pycortex, 2 mm copies in
 ``tests/assets/mri``) with their own correct registrations, at their own pose and with the
