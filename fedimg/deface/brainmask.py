@@ -57,6 +57,8 @@ class BrainEstimate:
     reference: float  # intensity of the deep brain core
     source: str = "image"  # "image"; "none" (no plausible brain in the image); "head shape" (qc's fallback)
     offset_mm: float = 0.0  # distance of the brain's centre from the head's deep core
+    head_plane: tuple[np.ndarray, np.ndarray] | None = None  # (centre, normal): the template's mid-plane placed by the head shape
+    margin_mm: float = 0.0  # how far inside the true brain's boundary ``brain`` lies (an eroded placed template brain)
 
     @property
     def head_ml(self) -> float:
@@ -300,7 +302,8 @@ def removal_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarra
       the brain and in front of its centre (along the brain's own anterior axis; eyes, nose
       bridge, cheeks; the forehead is nearer than 25 mm, the chin and neck farther than 45 mm);
     - ``removal_offset_mm``: distance of the removed tissue's centre from the brain's own
-      mid-sagittal plane (:func:`head_frame`).
+      mid-sagittal plane (:func:`head_frame`), or from the template's mid-plane placed by the
+      head shape (``estimate.head_plane``) when that is nearer.
 
     A registration that moves the face region into the brain fails the first; one that slides
     it into the air or the neck fails the second or third (see ``QCThresholds``).
@@ -324,11 +327,22 @@ def removal_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarra
     if est.brain.any():
         dist = est.brain_distance
         centre, normal, anterior = est.frame
-        cells = np.argwhere(est.head & (dist >= near_mm[0]) & (dist < near_mm[1]))
+        lo, hi = near_mm[0] + est.margin_mm, near_mm[1] + est.margin_mm  # measured from the brain's boundary
+        cells = np.argwhere(est.head & (dist >= lo) & (dist < hi))
         front = (est.cell_world(cells) - centre) @ anterior > 0
         if front.any():
             out["face_near_removed"] = float(removed_cells[tuple(cells[front].T)].sum() / front.sum())
         tissue = np.argwhere(removed_cells & est.head)
         if len(tissue):
-            out["removal_offset_mm"] = float(abs(((est.cell_world(tissue) - centre) @ normal).mean()))
+            world = est.cell_world(tissue)
+            out["removal_offset_mm"] = float(abs(((world - centre) @ normal).mean()))
+            if est.head_plane is not None:
+                # The brain estimate's mirror plane, measured ~90 mm in front of its centre, is off by
+                # 90 sin(error) mm: a 7 degree error on a partial brain estimate gives 11 mm. The
+                # template's mid-plane placed by the head shape (:func:`fedimg.deface.qc.head_shape_brain`,
+                # independent of the registration) is a second estimate; the removal is centred when
+                # it is centred on either (a yawed removal is off both).
+                out["removal_offset_brain_mm"] = out["removal_offset_mm"]
+                out["removal_offset_head_mm"] = float(abs(((world - est.head_plane[0]) @ est.head_plane[1]).mean()))
+                out["removal_offset_mm"] = min(out["removal_offset_brain_mm"], out["removal_offset_head_mm"])
     return out

@@ -33,9 +33,16 @@ Checks (a failed check fails the file, never silently passes it):
 - ``removed_volume``: the removed head tissue is a plausible share of the head in the field
   of view (``removed_fraction`` within ``removed_fraction_range``; 0 mL removed fails);
 - ``face_removed``: at least ``min_face_near_removed`` of the near face (eyes, nose bridge,
-  cheeks: head 25-45 mm in front of the estimated brain) is removed;
-- ``face_centred``: the removed tissue is centred on the brain's own mid-sagittal plane
-  (``removal_offset_mm`` at most ``max_removal_offset_mm``; a yawed removal keeps one cheek).
+  cheeks: head 25-45 mm in front of the estimated brain, measured from the placed brain's
+  boundary when QC checks the eroded head-shape brain) is removed;
+- ``face_centred``: the removed tissue is centred on the brain's own mid-sagittal plane or
+  on the template's mid-plane placed by the head-mask alignment (``removal_offset_mm``, the
+  nearer of the two, at most ``max_removal_offset_mm``; a yawed removal keeps one cheek and
+  is off both). The brain estimate's plane alone gave false alarms: measured ~90 mm in front
+  of the brain's centre, a 7 degree error of the mirror plane of a partial estimate moves
+  it 11 mm, and a blob-like estimate can mirror best about a wrong axis (2 mm synthetic demo
+  heads, site 2 cases 6 and 4: 13.5 and 28.7 mm, against 1.0 and 2.1 mm from the placed
+  template plane; case 6's true removal is 2.2 mm off the generator's brain plane).
 
 The bounds come from two real T1 heads (ds000031 and pycortex, 2 mm copies in
 ``tests/assets/mri``) with their own correct registrations, at their own pose and with the
@@ -67,6 +74,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
@@ -193,7 +201,8 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
 
 def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, erode_mm: float = 8.0,
                      leak_mm: float = 10.0, max_leak_ml: float = 20.0, min_cover: float = 0.5, keep: int = HEAD_SHAPE_KEEP,
-                     candidates=None, brain_protect: str | None = None):
+                     tie_dice: float = 0.02, min_core_ml: float = 400.0, candidates=None,
+                     brain_protect: str | None = None):
     """The brain QC checks: the image's own estimate where the head shape agrees, else the head shape's.
 
     The template's brain-protection mask is placed by the ``keep`` best head-mask alignments
@@ -201,10 +210,15 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     registration being checked). The image's estimate is kept when, for one of them, at most
     ``max_leak_ml`` of it lies more than ``leak_mm`` outside the placed mask (a leak into face
     or neck goes further) and it covers at least ``min_cover`` of the placed mask eroded by
-    ``erode_mm`` (not a fragment); otherwise (or with no estimate) the best alignment's eroded
-    placed mask is the brain, ``source="head shape"``. ``candidates``: those alignments when
-    already computed for this image (:attr:`~fedimg.deface.core.FaceRemoval.head_shape`), best
-    first; ``brain_protect``: the brain-protection mask to place (None: the shipped one).
+    ``erode_mm`` (not a fragment); otherwise (or with no estimate) the eroded placed mask is
+    the brain, ``source="head shape"``: where several alignments score within ``tie_dice``
+    head-mask Dice of the best, the part common to all of them (a head mask can fit nearly as
+    well turned by 30-45 degrees: on T2-like dev heads the two best of four near-equal
+    placements were the wrong ones, 760 mL of their core outside the true brain). Under
+    ``min_core_ml`` in common: no brain (``source="none"``; QC then fails the file).
+    ``candidates``: those alignments when already computed for this image
+    (:attr:`~fedimg.deface.core.FaceRemoval.head_shape`), best first; ``brain_protect``: the
+    brain-protection mask to place (None: the shipped one).
     """
     from scipy import ndimage as ndi
 
@@ -217,10 +231,12 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     cands = list(candidates)[:keep]
     if not cands or not estimate.head.any():
         return estimate
+    estimate = dataclasses.replace(estimate, head_plane=_placed_midplane(cands[0].matrix))
     sp = estimate.cell_spacing
     template = load_template(brain_protect)
+    ties = sum(c.dice >= cands[0].dice - tie_dice for c in cands)
     if not estimate.brain.any():
-        cands = cands[:1]  # nothing to compare: only the best placement's core is needed
+        cands = cands[:ties]  # nothing to compare: only the near-best placements' cores are needed
     cores, seen = [], []
     for cand in cands:  # the estimate stands when one of the best head-shape placements agrees with it
         placed = _warp_core(template, estimate.head.shape, estimate.cell_affine, cand.matrix) & estimate.head
@@ -236,9 +252,31 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
         seen.append(f"{leak_ml:.0f} mL more than {leak_mm:.0f} mm outside, covers {100 * cover:.0f}%")
     if seen:
         log.info("QC: the image's brain estimate disagrees with the head shape (%s)", "; ".join(seen))
-    core = cores[0]
+    core = np.logical_and.reduce(cores[:ties])
+    if float(core.sum()) * estimate.cell_ml < min_core_ml:  # the placements disagree: nothing to check against
+        log.info("QC: the near-best head-shape placements share only %.0f mL of brain", core.sum() * estimate.cell_ml)
+        return dataclasses.replace(estimate, brain=np.zeros_like(core), source="none")
     log.info("QC: checking the template brain placed by the head shape (%.0f mL)", core.sum() * estimate.cell_ml)
-    return dataclasses.replace(estimate, brain=core, source="head shape")
+    return dataclasses.replace(estimate, brain=core, source="head shape", margin_mm=erode_mm)
+
+
+@functools.lru_cache(maxsize=1)
+def _template_midplane() -> tuple[np.ndarray, np.ndarray]:
+    """The template brain's mid-sagittal plane (centre, unit normal) in template world mm."""
+    from .brainmask import head_frame
+    from .template import load_template
+
+    t = load_template()
+    centre, normal, _ = head_frame(t.brain > 0.5, t.affine)
+    return centre, normal
+
+
+def _placed_midplane(subject_to_template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The template's mid-plane in subject world mm under ``subject_to_template`` (centre, unit normal)."""
+    c_t, n_t = _template_midplane()
+    lin = subject_to_template[:3, :3]
+    normal = lin.T @ n_t
+    return np.linalg.solve(lin, c_t - subject_to_template[:3, 3]), normal / np.linalg.norm(normal)
 
 
 def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_to_template: np.ndarray, *, step_mm: float = 4.0) -> float:

@@ -141,3 +141,32 @@ def test_deface_transform_raises_naming_the_image_when_qc_fails(head_2mm):
     with pytest.raises(QCError, match="top_of_head.nii.gz: defacing QC failed"):
         t(mt)
     assert t.last_qc is None
+
+
+def test_head_shape_brain_of_a_t2_like_tilted_head_lies_inside_the_true_brain(head_2mm):
+    """No brain from the image (T2-like mapping, header tilted): QC's head-shape brain must be brain.
+
+    Several head-mask placements fit a tilted head almost equally well (within 0.02 Dice), and
+    the best can be a wrong one: QC keeps only the brain common to them, 8 mm inside the placed
+    template brain, so it lies inside the brain placed by the correct registration.
+    """
+    from fedimg.deface.qc import _warp_core, head_shape_brain
+    from fedimg.deface.template import load_template
+
+    vol, s2t = _head("ds000031", head_2mm)
+    data = vol.scaled()
+    hi = np.percentile(data[data > 0], 99)  # the corpus's T2-like map of T1 intensities (benchmarks/deface_corpus.py)
+    t2 = np.interp(np.clip(data / hi, 0, 1.3), (0.0, 0.08, 0.25, 0.5, 0.7, 1.0, 1.3),
+                   (0.0, 0.05, 1.0, 0.6, 0.42, 0.75, 0.825)).astype(np.float32) * 1000
+    centre = np.eye(4)
+    centre[:3, 3] = (vol.affine @ np.r_[(np.array(data.shape) - 1) / 2.0, 1.0])[:3]
+    rot = np.eye(4)
+    rot[:3, :3] = _rotation(-3.0, -33.0, -22.0)
+    tilt = centre @ rot @ np.linalg.inv(centre)
+    can, aff = to_canonical(t2, tilt @ vol.affine)
+    est = estimate_brain(can, aff)
+    none = dataclasses.replace(est, brain=np.zeros_like(est.brain), source="none")
+    got = head_shape_brain(can, aff, none)
+    assert got.source == "head shape" and got.margin_mm == 8.0 and got.brain_ml >= 400
+    true = _warp_core(load_template(), est.head.shape, est.cell_affine, np.asarray(s2t) @ np.linalg.inv(tilt))
+    assert (got.brain & true).sum() >= 0.99 * got.brain.sum()

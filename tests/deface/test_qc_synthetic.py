@@ -65,10 +65,43 @@ def test_a_leaking_or_fragmentary_brain_estimate_gives_way_to_the_head_shape(ana
     t1, _, _ = _case(anatomy, 1, 0)
     can, aff = to_canonical(t1, anatomy.affine)
     est = estimate_brain(can, aff)
-    assert est.source == "image" and head_shape_brain(can, aff, est) is est
+    kept = head_shape_brain(can, aff, est)
+    assert est.source == "image" and kept.source == "image" and kept.brain is est.brain
+    assert kept.head_plane is not None and abs(kept.head_plane[1][0]) > 0.9  # the placed mid-plane: normal ~ L-R
     down = int(round(40.0 / est.cell_spacing[2]))  # the same brain again 40 mm lower: a leak into the neck
     leak = dataclasses.replace(est, brain=est.brain | np.roll(est.brain, -down, axis=2) & est.head)
     assert head_shape_brain(can, aff, leak).source == "head shape"
     half = est.brain.copy()
     half[: half.shape[0] * 2 // 3] = False  # a third of the brain: a fragment
     assert head_shape_brain(can, aff, dataclasses.replace(est, brain=half)).source == "head shape"
+
+
+@pytest.mark.slow
+def test_2mm_demo_head_is_centred_by_the_placed_template_plane_and_a_yaw_still_fails():
+    """``DEMO_SPACING=2``: site-2 case 6 was refused, its removal "13.5 mm off the brain's mid-plane".
+
+    The removal is centred on the generator's brain (2.2 mm); the mirror plane of the image's
+    partial brain estimate is 7 degrees off, 13.5 mm at the face. The template's mid-plane placed by
+    the head shape passes it; the same removal turned 30 degrees about the image centre fails.
+    """
+    from fedimg.deface.register import _rotation
+
+    anatomy = load_anatomy(2.0)
+    prof = site_profile(0, 2, hard=True)
+    out = synth_case(anatomy, prof, np.random.default_rng([0, 2, 2, 6]))
+    t1 = out["images"][0].astype(np.float32)
+    cfg = DefaceConfig()
+    removal = face_removal(t1, anatomy.affine, protect=out["label"], config=cfg)
+    qc = check_removal(t1, anatomy.affine, removal, cfg.qc)
+    assert qc["passed"], qc["failures"]
+    assert qc["removal_offset_brain_mm"] > cfg.qc.max_removal_offset_mm > qc["removal_offset_head_mm"]
+    assert not (removal.remove & (out["brain"] > 0.5)).any()
+    centre = np.eye(4)
+    centre[:3, 3] = (anatomy.affine @ np.r_[(np.array(t1.shape) - 1) / 2.0, 1.0])[:3]
+    turn = np.eye(4)
+    turn[:3, :3] = _rotation(0.0, 0.0, 30.0)
+    s2t = np.asarray(removal.registration.subject_to_template) @ centre @ turn @ np.linalg.inv(centre)
+    wrong = Registration(subject_to_template=s2t, loss=-0.6, second_loss=-0.5, agreement_mm=0.0,
+                         start=(0.0, 0.0, 0.0), seconds=0.0, losses=())
+    bad = check_removal(t1, anatomy.affine, face_removal(t1, anatomy.affine, registration=wrong), cfg.qc)
+    assert not bad["checks"]["face_centred"], bad["removal_offset_mm"]
