@@ -39,8 +39,16 @@ ARMS = {
     "fedavg-local1": {"local": 1},
     "fedavg-contrast": {"contrast": True},
     "fedavg-localnorm": {"local_norm": True},
-    "fedavg-slr2": {"server_lr": 2.0},
-    "fedavg-slr3": {"server_lr": 3.0},
+    "fedavg-slr2": {"strategy": {"server_lr": 2.0}},
+    "fedavg-slr3": {"strategy": {"server_lr": 3.0}},
+    "fedavgm": {"strategy": {"name": "fedavgm", "beta1": 0.9}},
+    "fedavgm-b0.7": {"strategy": {"name": "fedavgm", "beta1": 0.7}},
+    "fedavgm-b0.5": {"strategy": {"name": "fedavgm", "beta1": 0.5}},
+    "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
+    "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
+    "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
+    "fedyogi-0.01": {"strategy": {"name": "fedyogi", "server_lr": 0.01}},
+    "fedyogi-0.03": {"strategy": {"name": "fedyogi", "server_lr": 0.03}},
 }
 QUICK = ("central", "fedavg", "fedavg-contrast")
 
@@ -76,13 +84,16 @@ def _central(task, config, datas, tests, epochs: int, local: int, seed: int) -> 
     return {"val": [c["val"] for c in arm["curve"]], "test": {s: float(np.nanmean(list(v.values()))) for s, v in test.items()}}
 
 
-def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, server_lr: float = 1.0,
+def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, strategy: dict | None = None,
             local_norm: bool = False) -> dict:
-    """In-process FedAvg (sample-weighted), optional server learning rate and site-local norm layers."""
+    """In-process federation: fedimg's own server :class:`~fedimg.fl.server.strategies.Strategy`
+    (``strategy``: StrategyConfig fields, default FedAvg) on the sites' packed float differences,
+    optionally with site-local norm layers (FedBN-style)."""
     import torch
 
     from fedimg.device import seed_everything
     from fedimg.engine.loop import train_one_round
+    from fedimg.fl.server.strategies import StrategyConfig, make_strategy
     from fedimg.study.arms import evaluate_cases
 
     seed_everything(seed)
@@ -91,23 +102,29 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
     nets = {s: task.build_model(config) for s in datas}
     norm_keys = [k for k in glob if "norm" in k] if local_norm else []
     norms = {s: {k: glob[k].clone() for k in norm_keys} for s in datas}
-    n = {s: d.num_train for s, d in datas.items()}
-    total = sum(n.values())
+    keys = [k for k, v in glob.items() if v.is_floating_point()]
+    server = make_strategy(StrategyConfig(**(strategy or {})), size=sum(glob[k].numel() for k in keys))
     val = []
     for _ in range(epochs // local):
-        upd = {}
+        server.begin_round()
         for s, d in datas.items():
             start = {k: v.numpy() for k, v in {**glob, **norms[s]}.items()}
             train_one_round(nets[s], d, config, epochs=local, global_params=start)
-            upd[s] = {k: v.detach().clone().float() for k, v in nets[s].state_dict().items()}
-            norms[s] = {k: upd[s][k].clone() for k in norm_keys}
-        glob = {k: (v.float() + server_lr * sum((upd[s][k] - v.float()) * n[s] / total for s in datas)).to(v.dtype)
-                for k, v in glob.items()}
+            new = {k: v.detach().clone() for k, v in nets[s].state_dict().items()}
+            norms[s] = {k: new[k].clone() for k in norm_keys}
+            diff = torch.cat([(new[k].float() - glob[k].float()).reshape(-1) for k in keys]).numpy()
+            server.add(diff, float(d.num_train))
+        step, i = torch.from_numpy(server.finish()), 0
+        for k in keys:
+            n = glob[k].numel()
+            glob[k] = (glob[k].float() + step[i:i + n].reshape(glob[k].shape)).to(glob[k].dtype)
+            i += n
         scores = []
         for s, d in datas.items():
             nets[s].load_state_dict({**glob, **norms[s]})
             scores.append((task.evaluate(nets[s], d, config)["dice_mean"], d.num_val))
         val.append(sum(a * b for a, b in scores) / max(1, sum(b for _, b in scores)))
+        print(f"  {len(val) * local} epochs per case: validation {val[-1]:.3f}", flush=True)
     test = {}
     for s in datas:
         params = {k: v.numpy() for k, v in {**glob, **norms[s]}.items()}
@@ -147,7 +164,7 @@ def main(argv=None) -> int:
             if name == "central":
                 res = _central(task, config, datas, tests, epochs, local, 0)
             else:
-                res = _fedavg(task, config, datas, tests, epochs, local, 0, server_lr=spec.get("server_lr", 1.0),
+                res = _fedavg(task, config, datas, tests, epochs, local, 0, strategy=spec.get("strategy"),
                               local_norm=bool(spec.get("local_norm")))
             res.update(mean_test=float(np.mean(list(res["test"].values()))), wall_s=time.perf_counter() - t0,
                        cpu_s=time.process_time() - c0)
