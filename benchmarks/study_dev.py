@@ -1,8 +1,8 @@
 """Why does federated lag centralised? In-process diagnosis on the study's DEVELOPMENT split.
 
-    python benchmarks/study_dev.py                 # centralised, FedAvg, FedAvgM at 48 epochs per case (~3.5 min)
+    python benchmarks/study_dev.py                 # centralised, FedAvg, FedAvgM at 48 epochs per case (175 s, 2 cores)
     python benchmarks/study_dev.py --quick         # the same three arms at 24 epochs per case (~2 min)
-    python benchmarks/study_dev.py --full          # every arm below at 48 epochs per case (~15 min)
+    python benchmarks/study_dev.py --full          # every arm below at 48 epochs per case (~17 min)
     python benchmarks/study_dev.py --seed 1 --epochs 72 --arms central,fedavg,fedavgm   # another split, budget
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
