@@ -8,7 +8,8 @@
 # Usage: scripts/demo.sh [OUT_DIR]   (default: demo/). Tunables via environment:
 #   DEMO_SITES, DEMO_CASES (one number or one per site, e.g. 6,8,10), DEMO_SPACING (mm),
 #   DEMO_EPOCHS, DEMO_ROUNDS (most rounds), DEMO_LOCAL_EPOCHS, DEMO_PATIENCE, DEMO_SEEDS,
-#   DEMO_TILE_ROUNDS, DEMO_CONTRAST_AUG (on|off: the study's contrast augmentation at every site)
+#   DEMO_TILE_ROUNDS, DEMO_CONTRAST_AUG (on|off: the study's contrast augmentation at every site),
+#   DEMO_STRATEGY (the study's federated strategy; default fedavgm, the study's default)
 # The defaults keep the whole demo on a 2-core CPU well under 15 minutes (4 mm voxels);
 # `fedimg synth` itself defaults to 2 mm.
 set -euo pipefail
@@ -24,6 +25,7 @@ PATIENCE=${DEMO_PATIENCE:-2}
 SEEDS=${DEMO_SEEDS:-3}
 TILE_ROUNDS=${DEMO_TILE_ROUNDS:-5}
 CONTRAST_AUG=${DEMO_CONTRAST_AUG:-on}
+STRATEGY=${DEMO_STRATEGY:-fedavgm}
 SMALL=(--roi 32 32 32 --batch-size 2 --init-filters 8)
 PATHO=tests/assets/pathology
 mkdir -p "$OUT"
@@ -45,9 +47,9 @@ step "3/7 train site-1 alone for $EPOCHS epochs (defaced data only: no --allow-i
 step "4/7 evaluate the site-1 model on site-2's cases"
 "$FEDIMG" evaluate --model "$OUT/runs/site-1" --data "$OUT/data/site-2"
 
-step "5/7 study, $SEEDS seeds: federated (NVFlare SimEnv, FedAvg) vs centralised vs each site alone, early stopping, contrast augmentation $CONTRAST_AUG"
+step "5/7 study, $SEEDS seeds: federated (NVFlare SimEnv, $STRATEGY) vs centralised vs each site alone, early stopping, contrast augmentation $CONTRAST_AUG"
 "$FEDIMG" study --data "$OUT/data" --out "$OUT/study" --seeds "$SEEDS" --rounds "$ROUNDS" \
-  --local-epochs "$LOCAL_EPOCHS" --patience "$PATIENCE" --strategy fedavg --contrast-aug "$CONTRAST_AUG" "${SMALL[@]}" --no-progress
+  --local-epochs "$LOCAL_EPOCHS" --patience "$PATIENCE" --strategy "$STRATEGY" --contrast-aug "$CONTRAST_AUG" "${SMALL[@]}" --no-progress
 
 step "6/7 pathology: tile the real H&E slide, make $SITES stain-shifted synthetic sites, Macenko-normalise one"
 "$FEDIMG" tiles --slide "$PATHO/cmu_small_region.svs" --out "$OUT/pathology/slide-tiles" --tile-size 224 --mpp 0.5 --no-progress
@@ -63,5 +65,5 @@ printf '{"model": "resnet10", "width": 0.5, "batch_size": 32, "lr": 0.003, "warm
   --local-epochs 2 --config "$OUT/pathology/tiles-config.json" --no-progress
 
 printf '\nDemo finished in %d s.\n  report: %s\n  federated run: %s\n' \
-  $((SECONDS - t0)) "$OUT/study/report.md" "$OUT/study/seed-0/fl-fedavg/metrics.json"
+  $((SECONDS - t0)) "$OUT/study/report.md" "$OUT/study/seed-0/fl-$STRATEGY/metrics.json"
 printf '  tiles: %s (thumbnail.png), federated tile classifier: %s\n' "$OUT/pathology/slide-tiles" "$OUT/runs/tiles-fl/metrics.json"
