@@ -141,6 +141,13 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
     return {"val": val, "test": test}
 
 
+def write_results(path: str, out: dict) -> None:
+    """Write a benchmark's ``out`` as JSON to ``path`` (its folder made) and say so."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="every arm (default: centralised, FedAvg, FedAvgM)")
@@ -191,9 +198,7 @@ def main(argv=None) -> int:
                   f"({' '.join(f'{v:.3f}' for v in res['test'].values())})  {res['cpu_s']:.0f} CPU s; "
                   f"patience {a.patience}: best {res['best_val']:.3f} kept at {res['kept_at']}, stopped at "
                   f"{res['stopped_at']}{' (at budget)' if res['at_budget'] else ''}", flush=True)
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=1))
-    print(f"wrote {a.json}")
+    write_results(a.json, out)
     return 0
 
 

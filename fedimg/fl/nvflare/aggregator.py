@@ -278,7 +278,8 @@ class FedimgAggregator(ModelAggregator):
         """``params`` without the site-local entries (FedBN's norm layers)."""
         if params is None or not self.local_keys:
             return params
-        return {k: v for k, v in params.items() if k not in set(self.local_keys)}
+        local = set(self.local_keys)
+        return {k: v for k, v in params.items() if k not in local}
 
     def _screen_controls(self, site: str, controls: Any) -> Verdict:
         """SCAFFOLD: a site's control difference must name the model's float tensors, finite."""

@@ -63,12 +63,14 @@ class SiteControl:
         self._lr_sum: dict[str, float] = {}
         self._c: dict[str, Any] = {}
         self._params: dict[str, Any] = {}
+        self._ids: dict[int, str] = {}  # id(parameter) -> name, for after_step
 
     def begin(self, model: Any, c_global: Mapping[str, Any] | None) -> None:
         """Start a round: ``c_global`` is the server's ``c`` (``None``/empty: zeros, the first round)."""
         import torch
 
         self._params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+        self._ids = {id(p): k for k, p in self._params.items()}
         c_global = c_global or {}
         self._c, self._corr, self._lr_sum = {}, {}, {}
         for k, p in self._params.items():
@@ -85,12 +87,11 @@ class SiteControl:
         """Correct the parameters an optimizer step just changed: ``p -= lr * (c - c_i)``."""
         import torch
 
-        ids = {id(p): k for k, p in self._params.items()}
         with torch.no_grad():
             for group in param_groups:
                 lr = float(group["lr"])
                 for p in group["params"]:
-                    k = ids.get(id(p))
+                    k = self._ids.get(id(p))
                     if k is not None:
                         p.add_(self._corr[k], alpha=-lr)
                         self._lr_sum[k] += lr
