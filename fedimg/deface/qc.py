@@ -103,12 +103,14 @@ class QCThresholds:
     removed_fraction_range: tuple[float, float] = (0.02, 0.13)
     min_face_near_removed: float = 0.14
     max_removal_offset_mm: float = 10.0
+    ct_removed_fraction_range: tuple[float, float] = (0.035, 0.19)  # CT heads: see :mod:`.ct_qc`
 
     def __post_init__(self) -> None:
         if self.min_mi < 0 or self.max_agreement_mm <= 0 or not 0 <= self.min_brain_in_head <= 1:
             raise ConfigError("QC thresholds: min_mi >= 0, max_agreement_mm > 0, 0 <= min_brain_in_head <= 1")
         lo, hi = self.removed_fraction_range
-        if not 0 < lo < hi <= 1 or self.max_brain_removed_ml < 0:
+        clo, chi = self.ct_removed_fraction_range
+        if not 0 < lo < hi <= 1 or not 0 < clo < chi <= 1 or self.max_brain_removed_ml < 0:
             raise ConfigError("QC thresholds: 0 < removed_fraction_range[0] < [1] <= 1, max_brain_removed_ml >= 0")
         if not 0 <= self.min_face_near_removed <= 1 or not 0 <= self.min_start_dice <= 1:
             raise ConfigError("QC thresholds: min_face_near_removed and min_start_dice in [0, 1]")
@@ -191,6 +193,10 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
     remove, _ = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
+    if removal.modality == "ct":  # the intracranial volume from bone and soft tissue (:mod:`.ct_qc`)
+        from .ct_qc import ct_evaluate
+
+        return ct_evaluate(can, can_aff, remove, removal, metrics, thresholds, estimate=estimate)
     est = estimate or estimate_brain(can, can_aff)
     if removal.modality == "mr":
         est = head_shape_brain(can, can_aff, est, candidates=removal.head_shape or None,
