@@ -157,9 +157,10 @@ def ct_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarray, re
     """
     from scipy import ndimage as ndi
 
+    from .ct import air_value
     from .template import load_template
 
-    air = float(removal.fill_value)
+    air = air_value(canonical, "ct")  # the image's own air, not the value the removal writes
     est = estimate or ct_brain_estimate(canonical, affine, air=air)
     out = removal_metrics(canonical, affine, remove, estimate=est)
     if est.brain.any():
@@ -170,7 +171,7 @@ def ct_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarray, re
     else:
         out["brain_in_head"] = 0.0
     floor = float(np.percentile(to_hu(np.asarray(canonical)[::2, ::2, ::2], air=air), 0.5))
-    out["fill_hu"] = float(to_hu(np.array([air]), air=air)[0])
+    out["fill_hu"] = float(to_hu(np.array([removal.fill_value]), air=air)[0])
     out["fill_is_air"] = bool(out["fill_hu"] <= max(floor, -1000.0) + air_tolerance_hu)
     return out
 
