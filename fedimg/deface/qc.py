@@ -61,6 +61,10 @@ removal and QC may pass it. The brain estimate is made for MR and CT head contra
 checked on real T1 only; on synthetic FLAIR-like mappings it can come out too small and
 fail correct defacings (a false failure, never a false pass of the brain check).
 
+CT heads (``FaceRemoval.modality == "ct"``) are checked by :mod:`.ct_qc`: the same checks on
+the intracranial volume estimated from bone and soft tissue, the CT removed-share bounds
+``ct_removed_fraction_range`` and one more check, ``fill_is_air``.
+
 >>> thresholds = QCThresholds()
 >>> ok = dict(mutual_information=0.6, agreement_mm=0.5, loss_gap=0.0, protected_changed_ml=0.0,
 ...           brain_removed_ml=0.0, brain_in_head=0.98, removed_ml=900.0, removed_fraction=0.06,
