@@ -27,6 +27,8 @@ store instruction differs.
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -36,6 +38,7 @@ from numba.extending import intrinsic
 __all__ = ["ALIGN", "nt_store", "store_fence", "aligned_zeros", "is_aligned", "chunk_table", "prep", "runs",
            "F16_LUT", "BF16_LUT"]
 
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 ALIGN = 16  # values: 64 bytes of float32 (an AVX-512 store; a cache line), 128 of float64
 _MAX_TUPLE = 64  # as _cpu.MAX_TUPLE (numba's limit for a tuple passed to a parallel region is 100)
 F16_LUT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
@@ -65,7 +68,11 @@ def store_fence(typingctx):
     sig = types.void()
 
     def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
+        if _X86:  # LLVM may lower a seq_cst fence to a locked add, which x86 does not promise orders them
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence")
+            builder.call(fn, [])
+        else:
+            builder.fence("seq_cst")
         return context.get_dummy_value()
 
     return sig, codegen
