@@ -15,7 +15,7 @@ parts travel as a tuple (up to ``MAX_TUPLE`` per launch) with a chunk table buil
 layout (chunks never straddle parts), and one loop per chunk folds each value into the output
 and adds its square to the update's sum of squares (each value read once). Into a 64-byte
 aligned output (the accumulator's buffers, :func:`zeros`) it writes with streaming stores
-(:mod:`._stream`): no read of the output's old lines, the same values bit for bit.
+(:mod:`.stream`): no read of the output's old lines, the same values bit for bit.
 
 >>> import numpy as np
 >>> out = np.empty(5, np.float32)
@@ -34,9 +34,9 @@ from numba.extending import overload
 
 from . import _ref
 from ._backend import warn_once
-from ._stream import ALIGN, BF16_LUT, F16_LUT, aligned_zeros, chunk_table, is_aligned, nt_store, store_fence  # noqa: F401
-from ._stream import prep as _prep
-from ._stream import runs as _runs
+from .stream import ALIGN, BF16_LUT, F16_LUT, aligned_zeros, chunk_table, is_aligned, nt_store, store_fence  # noqa: F401
+from .stream import prep as _prep
+from .stream import runs as _runs
 
 __all__ = ["wsum", "wsum_sumsq", "sumsq_parts", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH"]
 
@@ -198,7 +198,7 @@ def _fold_sumsq_chunk(v, s, o, w, lut, acc, accumulate):  # pragma: no cover - n
 
 @njit(fastmath={"reassoc"}, cache=True, nogil=True)
 def _fold_sumsq_nt_chunk(v, s, o, w, lut, acc, accumulate):  # pragma: no cover - numba
-    """:func:`_fold_sumsq_chunk` with streaming stores (:mod:`._stream`): the same values bit for
+    """:func:`_fold_sumsq_chunk` with streaming stores (:mod:`.stream`): the same values bit for
     bit, written without reading ``o`` first; ``o`` starts on the 64-byte grid."""
     if accumulate:
         for i in range(v.size):
@@ -222,7 +222,7 @@ def _wsum_sumsq_k(us, cpart, clo, clen, starts, w, src, out, accumulate, lut, nt
     parts' sum of squares from the same loop: one pass over memory, one launch per update.
 
     Chunk c covers values ``clo[c] .. clo[c] + clen[c]`` of part ``cpart[c]`` (chunks never
-    straddle parts; :func:`._stream.chunk_table`, built once per layout). ``nt``: ``out`` is
+    straddle parts; :func:`.stream.chunk_table`, built once per layout). ``nt``: ``out`` is
     64-byte aligned, chunks that start on the grid use streaming stores.
     """
     nch = cpart.size

@@ -1,4 +1,4 @@
-"""Streaming stores in the numba CPU fold (``kernels/_stream.py``): the same bits as ordinary
+"""Streaming stores in the numba CPU fold (``kernels/stream.py``): the same bits as ordinary
 stores, chunks aligned in the output, and a refused update (NaN late in a tensor) that leaves
 the accumulator exactly as it was."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedimg.kernels import WeightedAccumulator, _cpu, _ref
-from fedimg.kernels._stream import ALIGN, aligned_zeros, chunk_table, is_aligned
+from fedimg.kernels.stream import ALIGN, aligned_zeros, chunk_table, is_aligned
 
 SIZES = [0, 1, 5, 15, 16, 17, 63, 4095, 4096, 4097, 9000, 3, 20000]
 
