@@ -13,7 +13,8 @@ The limit (``probe_stream``) moves exactly the same bytes with plain streaming k
 (:mod:`fedimg.bench.probes`, same threads): one read of the global model, ``a = w*u`` for the
 first update, ``K - 1`` triads ``scratch = acc + w*u`` and the result's scaling; it runs on
 packed copies of the same updates in the same round-robin. ``pct_of_stream`` is the probe's
-time over the method's, per repetition. ``probe_stream_nt`` is the same probe writing with
+time over the method's, per repetition (``pct_of_stream_nt_cpu``: the same with CPU times, steadier
+on a shared machine where wall time includes waiting for a core). ``probe_stream_nt`` is the same probe writing with
 streaming (non-temporal) stores into aligned buffers, as fedimg's fold and result scaling
 write (:mod:`fedimg.kernels.stream`): the higher bar, ``pct_of_stream_nt``. ``benchmarks/aggregate.py --path server`` adds
 Flower's and NVFlare's FedAvg fed the same dicts to the round-robin.
@@ -167,6 +168,7 @@ def server_case(k: int, repeats: int, *, shapes: list[tuple[str, tuple[int, ...]
         row = {"times_s": wall[name], "cpu_s": cpu[name], "wall_s": spread(wall[name]), "cpu_time_s": spread(cpu[name]),
                "pct_of_stream": spread([100 * p / t for p, t in zip(wall["probe_stream"], wall[name])]),
                "pct_of_stream_nt": spread([100 * p / t for p, t in zip(wall["probe_stream_nt"], wall[name])]),
+               "pct_of_stream_nt_cpu": spread([100 * p / t for p, t in zip(cpu["probe_stream_nt"], cpu[name])]),
                "peak_extra_x_model": peak_extra(methods[name], on_gpu=False, host_method=True) / (n * 4)}
         for other in peer.methods:
             row[f"speedup_vs_{other}"] = spread([o / t for o, t in zip(wall[other], wall[name])])
@@ -174,8 +176,10 @@ def server_case(k: int, repeats: int, *, shapes: list[tuple[str, tuple[int, ...]
     stream = spread([probe_bytes / t / 1e9 for t in wall["probe_stream"]])
     stream_nt = spread([probe_bytes / t / 1e9 for t in wall["probe_stream_nt"]])
     return {"path": "server", "fedimg_device": str(device or "cpu"), "probe_device": "cpu", "params": n, "tensors": len(shapes), "k": k, "repeats": repeats, "methods": rows,
-            "probe_stream": {"wall_s": spread(wall["probe_stream"]), "GBps": stream, "bytes": probe_bytes},
-            "probe_stream_nt": {"wall_s": spread(wall["probe_stream_nt"]), "GBps": stream_nt, "bytes": probe_bytes,
+            "probe_stream": {"wall_s": spread(wall["probe_stream"]), "cpu_time_s": spread(cpu["probe_stream"]),
+                             "GBps": stream, "bytes": probe_bytes},
+            "probe_stream_nt": {"wall_s": spread(wall["probe_stream_nt"]), "cpu_time_s": spread(cpu["probe_stream_nt"]),
+                                "GBps": stream_nt, "bytes": probe_bytes,
                                 "stores": "non-temporal (streaming), 64-byte aligned"},
             "peers": peer.settings}
 
