@@ -18,6 +18,10 @@ store instruction differs.
   chunk (ordinary stores), every other chunk starts on it.
 * :func:`prep` / :func:`runs`: how the kernels see their inputs (float16 as bits + table).
 
+numba's disk cache of the kernels in :mod:`._cpu` and :mod:`fedimg.bench.probes` notices edits
+to their own files only: after changing an intrinsic here, touch those files (or clear
+``__pycache__``) so the kernels are compiled again.
+
 >>> cpart, clo, clen, starts = chunk_table((20, 5, 40), 0, ch=16)
 >>> [(int(p), int(lo), int(n)) for p, lo, n in zip(cpart, clo, clen)]
 [(0, 0, 16), (0, 16, 4), (1, 0, 5), (2, 0, 7), (2, 7, 16), (2, 23, 16), (2, 39, 1)]
