@@ -21,7 +21,8 @@ probe that moves the validating fold's bytes. The one command for RESULTS.md:
 
     python benchmarks/aggregate.py --path server --json benchmarks/cpu-results/aggregate-server.json
 Needs the bench extra (``pip install -e '.[bench]'``); without it, or with ``--no-peers``,
-only fedimg's methods run (as ``fedimg bench aggregate``).
+only fedimg's methods run (as ``fedimg bench aggregate``). Run as a script it sets
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment has one (see the comment below the imports).
 
     python benchmarks/aggregate.py --quick --json bench-results/aggregate.json
 """
@@ -36,10 +37,17 @@ import platform
 import sys
 from typing import Any
 
-import numpy as np
+# GNU OpenMP (numba's default "omp" threading layer, and torch's) lets idle workers sleep instead
+# of spinning between parallel launches. On a shared host a spinning 2-thread fold waits at every
+# launch for a descheduled worker (about 16x slower at load 14 on 2 vCPUs, RESULTS.md); set before
+# any OpenMP runtime loads (run as a script only); an OMP_WAIT_POLICY already set wins; in the JSON.
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import _common
-from fedimg.bench import aggregate
+import numpy as np  # noqa: E402
+
+import _common  # noqa: E402
+from fedimg.bench import aggregate  # noqa: E402
 
 __all__ = ["add_arguments", "run", "traffic", "peers", "server_peers"]
 
@@ -225,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
         "device_name": aggregate.device_name(device),
         "cpu_threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "platform": platform.platform(),
         "repeats": repeats,

@@ -13,7 +13,9 @@ seen read-only (one numba type whether or not the caller's array is writeable).
 ``wsum_sumsq`` takes one update as its parts (a state dict's tensors, no packed copy): the
 parts travel as a tuple (up to ``MAX_TUPLE`` per launch) with a chunk table built once per
 layout (chunks never straddle parts), and one loop per chunk folds each value into the output
-and adds its square to the update's sum of squares (each value read once).
+and adds its square to the update's sum of squares (each value read once). Into a 64-byte
+aligned output (the accumulator's buffers, :func:`zeros`) it writes with streaming stores
+(:mod:`.stream`): no read of the output's old lines, the same values bit for bit.
 
 >>> import numpy as np
 >>> out = np.empty(5, np.float32)
@@ -32,13 +34,14 @@ from numba.extending import overload
 
 from . import _ref
 from ._backend import warn_once
+from .stream import ALIGN, BF16_LUT, F16_LUT, aligned_zeros, chunk_table, is_aligned, nt_store, store_fence  # noqa: F401
+from .stream import prep as _prep
+from .stream import runs as _runs
 
 __all__ = ["wsum", "wsum_sumsq", "sumsq_parts", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH"]
 
 CH = 4096
 MAX_TUPLE = 64  # numba unpacks a tuple passed to a parallel region: at most 100 (NUMBA_PARFOR_MAX_TUPLE_SIZE)
-F16_LUT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
-BF16_LUT = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)
 
 
 # -- scalar maths shared with the numba CUDA backend -------------------------------------
@@ -193,13 +196,34 @@ def _fold_sumsq_chunk(v, s, o, w, lut, acc, accumulate):  # pragma: no cover - n
     return np.float64(acc)
 
 
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def _fold_sumsq_nt_chunk(v, s, o, w, lut, acc, accumulate):  # pragma: no cover - numba
+    """:func:`_fold_sumsq_chunk` with streaming stores (:mod:`.stream`): the same values bit for
+    bit, written without reading ``o`` first; ``o`` starts on the 64-byte grid."""
+    if accumulate:
+        for i in range(v.size):
+            x = _ld(v, i, lut)
+            nt_store(o, i, s[i] + w * x)
+            y = _cast_like(x, acc)
+            acc += y * y
+    else:
+        for i in range(v.size):
+            x = _ld(v, i, lut)
+            nt_store(o, i, w * x)
+            y = _cast_like(x, acc)
+            acc += y * y
+    store_fence()
+    return np.float64(acc)
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def _wsum_sumsq_k(us, cpart, clo, starts, w, src, out, accumulate, lut):  # pragma: no cover - numba
+def _wsum_sumsq_k(us, cpart, clo, clen, starts, w, src, out, accumulate, lut, nt):  # pragma: no cover - numba
     """``out = [src +] w * us[p]`` on each part's segment (part p at ``starts[p]``), and the
     parts' sum of squares from the same loop: one pass over memory, one launch per update.
 
-    Chunk c covers values ``clo[c] .. min(clo[c] + CH, size)`` of part ``cpart[c]`` (chunks
-    never straddle parts; the table is built once per layout by :func:`_chunk_table`).
+    Chunk c covers values ``clo[c] .. clo[c] + clen[c]`` of part ``cpart[c]`` (chunks never
+    straddle parts; :func:`.stream.chunk_table`, built once per layout). ``nt``: ``out`` is
+    64-byte aligned, chunks that start on the grid use streaming stores.
     """
     nch = cpart.size
     ss = np.zeros(nch, np.float64)
@@ -207,22 +231,25 @@ def _wsum_sumsq_k(us, cpart, clo, starts, w, src, out, accumulate, lut):  # prag
         p = cpart[c]
         u = us[p]
         lo = clo[c]
-        hi = min(lo + CH, u.size)
+        hi = lo + clen[c]
         a = starts[p] + lo
         b = starts[p] + hi
-        ss[c] = _fold_sumsq_chunk(u[lo:hi], src[a:b], out[a:b], w, lut, _zero_of(u), accumulate)
+        if nt and a % ALIGN == 0:
+            ss[c] = _fold_sumsq_nt_chunk(u[lo:hi], src[a:b], out[a:b], w, lut, _zero_of(u), accumulate)
+        else:
+            ss[c] = _fold_sumsq_chunk(u[lo:hi], src[a:b], out[a:b], w, lut, _zero_of(u), accumulate)
     return ss.sum()
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _sumsq_parts_k(us, cpart, clo, lut):  # pragma: no cover - numba
+def _sumsq_parts_k(us, cpart, clo, clen, lut):  # pragma: no cover - numba
     """float64 sum of squares of the parts ``us`` (chunk table as in :func:`_wsum_sumsq_k`)."""
     nch = cpart.size
     ss = np.zeros(nch, np.float64)
     for c in prange(nch):
         u = us[cpart[c]]
         lo = clo[c]
-        ss[c] = _sumsq_chunk(u[lo : min(lo + CH, u.size)], lut, 0.0)
+        ss[c] = _sumsq_chunk(u[lo : lo + clen[c]], lut, 0.0)
     return ss.sum()
 
 
@@ -264,39 +291,21 @@ def _reduce_k(u, lut, count_nonfinite):  # pragma: no cover - numba
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _scale_k(u, f, out, lut):  # pragma: no cover - numba
+def _scale_k(u, f, out, lut, nt):  # pragma: no cover - numba
+    """``out = f * u``; ``nt``: ``out`` is 64-byte aligned, written with streaming stores."""
     n = out.size
     for c in prange((n + CH - 1) // CH):
         s = c * CH
         e = min(s + CH, n)
         o = out[s:e]
         v = u[s:e]
-        for i in range(e - s):
-            o[i] = f * _ld(v, i, lut)
-
-
-def _prep(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(read-only view numba can read, table) — float16 as uint16 bits with the float16 table.
-
-    Every input is seen read-only, so writeable and read-only arrays (e.g. NVFlare's
-    deserialised updates) share one numba type and can travel in one tuple.
-    """
-    a, lut = (u.view(np.uint16), F16_LUT) if u.dtype == np.float16 else (u.view(), BF16_LUT)
-    a.flags.writeable = False
-    return a, lut
-
-
-def _runs(prepped) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of consecutive prepped arrays one tuple can hold (one type, <= MAX_TUPLE)."""
-    runs, start = [], 0
-    while start < len(prepped):
-        dt, lut = prepped[start][0].dtype, prepped[start][1]
-        end = start
-        while end < len(prepped) and end - start < MAX_TUPLE and prepped[end][0].dtype == dt and prepped[end][1] is lut:
-            end += 1
-        runs.append((start, end))
-        start = end
-    return runs
+        if nt:
+            for i in range(e - s):
+                nt_store(o, i, f * _ld(v, i, lut))
+            store_fence()
+        else:
+            for i in range(e - s):
+                o[i] = f * _ld(v, i, lut)
 
 
 def wsum(us, ws, out: np.ndarray, accumulate: bool) -> None:
@@ -308,24 +317,6 @@ def wsum(us, ws, out: np.ndarray, accumulate: bool) -> None:
         _wsum_k(tup, k, ws[start:end].copy(), out, accumulate or start > 0, prepped[start][1])
 
 
-_TABLES: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-
-def _chunk_table(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(cpart, clo, starts)`` of :func:`_wsum_sumsq_k` for parts of ``sizes`` (cached: a
-    model's updates share one layout, so the server builds it once)."""
-    if sizes not in _TABLES:
-        sz = np.array(sizes, np.int64)
-        nch = (sz + CH - 1) // CH
-        cpart = np.repeat(np.arange(sz.size, dtype=np.int64), nch)
-        first = np.cumsum(nch) - nch
-        clo = (np.arange(int(nch.sum()), dtype=np.int64) - np.repeat(first, nch)) * CH
-        if len(_TABLES) > 64:
-            _TABLES.clear()
-        _TABLES[sizes] = (cpart, clo, np.cumsum(sz) - sz)
-    return _TABLES[sizes]
-
-
 def wsum_sumsq(parts, w: float, src: np.ndarray, out: np.ndarray, accumulate: bool) -> float:
     """``out = [src +] w * concat(parts)`` and the update's float64 sum of squares, in one pass.
 
@@ -334,13 +325,13 @@ def wsum_sumsq(parts, w: float, src: np.ndarray, out: np.ndarray, accumulate: bo
     """
     wv = out.dtype.type(w)
     prepped = [_prep(u) for u in parts]
-    total, off = 0.0, 0
+    total, off, nt = 0.0, 0, is_aligned(out)  # the accumulator's buffers are (aligned_zeros)
     for start, end in _runs(prepped):
         arrs = [a for a, _ in prepped[start:end]]
         sizes = tuple(a.size for a in arrs)
-        cpart, clo, starts = _chunk_table(sizes)
+        cpart, clo, clen, starts = chunk_table(sizes, off, CH)
         tup, _ = _ref.padded(arrs)
-        total += _wsum_sumsq_k(tup, cpart, clo, starts + off, wv, src, out, accumulate, prepped[start][1])
+        total += _wsum_sumsq_k(tup, cpart, clo, clen, starts, wv, src, out, accumulate, prepped[start][1], nt)
         off += sum(sizes)
     if not math.isfinite(total):  # NaN/Inf, or a float32 square overflowed: the exact float64 sum
         total = sum(_reduce_k(a, lut, False) for a, lut in prepped)
@@ -353,8 +344,8 @@ def sumsq_parts(parts) -> float:
     total = 0.0
     for start, end in _runs(prepped):
         arrs = [a for a, _ in prepped[start:end]]
-        cpart, clo, _ = _chunk_table(tuple(a.size for a in arrs))
-        total += _sumsq_parts_k(_ref.padded(arrs)[0], cpart, clo, prepped[start][1])
+        cpart, clo, clen, _ = chunk_table(tuple(a.size for a in arrs), 0, CH)
+        total += _sumsq_parts_k(_ref.padded(arrs)[0], cpart, clo, clen, prepped[start][1])
     return float(total)
 
 
@@ -386,8 +377,8 @@ def sumsq(u: np.ndarray) -> float:
 
 def scale(u: np.ndarray, factor: float, dt=np.float32) -> np.ndarray:
     a, lut = _prep(u)
-    out = np.empty(u.size, dt)
-    _scale_k(a, np.dtype(dt).type(factor), out, lut)
+    out = aligned_zeros(u.size, dt)  # fresh pages, written with streaming stores
+    _scale_k(a, np.dtype(dt).type(factor), out, lut, True)
     return out
 
 
@@ -396,4 +387,5 @@ def all_finite(u: np.ndarray) -> bool:
     return _reduce_k(a, lut, True) == 0
 
 
-zeros, empty, host, set_tail = _ref.zeros, _ref.empty, _ref.host, _ref.set_tail
+zeros = aligned_zeros  # the accumulator's buffers: streaming stores need the 64-byte grid
+empty, host, set_tail = _ref.empty, _ref.host, _ref.set_tail

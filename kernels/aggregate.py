@@ -282,8 +282,11 @@ class WeightedAccumulator:
         """
         parts = list(update) if isinstance(update, (list, tuple)) else [update]
         w = self._checked("add_checked", parts, weight)
+        host = self.backend in ("numba", "numpy")  # 1-D contiguous numpy parts (flat_parts) are native as they are
+        if not (host and all(type(p) is np.ndarray and p.ndim == 1 and p.flags.c_contiguous for p in parts)):
+            parts = [self._native(p) for p in parts]
         with self._lock:
-            return self._add_checked([self._native(p) for p in parts], w, check)
+            return self._add_checked(parts, w, check)
 
     def _add_checked(self, parts: list[Any], w: float, check: Callable[[float], bool]) -> bool:
         fs = self._fs

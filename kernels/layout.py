@@ -203,7 +203,8 @@ def flat_parts(state_dict: Mapping[str, Any], layout: Layout) -> list[np.ndarray
     limit = _EXACT[flat_dt]
     out = []
     for name, dt in zip(layout.names, layout.dtypes):
-        vals = _host_values(state_dict[name]).reshape(-1)
+        v = state_dict[name]
+        vals = (v if type(v) is np.ndarray else _host_values(v)).reshape(-1)
         if dt in _INTS:
             if dt != "bool" and vals.size:
                 lo, hi = int(vals.min()), int(vals.max())

@@ -13,7 +13,10 @@ The limit (``probe_stream``) moves exactly the same bytes with plain streaming k
 (:mod:`fedimg.bench.probes`, same threads): one read of the global model, ``a = w*u`` for the
 first update, ``K - 1`` triads ``scratch = acc + w*u`` and the result's scaling; it runs on
 packed copies of the same updates in the same round-robin. ``pct_of_stream`` is the probe's
-time over the method's, per repetition. ``benchmarks/aggregate.py --path server`` adds
+time over the method's, per repetition (``pct_of_stream_nt_cpu``: the same with CPU times, steadier
+on a shared machine where wall time includes waiting for a core). ``probe_stream_nt`` is the same probe writing with
+streaming (non-temporal) stores into aligned buffers, as fedimg's fold and result scaling
+write (:mod:`fedimg.kernels.stream`): the higher bar, ``pct_of_stream_nt``. ``benchmarks/aggregate.py --path server`` adds
 Flower's and NVFlare's FedAvg fed the same dicts to the round-robin.
 
 >>> case = server_case(2, 5, shapes=[("w", (64, 64)), ("b", (64,))])
@@ -94,12 +97,17 @@ class ServerPath:
         return step
 
 
-def stream_probe(glob_flat: np.ndarray, flats: list[np.ndarray], weights: list[float]) -> Callable[[], np.ndarray]:
+def stream_probe(glob_flat: np.ndarray, flats: list[np.ndarray], weights: list[float], *,
+                 nt: bool = False) -> Callable[[], np.ndarray]:
     """The validating fold's bytes at the streaming rate (see the module docstring); the probe
-    returns the weighted mean it computed (its buffers are reused across calls)."""
-    from fedimg.bench.probes import read_sum, scale_copy, triad
+    returns the weighted mean it computed (its buffers are reused across calls). ``nt``: its
+    writes are streaming stores into aligned buffers, as fedimg's fold writes."""
+    from fedimg.bench import probes
+    from fedimg.kernels.stream import aligned_zeros
 
-    acc, scratch, out = (np.zeros(glob_flat.size, np.float32) for _ in range(3))
+    read_sum = probes.read_sum
+    scale_copy, triad = (probes.scale_copy_nt, probes.triad_nt) if nt else (probes.scale_copy, probes.triad)
+    acc, scratch, out = (aligned_zeros(glob_flat.size, np.float32) for _ in range(3))
     ws = [np.float32(w) for w in weights]
 
     def probe() -> np.ndarray:
@@ -133,7 +141,8 @@ def server_case(k: int, repeats: int, *, shapes: list[tuple[str, tuple[int, ...]
     server = ServerPath(device)
     methods = {**peer.methods, "fedimg_server": lambda: server.round(glob, ups, weights)}
     flats = [np.concatenate([u[nm].reshape(-1) for nm, _ in shapes]) for u in ups]
-    probe = stream_probe(np.concatenate([glob[nm].reshape(-1) for nm, _ in shapes]), flats, weights)
+    glob_flat = np.concatenate([glob[nm].reshape(-1) for nm, _ in shapes])
+    probe, probe_nt = (stream_probe(glob_flat, flats, weights, nt=nt) for nt in (False, True))
     ref = sum(np.float64(w) * f.astype(np.float64) for w, f in zip(weights, flats)) / sum(weights)
     for name, fn in methods.items():  # warm-up (numba cache, first touch) and the same answer from everyone
         res = fn()
@@ -141,8 +150,9 @@ def server_case(k: int, repeats: int, *, shapes: list[tuple[str, tuple[int, ...]
             else peer.flatten(name, res)
         np.testing.assert_allclose(flat, ref, rtol=1e-4, atol=1e-6 * float(np.abs(ref).max()), err_msg=name)
         del res
-    probe()
-    timed = {**methods, "probe_stream": probe}
+    for pr in (probe, probe_nt):
+        np.testing.assert_allclose(pr(), ref, rtol=1e-4, atol=1e-6 * float(np.abs(ref).max()), err_msg="probe")
+    timed = {**methods, "probe_stream": probe, "probe_stream_nt": probe_nt}
     wall: dict[str, list[float]] = {m: [] for m in timed}
     cpu: dict[str, list[float]] = {m: [] for m in timed}
     for _ in range(repeats):  # interleaved: every method and the probe once per repetition
@@ -157,13 +167,20 @@ def server_case(k: int, repeats: int, *, shapes: list[tuple[str, tuple[int, ...]
     for name in methods:
         row = {"times_s": wall[name], "cpu_s": cpu[name], "wall_s": spread(wall[name]), "cpu_time_s": spread(cpu[name]),
                "pct_of_stream": spread([100 * p / t for p, t in zip(wall["probe_stream"], wall[name])]),
+               "pct_of_stream_nt": spread([100 * p / t for p, t in zip(wall["probe_stream_nt"], wall[name])]),
+               "pct_of_stream_nt_cpu": spread([100 * p / t for p, t in zip(cpu["probe_stream_nt"], cpu[name])]),
                "peak_extra_x_model": peak_extra(methods[name], on_gpu=False, host_method=True) / (n * 4)}
         for other in peer.methods:
             row[f"speedup_vs_{other}"] = spread([o / t for o, t in zip(wall[other], wall[name])])
         rows[name] = row
     stream = spread([probe_bytes / t / 1e9 for t in wall["probe_stream"]])
+    stream_nt = spread([probe_bytes / t / 1e9 for t in wall["probe_stream_nt"]])
     return {"path": "server", "fedimg_device": str(device or "cpu"), "probe_device": "cpu", "params": n, "tensors": len(shapes), "k": k, "repeats": repeats, "methods": rows,
-            "probe_stream": {"wall_s": spread(wall["probe_stream"]), "GBps": stream, "bytes": probe_bytes},
+            "probe_stream": {"wall_s": spread(wall["probe_stream"]), "cpu_time_s": spread(cpu["probe_stream"]),
+                             "GBps": stream, "bytes": probe_bytes},
+            "probe_stream_nt": {"wall_s": spread(wall["probe_stream_nt"]), "cpu_time_s": spread(cpu["probe_stream_nt"]),
+                                "GBps": stream_nt, "bytes": probe_bytes,
+                                "stores": "non-temporal (streaming), 64-byte aligned"},
             "peers": peer.settings}
 
 
@@ -171,10 +188,11 @@ def print_server_case(case: dict[str, Any]) -> None:
     """One table: median wall time [min, max], % of the streaming probe, speed-ups over the peers."""
     peers = list(case["peers"])
     print(f"\nserver path: P={case['params']:,} in {case['tensors']} tensors, K={case['k']}, "
-          f"median of {case['repeats']} interleaved; streaming probe {case['probe_stream']['GBps']['median']:.1f} GB/s")
-    print(f"{'method':16s} {'ms [min, max]':>22s} {'% stream':>9s}" + "".join(f" {'x ' + p:>16s}" for p in peers))
+          f"median of {case['repeats']} interleaved; streaming probe {case['probe_stream']['GBps']['median']:.1f} GB/s "
+          f"({case['probe_stream_nt']['GBps']['median']:.1f} GB/s with streaming stores)")
+    print(f"{'method':16s} {'ms [min, max]':>22s} {'% stream':>9s} {'% nt':>6s}" + "".join(f" {'x ' + p:>16s}" for p in peers))
     for name, r in case["methods"].items():
         w = r["wall_s"]
         cols = "".join(f" {r['speedup_vs_' + p]['median']:16.2f}" for p in peers)
         print(f"{name:16s} {w['median'] * 1e3:8.1f} [{w['min'] * 1e3:5.1f}, {w['max'] * 1e3:5.1f}] "
-              f"{r['pct_of_stream']['median']:8.0f}%{cols}")
+              f"{r['pct_of_stream']['median']:8.0f}% {r['pct_of_stream_nt']['median']:5.0f}%{cols}")

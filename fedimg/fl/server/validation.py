@@ -158,6 +158,7 @@ class UpdateValidator:
         self.previous_median: float | None = None
         self._accepted: list[float] = []
         self.layout = None
+        self._norm_layout: tuple[list, Any] | None = None  # (reference items, layout) of the global model
         self.registered: dict[str, int] = {}  # site -> the sample count it declared when it first took part
 
     def begin_round(self, global_params: Mapping[str, Any] | None) -> None:
@@ -166,7 +167,10 @@ class UpdateValidator:
             from fedimg.kernels.layout import flat_parts, layout_of
 
             self.reference = {k: (tuple(np.shape(v)), _dtype(v)) for k, v in global_params.items()}
-            self.global_norm = _norm(flat_parts(global_params, layout_of(global_params)))
+            key = list(self.reference.items())  # the same model as last round: its layout is known
+            if self._norm_layout is None or self._norm_layout[0] != key:
+                self._norm_layout = (key, layout_of(global_params))
+            self.global_norm = _norm(flat_parts(global_params, self._norm_layout[1]))
 
     def check(self, site: str, params: Mapping[str, Any]) -> Verdict:
         """Accept or reject one update (:meth:`screen`, pack, norm, :meth:`judge`); never raises for bad content."""
@@ -335,11 +339,17 @@ def _norm(parts: list[np.ndarray]) -> float:
     return parts_norm(parts)  # one pass over all tensors, not one kernel launch per tensor
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def _dtype(x: Any) -> str:
     dt = getattr(x, "dtype", None)
     if dt is None:
         return np.asarray(x).dtype.name
-    return str(dt).replace("torch.", "")
+    name = _DTYPE_NAMES.get(dt)  # str(dtype) costs microseconds per tensor, per update
+    if name is None:
+        name = _DTYPE_NAMES[dt] = str(dt).replace("torch.", "")
+    return name
 
 
 def _short(names: list[str], n: int = 3) -> str:
