@@ -153,11 +153,33 @@ def head_mask(small: np.ndarray, spacing) -> np.ndarray:
     return _largest(_fill(head))
 
 
+def _box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask``'s True voxels grown by ``pad`` (clipped), as slices; None when empty."""
+    nz = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax))) for ax in range(mask.ndim)]
+    if any(len(a) == 0 for a in nz):
+        return None
+    return tuple(slice(max(0, int(a[0]) - pad), min(n, int(a[-1]) + pad + 1)) for a, n in zip(nz, mask.shape))
+
+
 def _grow_brain(small, head, depth, deep, m, sp, skull_mm, low, high, open_mm, grow_mm) -> np.ndarray:
-    """Steps 3: candidates in the band around ``m``, eroded, the deep component, grown back, filled."""
+    """Steps 3: candidates in the band around ``m``, eroded, the deep component, grown back, filled.
+
+    Computed in the candidates' bounding box (one cell of margin): erosion, labelling, the
+    dilations (masked by, or intersected with, the candidates) and the hole filling (the
+    margin is background joined to the border) give the same voxels there as on the whole
+    grid, and nothing outside it.
+    """
+    cand = head & (depth >= skull_mm) & (small >= low * m) & (small <= high * m)
+    out = np.zeros(head.shape, bool)
+    box = _box(cand, pad=1)
+    if box is not None:
+        out[box] = _grow_in_box(cand[box], deep[box], sp, open_mm, grow_mm)
+    return out
+
+
+def _grow_in_box(cand, deep, sp, open_mm, grow_mm) -> np.ndarray:
     from scipy import ndimage as ndi
 
-    cand = head & (depth >= skull_mm) & (small >= low * m) & (small <= high * m)
     # erode hard enough to cut the brain from the face and neck, keep the part holding the
     # deep core, and grow it back inside the candidates (a reconstruction by dilation)
     ball = _ball(open_mm, sp)
@@ -165,7 +187,7 @@ def _grow_brain(small, head, depth, deep, m, sp, skull_mm, low, high, open_mm, g
     counts = np.bincount(lab[deep], minlength=n + 1)
     counts[0] = 0
     if n == 0 or counts.max() == 0:
-        return np.zeros(head.shape, bool)
+        return np.zeros(cand.shape, bool)
     brain = ndi.binary_dilation(lab == int(np.argmax(counts)), structure=ball) & cand
     steps = int(round(grow_mm / float(sp.mean())))
     if steps:  # give back the gyri the opening cut off, a few mm along the candidates only
@@ -190,7 +212,9 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     empty = np.zeros(small.shape, bool)
     if not head.any():
         return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=0.0)
-    depth = ndi.distance_transform_edt(np.pad(head, 1), sampling=sp)[1:-1, 1:-1, 1:-1]
+    depth = np.zeros(head.shape)  # distance to the head's surface, in its box with one cell of air around it
+    box = _box(head)
+    depth[box] = ndi.distance_transform_edt(np.pad(head[box], 1), sampling=sp)[1:-1, 1:-1, 1:-1]
     # the deepest part of the head's upper half (world +S; a full field of view's deepest
     # point can be the skull base or neck)
     idx = np.indices(head.shape).reshape(3, -1).T
