@@ -315,9 +315,11 @@ def head_frame(brain: np.ndarray, cell_affine: np.ndarray, *, points: int = 2000
     return centre, normal / np.linalg.norm(normal), ant
 
 
-def removal_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarray, *, near_mm: tuple[float, float] = (25.0, 45.0),
+def removal_metrics(canonical: np.ndarray | None, affine: np.ndarray, remove: np.ndarray, *, near_mm: tuple[float, float] = (25.0, 45.0),
                     estimate: BrainEstimate | None = None) -> dict:
     """QC numbers of a removal mask (canonical grid), from the image's own head and brain.
+
+    ``canonical`` (the image) is read only to estimate the brain when no ``estimate`` is given.
 
     - ``brain_removed_ml``: removed voxels inside the estimated brain;
     - ``removed_tissue_ml`` / ``removed_fraction``: removed voxels inside the head, and their

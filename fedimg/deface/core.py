@@ -129,13 +129,13 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     # (e.g. flipped axes) gives bit-identical registrations.
     can_aff = np.round(can_aff, 4)
     spacing = np.sqrt((can_aff[:3, :3] ** 2).sum(axis=0))
-    template = load_template(brain_protect)
     small = _block_mean(can, can_aff, 4.0)  # one 4 mm copy for modality detection and the coarse stage
     modality = resolve_modality(config.modality, *small)
     fill = air_value(can, modality)
     if modality == "ct" and looks_like_hu(can):
         can = np.maximum(can, fill)  # padding outside the scanner's circle (-2048 etc.) reads as air
         small = _block_mean(can, can_aff, 4.0)
+    template = load_template(brain_protect)  # needed from here on (a second thread may be reading it)
     coarse_dice, head_shape = None, ()
     if registration is None:
         keep_shape = config.registration_for(spacing).prune_to == HEAD_SHAPE_KEEP

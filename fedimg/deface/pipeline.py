@@ -112,28 +112,31 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
         import torch
 
         qc_thread = torch.get_num_threads() >= 2
-    with _QCWorker(qc_thread) as worker:
+    with _QCWorker(qc_thread, config, device) as worker:
         return _run_job(job, config, device, worker, t0)
 
 
 class _QCWorker:
     """QC's work that needs only the image and the head-shape alignments, done in one second thread.
 
-    The thread reads the template while the main thread reads the subject, then computes QC's
-    own brain estimate (:func:`.brainmask.estimate_brain`) and, once the head-shape alignments
-    are known (``on_coarse`` of :func:`.core.face_removal`, before the MI stage), the head-shape
-    cross-check (:func:`.qc.head_shape_brain`), while the main thread runs the MI registration
-    and warps the face mask. numpy, scipy.ndimage and torch release the GIL in this work, so two
-    cores share it. It is the same computation as :func:`.qc.check_removal` makes without it.
+    The thread reads the template (and prepares its MI pyramid) while the main thread reads
+    the subject, then computes QC's own brain estimate (:func:`.brainmask.estimate_brain`)
+    and, once the head-shape alignments are known (``on_coarse`` of
+    :func:`.core.face_removal`, before the MI stage), the head-shape cross-check
+    (:func:`.qc.head_shape_brain`), while the main thread runs the MI registration and warps
+    the face mask. numpy, scipy.ndimage, zlib and torch release the GIL in this work, so two
+    cores share it. It is the same computation :func:`.qc.check_removal` makes without it.
     """
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, config: DefaceConfig, device):
         from concurrent.futures import Future, ThreadPoolExecutor
 
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="fedimg-qc") if enabled else None
         self.coarse: Future = Future()
-        self.template = self.pool.submit(load_template) if self.pool else None
         self.result = None
+        self.config, self.device = config, device
+        if self.pool is not None:
+            self.pool.submit(_warm_template)
 
     def __enter__(self):
         return self
@@ -145,10 +148,12 @@ class _QCWorker:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def start(self, scaled: np.ndarray, affine: np.ndarray) -> None:
-        """Queue the brain estimate of the (scaled) reference; wait for the template."""
+        """Queue the MI template pyramid and QC's brain estimate of the (scaled) reference."""
         if self.pool is not None:
+            levels = self.config.registration_for(np.sqrt((affine[:3, :3] ** 2).sum(axis=0))).levels_mm
+            if self.device is None or getattr(self.device, "type", "cpu") == "cpu":
+                self.pool.submit(_warm_levels, levels)
             self.result = self.pool.submit(_qc_estimate, scaled, affine, self.coarse)
-            self.template.result()  # the main thread needs it next: never read it twice
 
     def on_coarse(self, modality: str, head_shape) -> None:
         if not self.coarse.done():
@@ -157,6 +162,26 @@ class _QCWorker:
     def qc_kwargs(self) -> dict:
         est = None if self.result is None else self.result.result()
         return {} if est is None else {"estimate": est, "estimate_checked": True}
+
+
+def _warm_template() -> None:
+    """Read the template and its 4 mm head mask (cached per process; the main thread waits for them)."""
+    from scipy import ndimage  # noqa: F401 - its first import (~0.3 s) here, beside the subject's read
+
+    from .template import template_head_mask
+
+    template_head_mask(4.0)
+
+
+def _warm_levels(levels) -> None:
+    """The template's MI pyramid levels on the CPU (cached by :mod:`.register`)."""
+    import torch
+
+    from .register import _template_level
+
+    t = load_template()
+    for mm in levels:
+        _template_level(t.intensity, t.affine, mm, torch.device("cpu"))
 
 
 def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse):

@@ -188,13 +188,15 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
 
     from .brainmask import estimate_brain, removal_metrics
 
-    can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
-    remove, _ = to_canonical(removal.remove, affine)
+    remove, can_aff = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
-    est = estimate or estimate_brain(can, can_aff)
-    if removal.modality == "mr" and not estimate_checked:
-        est = head_shape_brain(can, can_aff, est, candidates=removal.head_shape or None,
-                               brain_protect=removal.brain_protect)
+    can, est = None, estimate
+    if est is None or (removal.modality == "mr" and not estimate_checked):  # the image is needed
+        can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
+        est = est or estimate_brain(can, can_aff)
+        if removal.modality == "mr":
+            est = head_shape_brain(can, can_aff, est, candidates=removal.head_shape or None,
+                                   brain_protect=removal.brain_protect)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
     return evaluate_qc(metrics, thresholds)
 

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import importlib.resources
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,13 @@ def asset_path(name: str) -> Path:
     return path
 
 
+_LOCK = threading.RLock()  # one read per process even when two threads ask at once (fedimg.deface.pipeline)
+
+
 def load_template(brain_protect: str | None = None) -> Template:
     """Load the template trio (cached). ``brain_protect`` overrides the shipped mask path."""
-    return _load_template(None if brain_protect is None else str(brain_protect))  # one cache key per mask
+    with _LOCK:
+        return _load_template(None if brain_protect is None else str(brain_protect))  # one cache key per mask
 
 
 @functools.lru_cache(maxsize=2)
@@ -70,7 +75,9 @@ def _load_template(brain_protect: str | None) -> Template:
 
 def template_head_mask(step_mm: float = 4.0, brain_protect: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The template's head mask (see :func:`fedimg.deface.coarse.head_mask`) and its affine, cached."""
-    return _template_head_mask(float(step_mm), None if brain_protect is None else str(brain_protect))
+    load_template(brain_protect)
+    with _LOCK:
+        return _template_head_mask(float(step_mm), None if brain_protect is None else str(brain_protect))
 
 
 @functools.lru_cache(maxsize=4)
