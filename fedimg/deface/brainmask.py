@@ -109,6 +109,41 @@ def _ball(radius_mm: float, spacing) -> np.ndarray:
     return sum(g**2 for g in grids) <= radius_mm**2 + 1e-6
 
 
+def _nearest_along0(mask: np.ndarray) -> np.ndarray:
+    """Per voxel, how many voxels along axis 0 the nearest True voxel of its row is (large: none)."""
+    far = np.int32(1 << 20)
+    up = np.empty(mask.shape, np.int32)
+    run = np.full(mask.shape[1:], far, np.int32)
+    for i in range(mask.shape[0]):
+        run = np.where(mask[i], 0, np.minimum(run + 1, far))
+        up[i] = run
+    run = np.full(mask.shape[1:], far, np.int32)
+    for i in range(mask.shape[0] - 1, -1, -1):
+        run = np.where(mask[i], 0, np.minimum(run + 1, far))
+        np.minimum(up[i], run, out=up[i])
+    return up
+
+
+def _dilate_ball(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:
+    """``ndi.binary_dilation(mask, structure=ball)`` for a centred ellipsoid ``ball`` (:func:`_ball`), ~3x faster.
+
+    Each (axis 1, axis 2) column of the ball is a centred run of ``2w + 1`` voxels along axis 0,
+    so the dilation is the OR, over the columns, of the 1-D dilation by ``w`` (nearest True
+    voxel along axis 0 at most ``w`` away) shifted by the column's offset: the same voxels.
+    """
+    near = _nearest_along0(mask)
+    out = np.zeros(mask.shape, bool)
+    (r1, r2), (n1, n2) = (ball.shape[1] // 2, ball.shape[2] // 2), mask.shape[1:]
+    for (j, k), count in np.ndenumerate(ball.sum(axis=0)):
+        dj, dk = j - r1, k - r2
+        if not count or abs(dj) >= n1 or abs(dk) >= n2:
+            continue
+        hit = near <= (count - 1) // 2
+        out[:, max(0, -dj): n1 - max(0, dj), max(0, -dk): n2 - max(0, dk)] |= \
+            hit[:, max(0, dj): n1 + min(0, dj), max(0, dk): n2 + min(0, dk)]
+    return out
+
+
 def _fill(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
 
@@ -188,7 +223,7 @@ def _grow_in_box(cand, deep, sp, open_mm, grow_mm) -> np.ndarray:
     counts[0] = 0
     if n == 0 or counts.max() == 0:
         return np.zeros(cand.shape, bool)
-    brain = ndi.binary_dilation(lab == int(np.argmax(counts)), structure=ball) & cand
+    brain = _dilate_ball(lab == int(np.argmax(counts)), ball) & cand
     steps = int(round(grow_mm / float(sp.mean())))
     if steps:  # give back the gyri the opening cut off, a few mm along the candidates only
         brain = ndi.binary_dilation(brain, iterations=steps, mask=cand)
