@@ -39,6 +39,8 @@ import logging
 
 import numpy as np
 
+from .morph import bounding_box, dilate_ball
+
 __all__ = ["BrainEstimate", "estimate_brain", "head_mask", "head_frame", "removal_metrics"]
 
 log = logging.getLogger(__name__)
@@ -109,41 +111,6 @@ def _ball(radius_mm: float, spacing) -> np.ndarray:
     return sum(g**2 for g in grids) <= radius_mm**2 + 1e-6
 
 
-def _nearest_along0(mask: np.ndarray) -> np.ndarray:
-    """Per voxel, how many voxels along axis 0 the nearest True voxel of its row is (large: none)."""
-    far = np.int32(1 << 20)
-    up = np.empty(mask.shape, np.int32)
-    run = np.full(mask.shape[1:], far, np.int32)
-    for i in range(mask.shape[0]):
-        run = np.where(mask[i], 0, np.minimum(run + 1, far))
-        up[i] = run
-    run = np.full(mask.shape[1:], far, np.int32)
-    for i in range(mask.shape[0] - 1, -1, -1):
-        run = np.where(mask[i], 0, np.minimum(run + 1, far))
-        np.minimum(up[i], run, out=up[i])
-    return up
-
-
-def _dilate_ball(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:
-    """``ndi.binary_dilation(mask, structure=ball)`` for a centred ellipsoid ``ball`` (:func:`_ball`), ~3x faster.
-
-    Each (axis 1, axis 2) column of the ball is a centred run of ``2w + 1`` voxels along axis 0,
-    so the dilation is the OR, over the columns, of the 1-D dilation by ``w`` (nearest True
-    voxel along axis 0 at most ``w`` away) shifted by the column's offset: the same voxels.
-    """
-    near = _nearest_along0(mask)
-    out = np.zeros(mask.shape, bool)
-    (r1, r2), (n1, n2) = (ball.shape[1] // 2, ball.shape[2] // 2), mask.shape[1:]
-    for (j, k), count in np.ndenumerate(ball.sum(axis=0)):
-        dj, dk = j - r1, k - r2
-        if not count or abs(dj) >= n1 or abs(dk) >= n2:
-            continue
-        hit = near <= (count - 1) // 2
-        out[:, max(0, -dj): n1 - max(0, dj), max(0, -dk): n2 - max(0, dk)] |= \
-            hit[:, max(0, dj): n1 + min(0, dj), max(0, dk): n2 + min(0, dk)]
-    return out
-
-
 def _fill(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
 
@@ -188,14 +155,6 @@ def head_mask(small: np.ndarray, spacing) -> np.ndarray:
     return _largest(_fill(head))
 
 
-def _box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
-    """The bounding box of ``mask``'s True voxels grown by ``pad`` (clipped), as slices; None when empty."""
-    nz = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax))) for ax in range(mask.ndim)]
-    if any(len(a) == 0 for a in nz):
-        return None
-    return tuple(slice(max(0, int(a[0]) - pad), min(n, int(a[-1]) + pad + 1)) for a, n in zip(nz, mask.shape))
-
-
 def _grow_brain(small, head, depth, deep, m, sp, skull_mm, low, high, open_mm, grow_mm) -> np.ndarray:
     """Steps 3: candidates in the band around ``m``, eroded, the deep component, grown back, filled.
 
@@ -206,7 +165,7 @@ def _grow_brain(small, head, depth, deep, m, sp, skull_mm, low, high, open_mm, g
     """
     cand = head & (depth >= skull_mm) & (small >= low * m) & (small <= high * m)
     out = np.zeros(head.shape, bool)
-    box = _box(cand, pad=1)
+    box = bounding_box(cand, pad=1)
     if box is not None:
         out[box] = _grow_in_box(cand[box], deep[box], sp, open_mm, grow_mm)
     return out
@@ -223,7 +182,7 @@ def _grow_in_box(cand, deep, sp, open_mm, grow_mm) -> np.ndarray:
     counts[0] = 0
     if n == 0 or counts.max() == 0:
         return np.zeros(cand.shape, bool)
-    brain = _dilate_ball(lab == int(np.argmax(counts)), ball) & cand
+    brain = dilate_ball(lab == int(np.argmax(counts)), ball) & cand
     steps = int(round(grow_mm / float(sp.mean())))
     if steps:  # give back the gyri the opening cut off, a few mm along the candidates only
         brain = ndi.binary_dilation(brain, iterations=steps, mask=cand)
@@ -248,7 +207,7 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     if not head.any():
         return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=0.0)
     depth = np.zeros(head.shape)  # distance to the head's surface, in its box with one cell of air around it
-    box = _box(head)
+    box = bounding_box(head)
     depth[box] = ndi.distance_transform_edt(np.pad(head[box], 1), sampling=sp)[1:-1, 1:-1, 1:-1]
     # the deepest part of the head's upper half (world +S; a full field of view's deepest
     # point can be the skull base or neck)

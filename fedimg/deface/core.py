@@ -109,6 +109,9 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
                  brain_protect: str | None = None, on_coarse=None) -> FaceRemoval:
     """Decide which voxels of ``image`` (3-D, any orientation) to remove.
 
+    Long because it is the whole in-memory defacing: canonical copy, modality, registration,
+    warped maps, protection and the raw QC numbers.
+
     ``protect``: boolean/label array on the same grid (non-zero = keep, dilated by the margin).
     ``registration``: reuse an earlier result (e.g. the t1's for the other modalities).
     ``brain_protect``: path of another brain-protection mask on the template grid (QC checks it too).

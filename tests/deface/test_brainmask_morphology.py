@@ -1,6 +1,6 @@
 """The brain estimate's fast morphology gives scipy's voxels: the ball dilation and the bounding-box crops.
 
-``_dilate_ball`` (an OR of shifted 1-D dilations) against ``scipy.ndimage.binary_dilation``
+``morph.dilate_ball`` (an OR of shifted 1-D dilations) against ``scipy.ndimage.binary_dilation``
 with the same ellipsoid on random blobs touching the border, isotropic and anisotropic; the
 cropped ``_grow_brain`` against the whole-grid computation on a synthetic head.
 """
@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from fedimg.deface import brainmask as bm
+from fedimg.deface.morph import dilate_ball
 
 
 @pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (1.8, 1.875, 1.875), (2.0, 1.0, 3.0), (4.0, 4.0, 1.0)])
@@ -23,8 +24,8 @@ def test_dilate_ball_is_scipys_dilation(spacing):
         mask[0] |= rng.random(mask[0].shape) > 0.9  # blobs on the border
         want = ndi.binary_dilation(mask, structure=ball)
         assert 0 < mask.sum() < want.sum() < mask.size
-        assert np.array_equal(bm._dilate_ball(mask, ball), want)
-    assert not bm._dilate_ball(np.zeros((5, 6, 7), bool), ball).any()
+        assert np.array_equal(dilate_ball(mask, ball), want)
+    assert not dilate_ball(np.zeros((5, 6, 7), bool), ball).any()
 
 
 def test_grow_brain_in_its_box_is_the_whole_grid_computation():
