@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data" / "mri"  # the workplace's real heads, when present
+# the workplace's real heads, when present (beside a checkout, or two levels up from a worktree)
+SHARED = next((p for p in (ROOT.parent / "shared" / "data" / "mri", ROOT.parent.parent / "shared" / "data" / "mri")
+               if p.is_dir()), ROOT.parent / "shared" / "data" / "mri")
 DEFAULT_HEADS = [ROOT / "tests" / "assets" / "mri" / "ds000031_sub-01_ses-006_run-001_T1w.nii.gz",
                  SHARED / "pycortex_S1_T1w.nii.gz"]
 MACHINE = "AMD EPYC, 2 vCPU (Zen 5, AVX-512 BF16, no AMX)"
