@@ -11,7 +11,11 @@ the two code trees run interleaved, head by head, and the removal masks of their
 (a BIDS tree), whose CPU time per head leaves the start-up (torch import etc.) out.
 
     python benchmarks/deface_cli.py --json benchmarks/cpu-results/deface-cli.json
-    python benchmarks/deface_cli.py --baseline dda85ae --batch --json benchmarks/cpu-results/deface-cli.json
+    python benchmarks/deface_cli.py --baseline d47d285 --json benchmarks/cpu-results/deface-cli.json  # ~3 min quiet
+    python benchmarks/deface_cli.py --quick    # one run of the first head (~15 s)
+
+Wall time is what ``--threads`` buys: ``fedimg deface`` runs QC's own image work in a second
+thread beside the registration (``fedimg.deface.pipeline``), so wall < CPU time on two cores.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data" / "mri"  # the workplace's real heads, when present
+# the workplace's real heads, when present (beside a checkout, or two levels up from a worktree)
+SHARED = next((p for p in (ROOT.parent / "shared" / "data" / "mri", ROOT.parent.parent / "shared" / "data" / "mri")
+               if p.is_dir()), ROOT.parent / "shared" / "data" / "mri")
 DEFAULT_HEADS = [ROOT / "tests" / "assets" / "mri" / "ds000031_sub-01_ses-006_run-001_T1w.nii.gz",
                  SHARED / "pycortex_S1_T1w.nii.gz"]
 MACHINE = "AMD EPYC, 2 vCPU (Zen 5, AVX-512 BF16, no AMX)"
@@ -98,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         elif args.baseline_src:
             trees["baseline"] = args.baseline_src.resolve()
         result = {"command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]),
-                  "machine": MACHINE, "commits": {k: _commit(v) for k, v in trees.items()}, "threads": args.threads,
+                  "machine": MACHINE, "cpus": len(os.sched_getaffinity(0)), "commits": {k: _commit(v) for k, v in trees.items()},
+                  "threads": args.threads, "runs": args.runs,
                   "load1_start": os.getloadavg()[0], "heads": {}}
         for head in heads:
             runs = {k: [] for k in trees}
@@ -146,7 +153,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--heads", nargs="+", type=Path, help="1 mm head images (default: ds000031 from tests/assets, "
                                                            "pycortex from ../shared/data/mri when present)")
-    ap.add_argument("--runs", type=int, default=3, help="runs per head and code tree (default 3)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per head and code tree (default 5; medians)")
     ap.add_argument("--quick", action="store_true", help="one run of the first head")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baseline", metavar="REV", help="a commit of this repository to run interleaved (git archive)")

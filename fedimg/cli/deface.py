@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.device import configure_threads, resolve_device
     from fedimg.errors import ConfigError, InputError
 
-    configure_threads(args.threads or env_threads())
+    configure_threads(args.threads or env_threads(), numba=False)  # defacing runs no numba code
     device = resolve_device(args.device)
     config = DefaceConfig(preset=args.preset, modality=args.modality, mode=args.mode, protect_margin_mm=args.protect_margin_mm, seed=args.seed)
     if not args.input.exists():

@@ -39,6 +39,8 @@ import logging
 
 import numpy as np
 
+from .morph import bounding_box, dilate_ball
+
 __all__ = ["BrainEstimate", "estimate_brain", "head_mask", "head_frame", "removal_metrics"]
 
 log = logging.getLogger(__name__)
@@ -154,10 +156,24 @@ def head_mask(small: np.ndarray, spacing) -> np.ndarray:
 
 
 def _grow_brain(small, head, depth, deep, m, sp, skull_mm, low, high, open_mm, grow_mm) -> np.ndarray:
-    """Steps 3: candidates in the band around ``m``, eroded, the deep component, grown back, filled."""
+    """Steps 3: candidates in the band around ``m``, eroded, the deep component, grown back, filled.
+
+    Computed in the candidates' bounding box (one cell of margin): erosion, labelling, the
+    dilations (masked by, or intersected with, the candidates) and the hole filling (the
+    margin is background joined to the border) give the same voxels there as on the whole
+    grid, and nothing outside it.
+    """
+    cand = head & (depth >= skull_mm) & (small >= low * m) & (small <= high * m)
+    out = np.zeros(head.shape, bool)
+    box = bounding_box(cand, pad=1)
+    if box is not None:
+        out[box] = _grow_in_box(cand[box], deep[box], sp, open_mm, grow_mm)
+    return out
+
+
+def _grow_in_box(cand, deep, sp, open_mm, grow_mm) -> np.ndarray:
     from scipy import ndimage as ndi
 
-    cand = head & (depth >= skull_mm) & (small >= low * m) & (small <= high * m)
     # erode hard enough to cut the brain from the face and neck, keep the part holding the
     # deep core, and grow it back inside the candidates (a reconstruction by dilation)
     ball = _ball(open_mm, sp)
@@ -165,8 +181,8 @@ def _grow_brain(small, head, depth, deep, m, sp, skull_mm, low, high, open_mm, g
     counts = np.bincount(lab[deep], minlength=n + 1)
     counts[0] = 0
     if n == 0 or counts.max() == 0:
-        return np.zeros(head.shape, bool)
-    brain = ndi.binary_dilation(lab == int(np.argmax(counts)), structure=ball) & cand
+        return np.zeros(cand.shape, bool)
+    brain = dilate_ball(lab == int(np.argmax(counts)), ball) & cand
     steps = int(round(grow_mm / float(sp.mean())))
     if steps:  # give back the gyri the opening cut off, a few mm along the candidates only
         brain = ndi.binary_dilation(brain, iterations=steps, mask=cand)
@@ -190,7 +206,9 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     empty = np.zeros(small.shape, bool)
     if not head.any():
         return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=0.0)
-    depth = ndi.distance_transform_edt(np.pad(head, 1), sampling=sp)[1:-1, 1:-1, 1:-1]
+    depth = np.zeros(head.shape)  # distance to the head's surface, in its box with one cell of air around it
+    box = bounding_box(head)
+    depth[box] = ndi.distance_transform_edt(np.pad(head[box], 1), sampling=sp)[1:-1, 1:-1, 1:-1]
     # the deepest part of the head's upper half (world +S; a full field of view's deepest
     # point can be the skull base or neck)
     idx = np.indices(head.shape).reshape(3, -1).T
@@ -291,9 +309,11 @@ def head_frame(brain: np.ndarray, cell_affine: np.ndarray, *, points: int = 2000
     return centre, normal / np.linalg.norm(normal), ant
 
 
-def removal_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarray, *, near_mm: tuple[float, float] = (25.0, 45.0),
+def removal_metrics(canonical: np.ndarray | None, affine: np.ndarray, remove: np.ndarray, *, near_mm: tuple[float, float] = (25.0, 45.0),
                     estimate: BrainEstimate | None = None) -> dict:
     """QC numbers of a removal mask (canonical grid), from the image's own head and brain.
+
+    ``canonical`` (the image) is read only to estimate the brain when no ``estimate`` is given.
 
     - ``brain_removed_ml``: removed voxels inside the estimated brain;
     - ``removed_tissue_ml`` / ``removed_fraction``: removed voxels inside the head, and their

@@ -106,12 +106,18 @@ def _back(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray | None = None,
                  config: DefaceConfig | None = None, device=None, registration: Registration | None = None,
-                 brain_protect: str | None = None) -> FaceRemoval:
+                 brain_protect: str | None = None, on_coarse=None) -> FaceRemoval:
     """Decide which voxels of ``image`` (3-D, any orientation) to remove.
+
+    Long because it is the whole in-memory defacing: canonical copy, modality, registration,
+    warped maps, protection and the raw QC numbers.
 
     ``protect``: boolean/label array on the same grid (non-zero = keep, dilated by the margin).
     ``registration``: reuse an earlier result (e.g. the t1's for the other modalities).
     ``brain_protect``: path of another brain-protection mask on the template grid (QC checks it too).
+    ``on_coarse``: called as ``on_coarse(modality, head_shape)`` once the head-shape alignments
+    (``FaceRemoval.head_shape``, before the MI stage) are known, so QC's own work on them can
+    start beside the MI registration (:func:`fedimg.deface.pipeline.deface_job`).
     """
     import torch
 
@@ -126,19 +132,28 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     # (e.g. flipped axes) gives bit-identical registrations.
     can_aff = np.round(can_aff, 4)
     spacing = np.sqrt((can_aff[:3, :3] ** 2).sum(axis=0))
-    template = load_template(brain_protect)
     small = _block_mean(can, can_aff, 4.0)  # one 4 mm copy for modality detection and the coarse stage
     modality = resolve_modality(config.modality, *small)
     fill = air_value(can, modality)
     if modality == "ct" and looks_like_hu(can):
         can = np.maximum(can, fill)  # padding outside the scanner's circle (-2048 etc.) reads as air
         small = _block_mean(can, can_aff, 4.0)
+    template = load_template(brain_protect)  # needed from here on (a second thread may be reading it)
     coarse_dice, head_shape = None, ()
     if registration is None:
-        registration, cands = _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect)
+        keep_shape = config.registration_for(spacing).prune_to == HEAD_SHAPE_KEEP
+
+        def coarse_done(cands):
+            if on_coarse is not None:
+                on_coarse(modality, cands if keep_shape else ())
+
+        registration, cands = _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect,
+                                             coarse_done)
         coarse_dice = cands[0].dice if cands else None
-        if config.registration_for(spacing).prune_to == HEAD_SHAPE_KEEP:
+        if keep_shape:
             head_shape = cands  # exactly the alignments QC would compute (same image, same keep)
+    elif on_coarse is not None:
+        on_coarse(modality, ())
     face, brain = warp_template_maps(template, can.shape, can_aff, registration.subject_to_template, device=device)
     user = None
     if protect is not None:
@@ -170,10 +185,11 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
                        head_shape=head_shape, brain_protect=brain_protect)
 
 
-def _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect):
+def _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect, coarse_done=None):
     """Coarse head-mask alignment, then MI: intensities for MR, head masks for CT. Returns ``(reg, cands)``.
 
-    ``cands``: the ``prune_to`` best coarse alignments that start the MI stage (QC reuses them).
+    ``cands``: the ``prune_to`` best coarse alignments that start the MI stage (QC reuses them;
+    ``coarse_done(cands)`` is called with them before the MI stage).
     When the two best starts end on different face regions with near-equal loss, the MI stage
     runs once more with the ``accurate`` settings from those two (longer, more samples).
     """
@@ -185,6 +201,8 @@ def _register_head(can, can_aff, small, modality, config, spacing, device, brain
         cands = tuple(coarse_candidates(*small, tmask, tmaff, keep=rcfg.prune_to))
         if cands:
             initial = [c.matrix for c in cands]
+    if coarse_done is not None:
+        coarse_done(cands)
     if modality == "ct":
         smask, saff = head_mask(can, can_aff, step_mm=2.0)
         tm, ta = template_head_mask(2.0, brain_protect)

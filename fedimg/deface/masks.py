@@ -29,8 +29,9 @@ MODES = ("zero", "blur")
 
 def _face_box(template, subject_shape, vox_to_tvox: np.ndarray, pad: int = 2):
     """Subject voxel box (slices) that can map into the template's face region."""
-    nz = np.nonzero(template.face > 0)
-    lo = np.array([a.min() for a in nz]) - 1.0
+    face = template.face > 0
+    nz = [np.flatnonzero(face.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    lo = np.array([a.min() for a in nz]) - 1.0  # the face region's box, from its projections on each axis
     hi = np.array([a.max() for a in nz]) + 1.0
     corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     sub = corners @ np.linalg.inv(vox_to_tvox).T

@@ -32,6 +32,7 @@ from fedimg.io import ensure_not_input, write_bytes, write_json
 from .core import DefaceConfig, face_removal
 from .masks import apply_removal
 from .qc import check_removal, render_qc_png
+from .template import load_template
 
 __all__ = ["DefaceJob", "deface_job", "qc_paths", "PNG_MODES"]
 
@@ -97,11 +98,114 @@ def _check_paths(job: DefaceJob) -> None:
             raise InputError(inp, "would be overwritten by a sidecar or QC file; choose another output folder")
 
 
-def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=None) -> dict:
-    """Run one job; returns the QC record. Raises ``InputError`` (bad input) or ``QCError`` (QC failed)."""
+def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=None, qc_thread: bool | None = None) -> dict:
+    """Run one job; returns the QC record. Raises ``InputError`` (bad input) or ``QCError`` (QC failed).
+
+    ``qc_thread``: run QC's image-only work (:class:`_QCWorker`) in a second thread beside the
+    registration; ``None`` (default): when torch may use two or more CPU threads (``--threads``).
+    The record and the outputs are the same either way.
+    """
     config = config or DefaceConfig()
     t0 = time.perf_counter()
     _check_paths(job)
+    if qc_thread is None:
+        import torch
+
+        qc_thread = torch.get_num_threads() >= 2
+    with _QCWorker(qc_thread, config, device) as worker:
+        return _run_job(job, config, device, worker, t0)
+
+
+class _QCWorker:
+    """QC's work that needs only the image and the head-shape alignments, done in one second thread.
+
+    The thread reads the template (and prepares its MI pyramid) while the main thread reads
+    the subject, then computes QC's own brain estimate (:func:`.brainmask.estimate_brain`)
+    and, once the head-shape alignments are known (``on_coarse`` of
+    :func:`.core.face_removal`, before the MI stage), the head-shape cross-check
+    (:func:`.qc.head_shape_brain`), while the main thread runs the MI registration and warps
+    the face mask. numpy, scipy.ndimage, zlib and torch release the GIL in this work, so two
+    cores share it. It is the same computation :func:`.qc.check_removal` makes without it.
+    """
+
+    def __init__(self, enabled: bool, config: DefaceConfig, device):
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="fedimg-qc") if enabled else None
+        self.coarse: Future = Future()
+        self.result = None
+        self.config, self.device = config, device
+        if self.pool is not None:
+            self.pool.submit(_warm_template)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.coarse.done():
+            self.coarse.set_result(None)  # face_removal failed: let the thread finish
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def start(self, scaled: np.ndarray, affine: np.ndarray) -> None:
+        """Queue the MI template pyramid and QC's brain estimate of the (scaled) reference."""
+        if self.pool is not None:
+            levels = self.config.registration_for(np.sqrt((affine[:3, :3] ** 2).sum(axis=0))).levels_mm
+            if self.device is None or getattr(self.device, "type", "cpu") == "cpu":
+                self.pool.submit(_warm_levels, levels)
+            self.result = self.pool.submit(_qc_estimate, scaled, affine, self.coarse)
+
+    def on_coarse(self, modality: str, head_shape) -> None:
+        if not self.coarse.done():
+            self.coarse.set_result((modality, head_shape))
+
+    def qc_kwargs(self) -> dict:
+        est = None if self.result is None else self.result.result()
+        return {} if est is None else {"estimate": est, "estimate_checked": True}
+
+
+def _warm_template() -> None:
+    """Read the template and its 4 mm head mask (cached per process; the main thread waits for them)."""
+    from scipy import ndimage  # noqa: F401 - its first import (~0.3 s) here, beside the subject's read
+
+    from .template import template_head_mask
+
+    template_head_mask(4.0)
+
+
+def _warm_levels(levels) -> None:
+    """The template's MI pyramid levels on the CPU (cached by :mod:`.register`)."""
+    import torch
+
+    from .register import _template_level
+
+    t = load_template()
+    for mm in levels:
+        _template_level(t.intensity, t.affine, mm, torch.device("cpu"))
+
+
+def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse):
+    """QC's brain estimate of the canonical image, cross-checked against the head shape (None: no alignments)."""
+    from .brainmask import estimate_brain
+    from .qc import head_shape_brain
+
+    can, can_aff = to_canonical(np.asarray(scaled, dtype=np.float32), affine)
+    est = estimate_brain(can, can_aff)
+    got = coarse.result()
+    if got is None:
+        return None
+    modality, head_shape = got
+    if modality == "ct":  # CT QC estimates the intracranial volume itself (:mod:`.ct_qc`), not this MR estimate
+        return None
+    if modality == "mr":
+        est = head_shape_brain(can, can_aff, est, candidates=head_shape or None)
+    if est.brain.any():
+        est.brain_distance, est.frame  # noqa: B018 - computed here (cached) rather than on the main thread
+    return est
+
+
+def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0: float) -> dict:
+    """Long because it is the whole job: read and check, remove, QC, write (``deface_job``)."""
     ref = load_volume(job.reference, what="reference image")
     others = [load_volume(a, what="--apply-to image") for a, _ in job.apply_to]
     labels = [load_volume(p, what="--protect label", require_signal=False) for p in job.protect]
@@ -114,12 +218,15 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
     for lab in labels:
         protect = (lab.raw != 0) if protect is None else (protect | (lab.raw != 0))
     scaled = ref.scaled()
-    removal = face_removal(scaled, ref.affine, protect=protect, config=config, device=device)
+    worker.start(scaled, ref.affine)
+    removal = face_removal(scaled, ref.affine, protect=protect, config=config, device=device,
+                           on_coarse=worker.on_coarse)
     spacing = ref.spacing
     outputs = [(ref, job.output)] + list(zip(others, (b for _, b in job.apply_to)))
     new_raw, changed_protected = _apply(outputs, removal, protect, config, spacing)
     voxel_ml = float(abs(np.linalg.det(ref.affine[:3, :3]))) / 1000.0
-    record = check_removal(scaled, ref.affine, removal, config.qc, protected_changed_ml=changed_protected * voxel_ml)
+    record = check_removal(scaled, ref.affine, removal, config.qc, protected_changed_ml=changed_protected * voxel_ml,
+                           **worker.qc_kwargs())
     record.update({
         "reference": str(job.reference), "output": str(job.output),
         "apply_to": [str(b) for _, b in job.apply_to], "protect": [str(p) for p in job.protect],

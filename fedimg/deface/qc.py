@@ -179,7 +179,7 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
 
 
 def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QCThresholds, *,
-                  protected_changed_ml: float = 0.0, estimate=None) -> dict:
+                  protected_changed_ml: float = 0.0, estimate=None, estimate_checked: bool = False) -> dict:
     """The QC record of a :class:`~fedimg.deface.core.FaceRemoval` of ``image`` (any orientation).
 
     Adds the image's own head/brain numbers (:func:`.brainmask.removal_metrics`) and
@@ -188,23 +188,27 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     :class:`~.brainmask.BrainEstimate` of this image from an earlier call (it depends on the
     image only, never on the registration). The head-shape cross-check reuses
     ``removal.head_shape`` (the coarse alignments, not the MI registration) and places
-    ``removal.brain_protect``.
+    ``removal.brain_protect``; ``estimate_checked``: ``estimate`` is that cross-check's result already.
     """
     from fedimg.imageio.volume import to_canonical
 
     from .brainmask import estimate_brain, removal_metrics
 
-    can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
-    remove, _ = to_canonical(removal.remove, affine)
+    remove, can_aff = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
     if removal.modality == "ct":  # the intracranial volume from bone and soft tissue (:mod:`.ct_qc`)
         from .ct_qc import ct_evaluate
 
-        return ct_evaluate(can, can_aff, remove, removal, metrics, thresholds, estimate=estimate)
-    est = estimate or estimate_brain(can, can_aff)
-    if removal.modality == "mr":
-        est = head_shape_brain(can, can_aff, est, candidates=removal.head_shape or None,
-                               brain_protect=removal.brain_protect)
+        can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
+        ct_est = estimate if estimate is not None and getattr(estimate, "source", "") == "ct" else None
+        return ct_evaluate(can, can_aff, remove, removal, metrics, thresholds, estimate=ct_est)
+    can, est = None, estimate
+    if est is None or (removal.modality == "mr" and not estimate_checked):  # the image is needed
+        can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
+        est = est or estimate_brain(can, can_aff)
+        if removal.modality == "mr":
+            est = head_shape_brain(can, can_aff, est, candidates=removal.head_shape or None,
+                                   brain_protect=removal.brain_protect)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
     return evaluate_qc(metrics, thresholds)
 

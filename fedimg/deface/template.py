@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import importlib.resources
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,17 @@ def asset_path(name: str) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=2)
+_LOCK = threading.RLock()  # one read per process even when two threads ask at once (fedimg.deface.pipeline)
+
+
 def load_template(brain_protect: str | None = None) -> Template:
     """Load the template trio (cached). ``brain_protect`` overrides the shipped mask path."""
+    with _LOCK:
+        return _load_template(None if brain_protect is None else str(brain_protect))  # one cache key per mask
+
+
+@functools.lru_cache(maxsize=2)
+def _load_template(brain_protect: str | None) -> Template:
     from fedimg.imageio.nifti import open_nifti
 
     img = open_nifti(asset_path(TEMPLATE_NAME))
@@ -64,9 +73,15 @@ def load_template(brain_protect: str | None = None) -> Template:
     return Template(intensity=intensity, face=face, brain=brain, affine=np.asarray(img.affine, dtype=np.float64))
 
 
-@functools.lru_cache(maxsize=4)
 def template_head_mask(step_mm: float = 4.0, brain_protect: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The template's head mask (see :func:`fedimg.deface.coarse.head_mask`) and its affine, cached."""
+    load_template(brain_protect)
+    with _LOCK:
+        return _template_head_mask(float(step_mm), None if brain_protect is None else str(brain_protect))
+
+
+@functools.lru_cache(maxsize=4)
+def _template_head_mask(step_mm: float, brain_protect: str | None) -> tuple[np.ndarray, np.ndarray]:
     from .coarse import head_mask
 
     t = load_template(brain_protect)

@@ -122,7 +122,8 @@ def test_cli_defaces_the_real_ct_cut_at_the_chin_and_fills_air(ct, tmp_path):
     nib.save(nib.Nifti1Image(cut, cut_aff), str(src))
     before = src.read_bytes()
     out = tmp_path / "out" / "ct_hu.nii.gz"
-    assert main(["deface", str(src), "-o", str(out), "--modality", "auto"]) == 0
+    # --threads 2: QC's image-only work runs in its own thread; on CT it must not hand QC the MR estimate
+    assert main(["deface", str(src), "-o", str(out), "--modality", "auto", "--threads", "2"]) == 0
     rec = json.loads(out.with_name("ct_hu.qc.json").read_text())
     assert rec["passed"] and rec["modality"] == "ct" and rec["brain_removed_ml"] == 0.0
     got = np.asarray(nib.load(str(out)).dataobj)

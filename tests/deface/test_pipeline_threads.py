@@ -1,0 +1,56 @@
+"""Two cores for one head: QC's image-only work runs in a second thread, with the same result.
+
+On the real head at 2 mm: ``deface_job`` with the QC thread writes the same voxels and the
+same QC record as without it, and the brain estimate really ran in that thread; ``fedimg
+deface`` through the CLI imports neither numba nor MONAI nor NVFlare (start-up time).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+import fedimg.deface.brainmask as brainmask
+from fedimg.deface.pipeline import DefaceJob, deface_job
+
+ROOT = Path(__file__).resolve().parents[2]
+VARYING = {"seconds", "registration_seconds", "output"}  # wall times and the output path
+
+
+def test_qc_thread_writes_the_same_voxels_and_record_as_one_thread(head_2mm, tmp_path, monkeypatch):
+    threads = []
+    real = brainmask.estimate_brain
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(brainmask, "estimate_brain", spy)
+    records, voxels = {}, {}
+    for mode in (False, True):
+        out = tmp_path / f"thread_{mode}" / "head_defaced.nii.gz"
+        records[mode] = deface_job(DefaceJob(reference=head_2mm, output=out, png="off"), qc_thread=mode)
+        voxels[mode] = np.asarray(nib.load(str(out)).dataobj)
+    assert threads[0] == threading.main_thread().name and threads[1].startswith("fedimg-qc"), threads
+    assert records[True]["passed"] and np.array_equal(voxels[False], voxels[True])
+    assert (voxels[True] != np.asarray(nib.load(str(head_2mm)).dataobj)).sum() > 1000  # a face was removed
+    same = {k: v for k, v in records[True].items() if k not in VARYING}
+    assert same == {k: v for k, v in records[False].items() if k not in VARYING}
+
+
+def test_deface_cli_imports_no_numba_monai_or_nvflare(head_2mm, tmp_path):
+    out = tmp_path / "cli" / "head_defaced.nii.gz"
+    code = ("import sys, json; from fedimg.cli import main; rc = main(sys.argv[1:]); "
+            "print(json.dumps(sorted(m for m in ('numba', 'monai', 'nvflare', 'torch') if m in sys.modules))); "
+            "sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code, "-q", "deface", str(head_2mm), "-o", str(out), "--threads", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == ["torch"]  # torch runs the registration
+    assert out.is_file()
