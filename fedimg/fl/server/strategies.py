@@ -204,6 +204,9 @@ class FedAvgM(_Streaming):
     """FedAvg with server momentum: ``u = beta1 * u + d``, step ``server_lr * u`` (``u`` persists).
 
     ``d`` is the round's sample-weighted mean difference; with ``beta1 = 0`` this is FedAvg.
+    With ``nesterov`` the step is ``server_lr * (beta1 * u + d)`` (the new ``u``). With
+    ``lr_rounds = R`` round ``r`` (1, 2, ...) steps with ``server_lr * (1 + cos(pi (r-1) / R)) / 2``
+    (the round count is saved with ``u``).
 
     >>> s = make_strategy(StrategyConfig(name="fedavgm", beta1=0.5), size=2)
     >>> for _ in range(2):
@@ -217,19 +220,31 @@ class FedAvgM(_Streaming):
     def __init__(self, config: StrategyConfig, size: int, *, float_size: int | None = None, device: Any = None) -> None:
         super().__init__(config, size, float_size=float_size, device=device)
         self.u: np.ndarray | None = None
+        self.rounds = 0  # server steps taken
+
+    def server_lr(self) -> float:
+        """This round's server lr (``lr_rounds``' cosine, else ``server_lr``)."""
+        cfg = self.config
+        if not cfg.lr_rounds:
+            return cfg.server_lr
+        return cfg.server_lr * 0.5 * (1.0 + math.cos(math.pi * min(self.rounds, cfg.lr_rounds) / cfg.lr_rounds))
 
     def _scale(self, step: np.ndarray) -> None:
         fs = self.float_size
         d = step[:fs].astype(np.float32, copy=False)
-        self.u = d.copy() if self.u is None else (np.float32(self.config.beta1) * self.u + d).astype(np.float32)
-        step[:fs] = np.float32(self.config.server_lr) * self.u
+        b = np.float32(self.config.beta1)
+        self.u = d.copy() if self.u is None else (b * self.u + d).astype(np.float32)
+        step[:fs] = np.float32(self.server_lr()) * ((b * self.u + d) if self.config.nesterov else self.u)
+        self.rounds += 1
 
     def state(self) -> dict[str, np.ndarray]:
-        return {} if self.u is None else {"u": self.u}
+        return {} if self.u is None else {"u": self.u, "rounds": np.array([self.rounds], np.int64)}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         if "u" in state:
             self.u = np.asarray(state["u"], np.float32).copy()
+        if "rounds" in state:
+            self.rounds = int(np.asarray(state["rounds"]).reshape(-1)[0])
 
 
 class _FedOpt(_Streaming):

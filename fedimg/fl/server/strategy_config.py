@@ -40,6 +40,10 @@ class StrategyConfig:
     ``fedavgm``'s server momentum). ``trim_ratio``: fraction
     cut from *each* end per coordinate for ``trimmed_mean``. ``prox_mu``: FedProx's
     proximal weight, used by the clients (0 disables; ``fedprox`` defaults to 0.01).
+    ``nesterov``: ``fedavgm`` steps ``server_lr * (beta1 * u + d)`` (Nesterov momentum)
+    instead of ``server_lr * u``. ``lr_rounds``: ``fedavgm``'s server lr follows a cosine from
+    ``server_lr`` (round 1) towards 0 over this many rounds, so momentum built on the early,
+    large updates stops carrying the model once the sites' own steps have shrunk (0: constant).
     """
 
     name: str = "fedavg"
@@ -49,6 +53,8 @@ class StrategyConfig:
     tau: float = 1e-3
     trim_ratio: float = 0.1
     prox_mu: float | None = None
+    nesterov: bool = False
+    lr_rounds: int = 0
 
     def __post_init__(self) -> None:
         name = self.name.replace("-", "_").lower()
@@ -69,6 +75,10 @@ class StrategyConfig:
             raise ConfigError(f"prox_mu must be >= 0, got {self.prox_mu}")
         if name == "fedprox" and self.prox_mu == 0:
             raise ConfigError("strategy fedprox needs prox_mu > 0")
+        if (self.nesterov or self.lr_rounds) and name != "fedavgm":
+            raise ConfigError(f"nesterov / lr_rounds shape fedavgm's server momentum, not {name}'s: drop them or use fedavgm")
+        if self.lr_rounds < 0:
+            raise ConfigError(f"lr_rounds must be >= 0 (0: constant server lr), got {self.lr_rounds}")
         if name == "scaffold" and self.prox_mu:
             raise ConfigError("strategy scaffold corrects client drift itself: drop --prox-mu (or use fedprox)")
 

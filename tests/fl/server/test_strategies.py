@@ -108,6 +108,42 @@ def test_fedavgm_three_rounds_by_hand_and_resume():
     np.testing.assert_allclose(_round(plain, [U2, U3], [1, 1]), (U2 + U3) / 2, rtol=1e-6)
 
 
+def test_fedavgm_nesterov_two_rounds_by_hand():
+    lr, beta = 0.5, 0.9
+    agg = make_strategy(StrategyConfig(name="fedavgm", server_lr=lr, beta1=beta, nesterov=True), size=4, float_size=3)
+    d1 = (1 * U1 + 3 * U2) / 4
+    d2 = U3.astype(np.float64)
+    u1 = d1[:3]
+    u2 = beta * u1 + d2[:3]
+    np.testing.assert_allclose(_round(agg, [U1, U2], [1, 3]), [*(lr * (beta * u1 + d1[:3])), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(_round(agg, [U3], [2]), [*(lr * (beta * u2 + d2[:3])), 4.0], rtol=1e-6)
+    np.testing.assert_allclose(agg.state()["u"], u2, rtol=1e-6)  # the buffer is plain momentum's
+    with pytest.raises(ConfigError, match="nesterov"):
+        StrategyConfig(name="fedadam", nesterov=True)
+
+
+def test_fedavgm_server_lr_cosine_by_hand_and_resume():
+    lr, beta = 0.5, 0.9
+    cfg = StrategyConfig(name="fedavgm", server_lr=lr, beta1=beta, lr_rounds=4)
+    agg = make_strategy(cfg, size=4, float_size=3)
+    d1 = (1 * U1 + 3 * U2) / 4
+    u1 = d1[:3]
+    u2 = beta * u1 + U3[:3]
+    u3 = beta * u2 + U1[:3]
+    np.testing.assert_allclose(_round(agg, [U1, U2], [1, 3]), [*(lr * u1), 0.0], rtol=1e-6)  # cos(0): full lr
+    lr2 = lr * (1 + np.cos(np.pi / 4)) / 2  # round 2 of 4: 0.4268
+    np.testing.assert_allclose(_round(agg, [U3], [2]), [*(lr2 * u2), 4.0], rtol=1e-6)
+    restored = make_strategy(cfg, size=4, float_size=3)
+    restored.load_state(agg.state())  # round count and buffer survive a save/restore
+    for a in (agg, restored):
+        np.testing.assert_allclose(_round(a, [U1], [1]), [*(lr * 0.5 * u3), U1[3]], rtol=1e-6)  # cos(pi/2)
+    for _ in range(2):  # rounds 4, 5: cos(3 pi / 4), then the cosine's end (0) is held
+        _round(agg, [U1], [1])
+    assert agg.server_lr() == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ConfigError, match="lr_rounds"):
+        StrategyConfig(name="fedavg", lr_rounds=3)
+
+
 def test_median_is_coordinatewise_and_ignores_weights():
     agg = make_strategy(StrategyConfig(name="median"), size=4)
     out = _round(agg, [U1, U2, U3], [1, 100, 1])
