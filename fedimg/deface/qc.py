@@ -43,6 +43,8 @@ Checks (a failed check fails the file, never silently passes it):
   it 11 mm, and a blob-like estimate can mirror best about a wrong axis (2 mm synthetic demo
   heads, site 2 cases 6 and 4: 13.5 and 28.7 mm, against 1.0 and 2.1 mm from the placed
   template plane; case 6's true removal is 2.2 mm off the generator's brain plane).
+- ``face_matches_head_shape``: the removal overlaps the one placed by the head's outline alone
+  (no intensities; :mod:`.qc_face`) with Dice ``face_shape_dice`` >= ``min_face_shape_dice``.
 
 The bounds come from two real T1 heads (ds000031 and pycortex, 2 mm copies in
 ``tests/assets/mri``) with their own correct registrations, at their own pose and with the
@@ -103,6 +105,7 @@ class QCThresholds:
     removed_fraction_range: tuple[float, float] = (0.02, 0.13)
     min_face_near_removed: float = 0.14
     max_removal_offset_mm: float = 10.0
+    min_face_shape_dice: float = 0.7  # removal vs the head-outline placement's (:mod:`.qc_face`)
 
     def __post_init__(self) -> None:
         if self.min_mi < 0 or self.max_agreement_mm <= 0 or not 0 <= self.min_brain_in_head <= 1:
@@ -142,6 +145,7 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
         "removed_volume": m["removed_ml"] > 0 and lo <= m["removed_fraction"] <= hi,
         "face_removed": m["face_near_removed"] >= t.min_face_near_removed,
         "face_centred": m["removal_offset_mm"] <= t.max_removal_offset_mm,
+        "face_matches_head_shape": m.get("face_shape_dice") is None or m["face_shape_dice"] >= t.min_face_shape_dice,
     }
     if not brain_found:
         protect_msg = "no brain could be found in the image, so QC cannot confirm the brain is untouched"
@@ -164,6 +168,8 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
                          f"(< {t.min_face_near_removed:.0%})"),
         "face_centred": (f"the removal is {m['removal_offset_mm']:.1f} mm off the brain's mid-plane "
                          f"(> {t.max_removal_offset_mm} mm): part of the face is kept"),
+        "face_matches_head_shape": (f"the removal overlaps the face placed by the head's outline only "
+                                    f"{m.get('face_shape_dice') or 0:.2f} (Dice < {t.min_face_shape_dice}): registration suspect"),
     }
     out = dict(metrics)
     out["checks"] = checks
@@ -187,14 +193,16 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     from fedimg.imageio.volume import to_canonical
 
     from .brainmask import estimate_brain, removal_metrics
+    from .qc_face import face_shape_dice
 
     can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
     remove, _ = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
     est = estimate or estimate_brain(can, can_aff)
     if removal.modality == "mr":
-        est = head_shape_brain(can, can_aff, est, candidates=removal.head_shape or None,
-                               brain_protect=removal.brain_protect)
+        cands = removal.head_shape or _candidates(can, can_aff)
+        est = head_shape_brain(can, can_aff, est, candidates=cands, brain_protect=removal.brain_protect)
+        metrics["face_shape_dice"] = face_shape_dice(can, can_aff, remove, cands, brain_protect=removal.brain_protect)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
     return evaluate_qc(metrics, thresholds)
 
@@ -258,6 +266,13 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
         return dataclasses.replace(estimate, brain=np.zeros_like(core), source="none")
     log.info("QC: checking the template brain placed by the head shape (%.0f mL)", core.sum() * estimate.cell_ml)
     return dataclasses.replace(estimate, brain=core, source="head shape", margin_mm=erode_mm)
+
+
+def _candidates(canonical: np.ndarray, affine: np.ndarray, keep: int = HEAD_SHAPE_KEEP):
+    from .coarse import block_mean, coarse_candidates
+    from .template import template_head_mask
+
+    return coarse_candidates(*block_mean(canonical, affine, 4.0), *template_head_mask(4.0), keep=keep)
 
 
 @functools.lru_cache(maxsize=1)
