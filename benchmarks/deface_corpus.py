@@ -236,8 +236,13 @@ def _tumour(rng, t, base, c0, rot, params, p, shape, sp) -> np.ndarray:
     return (np.linalg.norm(p - centre, axis=1) <= r).reshape(shape)
 
 
-def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool = False) -> list[Path]:
-    """Write ``per_head`` cases per head: image, tumour label, truth (npz), params, reference PNG."""
+def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool = False,
+          contrasts: tuple[str, ...] = ()) -> list[Path]:
+    """Write ``per_head`` cases per head: image, tumour label, truth (npz), params, reference PNG.
+
+    ``contrasts``: cycle through these contrast mappings (case ``i`` gets ``contrasts[i % n]``)
+    instead of drawing one at random, e.g. ``("pd", "t2")`` for a corpus of the hard contrasts.
+    """
     import nibabel as nib
 
     from fedimg.deface.qc import render_qc_png
@@ -247,7 +252,10 @@ def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool
         base = base_registration(name, out)
         for i in range(per_head):
             rng = np.random.default_rng([seed, hi, i])
-            case = make_case(DATA / HEADS[name], base, (_pose_params if pose_only else _params)(rng), rng)
+            params = (_pose_params if pose_only else _params)(rng)
+            if contrasts:
+                params["contrast"] = contrasts[i % len(contrasts)]
+            case = make_case(DATA / HEADS[name], base, params, rng)
             stem = f"{name}_{i:02d}"
             folder = out / "cases"
             folder.mkdir(parents=True, exist_ok=True)
@@ -392,6 +400,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default=None, help="run: only cases whose name matches this regular expression")
     p.add_argument("--pose-only", action="store_true", help="build: rotated 1 mm T1 heads only (the Dice target)")
+    p.add_argument("--contrasts", nargs="+", choices=list(CONTRASTS), default=(),
+                   help="build: cycle through these contrast mappings instead of drawing one per case")
     p.add_argument("--shape-weight", type=float, default=None, help="run: override the head-mask MI weight")
     p.add_argument("--no-coarse", action="store_true", help="run: fixed start rotations instead of the coarse stage")
     args = p.parse_args(argv)
@@ -408,7 +418,7 @@ def main(argv=None) -> int:
     elif args.out is None:
         p.error(f"{args.action} needs --out (the corpus folder)")
     if args.action == "build":
-        build(args.out, args.heads, args.per_head or 10, args.seed, args.pose_only)
+        build(args.out, args.heads, args.per_head or 10, args.seed, args.pose_only, tuple(args.contrasts))
         return 0
     if args.action == "consistency":
         res = consistency(args.out, args.heads[0], args.json.stem)
