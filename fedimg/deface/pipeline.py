@@ -160,8 +160,8 @@ class _QCWorker:
             self.coarse.set_result((modality, head_shape))
 
     def qc_kwargs(self) -> dict:
-        est = None if self.result is None else self.result.result()
-        return {} if est is None else {"estimate": est, "estimate_checked": True}
+        got = None if self.result is None else self.result.result()
+        return {} if got is None else {"estimate": got[0], "estimate_checked": True, "face_shape": got[1]}
 
 
 def _warm_template() -> None:
@@ -185,9 +185,11 @@ def _warm_levels(levels) -> None:
 
 
 def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse):
-    """QC's brain estimate of the canonical image, cross-checked against the head shape (None: no alignments)."""
+    """QC's brain estimate of the canonical image cross-checked against the head shape, and the removal the
+    head outline alone places (:func:`.qc_face.shape_removal`); None when face_removal failed or the head is CT."""
     from .brainmask import estimate_brain
-    from .qc import head_shape_brain
+    from .qc import _candidates, head_shape_brain
+    from .qc_face import shape_removal
 
     can, can_aff = to_canonical(np.asarray(scaled, dtype=np.float32), affine)
     est = estimate_brain(can, can_aff)
@@ -195,13 +197,14 @@ def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse):
     if got is None:
         return None
     modality, head_shape = got
-    if modality == "ct":  # CT QC estimates the intracranial volume itself (:mod:`.ct_qc`), not this MR estimate
+    if modality != "mr":  # CT QC estimates the intracranial volume itself (:mod:`.ct_qc`), not this MR estimate
         return None
-    if modality == "mr":
-        est = head_shape_brain(can, can_aff, est, candidates=head_shape or None)
+    cands = head_shape or _candidates(can, can_aff)
+    est = head_shape_brain(can, can_aff, est, candidates=cands)
+    face_shape = shape_removal(can, can_aff, cands)  # the head-outline placement (:mod:`.qc_face`)
     if est.brain.any():
         est.brain_distance, est.frame  # noqa: B018 - computed here (cached) rather than on the main thread
-    return est
+    return est, face_shape
 
 
 def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0: float) -> dict:

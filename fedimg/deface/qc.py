@@ -43,6 +43,8 @@ Checks (a failed check fails the file, never silently passes it):
   it 11 mm, and a blob-like estimate can mirror best about a wrong axis (2 mm synthetic demo
   heads, site 2 cases 6 and 4: 13.5 and 28.7 mm, against 1.0 and 2.1 mm from the placed
   template plane; case 6's true removal is 2.2 mm off the generator's brain plane).
+- ``face_matches_head_shape``: the removal overlaps the one placed by the head's outline alone
+  (no intensities; :mod:`.qc_face`) with Dice ``face_shape_dice`` >= ``min_face_shape_dice``.
 
 The bounds come from two real T1 heads (ds000031 and pycortex, 2 mm copies in
 ``tests/assets/mri``) with their own correct registrations, at their own pose and with the
@@ -80,11 +82,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from fedimg.errors import ConfigError
+
+from .qc_png import face_render, render_qc_png  # the picture (re-exported: callers import it from here)
 
 __all__ = ["QCThresholds", "evaluate_qc", "check_removal", "head_shape_brain", "brain_in_head", "render_qc_png",
            "face_render", "HEAD_SHAPE_KEEP"]
@@ -108,6 +111,7 @@ class QCThresholds:
     min_face_near_removed: float = 0.14
     max_removal_offset_mm: float = 10.0
     ct_removed_fraction_range: tuple[float, float] = (0.035, 0.19)  # CT heads: see :mod:`.ct_qc`
+    min_face_shape_dice: float = 0.7  # removal vs the head-outline placement's (:mod:`.qc_face`)
 
     def __post_init__(self) -> None:
         if self.min_mi < 0 or self.max_agreement_mm <= 0 or not 0 <= self.min_brain_in_head <= 1:
@@ -148,6 +152,7 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
         "removed_volume": m["removed_ml"] > 0 and lo <= m["removed_fraction"] <= hi,
         "face_removed": m["face_near_removed"] >= t.min_face_near_removed,
         "face_centred": m["removal_offset_mm"] <= t.max_removal_offset_mm,
+        "face_matches_head_shape": m.get("face_shape_dice") is None or m["face_shape_dice"] >= t.min_face_shape_dice,
     }
     if not brain_found:
         protect_msg = "no brain could be found in the image, so QC cannot confirm the brain is untouched"
@@ -170,6 +175,8 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
                          f"(< {t.min_face_near_removed:.0%})"),
         "face_centred": (f"the removal is {m['removal_offset_mm']:.1f} mm off the brain's mid-plane "
                          f"(> {t.max_removal_offset_mm} mm): part of the face is kept"),
+        "face_matches_head_shape": (f"the removal overlaps the face placed by the head's outline only "
+                                    f"{m.get('face_shape_dice') or 0:.2f} (Dice < {t.min_face_shape_dice}): registration suspect"),
     }
     out = dict(metrics)
     out["checks"] = checks
@@ -179,7 +186,8 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
 
 
 def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QCThresholds, *,
-                  protected_changed_ml: float = 0.0, estimate=None, estimate_checked: bool = False) -> dict:
+                  protected_changed_ml: float = 0.0, estimate=None, estimate_checked: bool = False,
+                  face_shape: np.ndarray | None = None) -> dict:
     """The QC record of a :class:`~fedimg.deface.core.FaceRemoval` of ``image`` (any orientation).
 
     Adds the image's own head/brain numbers (:func:`.brainmask.removal_metrics`) and
@@ -188,11 +196,13 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     :class:`~.brainmask.BrainEstimate` of this image from an earlier call (it depends on the
     image only, never on the registration). The head-shape cross-check reuses
     ``removal.head_shape`` (the coarse alignments, not the MI registration) and places
-    ``removal.brain_protect``; ``estimate_checked``: ``estimate`` is that cross-check's result already.
+    ``removal.brain_protect``; ``estimate_checked``: ``estimate`` is that cross-check's result already
+    and ``face_shape`` the head-outline placement's removal (:func:`.qc_face.shape_removal`; None: none).
     """
     from fedimg.imageio.volume import to_canonical
 
     from .brainmask import estimate_brain, removal_metrics
+    from .qc_face import removal_dice, shape_removal
 
     remove, can_aff = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
@@ -202,13 +212,16 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
         can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
         ct_est = estimate if estimate is not None and getattr(estimate, "source", "") == "ct" else None
         return ct_evaluate(can, can_aff, remove, removal, metrics, thresholds, estimate=ct_est)
-    can, est = None, estimate
-    if est is None or (removal.modality == "mr" and not estimate_checked):  # the image is needed
+    mr, can, est = removal.modality == "mr", None, estimate
+    if est is None or (mr and not estimate_checked):  # the image is needed
         can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
         est = est or estimate_brain(can, can_aff)
-        if removal.modality == "mr":
-            est = head_shape_brain(can, can_aff, est, candidates=removal.head_shape or None,
-                                   brain_protect=removal.brain_protect)
+    if mr:
+        if not estimate_checked:
+            cands = removal.head_shape or _candidates(can, can_aff)
+            est = head_shape_brain(can, can_aff, est, candidates=cands, brain_protect=removal.brain_protect)
+            face_shape = shape_removal(can, can_aff, cands, brain_protect=removal.brain_protect)
+        metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
     return evaluate_qc(metrics, thresholds)
 
@@ -274,6 +287,13 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     return dataclasses.replace(estimate, brain=core, source="head shape", margin_mm=erode_mm)
 
 
+def _candidates(canonical: np.ndarray, affine: np.ndarray, keep: int = HEAD_SHAPE_KEEP):
+    from .coarse import block_mean, coarse_candidates
+    from .template import template_head_mask
+
+    return coarse_candidates(*block_mean(canonical, affine, 4.0), *template_head_mask(4.0), keep=keep)
+
+
 @functools.lru_cache(maxsize=1)
 def _template_midplane() -> tuple[np.ndarray, np.ndarray]:
     """The template brain's mid-sagittal plane (centre, unit normal) in template world mm."""
@@ -325,72 +345,3 @@ def _warp_core(template, shape, affine, subject_to_template) -> np.ndarray:
     grid = torch.as_tensor((tv * 2.0 / (size - 1) - 1.0)[..., ::-1].copy())
     out = F.grid_sample(torch.as_tensor(template.brain)[None, None], grid[None], align_corners=True)
     return out[0, 0].numpy() > 0.5
-
-
-def face_render(canonical: np.ndarray, spacing, *, threshold: float | None = None) -> np.ndarray:
-    """Depth-shaded surface render of the head seen from the front (+A), shape (S, R→L)."""
-    vol = canonical.astype(np.float32)
-    if threshold is None:
-        pos = vol[vol > 0]
-        threshold = 0.15 * float(np.percentile(pos, 99)) if pos.size else 0.5
-    solid = vol > threshold  # (x, y, z); look along -y from the front
-    hit = solid[:, ::-1, :]
-    any_hit = hit.any(axis=1)
-    first = np.argmax(hit, axis=1).astype(np.float32)  # voxels from the front face
-    depth_mm = first * float(spacing[1])
-    gx = np.gradient(depth_mm, float(spacing[0]), axis=0)
-    gz = np.gradient(depth_mm, float(spacing[2]), axis=1)
-    normal_z = 1.0 / np.sqrt(1.0 + gx**2 + gz**2)  # Lambert shading with light from the viewer
-    near = 1.0 - np.clip((depth_mm - depth_mm[any_hit].min(initial=0.0)) / 120.0, 0.0, 1.0)
-    shade = np.where(any_hit, 0.25 + 0.75 * normal_z * near, 0.0)
-    return shade[::-1, :].T  # rows: superior at top after origin="lower"; columns: subject right on the left
-
-
-def render_qc_png(path: Path, before: np.ndarray, after: np.ndarray, removed: np.ndarray, protected: np.ndarray,
-                  spacing, title: str) -> None:
-    """Write the QC picture: front renders before/after and three orthogonal slices with outlines."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    from fedimg.io import atomic_path
-
-    st = [max(1, int(round(2.0 / s))) for s in spacing]
-    sl = (slice(None, None, st[0]), slice(None, None, st[1]), slice(None, None, st[2]))
-    b, a, r, p = before[sl], after[sl], removed[sl], protected[sl]
-    sp = [float(s) * k for s, k in zip(spacing, st)]
-    fig = Figure(figsize=(15, 4.5), dpi=72)
-    axes = fig.subplots(1, 5)
-    thr = None
-    pos = b[b > 0]
-    if pos.size:
-        thr = 0.15 * float(np.percentile(pos, 99))
-    for ax, vol, name in ((axes[0], b, "front, before"), (axes[1], a, "front, after")):
-        ax.imshow(face_render(vol, sp, threshold=thr), cmap="gray", origin="lower", vmin=0, vmax=1,
-                  aspect=sp[2] / sp[0])
-        ax.set_title(name)
-    if r.any():
-        centre = [int(np.median(ix)) for ix in np.nonzero(r)]
-    else:
-        centre = [s // 2 for s in b.shape]
-    views = (
-        (axes[2], (slice(None), slice(None), centre[2]), "axial", sp[1] / sp[0]),
-        (axes[3], (centre[0], slice(None), slice(None)), "sagittal", sp[2] / sp[1]),
-        (axes[4], (slice(None), centre[1], slice(None)), "coronal", sp[2] / sp[0]),
-    )
-    vmax = float(np.percentile(pos, 99.5)) if pos.size else 1.0
-    for ax, index, name, aspect in views:
-        ax.imshow(b[index].T, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
-        if r[index].any():
-            ax.contour(r[index].T.astype(float), [0.5], colors="red", linewidths=1.0)
-        if p[index].any():
-            ax.contour(p[index].T.astype(float), [0.5], colors="yellow", linewidths=0.6)
-        ax.set_title(f"{name} (red removed, yellow protected)", fontsize=8)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")

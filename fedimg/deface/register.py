@@ -32,7 +32,9 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
+from .mi import gradient_fields as _ngf
 from .mi import mutual_information as _mi
+from .mi import world_gradient as _grad
 
 __all__ = ["RegistrationConfig", "Registration", "register", "downsample", "START_ROTATIONS", "PRESETS"]
 
@@ -61,6 +63,9 @@ class RegistrationConfig:
     lr_linear: float = 0.01
     lr_translation: float = 2.0
     shape_weight: float = 0.0  # weight of a head-mask MI term added to the intensity MI (0.5 measured worse)
+    # weight of a normalised-gradient-field term (edges, contrast-independent); off: weight 1 measured
+    # on 35 dev cases, removal Dice mean +0.002-0.003, T1 cases up to -0.03, no wrong pass fixed
+    ngf_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,8 +81,8 @@ class RegistrationConfig:
             raise ConfigError("samples >= 256, eval_samples >= samples, 8 <= bins <= 128")
         if self.lr_linear <= 0 or self.lr_translation <= 0:
             raise ConfigError("learning rates must be > 0")
-        if self.shape_weight < 0:
-            raise ConfigError("shape_weight must be >= 0")
+        if self.shape_weight < 0 or self.ngf_weight < 0:
+            raise ConfigError("shape_weight and ngf_weight must be >= 0")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> RegistrationConfig:
@@ -171,19 +176,23 @@ def _centre_of_mass(t, affine: np.ndarray) -> np.ndarray:
 class _Level:
     """One pyramid level: subject sample points and the template as a grid_sample input."""
 
-    def __init__(self, subj, s_aff, tmpl, t_aff, c_s, device, bins, masks=None, weight: float = 0.0):
+    def __init__(self, subj, s_aff, tmpl, t_aff, c_s, device, bins, masks=None, weight: float = 0.0, ngf: float = 0.0):
         import torch
 
         self.device = device
         self.weight = weight if masks is not None else 0.0
-        self.tmpl = tmpl[None, None] if not self.weight else torch.stack([tmpl, masks[1]])[None]
+        self.ngf = ngf
+        chans = [tmpl] + ([masks[1]] if self.weight else []) + (list(_grad(tmpl, t_aff)) if ngf else [])
+        self.tmpl = torch.stack(chans)[None]
         self.mask_values = masks[0].reshape(-1) if self.weight else None
         sh = subj.shape
         idx = torch.stack(torch.meshgrid(*[torch.arange(n, device=device, dtype=torch.float32) for n in sh], indexing="ij"), -1).reshape(-1, 3)
         a = torch.as_tensor(s_aff, dtype=torch.float32, device=device)
         self.points = idx @ a[:3, :3].T + a[:3, 3] - torch.as_tensor(c_s, dtype=torch.float32, device=device)
         self.values = subj.reshape(-1)
-        self.fixed_w = None
+        if ngf:  # subject gradients (N, 3) and each image's edge scale: the mean gradient size over the head
+            self.grad = _grad(subj, s_aff).reshape(3, -1).T.contiguous()
+            self.eps = [float(g.norm(dim=0)[v > 0.05].mean()) for g, v in ((self.tmpl[0, -3:], tmpl), (self.grad.T, self.values))]
         self.bins = bins
         tinv = torch.as_tensor(np.linalg.inv(t_aff), dtype=torch.float32, device=device)
         size = torch.as_tensor(tmpl.shape, dtype=torch.float32, device=device)
@@ -193,7 +202,8 @@ class _Level:
         self.fg = self.values > 0.05
 
     def loss(self, lin, trans, c_t, sel, shape: bool = True):
-        """-(intensity MI + weight x head-mask MI) per start; ``shape=False``: intensity MI only."""
+        """-(intensity MI + weights x (head-mask MI, gradient fields)) per start; ``shape=False``: intensity MI only."""
+        import torch
         import torch.nn.functional as F
 
         pts = self.points[sel]  # (N, 3)
@@ -203,6 +213,9 @@ class _Level:
         mi = _mi(moving[0, 0, :, :, 0], self.values[sel], self.bins)
         if self.weight and shape:
             mi = mi + self.weight * _mi(moving[0, 1, :, :, 0], self.mask_values[sel], self.bins)
+        if self.ngf and shape:  # template gradient at the mapped point, pulled back to subject world: lin^T g
+            g = torch.einsum("bji,bnj->bni", lin, moving[0, -3:, :, :, 0].permute(1, 2, 0))
+            mi = mi + self.ngf * _ngf(g, self.grad[sel], *self.eps)
         return -mi
 
 
@@ -271,7 +284,7 @@ def _register(subject, subject_affine, template, template_affine, config, device
     losses = None
     for li, ((s, sa, t, ta), iters) in enumerate(zip(pyramid, config.iterations)):
         masks = _level_masks(s, sa, t, ta) if config.shape_weight else None
-        level = _Level(s, sa, t, ta, c_s, device, config.bins, masks, config.shape_weight)
+        level = _Level(s, sa, t, ta, c_s, device, config.bins, masks, config.shape_weight, config.ngf_weight)
         lin, trans, ids = _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
         with torch.no_grad():
             g_eval = torch.Generator(device="cpu").manual_seed(config.seed + 1000 + li)

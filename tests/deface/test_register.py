@@ -80,3 +80,24 @@ def test_multistart_recovers_a_40_degree_tilt():
     points = (np.c_[head, np.ones(len(head))] @ subject_affine.T)[:, :3]
     assert _rms_error(reg.subject_to_template, np.linalg.inv(tilt), points) < 2.0
     assert math.isclose(abs(reg.start[0]), 40.0) or math.isclose(abs(reg.start[0]), 20.0)
+
+
+def test_gradient_fields_see_edges_in_world_space_whatever_the_contrast():
+    from fedimg.deface.mi import gradient_fields, world_gradient
+
+    aff = np.eye(4)
+    aff[:3, :3] = _rotation(0.0, 0.0, 30.0) @ np.diag([1.0, 2.0, 3.0])  # turned, anisotropic voxels
+    idx = np.stack(np.meshgrid(*[np.arange(8.0)] * 3, indexing="ij"), -1)
+    ramp = torch.as_tensor((idx @ aff[:3, :3].T)[..., 0], dtype=torch.float32)  # f = world x
+    g = world_gradient(ramp, aff)
+    assert torch.allclose(g[:, 2:-2, 2:-2, 2:-2].mean((1, 2, 3)), torch.tensor([1.0, 0.0, 0.0]), atol=1e-4)
+    gf = g.reshape(3, -1).T
+    turned = torch.tensor([[0.0, 1.0, 0.0]]).expand_as(gf)
+    v = gradient_fields(torch.stack([-gf, turned]), gf, 0.01, 0.01)  # inverted contrast vs an edge turned 90 deg
+    assert v[0] > 0.99 and v[1] < 0.01
+
+
+def test_ngf_weight_is_validated_and_the_preset_carries_it():
+    with pytest.raises(ConfigError):
+        RegistrationConfig(ngf_weight=-1.0)
+    assert RegistrationConfig.preset("fast").ngf_weight == RegistrationConfig.preset("default").ngf_weight
