@@ -33,7 +33,8 @@ def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, lo
     g.add_argument("--server-lr", type=float, default=None, help="server learning rate (FedOpt default 0.01, others 1.0)")
     g.add_argument("--server-momentum", type=float, default=None,
                    help="fedavgm's server momentum (FedOpt's beta1; default 0.9)")
-    g.add_argument("--nesterov", action="store_true", help="fedavgm: Nesterov server momentum")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="fedavgm: Nesterov server momentum (default off; on in fedimg study)")
     g.add_argument("--server-lr-decay", choices=["off", "cosine"], default="off",
                    help="fedavgm: cosine-decay the server lr to 0 over --rounds (default off)")
     g.add_argument("--prox-mu", type=float, default=None, help="FedProx proximal weight (fedprox default 0.01)")

@@ -48,7 +48,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         f"after {p['patience']} checks without a new best, at most **{p['max_epochs']} epochs per case** "
         f"({fed['max_rounds']} rounds); the best-validation model is kept and evaluated **once** on every site's test "
         "cases. Centralised validates on the pooled validation cases, a site alone on its own, the federated arm on "
-        f"every site's (NVFlare SimEnv, strategy `{fed['strategy']['name']}`). Learning-rate schedules span the "
+        f"every site's (NVFlare SimEnv, strategy `{fed['strategy']['name']}`"
+        f"{', Nesterov server momentum' if fed['strategy'].get('nesterov') else ''}). Learning-rate schedules span the "
         "maximum budget in every arm.",
         "",
         "## Test Dice (mean and 95 % bootstrap interval over test cases and seeds)",

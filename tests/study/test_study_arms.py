@@ -87,6 +87,12 @@ def test_cli_strategy_choice():
     args = sub.choices["study"].parse_args(["--data", "d", "--out", "o", "--strategy", "fedprox",
                                             "--compare", "fedavg,fedprox,fedyogi,trimmed-mean,fedadam", "--seeds", "3"])
     assert sub.choices["study"].parse_args(["--out", "o"]).strategy == "fedavgm"  # the study's default
+    from fedimg.cli.study import study_federation_config
+
+    parse = sub.choices["study"].parse_args  # the study's fedavgm steps with Nesterov momentum unless told not to
+    assert study_federation_config(parse(["--out", "o"])).strategy.nesterov is True
+    assert study_federation_config(parse(["--out", "o", "--no-nesterov"])).strategy.nesterov is False
+    assert study_federation_config(parse(["--out", "o", "--strategy", "fedavg"])).strategy.nesterov is False
     comp = _compare(args.compare, "fedprox")
     assert [c.name for c in comp] == ["fedavg", "fedyogi", "trimmed_mean", "fedadam"]  # the headline is not repeated
     assert [c.server_lr for c in comp] == [1.0, 0.01, 1.0, 0.01] and args.seeds == 3
