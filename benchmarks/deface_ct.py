@@ -149,8 +149,9 @@ def run_case(path: Path, work: Path, truth: dict) -> dict:
            "cpu_seconds": time.process_time() - c0, "modality": rec.get("modality")}
     src = np.asarray(nib.load(str(path)).dataobj)
     if passed:
-        removed = np.asarray(nib.load(str(out)).dataobj) != src
-        air = np.asarray(nib.load(str(out)).dataobj)[removed]
+        defaced = np.asarray(nib.load(str(out)).dataobj)
+        removed = defaced != src
+        air = defaced[removed]
         res["fill_values"] = sorted({int(v) for v in np.unique(air)})[:3]
     else:
         from fedimg.deface.masks import removal_mask, warp_template_maps

@@ -34,14 +34,13 @@ from numba.extending import overload
 
 from . import _ref
 from ._backend import warn_once
-from .stream import ALIGN, BF16_LUT, F16_LUT, aligned_zeros, chunk_table, is_aligned, nt_store, store_fence  # noqa: F401
+from .stream import ALIGN, BF16_LUT, F16_LUT, MAX_TUPLE, aligned_zeros, chunk_table, is_aligned, nt_store, store_fence  # noqa: F401
 from .stream import prep as _prep
 from .stream import runs as _runs
 
 __all__ = ["wsum", "wsum_sumsq", "sumsq_parts", "fedopt", "robust", "sumsq", "scale", "all_finite", "zeros", "empty", "host", "set_tail", "CH"]
 
 CH = 4096
-MAX_TUPLE = 64  # numba unpacks a tuple passed to a parallel region: at most 100 (NUMBA_PARFOR_MAX_TUPLE_SIZE)
 
 
 # -- scalar maths shared with the numba CUDA backend -------------------------------------

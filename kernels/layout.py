@@ -146,6 +146,8 @@ def _dtype_name(x: Any) -> str:
 
 def _host_values(x: Any) -> np.ndarray:
     """A host numpy array whose values equal ``x`` (bfloat16 widened to float32 exactly)."""
+    if type(x) is np.ndarray:  # the common case, before the torch check (per tensor, per update)
+        return x
     if _is_torch(x):
         import torch
 
@@ -203,8 +205,7 @@ def flat_parts(state_dict: Mapping[str, Any], layout: Layout) -> list[np.ndarray
     limit = _EXACT[flat_dt]
     out = []
     for name, dt in zip(layout.names, layout.dtypes):
-        v = state_dict[name]
-        vals = (v if type(v) is np.ndarray else _host_values(v)).reshape(-1)
+        vals = _host_values(state_dict[name]).reshape(-1)
         if dt in _INTS:
             if dt != "bool" and vals.size:
                 lo, hi = int(vals.min()), int(vals.max())

@@ -39,12 +39,12 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["ALIGN", "nt_store", "store_fence", "aligned_zeros", "is_aligned", "chunk_table", "prep", "runs",
+__all__ = ["ALIGN", "MAX_TUPLE", "nt_store", "store_fence", "aligned_zeros", "is_aligned", "chunk_table", "prep", "runs",
            "F16_LUT", "BF16_LUT"]
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 ALIGN = 16  # values: 64 bytes of float32 (an AVX-512 store; a cache line), 128 of float64
-_MAX_TUPLE = 64  # as _cpu.MAX_TUPLE (numba's limit for a tuple passed to a parallel region is 100)
+MAX_TUPLE = 64  # numba unpacks a tuple passed to a parallel region: at most 100 (NUMBA_PARFOR_MAX_TUPLE_SIZE)
 F16_LUT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 BF16_LUT = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)
 
@@ -135,12 +135,12 @@ def prep(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def runs(prepped) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of consecutive prepped arrays one tuple can hold (one type, <= 64)."""
+    """``[start, end)`` runs of consecutive prepped arrays one tuple can hold (one type, <= MAX_TUPLE)."""
     out, start = [], 0
     while start < len(prepped):
         dt, lut = prepped[start][0].dtype, prepped[start][1]
         end = start
-        while end < len(prepped) and end - start < _MAX_TUPLE and prepped[end][0].dtype == dt and prepped[end][1] is lut:
+        while end < len(prepped) and end - start < MAX_TUPLE and prepped[end][0].dtype == dt and prepped[end][1] is lut:
             end += 1
         out.append((start, end))
         start = end

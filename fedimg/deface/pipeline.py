@@ -188,8 +188,7 @@ def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse):
     """QC's brain estimate of the canonical image cross-checked against the head shape, and the removal the
     head outline alone places (:func:`.qc_face.shape_removal`); None when face_removal failed or the head is CT."""
     from .brainmask import estimate_brain
-    from .qc import _candidates, head_shape_brain
-    from .qc_face import shape_removal
+    from .qc import _shape_checks
 
     can, can_aff = to_canonical(np.asarray(scaled, dtype=np.float32), affine)
     est = estimate_brain(can, can_aff)
@@ -199,9 +198,7 @@ def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse):
     modality, head_shape = got
     if modality != "mr":  # CT QC estimates the intracranial volume itself (:mod:`.ct_qc`), not this MR estimate
         return None
-    cands = head_shape or _candidates(can, can_aff)
-    est = head_shape_brain(can, can_aff, est, candidates=cands)
-    face_shape = shape_removal(can, can_aff, cands)  # the head-outline placement (:mod:`.qc_face`)
+    est, face_shape = _shape_checks(can, can_aff, est, head_shape)  # deface_job gives no brain_protect
     if est.brain.any():
         est.brain_distance, est.frame  # noqa: B018 - computed here (cached) rather than on the main thread
     return est, face_shape

@@ -202,7 +202,7 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     from fedimg.imageio.volume import to_canonical
 
     from .brainmask import estimate_brain, removal_metrics
-    from .qc_face import removal_dice, shape_removal
+    from .qc_face import removal_dice
 
     remove, can_aff = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
@@ -212,16 +212,13 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
         can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
         ct_est = estimate if estimate is not None and getattr(estimate, "source", "") == "ct" else None
         return ct_evaluate(can, can_aff, remove, removal, metrics, thresholds, estimate=ct_est)
-    mr, can, est = removal.modality == "mr", None, estimate
-    if est is None or (mr and not estimate_checked):  # the image is needed
+    can, est = None, estimate  # MR from here on (modality is "mr" or "ct")
+    if est is None or not estimate_checked:  # the image is needed
         can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
         est = est or estimate_brain(can, can_aff)
-    if mr:
-        if not estimate_checked:
-            cands = removal.head_shape or _candidates(can, can_aff)
-            est = head_shape_brain(can, can_aff, est, candidates=cands, brain_protect=removal.brain_protect)
-            face_shape = shape_removal(can, can_aff, cands, brain_protect=removal.brain_protect)
-        metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
+    if not estimate_checked:
+        est, face_shape = _shape_checks(can, can_aff, est, removal.head_shape, removal.brain_protect)
+    metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
     return evaluate_qc(metrics, thresholds)
 
@@ -285,6 +282,20 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
         return dataclasses.replace(estimate, brain=np.zeros_like(core), source="none")
     log.info("QC: checking the template brain placed by the head shape (%.0f mL)", core.sum() * estimate.cell_ml)
     return dataclasses.replace(estimate, brain=core, source="head shape", margin_mm=erode_mm)
+
+
+def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shape, brain_protect: str | None = None):
+    """MR QC's head-shape work (image and coarse alignments only): ``estimate`` cross-checked by
+    :func:`head_shape_brain`, and the head-outline placement's removal (:func:`.qc_face.shape_removal`).
+
+    ``head_shape``: ``FaceRemoval.head_shape`` (empty: QC aligns itself). Shared by
+    :func:`check_removal` and the pipeline's QC thread (:func:`fedimg.deface.pipeline._qc_estimate`).
+    """
+    from .qc_face import shape_removal
+
+    cands = head_shape or _candidates(canonical, affine)
+    est = head_shape_brain(canonical, affine, estimate, candidates=cands, brain_protect=brain_protect)
+    return est, shape_removal(canonical, affine, cands, brain_protect=brain_protect)
 
 
 def _candidates(canonical: np.ndarray, affine: np.ndarray, keep: int = HEAD_SHAPE_KEEP):

@@ -136,13 +136,14 @@ def _template_level(template: np.ndarray, affine: np.ndarray, mm: float, device)
     import torch
 
     key = (template.__array_interface__["data"][0], template.shape, affine.tobytes(), mm, str(device))
-    if key not in _TEMPLATE_CACHE:
+    got = _TEMPLATE_CACHE.get(key)
+    if got is None:
         if len(_TEMPLATE_CACHE) > 8:
             _TEMPLATE_CACHE.clear()
         full = torch.as_tensor(np.asarray(template, dtype=np.float32), device=device)
         t, ta = downsample(full, affine, mm)
-        _TEMPLATE_CACHE[key] = (_normalise(t), ta)
-    return _TEMPLATE_CACHE[key]
+        got = _TEMPLATE_CACHE[key] = (_normalise(t), ta)  # returned from here: another thread may clear the dict
+    return got
 
 
 def _normalise(t):

@@ -75,7 +75,6 @@ def _load_template(brain_protect: str | None) -> Template:
 
 def template_head_mask(step_mm: float = 4.0, brain_protect: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The template's head mask (see :func:`fedimg.deface.coarse.head_mask`) and its affine, cached."""
-    load_template(brain_protect)
     with _LOCK:
         return _template_head_mask(float(step_mm), None if brain_protect is None else str(brain_protect))
 

@@ -156,6 +156,8 @@ def start_point(out: Path, config: FederationConfig, resume: bool) -> tuple[int,
     saved = out / "run_config.json"
     if saved.is_file():
         prev = read_json(saved).get("federation", {})
+        if isinstance(prev.get("strategy"), dict):  # a run saved before a field existed ran with its default
+            prev = {**prev, "strategy": {**StrategyConfig().to_dict(), **prev["strategy"]}}
         for key in ("task", "strategy"):
             if key in prev and prev[key] != config.to_dict()[key]:
                 raise ConfigError(f"{saved}: --resume with a different {key} ({prev[key]} -> {config.to_dict()[key]})")
