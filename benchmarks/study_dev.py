@@ -66,6 +66,14 @@ ARMS = {
     "fedavgm-decay": {"lr_decay": True, "strategy": {"name": "fedavgm", "beta1": 0.9}},
     "fedavgm-decay-local3": {"lr_decay": True, "local": 3, "strategy": {"name": "fedavgm", "beta1": 0.9}},
     "fedavgm-localnorm": {"local_norm": True, "strategy": {"name": "fedavgm", "beta1": 0.9}},
+    # fifth wave (h12d): everything on Nesterov, the study's default since the fourth wave
+    "nesterov-localnorm": {"local_norm": True, "strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True}},
+    "nesterov-b0.8": {"strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
+    "nesterov-b0.95": {"strategy": {"name": "fedavgm", "beta1": 0.95, "nesterov": True}},
+    "nesterov-plateau2": {"strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True, "lr_plateau": 2}},
+    "nesterov-plateau3": {"strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True, "lr_plateau": 3}},
+    "nesterov-localnorm-plateau2": {"local_norm": True, "strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True,
+                                                                     "lr_plateau": 2}},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
@@ -148,8 +156,13 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
             diff = torch.cat([(new[k].float() - glob[k].float()).reshape(-1) for k in keys]).numpy()
             norms_round[-1][s] = float(np.linalg.norm(diff))
             server.add(diff, 1.0 if uniform else float(d.num_train))
+        if val_sites and hasattr(server, "observe"):  # as the aggregator: train-sample-weighted mean of the sites'
+            w = {s: float(d.num_train) for s, d in datas.items()}  # validation of this round's start model
+            server.observe({"dice_mean": sum(val_sites[-1][s] * w[s] for s in datas) / sum(w.values())})
         step, i = torch.from_numpy(server.finish()), 0
         norms_round[-1]["server_step"] = float(step.norm())
+        if getattr(server, "plateau", None) is not None:
+            norms_round[-1]["server_lr_scale"] = server.plateau.scale
         for k in keys:
             n = glob[k].numel()
             glob[k] = (glob[k].float() + step[i:i + n].reshape(glob[k].shape)).to(glob[k].dtype)

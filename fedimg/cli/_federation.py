@@ -37,6 +37,12 @@ def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, lo
                    help="fedavgm: Nesterov server momentum (default off; on in fedimg study)")
     g.add_argument("--server-lr-decay", choices=["off", "cosine"], default="off",
                    help="fedavgm: cosine-decay the server lr to 0 over --rounds (default off)")
+    g.add_argument("--server-lr-plateau", type=int, default=None, metavar="P",
+                   help="fedavgm: after P rounds without a better federated validation, go back to the best "
+                        "model, clear the momentum and halve the server lr (default 0: off)")
+    g.add_argument("--local-norms", action=argparse.BooleanOptionalAction, default=None,
+                   help="normalisation layers stay at each site (FedBN-style, any averaging strategy; personalised: "
+                        "each site's own test cases are scored with its own norm layers; default off)")
     g.add_argument("--prox-mu", type=float, default=None, help="FedProx proximal weight (fedprox default 0.01)")
     g.add_argument("--trim-ratio", type=float, default=0.1, help="trimmed-mean fraction cut at each end")
     g.add_argument("--min-sites", type=int, default=1, help="fewest valid updates a round needs (default 1)")
@@ -133,12 +139,17 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def federation_config_from_args(args: argparse.Namespace, *, threads: int | None = None) -> FederationConfig:
+    from fedimg.tasks import get_task
+
     name = args.strategy.replace("-", "_")
     server_lr = args.server_lr if args.server_lr is not None else (0.01 if name in ("fedadam", "fedyogi") else 1.0)
     momentum = {} if getattr(args, "server_momentum", None) is None else {"beta1": args.server_momentum}
     strategy = StrategyConfig(name=name, server_lr=server_lr, trim_ratio=args.trim_ratio, prox_mu=args.prox_mu,
                               nesterov=bool(getattr(args, "nesterov", False)), **momentum,
-                              lr_rounds=args.rounds if getattr(args, "server_lr_decay", "off") == "cosine" else 0)
+                              lr_rounds=args.rounds if getattr(args, "server_lr_decay", "off") == "cosine" else 0,
+                              lr_plateau=int(getattr(args, "server_lr_plateau", None) or 0),
+                              plateau_metric=get_task(args.task).key_metric,
+                              local_norms=bool(getattr(args, "local_norms", None)))
     train = train_overrides(args)
     if dp_from_args(args) and args.task == "tiles" and "norm" not in train:
         train.update(norm="group", model=train.get("model", "resnet18"))  # BatchNorm cannot be made private

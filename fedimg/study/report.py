@@ -25,6 +25,19 @@ def _fmt(x: Any, nd: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
 
 
+def _strategy_words(strategy: dict[str, Any]) -> str:
+    """The report's words for the federated arm's strategy (a StrategyConfig dict)."""
+    words = f"strategy `{strategy['name']}`"
+    if strategy.get("nesterov"):
+        words += ", Nesterov server momentum"
+    if strategy.get("lr_plateau"):
+        words += (f", the server lr halved and the model sent back to its best after {strategy['lr_plateau']} "
+                  "round(s) without a better federated validation")
+    if strategy.get("local_norms"):
+        words += ", site-local normalisation layers (personalised)"
+    return words
+
+
 def _ci(d: dict[str, float]) -> str:
     return f"**{_fmt(d['mean'])}** [{_fmt(d['low'])}, {_fmt(d['high'])}]"
 
@@ -48,8 +61,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         f"after {p['patience']} checks without a new best, at most **{p['max_epochs']} epochs per case** "
         f"({fed['max_rounds']} rounds); the best-validation model is kept and evaluated **once** on every site's test "
         "cases. Centralised validates on the pooled validation cases, a site alone on its own, the federated arm on "
-        f"every site's (NVFlare SimEnv, strategy `{fed['strategy']['name']}`"
-        f"{', Nesterov server momentum' if fed['strategy'].get('nesterov') else ''}). Learning-rate schedules span the "
+        f"every site's (NVFlare SimEnv, {_strategy_words(fed['strategy'])}). Learning-rate schedules span the "
         "maximum budget in every arm.",
         "",
         "## Test Dice (mean and 95 % bootstrap interval over test cases and seeds)",
@@ -62,7 +74,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         lines.append(f"| {a} | {_ci(d)} | " + " | ".join(_fmt(d['per_site'][x]) for x in sites) + " |")
     personal = [a for a in arms if results["seeds"][0]["arms"][a].get("personalised")]
     if personal:
-        lines += ["", f"Personalised (FedBN: normalisation layers stay at each site): {', '.join(personal)}. Each "
+        lines += ["", f"Personalised (FedBN-style: normalisation layers stay at each site): {', '.join(personal)}. Each "
                   "site's own model (the kept round's shared layers + that site's norm layers) is validated and "
                   "tested on that site's own cases only; its row is not one model evaluated everywhere."]
     lines += ["", "## Headline", "", *_headline(s)]

@@ -146,6 +146,13 @@ def test_cli_reads_scaffold_and_fedbn_and_refuses_them_with_dp():
     p = argparse.ArgumentParser()
     add_federation_arguments(p)
     assert federation_config_from_args(p.parse_args(["--strategy", "scaffold"])).strategy.scaffold
+    mine = federation_config_from_args(p.parse_args(["--strategy", "fedavgm", "--local-norms", "--server-lr-plateau",
+                                                     "3", "--task", "tiles"])).strategy
+    assert (mine.name, mine.local_norm, mine.lr_plateau, mine.plateau_metric) == ("fedavgm", True, 3, "auc")
+    for argv in (["--strategy", "fedavgm", "--local-norms", "--client-dp"],
+                 ["--strategy", "fedavgm", "--server-lr-plateau", "2", "--client-dp"]):
+        with pytest.raises(ConfigError, match="DP|client-dp"):
+            federation_config_from_args(p.parse_args(argv))
     for argv in (["--strategy", "scaffold", "--dp-epsilon", "1"], ["--strategy", "fedbn", "--client-dp"],
                  ["--strategy", "scaffold", "--prox-mu", "0.1"]):
         with pytest.raises(ConfigError, match="scaffold|fedbn"):

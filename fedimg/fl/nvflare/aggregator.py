@@ -204,6 +204,8 @@ class FedimgAggregator(ModelAggregator):
         else:
             from fedimg.kernels import unpack
 
+            if hasattr(self._agg, "observe"):  # FedAvgM's lr on plateau: the sites' validation of this round's start
+                self._agg.observe(_weighted_val(self._sites))
             step = self._agg.finish()
             delta = unpack(step, layout, as_torch=False, copy=False)  # step is ours: views, no copy
         self._validator.end_round()
@@ -220,6 +222,9 @@ class FedimgAggregator(ModelAggregator):
             "aggregation_seconds": self._round_seconds,
             "round_seconds": time.perf_counter() - self._round_started if self._round_started else None,
         }
+        if getattr(self._agg, "plateau", None) is not None:
+            p = self._agg.plateau
+            entry["plateau"] = {"server_lr_scale": p.scale, "restores": p.restores, "best_val": p.best if p.best > -1e308 else None}
         if hasattr(self._agg, "report"):
             entry["client_dp"] = self._agg.report()
         meta: dict[str, Any] = {"fedimg_round": rnd}

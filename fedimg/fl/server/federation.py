@@ -96,6 +96,9 @@ class FederationConfig:
         if (self.strategy.scaffold or self.strategy.local_norm) and (self.dp or self.client_dp):
             raise ConfigError(f"strategy {self.strategy.name} cannot run with DP (--dp-* / --client-dp): its "
                               "control variates / site-local layers are not privatised; drop one of them")
+        if self.strategy.lr_plateau and self.client_dp:
+            raise ConfigError("--server-lr-plateau cannot run with --client-dp (the server's noisy step is not "
+                              "restored): drop one of them")
         if self.he and (self.client_dp or self.strategy.name != "fedavg" or self.send != "diff"):
             raise ConfigError("--he runs FedAvg of differences only, without --client-dp (the server can only add "
                               "ciphertexts): drop --client-dp / use --strategy fedavg --send diff")

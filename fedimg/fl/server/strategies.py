@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fedimg.fl.server.plateau import LrPlateau
 from fedimg.fl.server.strategy_config import STRATEGIES, StrategyConfig
 
 __all__ = [
@@ -206,7 +207,8 @@ class FedAvgM(_Streaming):
     ``d`` is the round's sample-weighted mean difference; with ``beta1 = 0`` this is FedAvg.
     With ``nesterov`` the step is ``server_lr * (beta1 * u + d)`` (the new ``u``). With
     ``lr_rounds = R`` round ``r`` (1, 2, ...) steps with ``server_lr * (1 + cos(pi (r-1) / R)) / 2``
-    (the round count is saved with ``u``).
+    (the round count is saved with ``u``). With ``lr_plateau = P`` the server lr halves, and the
+    model goes back to its best, after P rounds without a better validation (:mod:`.plateau`).
 
     >>> s = make_strategy(StrategyConfig(name="fedavgm", beta1=0.5), size=2)
     >>> for _ in range(2):
@@ -221,6 +223,7 @@ class FedAvgM(_Streaming):
         super().__init__(config, size, float_size=float_size, device=device)
         self.u: np.ndarray | None = None
         self.rounds = 0  # server steps taken
+        self.plateau = LrPlateau(config.lr_plateau) if config.lr_plateau else None
 
     def server_lr(self) -> float:
         """This round's server lr (``lr_rounds``' cosine, else ``server_lr``)."""
@@ -229,22 +232,40 @@ class FedAvgM(_Streaming):
             return cfg.server_lr
         return cfg.server_lr * 0.5 * (1.0 + math.cos(math.pi * min(self.rounds, cfg.lr_rounds) / cfg.lr_rounds))
 
+    def observe(self, val: dict[str, Any]) -> None:
+        """The round's validation of the model the sites started from (``lr_plateau``; else ignored)."""
+        if self.plateau is not None:
+            self.plateau.observe(val.get(self.config.plateau_metric))
+
     def _scale(self, step: np.ndarray) -> None:
         fs = self.float_size
+        back = self.plateau.restore(fs) if self.plateau is not None else None
+        if back is not None:  # back to the best model, momentum cleared (the scale is already lowered)
+            step[:fs], self.u = back, None
+            self.rounds += 1
+            return
         d = step[:fs].astype(np.float32, copy=False)
         b = np.float32(self.config.beta1)
         self.u = d.copy() if self.u is None else (b * self.u + d).astype(np.float32)
-        step[:fs] = np.float32(self.server_lr()) * ((b * self.u + d) if self.config.nesterov else self.u)
+        lr = self.server_lr() * (self.plateau.scale if self.plateau is not None else 1.0)
+        step[:fs] = np.float32(lr) * ((b * self.u + d) if self.config.nesterov else self.u)
+        if self.plateau is not None:
+            self.plateau.applied(step[:fs])
         self.rounds += 1
 
     def state(self) -> dict[str, np.ndarray]:
-        return {} if self.u is None else {"u": self.u, "rounds": np.array([self.rounds], np.int64)}
+        out = {} if self.u is None else {"u": self.u}
+        if self.rounds:
+            out["rounds"] = np.array([self.rounds], np.int64)
+        return {**out, **(self.plateau.state() if self.plateau is not None else {})}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         if "u" in state:
             self.u = np.asarray(state["u"], np.float32).copy()
         if "rounds" in state:
             self.rounds = int(np.asarray(state["rounds"]).reshape(-1)[0])
+        if self.plateau is not None:
+            self.plateau.load_state(state)
 
 
 class _FedOpt(_Streaming):

@@ -44,6 +44,11 @@ class StrategyConfig:
     instead of ``server_lr * u``. ``lr_rounds``: ``fedavgm``'s server lr follows a cosine from
     ``server_lr`` (round 1) towards 0 over this many rounds, so momentum built on the early,
     large updates stops carrying the model once the sites' own steps have shrunk (0: constant).
+    ``lr_plateau``: ``fedavgm`` only: after this many rounds without a better federated
+    validation (``plateau_metric``, the sites' evaluation of the model they received) the
+    server goes back to the best model, clears its momentum and halves its lr (0: off).
+    ``local_norms``: the normalisation layers stay at each site (FedBN-style, with any
+    averaging strategy; personalised models); the strategy ``fedbn`` is FedAvg with it.
     """
 
     name: str = "fedavg"
@@ -55,6 +60,9 @@ class StrategyConfig:
     prox_mu: float | None = None
     nesterov: bool = False
     lr_rounds: int = 0
+    lr_plateau: int = 0
+    plateau_metric: str = "dice_mean"
+    local_norms: bool = False
 
     def __post_init__(self) -> None:
         name = self.name.replace("-", "_").lower()
@@ -77,6 +85,13 @@ class StrategyConfig:
             raise ConfigError("strategy fedprox needs prox_mu > 0")
         if (self.nesterov or self.lr_rounds) and name != "fedavgm":
             raise ConfigError(f"nesterov / lr_rounds shape fedavgm's server momentum, not {name}'s: drop them or use fedavgm")
+        if self.lr_plateau and name != "fedavgm":
+            raise ConfigError(f"lr_plateau (--server-lr-plateau) restores and slows fedavgm's server step, not {name}'s: "
+                              "drop it or use fedavgm")
+        if self.lr_plateau < 0:
+            raise ConfigError(f"lr_plateau must be >= 0 rounds (0: off), got {self.lr_plateau}")
+        if self.local_norms and name == "scaffold":
+            raise ConfigError("--local-norms cannot run with scaffold (its controls cover the norm layers): drop one")
         if self.lr_rounds < 0:
             raise ConfigError(f"lr_rounds must be >= 0 (0: constant server lr), got {self.lr_rounds}")
         if name == "scaffold" and self.prox_mu:
@@ -89,8 +104,8 @@ class StrategyConfig:
 
     @property
     def local_norm(self) -> bool:
-        """True for FedBN: normalisation layers stay at each site (personalised models)."""
-        return self.name == "fedbn"
+        """True for FedBN and ``local_norms``: normalisation layers stay at each site (personalised models)."""
+        return self.name == "fedbn" or self.local_norms
 
     @property
     def buffered(self) -> bool:

@@ -174,3 +174,34 @@ def test_scaffold_and_fedbn_in_simenv(tmp_path):
                            train={"features": 8, "hidden": 4, "norm": True})
     table = cross_validate(fedbn_run, discover_sites(tmp_path / "data"), cfg)
     assert {"global", "personalised site-1", "personalised site-2"} <= set(table["results"])  # each site's own model
+
+
+def test_fedavgm_local_norms_and_lr_plateau_through_the_aggregator_and_a_resume(tmp_path):
+    """``--local-norms`` with FedAvgM: norm entries never reach the server; ``--server-lr-plateau``: the sites'
+    validation reaches the strategy, and a restarted aggregator (``--resume``) restores from the saved state."""
+    cfg = StrategyConfig(name="fedavgm", beta1=0.5, local_norms=True, lr_plateau=1).to_dict()
+    agg = FedimgAggregator(strategy=cfg, run_dir=str(tmp_path), local_keys=["bn"])
+    _start(agg, 0, GLOBAL)
+    agg.accept_model(FLModel(params={"w": np.ones(3, np.float32)}, params_type=ParamsType.DIFF,
+                             metrics={"val_dice_mean": 0.5}, meta={"client_name": "site-1", "NUM_STEPS_CURRENT_ROUND": 10}))
+    agg.accept_model(FLModel(params={"w": np.ones(3, np.float32), "bn": np.ones(2, np.float32)},
+                             params_type=ParamsType.DIFF, metrics={"val_dice_mean": 0.5},
+                             meta={"client_name": "site-2", "NUM_STEPS_CURRENT_ROUND": 10}))  # a norm entry: refused
+    out = agg.aggregate_model()
+    np.testing.assert_allclose(out.params["w"], 1.0)
+    assert set(out.params) == {"w"}
+    (entry,) = read_metrics(tmp_path)
+    assert entry["rejected"][0]["site"] == "site-2" and entry["plateau"] == {"server_lr_scale": 1.0, "restores": 0,
+                                                                             "best_val": 0.5}
+    g1 = load_params(tmp_path / "rounds" / "round-001.safetensors")[0]
+    resumed = FedimgAggregator(strategy=cfg, run_dir=str(tmp_path), local_keys=["bn"])  # a new server process
+    _start(resumed, 1, g1)
+    resumed.accept_model(FLModel(params={"w": np.full(3, 2, np.float32)}, params_type=ParamsType.DIFF,
+                                 metrics={"val_dice_mean": 0.4}, meta={"client_name": "site-1",
+                                                                      "NUM_STEPS_CURRENT_ROUND": 10}))
+    out = resumed.aggregate_model()  # 0.4 < 0.5: back to the round-0 model, lr halved
+    np.testing.assert_allclose(out.params["w"], -1.0)
+    g2 = load_params(tmp_path / "rounds" / "round-002.safetensors")[0]
+    np.testing.assert_allclose(g2["w"], GLOBAL["w"])
+    np.testing.assert_array_equal(g2["bn"], GLOBAL["bn"])
+    assert read_metrics(tmp_path)[-1]["plateau"]["server_lr_scale"] == 0.5
