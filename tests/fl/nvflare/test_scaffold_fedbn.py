@@ -2,7 +2,8 @@
 
 The SimEnv part: two jobs of 2 sites x 2 rounds (~15-30 s each): SCAFFOLD, whose round-1 model
 equals FedAvg's (all controls start at zero) and whose round-2 model does not, with non-zero
-controls; FedBN on the toy model with a BatchNorm, whose norm entries never reach the server.
+controls; FedBN-style local norms (``--local-norms`` with FedAvgM, Nesterov and the lr on plateau) on
+the toy model with a BatchNorm, whose norm entries never reach the server.
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def test_refusals_when_the_options_are_read(tmp_path):
 def _simulate(tmp, name, strategy, train):
     from fedimg.fl.nvflare.simulate import run_simulation
 
-    cfg = FederationConfig(task="toy", rounds=2, local_epochs=1, strategy=StrategyConfig(name=strategy),
-                           train={"features": 8, **train})
+    strategy = strategy if isinstance(strategy, StrategyConfig) else StrategyConfig(name=strategy)
+    cfg = FederationConfig(task="toy", rounds=2, local_epochs=1, strategy=strategy, train={"features": 8, **train})
     run_simulation(tmp / "data", tmp / name, cfg, progress=False, tracking=False)
     return tmp / name
 
@@ -156,9 +157,12 @@ def test_scaffold_and_fedbn_in_simenv(tmp_path):
     payloads = [json.loads(x) for x in (run / "payloads.jsonl").read_text().splitlines()]
     assert all(p["meta"][SCAFFOLD_CTRL_DIFF][1] == ["0.bias", "0.weight"] for p in payloads)
 
-    fedbn_run = _simulate(tmp_path, "fedbn", "fedbn", {"hidden": 4, "norm": True})
+    # FedBN-style local norms composed with another strategy (--local-norms): FedAvgM, Nesterov, lr on plateau
+    local = StrategyConfig(name="fedavgm", nesterov=True, local_norms=True, lr_plateau=1, plateau_metric="accuracy")
+    fedbn_run = _simulate(tmp_path, "fedbn", local, {"hidden": 4, "norm": True})
     bn = read_metrics(fedbn_run)
     assert [m["accepted"] for m in bn] == [["site-1", "site-2"]] * 2 and not any(m["rejected"] for m in bn)
+    assert bn[0]["plateau"]["best_val"] == bn[0]["validation"]["accuracy"]  # the sites' validation reached it
     received = [json.loads(x) for x in (fedbn_run / "payloads.jsonl").read_text().splitlines()]
     assert len(received) == 4 and all(set(p["params"]) == {"0.weight", "0.bias", "3.weight", "3.bias"} for p in received)
     g0, g2 = (load_params(fedbn_run / "rounds" / f"round-00{r}.safetensors")[0] for r in (1, 2))
@@ -170,8 +174,7 @@ def test_scaffold_and_fedbn_in_simenv(tmp_path):
     from fedimg.fl.server.federation import discover_sites
     from fedimg.study.crossval import cross_validate
 
-    cfg = FederationConfig(task="toy", rounds=2, strategy=StrategyConfig(name="fedbn"),
-                           train={"features": 8, "hidden": 4, "norm": True})
+    cfg = FederationConfig(task="toy", rounds=2, strategy=local, train={"features": 8, "hidden": 4, "norm": True})
     table = cross_validate(fedbn_run, discover_sites(tmp_path / "data"), cfg)
     assert {"global", "personalised site-1", "personalised site-2"} <= set(table["results"])  # each site's own model
 
