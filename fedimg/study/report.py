@@ -26,10 +26,14 @@ def _fmt(x: Any, nd: int = 3) -> str:
 
 
 def _strategy_words(strategy: dict[str, Any]) -> str:
-    """The report's words for the federated arm's strategy (a StrategyConfig dict)."""
+    """The report's words for the federated arm's strategy (a StrategyConfig dict).
+
+    >>> _strategy_words({"name": "fedavgm", "beta1": 0.8, "nesterov": True, "local_norms": True})
+    'strategy `fedavgm`, Nesterov server momentum 0.8, site-local normalisation layers (personalised)'
+    """
     words = f"strategy `{strategy['name']}`"
-    if strategy.get("nesterov"):
-        words += ", Nesterov server momentum"
+    if strategy["name"] == "fedavgm":
+        words += f", {'Nesterov ' if strategy.get('nesterov') else ''}server momentum {strategy.get('beta1', 0.9):g}"
     if strategy.get("lr_plateau"):
         words += (f", the server lr halved and the model sent back to its best after {strategy['lr_plateau']} "
                   "round(s) without a better federated validation")

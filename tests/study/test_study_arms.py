@@ -91,6 +91,9 @@ def test_cli_strategy_choice():
 
     parse = sub.choices["study"].parse_args  # the study's fedavgm steps with Nesterov momentum unless told not to
     assert study_federation_config(parse(["--out", "o"])).strategy.nesterov is True
+    assert study_federation_config(parse(["--out", "o"])).strategy.beta1 == 0.8  # the fifth wave's default
+    assert study_federation_config(parse(["--out", "o", "--server-momentum", "0.9"])).strategy.beta1 == 0.9
+    assert study_federation_config(parse(["--out", "o", "--strategy", "fedadam"])).strategy.beta1 == 0.9  # FedOpt's own
     assert study_federation_config(parse(["--out", "o", "--no-nesterov"])).strategy.nesterov is False
     assert study_federation_config(parse(["--out", "o", "--strategy", "fedavg"])).strategy.nesterov is False
     comp = _compare(args.compare, "fedprox")
