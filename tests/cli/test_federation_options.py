@@ -51,3 +51,9 @@ def test_fedavgm_server_momentum_options_reach_the_strategy(capsys):
     assert (s.beta1, s.nesterov, s.lr_rounds) == (0.9, False, 0)
     assert main(["export-job", "--out", "/nonexistent/j", "--task", "toy", "--strategy", "fedavg", "--nesterov"]) == 2
     assert "nesterov" in capsys.readouterr().err
+    s = federation_config_from_args(p.parse_args(["--strategy", "fedavgm", "--server-lr-plateau", "2",
+                                                  "--local-norms"])).strategy
+    assert (s.lr_plateau, s.plateau_metric, s.local_norm) == (2, "dice_mean", True)
+    assert main(["export-job", "--out", "/nonexistent/j", "--task", "toy", "--strategy", "fedadam",
+                 "--server-lr-plateau", "2"]) == 2
+    assert "server-lr-plateau" in capsys.readouterr().err
