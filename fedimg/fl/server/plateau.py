@@ -8,7 +8,8 @@ row have not improved on the best validation seen, the round's server step is no
 mean but the step back to the best global model (minus the sum of the steps applied since
 it), the momentum buffer is cleared and the server lr is multiplied by ``factor`` (0.5).
 The restored model is validated once more by the sites next round; that score is not
-counted. Everything is kept in :meth:`state` so that ``--resume`` continues it.
+counted. With site-local norm layers (``--local-norms``) only the shared entries go back: each
+site keeps its own norm layers. Everything is kept in :meth:`state` so that ``--resume`` continues it.
 
 >>> p = LrPlateau(patience=1)
 >>> applied = []
