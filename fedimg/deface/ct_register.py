@@ -24,7 +24,7 @@ longer pulls the template down. CT only: MR heads never come here.
 >>> import numpy as np
 >>> hu = np.array([-1000.0, -100.0, 40.0, 1200.0])
 >>> [round(float(v), 2) for v in ct_tissue(hu)]
-[0.0, 0.33, 0.59, 0.85]
+[0.0, 0.27, 0.5, 0.93]
 >>> iso = isotropic(np.diag([1.1, 1.0, 0.6, 1.0]), np.zeros(3))
 >>> np.round(np.diag(iso)[:3], 3).tolist()
 [1.049, 1.049, 1.049]
@@ -52,7 +52,7 @@ _LEVEL = (0.0, 0.1, 0.35, 0.6, 0.7, 1.0)
 
 
 def ct_tissue(hu: np.ndarray) -> np.ndarray:
-    """Piecewise-linear map of HU to [0, 1]: air 0, fat ~0.35, soft tissue ~0.6, bone 0.7-1 (float32)."""
+    """Piecewise-linear map of HU to [0, 1]: air 0, fat ~0.27, soft tissue ~0.5, bone 0.7-1 (float32)."""
     return np.interp(np.asarray(hu, dtype=np.float32), _HU, _LEVEL).astype(np.float32)
 
 
