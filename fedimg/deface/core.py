@@ -18,7 +18,7 @@ import numpy as np
 from fedimg.errors import ConfigError
 
 from .coarse import block_mean as _block_mean
-from .coarse import Candidate, coarse_candidates, head_mask
+from .coarse import Candidate, coarse_candidates
 from .ct import MODALITIES, air_value, looks_like_hu, resolve_modality
 from .masks import MODES, dilate_mm, removal_mask, warp_template_maps
 from .qc import HEAD_SHAPE_KEEP, QCThresholds, brain_in_head
@@ -186,7 +186,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
 
 
 def _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect, coarse_done=None):
-    """Coarse head-mask alignment, then MI: intensities for MR, head masks for CT. Returns ``(reg, cands)``.
+    """Coarse head-mask alignment, then MI: intensities for MR, a CT tissue image for CT. Returns ``(reg, cands)``.
 
     ``cands``: the ``prune_to`` best coarse alignments that start the MI stage (QC reuses them;
     ``coarse_done(cands)`` is called with them before the MI stage).
@@ -203,13 +203,13 @@ def _register_head(can, can_aff, small, modality, config, spacing, device, brain
             initial = [c.matrix for c in cands]
     if coarse_done is not None:
         coarse_done(cands)
-    if modality == "ct":
-        smask, saff = head_mask(can, can_aff, step_mm=2.0)
-        tm, ta = template_head_mask(2.0, brain_protect)
-        args = (smask.astype(np.float32), saff, tm.astype(np.float32), ta)
-        rcfg = dataclasses.replace(rcfg, shape_weight=0.0)  # the images are head masks already
-    else:
-        args = (can, can_aff, template.intensity, template.affine)
+    if modality == "ct":  # a CT tissue image against the template, the neck trimmed (:mod:`.ct_register`)
+        from .ct_register import register_ct
+
+        reg = register_ct(can, can_aff, config=rcfg, template=template, initial=initial, device=device,
+                          air=air_value(can, "ct"))
+        return reg, cands
+    args = (can, can_aff, template.intensity, template.affine)
     reg = register(*args, config=rcfg, device=device, initial=initial)
     ambiguous = reg.second_loss - reg.loss < config.qc.ambiguous_gap
     if config.registration is None and len(reg.candidates) > 1 and ambiguous and \

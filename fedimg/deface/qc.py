@@ -111,6 +111,7 @@ class QCThresholds:
     min_face_near_removed: float = 0.14
     max_removal_offset_mm: float = 10.0
     ct_removed_fraction_range: tuple[float, float] = (0.035, 0.19)  # CT heads: see :mod:`.ct_qc`
+    ct_max_brain_removed_ml: float = 0.0  # CT: no cell of the intracranial estimate may be removed (:mod:`.ct_qc`)
     min_face_shape_dice: float = 0.7  # removal vs the head-outline placement's (:mod:`.qc_face`)
 
     def __post_init__(self) -> None:
@@ -118,7 +119,7 @@ class QCThresholds:
             raise ConfigError("QC thresholds: min_mi >= 0, max_agreement_mm > 0, 0 <= min_brain_in_head <= 1")
         lo, hi = self.removed_fraction_range
         clo, chi = self.ct_removed_fraction_range
-        if not 0 < lo < hi <= 1 or not 0 < clo < chi <= 1 or self.max_brain_removed_ml < 0:
+        if not 0 < lo < hi <= 1 or not 0 < clo < chi <= 1 or min(self.max_brain_removed_ml, self.ct_max_brain_removed_ml) < 0:
             raise ConfigError("QC thresholds: 0 < removed_fraction_range[0] < [1] <= 1, max_brain_removed_ml >= 0")
         if not 0 <= self.min_face_near_removed <= 1 or not 0 <= self.min_start_dice <= 1:
             raise ConfigError("QC thresholds: min_face_near_removed and min_start_dice in [0, 1]")

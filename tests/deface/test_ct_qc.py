@@ -107,19 +107,34 @@ def test_ct_bounds_are_validated():
         QCThresholds(ct_removed_fraction_range=(0.2, 0.1))
 
 
+def test_real_ct_registration_moved_10mm_up_is_refused_by_the_ct_tolerance(ct):
+    """10 mm up removes about 0.15 mL of the intracranial estimate: under the MR limit (1 mL), which let such
+    CT removals through, but over CT's own (0 mL: correct removals stay >= 4 mm away from the estimate)."""
+    data, aff = ct
+    can, can_aff = to_canonical(data, aff)
+    est = ct_brain_estimate(can, can_aff, air=0.0)
+    up = np.eye(4)
+    up[2, 3] = -10.0
+    removal, rec = _qc(data, aff, up @ S2T, estimate=est)
+    assert not rec["passed"] and not rec["checks"]["protected_untouched"] and 0.0 < rec["brain_removed_ml"] < 1.0
+    assert check_removal(data, aff, removal, QCThresholds(ct_max_brain_removed_ml=1.0), estimate=est)["passed"]
+
+
 @pytest.mark.slow
-def test_cli_defaces_the_real_ct_cut_at_the_chin_and_fills_air(ct, tmp_path):
-    """``fedimg deface`` on the real CT in HU (int16), its 45 mm of neck below the chin cut off:
-    detected as CT, QC passes, removed voxels are -1000 HU, every other voxel is unchanged."""
+def test_cli_defaces_the_whole_real_ct_neck_kept_and_fills_air(ct, tmp_path):
+    """``fedimg deface`` on the whole real CT in HU (int16), 45 mm of neck below the chin kept (the template ends
+    at the chin): detected as CT, QC passes, no voxel of the intracranial estimate removed, the removal is
+    the stored reference's region (Dice), the fit is not squashed over the neck, removed voxels are -1000 HU,
+    every other voxel is unchanged and the input is byte-identical."""
     from fedimg.cli import main
+    from fedimg.deface.masks import removal_mask, warp_template_maps
+    from fedimg.deface.template import load_template
 
     data, aff = ct
     can, can_aff = to_canonical(data, aff)
-    cut = np.rint(can[:, :, 30:] - 1024.0).astype(np.int16)
-    cut_aff = can_aff.copy()
-    cut_aff[:3, 3] = can_aff[:3, :3] @ [0, 0, 30] + can_aff[:3, 3]
+    hu = np.rint(can - 1024.0).astype(np.int16)
     src = tmp_path / "ct_hu.nii.gz"
-    nib.save(nib.Nifti1Image(cut, cut_aff), str(src))
+    nib.save(nib.Nifti1Image(hu, can_aff), str(src))
     before = src.read_bytes()
     out = tmp_path / "out" / "ct_hu.nii.gz"
     # --threads 2: QC's image-only work runs in its own thread; on CT it must not hand QC the MR estimate
@@ -127,6 +142,13 @@ def test_cli_defaces_the_real_ct_cut_at_the_chin_and_fills_air(ct, tmp_path):
     rec = json.loads(out.with_name("ct_hu.qc.json").read_text())
     assert rec["passed"] and rec["modality"] == "ct" and rec["brain_removed_ml"] == 0.0
     got = np.asarray(nib.load(str(out)).dataobj)
-    changed = got != cut
+    changed = got != hu
     assert changed.sum() > 1000 and (got[changed] == -1000).all()
     assert src.read_bytes() == before
+    est = ct_brain_estimate(can, can_aff, air=0.0)
+    assert not (changed & est.lookup(np.ones(can.shape, bool)).reshape(can.shape)).any()
+    face, brain = warp_template_maps(load_template(), can.shape, can_aff, S2T)
+    ref = removal_mask(face, brain, None)[0]
+    assert 2.0 * (changed & ref).sum() / (changed.sum() + ref.sum()) > 0.8  # measured 0.92 at this commit
+    sv = np.linalg.svd(np.array(rec["subject_to_template"])[:3, :3])[1]
+    assert sv.max() / sv.min() < 1.3  # 1.11 at this commit (stored reference 1.10); the head-mask route: 1.19 / 0.73 = 1.63
