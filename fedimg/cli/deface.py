@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 __all__ = ["register", "run"]
@@ -69,11 +70,15 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.cli import env_threads
     from fedimg.deface.batch import plan, run_batch
     from fedimg.deface.core import DefaceConfig
-    from fedimg.deface.pipeline import DefaceJob, deface_job
+    from fedimg.deface.pipeline import DefaceJob, deface_job, prefetch_template
     from fedimg.device import configure_threads, resolve_device
     from fedimg.errors import ConfigError, InputError
 
-    configure_threads(args.threads or env_threads(), numba=False)  # defacing runs no numba code
+    threads = args.threads or env_threads()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.input.exists() and (threads or cpus) >= 2:
+        prefetch_template()  # the template's read beside torch's import (configure_threads)
+    configure_threads(threads, numba=False)  # defacing runs no numba code
     device = resolve_device(args.device)
     config = DefaceConfig(preset=args.preset, modality=args.modality, mode=args.mode, protect_margin_mm=args.protect_margin_mm, seed=args.seed)
     if not args.input.exists():

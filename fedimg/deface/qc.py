@@ -289,13 +289,18 @@ def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shap
     :func:`head_shape_brain`, and the head-outline placement's removal (:func:`.qc_face.shape_removal`).
 
     ``head_shape``: ``FaceRemoval.head_shape`` (empty: QC aligns itself). Shared by
-    :func:`check_removal` and the pipeline's QC thread (:func:`fedimg.deface.pipeline._qc_estimate`).
+    :func:`check_removal` and the pipeline's QC threads (:func:`fedimg.deface.pipeline._qc_estimate` and ``_qc_shape``).
     """
     from .qc_face import shape_removal
 
-    cands = head_shape or _candidates(canonical, affine)
+    cands = _shape_candidates(canonical, affine, head_shape)
     est = head_shape_brain(canonical, affine, estimate, candidates=cands, brain_protect=brain_protect)
     return est, shape_removal(canonical, affine, cands, brain_protect=brain_protect)
+
+
+def _shape_candidates(canonical: np.ndarray, affine: np.ndarray, head_shape):
+    """``head_shape`` (``FaceRemoval.head_shape``), or QC's own alignments when it is empty."""
+    return head_shape or _candidates(canonical, affine)
 
 
 def _candidates(canonical: np.ndarray, affine: np.ndarray, keep: int = HEAD_SHAPE_KEEP):

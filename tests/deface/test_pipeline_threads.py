@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 import fedimg.deface.brainmask as brainmask
+import fedimg.deface.qc_face as qc_face
 from fedimg.deface.pipeline import DefaceJob, deface_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,20 +25,24 @@ VARYING = {"seconds", "registration_seconds", "output"}  # wall times and the ou
 
 
 def test_qc_thread_writes_the_same_voxels_and_record_as_one_thread(head_2mm, tmp_path, monkeypatch):
-    threads = []
-    real = brainmask.estimate_brain
+    threads, shape_threads = [], []
 
-    def spy(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)
+    def spy(real, seen):
+        def run(*args, **kwargs):
+            seen.append(threading.current_thread().name)
+            return real(*args, **kwargs)
+        return run
 
-    monkeypatch.setattr(brainmask, "estimate_brain", spy)
+    monkeypatch.setattr(brainmask, "estimate_brain", spy(brainmask.estimate_brain, threads))
+    monkeypatch.setattr(qc_face, "shape_removal", spy(qc_face.shape_removal, shape_threads))
     records, voxels = {}, {}
     for mode in (False, True):
         out = tmp_path / f"thread_{mode}" / "head_defaced.nii.gz"
         records[mode] = deface_job(DefaceJob(reference=head_2mm, output=out, png="off"), qc_thread=mode)
         voxels[mode] = np.asarray(nib.load(str(out)).dataobj)
     assert threads[0] == threading.main_thread().name and threads[1].startswith("fedimg-qc"), threads
+    # the head-outline placement ran beside the brain estimate, in the other helper thread
+    assert shape_threads[0] == threading.main_thread().name and shape_threads[1].startswith("fedimg-qc"), shape_threads
     assert records[True]["passed"] and np.array_equal(voxels[False], voxels[True])
     assert (voxels[True] != np.asarray(nib.load(str(head_2mm)).dataobj)).sum() > 1000  # a face was removed
     same = {k: v for k, v in records[True].items() if k not in VARYING}
