@@ -244,9 +244,8 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     (:attr:`~fedimg.deface.core.FaceRemoval.head_shape`), best first; ``brain_protect``: the
     brain-protection mask to place (None: the shipped one).
     """
-    from scipy import ndimage as ndi
-
     from .coarse import block_mean, coarse_candidates
+    from .morph import deeper_than, farther_than
     from .template import load_template, template_head_mask
 
     if candidates is None:
@@ -264,11 +263,11 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     cores, seen = [], []
     for cand in cands:  # the estimate stands when one of the best head-shape placements agrees with it
         placed = _warp_core(template, estimate.head.shape, estimate.cell_affine, cand.matrix) & estimate.head
-        core = ndi.distance_transform_edt(np.pad(placed, 1), sampling=sp)[1:-1, 1:-1, 1:-1] > erode_mm
+        core = deeper_than(placed, sp, erode_mm)  # scipy's distance map, in the placed brain's box
         cores.append(core)
         if not (estimate.brain.any() and core.any()):
             continue
-        outside = ndi.distance_transform_edt(~placed, sampling=sp) > leak_mm
+        outside = farther_than(placed, sp, leak_mm)
         leak_ml = float((estimate.brain & outside).sum()) * estimate.cell_ml
         cover = float((estimate.brain & core).sum() / core.sum())
         if leak_ml <= max_leak_ml and cover >= min_cover:

@@ -2,7 +2,8 @@
 
 On the real head at 2 mm: ``deface_job`` with the QC thread writes the same voxels and the
 same QC record as without it, and the brain estimate really ran in that thread; ``fedimg
-deface`` through the CLI imports neither numba nor MONAI nor NVFlare (start-up time).
+deface`` through the CLI imports neither numba nor MONAI nor NVFlare (start-up time) and reads the
+template in a background thread while torch is imported.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ def test_deface_cli_imports_no_numba_monai_or_nvflare(head_2mm, tmp_path):
     out = tmp_path / "cli" / "head_defaced.nii.gz"
     code = ("import sys, json; from fedimg.cli import main; rc = main(sys.argv[1:]); "
             "print(json.dumps(sorted(m for m in ('numba', 'monai', 'nvflare', 'torch') if m in sys.modules))); "
+            "from fedimg.deface.pipeline import _PREFETCH; print(json.dumps([f.exception() is None for f in _PREFETCH])); "
             "sys.exit(rc)")
     run = subprocess.run([sys.executable, "-c", code, "-q", "deface", str(head_2mm), "-o", str(out), "--threads", "2"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == ["torch"]  # torch runs the registration
+    imported, prefetched = run.stdout.strip().splitlines()[-2:]
+    assert json.loads(imported) == ["torch"]  # torch runs the registration
+    assert json.loads(prefetched) == [True]  # the template was read beside torch's import, without error
     assert out.is_file()
