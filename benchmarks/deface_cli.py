@@ -11,7 +11,7 @@ the two code trees run interleaved, head by head, and the removal masks of their
 (a BIDS tree), whose CPU time per head leaves the start-up (torch import etc.) out.
 
     python benchmarks/deface_cli.py --json benchmarks/cpu-results/deface-cli.json
-    python benchmarks/deface_cli.py --baseline d47d285 --json benchmarks/cpu-results/deface-cli.json  # ~3 min quiet
+    python benchmarks/deface_cli.py --baseline 0434b74 --json benchmarks/cpu-results/deface-cli.json  # ~2 min quiet
     python benchmarks/deface_cli.py --quick    # one run of the first head (~15 s)
 
 Wall time is what ``--threads`` buys: ``fedimg deface`` runs QC's own image work in a second
@@ -56,7 +56,8 @@ def _run(src: Path, argv: list[str], threads: int) -> dict:
         text = err.read().decode(errors="replace")
     if rc != 0:
         raise SystemExit(f"fedimg {' '.join(argv)} (from {src}) exited {rc}: {text.strip()[-500:]}")
-    return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, "load1": load}
+    return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+            "max_rss_mb": usage.ru_maxrss / 1024.0, "load1": load}
 
 
 def _removed(src: Path, out: Path) -> np.ndarray:
@@ -86,7 +87,9 @@ def _export(rev: str, dest: Path) -> Path:
 
 def _summary(runs: list[dict]) -> dict:
     return {"cpu_s_median": statistics.median(r["cpu_s"] for r in runs),
-            "wall_s_median": statistics.median(r["wall_s"] for r in runs), "runs": runs}
+            "wall_s_median": statistics.median(r["wall_s"] for r in runs),
+            "sys_s_median": statistics.median(r["sys_s"] for r in runs),
+            "max_rss_mb_median": statistics.median(r["max_rss_mb"] for r in runs), "runs": runs}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 result["batch"][name] = dict(r, heads=len(heads), cpu_s_per_head=r["cpu_s"] / len(heads))
                 print(f"batch {name}: {result['batch'][name]}", flush=True)
     for name, entry in result["heads"].items():
-        line = ", ".join(f"{k} CPU {v['cpu_s_median']:.2f} s wall {v['wall_s_median']:.2f} s"
+        line = ", ".join(f"{k} CPU {v['cpu_s_median']:.2f} s (sys {v['sys_s_median']:.2f}) wall {v['wall_s_median']:.2f} s"
                          for k, v in entry.items() if isinstance(v, dict))
         print(f"{name}: {line}" + (f", removal identical {entry['removal_identical']}"
                                    f" (Dice {entry['removal_dice']:.4f})" if "removal_dice" in entry else ""))

@@ -13,10 +13,12 @@ file failed, see ``deface_summary.json``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 from pathlib import Path
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "freed_memory_reused"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's <malloc.h> parameter numbers
+
+
+@contextlib.contextmanager
+def freed_memory_reused():
+    """While defacing, let glibc keep freed large blocks for reuse in one heap (about 0.9 CPU-s less per 1 mm head).
+
+    Defacing allocates and frees many 16-64 MB arrays; glibc maps each afresh (``mmap``) and the
+    kernel zeroes every page again (about 1.8 s of system time per head on 2 cores). With a
+    1 GiB mmap/trim threshold and one arena they are reused instead (peak memory about +0.13 GB).
+    On exit glibc's default thresholds (128 KiB) and an arena limit of 8 per CPU are set back
+    and the heap is trimmed, so a process that goes on (tests, a notebook) gets its memory back.
+    Yields False where ``mallopt`` is missing (not glibc) or refuses; nothing changes then.
+
+    >>> with freed_memory_reused() as on:
+    ...     on in (True, False)
+    True
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both or nothing
+    except (OSError, AttributeError):
+        yield False
+        return
+    reuse = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 1 << 30), (_M_ARENA_MAX, 1))
+    on = all(libc.mallopt(key, value) == 1 for key, value in reuse)
+    try:
+        yield on
+    finally:
+        if on:
+            for key, value in ((_M_MMAP_THRESHOLD, 128 * 1024), (_M_TRIM_THRESHOLD, 128 * 1024),
+                               (_M_ARENA_MAX, 8 * (os.cpu_count() or 1))):
+                libc.mallopt(key, value)
+            libc.malloc_trim(0)
+
+
 def _defaced_name(path: Path, out_dir: Path) -> Path:
     from fedimg.imageio.suffixes import DEFAULT_SUFFIX, stem
 
@@ -66,14 +106,23 @@ def _defaced_name(path: Path, out_dir: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    with freed_memory_reused():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from fedimg.cli import env_threads
     from fedimg.deface.batch import plan, run_batch
     from fedimg.deface.core import DefaceConfig
-    from fedimg.deface.pipeline import DefaceJob, deface_job
+    from fedimg.deface.pipeline import DefaceJob, deface_job, prefetch_template
     from fedimg.device import configure_threads, resolve_device
     from fedimg.errors import ConfigError, InputError
 
-    configure_threads(args.threads or env_threads(), numba=False)  # defacing runs no numba code
+    threads = args.threads or env_threads()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.input.exists() and (threads or cpus) >= 2:
+        prefetch_template()  # the template's read beside torch's import (configure_threads)
+    configure_threads(threads, numba=False)  # defacing runs no numba code
     device = resolve_device(args.device)
     config = DefaceConfig(preset=args.preset, modality=args.modality, mode=args.mode, protect_margin_mm=args.protect_margin_mm, seed=args.seed)
     if not args.input.exists():

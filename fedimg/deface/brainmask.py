@@ -39,7 +39,7 @@ import logging
 
 import numpy as np
 
-from .morph import bounding_box, dilate_ball
+from .morph import bounding_box, dilate_ball, fill_holes_slices
 
 __all__ = ["BrainEstimate", "estimate_brain", "head_mask", "head_frame", "removal_metrics"]
 
@@ -116,7 +116,7 @@ def _fill(mask: np.ndarray) -> np.ndarray:
 
     out = ndi.binary_fill_holes(np.pad(mask, 1, constant_values=False))[1:-1, 1:-1, 1:-1]
     for axis in range(3):  # fill each slice too: a field of view can cut the skull open
-        out |= np.stack([ndi.binary_fill_holes(s) for s in np.moveaxis(out, axis, 0)], axis=axis)
+        out |= fill_holes_slices(out, axis)
     return out
 
 

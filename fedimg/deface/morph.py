@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bounding_box", "dilate_ball", "nearest_along0"]
+__all__ = ["bounding_box", "deeper_than", "dilate_ball", "farther_than", "fill_holes_slices", "nearest_along0"]
 
 
 def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
@@ -57,4 +57,57 @@ def dilate_ball(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:
         hit = near <= (count - 1) // 2
         out[:, max(0, -dj): n1 - max(0, dj), max(0, -dk): n2 - max(0, dk)] |= \
             hit[:, max(0, dj): n1 + min(0, dj), max(0, dk): n2 + min(0, dk)]
+    return out
+
+
+def fill_holes_slices(mask: np.ndarray, axis: int) -> np.ndarray:
+    """``ndi.binary_fill_holes`` of every slice across ``axis`` (2-D, 4-connected), in one labelling.
+
+    A slice's hole is background not 4-connected to the slice's edge (scipy grows the
+    background in from outside the slice); labelling the background with a structure that
+    joins voxels only within a slice finds, for all slices at once, the components that touch
+    an edge: the same voxels as scipy's slice-by-slice loop, tens of times fewer calls.
+    """
+    from scipy import ndimage as ndi
+
+    m = np.moveaxis(np.asarray(mask, dtype=bool), axis, 0)
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = ndi.generate_binary_structure(2, 1)
+    labels, n = ndi.label(~m, structure=structure)
+    edge = np.zeros(n + 1, bool)
+    for face in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        edge[face] = True
+    edge[0] = False
+    return np.moveaxis(~edge[labels], 0, axis)
+
+
+def deeper_than(mask: np.ndarray, sampling, mm: float) -> np.ndarray:
+    """``ndi.distance_transform_edt(np.pad(mask, 1), sampling)[1:-1, 1:-1, 1:-1] > mm``, in ``mask``'s bounding box.
+
+    A voxel's nearest background voxel, clipped to the box grown by one, is background there
+    too and no farther away, so the box (with its one-voxel ring) holds every distance needed.
+    """
+    from scipy import ndimage as ndi
+
+    out = np.zeros(mask.shape, bool)
+    box = bounding_box(mask)
+    if box is not None:
+        out[box] = ndi.distance_transform_edt(np.pad(mask[box], 1), sampling=sampling)[1:-1, 1:-1, 1:-1] > mm
+    return out
+
+
+def farther_than(mask: np.ndarray, sampling, mm: float) -> np.ndarray:
+    """``ndi.distance_transform_edt(~mask, sampling) > mm`` for a non-empty ``mask``, in its bounding box grown by ``mm``.
+
+    Voxels outside that box are farther than ``mm`` from every True voxel; inside it the
+    nearest True voxel is in the box.
+    """
+    from scipy import ndimage as ndi
+
+    pad = int(np.ceil(mm / float(np.min(sampling)))) + 1
+    out = np.ones(mask.shape, bool)
+    box = bounding_box(mask, pad=pad)
+    if box is None:
+        raise ValueError("farther_than needs a mask with a True voxel")
+    out[box] = ndi.distance_transform_edt(~mask[box], sampling=sampling) > mm
     return out

@@ -117,23 +117,26 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
 
 
 class _QCWorker:
-    """QC's work that needs only the image and the head-shape alignments, done in one second thread.
+    """QC's work that needs only the image and the head-shape alignments, done in two helper threads.
 
-    The thread reads the template (and prepares its MI pyramid) while the main thread reads
-    the subject, then computes QC's own brain estimate (:func:`.brainmask.estimate_brain`)
+    The threads read the template (and prepare its MI pyramid) while the main thread reads
+    the subject, then compute QC's own brain estimate (:func:`.brainmask.estimate_brain`)
     and, once the head-shape alignments are known (``on_coarse`` of
     :func:`.core.face_removal`, before the MI stage), the head-shape cross-check
-    (:func:`.qc.head_shape_brain`), while the main thread runs the MI registration and warps
-    the face mask. numpy, scipy.ndimage, zlib and torch release the GIL in this work, so two
-    cores share it. It is the same computation :func:`.qc.check_removal` makes without it.
+    (:func:`.qc.head_shape_brain`) in one thread and the head-outline placement
+    (:func:`.qc_face.shape_removal`) in the other, while the main thread runs the MI
+    registration and warps the face mask. numpy, scipy.ndimage, zlib/ISA-L and torch release
+    the GIL in this work, so two cores share it. It is the same computation
+    :func:`.qc.check_removal` makes without it (:func:`.qc._shape_checks`).
     """
 
     def __init__(self, enabled: bool, config: DefaceConfig, device):
         from concurrent.futures import Future, ThreadPoolExecutor
 
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="fedimg-qc") if enabled else None
+        self.pool = ThreadPoolExecutor(2, thread_name_prefix="fedimg-qc") if enabled else None
         self.coarse: Future = Future()
-        self.result = None
+        self.canonical: Future = Future()  # the canonical image both QC tasks work on
+        self.result = self.shape = None
         self.config, self.device = config, device
         if self.pool is not None:
             self.pool.submit(_warm_template)
@@ -142,26 +145,55 @@ class _QCWorker:
         return self
 
     def __exit__(self, *exc) -> None:
-        if not self.coarse.done():
-            self.coarse.set_result(None)  # face_removal failed: let the thread finish
+        _settle(self.coarse, None)  # face_removal failed: let the threads finish
+        _settle(self.canonical, None)
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def start(self, scaled: np.ndarray, affine: np.ndarray) -> None:
-        """Queue the MI template pyramid and QC's brain estimate of the (scaled) reference."""
+        """Queue the MI template pyramid, QC's brain estimate and the head-outline placement of the (scaled) reference."""
         if self.pool is not None:
             levels = self.config.registration_for(np.sqrt((affine[:3, :3] ** 2).sum(axis=0))).levels_mm
             if self.device is None or getattr(self.device, "type", "cpu") == "cpu":
                 self.pool.submit(_warm_levels, levels)
-            self.result = self.pool.submit(_qc_estimate, scaled, affine, self.coarse)
+            self.result = self.pool.submit(_qc_estimate, scaled, affine, self.coarse, self.canonical)
+            self.shape = self.pool.submit(_qc_shape, self.canonical, self.coarse)  # starts after _qc_estimate
 
     def on_coarse(self, modality: str, head_shape) -> None:
-        if not self.coarse.done():
-            self.coarse.set_result((modality, head_shape))
+        _settle(self.coarse, (modality, head_shape))
 
     def qc_kwargs(self) -> dict:
         got = None if self.result is None else self.result.result()
-        return {} if got is None else {"estimate": got[0], "estimate_checked": True, "face_shape": got[1]}
+        face_shape = None if self.shape is None else self.shape.result()
+        return {} if got is None else {"estimate": got, "estimate_checked": True, "face_shape": face_shape}
+
+
+def _settle(future, value) -> None:
+    """Give ``future`` its result unless it has one."""
+    from concurrent.futures import InvalidStateError
+
+    try:
+        future.set_result(value)
+    except InvalidStateError:
+        pass
+
+
+_PREFETCH: list = []
+
+
+def prefetch_template() -> None:
+    """Start reading the template (and importing scipy.ndimage) in a background thread, once per process.
+
+    ``fedimg deface`` calls it before it imports torch (about 1.5 s), so the template's gzip
+    decoding (which releases the GIL) runs beside that import. Reads are cached
+    (:mod:`.template`); an error here is left for the main thread's own read to raise.
+    """
+    if not _PREFETCH:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="fedimg-prefetch")
+        _PREFETCH.append(pool.submit(_warm_template))
+        pool.shutdown(wait=False)
 
 
 def _warm_template() -> None:
@@ -184,13 +216,18 @@ def _warm_levels(levels) -> None:
         _template_level(t.intensity, t.affine, mm, torch.device("cpu"))
 
 
-def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse):
-    """QC's brain estimate of the canonical image cross-checked against the head shape, and the removal the
-    head outline alone places (:func:`.qc_face.shape_removal`); None when face_removal failed or the head is CT."""
+def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse, canonical):
+    """QC's brain estimate of the canonical image cross-checked against the head shape; None when
+    face_removal failed or the head is CT. Hands the canonical image to :func:`_qc_shape` first."""
     from .brainmask import estimate_brain
-    from .qc import _shape_checks
+    from .qc import _shape_candidates, head_shape_brain
 
-    can, can_aff = to_canonical(np.asarray(scaled, dtype=np.float32), affine)
+    try:
+        can, can_aff = to_canonical(np.asarray(scaled, dtype=np.float32), affine)
+    except BaseException as exc:
+        canonical.set_exception(exc)
+        raise
+    _settle(canonical, (can, can_aff))
     est = estimate_brain(can, can_aff)
     got = coarse.result()
     if got is None:
@@ -198,10 +235,24 @@ def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse):
     modality, head_shape = got
     if modality != "mr":  # CT QC estimates the intracranial volume itself (:mod:`.ct_qc`), not this MR estimate
         return None
-    est, face_shape = _shape_checks(can, can_aff, est, head_shape)  # deface_job gives no brain_protect
+    # deface_job gives no brain_protect; the same call as qc._shape_checks's first half
+    est = head_shape_brain(can, can_aff, est, candidates=_shape_candidates(can, can_aff, head_shape))
     if est.brain.any():
         est.brain_distance, est.frame  # noqa: B018 - computed here (cached) rather than on the main thread
-    return est, face_shape
+    return est
+
+
+def _qc_shape(canonical, coarse):
+    """The removal the head outline alone places (:func:`.qc_face.shape_removal`, qc._shape_checks's second
+    half); None when face_removal failed or the head is CT."""
+    from .qc import _shape_candidates
+    from .qc_face import shape_removal
+
+    got, canon = coarse.result(), canonical.result()
+    if got is None or canon is None or got[0] != "mr":
+        return None
+    can, can_aff = canon
+    return shape_removal(can, can_aff, _shape_candidates(can, can_aff, got[1]))
 
 
 def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0: float) -> dict:

@@ -245,9 +245,8 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     (:attr:`~fedimg.deface.core.FaceRemoval.head_shape`), best first; ``brain_protect``: the
     brain-protection mask to place (None: the shipped one).
     """
-    from scipy import ndimage as ndi
-
     from .coarse import block_mean, coarse_candidates
+    from .morph import deeper_than, farther_than
     from .template import load_template, template_head_mask
 
     if candidates is None:
@@ -265,11 +264,11 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     cores, seen = [], []
     for cand in cands:  # the estimate stands when one of the best head-shape placements agrees with it
         placed = _warp_core(template, estimate.head.shape, estimate.cell_affine, cand.matrix) & estimate.head
-        core = ndi.distance_transform_edt(np.pad(placed, 1), sampling=sp)[1:-1, 1:-1, 1:-1] > erode_mm
+        core = deeper_than(placed, sp, erode_mm)  # scipy's distance map, in the placed brain's box
         cores.append(core)
         if not (estimate.brain.any() and core.any()):
             continue
-        outside = ndi.distance_transform_edt(~placed, sampling=sp) > leak_mm
+        outside = farther_than(placed, sp, leak_mm)
         leak_ml = float((estimate.brain & outside).sum()) * estimate.cell_ml
         cover = float((estimate.brain & core).sum() / core.sum())
         if leak_ml <= max_leak_ml and cover >= min_cover:
@@ -290,13 +289,18 @@ def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shap
     :func:`head_shape_brain`, and the head-outline placement's removal (:func:`.qc_face.shape_removal`).
 
     ``head_shape``: ``FaceRemoval.head_shape`` (empty: QC aligns itself). Shared by
-    :func:`check_removal` and the pipeline's QC thread (:func:`fedimg.deface.pipeline._qc_estimate`).
+    :func:`check_removal` and the pipeline's QC threads (:func:`fedimg.deface.pipeline._qc_estimate` and ``_qc_shape``).
     """
     from .qc_face import shape_removal
 
-    cands = head_shape or _candidates(canonical, affine)
+    cands = _shape_candidates(canonical, affine, head_shape)
     est = head_shape_brain(canonical, affine, estimate, candidates=cands, brain_protect=brain_protect)
     return est, shape_removal(canonical, affine, cands, brain_protect=brain_protect)
+
+
+def _shape_candidates(canonical: np.ndarray, affine: np.ndarray, head_shape):
+    """``head_shape`` (``FaceRemoval.head_shape``), or QC's own alignments when it is empty."""
+    return head_shape or _candidates(canonical, affine)
 
 
 def _candidates(canonical: np.ndarray, affine: np.ndarray, keep: int = HEAD_SHAPE_KEEP):

@@ -66,11 +66,20 @@ def _load_template(brain_protect: str | None) -> Template:
     for other in (face_img, brain_img):
         if other.shape != img.shape or not np.allclose(other.affine, img.affine, atol=1e-4):
             raise FedimgError(f"{other.get_filename()}: not on the template grid; rebuild it with scripts/build_brain_protect.py")
-    intensity = np.asarray(img.get_fdata(dtype=np.float32))
-    face = (np.asarray(face_img.dataobj) < 0.5).astype(np.float32)  # facemask: 0 = face region
-    brain = (np.asarray(brain_img.dataobj) > 0).astype(np.float32)
+    intensity = _voxels(img).astype(np.float32)
+    face = (_voxels(face_img) < 0.5).astype(np.float32)  # facemask: 0 = face region
+    brain = (_voxels(brain_img) > 0).astype(np.float32)
     log.debug("template loaded: %s, face %.0f mL, brain-protect %.0f mL", img.shape, face.sum() / 1e3, brain.sum() / 1e3)
     return Template(intensity=intensity, face=face, brain=brain, affine=np.asarray(img.affine, dtype=np.float64))
+
+
+def _voxels(img) -> np.ndarray:
+    """Voxel values of a template file: decoded in one call (:func:`fedimg.imageio.gz.read_unscaled`) when unscaled."""
+    from fedimg.imageio.gz import read_unscaled
+
+    if img.dataobj.slope not in (None, 1.0) or img.dataobj.inter not in (None, 0.0):
+        return np.asarray(img.get_fdata(dtype=np.float64))  # pragma: no cover - the shipped files are unscaled
+    return read_unscaled(img, img.get_filename())
 
 
 def template_head_mask(step_mm: float = 4.0, brain_protect: str | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""The brain estimate's fast morphology gives scipy's voxels: the ball dilation and the bounding-box crops.
+"""The brain estimate's fast morphology gives scipy's voxels: the ball dilation and the bounding-box crops,
+the one-labelling slice hole fill, and QC's boxed distance thresholds.
 
 ``morph.dilate_ball`` (an OR of shifted 1-D dilations) against ``scipy.ndimage.binary_dilation``
 with the same ellipsoid on random blobs touching the border, isotropic and anisotropic; the
@@ -12,7 +13,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from fedimg.deface import brainmask as bm
-from fedimg.deface.morph import dilate_ball
+from fedimg.deface.morph import deeper_than, dilate_ball, farther_than, fill_holes_slices
 
 
 @pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (1.8, 1.875, 1.875), (2.0, 1.0, 3.0), (4.0, 4.0, 1.0)])
@@ -49,3 +50,35 @@ def test_grow_brain_in_its_box_is_the_whole_grid_computation():
     want = ndi.binary_dilation(want, iterations=3, mask=cand)
     want = ndi.binary_fill_holes(np.pad(want, 1))[1:-1, 1:-1, 1:-1]
     assert want.sum() > 1000 and np.array_equal(got, want)
+
+
+def _blobs(rng, shape, level):
+    mask = ndi.gaussian_filter(rng.random(shape), 1.5) > level
+    mask[:, 0] |= rng.random(mask[:, 0].shape) > 0.8  # on the border too
+    return mask
+
+
+@pytest.mark.parametrize("shape", [(12, 17, 9), (1, 14, 14), (20, 3, 25)])
+def test_fill_holes_slices_is_scipys_slice_loop(shape):
+    rng = np.random.default_rng(3)
+    for level in (0.45, 0.5, 0.55):
+        mask = _blobs(rng, shape, level)
+        for axis in range(3):
+            want = np.stack([ndi.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)], axis=axis)
+            assert np.array_equal(fill_holes_slices(mask, axis), want)
+    ring = np.zeros((3, 9, 9), bool)
+    ring[:, 2:7, 2:7], ring[:, 3:6, 3:6] = True, False  # a hole in every slice across axis 0, none across 1 and 2
+    assert fill_holes_slices(ring, 0)[:, 4, 4].all() and not fill_holes_slices(ring, 1)[:, 4, 4].any()
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (1.8, 1.875, 1.875), (4.0, 1.0, 2.5)])
+def test_boxed_distance_thresholds_are_scipys(spacing):
+    rng = np.random.default_rng(4)
+    for level in (0.52, 0.56):
+        mask = _blobs(rng, (30, 26, 34), level)
+        for mm in (2.0, 8.0, 10.0):
+            deep = ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1] > mm
+            far = ndi.distance_transform_edt(~mask, sampling=spacing) > mm
+            assert np.array_equal(deeper_than(mask, spacing, mm), deep)
+            assert np.array_equal(farther_than(mask, spacing, mm), far)
+    assert not deeper_than(np.zeros((4, 4, 4), bool), spacing, 1.0).any()

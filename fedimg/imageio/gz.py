@@ -1,0 +1,75 @@
+"""Fast gzip for ``.nii.gz`` voxels: ISA-L (the ``isal`` package) when installed, else zlib.
+
+nibabel decodes a ``.nii.gz`` through a zlib stream and writes it with zlib at level 1; ISA-L
+decodes the same streams about twice as fast and writes level 1 about four times as fast
+(a 1 mm head: 24 MB of voxels). The files are ordinary gzip (RFC 1952) either way, so any
+reader opens them; the voxels read are the same bytes. Without ``isal`` the standard
+library's ``gzip`` does the same work (``BACKEND`` says which one runs). Used by
+:func:`fedimg.imageio.volume.load_volume`, :func:`~fedimg.imageio.volume.save_like` and the
+defacing template (:mod:`fedimg.deface.template`).
+
+>>> data = b"fedimg " * 1000
+>>> decompress(compress(data)) == data
+True
+>>> compress(data) == compress(data)   # no time stamp, no file name: the same bytes every run
+True
+>>> BACKEND in ("isal", "zlib")
+True
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["BACKEND", "compress", "decompress", "read_unscaled"]
+
+log = logging.getLogger(__name__)
+
+try:  # ISA-L releases the GIL like zlib does, so a second thread keeps working while it runs
+    from isal import igzip as _gz
+
+    BACKEND = "isal"
+except ImportError:  # pragma: no cover - the plain-zlib fallback (isal is a dependency)
+    _gz = gzip
+    BACKEND = "zlib"
+
+
+def decompress(data: bytes) -> bytes:
+    """The bytes of a whole gzip stream; a corrupt or truncated stream raises ``OSError``/``EOFError``."""
+    try:
+        return _gz.decompress(data)
+    except (OSError, EOFError):
+        raise
+    except Exception as exc:  # isal's IsalError and zlib.error: name the problem as an I/O error
+        raise OSError(f"corrupt gzip data ({exc})") from None
+
+
+def compress(data: bytes, level: int = 1) -> bytes:
+    """A gzip stream of ``data`` at ``level`` (1: nibabel's default for ``.nii.gz``), time stamp 0."""
+    return _gz.compress(data, compresslevel=level, mtime=0)
+
+
+def read_unscaled(img, path: str | Path) -> np.ndarray:
+    """The stored voxels of a nibabel image opened from ``path`` (``img.dataobj.get_unscaled()``), writable.
+
+    For a ``.nii.gz`` with a plain array proxy the whole file is decoded in one call
+    (:func:`decompress`) and the voxels taken from the decoded bytes; anything else is read by
+    nibabel as before. The array is the same either way (dtype, byte order, shape, values).
+    """
+    from nibabel.arrayproxy import ArrayProxy
+
+    proxy = img.dataobj
+    if not str(path).lower().endswith(".gz") or type(proxy) is not ArrayProxy or proxy.order != "F":
+        return np.asanyarray(proxy.get_unscaled())
+    raw = decompress(Path(path).read_bytes())
+    shape = tuple(int(s) for s in proxy.shape)
+    count = int(np.prod(shape, dtype=np.int64))
+    need = int(proxy.offset) + count * proxy.dtype.itemsize
+    if len(raw) < need:
+        raise EOFError(f"expected {need} bytes of header and voxels, the file holds {len(raw)}")
+    arr = np.frombuffer(raw, dtype=proxy.dtype, count=count, offset=int(proxy.offset))
+    return arr.reshape(shape, order="F").copy(order="F")  # writable, as nibabel's own read
