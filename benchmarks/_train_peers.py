@@ -36,7 +36,9 @@ import math
 import time
 from typing import Any
 
-__all__ = ["TUTORIALS_COMMIT", "TutorialLoop", "FastRecipeLoop"]
+from monai.transforms import LoadImaged, ThreadUnsafe
+
+__all__ = ["TUTORIALS_COMMIT", "TutorialLoop", "FastRecipeLoop", "LoadImagedThreadUnsafe"]
 
 TUTORIALS_COMMIT = "b3c6c998c931d78b61c4d32b37f962a987400f8a"
 _SRC = "https://github.com/Project-MONAI/tutorials/blob/" + TUTORIALS_COMMIT + "/"
@@ -44,6 +46,20 @@ _SRC = "https://github.com/Project-MONAI/tutorials/blob/" + TUTORIALS_COMMIT + "
 
 def _datalist(cases: list) -> list[dict]:
     return [{"image": [str(p) for p in c.images], "label": str(c.label)} for c in cases]
+
+
+class LoadImagedThreadUnsafe(LoadImaged, ThreadUnsafe):
+    """``LoadImaged`` marked :class:`monai.transforms.ThreadUnsafe`, as MONAI's ``Transform``
+    docs ask of a transform with state: ``CacheDataset(num_workers=4)`` caches in 4 threads
+    through one ``Compose``, which then deep-copies each thread-unsafe transform per call.
+
+    Stock ``LoadImaged`` is not marked, yet its ``NibabelReader`` keeps the files of the last
+    ``read`` on itself (``self.filenames``) and zips the loaded images with them in
+    ``get_data``: a thread reading a case's 4 images while another reads a label gets a
+    1-channel image (measured: 9 of 240 cached items, 30 cachings of 8 cases), and the batch
+    then fails to collate ("stack expects each tensor to be equal size, [4, 64, 64, 64] and
+    [1, 64, 64, 64]"). The tutorial loop's loader workers are processes (one reader each).
+    """
 
 
 def _deterministic(cases: list, roi) -> list:
@@ -54,7 +70,6 @@ def _deterministic(cases: list, roi) -> list:
         ConvertToMultiChannelBasedOnBratsClassesd,
         EnsureChannelFirstd,
         EnsureTyped,
-        LoadImaged,
         Orientationd,
         Spacingd,
         SpatialPadd,
@@ -63,7 +78,7 @@ def _deterministic(cases: list, roi) -> list:
     et = 3 if cases and cases[0].layout == "brats2023" else 4
     pixdim = tuple(float(z) for z in nib.load(str(cases[0].images[0])).header.get_zooms()[:3])
     return [
-        LoadImaged(keys=["image", "label"]),
+        LoadImagedThreadUnsafe(keys=["image", "label"]),
         EnsureChannelFirstd(keys="image"),
         EnsureTyped(keys=["image", "label"]),
         ConvertToMultiChannelBasedOnBratsClassesd(keys="label", et_label=et),
