@@ -34,7 +34,7 @@ from numba.extending import overload
 
 from . import _ref
 from ._backend import warn_once
-from .stream import ALIGN, BF16_LUT, F16_LUT, MAX_PARTS, MAX_TUPLE, aligned_zeros, chunk_table, is_aligned, nt_store, segments, store_fence  # noqa: F401
+from .stream import ALIGN, BF16_LUT, F16_LUT, MAX_PARTS, MAX_TUPLE, aligned_empty, aligned_zeros, chunk_table, is_aligned, nt_store, segments, store_fence  # noqa: F401
 from .stream import prep as _prep
 from .stream import runs as _runs
 
@@ -383,7 +383,7 @@ def sumsq(u: np.ndarray) -> float:
 
 def scale(u: np.ndarray, factor: float, dt=np.float32) -> np.ndarray:
     a, lut = _prep(u)
-    out = aligned_zeros(u.size, dt)  # fresh pages, written with streaming stores
+    out = aligned_empty(u.size, dt)  # every value written (streaming stores): no zeroed pages needed
     _scale_k(a, np.dtype(dt).type(factor), out, lut, True)
     return out
 
