@@ -36,7 +36,7 @@ import math
 import time
 from typing import Any
 
-__all__ = ["TUTORIALS_COMMIT", "TutorialLoop", "FastRecipeLoop"]
+__all__ = ["TUTORIALS_COMMIT", "TutorialLoop", "FastRecipeLoop", "LoadImagedThreadUnsafe"]
 
 TUTORIALS_COMMIT = "b3c6c998c931d78b61c4d32b37f962a987400f8a"
 _SRC = "https://github.com/Project-MONAI/tutorials/blob/" + TUTORIALS_COMMIT + "/"
@@ -44,6 +44,34 @@ _SRC = "https://github.com/Project-MONAI/tutorials/blob/" + TUTORIALS_COMMIT + "
 
 def _datalist(cases: list) -> list[dict]:
     return [{"image": [str(p) for p in c.images], "label": str(c.label)} for c in cases]
+
+
+def _thread_unsafe_loader() -> type:
+    """``LoadImaged`` marked :class:`monai.transforms.ThreadUnsafe`, as MONAI's ``Transform``
+    docs ask of a transform with state (built on first use: MONAI is imported lazily here).
+
+    ``CacheDataset(num_workers=4)`` caches in 4 threads through one ``Compose``, which
+    deep-copies each thread-unsafe transform per call. Stock ``LoadImaged`` is not marked, yet
+    its ``NibabelReader`` keeps the files of the last ``read`` on itself (``self.filenames``)
+    and zips the loaded images with them in ``get_data``: a thread reading a case's 4 images
+    while another reads a label gets a 1-channel image (measured: 43 of 640 cached items, 80
+    cachings of 8 cases; 0 with this class), and the batch then fails to collate ("stack
+    expects each tensor to be equal size, [4, 64, 64, 64] and [1, 64, 64, 64]"). The tutorial
+    loop's loader workers are processes (one reader each).
+    """
+    from monai.transforms import LoadImaged, ThreadUnsafe
+
+    cls = type("LoadImagedThreadUnsafe", (LoadImaged, ThreadUnsafe), {"__doc__": _thread_unsafe_loader.__doc__})
+    cls.__module__, cls.__qualname__ = __name__, "LoadImagedThreadUnsafe"  # pickle finds it via __getattr__
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    """``LoadImagedThreadUnsafe``: ``LoadImaged`` marked thread-unsafe (found by pickle, too)."""
+    if name == "LoadImagedThreadUnsafe":
+        cls = globals()[name] = _thread_unsafe_loader()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _deterministic(cases: list, roi) -> list:
@@ -54,7 +82,6 @@ def _deterministic(cases: list, roi) -> list:
         ConvertToMultiChannelBasedOnBratsClassesd,
         EnsureChannelFirstd,
         EnsureTyped,
-        LoadImaged,
         Orientationd,
         Spacingd,
         SpatialPadd,
@@ -63,7 +90,7 @@ def _deterministic(cases: list, roi) -> list:
     et = 3 if cases and cases[0].layout == "brats2023" else 4
     pixdim = tuple(float(z) for z in nib.load(str(cases[0].images[0])).header.get_zooms()[:3])
     return [
-        LoadImaged(keys=["image", "label"]),
+        __getattr__("LoadImagedThreadUnsafe")(keys=["image", "label"]),
         EnsureChannelFirstd(keys="image"),
         EnsureTyped(keys=["image", "label"]),
         ConvertToMultiChannelBasedOnBratsClassesd(keys="label", et_label=et),

@@ -29,12 +29,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
 
 from . import _ref
 from ._backend import warn_once
-from .stream import ALIGN, BF16_LUT, F16_LUT, MAX_TUPLE, aligned_zeros, chunk_table, is_aligned, nt_store, store_fence  # noqa: F401
+from .stream import ALIGN, BF16_LUT, F16_LUT, MAX_PARTS, MAX_TUPLE, aligned_empty, aligned_zeros, chunk_table, is_aligned, nt_store, segments, store_fence  # noqa: F401
 from .stream import prep as _prep
 from .stream import runs as _runs
 
@@ -198,7 +198,8 @@ def _fold_sumsq_chunk(v, s, o, w, lut, acc, accumulate):  # pragma: no cover - n
 @njit(fastmath={"reassoc"}, cache=True, nogil=True)
 def _fold_sumsq_nt_chunk(v, s, o, w, lut, acc, accumulate):  # pragma: no cover - numba
     """:func:`_fold_sumsq_chunk` with streaming stores (:mod:`.stream`): the same values bit for
-    bit, written without reading ``o`` first; ``o`` starts on the 64-byte grid."""
+    bit, written without reading ``o`` first; ``o`` starts on the 64-byte grid. The caller fences
+    (:func:`.stream.store_fence`) after its last chunk."""
     if accumulate:
         for i in range(v.size):
             x = _ld(v, i, lut)
@@ -211,32 +212,36 @@ def _fold_sumsq_nt_chunk(v, s, o, w, lut, acc, accumulate):  # pragma: no cover 
             nt_store(o, i, w * x)
             y = _cast_like(x, acc)
             acc += y * y
-    store_fence()
     return np.float64(acc)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _wsum_sumsq_k(us, cpart, clo, clen, starts, w, src, out, accumulate, lut, nt):  # pragma: no cover - numba
+def _wsum_sumsq_k(us, cpart, clo, clen, starts, seg, w, src, out, accumulate, lut, nt):  # pragma: no cover - numba
     """``out = [src +] w * us[p]`` on each part's segment (part p at ``starts[p]``), and the
     parts' sum of squares from the same loop: one pass over memory, one launch per update.
 
     Chunk c covers values ``clo[c] .. clo[c] + clen[c]`` of part ``cpart[c]`` (chunks never
-    straddle parts; :func:`.stream.chunk_table`, built once per layout). ``nt``: ``out`` is
-    64-byte aligned, chunks that start on the grid use streaming stores.
+    straddle parts; :func:`.stream.chunk_table`, built once per layout). The parallel loop runs
+    over ``seg``'s runs of chunks of equal bytes (:func:`.stream.segments`: the threads share
+    the bytes, not the tensors), one fence per run. ``nt``: ``out`` is 64-byte aligned, chunks
+    that start on the grid use streaming stores.
     """
     nch = cpart.size
     ss = np.zeros(nch, np.float64)
-    for c in prange(nch):
-        p = cpart[c]
-        u = us[p]
-        lo = clo[c]
-        hi = lo + clen[c]
-        a = starts[p] + lo
-        b = starts[p] + hi
-        if nt and a % ALIGN == 0:
-            ss[c] = _fold_sumsq_nt_chunk(u[lo:hi], src[a:b], out[a:b], w, lut, _zero_of(u), accumulate)
-        else:
-            ss[c] = _fold_sumsq_chunk(u[lo:hi], src[a:b], out[a:b], w, lut, _zero_of(u), accumulate)
+    for g in prange(seg.size - 1):
+        for c in range(seg[g], seg[g + 1]):
+            p = cpart[c]
+            u = us[p]
+            lo = clo[c]
+            hi = lo + clen[c]
+            a = starts[p] + lo
+            b = starts[p] + hi
+            if nt and a % ALIGN == 0:
+                ss[c] = _fold_sumsq_nt_chunk(u[lo:hi], src[a:b], out[a:b], w, lut, _zero_of(u), accumulate)
+            else:
+                ss[c] = _fold_sumsq_chunk(u[lo:hi], src[a:b], out[a:b], w, lut, _zero_of(u), accumulate)
+        if nt:
+            store_fence()
     return ss.sum()
 
 
@@ -319,18 +324,20 @@ def wsum(us, ws, out: np.ndarray, accumulate: bool) -> None:
 def wsum_sumsq(parts, w: float, src: np.ndarray, out: np.ndarray, accumulate: bool) -> float:
     """``out = [src +] w * concat(parts)`` and the update's float64 sum of squares, in one pass.
 
-    One parallel launch per run of up to ``MAX_TUPLE`` same-dtype parts (a SegResNet's 83
-    tensors: two launches), not one per tensor.
+    One parallel launch per run of up to ``MAX_PARTS`` same-dtype parts (a SegResNet's 83
+    tensors: two), not one per tensor; the threads split each by bytes.
     """
     wv = out.dtype.type(w)
     prepped = [_prep(u) for u in parts]
     total, off, nt = 0.0, 0, is_aligned(out)  # the accumulator's buffers are (aligned_zeros)
-    for start, end in _runs(prepped):
+    nseg = 4 * get_num_threads()
+    for start, end in _runs(prepped, MAX_PARTS):
         arrs = [a for a, _ in prepped[start:end]]
         sizes = tuple(a.size for a in arrs)
         cpart, clo, clen, starts = chunk_table(sizes, off, CH)
-        tup, _ = _ref.padded(arrs)
-        total += _wsum_sumsq_k(tup, cpart, clo, clen, starts, wv, src, out, accumulate, prepped[start][1], nt)
+        seg = segments(sizes, off, CH, nseg)
+        total += _wsum_sumsq_k(_ref.padded(arrs)[0], cpart, clo, clen, starts, seg, wv, src, out, accumulate,
+                               prepped[start][1], nt)
         off += sum(sizes)
     if not math.isfinite(total):  # NaN/Inf, or a float32 square overflowed: the exact float64 sum
         total = sum(_reduce_k(a, lut, False) for a, lut in prepped)
@@ -338,10 +345,10 @@ def wsum_sumsq(parts, w: float, src: np.ndarray, out: np.ndarray, accumulate: bo
 
 
 def sumsq_parts(parts) -> float:
-    """float64 sum of squares of one update given as its parts: one launch per run of <= MAX_TUPLE parts."""
+    """float64 sum of squares of one update given as its parts: one launch per run of <= MAX_PARTS parts."""
     prepped = [_prep(u) for u in parts]
     total = 0.0
-    for start, end in _runs(prepped):
+    for start, end in _runs(prepped, MAX_PARTS):
         arrs = [a for a, _ in prepped[start:end]]
         cpart, clo, clen, _ = chunk_table(tuple(a.size for a in arrs), 0, CH)
         total += _sumsq_parts_k(_ref.padded(arrs)[0], cpart, clo, clen, prepped[start][1])
@@ -376,7 +383,7 @@ def sumsq(u: np.ndarray) -> float:
 
 def scale(u: np.ndarray, factor: float, dt=np.float32) -> np.ndarray:
     a, lut = _prep(u)
-    out = aligned_zeros(u.size, dt)  # fresh pages, written with streaming stores
+    out = aligned_empty(u.size, dt)  # every value written (streaming stores): no zeroed pages needed
     _scale_k(a, np.dtype(dt).type(factor), out, lut, True)
     return out
 

@@ -223,7 +223,7 @@ class WeightedAccumulator:
         w = float(weight)
         if not np.isfinite(w) or w < 0:
             raise ValueError(f"WeightedAccumulator.{what}: weight must be finite and >= 0, got {weight!r}")
-        n = sum(math.prod(p.shape) for p in parts)
+        n = sum(p.size if type(p) is np.ndarray else math.prod(p.shape) for p in parts)
         if n != self.size:
             raise ValueError(f"WeightedAccumulator.{what}: update has {n} values, accumulator holds {self.size}")
         seen = set()

@@ -39,12 +39,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["ALIGN", "MAX_TUPLE", "nt_store", "store_fence", "aligned_zeros", "is_aligned", "chunk_table", "prep", "runs",
+__all__ = ["ALIGN", "MAX_TUPLE", "MAX_PARTS", "nt_store", "store_fence", "aligned_zeros", "aligned_empty", "is_aligned", "chunk_table", "segments", "prep", "runs",
            "F16_LUT", "BF16_LUT"]
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 ALIGN = 16  # values: 64 bytes of float32 (an AVX-512 store; a cache line), 128 of float64
 MAX_TUPLE = 64  # numba unpacks a tuple passed to a parallel region: at most 100 (NUMBA_PARFOR_MAX_TUPLE_SIZE)
+MAX_PARTS = 64  # the parts of one update per launch: a 96-array tuple compiled twice as long (44 vs 21 s, cold)
 F16_LUT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 BF16_LUT = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)
 
@@ -91,6 +92,17 @@ def aligned_zeros(n: int, dt, like=None) -> np.ndarray:
     return raw[off : off + n * dt.itemsize].view(dt)
 
 
+def aligned_empty(n: int, dt) -> np.ndarray:
+    """:func:`aligned_zeros` without the zeros, for a buffer written in full before it is read
+    (the fold's result): malloc may hand back last round's freed memory, where a zeroed one
+    takes fresh pages (measured: scaling 4.7 M values into it 1.2 ms, into fresh zeros 2.1 ms)."""
+    dt = np.dtype(dt)
+    step = ALIGN * 4
+    raw = np.empty(n * dt.itemsize + step, np.uint8)
+    off = (-raw.ctypes.data) % step
+    return raw[off : off + n * dt.itemsize].view(dt)
+
+
 def is_aligned(a: np.ndarray) -> bool:
     """Whether value 0 of ``a`` sits on the 64-byte grid and ``a`` is contiguous."""
     return a.flags.c_contiguous and a.ctypes.data % (ALIGN * 4) == 0
@@ -123,6 +135,25 @@ def chunk_table(sizes: tuple[int, ...], off: int, ch: int = 4096) -> tuple[np.nd
     return cpart, clo, clen, starts + (off - off % ALIGN)
 
 
+_SEGS: dict[tuple, np.ndarray] = {}
+
+
+def segments(sizes: tuple[int, ...], off: int, ch: int, nseg: int) -> np.ndarray:
+    """``nseg + 1`` chunk indices: segment g is chunks ``seg[g] .. seg[g+1]`` of
+    :func:`chunk_table` ``(sizes, off, ch)``, every segment about the same number of values
+    (a parallel loop over segments splits the work by bytes, not by chunks or tensors)."""
+    key = (sizes, off % ALIGN, ch, nseg)
+    if key not in _SEGS:
+        clen = chunk_table(sizes, off, ch)[2]
+        cum = np.cumsum(clen)
+        total = int(cum[-1]) if cum.size else 0
+        cuts = np.searchsorted(cum, [total * g / nseg for g in range(1, nseg)], side="left") + 1
+        if len(_SEGS) > 64:
+            _SEGS.clear()
+        _SEGS[key] = np.concatenate([[0], np.minimum(cuts, clen.size), [clen.size]]).astype(np.int64)
+    return _SEGS[key]
+
+
 def prep(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(read-only view numba can read, table) — float16 as uint16 bits with the float16 table.
 
@@ -134,13 +165,13 @@ def prep(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, lut
 
 
-def runs(prepped) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of consecutive prepped arrays one tuple can hold (one type, <= MAX_TUPLE)."""
+def runs(prepped, limit: int = MAX_TUPLE) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of consecutive prepped arrays one tuple can hold (one type, <= ``limit``)."""
     out, start = [], 0
     while start < len(prepped):
         dt, lut = prepped[start][0].dtype, prepped[start][1]
         end = start
-        while end < len(prepped) and end - start < MAX_TUPLE and prepped[end][0].dtype == dt and prepped[end][1] is lut:
+        while end < len(prepped) and end - start < limit and prepped[end][0].dtype == dt and prepped[end][1] is lut:
             end += 1
         out.append((start, end))
         start = end

@@ -72,6 +72,28 @@ def test_peer_amp_is_cuda_only(site, benchmark_script):
                      epochs=1, precision="amp", workers=0)
 
 
+def test_recipe_cache_threads_load_every_channel(site, benchmark_script):
+    """The fast recipe caches in 4 threads through one ``Compose``: its loader is marked thread-unsafe
+    (copied per call), so no thread gets another's file list (stock ``LoadImaged`` gave 1-channel
+    images now and then, and the batch failed to collate)."""
+    from monai.data import CacheDataset, set_track_meta
+    from monai.transforms import Compose, ThreadUnsafe
+
+    from fedimg.data import discover
+
+    benchmark_script("train_throughput")
+    import _train_peers as tp
+
+    cases = discover(site, require_labels=True)
+    steps = tp._deterministic(cases, (32, 32, 32))
+    assert isinstance(steps[0], ThreadUnsafe)
+    set_track_meta(True)
+    for _ in range(8):  # measured with the stock loader: 9 of 240 items (30 cachings of 8 cases) had 1 channel
+        ds = CacheDataset(data=tp._datalist(cases), transform=Compose(steps), cache_rate=1.0, num_workers=4,
+                          progress=False)
+        assert [tuple(ds[i]["image"].shape[:1]) for i in range(len(ds))] == [(4,)] * len(cases)
+
+
 def test_train_throughput_times_both_peers_and_checks_bf16(site, tmp_path, capsys, benchmark_script):
     """``benchmarks/train_throughput.py``: tutorial loop and fast recipe (fp32 and bf16 on a CPU) and the
     engine, interleaved, with setup, settings (sources at a commit), ratios with spread and the Dice check."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedimg.kernels import WeightedAccumulator, _cpu, _ref
-from fedimg.kernels.stream import ALIGN, aligned_zeros, chunk_table, is_aligned
+from fedimg.kernels.stream import ALIGN, aligned_zeros, chunk_table, is_aligned, segments
 
 SIZES = [0, 1, 5, 15, 16, 17, 63, 4095, 4096, 4097, 9000, 3, 20000]
 
@@ -27,6 +27,18 @@ def test_chunk_table_covers_every_value_once_aligned(off):
         if (starts[p] + lo) % ALIGN:  # only a part's head is off the grid, and it ends on it
             assert lo == 0 and (n == sizes[p] or (starts[p] + n) % ALIGN == 0)
     assert all((s == 1).all() for s in seen)
+
+
+@pytest.mark.parametrize("nseg", [1, 2, 8, 500])
+def test_segments_split_the_chunks_by_values(nseg):
+    """Segments cover every chunk once, in order; each holds about total/nseg values (at most one
+    chunk more), however the tensors' sizes fall (a 20000-value part beside one-value ones)."""
+    sizes = tuple(SIZES)
+    clen = chunk_table(sizes, 3, 4096)[2]
+    seg = segments(sizes, 3, 4096, nseg)
+    assert len(seg) == nseg + 1 and seg[0] == 0 and seg[-1] == clen.size and (np.diff(seg) >= 0).all()
+    vals = [int(clen[a:b].sum()) for a, b in zip(seg[:-1], seg[1:])]
+    assert sum(vals) == sum(sizes) and max(vals) <= sum(sizes) / nseg + 4096
 
 
 def _parts(rng, dt):

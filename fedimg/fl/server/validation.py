@@ -203,9 +203,10 @@ class UpdateValidator:
             if extra:
                 parts.append(f"unexpected tensors {_short(extra)}")
             return self._reject(site, "name mismatch: " + "; ".join(parts))
+        ref = self.reference
         for name, value in params.items():
-            shape, dtype = self.reference[name]
-            if tuple(np.shape(value)) != shape:
+            shape, dtype = ref[name]
+            if (value.shape if type(value) is np.ndarray else tuple(np.shape(value))) != shape:
                 return self._reject(site, f"shape mismatch for {name}: {tuple(np.shape(value))} != {shape}")
             if _dtype(value) != dtype:
                 return self._reject(site, f"dtype mismatch for {name}: {_dtype(value)} != {dtype}")
