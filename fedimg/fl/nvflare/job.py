@@ -124,6 +124,7 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
     agg = FedimgAggregator(
         strategy=config.strategy.to_dict(), validation=config.validation.to_dict(),
         run_dir=str(Path(run_dir).resolve()) if run_dir else "", device=config.server_device, local_keys=local_keys,
+        server_threads=config.server_threads,
         key_metric=task.key_metric, client_dp={**config.client_dp, "sites": len(sites)} if config.client_dp else {})
     script = str(Path(__file__).with_name("client.py"))
     # The client configs live in a scratch folder until the recipe is exported or run (then dropped with it).
