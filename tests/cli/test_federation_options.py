@@ -72,3 +72,7 @@ def test_server_threads_option(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fedimg: error: --server-threads -1") and ">= 0" in err[0]
     assert not (tmp_path / "j").exists()
+    # an exported job (POC / provisioned servers) carries it to the server's aggregator
+    assert main(["export-job", "--out", str(tmp_path / "j"), "--task", "toy", "--server-threads", "3"]) == 0
+    text = (tmp_path / "j" / "app_server" / "config" / "config_fed_server.json").read_text()
+    assert '"server_threads": 3' in text
