@@ -5,6 +5,8 @@ available, and there is never a silent default to ``"cuda"``.
 
 >>> resolve_device("cpu")
 device(type='cpu')
+>>> server_fold_threads(0, cpus=2), server_fold_threads(0, cpus=16), server_fold_threads(3, cpus=2)
+(1, 16, 3)
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import random
 
 import numpy as np
 
-__all__ = ["resolve_device", "configure_threads", "seed_everything", "bf16_supported"]
+__all__ = ["resolve_device", "configure_threads", "seed_everything", "bf16_supported", "server_fold_threads",
+           "set_launch_threads", "SMALL_SERVER_CPUS"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,40 @@ def configure_threads(num_threads: int | None = None, *, numba: bool = True) -> 
     except RuntimeError:
         pass
     return n
+
+
+SMALL_SERVER_CPUS = 4  # up to this many CPUs the server folds with one thread (``server_fold_threads``)
+
+
+def server_fold_threads(requested: int = 0, *, cpus: int | None = None) -> int:
+    """The numba thread count for the server's fold: ``requested``, or for ``0`` ("auto") one
+    thread when the server process may use at most :data:`SMALL_SERVER_CPUS` CPUs, else all of them.
+
+    Why one on a small server: the fold is memory-bound and runs per tensor (two kernel launches per
+    update, each waking every worker). On the 2-vCPU AMD EPYC of ``benchmarks/RESULTS.md`` one thread
+    folded a SegResNet update faster than two (7.6 vs 9.2-10.3 ms), and two spinning OpenMP workers on
+    a loaded host made the fold 15x slower. Above four CPUs more threads add bandwidth; that count
+    (numba's default, all CPUs) is not measured here. ``cpus``: the CPUs to assume (default: this
+    process's affinity).
+    """
+    if requested:
+        return int(requested)
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cpus <= SMALL_SERVER_CPUS else int(cpus)
+
+
+def set_launch_threads(n: int) -> int:
+    """Give numba kernels launched from *the calling thread* ``n`` threads (at most numba's pool).
+
+    numba's count is thread-local: a thread that NVFlare starts gets numba's default whatever the
+    main thread set, so call this in the thread that launches the kernels. Returns the count that
+    thread now has (``numba.get_num_threads()``).
+    """
+    import numba as nb
+
+    nb.set_num_threads(max(1, min(int(n), nb.config.NUMBA_NUM_THREADS)))
+    return int(nb.get_num_threads())
 
 
 def seed_everything(seed: int) -> None:

@@ -109,3 +109,27 @@ def test_seed_everything_takes_seeds_beyond_32_bits():
 def test_bf16_supported_on_cpu_is_a_bool():
     assert isinstance(bf16_supported(torch.device("cpu")), bool)
     assert isinstance(bf16_supported(resolve_device("cpu")), bool)
+
+
+def test_server_fold_threads_auto_and_explicit():
+    from fedimg.device import SMALL_SERVER_CPUS, server_fold_threads
+
+    assert server_fold_threads(0, cpus=1) == server_fold_threads(0, cpus=SMALL_SERVER_CPUS) == 1
+    assert server_fold_threads(0, cpus=SMALL_SERVER_CPUS + 1) == SMALL_SERVER_CPUS + 1
+    assert server_fold_threads(2, cpus=64) == 2
+
+
+def test_set_launch_threads_is_per_thread_and_capped():
+    import threading
+
+    import numba
+
+    from fedimg.device import set_launch_threads
+
+    main_count = numba.get_num_threads()
+    got = {}
+    t = threading.Thread(target=lambda: got.update(n=set_launch_threads(10_000)))
+    t.start()
+    t.join()
+    assert got["n"] == numba.config.NUMBA_NUM_THREADS  # capped at numba's pool
+    assert numba.get_num_threads() == main_count  # the main thread is untouched

@@ -55,6 +55,9 @@ def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, lo
     g.add_argument("--max-samples-ratio", type=float, default=10.0,
                    help="reject a site declaring more samples than this times the other sites' median (0: off)")
     g.add_argument("--server-device", default="auto", help="where the server aggregates: auto | cpu | cuda[:n]")
+    g.add_argument("--server-threads", type=int, default=0, metavar="N",
+                   help="numba threads for the server's CPU fold (default 0: auto, 1 on a server with <= 4 CPUs, "
+                        "where one thread measured faster; else all its CPUs)")
     g.add_argument("--send", choices=["diff", "full"], default="diff", help="sites send weight differences or full weights")
     t = p.add_argument_group("local training (the task's config)")
     t.add_argument("--config", default=None, help="JSON file of the task's config fields (options below win)")
@@ -157,7 +160,8 @@ def federation_config_from_args(args: argparse.Namespace, *, threads: int | None
         task=args.task, rounds=args.rounds, local_epochs=args.local_epochs, strategy=strategy,
         min_sites=args.min_sites, max_rel_norm=args.max_rel_norm, max_norm_ratio=args.max_norm_ratio,
         max_samples=args.max_samples, max_samples_ratio=args.max_samples_ratio,
-        train=train, server_device=args.server_device, send=args.send,
+        train=train, server_device=args.server_device, server_threads=getattr(args, "server_threads", 0),
+        send=args.send,
         threads_per_site=int(threads or getattr(args, "threads", None) or 0), dp=dp_from_args(args),
         client_dp=client_dp_from_args(args), he=bool(getattr(args, "he", False)),
     )

@@ -57,3 +57,22 @@ def test_fedavgm_server_momentum_options_reach_the_strategy(capsys):
     assert main(["export-job", "--out", "/nonexistent/j", "--task", "toy", "--strategy", "fedadam",
                  "--server-lr-plateau", "2"]) == 2
     assert "server-lr-plateau" in capsys.readouterr().err
+
+
+def test_server_threads_option(tmp_path, capsys):
+    import argparse
+
+    from fedimg.cli._federation import add_federation_arguments, federation_config_from_args
+
+    p = argparse.ArgumentParser()
+    add_federation_arguments(p)
+    assert federation_config_from_args(p.parse_args([])).server_threads == 0  # auto
+    assert federation_config_from_args(p.parse_args(["--server-threads", "3"])).server_threads == 3
+    assert main(["export-job", "--out", str(tmp_path / "j"), "--task", "toy", "--server-threads", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedimg: error: --server-threads -1") and ">= 0" in err[0]
+    assert not (tmp_path / "j").exists()
+    # an exported job (POC / provisioned servers) carries it to the server's aggregator
+    assert main(["export-job", "--out", str(tmp_path / "j"), "--task", "toy", "--server-threads", "3"]) == 0
+    text = (tmp_path / "j" / "app_server" / "config" / "config_fed_server.json").read_text()
+    assert '"server_threads": 3' in text

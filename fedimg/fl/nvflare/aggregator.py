@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
@@ -37,6 +38,7 @@ from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
+from fedimg.device import server_fold_threads, set_launch_threads
 from fedimg.fl.server import state as run_state
 from fedimg.fl.server.strategies import Strategy, StrategyConfig, make_strategy
 from fedimg.fl.server.validation import SAMPLES_KEY, UpdateValidator, ValidationConfig, Verdict
@@ -65,6 +67,10 @@ class FedimgAggregator(ModelAggregator):
     carry them and the global model's stay as they are. Strategy ``scaffold``: each update's
     ``meta["scaffold_c_diff"]`` (NVFlare's key) is checked and, when the update is accepted, folded
     into the global control, which goes out with the next round's model (``meta["scaffold_c_global"]``).
+    ``server_threads``: numba threads for the CPU fold (0: auto, :func:`fedimg.device.server_fold_threads`),
+    set in every thread that launches the fold's kernels (numba's count is thread-local and NVFlare
+    calls ``accept_model`` from its own threads); each round's ``fold_threads`` in ``metrics.json`` is
+    the count the folding thread had.
     """
 
     def __init__(
@@ -77,6 +83,7 @@ class FedimgAggregator(ModelAggregator):
         audit_payloads: bool = True,
         client_dp: dict | None = None,
         local_keys: list[str] | None = None,
+        server_threads: int = 0,
     ) -> None:
         super().__init__()
         self._strategy = _parsed(strategy, StrategyConfig)
@@ -90,6 +97,9 @@ class FedimgAggregator(ModelAggregator):
         self.audit_payloads = audit_payloads
         self.client_dp = dict(client_dp or {})  # DP-FedAvg (ClientDPConfig fields); empty: off
         self.local_keys = sorted(local_keys or [])  # FedBN: entries that never leave the sites
+        self.server_threads = int(server_threads)  # 0: auto (fedimg.device.server_fold_threads)
+        self._fold_threads = 0  # resolved in the server process at START_RUN
+        self._seen_threads: int | None = None  # numba's count in the thread that last folded
         self._controls: dict[str, Any] = {}  # SCAFFOLD: this round's control differences by site
         self._validator = UpdateValidator(self._validation)
         self._agg: Strategy | None = None
@@ -122,6 +132,8 @@ class FedimgAggregator(ModelAggregator):
             self._run_path = Path(engine.get_workspace().get_run_dir(fl_ctx.get_job_id())) / "fedimg"
         self._run_path.mkdir(parents=True, exist_ok=True)
         self._restored_state = run_state.load_server_state(self._run_path)
+        self._fold_threads = server_fold_threads(self.server_threads)
+        self.info(f"server fold: {self._fold_threads} numba thread(s) (--server-threads {self.server_threads or 'auto'})")
         self.reset_stats()
 
     # -- ModelAggregator API ------------------------------------------------------------
@@ -136,6 +148,7 @@ class FedimgAggregator(ModelAggregator):
 
     def accept_model(self, model: FLModel) -> None:
         t0 = time.perf_counter()
+        self._launch_threads()
         meta = dict(model.meta or {})
         site = str(meta.get("client_name") or f"site?{len(self._sites) + len(self._rejected) + len(self._held)}")
         metrics = {k: float(v) for k, v in (model.metrics or {}).items() if _is_number(v)}
@@ -189,6 +202,7 @@ class FedimgAggregator(ModelAggregator):
 
     def aggregate_model(self) -> FLModel:
         t0 = time.perf_counter()
+        self._launch_threads()
         rnd = int(self.fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0) or 0) + 1 if self.fl_ctx else 0
         self._release_held()
         layout = self._validator.layout
@@ -220,6 +234,7 @@ class FedimgAggregator(ModelAggregator):
             "skipped": skipped,
             "validation": {"model_round": rnd - 1, **val},
             "aggregation_seconds": self._round_seconds,
+            "fold_threads": self._seen_threads,
             "round_seconds": time.perf_counter() - self._round_started if self._round_started else None,
         }
         if getattr(self._agg, "plateau", None) is not None:
@@ -256,6 +271,7 @@ class FedimgAggregator(ModelAggregator):
                 self._agg = ClientDP(self._agg, ClientDPConfig.from_dict(self.client_dp))
             self._agg.load_state(self._restored_state)
         verdicts: list[Verdict] = []
+        self._seen_threads = numba.get_num_threads()  # this thread's count, as the kernels see it
 
         def check(norm: float) -> bool:
             verdicts.append(self._validator.judge(site, norm))
@@ -296,6 +312,12 @@ class FedimgAggregator(ModelAggregator):
             return Verdict(site=site, ok=False, reason=problem)
         self._controls[site] = controls
         return Verdict(site=site, ok=True)
+
+    def _launch_threads(self) -> None:
+        """Set numba's (thread-local) count in the calling thread, which launches the fold's kernels."""
+        if not self._fold_threads:  # no START_RUN seen (used outside NVFlare): resolve here
+            self._fold_threads = server_fold_threads(self.server_threads)
+        set_launch_threads(self._fold_threads)
 
     def _device(self) -> str | None:
         if self.device == "cpu":

@@ -122,7 +122,7 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
         raise ConfigError(f"nothing to do: {start_round} of {config.rounds} rounds are already complete")
     local_keys = site_local_keys(config, task, tcfg)  # FedBN: the norm layers stay at the sites
     agg = FedimgAggregator(
-        strategy=config.strategy.to_dict(), validation=config.validation.to_dict(),
+        strategy=config.strategy.to_dict(), validation=config.validation.to_dict(), server_threads=config.server_threads,
         run_dir=str(Path(run_dir).resolve()) if run_dir else "", device=config.server_device, local_keys=local_keys,
         key_metric=task.key_metric, client_dp={**config.client_dp, "sites": len(sites)} if config.client_dp else {})
     script = str(Path(__file__).with_name("client.py"))

@@ -46,6 +46,8 @@ class FederationConfig:
     ``clip``, ``delta``, ``seed`` of :class:`fedimg.privacy.ClientDPConfig`; the job adds the
     number of sites; empty: off). ``he``: secure aggregation with NVFlare's homomorphic
     encryption (POC or provisioned systems only; FedAvg of differences, no client-level DP).
+    ``server_threads``: numba threads for the server's CPU fold, set in the thread that folds
+    (0: auto, :func:`fedimg.device.server_fold_threads`: 1 on a server with <= 4 CPUs).
     """
 
     task: str = "brats"
@@ -59,6 +61,7 @@ class FederationConfig:
     max_samples_ratio: float = 10.0
     train: dict[str, Any] = field(default_factory=dict)
     server_device: str = "auto"
+    server_threads: int = 0
     send: str = "diff"
     threads_per_site: int = 0
     dp: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +74,9 @@ class FederationConfig:
             raise ConfigError("rounds and local_epochs must be >= 1")
         if self.min_sites < 1:
             raise ConfigError("min_sites must be >= 1")
+        if isinstance(self.server_threads, bool) or not isinstance(self.server_threads, int) or self.server_threads < 0:
+            raise ConfigError(f"--server-threads {self.server_threads!r}: give a whole number >= 0 (0: auto, one "
+                              "thread on a server with <= 4 CPUs)")
         if self.send not in ("diff", "full"):
             raise ConfigError("send must be 'diff' or 'full'")
         if isinstance(self.strategy, dict):

@@ -159,3 +159,32 @@ def test_strategy_and_checks_arrive_as_one_json_argument_each(tmp_path):
     assert StrategyConfig.from_dict(FedimgAggregator().strategy) == StrategyConfig()
     with pytest.raises(ConfigError):
         FedimgAggregator(strategy='{"name": "fedsgd"}')
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fold_threads_are_set_in_the_thread_that_folds(tmp_path, threads):
+    """NVFlare calls accept/aggregate from its own threads: the count is set there, not only in the main thread."""
+    import threading
+
+    import numba
+
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("numba has fewer threads")
+    agg = FedimgAggregator(run_dir=str(tmp_path), server_threads=threads)
+    _start(agg)
+    other = 3 - threads if numba.config.NUMBA_NUM_THREADS >= 2 else threads
+    seen = {}
+
+    def nvflare_thread():
+        numba.set_num_threads(other)  # what this thread had before: not the server's count
+        agg.accept_model(_result("site-1", [1, 1, 1]))
+        agg.accept_model(_result("site-2", [3, 3, 3]))
+        seen["out"] = agg.aggregate_model()  # the first round's updates are held and folded here
+        seen["after"] = numba.get_num_threads()
+
+    t = threading.Thread(target=nvflare_thread)
+    t.start()
+    t.join()
+    np.testing.assert_allclose(seen["out"].params["w"], [2, 2, 2])
+    (entry,) = read_metrics(tmp_path)
+    assert entry["fold_threads"] == threads and seen["after"] == threads

@@ -55,9 +55,22 @@ def toy_run(tmp_path_factory):
         "site-3": _bad_script(tmp, "nan_client", "v = v * float('nan')"),
         "site-4": _bad_script(tmp, "scaled_client", "v = (v + 1.0) * 1e6"),
     }
-    cfg = FederationConfig(task="toy", rounds=2, local_epochs=1, train={"features": 8}, min_sites=2)
+    # server_threads=2: neither auto's count on a <= 4-CPU machine (1) nor on a larger one (all CPUs)
+    cfg = FederationConfig(task="toy", rounds=2, local_epochs=1, train={"features": 8}, min_sites=2, server_threads=2)
     summary = run_simulation(tmp / DATA, tmp / "run", cfg, progress=False, site_scripts=scripts, tracking=False)
     return tmp, cfg, summary
+
+
+def test_server_threads_reach_the_folding_thread(toy_run):
+    """--server-threads travels in the job to the server process and is numba's count in the
+    NVFlare thread that folds (numba's count is thread-local)."""
+    import numba
+
+    from fedimg.fl.server.state import read_metrics
+
+    tmp, _, _ = toy_run
+    want = min(2, numba.config.NUMBA_NUM_THREADS)
+    assert [e["fold_threads"] for e in read_metrics(tmp / "run")] == [want, want]
 
 
 def test_run_outputs_and_rejections(toy_run):
