@@ -31,16 +31,22 @@ log = logging.getLogger(__name__)
 
 try:  # ISA-L releases the GIL like zlib does, so a second thread keeps working while it runs
     from isal import igzip as _gz
+    from isal import isal_zlib as _zlib
 
     BACKEND = "isal"
 except ImportError:  # pragma: no cover - the plain-zlib fallback (isal is a dependency)
+    import zlib as _zlib
+
     _gz = gzip
     BACKEND = "zlib"
 
 
-def decompress(data: bytes) -> bytes:
-    """The bytes of a whole gzip stream; a corrupt or truncated stream raises ``OSError``/``EOFError``."""
+def decompress(data: bytes, max_length: int = 0) -> bytes:
+    """The bytes of a whole gzip stream, or (``max_length`` > 0) its first ``max_length`` bytes and no more decoded
+    (a truncated stream then gives fewer); a corrupt or truncated stream raises ``OSError``/``EOFError``."""
     try:
+        if max_length > 0:  # never inflate more than asked (a gzip bomb stops here, as in :mod:`.nrrd`)
+            return _zlib.decompressobj(wbits=31).decompress(data, max_length)
         return _gz.decompress(data)
     except (OSError, EOFError):
         raise
@@ -56,8 +62,8 @@ def compress(data: bytes, level: int = 1) -> bytes:
 def read_unscaled(img, path: str | Path) -> np.ndarray:
     """The stored voxels of a nibabel image opened from ``path`` (``img.dataobj.get_unscaled()``), writable.
 
-    For a ``.nii.gz`` with a plain array proxy the whole file is decoded in one call
-    (:func:`decompress`) and the voxels taken from the decoded bytes; anything else is read by
+    For a ``.nii.gz`` with a plain array proxy the file is decoded in one call (:func:`decompress`,
+    up to the header's declared size) and the voxels taken from the decoded bytes; anything else is read by
     nibabel as before. The array is the same either way (dtype, byte order, shape, values).
     """
     from nibabel.arrayproxy import ArrayProxy
@@ -65,10 +71,10 @@ def read_unscaled(img, path: str | Path) -> np.ndarray:
     proxy = img.dataobj
     if not str(path).lower().endswith(".gz") or type(proxy) is not ArrayProxy or proxy.order != "F":
         return np.asanyarray(proxy.get_unscaled())
-    raw = decompress(Path(path).read_bytes())
     shape = tuple(int(s) for s in proxy.shape)
     count = int(np.prod(shape, dtype=np.int64))
     need = int(proxy.offset) + count * proxy.dtype.itemsize
+    raw = decompress(Path(path).read_bytes(), need)  # what the (size-checked) header declares, as nibabel reads
     if len(raw) < need:
         raise EOFError(f"expected {need} bytes of header and voxels, the file holds {len(raw)}")
     arr = np.frombuffer(raw, dtype=proxy.dtype, count=count, offset=int(proxy.offset))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fedimg.errors import InputError
-from fedimg.io import atomic_path
+from fedimg.io import atomic_path, write_bytes
 
 from .gz import compress, read_unscaled
 from .limits import Limits, check_nifti_header
@@ -190,8 +190,7 @@ def save_like(volume: Volume, raw: np.ndarray, target: str | PathLike[str], *, d
         out.header.set_slope_inter(volume.slope, volume.inter)
     out.header["descrip"] = descrip[:79]
     if str(target).lower().endswith(".gz"):  # one-call gzip (ISA-L when installed, :mod:`.gz`), written atomically
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(compress(out.to_bytes()))
+        write_bytes(target, compress(out.to_bytes()))
         return target
     with atomic_path(target) as tmp:
         nib.save(out, str(tmp))

@@ -207,6 +207,7 @@ class FedimgAggregator(ModelAggregator):
         self._release_held()
         layout = self._validator.layout
         n_ok = len(self._sites)
+        val = _weighted_val(self._sites)  # the sites' validation of this round's start model
         skipped = not self._validator.enough(n_ok) or self._agg is None or layout is None
         if skipped:
             self.error(
@@ -219,12 +220,11 @@ class FedimgAggregator(ModelAggregator):
             from fedimg.kernels import unpack
 
             if hasattr(self._agg, "observe"):  # FedAvgM's lr on plateau: the sites' validation of this round's start
-                self._agg.observe(_weighted_val(self._sites))
+                self._agg.observe(val)
             step = self._agg.finish()
             delta = unpack(step, layout, as_torch=False, copy=False)  # step is ours: views, no copy
         self._validator.end_round()
         self._round_seconds += time.perf_counter() - t0
-        val = _weighted_val(self._sites)
         entry = {
             "round": rnd,
             "strategy": self._strategy.name,

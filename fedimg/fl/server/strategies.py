@@ -224,6 +224,7 @@ class FedAvgM(_Streaming):
         self.u: np.ndarray | None = None
         self.rounds = 0  # server steps taken
         self.plateau = LrPlateau(config.lr_plateau) if config.lr_plateau else None
+        self._warned_metric = False
 
     def server_lr(self) -> float:
         """This round's server lr (``lr_rounds``' cosine, else ``server_lr``)."""
@@ -235,7 +236,12 @@ class FedAvgM(_Streaming):
     def observe(self, val: dict[str, Any]) -> None:
         """The round's validation of the model the sites started from (``lr_plateau``; else ignored)."""
         if self.plateau is not None:
-            self.plateau.observe(val.get(self.config.plateau_metric))
+            metric = self.config.plateau_metric
+            if metric not in val and any(k != "per_site" for k in val) and not self._warned_metric:
+                self._warned_metric = True  # e.g. a StrategyConfig built in Python for a task without Dice
+                log.warning("lr on plateau: the sites report no %r (they report %s); set plateau_metric to the "
+                            "task's key metric", metric, ", ".join(sorted(k for k in val if k != "per_site")))
+            self.plateau.observe(val.get(metric))
 
     def _scale(self, step: np.ndarray) -> None:
         fs = self.float_size

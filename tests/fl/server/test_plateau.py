@@ -80,3 +80,18 @@ def test_plateau_and_local_norms_are_refused_where_they_do_not_apply():
     assert StrategyConfig(name="fedbn").local_norm and not StrategyConfig(name="fedavgm").local_norm
     with pytest.raises(ValueError):
         LrPlateau(patience=0)
+
+
+def test_a_missing_plateau_metric_is_said_once(caplog):
+    """A StrategyConfig whose plateau metric the sites never report (a Python-built config for the toy
+    task, whose metric is accuracy) warns once instead of never firing in silence."""
+    agg = make_strategy(StrategyConfig(name="fedavgm", lr_plateau=1), size=4, float_size=3)
+    with caplog.at_level("WARNING", logger="fedimg.fl.server.strategies"):
+        for d in D[:3]:
+            agg.begin_round()
+            agg.observe({"accuracy": 0.5, "per_site": {}})
+            agg.add(d, 1.0)
+            agg.finish()
+    said = [r for r in caplog.records if "dice_mean" in r.getMessage()]
+    assert len(said) == 1 and "accuracy" in said[0].getMessage()
+    assert agg.plateau.restores == 0 and agg.plateau.scale == 1.0
