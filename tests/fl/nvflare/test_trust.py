@@ -4,6 +4,7 @@ ModelAggregator API with the brats and tiles metric sets (no processes)."""
 from __future__ import annotations
 
 import logging
+import zlib
 
 import numpy as np
 import pytest
@@ -25,8 +26,9 @@ TILE_METRICS = {"val_auc": 0.7, "val_accuracy": 0.6, "val_loss": 0.6, "val_n": 2
 
 
 def _update(site, scale=1.0, samples=10, metrics=None, meta_extra=None, task="brats"):
-    rng = np.random.default_rng(abs(hash(site)) % 1000)
-    w = (rng.normal(size=3) * 0.01 * scale).astype(np.float32)
+    rng = np.random.default_rng(zlib.crc32(site.encode()))  # not hash(): it changes with PYTHONHASHSEED
+    w = rng.normal(size=3)
+    w = (w / np.linalg.norm(w) * 0.01 * scale).astype(np.float32)  # every site's norm 0.01 x scale, exactly
     metrics = dict(metrics if metrics is not None else (BRATS_METRICS if task == "brats" else TILE_METRICS))
     meta = {"client_name": site, "NUM_STEPS_CURRENT_ROUND": samples, "initial_metrics": dict(metrics), "props": {},
             **(meta_extra or {})}
