@@ -18,7 +18,7 @@ import random
 import numpy as np
 
 __all__ = ["resolve_device", "configure_threads", "seed_everything", "bf16_supported", "server_fold_threads",
-           "set_launch_threads", "SMALL_SERVER_CPUS"]
+           "set_launch_threads", "SMALL_SERVER_CPUS", "available_cpus"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def configure_threads(num_threads: int | None = None, *, numba: bool = True) -> 
     import torch
 
     if num_threads is None:
-        num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        num_threads = available_cpus()
     n = num_threads
     n = max(1, int(n))
     try:
@@ -79,6 +79,11 @@ def configure_threads(num_threads: int | None = None, *, numba: bool = True) -> 
     except RuntimeError:
         pass
     return n
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use (its affinity where the OS has one, else the CPU count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 SMALL_SERVER_CPUS = 4  # up to this many CPUs the server folds with one thread (``server_fold_threads``)
@@ -98,7 +103,7 @@ def server_fold_threads(requested: int = 0, *, cpus: int | None = None) -> int:
     if requested:
         return int(requested)
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = available_cpus()
     return 1 if cpus <= SMALL_SERVER_CPUS else int(cpus)
 
 

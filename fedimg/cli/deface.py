@@ -115,11 +115,11 @@ def _run(args: argparse.Namespace) -> int:
     from fedimg.deface.batch import plan, run_batch
     from fedimg.deface.core import DefaceConfig
     from fedimg.deface.pipeline import DefaceJob, deface_job, prefetch_template
-    from fedimg.device import configure_threads, resolve_device
+    from fedimg.device import available_cpus, configure_threads, resolve_device
     from fedimg.errors import ConfigError, InputError
 
     threads = args.threads or env_threads()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = available_cpus()
     if args.input.exists() and (threads or cpus) >= 2:
         prefetch_template()  # the template's read beside torch's import (configure_threads)
     configure_threads(threads, numba=False)  # defacing runs no numba code

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedimg.data.preflight import problems_error
+from fedimg.device import available_cpus
 from fedimg.errors import ConfigError, FedimgError
 from fedimg.fl.nvflare.checks import preflight_sites, site_failure
 from fedimg.fl.nvflare.job import ALLOW_LIST, build_recipe
@@ -77,7 +78,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     if preflight:
         check_before_start(sites, config)
     if not config.threads_per_site:  # all sites share this machine's CPUs: split them instead of oversubscribing
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = available_cpus()
         config = dataclasses.replace(config, threads_per_site=max(1, cpus // max(1, len(sites))))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run_config.json", {"federation": config.to_dict(), "sites": {k: str(v) for k, v in sites.items()}})
