@@ -305,10 +305,9 @@ def print_case(case: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     import platform
 
-    from fedimg.device import configure_threads, resolve_device
+    from fedimg.device import available_cpus, configure_threads, resolve_device
     from fedimg.io import write_json
 
     threads = configure_threads(args.threads)
@@ -331,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
         "device_name": device_name(device),
         "cpu_threads": threads,
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus": available_cpus(),
         "platform": platform.platform(),
         "repeats": repeats,
         "quick": bool(args.quick),

@@ -150,6 +150,7 @@ def _launch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedimg.cli._federation import dp_from_args
+    from fedimg.device import available_cpus
     from fedimg.engine.checkpoint import check_run_folder
     from fedimg.engine.distributed import launch, per_rank_batch
     from fedimg.errors import ConfigError
@@ -165,7 +166,7 @@ def _launch(args: argparse.Namespace) -> int:
     per_rank_batch(cfg.batch_size, nproc)
     check_run_folder(Path(args.out), resume=args.resume)
     _check_gpus(cfg.device, nproc)
-    threads = max(1, (cfg.threads or os.cpu_count() or 1) // nproc)
+    threads = max(1, (cfg.threads or available_cpus()) // nproc)
     log.info("starting %d training processes with torchrun (%d thread(s) each, per-process batch %d)", nproc, threads,
              cfg.batch_size // nproc)
     spec = {k: v for k, v in vars(args).items() if k not in ("func", "dist_worker")}

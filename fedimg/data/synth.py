@@ -37,6 +37,7 @@ from fedimg import __version__
 from fedimg.data.anatomy import CONTRASTS, TISSUE_CONTRAST, Anatomy, load_anatomy, render
 from fedimg.data.deform import random_coordinates, smooth_random_field, upsample, warp
 from fedimg.data.tumour import fractions, mass_effect, sample_tumour, to_labels
+from fedimg.device import available_cpus
 from fedimg.errors import ConfigError, InputError
 from fedimg.imageio.provenance import SYNTHETIC_DESCRIP
 from fedimg.imageio.suffixes import DEFAULT_SUFFIX
@@ -245,7 +246,7 @@ def synthesize(
     _check_options(sites, cases_per_site, seed, spacing)
     out = Path(out)
     _check_out(out)
-    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    workers = workers or max(1, min(4, available_cpus()))
     heads = tuple(heads)
     anat = load_anatomy(float(spacing))
     for h in heads:  # build (and check) every anatomy once, before the worker threads

@@ -22,7 +22,6 @@ tile level decodes the slide once, not twice.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from fedimg.device import available_cpus
 from fedimg.errors import InputError
 
 __all__ = ["Slide", "open_slide", "SUPPORTED_SUFFIXES"]
@@ -52,7 +52,7 @@ class Slide:
     mpp: float
     _reader: Any = field(repr=False, default=None)
     _levels: list[Any] = field(repr=False, default_factory=list)
-    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads: int = field(default_factory=available_cpus)
     cache_bytes: int = 512 * 2**20
     _cache: dict[int, np.ndarray] = field(repr=False, default_factory=dict)
     _pool: ThreadPoolExecutor | None = field(repr=False, default=None)
