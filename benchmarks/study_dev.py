@@ -130,23 +130,56 @@ def _setup(root: Path, cfg: dict, seed: int):
     return task, datas, tests
 
 
-def _central(task, config, datas, tests, epochs: int, local: int, seed: int) -> dict:
+class _PatienceWatch:
+    """The task, seen through :func:`fedimg.study.arms.train_local_arm`'s eyes: every ``evaluate``
+    after a check feeds :class:`~fedimg.study.protocol.EarlyStopping` (``patience``) and copies the
+    model while it is the best check before the patience stop, i.e. the model ``fedimg study``
+    (which stops there) keeps, while the arm itself runs the whole budget. Also stamps each
+    check's CPU time. Everything else is the real task's."""
+
+    def __init__(self, task, patience: int) -> None:
+        from fedimg.study.protocol import EarlyStopping
+
+        self._task, self.stop, self.stopped, self.params, self.cpu = task, EarlyStopping(patience), False, None, []
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def evaluate(self, model, data, config):
+        res = self._task.evaluate(model, data, config)
+        self.cpu.append(time.process_time())
+        if not self.stopped:
+            self.stopped = self.stop.update(float(res[self._task.key_metric]))
+            if self.stop.best_index == self.stop.count - 1:
+                self.params = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+        return res
+
+
+def _mean_test(task, config, params, tests) -> dict:
+    """``{site: mean test Dice over its cases}`` of the model ``params``."""
+    from fedimg.study.arms import evaluate_cases
+
+    return {s: float(np.nanmean(list(v.values()))) for s, v in evaluate_cases(task, config, params, tests).items()}
+
+
+def _central(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int) -> dict:
     import torch
 
-    from fedimg.study.arms import evaluate_cases, pool_sites, train_local_arm
+    from fedimg.study.arms import pool_sites, train_local_arm
     from fedimg.study.protocol import ProtocolConfig
 
-    proto = ProtocolConfig(max_epochs=epochs, check_every=local, patience=10**6)
-    arm = train_local_arm(task, config, pool_sites(list(datas.values())), proto, seed=seed)
-    test = evaluate_cases(task, config, arm["params"], tests)  # its best check (no early stop)
+    proto = ProtocolConfig(max_epochs=epochs, check_every=local, patience=10**6)  # the whole budget
+    watch = _PatienceWatch(task, patience)
+    arm = train_local_arm(watch, config, pool_sites(list(datas.values())), proto, seed=seed)
     net = task.build_model(config)  # the kept model's validation Dice on each site's own validation cases
     net.load_state_dict({k: torch.as_tensor(v) for k, v in arm["params"].items()})
     kept_sites = {s: float(task.evaluate(net, d, config)["dice_mean"]) for s, d in datas.items()}
-    return {"val": [c["val"] for c in arm["curve"]], "kept_val_sites": kept_sites,
-            "test": {s: float(np.nanmean(list(v.values()))) for s, v in test.items()}}
+    return {"val": [c["val"] for c in arm["curve"]], "kept_val_sites": kept_sites, "check_cpu": watch.cpu,
+            "test": _mean_test(task, config, arm["params"], tests),  # its best check over the whole budget
+            "test_patience": _mean_test(task, config, watch.params, tests)}  # the model the study keeps
 
 
-def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, strategy: dict | None = None,
+def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int, *, strategy: dict | None = None,
             local_norm: bool = False, reset: bool = False, uniform: bool = False) -> dict:
     """In-process federation: fedimg's own server :class:`~fedimg.fl.server.strategies.Strategy`
     (``strategy``: StrategyConfig fields, default FedAvg) on the sites' packed float differences,
@@ -158,10 +191,11 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
     from fedimg.device import seed_everything
     from fedimg.engine.loop import train_one_round
     from fedimg.fl.server.strategies import StrategyConfig, make_strategy
-    from fedimg.study.arms import evaluate_cases
+    from fedimg.study.protocol import EarlyStopping
 
     seed_everything(seed)
     torch.manual_seed(seed)
+    stop, stopped, check_cpu = EarlyStopping(patience), False, []
     glob = {k: v.clone() for k, v in task.build_model(config).state_dict().items()}
     nets = {s: task.build_model(config) for s in datas}
     norm_keys = [k for k in glob if "norm" in k] if local_norm else []
@@ -200,13 +234,17 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
         val_sites.append({s: float(v) for s, (v, _) in zip(datas, scores)})
         val.append(sum(a * b for a, b in scores) / max(1, sum(b for _, b in scores)))
         print(f"  {len(val) * local} epochs per case: validation {val[-1]:.3f}", flush=True)
-        if val[-1] >= max(val):  # the kept model: best validation, as the study keeps it
+        check_cpu.append(time.process_time())
+        if val[-1] >= max(val):  # the best validation over the whole budget
             kept = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
-    test = {}
-    for s in datas:
-        params = {k: v.numpy() for k, v in kept[s].items()}
-        test[s] = float(np.nanmean(list(evaluate_cases(task, config, params, {s: tests[s]})[s].values())))
-    return {"val": val, "test": test, "val_sites": val_sites, "update_norms": norms_round}
+        if not stopped:  # the model the study keeps: best validation up to the patience stop
+            stopped = stop.update(val[-1])
+            if stop.best_index == stop.count - 1:
+                kept_p = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
+    test = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept[s].items()}, {s: tests[s]})[s] for s in datas}
+    test_p = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept_p[s].items()}, {s: tests[s]})[s] for s in datas}
+    return {"val": val, "test": test, "test_patience": test_p, "val_sites": val_sites, "update_norms": norms_round,
+            "check_cpu": check_cpu}
 
 
 def late_ratio(update_norms: list[dict], last: int = 2) -> list[float]:
@@ -268,24 +306,32 @@ def main(argv=None) -> int:
             t0, c0 = time.perf_counter(), time.process_time()
             local = int(spec.get("local", a.local))
             if name.startswith("central"):
-                res = _central(task, config, datas, tests, epochs, local, a.seed)
+                res = _central(task, config, datas, tests, epochs, local, a.seed, a.patience)
             else:
                 strategy = spec.get("strategy")
                 if spec.get("lr_decay"):  # the server lr's cosine spans the budget's rounds
                     strategy = {**strategy, "lr_rounds": epochs // local}
-                res = _fedavg(task, config, datas, tests, epochs, local, a.seed, strategy=strategy,
+                res = _fedavg(task, config, datas, tests, epochs, local, a.seed, a.patience, strategy=strategy,
                               local_norm=bool(spec.get("local_norm")), reset=bool(spec.get("reset")),
                               uniform=bool(spec.get("uniform")))
                 res["late_ratio"] = late_ratio(res["update_norms"])
             best, last = stop_point(res["val"], a.patience)
+            p95 = next(i for i, v in enumerate(res["val"][:best + 1]) if v >= 0.95 * res["val"][best])
             res.update(mean_test=float(np.mean(list(res["test"].values()))), wall_s=time.perf_counter() - t0,
                        cpu_s=time.process_time() - c0, best_val=res["val"][best], kept_at=(best + 1) * local,
-                       stopped_at=(last + 1) * local, at_budget=best == len(res["val"]) - 1)
+                       stopped_at=(last + 1) * local, at_budget=best == len(res["val"]) - 1,
+                       mean_test_patience=float(np.mean(list(res["test_patience"].values()))),
+                       stop_reason="budget" if last == len(res["val"]) - 1 else "patience",
+                       cpu_s_to_stop=res["check_cpu"][last] - c0, epochs_to_95=(p95 + 1) * local,
+                       samples_to_95=(p95 + 1) * local * sum(int(d.num_train) for d in datas.values()),
+                       best_val_budget=max(res["val"]), kept_at_budget=(int(np.argmax(res["val"])) + 1) * local)
             out["arms"][name] = res
-            print(f"{name:18s} val {' '.join(f'{v:.3f}' for v in res['val'])}  test {res['mean_test']:.3f} "
-                  f"({' '.join(f'{v:.3f}' for v in res['test'].values())})  {res['cpu_s']:.0f} CPU s; "
-                  f"patience {a.patience}: best {res['best_val']:.3f} kept at {res['kept_at']}, stopped at "
-                  f"{res['stopped_at']}{' (at budget)' if res['at_budget'] else ''}"
+            print(f"{name:18s} val {' '.join(f'{v:.3f}' for v in res['val'])}  test of the best over the budget "
+                  f"{res['mean_test']:.3f} ({' '.join(f'{v:.3f}' for v in res['test'].values())}) at "
+                  f"{res['kept_at_budget']}; {res['cpu_s']:.0f} CPU s; patience {a.patience}: best {res['best_val']:.3f} "
+                  f"kept at {res['kept_at']}, test {res['mean_test_patience']:.3f} "
+                  f"({' '.join(f'{v:.3f}' for v in res['test_patience'].values())}), stopped at {res['stopped_at']} "
+                  f"by {res['stop_reason']} ({res['cpu_s_to_stop']:.0f} CPU s), 95 % of it at {res['epochs_to_95']}"
                   f"{'; late server/site ' + str(res['late_ratio']) if 'late_ratio' in res else ''}", flush=True)
             write_results(a.json, out)  # after every arm: a long run killed late keeps what finished
     return 0
