@@ -265,20 +265,18 @@ def late_ratio(update_norms: list[dict], last: int = 2) -> list[float]:
 
 
 def _kept(arm: dict, patience: int = 3, local: int = 6) -> dict:
-    """An arm's patience-kept numbers; an older JSON (before ``test_patience``) gives them only where
-    its best check over the budget is also the patience-kept one (else ``test_patience`` is None)."""
+    """An arm's patience-kept numbers, the stop recomputed from its validation curve; an older JSON
+    (before ``test_patience``) gives the kept test Dice only where its best check over the budget is
+    also the patience-kept one (else None)."""
     from fedimg.study.protocol import stop_point
 
-    if "test_patience" in arm:
-        return {k: arm[k] for k in ("mean_test_patience", "epochs_to_95", "kept_at", "stopped_at", "stop_reason",
-                                    "cpu_s_to_stop", "cpu_s")}
-    best, last = stop_point(arm["val"], patience)
     val = arm["val"]
-    same = best == int(np.argmax(val))
-    return {"mean_test_patience": arm["mean_test"] if same else None, "kept_at": (best + 1) * local,
+    best, last = stop_point(val, patience)
+    test = arm.get("mean_test_patience", arm["mean_test"] if best == int(np.argmax(val)) else None)
+    return {"mean_test_patience": test, "kept_at": (best + 1) * local,
             "epochs_to_95": (next(i for i, v in enumerate(val) if v >= 0.95 * val[best]) + 1) * local,
-            "stopped_at": (last + 1) * local, "stop_reason": "budget" if last == len(val) - 1 else "patience",
-            "cpu_s_to_stop": None, "cpu_s": arm["cpu_s"]}
+            "stopped_at": (last + 1) * local, "stop_reason": "patience" if last - best >= patience else "budget",
+            "cpu_s_to_stop": arm.get("cpu_s_to_stop"), "cpu_s": arm["cpu_s"]}
 
 
 def compare(paths: list[str], fed: str = "nesterov-b0.8", cen: str = "central") -> dict:
@@ -392,7 +390,7 @@ def main(argv=None) -> int:
                        cpu_s=time.process_time() - c0, best_val=res["val"][best], kept_at=(best + 1) * local,
                        stopped_at=(last + 1) * local, at_budget=best == len(res["val"]) - 1,
                        mean_test_patience=float(np.mean(list(res["test_patience"].values()))),
-                       stop_reason="budget" if last == len(res["val"]) - 1 else "patience",
+                       stop_reason="patience" if last - best >= a.patience else "budget",
                        cpu_s_to_stop=res["check_cpu"][last] - c0, epochs_to_95=(p95 + 1) * local,
                        samples_to_95=(p95 + 1) * local * sum(int(d.num_train) for d in datas.values()),
                        best_val_budget=max(res["val"]), kept_at_budget=(int(np.argmax(res["val"])) + 1) * local)
