@@ -57,6 +57,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -320,6 +322,26 @@ def write_results(path: str, out: dict) -> None:
     print(f"wrote {path}")
 
 
+def _parallel(a, argv: list[str]) -> int:
+    """Each arm of ``a.arms`` in its own process of this script, ``a.jobs`` at a time; their JSONs merged."""
+    arms = a.arms.split(",") if a.arms else (list(ARMS) if a.full else list(DEFAULT))
+    rest = [x for i, x in enumerate(argv) if x not in ("--jobs", "--arms", "--json") and
+            (i == 0 or argv[i - 1] not in ("--jobs", "--arms", "--json"))]
+    with tempfile.TemporaryDirectory() as tmp:
+        jsons = {n: str(Path(tmp) / f"{n}.json") for n in arms}
+        procs: list = []
+        for n in arms:
+            if len(procs) >= a.jobs:
+                procs[-a.jobs].wait()
+            procs.append(subprocess.Popen([sys.executable, __file__, *rest, "--arms", n, "--json", jsons[n]]))
+        if any(p.wait() for p in procs):
+            return 1
+        outs = [json.loads(Path(jsons[n]).read_text()) for n in arms]
+    merged = {**outs[0], "arms": {n: o["arms"][n] for n, o in zip(arms, outs)}}
+    write_results(a.json, merged)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="every arm (default: centralised, FedAvg, FedAvgM)")
@@ -334,6 +356,8 @@ def main(argv=None) -> int:
     p.add_argument("--contrast-aug", action="store_true", help="contrast augmentation in every arm, as `fedimg "
                    "study` trains by default (off: the recorded numbers before it)")
     p.add_argument("--json", default=str(Path(__file__).parent / "cpu-results" / "study-dev.json"))
+    p.add_argument("--jobs", type=int, default=1, help="run the arms in this many processes at once (1 thread "
+                   "each; the JSON is merged in --arms order; default 1: one after the other)")
     p.add_argument("--compare", nargs="+", metavar="JSON", help="no training: judge larger budgets against the "
                    "smallest from these JSONs of nesterov-b0.8 and central (h12f's rule) and print the table")
     a = p.parse_args(argv)
@@ -351,6 +375,8 @@ def main(argv=None) -> int:
                   f"fed/cen {b['compute_ratio_to_95']:.2f}")
         print(json.dumps(res["rule"]))
         return 0
+    if a.jobs > 1:
+        return _parallel(a, argv if argv is not None else sys.argv[1:])
     import torch
 
     from fedimg.cli.study import CONTRAST_AUG
