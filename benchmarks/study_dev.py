@@ -177,6 +177,8 @@ def _central(task, config, datas, tests, epochs: int, local: int, seed: int, pat
     proto = ProtocolConfig(max_epochs=epochs, check_every=local, patience=10**6)  # the whole budget
     watch = _PatienceWatch(task, patience)
     arm = train_local_arm(watch, config, pool_sites(list(datas.values())), proto, seed=seed)
+    if len(watch.cpu) != len(arm["curve"]):  # the watch assumes one task.evaluate per check
+        raise RuntimeError(f"train_local_arm evaluated {len(watch.cpu)} times in {len(arm['curve'])} checks")
     net = task.build_model(config)  # the kept model's validation Dice on each site's own validation cases
     net.load_state_dict({k: torch.as_tensor(v) for k, v in arm["params"].items()})
     kept_sites = {s: float(task.evaluate(net, d, config)["dice_mean"]) for s, d in datas.items()}
