@@ -12,7 +12,9 @@ in :class:`~fedimg.deface.qc.QCThresholds`).
 
 The head outline places the face less precisely than a good MI registration (Dice against
 the corpus reference 0.79-0.95 on the dev heads), so the bound is loose: it catches a removal
-that is clearly elsewhere or clearly partial, not one a few percent off.
+that is clearly elsewhere or clearly partial, not one a few percent off. The same placement
+gives ``face_shape_recall`` (:func:`face_shape_recall`, QC's ``face_covered``): the share of its
+removed head tissue that the removal also removes; a removal slid off the face keeps part of it.
 
 >>> import numpy as np
 >>> a = np.zeros((4, 4, 4), bool); a[:2] = True
@@ -36,11 +38,9 @@ __all__ = ["head_shape_pose", "shape_removal", "face_shape_dice", "face_shape_re
 
 log = logging.getLogger(__name__)
 
-# A head scanned with its header's axes within about 70 degrees of the template's (every pose the
-# issue asks for: +-45 degrees on each axis) has its correct head-mask placements at most that far
-# from the identity; the ones an ellipsoidal head outline fits nearly as well upside down or back
-# to front are 130-180 degrees off (40 dev cases, poses +-45 degrees per axis: the upright
-# placements 9-68 degrees, the turned-over ones 133-180).
+# Head-mask placements (subject world -> template world) of a head posed within +-45 degrees on
+# each axis turn by at most about 70 degrees; the turned-over ones (the head outline fitted upside
+# down or back to front) by 130-180 (40 dev cases: upright 9-68 degrees, turned over 133-180).
 MAX_TURN_DEG = 100.0
 
 
