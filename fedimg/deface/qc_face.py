@@ -56,7 +56,7 @@ def upright(candidates, max_turn_deg: float = MAX_TURN_DEG) -> list:
 
     A head mask is nearly symmetric under a half turn, so placements turned over score within
     0.02 Dice of the best (30 of 40 dev cases; on 9 one ranked above every upright one) and the
-    part of the brain common to the near-best placements shrank to 356-508 mL: QC's head-shape
+    part of the brain common to the near-best placements shrank to 356-585 mL: QC's head-shape
     estimates use the upright ones. When none is upright (a header that turns the
     head over), all of them are kept.
     """
