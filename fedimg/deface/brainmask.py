@@ -61,6 +61,7 @@ class BrainEstimate:
     offset_mm: float = 0.0  # distance of the brain's centre from the head's deep core
     head_plane: tuple[np.ndarray, np.ndarray] | None = None  # (centre, normal): the template's mid-plane placed by the head shape
     margin_mm: float = 0.0  # how far inside the true brain's boundary ``brain`` lies (an eroded placed template brain)
+    placed_frame: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # :attr:`frame` of a placed template brain
 
     @property
     def head_ml(self) -> float:
@@ -79,8 +80,11 @@ class BrainEstimate:
 
     @functools.cached_property
     def frame(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The brain's centre, left-right normal and anterior direction (:func:`head_frame`); computed once."""
-        return head_frame(self.brain, self.cell_affine)
+        """The brain's centre, left-right normal and anterior direction (:func:`head_frame`); computed once.
+
+        ``placed_frame`` when given: a placed template brain's own axes (its brainstem makes the
+        shape's principal axes a poor guide to anterior)."""
+        return self.placed_frame if self.placed_frame is not None else head_frame(self.brain, self.cell_affine)
 
     def cell_world(self, cells: np.ndarray) -> np.ndarray:
         """World mm of cell indices ``(N, 3)``."""

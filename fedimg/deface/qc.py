@@ -44,7 +44,16 @@ Checks (a failed check fails the file, never silently passes it):
   heads, site 2 cases 6 and 4: 13.5 and 28.7 mm, against 1.0 and 2.1 mm from the placed
   template plane; case 6's true removal is 2.2 mm off the generator's brain plane).
 - ``face_matches_head_shape``: the removal overlaps the one placed by the head's outline alone
-  (no intensities; :mod:`.qc_face`) with Dice ``face_shape_dice`` >= ``min_face_shape_dice``.
+  (no intensities; :mod:`.qc_face`) with Dice ``face_shape_dice`` >= ``min_face_shape_dice``;
+- ``face_covered``: the removal removes at least ``min_face_shape_recall`` of the head tissue
+  that placement removes (``face_shape_recall``): a removal slid, shrunk or tilted off the face
+  keeps part of it, while removing more (air, a wider margin) costs nothing here.
+
+The head-shape placements QC uses are the *upright* ones (:func:`.qc_face.upright`: turned at
+most 100 degrees from the scanner's axes): a head outline fits nearly as well turned over, and
+the part of the brain common to an upright and a turned-over placement is a few hundred mL in
+the middle (the "no brain could be found" false alarms on PD-like heads, and a near-face band
+measured too deep).
 
 The bounds come from two real T1 heads (ds000031 and pycortex, 2 mm copies in
 ``tests/assets/mri``) with their own correct registrations, at their own pose and with the
@@ -113,6 +122,7 @@ class QCThresholds:
     ct_removed_fraction_range: tuple[float, float] = (0.035, 0.19)  # CT heads: see :mod:`.ct_qc`
     ct_max_brain_removed_ml: float = 0.0  # CT: no cell of the intracranial estimate may be removed (:mod:`.ct_qc`)
     min_face_shape_dice: float = 0.7  # removal vs the head-outline placement's (:mod:`.qc_face`)
+    min_face_shape_recall: float = 0.55  # share of that placement's removed head tissue also removed (:mod:`.qc_face`)
 
     def __post_init__(self) -> None:
         if self.min_mi < 0 or self.max_agreement_mm <= 0 or not 0 <= self.min_brain_in_head <= 1:
@@ -121,8 +131,8 @@ class QCThresholds:
         clo, chi = self.ct_removed_fraction_range
         if not 0 < lo < hi <= 1 or not 0 < clo < chi <= 1 or min(self.max_brain_removed_ml, self.ct_max_brain_removed_ml) < 0:
             raise ConfigError("QC thresholds: 0 < removed_fraction_range[0] < [1] <= 1, max_brain_removed_ml >= 0")
-        if not 0 <= self.min_face_near_removed <= 1 or not 0 <= self.min_start_dice <= 1:
-            raise ConfigError("QC thresholds: min_face_near_removed and min_start_dice in [0, 1]")
+        if not all(0 <= v <= 1 for v in (self.min_face_near_removed, self.min_start_dice, self.min_face_shape_recall)):
+            raise ConfigError("QC thresholds: min_face_near_removed, min_start_dice and min_face_shape_recall in [0, 1]")
         if self.max_removal_offset_mm <= 0:
             raise ConfigError("QC thresholds: max_removal_offset_mm > 0")
 
@@ -154,6 +164,7 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
         "face_removed": m["face_near_removed"] >= t.min_face_near_removed,
         "face_centred": m["removal_offset_mm"] <= t.max_removal_offset_mm,
         "face_matches_head_shape": m.get("face_shape_dice") is None or m["face_shape_dice"] >= t.min_face_shape_dice,
+        "face_covered": m.get("face_shape_recall") is None or m["face_shape_recall"] >= t.min_face_shape_recall,
     }
     if not brain_found:
         protect_msg = "no brain could be found in the image, so QC cannot confirm the brain is untouched"
@@ -178,6 +189,8 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
                          f"(> {t.max_removal_offset_mm} mm): part of the face is kept"),
         "face_matches_head_shape": (f"the removal overlaps the face placed by the head's outline only "
                                     f"{m.get('face_shape_dice') or 0:.2f} (Dice < {t.min_face_shape_dice}): registration suspect"),
+        "face_covered": (f"the removal covers only {m.get('face_shape_recall') or 0:.0%} of the face tissue the head's outline "
+                         f"places (< {t.min_face_shape_recall:.0%}): part of the face is kept"),
     }
     out = dict(metrics)
     out["checks"] = checks
@@ -203,7 +216,7 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     from fedimg.imageio.volume import to_canonical
 
     from .brainmask import estimate_brain, removal_metrics
-    from .qc_face import removal_dice
+    from .qc_face import face_shape_recall, removal_dice
 
     remove, can_aff = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
@@ -220,6 +233,7 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     if not estimate_checked:
         est, face_shape = _shape_checks(can, can_aff, est, removal.head_shape, removal.brain_protect)
     metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
+    metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall(remove, face_shape, lambda m: est.lookup(m, "head"))
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
     return evaluate_qc(metrics, thresholds)
 
@@ -247,12 +261,13 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     """
     from .coarse import block_mean, coarse_candidates
     from .morph import deeper_than, farther_than
+    from .qc_face import upright
     from .template import load_template, template_head_mask
 
     if candidates is None:
         tmask, tmaff = template_head_mask(4.0)
         candidates = coarse_candidates(*block_mean(canonical, affine, 4.0), tmask, tmaff, keep=keep)
-    cands = list(candidates)[:keep]
+    cands = upright(candidates)[:keep]  # a head outline fits nearly as well turned over (:func:`.qc_face.upright`)
     if not cands or not estimate.head.any():
         return estimate
     estimate = dataclasses.replace(estimate, head_plane=_placed_midplane(cands[0].matrix))
@@ -281,7 +296,10 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
         log.info("QC: the near-best head-shape placements share only %.0f mL of brain", core.sum() * estimate.cell_ml)
         return dataclasses.replace(estimate, brain=np.zeros_like(core), source="none")
     log.info("QC: checking the template brain placed by the head shape (%.0f mL)", core.sum() * estimate.cell_ml)
-    return dataclasses.replace(estimate, brain=core, source="head shape", margin_mm=erode_mm)
+    centre = estimate.cell_world(np.argwhere(core)).mean(0)
+    _, normal, anterior = _placed_frame(cands[0].matrix)
+    return dataclasses.replace(estimate, brain=core, source="head shape", margin_mm=erode_mm,
+                               placed_frame=(centre, normal, anterior))
 
 
 def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shape, brain_protect: str | None = None):
@@ -323,10 +341,18 @@ def _template_midplane() -> tuple[np.ndarray, np.ndarray]:
 
 def _placed_midplane(subject_to_template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The template's mid-plane in subject world mm under ``subject_to_template`` (centre, unit normal)."""
+    return _placed_frame(subject_to_template)[:2]
+
+
+def _placed_frame(subject_to_template: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The template brain's centre, mid-plane normal and anterior axis (template +y) in subject world mm."""
     c_t, n_t = _template_midplane()
-    lin = subject_to_template[:3, :3]
+    lin = np.asarray(subject_to_template, dtype=np.float64)[:3, :3]
     normal = lin.T @ n_t
-    return np.linalg.solve(lin, c_t - subject_to_template[:3, 3]), normal / np.linalg.norm(normal)
+    normal /= np.linalg.norm(normal)
+    ant = np.linalg.solve(lin, np.array([0.0, 1.0, 0.0]))
+    ant -= (ant @ normal) * normal
+    return np.linalg.solve(lin, c_t - subject_to_template[:3, 3]), normal, ant / np.linalg.norm(ant)
 
 
 def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_to_template: np.ndarray, *, step_mm: float = 4.0) -> float:

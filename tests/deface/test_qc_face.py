@@ -72,3 +72,35 @@ def test_head_shape_placement_needs_candidates_and_improves_on_a_poor_start(head
 
     before = removal_dice(correct, start_only)
     assert from_start > before + 0.1, (before, from_start)  # the head-mask fit comes back towards the face
+
+
+def _template_shift(s2t: np.ndarray, shift_mm) -> np.ndarray:
+    """``s2t`` followed by a shift in template space (template axes are the head's own: +y anterior)."""
+    m = np.eye(4)
+    m[:3, 3] = shift_mm
+    return m @ s2t
+
+
+def test_a_removal_slid_forward_that_keeps_a_quarter_of_the_face_is_refused(head_2mm):
+    """The correct removal slid 12 mm forward (the template's face region placed 12 mm in front of
+    the face): a quarter of the correct removal stays, no brain is touched, and every check before
+    ``face_covered`` passes it; the head-outline placement's face tissue is then mostly kept."""
+    x, aff = _pd_head(head_2mm)
+    can, can_aff = to_canonical(x, aff)
+    est = estimate_brain(can, can_aff)
+    s2t = np.asarray(S2T)
+    ok = _qc(x, aff, s2t, est)
+    assert ok["passed"], ok["failures"]
+    assert ok["face_shape_recall"] >= QCThresholds().min_face_shape_recall + 0.1
+    reg = Registration(subject_to_template=s2t, loss=-0.6, second_loss=-0.5, agreement_mm=0.0, start=(0.0, 0.0, 0.0),
+                       seconds=0.0, losses=())
+    correct = face_removal(x, aff, registration=reg).remove
+    slid = _template_shift(s2t, (0.0, -12.0, 0.0))
+    moved = face_removal(x, aff, registration=dataclasses.replace(reg, subject_to_template=slid)).remove
+    kept = 1.0 - float((moved & correct).sum()) / float(correct.sum())
+    assert 0.2 <= kept <= 0.3, kept
+    bad = _qc(x, aff, slid, est)
+    others = {k: v for k, v in bad["checks"].items() if k != "face_covered"}
+    assert all(others.values()), others  # every other check passes it ...
+    assert not bad["checks"]["face_covered"] and not bad["passed"]  # ... this one does not
+    assert any("part of the face is kept" in f for f in bad["failures"])
