@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=["auto", "bids", "brats"], default="auto", help="batch folder layout")
     p.add_argument("--mode", choices=["zero", "blur"], default="zero", help="zero the face (default) or blur it")
     p.add_argument("--preset", choices=["auto", "fast", "coarse", "default", "accurate"], default="auto",
-                   help="registration effort (auto: coarse for inputs coarser than 1.8 mm)")
+                   help="registration effort (auto: coarse for inputs of 1.8 mm or coarser)")
     p.add_argument("--fast", action="store_const", const="fast", dest="preset", help="same as --preset fast")
     p.add_argument("--protect-margin-mm", type=float, default=2.0, help="dilation of --protect labels (mm)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")

@@ -55,7 +55,7 @@ def deid_config(args: argparse.Namespace, **kw):
 def add_deface_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["zero", "blur"], default="zero", help="zero the face (default) or blur it")
     p.add_argument("--preset", choices=["auto", "fast", "coarse", "default", "accurate"], default="auto",
-                   help="registration effort (auto: coarse for inputs coarser than 1.8 mm)")
+                   help="registration effort (auto: coarse for inputs of 1.8 mm or coarser)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the defacer's voxel sampling")

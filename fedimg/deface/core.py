@@ -34,7 +34,7 @@ RETRY_BELOW_DICE = 0.9  # start agreement (face-region Dice) under which an ambi
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DefaceConfig:
-    """How to deface. ``preset="auto"`` picks ``coarse`` for inputs coarser than 1.8 mm, else ``default``.
+    """How to deface. ``preset="auto"`` picks ``coarse`` for inputs of 1.8 mm or coarser, else ``default``.
 
     ``modality``: ``mr``, ``ct`` or ``auto`` (HU range or CT-like head histogram). ``coarse``:
     start the MI stage from the head-mask alignment (else from the fixed start rotations).

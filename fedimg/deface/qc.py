@@ -270,7 +270,8 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     cands = upright(candidates)[:keep]  # a head outline fits nearly as well turned over (:func:`.qc_face.upright`)
     if not cands or not estimate.head.any():
         return estimate
-    estimate = dataclasses.replace(estimate, head_plane=_placed_midplane(cands[0].matrix))
+    best_frame = _placed_frame(cands[0].matrix)
+    estimate = dataclasses.replace(estimate, head_plane=best_frame[:2])
     sp = estimate.cell_spacing
     template = load_template(brain_protect)
     ties = sum(c.dice >= cands[0].dice - tie_dice for c in cands)
@@ -297,9 +298,8 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
         return dataclasses.replace(estimate, brain=np.zeros_like(core), source="none")
     log.info("QC: checking the template brain placed by the head shape (%.0f mL)", core.sum() * estimate.cell_ml)
     centre = estimate.cell_world(np.argwhere(core)).mean(0)
-    _, normal, anterior = _placed_frame(cands[0].matrix)
     return dataclasses.replace(estimate, brain=core, source="head shape", margin_mm=erode_mm,
-                               placed_frame=(centre, normal, anterior))
+                               placed_frame=(centre, *best_frame[1:]))
 
 
 def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shape, brain_protect: str | None = None):
@@ -337,11 +337,6 @@ def _template_midplane() -> tuple[np.ndarray, np.ndarray]:
     t = load_template()
     centre, normal, _ = head_frame(t.brain > 0.5, t.affine)
     return centre, normal
-
-
-def _placed_midplane(subject_to_template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The template's mid-plane in subject world mm under ``subject_to_template`` (centre, unit normal)."""
-    return _placed_frame(subject_to_template)[:2]
 
 
 def _placed_frame(subject_to_template: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

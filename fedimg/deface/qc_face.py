@@ -46,9 +46,9 @@ MAX_TURN_DEG = 100.0
 
 def turn_deg(matrix: np.ndarray) -> float:
     """Rotation angle (degrees) of the linear part of a 4x4 affine (its nearest rotation)."""
-    u, _, vt = np.linalg.svd(np.asarray(matrix, dtype=np.float64)[:3, :3])
-    r = u @ vt
-    return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
+    from .coarse import _angle
+
+    return _angle(np.asarray(matrix, dtype=np.float64), np.eye(4))
 
 
 def upright(candidates, max_turn_deg: float = MAX_TURN_DEG) -> list:

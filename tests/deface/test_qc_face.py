@@ -9,13 +9,15 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from fedimg.deface import face_removal
 from fedimg.deface.brainmask import estimate_brain
 from fedimg.deface.coarse import Candidate
 from fedimg.deface.qc import QCThresholds, check_removal
-from fedimg.deface.qc_face import face_shape_dice, head_shape_pose
+from fedimg.deface.qc_face import MAX_TURN_DEG, face_shape_dice, head_shape_pose, turn_deg, upright
 from fedimg.deface.register import Registration, _rotation
+from fedimg.errors import ConfigError
 from fedimg.imageio.volume import to_canonical
 
 MRI = Path(__file__).resolve().parent.parent / "assets" / "mri"
@@ -104,3 +106,13 @@ def test_a_removal_slid_forward_that_keeps_a_quarter_of_the_face_is_refused(head
     assert all(others.values()), others  # every other check passes it ...
     assert not bad["checks"]["face_covered"] and not bad["passed"]  # ... this one does not
     assert any("part of the face is kept" in f for f in bad["failures"])
+
+
+def test_turned_over_head_shape_placements_are_not_used_unless_none_is_upright():
+    up = Candidate(matrix=_rotation(20.0, -15.0, 10.0), dice=0.90)
+    over = Candidate(matrix=np.diag([1.0, -1.0, -1.0, 1.0]), dice=0.91)  # upside down: 180 degrees
+    assert turn_deg(up.matrix) < MAX_TURN_DEG < turn_deg(over.matrix)
+    assert [c is up for c in upright([over, up])] == [True]
+    assert [c is over for c in upright([over])] == [True]  # a header that turns the head over: all are kept
+    with pytest.raises(ConfigError):
+        QCThresholds(min_face_shape_recall=1.5)
