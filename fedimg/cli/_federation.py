@@ -32,7 +32,7 @@ def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, lo
     g.add_argument("--strategy", choices=[s.replace("_", "-") for s in STRATEGIES], default="fedavg")
     g.add_argument("--server-lr", type=float, default=None, help="server learning rate (FedOpt default 0.01, others 1.0)")
     g.add_argument("--server-momentum", type=float, default=None,
-                   help="fedavgm's server momentum (FedOpt's beta1; default 0.9)")
+                   help="fedavgm's server momentum (FedOpt's beta1; default 0.9, 0.8 in fedimg study)")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                    help="fedavgm: Nesterov server momentum (default off; on in fedimg study)")
     g.add_argument("--server-lr-decay", choices=["off", "cosine"], default="off",
