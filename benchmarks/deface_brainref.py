@@ -15,7 +15,7 @@ script measures both on the same removals:
    how far the removed reference-brain voxels lie from QC's estimate.
 
     python benchmarks/deface_brainref.py            # h11f's 5 dev cases, ~2-3 min on one core
-    python benchmarks/deface_brainref.py --quick    # the template part and ds000031_09 (~30 s)
+    python benchmarks/deface_brainref.py --quick    # the template part and ds000031_09 (~40 s)
 
 JSON: ``benchmarks/cpu-results/deface-brainref.json`` (``--json`` to change).
 """
