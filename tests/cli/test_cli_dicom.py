@@ -110,8 +110,10 @@ def test_import_corrects_gantry_tilt(tmp_path, capsys):
     data, affine = F.head(4)
     tdata, taff = F.tilted_acquisition(data, affine, 15.0)
     F.write_case(tmp_path / "dicom" / "s1", data=tdata, affine=taff)
+    # --preset fast: this test is about the resampling. With the default (coarse for 3.75 mm) QC refuses this
+    # volume; see test_tilted_import_default_preset_qc_false_alarm below
     rc = main(["import", str(tmp_path / "dicom"), "-o", str(tmp_path / "site"), "--layout", "series", "--no-png",
-               "--threads", "1"])
+               "--threads", "1", "--preset", "fast"])
     assert rc == 0 and "15.0 deg off the slice normal" in capsys.readouterr().out  # the warning
     (record_path,) = (tmp_path / "site").rglob("*.dicom.json")
     image = json.loads(record_path.read_text())["images"]["series1"]
@@ -127,3 +129,16 @@ def test_import_corrects_gantry_tilt(tmp_path, capsys):
     ref = ndimage.map_coordinates(data.astype(np.float32), src[:, inside], order=1)
     got = out[tuple(kept[:, inside].astype(int))].astype(np.float32)
     assert inside.sum() > 40_000 and np.corrcoef(got, ref)[0, 1] > 0.98
+
+
+@pytest.mark.xfail(strict=True, reason="known QC false alarm (issue 11, sixth wave): on this tilt-resampled, obliquely "
+                   "cut 3.75 mm head the coarse preset's removal matches the untilted head's best removal better than "
+                   "fast's (Dice 0.970 vs 0.897 on head voxels), but the head-outline placement is off and "
+                   "face_shape_dice is 0.63 < 0.7")
+def test_tilted_import_default_preset_qc_false_alarm(tmp_path):
+    data, affine = F.head(4)
+    tdata, taff = F.tilted_acquisition(data, affine, 15.0)
+    F.write_case(tmp_path / "dicom" / "s1", data=tdata, affine=taff)
+    rc = main(["import", str(tmp_path / "dicom"), "-o", str(tmp_path / "site"), "--layout", "series", "--no-png",
+               "--threads", "1"])
+    assert rc == 0
