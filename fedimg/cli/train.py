@@ -145,7 +145,6 @@ def _train(args: argparse.Namespace, dist=None) -> int:
 
 def _launch(args: argparse.Namespace) -> int:
     """``--nproc N``: check everything checkable here, then run N workers with torchrun."""
-    import os
     import tempfile
     from pathlib import Path
 

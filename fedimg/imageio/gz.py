@@ -46,12 +46,27 @@ def decompress(data: bytes, max_length: int = 0) -> bytes:
     (a truncated stream then gives fewer); a corrupt or truncated stream raises ``OSError``/``EOFError``."""
     try:
         if max_length > 0:  # never inflate more than asked (a gzip bomb stops here, as in :mod:`.nrrd`)
-            return _zlib.decompressobj(wbits=31).decompress(data, max_length)
+            return _first_bytes(data, max_length)
         return _gz.decompress(data)
     except (OSError, EOFError):
         raise
     except Exception as exc:  # isal's IsalError and zlib.error: name the problem as an I/O error
         raise OSError(f"corrupt gzip data ({exc})") from None
+
+
+def _first_bytes(data: bytes, max_length: int) -> bytes:
+    """The first ``max_length`` decoded bytes of a gzip stream of one or more members (as ``gzip``
+    reads them: e.g. ``bgzip`` writes many), decoding no more than that."""
+    out: list[bytes] = []
+    left = max_length
+    while data and left > 0:
+        d = _zlib.decompressobj(wbits=31)
+        out.append(d.decompress(data, left))
+        left -= len(out[-1])
+        if not d.eof:  # stopped at max_length, or the stream is truncated
+            break
+        data = d.unused_data.lstrip(b"\0")  # gzip, too, skips zero padding between members
+    return b"".join(out)
 
 
 def compress(data: bytes, level: int = 1) -> bytes:

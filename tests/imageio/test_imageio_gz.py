@@ -43,3 +43,15 @@ def test_truncated_gzip_is_one_clear_input_error(tmp_path):
     cut.write_bytes(src.read_bytes()[:-200])
     with pytest.raises(InputError, match="cut.nii.gz.*corrupt or truncated"):
         load_volume(cut)
+
+
+def test_multi_member_gzip_reads_like_nibabel(tmp_path):
+    """A .nii.gz of several gzip members (as ``bgzip`` writes them, zero padding between) reads whole."""
+    data = np.arange(6000, dtype=np.int16).reshape(10, 20, 30)
+    src = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(src))
+    raw = gzip.decompress(src.read_bytes())
+    multi = tmp_path / "multi.nii.gz"
+    multi.write_bytes(b"".join(gzip.compress(raw[i:i + 5000]) + b"\0" * 8 for i in range(0, len(raw), 5000)))
+    assert np.array_equal(load_volume(multi).raw, np.asanyarray(nib.load(str(multi)).dataobj)) and \
+        np.array_equal(load_volume(multi).raw, data)
