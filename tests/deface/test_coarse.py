@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fedimg.deface.coarse import _angle, coarse_candidates, head_mask, rotation_grid, rotation_matrix
+from fedimg.deface.coarse import _angle, block_mean, coarse_candidates, head_mask, padding_cells, rotation_grid, rotation_matrix
 from fedimg.deface.register import RegistrationConfig, register
 from fedimg.deface.template import load_template, template_head_mask
 
@@ -62,3 +62,22 @@ def test_coarse_then_mi_recovers_a_large_tilt_of_a_cropped_t2_like_head(angles):
     d = pts @ (reg.subject_to_template[:3, :3] - truth[:3, :3]).T + (reg.subject_to_template[:3, 3] - truth[:3, 3])
     assert float(np.sqrt((d**2).sum(1).mean())) < 2.0
     assert len(reg.candidates) >= 2
+
+
+def test_head_mask_leaves_out_padding_darker_than_the_acquired_air():
+    """Corners filled with a value below the air (a tilt correction's fill) must not move the background
+    level; a padding that is the background itself (a masked image) leaves the mask as it was."""
+    rng = np.random.default_rng(0)
+    g = np.indices((40, 40, 40)) - 19.5
+    head = np.where((g**2).sum(0) < 15**2, 300.0, 0.0) + np.abs(rng.normal(0, 20, (40, 40, 40)))
+    head[(g**2).sum(0) < 10**2] = 60.0  # a dark core, as brain in some contrasts
+    ref, _ = head_mask(head.astype(np.float32), np.eye(4), step_mm=2.0)
+    padded = head.copy()
+    padded[g[0] + g[1] > 22] = -60.0  # an oblique corner outside the acquired field of view
+    got, _ = head_mask(padded.astype(np.float32), np.eye(4), step_mm=2.0)
+    inside = ~((g[0] + g[1] > 18)[::2, ::2, ::2])  # cells clear of the corner
+    assert (got[inside] == ref[inside]).all()
+    masked = head.copy()
+    masked[(g**2).sum(0) >= 16**2] = 0.0  # the scanner's mask: the padding is the background
+    m0, _ = head_mask(masked.astype(np.float32), np.eye(4), step_mm=2.0)
+    assert padding_cells(block_mean(masked, np.eye(4), 2.0)[0]) is not None and m0.sum() > 0
