@@ -39,6 +39,7 @@ import logging
 
 import numpy as np
 
+from .coarse import padding_cells
 from .morph import bounding_box, dilate_ball, fill_holes_slices
 
 __all__ = ["BrainEstimate", "estimate_brain", "head_mask", "head_frame", "removal_metrics"]
@@ -62,6 +63,7 @@ class BrainEstimate:
     head_plane: tuple[np.ndarray, np.ndarray] | None = None  # (centre, normal): the template's mid-plane placed by the head shape
     margin_mm: float = 0.0  # how far inside the true brain's boundary ``brain`` lies (an eroded placed template brain)
     placed_frame: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # :attr:`frame` of a placed template brain
+    fov: np.ndarray | None = None  # bool, reduced grid: cells in the field of view, not constant padding (None: all)
 
     @property
     def head_ml(self) -> float:
@@ -89,6 +91,14 @@ class BrainEstimate:
     def cell_world(self, cells: np.ndarray) -> np.ndarray:
         """World mm of cell indices ``(N, 3)``."""
         return cells @ self.cell_affine[:3, :3].T + self.cell_affine[:3, 3]
+
+    def in_fov(self, world: np.ndarray) -> np.ndarray:
+        """Whether world points ``(N, 3)`` fall in a cell of the grid that is not padding (:attr:`fov`)."""
+        idx = np.rint((world - self.cell_affine[:3, 3]) @ np.linalg.inv(self.cell_affine[:3, :3]).T).astype(np.int64)
+        ok = np.all((idx >= 0) & (idx < np.array(self.head.shape)), axis=1)
+        if self.fov is not None:
+            ok[ok] = self.fov[tuple(idx[ok].T)]
+        return ok
 
     def lookup(self, mask: np.ndarray, which: str = "brain") -> np.ndarray:
         """For each ``True`` voxel of ``mask`` (input grid), whether its cell is in ``which``."""
@@ -208,8 +218,11 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     cell_aff = np.asarray(affine, dtype=np.float64) @ shift @ np.diag([*st, 1.0])
     head = head_mask(small, sp)
     empty = np.zeros(small.shape, bool)
+    pad = padding_cells(small)
+    fov = None if pad is None else ~pad
     if not head.any():
-        return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=0.0)
+        return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=0.0,
+                             fov=fov)
     depth = np.zeros(head.shape)  # distance to the head's surface, in its box with one cell of air around it
     box = bounding_box(head)
     depth[box] = ndi.distance_transform_edt(np.pad(head[box], 1), sampling=sp)[1:-1, 1:-1, 1:-1]
@@ -248,7 +261,7 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     log.debug("brain estimate: head %.0f mL, brain %.0f mL, reference %.3g",
               head.sum() * cell_ml, brain.sum() * cell_ml, m)
     return BrainEstimate(head=head, brain=brain, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=m,
-                         source=source, offset_mm=float(off))
+                         source=source, offset_mm=float(off), fov=fov)
 
 
 def _rotate(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:
@@ -359,7 +372,7 @@ def removal_metrics(canonical: np.ndarray | None, affine: np.ndarray, remove: np
         tissue = np.argwhere(removed_cells & est.head)
         if len(tissue):
             world = est.cell_world(tissue)
-            out["removal_offset_mm"] = float(abs(((world - centre) @ normal).mean()))
+            out["removal_offset_mm"] = _mirrored_offset(est, world, centre, normal)
             if est.head_plane is not None:
                 # The brain estimate's mirror plane, measured ~90 mm in front of its centre, is off by
                 # 90 sin(error) mm: a 7 degree error on a partial brain estimate gives 11 mm. The
@@ -367,6 +380,21 @@ def removal_metrics(canonical: np.ndarray | None, affine: np.ndarray, remove: np
                 # independent of the registration) is a second estimate; the removal is centred when
                 # it is centred on either (a yawed removal is off both).
                 out["removal_offset_brain_mm"] = out["removal_offset_mm"]
-                out["removal_offset_head_mm"] = float(abs(((world - est.head_plane[0]) @ est.head_plane[1]).mean()))
+                out["removal_offset_head_mm"] = _mirrored_offset(est, world, *est.head_plane)
                 out["removal_offset_mm"] = min(out["removal_offset_brain_mm"], out["removal_offset_head_mm"])
     return out
+
+
+def _mirrored_offset(est: BrainEstimate, world: np.ndarray, centre: np.ndarray, normal: np.ndarray) -> float:
+    """Distance (mm) of removed tissue ``world`` from the plane ``(centre, normal)``: the mean signed
+    distance of the cells whose mirror image in the plane lies in the field of view too.
+
+    A field of view cut obliquely (or a crop through one cheek of a turned head) keeps more of
+    the face on one side; the removed tissue left is off the mid-plane though the removal is
+    centred (oblique-FOV dev cases: 17-21 mm). Counting only tissue whose mirror cell was
+    acquired too measures the removal on a symmetric part of the field of view; a yawed removal
+    still keeps one cheek there. All cells when none qualifies.
+    """
+    d = (world - centre) @ normal
+    keep = est.in_fov(world) & est.in_fov(world - 2.0 * d[:, None] * np.asarray(normal)[None])
+    return float(abs(d[keep].mean() if keep.any() else d.mean()))

@@ -82,3 +82,25 @@ def test_boxed_distance_thresholds_are_scipys(spacing):
             assert np.array_equal(deeper_than(mask, spacing, mm), deep)
             assert np.array_equal(farther_than(mask, spacing, mm), far)
     assert not deeper_than(np.zeros((4, 4, 4), bool), spacing, 1.0).any()
+
+
+def test_removal_offset_counts_only_tissue_whose_mirror_was_acquired():
+    """A field of view that cuts one side off (padding there) leaves a centred removal's tissue off the
+    mid-plane; counted where the mirror cell was acquired too it is centred, while a removal of one
+    cheek stays off."""
+    from fedimg.deface.brainmask import BrainEstimate, removal_metrics
+
+    g = np.indices((20, 20, 20))
+    fov = g[0] >= 4  # cells x < 4: padding
+    brain = ((g - 9.5) ** 2).sum(0) < 9
+    centre, normal, anterior = np.full(3, 9.5), np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+
+    def offset(remove, fov):
+        est = BrainEstimate(head=g[0] >= 4, brain=brain, step=(1, 1, 1), cell_ml=0.001, cell_spacing=np.ones(3),
+                            cell_affine=np.eye(4), reference=1.0, placed_frame=(centre, normal, anterior), fov=fov)
+        return removal_metrics(None, np.eye(4), remove, estimate=est)["removal_offset_mm"]
+
+    face = g[1] >= 15
+    assert offset(face, None) == pytest.approx(2.0)  # tissue x = 4..19 about 9.5
+    assert offset(face, fov) == pytest.approx(0.0)  # x = 4..15: their mirrors 15..4 were acquired
+    assert offset(face & (g[0] >= 10), fov) == pytest.approx(3.0)  # one cheek: x = 10..15
