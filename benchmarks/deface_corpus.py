@@ -156,6 +156,11 @@ def make_case(path: Path, base: np.ndarray, params: dict, rng) -> dict:
     coef = rng.normal(0, 1, 3)
     x = x * (1 + params["bias"] * np.tanh((g * coef[:, None, None, None]).sum(0)))
     x = np.abs(x + rng.normal(0, params["noise"], shape)) + 1e-3  # continuous, never exactly 0
+    if params.get("oblique_fov"):  # an oblique slab resampled onto this grid: outside it, constant padding
+        deg, height = params["oblique_fov"]
+        a = np.radians(deg)
+        below = (p - p_head.mean(0)) @ np.array([0.0, -np.sin(a), np.cos(a)]) < height
+        x = np.where(below.reshape(shape), 0.0, x)  # 0: below the air (never exactly 0 above)
     return {"image": (x * 1000).astype(np.float32), "affine": out_aff, "reference": ref,
             "brain": brain_core, "tumour": tumour, "params": params}
 
@@ -171,11 +176,14 @@ def _tumour(rng, t, base, c0, rot, params, p, shape, sp) -> np.ndarray:
 
 
 def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool = False,
-          contrasts: tuple[str, ...] = ()) -> list[Path]:
+          contrasts: tuple[str, ...] = (), oblique_fov: bool = False) -> list[Path]:
     """Write ``per_head`` cases per head: image, tumour label, truth (npz), params, reference PNG.
 
     ``contrasts``: cycle through these contrast mappings (case ``i`` gets ``contrasts[i % n]``)
     instead of drawing one at random, e.g. ``("pd", "t2")`` for a corpus of the hard contrasts.
+    ``oblique_fov``: cut each case by the lower face of an oblique slab (pitched 10-25 degrees, nose
+    down, 45-65 mm below the head's centre: it cuts the face and chin obliquely) and fill the rest
+    with 0, below the air, as a resampled oblique acquisition or a tilt correction leaves it.
     """
     import nibabel as nib
 
@@ -189,6 +197,8 @@ def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool
             params = (_pose_params if pose_only else _params)(rng)
             if contrasts:
                 params["contrast"] = contrasts[i % len(contrasts)]
+            if oblique_fov:
+                params["oblique_fov"] = [float(rng.uniform(10, 25)), float(-rng.uniform(45, 65))]
             case = make_case(DATA / HEADS[name], base, params, rng)
             stem = f"{name}_{i:02d}"
             folder = out / "cases"
@@ -202,7 +212,7 @@ def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool
             after = np.where(case["reference"], 0, case["image"])
             render_qc_png(folder / f"{stem}_reference.png", case["image"], after, case["reference"], case["brain"],
                           case["params"]["spacing"], f"{stem} reference (red) and brain that must stay (yellow): "
-                          f"{case['params']['contrast']}, crop {case['params']['crop']}, "
+                          f"{case['params']['contrast']}, crop {case['params']['crop']}, oblique {case['params'].get('oblique_fov')}, "
                           f"angles {np.round(case['params']['angles'], 1).tolist()}")
             paths.append(folder / f"{stem}.nii.gz")
             log.info("built %s %s", stem, case["image"].shape)
@@ -241,6 +251,8 @@ def run_case(image: Path, work: Path, config) -> dict:
         removed = None
     ref = truth["reference"]
     if removed is not None:
+        fov = src != 0  # the cases are never exactly 0 but in an oblique field of view's padding (no face there)
+        ref, removed = ref & fov, removed & fov
         res.update(dice=_dice(removed, ref), recall=float((removed & ref).sum() / max(1, ref.sum())),
                    brain_removed=int((removed & truth["brain"]).sum()), tumour_removed=int((removed & truth["tumour"]).sum()))
         res["would_be_correct" if not passed else "correct"] = res["brain_removed"] == 0 and res["tumour_removed"] == 0 and res["recall"] >= 0.9
@@ -332,6 +344,8 @@ def main(argv=None) -> int:
     p.add_argument("--pose-only", action="store_true", help="build: rotated 1 mm T1 heads only (the Dice target)")
     p.add_argument("--contrasts", nargs="+", choices=list(CONTRASTS), default=(),
                    help="build: cycle through these contrast mappings instead of drawing one per case")
+    p.add_argument("--oblique-fov", action="store_true",
+                   help="build: cut each case by an oblique slab face through face and chin, padded with 0 below the air")
     p.add_argument("--shape-weight", type=float, default=None, help="run: override the head-mask MI weight")
     p.add_argument("--no-coarse", action="store_true", help="run: fixed start rotations instead of the coarse stage")
     args = p.parse_args(argv)
@@ -348,7 +362,7 @@ def main(argv=None) -> int:
     elif args.out is None:
         p.error(f"{args.action} needs --out (the corpus folder)")
     if args.action == "build":
-        build(args.out, args.heads, args.per_head or 10, args.seed, args.pose_only, tuple(args.contrasts))
+        build(args.out, args.heads, args.per_head or 10, args.seed, args.pose_only, tuple(args.contrasts), args.oblique_fov)
         return 0
     if args.action == "consistency":
         res = consistency(args.out, args.heads[0], args.json.stem)
