@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "deface",
         help="remove the face from head MRI (template registration + face mask), with QC and provenance",
         description="Deface 3-D head MRI: register the pydeface template (batched multi-start affine, mutual "
-        "information, PyTorch), warp its face mask and remove the face, never the brain or --protect labels. "
+        "information: numpy on the CPU, PyTorch on a GPU), warp its face mask and remove the face, never the "
+        "brain or --protect labels. "
         "Writes the defaced image, a provenance sidecar (.deface.json), a QC JSON and, for a file that fails QC "
         "(or with --qc-png always), a QC PNG.",
     )
