@@ -48,7 +48,10 @@ def downsample_np(data: np.ndarray, affine: np.ndarray, target_mm: float):
 
     partial = any(p[1] for p in pad)
     sums = block_sums(np.pad(data, pad) if partial else data)
-    counts = block_sums(np.pad(np.ones(data.shape, np.float32), pad)) if partial else float(np.prod(f))
+    counts = float(np.prod(f))
+    if partial:  # voxels per block, separable: full blocks hold f, the last one what is left
+        per_axis = [np.minimum(k, n - np.arange(o) * k).astype(np.float32) for n, k, o in zip(data.shape, f, out_shape)]
+        counts = per_axis[0][:, None, None] * per_axis[1][None, :, None] * per_axis[2][None, None, :]
     shift = np.eye(4)
     shift[:3, 3] = [(k - 1) / 2.0 for k in f]
     return (sums / counts).astype(np.float32), affine @ shift @ np.diag([*f, 1.0])
