@@ -5,7 +5,9 @@ subject (fixed) voxel centres per iteration; a Parzen-window joint histogram giv
 information, and Adam updates every start's affine at once (one tensor batch). The pyramid
 runs coarse to fine (4 mm then 2 mm by default); after each level only the best ``keep``
 starts go on. Coordinates are world millimetres (RAS), centred on each image's centre of
-mass, so the starts rotate the head about its middle.
+mass, so the starts rotate the head about its middle. On the CPU the same registration runs in
+numpy with an analytic gradient (:mod:`.register_np`, no torch import); the torch level
+(:mod:`.register_torch`, autograd) serves a GPU device and ``backend="torch"``.
 
 >>> import numpy as np, torch
 >>> small, aff = downsample(torch.ones(8, 8, 8), np.eye(4), 2.0)
@@ -200,7 +202,7 @@ def register(subject: np.ndarray, subject_affine: np.ndarray, template: np.ndarr
         return register_numpy(subject, subject_affine, template, template_affine, config, initial)
     import torch
 
-    device = torch.device("cpu") if device is None or isinstance(device, str) and device == "cpu" else device
+    device = torch.device(device) if isinstance(device, str) else (device or torch.device("cpu"))
     if device.type != "cpu":
         return _register(subject, subject_affine, template, template_affine, config, device, initial)
     # The per-iteration tensors are small: one thread beats two (no sync spinning on busy CPUs).
