@@ -17,7 +17,7 @@ import random
 
 import numpy as np
 
-__all__ = ["resolve_device", "configure_threads", "seed_everything", "bf16_supported", "server_fold_threads",
+__all__ = ["resolve_device", "configure_threads", "configured_threads", "nvidia_driver_present", "seed_everything", "bf16_supported", "server_fold_threads",
            "set_launch_threads", "SMALL_SERVER_CPUS", "available_cpus"]
 
 log = logging.getLogger(__name__)
@@ -51,20 +51,22 @@ def resolve_device(spec: str = "auto"):
     raise ConfigError(f"--device {spec!r} is not understood; use auto, cpu, cuda or cuda:N")
 
 
-def configure_threads(num_threads: int | None = None, *, numba: bool = True) -> int:
+def configure_threads(num_threads: int | None = None, *, numba: bool = True, torch: bool = True) -> int:
     """Set torch (intra- and inter-op) and numba thread counts deliberately.
 
-    ``None`` means the number of CPUs this process may use. Returns the count used.
-    BLAS threads follow ``OMP_NUM_THREADS``, which the CLI sets before numpy loads.
+    ``None`` means the number of CPUs this process may use. Returns the count used (also
+    :func:`configured_threads`). BLAS threads follow ``OMP_NUM_THREADS`` where it is set.
     ``numba=False``: for commands that never run numba code (``fedimg deface``), which then
-    do not pay its import (~0.3 s).
+    do not pay its import (~0.3 s). ``torch=False``: set torch's counts only if torch is
+    already imported; otherwise torch is not imported here (~1.5 s; ``fedimg deface`` on the
+    CPU registers in numpy), and a later import gets ``OMP_NUM_THREADS`` or its own default.
     """
-    import torch
+    import sys
 
     if num_threads is None:
         num_threads = available_cpus()
-    n = num_threads
-    n = max(1, int(n))
+    n = max(1, int(num_threads))
+    _CONFIGURED[:] = [n]
     try:
         if numba:
             import numba as nb
@@ -72,13 +74,39 @@ def configure_threads(num_threads: int | None = None, *, numba: bool = True) -> 
             nb.set_num_threads(min(n, nb.config.NUMBA_NUM_THREADS))
     except Exception:  # numba missing or already-running pool: keep its default
         log.debug("numba threads left at default", exc_info=True)
+    if not torch and "torch" not in sys.modules:
+        return n
+    import torch as _torch
+
     # After numba: its OpenMP pool start resets the OpenMP thread count torch reads.
-    torch.set_num_threads(n)
+    _torch.set_num_threads(n)
     try:  # inter-op threads can only be set once per process
-        torch.set_num_interop_threads(1)
+        _torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
     return n
+
+
+_CONFIGURED: list[int] = []
+
+
+def configured_threads() -> int:
+    """torch's intra-op count where torch is imported, else the count :func:`configure_threads` set
+    last, else the available CPUs (never imports torch)."""
+    import sys
+
+    if "torch" in sys.modules:
+        return int(sys.modules["torch"].get_num_threads())
+    return _CONFIGURED[0] if _CONFIGURED else available_cpus()
+
+
+def nvidia_driver_present() -> bool:
+    """Whether an NVIDIA driver is loaded (``/proc/driver/nvidia`` or ``/dev/nvidiactl``), without importing torch.
+
+    False means no CUDA device can be visible, so ``"auto"`` is the CPU; True says nothing more
+    (:func:`resolve_device` asks torch).
+    """
+    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
 
 
 def available_cpus() -> int:

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "deface",
         help="remove the face from head MRI (template registration + face mask), with QC and provenance",
         description="Deface 3-D head MRI: register the pydeface template (batched multi-start affine, mutual "
-        "information, PyTorch), warp its face mask and remove the face, never the brain or --protect labels. "
+        "information: numpy on the CPU, PyTorch on a GPU), warp its face mask and remove the face, never the "
+        "brain or --protect labels. "
         "Writes the defaced image, a provenance sidecar (.deface.json), a QC JSON and, for a file that fails QC "
         "(or with --qc-png always), a QC PNG.",
     )
@@ -105,6 +106,32 @@ def _defaced_name(path: Path, out_dir: Path) -> Path:
     return out_dir / f"{stem(path)}_defaced{DEFAULT_SUFFIX}"
 
 
+def _device(spec: str):
+    """``"cpu"`` (a string: the CPU path never imports torch) for ``cpu``, or ``auto`` without an
+    NVIDIA driver; else the ``torch.device`` of :func:`fedimg.device.resolve_device`."""
+    from fedimg.device import nvidia_driver_present, resolve_device
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "cpu" or (spec == "auto" and not nvidia_driver_present()):
+        return "cpu"
+    return resolve_device(spec)
+
+
+def _check_output_names(args: argparse.Namespace) -> None:
+    """A single image's outputs must be images (.nii.gz, .nii, .nrrd for an NRRD input): checked before any work."""
+    from fedimg.errors import InputError
+    from fedimg.imageio.suffixes import is_nifti, is_nrrd
+
+    if args.input.is_dir():
+        return
+    pairs = [(args.input, args.output), *zip(args.apply_to, args.apply_to_output or [])]
+    for src, out in pairs:
+        if is_nrrd(out) and not is_nrrd(src):
+            raise InputError(out, "NRRD output needs an NRRD input; write .nii.gz instead")
+        if not (is_nifti(out) or is_nrrd(out)):
+            raise InputError(out, "output must end in .nii.gz, .nii or (for NRRD inputs) .nrrd; nothing was written")
+
+
 def run(args: argparse.Namespace) -> int:
     with freed_memory_reused():
         return _run(args)
@@ -115,15 +142,16 @@ def _run(args: argparse.Namespace) -> int:
     from fedimg.deface.batch import plan, run_batch
     from fedimg.deface.core import DefaceConfig
     from fedimg.deface.pipeline import DefaceJob, deface_job, prefetch_template
-    from fedimg.device import available_cpus, configure_threads, resolve_device
+    from fedimg.device import available_cpus, configure_threads
     from fedimg.errors import ConfigError, InputError
 
+    _check_output_names(args)
     threads = args.threads or env_threads()
     cpus = available_cpus()
     if args.input.exists() and (threads or cpus) >= 2:
-        prefetch_template()  # the template's read beside torch's import (configure_threads)
-    configure_threads(threads, numba=False)  # defacing runs no numba code
-    device = resolve_device(args.device)
+        prefetch_template()  # the template's read beside the subject's (and any torch import)
+    configure_threads(threads, numba=False, torch=False)  # no numba code; torch only where imported
+    device = _device(args.device)
     config = DefaceConfig(preset=args.preset, modality=args.modality, mode=args.mode, protect_margin_mm=args.protect_margin_mm, seed=args.seed)
     if not args.input.exists():
         raise InputError(args.input, "does not exist; pass an image, a BIDS root or BraTS case folder(s)")

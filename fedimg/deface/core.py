@@ -119,10 +119,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     (``FaceRemoval.head_shape``, before the MI stage) are known, so QC's own work on them can
     start beside the MI registration (:func:`fedimg.deface.pipeline.deface_job`).
     """
-    import torch
-
     config = config or DefaceConfig()
-    device = device or torch.device("cpu")
     image = np.asarray(image)
     if image.ndim != 3:
         raise ValueError(f"face_removal needs a 3-D image, got shape {image.shape}")

@@ -102,16 +102,16 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
     """Run one job; returns the QC record. Raises ``InputError`` (bad input) or ``QCError`` (QC failed).
 
     ``qc_thread``: run QC's image-only work (:class:`_QCWorker`) in a second thread beside the
-    registration; ``None`` (default): when torch may use two or more CPU threads (``--threads``).
+    registration; ``None`` (default): with two or more CPU threads (``--threads``; :func:`fedimg.device.configured_threads`).
     The record and the outputs are the same either way.
     """
     config = config or DefaceConfig()
     t0 = time.perf_counter()
     _check_paths(job)
     if qc_thread is None:
-        import torch
+        from fedimg.device import configured_threads
 
-        qc_thread = torch.get_num_threads() >= 2
+        qc_thread = configured_threads() >= 2
     with _QCWorker(qc_thread, config, device) as worker:
         return _run_job(job, config, device, worker, t0)
 
@@ -206,14 +206,12 @@ def _warm_template() -> None:
 
 
 def _warm_levels(levels) -> None:
-    """The template's MI pyramid levels on the CPU (cached by :mod:`.register`)."""
-    import torch
-
-    from .register import _template_level
+    """The template's MI pyramid levels for the CPU registration (cached by :mod:`.register_np`)."""
+    from .register_np import template_level_np
 
     t = load_template()
     for mm in levels:
-        _template_level(t.intensity, t.affine, mm, torch.device("cpu"))
+        template_level_np(t.intensity, t.affine, mm)
 
 
 def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse, canonical):

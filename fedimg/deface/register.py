@@ -5,7 +5,9 @@ subject (fixed) voxel centres per iteration; a Parzen-window joint histogram giv
 information, and Adam updates every start's affine at once (one tensor batch). The pyramid
 runs coarse to fine (4 mm then 2 mm by default); after each level only the best ``keep``
 starts go on. Coordinates are world millimetres (RAS), centred on each image's centre of
-mass, so the starts rotate the head about its middle.
+mass, so the starts rotate the head about its middle. On the CPU the same registration runs in
+numpy with an analytic gradient (:mod:`.register_np`, no torch import); the torch level
+(:mod:`.register_torch`, autograd) serves a GPU device and ``backend="torch"``.
 
 >>> import numpy as np, torch
 >>> small, aff = downsample(torch.ones(8, 8, 8), np.eye(4), 2.0)
@@ -32,9 +34,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
-from .mi import gradient_fields as _ngf
-from .mi import mutual_information as _mi
-from .mi import world_gradient as _grad
+from .mi import mutual_information as _mi  # noqa: F401 - tests reach the torch MI here
 
 __all__ = ["RegistrationConfig", "Registration", "register", "downsample", "START_ROTATIONS", "PRESETS"]
 
@@ -178,63 +178,31 @@ def _centre_of_mass(t, affine: np.ndarray) -> np.ndarray:
     return (affine @ np.append(com_vox.cpu().numpy(), 1.0))[:3]
 
 
-class _Level:
-    """One pyramid level: subject sample points and the template as a grid_sample input."""
-
-    def __init__(self, subj, s_aff, tmpl, t_aff, c_s, device, bins, masks=None, weight: float = 0.0, ngf: float = 0.0):
-        import torch
-
-        self.device = device
-        self.weight = weight if masks is not None else 0.0
-        self.ngf = ngf
-        chans = [tmpl] + ([masks[1]] if self.weight else []) + (list(_grad(tmpl, t_aff)) if ngf else [])
-        self.tmpl = torch.stack(chans)[None]
-        self.mask_values = masks[0].reshape(-1) if self.weight else None
-        sh = subj.shape
-        idx = torch.stack(torch.meshgrid(*[torch.arange(n, device=device, dtype=torch.float32) for n in sh], indexing="ij"), -1).reshape(-1, 3)
-        a = torch.as_tensor(s_aff, dtype=torch.float32, device=device)
-        self.points = idx @ a[:3, :3].T + a[:3, 3] - torch.as_tensor(c_s, dtype=torch.float32, device=device)
-        self.values = subj.reshape(-1)
-        if ngf:  # subject gradients (N, 3) and each image's edge scale: the mean gradient size over the head
-            self.grad = _grad(subj, s_aff).reshape(3, -1).T.contiguous()
-            self.eps = [float(g.norm(dim=0)[v > 0.05].mean()) for g, v in ((self.tmpl[0, -3:], tmpl), (self.grad.T, self.values))]
-        self.bins = bins
-        tinv = torch.as_tensor(np.linalg.inv(t_aff), dtype=torch.float32, device=device)
-        size = torch.as_tensor(tmpl.shape, dtype=torch.float32, device=device)
-        # world -> normalised grid coords, with grid_sample's (z, y, x) <- (i, j, k) order
-        self.to_grid = (tinv[:3, :3] * (2.0 / (size - 1))[:, None]).flip(0)
-        self.to_grid_shift = (tinv[:3, 3] * 2.0 / (size - 1) - 1.0).flip(0)
-        self.fg = self.values > 0.05
-
-    def loss(self, lin, trans, c_t, sel, shape: bool = True):
-        """-(intensity MI + weights x (head-mask MI, gradient fields)) per start; ``shape=False``: intensity MI only."""
-        import torch
-        import torch.nn.functional as F
-
-        pts = self.points[sel]  # (N, 3)
-        world = pts @ lin.transpose(1, 2) + (trans + c_t)[:, None, :]  # (B, N, 3)
-        grid = world @ self.to_grid.T + self.to_grid_shift
-        moving = F.grid_sample(self.tmpl, grid[None, :, :, None, :], mode="bilinear", padding_mode="zeros", align_corners=True)
-        mi = _mi(moving[0, 0, :, :, 0], self.values[sel], self.bins)
-        if self.weight and shape:
-            mi = mi + self.weight * _mi(moving[0, 1, :, :, 0], self.mask_values[sel], self.bins)
-        if self.ngf and shape:  # template gradient at the mapped point, pulled back to subject world: lin^T g
-            g = torch.einsum("bji,bnj->bni", lin, moving[0, -3:, :, :, 0].permute(1, 2, 0))
-            mi = mi + self.ngf * _ngf(g, self.grad[sel], *self.eps)
-        return -mi
-
-
 def register(subject: np.ndarray, subject_affine: np.ndarray, template: np.ndarray, template_affine: np.ndarray,
-             *, config: RegistrationConfig | None = None, device=None, initial=None) -> Registration:
+             *, config: RegistrationConfig | None = None, device=None, initial=None, backend: str = "auto") -> Registration:
     """Register ``template`` to ``subject`` (both 3-D float arrays with voxel→world affines).
 
     ``initial``: subject-world → template-world affines to start from (e.g. the coarse
     head-mask stage's); without them the first ``config.starts`` of :data:`START_ROTATIONS`.
+    ``backend``: ``"auto"`` (numpy with an analytic gradient on the CPU, :mod:`.register_np`,
+    which never imports torch; torch on a GPU ``device``), ``"numpy"`` or ``"torch"``. The
+    head-mask and gradient-field terms (``shape_weight``, ``ngf_weight``) exist in torch only.
     """
+    config = config or RegistrationConfig()
+    if backend not in ("auto", "numpy", "torch"):
+        raise ConfigError(f"backend {backend!r}: choose auto, numpy or torch")
+    on_cpu = device is None or getattr(device, "type", device) == "cpu"
+    if backend == "auto":
+        backend = "numpy" if on_cpu and not (config.shape_weight or config.ngf_weight) else "torch"
+    if backend == "numpy":
+        if not on_cpu or config.shape_weight or config.ngf_weight:
+            raise ConfigError("the numpy registration runs on the CPU without shape_weight/ngf_weight; use torch")
+        from .register_np import register_numpy
+
+        return register_numpy(subject, subject_affine, template, template_affine, config, initial)
     import torch
 
-    config = config or RegistrationConfig()
-    device = device or torch.device("cpu")
+    device = torch.device(device) if isinstance(device, str) else (device or torch.device("cpu"))
     if device.type != "cpu":
         return _register(subject, subject_affine, template, template_affine, config, device, initial)
     # The per-iteration tensors are small: one thread beats two (no sync spinning on busy CPUs).
@@ -271,6 +239,8 @@ def _euler(m: np.ndarray) -> tuple[float, float, float]:
 def _register(subject, subject_affine, template, template_affine, config, device, initial=None) -> Registration:
     import torch
 
+    from .register_torch import TorchLevel, level_masks
+
     t0 = time.perf_counter()
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     subj_full = torch.as_tensor(np.asarray(subject, dtype=np.float32), device=device)
@@ -288,8 +258,8 @@ def _register(subject, subject_affine, template, template_affine, config, device
     ids = list(range(len(rots)))
     losses = None
     for li, ((s, sa, t, ta), iters) in enumerate(zip(pyramid, config.iterations)):
-        masks = _level_masks(s, sa, t, ta) if config.shape_weight else None
-        level = _Level(s, sa, t, ta, c_s, device, config.bins, masks, config.shape_weight, config.ngf_weight)
+        masks = level_masks(s, sa, t, ta) if config.shape_weight else None
+        level = TorchLevel(s, sa, t, ta, c_s, device, config.bins, masks, config.shape_weight, config.ngf_weight)
         lin, trans, ids = _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
         with torch.no_grad():
             g_eval = torch.Generator(device="cpu").manual_seed(config.seed + 1000 + li)
@@ -304,22 +274,14 @@ def _register(subject, subject_affine, template, template_affine, config, device
         losses = losses[keep]
         ids = [ids[i] for i in keep]
         fg_points = level.points[level.fg]
-    result = _result(lin, trans, losses, [rots[i] for i in ids], fg_points, c_s, c_t_np, t0)
+    n_fg = fg_points.shape[0]
+    pts = fg_points[:: max(1, n_fg // 20000)].double().cpu().numpy() + c_s
+    result = _result(lin.double().cpu().numpy(), trans.double().cpu().numpy(), losses.double().cpu().numpy(),
+                     [rots[i] for i in ids], pts, n_fg, c_s, c_t_np, t0)
     result = dataclasses.replace(result, mi=float(mi[order[0]]))
     log.debug("registration %.2f s, loss %.4f, agreement %.2f mm, start %s", result.seconds, result.loss,
               result.agreement_mm, result.start)
     return result
-
-
-def _level_masks(s, sa, t, ta):
-    """Head masks (float tensors) of one level's subject and template, on their own grids."""
-    import torch
-
-    from .coarse import head_mask
-
-    sm = head_mask(s.cpu().numpy(), sa, step_mm=1e-3)[0]
-    tm = head_mask(t.cpu().numpy(), ta, step_mm=1e-3)[0]
-    return (torch.as_tensor(sm, dtype=torch.float32, device=s.device), torch.as_tensor(tm, dtype=torch.float32, device=t.device))
 
 
 def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device):
@@ -365,30 +327,31 @@ def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
     return lin, trans, ids
 
 
-def _result(lin, trans, losses, starts, fg_points, c_s, c_t_np, t0) -> Registration:
-    """The final starts as subject-to-template matrices, averaged where they reached the same optimum."""
+def _result(lin, trans, losses, starts, pts, n_fg, c_s, c_t_np, t0) -> Registration:
+    """The final starts (numpy) as subject-to-template matrices, averaged where they reached the same optimum.
+
+    ``pts``: head points (subject world mm), every ``n_fg // 20000``-th of the ``n_fg`` head voxels.
+    """
     mats = []
     for b in range(lin.shape[0]):
         m = np.eye(4)
-        lb = lin[b].double().cpu().numpy()
-        m[:3, :3] = lb
-        m[:3, 3] = c_t_np + trans[b].double().cpu().numpy() - lb @ c_s
+        m[:3, :3] = lin[b]
+        m[:3, 3] = c_t_np + trans[b] - lin[b] @ c_s
         mats.append(m)
     agreement = 0.0
     if len(mats) > 1:
         # Starts that reached the same optimum (near-equal loss, < 3 mm apart) are averaged:
         # the result no longer jumps between two equivalent minima.
         close = [0]
-        pts0 = fg_points[:: max(1, fg_points.shape[0] // 5000)].double().cpu().numpy() + c_s
+        pts0 = pts[:: max(1, (n_fg // 5000) // max(1, n_fg // 20000))]
         for b in range(1, len(mats)):
             d = pts0 @ (mats[0][:3, :3] - mats[b][:3, :3]).T + (mats[0][:3, 3] - mats[b][:3, 3])
             if float(losses[b] - losses[0]) < 0.01 and float(np.sqrt((d**2).sum(1).mean())) < 3.0:
                 close.append(b)
         best = np.mean([mats[b] for b in close], axis=0)
-        pts = fg_points[:: max(1, fg_points.shape[0] // 20000)].double().cpu().numpy() + c_s
         d = (pts @ (mats[0][:3, :3] - mats[1][:3, :3]).T) + (mats[0][:3, 3] - mats[1][:3, 3])
         agreement = float(np.sqrt((d**2).sum(1).mean()))
-    lv = [float(v) for v in losses.cpu()]
+    lv = [float(v) for v in losses]
     return Registration(
         subject_to_template=best if len(mats) > 1 else mats[0], loss=lv[0], second_loss=lv[1] if len(lv) > 1 else lv[0],
         agreement_mm=agreement, start=tuple(float(v) for v in starts[0]),

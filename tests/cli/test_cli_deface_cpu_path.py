@@ -1,0 +1,41 @@
+"""``fedimg deface`` on the CPU: a bad output name is refused before any work, and the CLI's
+own steps (thread setting, device choice) leave torch unimported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedimg.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAD = ROOT / "tests" / "assets" / "mri" / "pycortex_S1_T1w_2mm.nii.gz"
+
+
+@pytest.mark.parametrize("argv", [["-o", "{d}/bad_name"], ["-o", "{d}/x.nii.gz", "--apply-to", str(HEAD),
+                                                          "--apply-to-output", "{d}/y.png"]])
+def test_bad_output_name_fails_before_any_work(tmp_path, capsys, argv):
+    before = HEAD.read_bytes()
+    t0 = time.process_time()
+    rc = main(["deface", str(HEAD), *[a.format(d=tmp_path) for a in argv], "--no-png"])
+    assert rc == 2
+    assert time.process_time() - t0 < 1.0  # no reading, registration or QC first
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "output must end in .nii.gz" in err[0] and "nothing was written" in err[0]
+    assert list(tmp_path.iterdir()) == [] and HEAD.read_bytes() == before
+
+
+def test_thread_setting_and_device_choice_do_not_import_torch():
+    code = ("import sys; from fedimg.device import configure_threads, configured_threads;"
+            "from fedimg.cli.deface import _device;"
+            "n = configure_threads(2, numba=False, torch=False); d = _device('cpu');"
+            "assert 'torch' not in sys.modules, 'torch imported';"
+            "print(n, configured_threads(), d)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-800:]
+    assert out.stdout.split() == ["2", "2", "cpu"]
