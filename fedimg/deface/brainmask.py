@@ -39,7 +39,7 @@ import logging
 
 import numpy as np
 
-from .coarse import padding_cells
+from .coarse import acquired_fov, padding_cells
 from .morph import bounding_box, dilate_ball, fill_holes_slices
 
 __all__ = ["BrainEstimate", "estimate_brain", "head_mask", "head_frame", "removal_metrics"]
@@ -64,6 +64,7 @@ class BrainEstimate:
     margin_mm: float = 0.0  # how far inside the true brain's boundary ``brain`` lies (an eroded placed template brain)
     placed_frame: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # :attr:`frame` of a placed template brain
     fov: np.ndarray | None = None  # bool, reduced grid: cells in the field of view, not constant padding (None: all)
+    acquired: np.ndarray | None = None  # bool, reduced grid: acquired cells (:func:`.coarse.acquired_fov`; None: all)
 
     @property
     def head_ml(self) -> float:
@@ -103,7 +104,7 @@ class BrainEstimate:
     def lookup(self, mask: np.ndarray, which: str = "brain") -> np.ndarray:
         """For each ``True`` voxel of ``mask`` (input grid), whether its cell is in ``which``."""
         idx = np.nonzero(mask)
-        ref = self.brain if which == "brain" else self.head
+        ref = getattr(self, which)  # "brain", "head" or "acquired" (not None)
         cells = tuple(np.minimum(i // s, n - 1) for i, s, n in zip(idx, self.step, ref.shape))
         return ref[cells]
 
@@ -218,16 +219,15 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     cell_aff = np.asarray(affine, dtype=np.float64) @ shift @ np.diag([*st, 1.0])
     head = head_mask(small, sp)
     empty = np.zeros(small.shape, bool)
-    pad = padding_cells(small)
+    pad, acquired = padding_cells(small), acquired_fov(small, float(np.mean(sp)))
     fov = None if pad is None else ~pad
     if not head.any():
         return BrainEstimate(head=head, brain=empty, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=0.0,
-                             fov=fov)
+                             fov=fov, acquired=acquired)
     depth = np.zeros(head.shape)  # distance to the head's surface, in its box with one cell of air around it
     box = bounding_box(head)
     depth[box] = ndi.distance_transform_edt(np.pad(head[box], 1), sampling=sp)[1:-1, 1:-1, 1:-1]
-    # the deepest part of the head's upper half (world +S; a full field of view's deepest
-    # point can be the skull base or neck)
+    # the deepest part of the head's upper half (world +S: a full FOV's deepest point can be the skull base or neck)
     idx = np.indices(head.shape).reshape(3, -1).T
     z = (idx @ cell_aff[2, :3] + cell_aff[2, 3]).reshape(head.shape)
     upper = head & (z >= np.median(z[head]))
@@ -261,7 +261,7 @@ def estimate_brain(image: np.ndarray, affine: np.ndarray, *, step_mm: float = 2.
     log.debug("brain estimate: head %.0f mL, brain %.0f mL, reference %.3g",
               head.sum() * cell_ml, brain.sum() * cell_ml, m)
     return BrainEstimate(head=head, brain=brain, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff, reference=m,
-                         source=source, offset_mm=float(off), fov=fov)
+                         source=source, offset_mm=float(off), fov=fov, acquired=acquired)
 
 
 def _rotate(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:

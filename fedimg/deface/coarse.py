@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-__all__ = ["Candidate", "block_mean", "head_mask", "padding_cells", "rotation_grid", "coarse_candidates", "overlap_dice", "rotation_matrix"]
+__all__ = ["Candidate", "acquired_fov", "block_mean", "fov_on_grid", "head_mask", "padding_cells", "rotation_grid", "coarse_candidates", "overlap_dice", "rotation_matrix"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,71 @@ def padding_cells(small: np.ndarray) -> np.ndarray | None:
     if pad.mean() < 0.01:
         return None
     return ndi.binary_dilation(pad)
+
+
+def acquired_fov(small: np.ndarray, cell_mm: float = 4.0) -> np.ndarray | None:
+    """Cells of block means ``small`` that the scanner acquired; None: the whole grid (as before).
+
+    An oblique slab resampled onto the axes (or cut at the skull base) leaves a region of exact
+    constant fill (:func:`padding_cells`) that is *not air*: a template face placed there is no
+    evidence for or against a pose. A masked head's background is the same exact constant and
+    *is* air. The fill counts as not acquired only when both hold: the rest of the grid holds
+    air of its own (at least 5 % of its cells below the head threshold it gives by itself: the
+    scanner's noisy air, which masked heads lack) and head tissue meets the fill over a cut (at
+    least 1 % of the tissue cells within 8 mm of full fill cells: the fill cuts through the head,
+    a mask's margin does not). Otherwise the whole grid counts, as before this estimate existed.
+    """
+    from scipy import ndimage as ndi
+
+    pad = padding_cells(small)
+    if pad is None or pad.all():
+        return None
+    low = float(small.min())
+    full = small <= low + 1e-6 * max(1.0, abs(low), float(small.max()) - low)
+    rest = small[~pad]
+    lo, hi = float(np.percentile(rest, 0.5)), float(np.percentile(small, 99.0))
+    thr = lo + 0.1 * (hi - lo)
+    tissue = ~pad & (small > thr)
+    if hi <= lo or float(np.mean(rest <= thr)) < 0.05 or not tissue.any():
+        return None
+    near = ndi.binary_dilation(full, iterations=max(1, int(round(8.0 / cell_mm))))
+    contact = np.argwhere(tissue & near).astype(np.float64)
+    if len(contact) < max(20, 0.01 * tissue.sum()):
+        return None
+    share = _planar_share(contact)
+    if share < 0.8:  # the fill wraps the head (a masked background), not one planar cut through it
+        log.debug("field of view: the whole grid (fill meets the head on no single plane: %.2f)", share)
+        return None
+    log.debug("field of view: %.1f %% of cells not acquired (%d tissue cells meet the fill, %.2f on one plane)",
+              100 * pad.mean(), len(contact), share)
+    return ~pad
+
+
+def _planar_share(pts: np.ndarray, tol: float = 1.5, tries: int = 200) -> float:
+    """Largest share of the points ``(N, 3)`` (cells) within ``tol`` of one plane (seeded RANSAC, then a least-squares refit)."""
+    rng = np.random.default_rng(0)
+    best, best_in = 0, None
+    for _ in range(tries):
+        a, b, c = pts[rng.choice(len(pts), 3, replace=False)]
+        n = np.cross(b - a, c - a)
+        if np.linalg.norm(n) < 1e-6:
+            continue
+        inl = np.abs((pts - a) @ (n / np.linalg.norm(n))) <= tol
+        if inl.sum() > best:
+            best, best_in = int(inl.sum()), inl
+    if best_in is None:
+        return 0.0
+    centre = pts[best_in].mean(0)
+    normal = np.linalg.eigh(np.cov((pts[best_in] - centre).T))[1][:, 0]
+    return float(np.mean(np.abs((pts - centre) @ normal) <= tol))
+
+
+def fov_on_grid(fov: np.ndarray, fov_affine: np.ndarray, shape, affine: np.ndarray) -> np.ndarray:
+    """The cell mask ``fov`` (on ``fov_affine``'s grid) looked up at the voxel centres of a grid (``shape``, ``affine``)."""
+    pts = _points(shape, affine)
+    idx = np.rint((pts - fov_affine[:3, 3]) @ np.linalg.inv(fov_affine[:3, :3]).T).astype(np.int64)
+    idx = np.clip(idx, 0, np.array(fov.shape) - 1)
+    return fov[tuple(idx.T)].reshape(shape)
 
 
 def _levels(small: np.ndarray) -> tuple[float, float]:
@@ -215,6 +280,9 @@ def coarse_candidates(image: np.ndarray, affine: np.ndarray, template_mask: np.n
         return []
     pts = _points(smask.shape, saff)
     flat = smask.reshape(-1)
+    fov = acquired_fov(block_mean(image, affine, step_mm)[0], step_mm)  # the fill outside it is no evidence
+    if fov is not None:
+        pts, flat = pts[fov.reshape(-1)], flat[fov.reshape(-1)]
     tpts = _points(template_mask.shape, template_mask_affine)[template_mask.reshape(-1)]
     c_s, e_s = _principal(pts[flat])
     c_t, e_t = _principal(tpts)

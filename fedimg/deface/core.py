@@ -18,7 +18,7 @@ import numpy as np
 from fedimg.errors import ConfigError
 
 from .coarse import block_mean as _block_mean
-from .coarse import Candidate, coarse_candidates
+from .coarse import Candidate, acquired_fov, coarse_candidates
 from .ct import MODALITIES, air_value, looks_like_hu, resolve_modality
 from .masks import MODES, dilate_mm, removal_mask, warp_template_maps
 from .qc import HEAD_SHAPE_KEEP, QCThresholds, brain_in_head
@@ -207,14 +207,16 @@ def _register_head(can, can_aff, small, modality, config, spacing, device, brain
                           air=air_value(can, "ct"))
         return reg, cands
     args = (can, can_aff, template.intensity, template.affine)
-    reg = register(*args, config=rcfg, device=device, initial=initial)
+    fov = acquired_fov(small[0])  # MI samples only acquired voxels: the fill of an oblique cut is not air
+    fov = None if fov is None else (fov, small[1])
+    reg = register(*args, config=rcfg, device=device, initial=initial, fov=fov)
     ambiguous = reg.second_loss - reg.loss < config.qc.ambiguous_gap
     if config.registration is None and len(reg.candidates) > 1 and ambiguous and \
             start_agreement_dice(reg, template, can.shape, can_aff) < RETRY_BELOW_DICE:
         log.info("two best starts disagree with near-equal loss: refining both with the accurate settings")
         retry = RegistrationConfig.preset("accurate", seed=config.seed, starts=2, keep=2, prune_to=2,
                                           shape_weight=rcfg.shape_weight)
-        reg = register(*args, config=retry, device=device, initial=list(reg.candidates[:2]))
+        reg = register(*args, config=retry, device=device, initial=list(reg.candidates[:2]), fov=fov)
     return reg, cands
 
 

@@ -33,7 +33,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["head_shape_pose", "shape_removal", "face_shape_dice", "face_shape_recall", "removal_dice", "upright", "turn_deg",
+__all__ = ["acquired_part", "head_shape_pose", "shape_removal", "face_shape_dice", "face_shape_recall", "removal_dice", "upright", "turn_deg",
            "MAX_TURN_DEG"]
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,19 @@ def removal_dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
+def acquired_part(mask: np.ndarray | None, estimate) -> np.ndarray | None:
+    """``mask`` (input grid) without the voxels outside ``estimate``'s acquired cells
+    (:attr:`.brainmask.BrainEstimate.acquired`): the fill of an oblique cut is neither face nor air,
+    so QC's face measures count only acquired voxels. Unchanged when the whole grid is acquired."""
+    if mask is None or getattr(estimate, "acquired", None) is None:
+        return mask
+    out = np.zeros_like(mask)
+    idx = np.nonzero(mask)
+    keep = np.asarray(estimate.lookup(mask, "acquired"), bool)
+    out[tuple(i[keep] for i in idx)] = True
+    return out
+
+
 def face_shape_recall(remove: np.ndarray, shape: np.ndarray, in_head) -> float:
     """Share of the head tissue the head-outline placement removes (``shape``) that ``remove`` removes too.
 
@@ -92,7 +105,7 @@ def head_shape_pose(canonical: np.ndarray, affine: np.ndarray, candidates, *, st
     ``candidates``: :class:`~fedimg.deface.coarse.Candidate` head-mask alignments, best first.
     Returns None when there are none.
     """
-    from .coarse import head_mask
+    from .coarse import acquired_fov, block_mean, head_mask
     from .register import RegistrationConfig, register
     from .template import template_head_mask
 
@@ -104,7 +117,9 @@ def head_shape_pose(canonical: np.ndarray, affine: np.ndarray, candidates, *, st
     n = len(mats)
     cfg = RegistrationConfig.preset("fast", levels_mm=(step_mm,), iterations=(40,), starts=n, keep=min(2, n),
                                     prune_to=n, seed=seed)
-    reg = register(smask.astype(np.float32), saff, tmask.astype(np.float32), taff, config=cfg, initial=mats)
+    fov = acquired_fov(block_mean(canonical, affine, step_mm)[0], step_mm)  # the fill of an oblique cut is not air
+    reg = register(smask.astype(np.float32), saff, tmask.astype(np.float32), taff, config=cfg, initial=mats,
+                   fov=None if fov is None else (fov, saff))
     return reg.subject_to_template
 
 

@@ -179,7 +179,8 @@ def _centre_of_mass(t, affine: np.ndarray) -> np.ndarray:
 
 
 def register(subject: np.ndarray, subject_affine: np.ndarray, template: np.ndarray, template_affine: np.ndarray,
-             *, config: RegistrationConfig | None = None, device=None, initial=None, backend: str = "auto") -> Registration:
+             *, config: RegistrationConfig | None = None, device=None, initial=None, backend: str = "auto",
+             fov: tuple[np.ndarray, np.ndarray] | None = None) -> Registration:
     """Register ``template`` to ``subject`` (both 3-D float arrays with voxel→world affines).
 
     ``initial``: subject-world → template-world affines to start from (e.g. the coarse
@@ -187,6 +188,8 @@ def register(subject: np.ndarray, subject_affine: np.ndarray, template: np.ndarr
     ``backend``: ``"auto"`` (numpy with an analytic gradient on the CPU, :mod:`.register_np`,
     which never imports torch; torch on a GPU ``device``), ``"numpy"`` or ``"torch"``. The
     head-mask and gradient-field terms (``shape_weight``, ``ngf_weight``) exist in torch only.
+    ``fov``: ``(cells, affine)``, a boolean mask of the subject's acquired cells on its own grid
+    (:func:`.coarse.acquired_fov`): MI samples only subject voxels inside it (None: all).
     """
     config = config or RegistrationConfig()
     if backend not in ("auto", "numpy", "torch"):
@@ -199,17 +202,17 @@ def register(subject: np.ndarray, subject_affine: np.ndarray, template: np.ndarr
             raise ConfigError("the numpy registration runs on the CPU without shape_weight/ngf_weight; use torch")
         from .register_np import register_numpy
 
-        return register_numpy(subject, subject_affine, template, template_affine, config, initial)
+        return register_numpy(subject, subject_affine, template, template_affine, config, initial, fov)
     import torch
 
     device = torch.device(device) if isinstance(device, str) else (device or torch.device("cpu"))
     if device.type != "cpu":
-        return _register(subject, subject_affine, template, template_affine, config, device, initial)
+        return _register(subject, subject_affine, template, template_affine, config, device, initial, fov)
     # The per-iteration tensors are small: one thread beats two (no sync spinning on busy CPUs).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _register(subject, subject_affine, template, template_affine, config, device, initial)
+        return _register(subject, subject_affine, template, template_affine, config, device, initial, fov)
     finally:
         torch.set_num_threads(threads)
 
@@ -236,7 +239,7 @@ def _euler(m: np.ndarray) -> tuple[float, float, float]:
     return (round(pitch, 1), round(roll, 1), round(yaw, 1))
 
 
-def _register(subject, subject_affine, template, template_affine, config, device, initial=None) -> Registration:
+def _register(subject, subject_affine, template, template_affine, config, device, initial=None, fov=None) -> Registration:
     import torch
 
     from .register_torch import TorchLevel, level_masks
@@ -260,6 +263,8 @@ def _register(subject, subject_affine, template, template_affine, config, device
     for li, ((s, sa, t, ta), iters) in enumerate(zip(pyramid, config.iterations)):
         masks = level_masks(s, sa, t, ta) if config.shape_weight else None
         level = TorchLevel(s, sa, t, ta, c_s, device, config.bins, masks, config.shape_weight, config.ngf_weight)
+        if fov is not None:
+            level.restrict(_fov_keep(fov, tuple(s.shape), sa))
         lin, trans, ids = _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
         with torch.no_grad():
             g_eval = torch.Generator(device="cpu").manual_seed(config.seed + 1000 + li)
@@ -325,6 +330,14 @@ def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
                 denom = (b / (1 - 0.999**step)).sqrt_().add_(1e-8)
                 p.addcdiv_(a, denom, value=-lr * frac / (1 - 0.9**step))
     return lin, trans, ids
+
+
+def _fov_keep(fov, shape, affine) -> np.ndarray:
+    """Flat boolean mask of a level's voxels inside the acquired ``fov`` (``(cells, affine)``); all when none is."""
+    from .coarse import fov_on_grid
+
+    keep = fov_on_grid(fov[0], fov[1], shape, affine).reshape(-1)
+    return keep if keep.any() else np.ones_like(keep)
 
 
 def _result(lin, trans, losses, starts, pts, n_fg, c_s, c_t_np, t0) -> Registration:

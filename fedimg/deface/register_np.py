@@ -119,9 +119,17 @@ class NumpyLevel:
         self.t_lin, self.t_off = tinv[:3, :3], tinv[:3, 3]
         self.bins = bins
         self.n = self.values.size
+        self.index = None  # flat voxel index of each sample slot (None: slot = voxel)
+
+    def restrict(self, keep: np.ndarray) -> None:
+        """Sample only the voxels where the flat boolean ``keep`` holds (the acquired field of view)."""
+        self.index = np.flatnonzero(keep)
+        self.values = self.values[self.index]
+        self.n = self.index.size
 
     def points(self, sel: np.ndarray) -> np.ndarray:
-        """World points (subject, centred on ``c_s``) of flat voxel indices ``sel``."""
+        """World points (subject, centred on ``c_s``) of sample slots ``sel``."""
+        sel = sel if self.index is None else self.index[sel]
         idx = np.stack(np.unravel_index(sel, self.shape), -1).astype(np.float64)
         return idx @ self.s_lin.T + self.s_off
 
@@ -139,9 +147,9 @@ class NumpyLevel:
         return -mi, g_world.transpose(0, 2, 1) @ pts, g_world.sum(1)
 
 
-def register_numpy(subject, subject_affine, template, template_affine, config, initial=None):
+def register_numpy(subject, subject_affine, template, template_affine, config, initial=None, fov=None):
     """:func:`.register.register` on the CPU in numpy (``config.shape_weight`` and ``ngf_weight`` must be 0)."""
-    from .register import _result, _starts
+    from .register import _fov_keep, _result, _starts
 
     t0 = time.perf_counter()
     rng = TorchDraws(config.seed)
@@ -156,6 +164,8 @@ def register_numpy(subject, subject_affine, template, template_affine, config, i
     ids = list(range(len(rots)))
     for li, ((s, sa, t, ta), iters) in enumerate(zip(pyramid, config.iterations)):
         level = NumpyLevel(s, sa, t, ta, c_s, config.bins)
+        if fov is not None:
+            level.restrict(_fov_keep(fov, s.shape, sa))
         lin, trans, ids = _optimise(level, lin, trans, ids, c_t, li, iters, config, rng)
         sel = TorchDraws(config.seed + 1000 + li).integers(level.n, min(config.eval_samples, level.n))
         losses = level.loss(lin, trans, c_t, sel)

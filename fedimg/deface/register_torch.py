@@ -48,6 +48,17 @@ class TorchLevel:
         self.to_grid_shift = (tinv[:3, 3] * 2.0 / (size - 1) - 1.0).flip(0)
         self.fg = self.values > 0.05
 
+    def restrict(self, keep: np.ndarray) -> None:
+        """Sample only the voxels where the flat boolean ``keep`` holds (the acquired field of view)."""
+        import torch
+
+        k = torch.as_tensor(keep, device=self.device)
+        self.points, self.values, self.fg = self.points[k], self.values[k], self.fg[k]
+        if self.mask_values is not None:
+            self.mask_values = self.mask_values[k]
+        if self.ngf:
+            self.grad = self.grad[k]
+
     def loss(self, lin, trans, c_t, sel, shape: bool = True):
         """-(intensity MI + weights x (head-mask MI, gradient fields)) per start; ``shape=False``: intensity MI only."""
         import torch
