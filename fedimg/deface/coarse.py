@@ -146,7 +146,8 @@ def acquired_fov(small: np.ndarray, cell_mm: float = 4.0) -> np.ndarray | None:
     tissue = ~pad & (small > thr)
     if hi <= lo or float(np.mean(rest <= thr)) < 0.05 or not tissue.any():
         return None
-    near = ndi.binary_dilation(full, iterations=max(1, int(round(8.0 / cell_mm))))
+    reach = max(1, int(round(8.0 / cell_mm)))
+    near = ndi.binary_dilation(full, iterations=reach)
     contact = np.argwhere(tissue & near).astype(np.float64)
     if len(contact) < max(20, 0.01 * tissue.sum()):
         return None
@@ -154,9 +155,12 @@ def acquired_fov(small: np.ndarray, cell_mm: float = 4.0) -> np.ndarray | None:
     if share < 0.8:  # the fill wraps the head (a masked background), not one planar cut through it
         log.debug("field of view: the whole grid (fill meets the head on no single plane: %.2f)", share)
         return None
+    labels, _ = ndi.label(full)  # the fill that meets the head; other exact-constant patches of air stay acquired
+    touch = np.unique(labels[ndi.binary_dilation(tissue & near, iterations=reach) & full])
+    cut = ndi.binary_dilation(np.isin(labels, touch[touch > 0]))
     log.debug("field of view: %.1f %% of cells not acquired (%d tissue cells meet the fill, %.2f on one plane)",
-              100 * pad.mean(), len(contact), share)
-    return ~pad
+              100 * cut.mean(), len(contact), share)
+    return ~cut
 
 
 def _planar_share(pts: np.ndarray, tol: float = 1.5, tries: int = 200) -> float:
