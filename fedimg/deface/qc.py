@@ -60,7 +60,12 @@ measured too deep).
 Constant padding (an oblique field of view resampled onto an axis-aligned grid, a tilt
 correction's corners) is found from the image alone (:func:`.coarse.padding_cells`). Filled
 darker than the acquired air, it no longer sets the head mask's background level (the sixth
-wave's tilt false alarm: face_shape_dice 0.63, now 0.91); none of the bounds moved.
+wave's tilt false alarm: face_shape_dice 0.63, now 0.91); none of the bounds moved. Fill that
+meets the head on one plane while the rest holds noisy air of its own is *not acquired*
+(:func:`.coarse.acquired_fov`): the MI registration, the coarse stage and the head-outline
+placement sample only acquired voxels, and ``face_shape_dice``/``face_shape_recall`` and the
+removed-volume and near-face measures count only acquired voxels (:func:`.qc_face.acquired_part`).
+A masked head's exact-0 background (no noisy air, or fill wrapping the head) keeps the whole grid.
 
 The bounds come from two real T1 heads (ds000031 and pycortex, 2 mm copies in
 ``tests/assets/mri``) with their own correct registrations, at their own pose and with the
