@@ -113,6 +113,28 @@ def test_loss_and_gradient_on_a_real_head_equal_autograd(head_level):
         assert fd == pytest.approx(grad[idx], rel=0.02)
 
 
+def test_restricted_to_a_field_of_view_both_paths_sample_the_same_voxels(head_level):
+    """``register(..., fov=)``: each level samples only acquired voxels, alike in numpy and torch."""
+    s, sa, t, ta = head_level
+    c_s, c_t = np.zeros(3), np.zeros(3)
+    keep = (np.indices(s.shape)[2] > s.shape[2] // 3).reshape(-1)  # the lower third not acquired
+    level = NumpyLevel(s, sa, t, ta, c_s, 32)
+    level.restrict(keep)
+    ref = TorchLevel(torch.tensor(s), sa, torch.tensor(t), ta, c_s, torch.device("cpu"), 32)
+    ref.restrict(keep)
+    assert level.n == int(keep.sum()) == ref.points.shape[0]
+    sel = TorchDraws(2).integers(level.n, 4000)
+    pts = level.points(sel)
+    np.testing.assert_allclose(pts, ref.points[torch.tensor(sel)].numpy(), atol=1e-3)
+    vox = np.rint((pts - sa[:3, 3]) @ np.linalg.inv(sa[:3, :3]).T).astype(int)
+    assert (vox[:, 2] > s.shape[2] // 3).all()
+    lin, trans = _rotation(4, -2, 3)[None], np.array([[1.0, -2.0, 0.5]])
+    got = level.loss(lin, trans, c_t, sel)
+    want = ref.loss(torch.tensor(lin, dtype=torch.float32), torch.tensor(trans, dtype=torch.float32),
+                    torch.tensor(c_t, dtype=torch.float32), torch.tensor(sel))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5)
+
+
 def _dice(a, b):
     return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
 
