@@ -106,6 +106,9 @@ ARMS = {
                                                                             "nesterov": True}},
     "central-floor0.1": {"train": {"min_lr_ratio": 0.1}},
     "central-floor0.3": {"train": {"min_lr_ratio": 0.3}},
+    # seventh wave (h12g): on top of the study's default federated arm, candidates for the all-heads split
+    "nesterov-b0.8-localnorm": {"local_norm": True, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
+    "nesterov-b0.8-uniform": {"uniform": True, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
