@@ -180,11 +180,14 @@ class _PatienceWatch:
         return res
 
 
-def _mean_test(task, config, params, tests) -> dict:
-    """``{site: mean test Dice over its cases}`` of the model ``params``."""
+def _mean_test(task, config, params, tests, cases: dict | None = None) -> dict:
+    """``{site: mean test Dice over its cases}`` of the model ``params`` (each case's Dice into ``cases``)."""
     from fedimg.study.arms import evaluate_cases
 
-    return {s: float(np.nanmean(list(v.values()))) for s, v in evaluate_cases(task, config, params, tests).items()}
+    res = evaluate_cases(task, config, params, tests)
+    if cases is not None:
+        cases.update({s: {c: float(d) for c, d in v.items()} for s, v in res.items()})
+    return {s: float(np.nanmean(list(v.values()))) for s, v in res.items()}
 
 
 def _central(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int) -> dict:
@@ -203,7 +206,8 @@ def _central(task, config, datas, tests, epochs: int, local: int, seed: int, pat
     kept_sites = {s: float(task.evaluate(net, d, config)["dice_mean"]) for s, d in datas.items()}
     return {"val": [c["val"] for c in arm["curve"]], "kept_val_sites": kept_sites, "check_cpu": watch.cpu,
             "test": _mean_test(task, config, arm["params"], tests),  # its best check over the whole budget
-            "test_patience": _mean_test(task, config, watch.params, tests)}  # the model the study keeps
+            "test_patience": _mean_test(task, config, watch.params, tests, cases := {}),  # the model the study keeps
+            "test_patience_cases": cases}
 
 
 def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int, *, strategy: dict | None = None,
@@ -269,8 +273,10 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, pati
             if stop.best_index == stop.count - 1:
                 kept_p = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
     test = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept[s].items()}, {s: tests[s]})[s] for s in datas}
-    test_p = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept_p[s].items()}, {s: tests[s]})[s] for s in datas}
-    return {"val": val, "test": test, "test_patience": test_p, "val_sites": val_sites, "update_norms": norms_round,
+    cases: dict = {}
+    test_p = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept_p[s].items()}, {s: tests[s]}, cases)[s]
+              for s in datas}
+    return {"val": val, "test": test, "test_patience": test_p, "test_patience_cases": cases, "val_sites": val_sites, "update_norms": norms_round,
             "check_cpu": check_cpu}
 
 
