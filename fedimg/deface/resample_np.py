@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sample", "grid_sample", "warp", "block_mean"]
+__all__ = ["sample", "grid_sample", "warp", "warp_support", "block_mean"]
 
 
 def sample(vol: np.ndarray, vox: np.ndarray) -> np.ndarray:
@@ -37,25 +37,23 @@ def grid_sample(vol: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """``grid_sample(vol, grid, align_corners=True)`` (trilinear, zeros padding) for a normalised float32
     ``grid`` ``(..., 3)`` (x the last axis of ``vol``), with torch's CPU float32 arithmetic step for step:
     the same numbers bit for bit, where the coarse search's choices turn on the last digit."""
-    vol = np.ascontiguousarray(vol, dtype=np.float32)
+    vol = np.asarray(vol, dtype=np.float32)
+    padded = np.pad(vol, 2).ravel()  # corners outside read these zeros: adding 0 * w changes no sum
     g = np.asarray(grid, dtype=np.float32)
     one, two = np.float32(1.0), np.float32(2.0)
     pos = [((g[..., a] + one) / two) * np.float32(n - 1) for a, n in zip((2, 1, 0), vol.shape)]  # z, y, x
     lo = [np.floor(p) for p in pos]
-    hi = [f + one for f in lo]
-    near = [(h - p, p - f) for p, f, h in zip(pos, lo, hi)]  # weights of the low and the high corner
-    idx = [(f.astype(np.int64), h.astype(np.int64)) for f, h in zip(lo, hi)]
+    near = [((f + one) - p, p - f) for p, f in zip(pos, lo)]  # weights of the low and the high corner
+    # the low corner's index in the padded volume, held where both corners read padding when outside
+    idx = [np.clip(f, -2, n).astype(np.int64) + 2 for f, n in zip(lo, vol.shape)]
+    sy, sz = (vol.shape[1] + 4) * (vol.shape[2] + 4), vol.shape[2] + 4
+    base = idx[0] * sy + idx[1] * sz + idx[2]
     out = np.zeros(g.shape[:-1], np.float32)
-    flat = vol.ravel()
     for bz in (0, 1):  # torch's order: tnw, tne, tsw, tse, bnw, bne, bsw, bse (x fastest)
         for by in (0, 1):
             for bx in (0, 1):
                 w = near[2][bx] * near[1][by] * near[0][bz]
-                z, y, x = idx[0][bz], idx[1][by], idx[2][bx]
-                ok = (z >= 0) & (z < vol.shape[0]) & (y >= 0) & (y < vol.shape[1]) & (x >= 0) & (x < vol.shape[2])
-                v = np.zeros(out.shape, np.float32)
-                v[ok] = flat[(z[ok] * vol.shape[1] + y[ok]) * vol.shape[2] + x[ok]]
-                out += v * w
+                out += padded[base + (bz * sy + by * sz + bx)] * w
     return out
 
 
@@ -69,6 +67,26 @@ def warp(vol: np.ndarray, vox_to_vol: np.ndarray, shape, *, origin=(0, 0, 0)) ->
     return ndi.affine_transform(np.asarray(vol, dtype=np.float32), m[:3, :3], offset=offset,
                                 output_shape=tuple(int(s) for s in shape), output=np.float32, order=1,
                                 mode="grid-constant", cval=0.0, prefilter=False)
+
+
+def warp_support(vol: np.ndarray, vox_to_vol: np.ndarray, shape) -> np.ndarray:
+    """:func:`warp` on a whole grid of ``shape``, computed only in the box that can reach ``vol``'s non-zero
+    voxels (the rest reads zero there too: every corner it would blend is zero)."""
+    out = np.zeros(tuple(int(n) for n in shape), np.float32)
+    nz = [np.flatnonzero(np.asarray(vol).any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(a.size == 0 for a in nz):
+        return out
+    lo = [a[0] - 1.0 for a in nz]
+    hi = [a[-1] + 1.0 for a in nz]
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    sub = corners @ np.linalg.inv(np.asarray(vox_to_vol, dtype=np.float64)).T
+    a = np.clip(np.floor(sub[:, :3].min(0)).astype(int) - 2, 0, out.shape)
+    b = np.clip(np.ceil(sub[:, :3].max(0)).astype(int) + 3, 0, out.shape)
+    if np.any(b <= a):
+        return out
+    box = tuple(slice(int(i), int(j)) for i, j in zip(a, b))
+    out[box] = warp(vol, vox_to_vol, b - a, origin=a)
+    return out
 
 
 def block_mean(image: np.ndarray, step) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedimg.deface.masks import _face_box, _warp_torch, warp_template_maps
-from fedimg.deface.resample_np import block_mean, grid_sample, sample, warp
+from fedimg.deface.resample_np import block_mean, grid_sample, sample, warp, warp_support
 from fedimg.deface.template import load_template
 
 torch = pytest.importorskip("torch")
@@ -64,3 +64,16 @@ def test_template_maps_on_the_cpu_match_the_torch_path():
     np.testing.assert_allclose(face[box], ref[0], atol=5e-5)
     np.testing.assert_allclose(brain[box], ref[1], atol=5e-5)
     assert ((face[box] > 0.5) != (ref[0] > 0.5)).sum() <= 2 and ((brain[box] > 0.01) != (ref[1] > 0.01)).sum() <= 2
+
+
+def test_warp_support_equals_the_whole_warp():
+    vol = np.zeros((20, 22, 24), np.float32)
+    vol[6:12, 8:15, 5:9] = np.random.default_rng(6).random((6, 7, 4), dtype=np.float32)
+    m = np.eye(4)
+    m[:3, :3] = [[0.5, 0.05, 0.0], [-0.05, 0.5, 0.02], [0.0, 0.0, 0.45]]
+    m[:3, 3] = [1.0, 2.0, -1.5]
+    whole = warp(vol, m, (40, 44, 48))
+    assert whole.any() and (whole == 0).mean() > 0.5
+    part = warp_support(vol, m, (40, 44, 48))
+    np.testing.assert_allclose(part, whole, atol=1e-6)  # the box's origin moves the float64 rounding only
+    np.testing.assert_array_equal(part > 0.25, whole > 0.25)
