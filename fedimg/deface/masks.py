@@ -56,11 +56,10 @@ def warp_template_maps(template, subject_shape, subject_affine: np.ndarray, subj
     if any(s.stop <= s.start for s in box):
         return face_out, brain_out
     if device is None or str(getattr(device, "type", device)).startswith("cpu"):
-        from .resample_np import warp
+        from .resample_np import warp_maps
 
         shape, origin = [s.stop - s.start for s in box], [s.start for s in box]
-        face_out[box] = warp(template.face, vox_to_tvox, shape, origin=origin)
-        brain_out[box] = warp(template.brain, vox_to_tvox, shape, origin=origin)
+        face_out[box], brain_out[box] = warp_maps([template.face, template.brain], vox_to_tvox, shape, origin=origin)
         return face_out, brain_out
     both = _warp_torch(template, vox_to_tvox, box, device, chunk)
     face_out[box] = both[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedimg.deface.masks import _face_box, _warp_torch, warp_template_maps
-from fedimg.deface.resample_np import block_mean, grid_sample, sample, warp, warp_support
+from fedimg.deface.resample_np import block_mean, grid_sample, sample, warp, warp_maps, warp_support
 from fedimg.deface.template import load_template
 
 torch = pytest.importorskip("torch")
@@ -77,3 +77,14 @@ def test_warp_support_equals_the_whole_warp():
     part = warp_support(vol, m, (40, 44, 48))
     np.testing.assert_allclose(part, whole, atol=1e-6)  # the box's origin moves the float64 rounding only
     np.testing.assert_array_equal(part > 0.25, whole > 0.25)
+
+
+def test_warp_maps_equals_warp():
+    rng = np.random.default_rng(7)
+    vols = [rng.random((9, 10, 11), dtype=np.float32), rng.random((9, 10, 11), dtype=np.float32)]
+    m = np.eye(4)
+    m[:3, :3] = [[1.2, 0.1, 0.0], [-0.1, 0.9, 0.2], [0.05, 0.0, 1.1]]
+    m[:3, 3] = [-2.0, 1.0, -3.0]
+    got = warp_maps(vols, m, (12, 13, 14), origin=(1, -2, 0), chunk=100)  # several chunks, points far outside too
+    for g, v in zip(got, vols):
+        np.testing.assert_allclose(g, warp(v, m, (12, 13, 14), origin=(1, -2, 0)), atol=1e-6)
