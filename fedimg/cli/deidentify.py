@@ -16,7 +16,7 @@ import argparse
 import logging
 from pathlib import Path
 
-__all__ = ["register", "run", "add_deid_options", "deid_config", "add_deface_options", "deface_config"]
+__all__ = ["register", "run", "add_deid_options", "deid_config", "add_deface_options", "deface_config", "deface_device"]
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,21 @@ def deface_config(args: argparse.Namespace):
     """(DefaceConfig, device) from the shared defacing options; sets the thread count."""
     from fedimg.cli import env_threads
     from fedimg.deface.core import DefaceConfig
-    from fedimg.device import configure_threads, resolve_device
+    from fedimg.device import configure_threads
 
-    configure_threads(args.threads or env_threads())
-    return DefaceConfig(preset=args.preset, mode=args.mode, seed=args.seed), resolve_device(args.device)
+    configure_threads(args.threads or env_threads(), numba=False, torch=False)  # torch only where imported
+    return DefaceConfig(preset=args.preset, mode=args.mode, seed=args.seed), deface_device(args.device)
+
+
+def deface_device(spec: str):
+    """``"cpu"`` (a string: defacing on the CPU never imports torch) for ``cpu``, or ``auto`` without an
+    NVIDIA driver; else the ``torch.device`` of :func:`fedimg.device.resolve_device` (as ``fedimg deface``)."""
+    from fedimg.device import nvidia_driver_present, resolve_device
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "cpu" or (spec == "auto" and not nvidia_driver_present()):
+        return "cpu"
+    return resolve_device(spec)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -113,11 +113,9 @@ def _reduce(image: np.ndarray, spacing, step_mm: float):
     st = tuple(max(1, int(round(step_mm / float(s)))) for s in spacing)
     if st == (1, 1, 1):
         return image.astype(np.float32, copy=False), st
-    import torch
-    import torch.nn.functional as F
+    from .resample_np import block_mean
 
-    t = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    return F.avg_pool3d(t, kernel_size=st, stride=st, ceil_mode=True)[0, 0].numpy(), st
+    return block_mean(image, st), st
 
 
 def _ball(radius_mm: float, spacing) -> np.ndarray:

@@ -221,12 +221,14 @@ def _points(shape, affine) -> np.ndarray:
 
 
 class _Sampler:
-    """Samples the template head mask (trilinear) at subject world points under many affines."""
+    """Samples the template head mask (trilinear, zeros outside) at subject world points under many affines.
+
+    The float32 arithmetic of the ``grid_sample`` it replaced (:func:`.resample_np.grid_sample`),
+    so the coarse search takes the same starts to the last digit.
+    """
 
     def __init__(self, tmask: np.ndarray, taffine: np.ndarray):
-        import torch
-
-        self.vol = torch.as_tensor(tmask.astype(np.float32))[None, None]
+        self.vol = np.ascontiguousarray(tmask, dtype=np.float32)
         size = np.array(tmask.shape, np.float64)
         inv = np.linalg.inv(taffine)
         self.lin = (inv[:3, :3] * (2.0 / (size - 1))[:, None])[::-1]
@@ -234,16 +236,15 @@ class _Sampler:
 
     def __call__(self, mats: np.ndarray, pts: np.ndarray) -> np.ndarray:
         """``mats`` (B, 4, 4) subject→template; ``pts`` (N, 3) subject world → (B, N) values."""
-        import torch
-        import torch.nn.functional as F
+        from .resample_np import grid_sample
 
-        lin = np.einsum("ij,bjk->bik", self.lin, mats[:, :3, :3])  # subject world -> grid, per start
-        off = mats[:, :3, 3] @ self.lin.T + self.shift
-        p = torch.as_tensor(pts, dtype=torch.float32)
-        grid = torch.matmul(p[None], torch.as_tensor(lin, dtype=torch.float32).transpose(1, 2))
-        grid = grid + torch.as_tensor(off, dtype=torch.float32)[:, None, :]
-        out = F.grid_sample(self.vol, grid[None, :, :, None, :], mode="bilinear", padding_mode="zeros", align_corners=True)
-        return out[0, 0, :, :, 0].numpy()
+        lin = np.einsum("ij,bjk->bik", self.lin, mats[:, :3, :3]).astype(np.float32)  # subject world -> grid, per start
+        off = (mats[:, :3, 3] @ self.lin.T + self.shift).astype(np.float32)
+        p = np.asarray(pts, dtype=np.float32)
+        grid = p[None, :, 0, None] * lin[:, None, :, 0]  # p @ lin.T summed left to right, as torch's matmul does
+        grid = grid + p[None, :, 1, None] * lin[:, None, :, 1]
+        grid = grid + p[None, :, 2, None] * lin[:, None, :, 2]
+        return grid_sample(self.vol, grid + off[:, None, :])
 
 
 def overlap_dice(values: np.ndarray, smask: np.ndarray) -> np.ndarray:

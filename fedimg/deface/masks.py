@@ -44,17 +44,34 @@ def _face_box(template, subject_shape, vox_to_tvox: np.ndarray, pad: int = 2):
 
 def warp_template_maps(template, subject_shape, subject_affine: np.ndarray, subject_to_template: np.ndarray,
                        *, device=None, chunk: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
-    """Face (float, 0..1) and brain-protection (float) maps of the template on the subject grid."""
-    import torch
-    import torch.nn.functional as F
+    """Face (float, 0..1) and brain-protection (float) maps of the template on the subject grid.
 
-    device = device or torch.device("cpu")
+    Trilinear, zeros outside the template: scipy on the CPU (``device`` None, ``"cpu"`` or a CPU
+    ``torch.device``; no torch import), ``grid_sample`` on a GPU ``device``.
+    """
     vox_to_tvox = np.linalg.inv(template.affine) @ subject_to_template @ subject_affine
     face_out = np.zeros(subject_shape, np.float32)
     brain_out = np.zeros(subject_shape, np.float32)
     box = _face_box(template, subject_shape, vox_to_tvox)
     if any(s.stop <= s.start for s in box):
         return face_out, brain_out
+    if device is None or str(getattr(device, "type", device)).startswith("cpu"):
+        from .resample_np import warp_maps
+
+        shape, origin = [s.stop - s.start for s in box], [s.start for s in box]
+        face_out[box], brain_out[box] = warp_maps([template.face, template.brain], vox_to_tvox, shape, origin=origin)
+        return face_out, brain_out
+    both = _warp_torch(template, vox_to_tvox, box, device, chunk)
+    face_out[box] = both[0]
+    brain_out[box] = both[1]
+    return face_out, brain_out
+
+
+def _warp_torch(template, vox_to_tvox: np.ndarray, box, device, chunk: int) -> np.ndarray:
+    """Both maps over ``box`` with ``grid_sample`` on ``device`` (the GPU path), in row chunks."""
+    import torch
+    import torch.nn.functional as F
+
     maps = torch.as_tensor(np.stack([template.face, template.brain]), device=device)[None]
     size = torch.as_tensor(template.face.shape, dtype=torch.float64, device=device)
     m = torch.as_tensor(vox_to_tvox, dtype=torch.float64, device=device)
@@ -69,10 +86,7 @@ def warp_template_maps(template, subject_shape, subject_affine: np.ndarray, subj
         grid = idx @ lin.T + shift
         out = F.grid_sample(maps, grid[None], mode="bilinear", padding_mode="zeros", align_corners=True)
         res.append(out[0].cpu().numpy())
-    both = np.concatenate(res, axis=1)
-    face_out[box] = both[0]
-    brain_out[box] = both[1]
-    return face_out, brain_out
+    return np.concatenate(res, axis=1)
 
 
 def dilate_mm(mask: np.ndarray, spacing, margin_mm: float) -> np.ndarray:

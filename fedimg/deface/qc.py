@@ -385,13 +385,7 @@ def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_t
 
 
 def _warp_core(template, shape, affine, subject_to_template) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
+    from .resample_np import warp_support
 
     m = np.linalg.inv(template.affine) @ subject_to_template @ affine
-    idx = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), -1)
-    tv = idx @ m[:3, :3].T.astype(np.float32) + m[:3, 3].astype(np.float32)
-    size = np.array(template.brain.shape, np.float32)
-    grid = torch.as_tensor((tv * 2.0 / (size - 1) - 1.0)[..., ::-1].copy())
-    out = F.grid_sample(torch.as_tensor(template.brain)[None, None], grid[None], align_corners=True)
-    return out[0, 0].numpy() > 0.5
+    return warp_support(template.brain, m, shape) > 0.5

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -14,6 +19,8 @@ from fedimg.cli import main
 from fedimg.data.discover import discover
 from fedimg.imageio.deid import pseudonym
 from fedimg.imageio.dicom import find_series, read_series
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +65,22 @@ def test_deidentify_headers_only(exam, tmp_path):
     np.testing.assert_array_equal(read_series(out[0]).stored, src[1].stored)
     blob = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert not [f for f in fakes if f.encode() in blob] and b"20230115" not in blob
+
+
+def test_deidentify_defaces_on_the_cpu_without_torch(exam, tmp_path):
+    root, dicom, fakes = exam
+    t1 = next(s for s in find_series(dicom) if s.number == 1).folder  # the real head, 3.75 mm
+    code = ("import sys, json; from fedimg.cli import main; rc = main(sys.argv[1:]); "
+            "print(json.dumps(sorted(m for m in ('numba', 'torch') if m in sys.modules))); sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code, "-q", "deidentify", str(t1), "-o", str(tmp_path / "out"),
+                          "--device", "cpu", "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == []  # defacing on the CPU imports neither
+    (series,) = find_series(tmp_path / "out")
+    src = read_series(next(s for s in find_series(dicom) if s.number == 1))
+    changed = read_series(series).stored != src.stored
+    assert changed.sum() > 1000  # the face was removed
 
 
 def _bad(capsys, argv, *words) -> None:

@@ -60,6 +60,6 @@ def test_deface_cli_imports_no_numba_monai_or_nvflare(head_2mm, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     imported, prefetched = run.stdout.strip().splitlines()[-2:]
-    assert json.loads(imported) == ["torch"]  # torch runs the registration
-    assert json.loads(prefetched) == [True]  # the template was read beside torch's import, without error
+    assert json.loads(imported) == []  # the CPU path is numpy/scipy from the coarse search to QC: torch never imported
+    assert json.loads(prefetched) == [True]  # the template was read beside the subject, without error
     assert out.is_file()
