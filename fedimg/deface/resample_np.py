@@ -55,7 +55,7 @@ def grid_sample(vol: np.ndarray, grid: np.ndarray) -> np.ndarray:
         for by in (0, 1):
             for bx in (0, 1):
                 w = near[2][bx] * near[1][by] * near[0][bz]
-                out += padded[base + (bz * sy + by * sz + bx)] * w
+                out += np.take(padded, base + (bz * sy + by * sz + bx)) * w
     return out
 
 
@@ -130,7 +130,7 @@ def warp_maps(vols, vox_to_vol: np.ndarray, shape, *, origin=(0, 0, 0), chunk: i
             for by in (0, 1):
                 wxy = weights[0][bx] * weights[1][by]
                 for bz in (0, 1):
-                    acc += flat[base + (bx * sy + by * sz + bz)] * (wxy * weights[2][bz])[..., None]
+                    acc += np.take(flat, base + (bx * sy + by * sz + bz), axis=0) * (wxy * weights[2][bz])[..., None]
         for k, o in enumerate(out):
             o[i0 : i0 + rows] = acc[..., k]
     return out
