@@ -27,12 +27,24 @@ log = logging.getLogger(__name__)
 MODES = ("zero", "blur")
 
 
+_FACE_REGION: list = []  # (the template's face map, its region's box): computed once per process
+
+
+def _face_region(face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The box of ``face > 0`` (template voxels) widened by one voxel, from its projections on each axis (cached)."""
+    for key, value in _FACE_REGION:
+        if key is face:
+            return value
+    inside = face > 0
+    nz = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    value = (np.array([a.min() for a in nz]) - 1.0, np.array([a.max() for a in nz]) + 1.0)
+    _FACE_REGION[:] = [*_FACE_REGION[-3:], (face, value)]
+    return value
+
+
 def _face_box(template, subject_shape, vox_to_tvox: np.ndarray, pad: int = 2):
     """Subject voxel box (slices) that can map into the template's face region."""
-    face = template.face > 0
-    nz = [np.flatnonzero(face.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    lo = np.array([a.min() for a in nz]) - 1.0  # the face region's box, from its projections on each axis
-    hi = np.array([a.max() for a in nz]) + 1.0
+    lo, hi = _face_region(template.face)
     corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     sub = corners @ np.linalg.inv(vox_to_tvox).T
     a = np.floor(sub[:, :3].min(0)).astype(int) - pad

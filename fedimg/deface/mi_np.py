@@ -106,7 +106,7 @@ def trilinear(padded: np.ndarray, vox: np.ndarray):
     s0, s1 = padded.shape[1] * padded.shape[2], padded.shape[2]
     base = i[:, 0] * s0 + i[:, 1] * s1 + i[:, 2]
     flat = padded.ravel()
-    c = [flat[base + off] for off in (0, 1, s1, s1 + 1, s0, s0 + 1, s0 + s1, s0 + s1 + 1)]  # (x, y, z) = bits
+    c = [np.take(flat, base + off) for off in (0, 1, s1, s1 + 1, s0, s0 + 1, s0 + s1, s0 + s1 + 1)]  # (x, y, z) = bits
     x, y, z = fr[:, 0], fr[:, 1], fr[:, 2]
     # along z, then y, then x; the derivatives of the same bilinear blends
     c00, c01 = c[0] + z * (c[1] - c[0]), c[2] + z * (c[3] - c[2])

@@ -55,7 +55,7 @@ def grid_sample(vol: np.ndarray, grid: np.ndarray) -> np.ndarray:
         for by in (0, 1):
             for bx in (0, 1):
                 w = near[2][bx] * near[1][by] * near[0][bz]
-                out += padded[base + (bz * sy + by * sz + bx)] * w
+                out += np.take(padded, base + (bz * sy + by * sz + bx)) * w
     return out
 
 
@@ -71,17 +71,28 @@ def warp(vol: np.ndarray, vox_to_vol: np.ndarray, shape, *, origin=(0, 0, 0)) ->
                                 mode="grid-constant", cval=0.0, prefilter=False)
 
 
-_PADDED: list = []  # (the volumes, their zero-padded stack): the template's maps, padded once per process
+def _padded_box(vols, m: np.ndarray, shape, origin) -> tuple[np.ndarray, np.ndarray]:
+    """The part of ``vols`` (stacked on a last axis, float32, zero-padded by 2 voxels on every side) that the
+    trilinear corners of a ``shape`` grid at ``origin`` can reach through ``m``, and its first padded index.
 
-
-def _padded_stack(vols) -> np.ndarray:
-    """``vols`` (same shape) stacked on a last axis, float32, with 2 zero voxels on every side (cached)."""
-    for key, value in _PADDED:
-        if len(key) == len(vols) and all(a is b for a, b in zip(key, vols)):
-            return value
-    stack = np.pad(np.stack([np.asarray(v, dtype=np.float32) for v in vols], -1), [(2, 2)] * 3 + [(0, 0)])
-    _PADDED[:] = [*_PADDED[-3:], (tuple(vols), stack)]
-    return stack
+    The grid's positions are affine in its indices, so their extremes lie at the grid's corners; one voxel
+    of margin covers rounding. Only this box is copied (not the whole padded volumes), with values equal to
+    the whole padded stack's at every index the kernel reads.
+    """
+    size = np.array(vols[0].shape)
+    corners = np.array([[x, y, z, 1.0] for x in (0, shape[0] - 1) for y in (0, shape[1] - 1) for z in (0, shape[2] - 1)])
+    corners[:, :3] += np.asarray(origin, dtype=np.float64)
+    pos = corners @ m[:3].T
+    lo = np.clip(np.floor(pos.min(0)) - 1, -2, size).astype(int) + 2  # padded indices the corners can read
+    hi = np.clip(np.floor(pos.max(0)) + 1, -2, size).astype(int) + 2 + 2  # + the upper corner, exclusive
+    box = np.zeros((*(hi - lo), len(vols)), np.float32)
+    src_lo, src_hi = np.maximum(lo - 2, 0), np.minimum(hi - 2, size)  # template voxels inside the box
+    if np.all(src_hi > src_lo):
+        dst = tuple(slice(int(a - (l - 2)), int(b - (l - 2))) for a, b, l in zip(src_lo, src_hi, lo))
+        src = tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
+        for k, v in enumerate(vols):
+            box[(*dst, k)] = np.asarray(v, dtype=np.float32)[src]
+    return box, lo
 
 
 def warp_maps(vols, vox_to_vol: np.ndarray, shape, *, origin=(0, 0, 0), chunk: int = 1 << 16) -> list[np.ndarray]:
@@ -91,12 +102,14 @@ def warp_maps(vols, vox_to_vol: np.ndarray, shape, *, origin=(0, 0, 0), chunk: i
     Long because it is the whole trilinear kernel: positions, the zero-padded corners, the weights.
     """
     vols = list(vols)
-    padded = _padded_stack(vols)
-    flat = padded.reshape(-1, len(vols))
     size = np.array(vols[0].shape)
-    sy, sz = padded.shape[1] * padded.shape[2], padded.shape[2]
     m = np.asarray(vox_to_vol, dtype=np.float64)
     shape = tuple(int(n) for n in shape)
+    if min(shape) <= 0:
+        return [np.empty(shape, np.float32) for _ in vols]
+    padded, lo = _padded_box(vols, m, shape, origin)
+    flat = padded.reshape(-1, len(vols))
+    sy, sz = padded.shape[1] * padded.shape[2], padded.shape[2]
     axes = [np.arange(n, dtype=np.float64) + o for n, o in zip(shape, origin)]
     pj = m[:3, 1:2] * axes[1][None]  # (3, n1): each axis's position from the second index
     pk = m[:3, 2:3] * axes[2][None]
@@ -111,13 +124,13 @@ def warp_maps(vols, vox_to_vol: np.ndarray, shape, *, origin=(0, 0, 0), chunk: i
             f = np.floor(pos)
             fr = (pos - f).astype(np.float32)
             weights.append((1.0 - fr, fr))
-            base = base + (np.clip(f, -2, size[a]).astype(np.int64) + 2) * stride  # outside: both corners padding
+            base = base + (np.clip(f, -2, size[a]).astype(np.int64) + (2 - lo[a])) * stride  # outside: padding
         acc = np.zeros((*weights[0][0].shape, len(vols)), np.float32)
         for bx in (0, 1):
             for by in (0, 1):
                 wxy = weights[0][bx] * weights[1][by]
                 for bz in (0, 1):
-                    acc += flat[base + (bx * sy + by * sz + bz)] * (wxy * weights[2][bz])[..., None]
+                    acc += np.take(flat, base + (bx * sy + by * sz + bz), axis=0) * (wxy * weights[2][bz])[..., None]
         for k, o in enumerate(out):
             o[i0 : i0 + rows] = acc[..., k]
     return out

@@ -88,3 +88,21 @@ def test_warp_maps_equals_warp():
     got = warp_maps(vols, m, (12, 13, 14), origin=(1, -2, 0), chunk=100)  # several chunks, points far outside too
     for g, v in zip(got, vols):
         np.testing.assert_allclose(g, warp(v, m, (12, 13, 14), origin=(1, -2, 0)), atol=1e-6)
+
+
+def test_warp_maps_reads_only_the_box_it_reaches():
+    """A small output box reads a small part of the volumes (copied, not the whole padded stack), and gives
+    bit for bit what the same box of a larger grid gives, in the volume, at its edges and outside it."""
+    rng = np.random.default_rng(8)
+    vols = [rng.random((30, 31, 32), dtype=np.float32), rng.random((30, 31, 32), dtype=np.float32)]
+    m = np.eye(4)
+    m[:3, :3] = [[0.9, 0.1, 0.0], [-0.1, 1.1, 0.05], [0.0, 0.02, 1.0]]
+    m[:3, 3] = [-4.0, 2.5, -1.0]
+    whole = warp_maps(vols, m, (40, 40, 40), origin=(-2, -3, -1), chunk=700)
+    for lo, hi in [((10, 12, 9), (18, 15, 22)), ((0, 0, 0), (5, 6, 7)), ((30, 31, 33), (40, 40, 40))]:
+        shape = tuple(b - a for a, b in zip(lo, hi))
+        part = warp_maps(vols, m, shape, origin=tuple(a + o for a, o in zip(lo, (-2, -3, -1))), chunk=50)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        for p, w in zip(part, whole):
+            np.testing.assert_array_equal(p, w[box])
+    assert any(w.any() and (w == 0).any() for w in whole)  # the grid reaches past the volumes' edges
