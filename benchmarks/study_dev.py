@@ -368,6 +368,34 @@ def compare(paths: list[str], fed: str = "nesterov-b0.8", cen: str = "central") 
     return out
 
 
+def judge(paths: list[str], cand: str, cand_cen: str = "central", fed: str = "nesterov-b0.8",
+          cen: str = "central") -> dict:
+    """h12g's / h12h's adoption rule (RESULTS.md) on this harness's JSONs: per split (generator seed;
+    0 is the old split) the mean over study seeds of the patience-kept federated / centralised test
+    Dice ratio of the candidate (``cand`` over ``cand_cen``) and of the default (``fed`` over ``cen``),
+    the runs where the candidate's federated kept test Dice beats the default's, and samples to 95 %
+    federated / centralised (ratio of the means over seeds)."""
+    runs: dict = {}
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        for name, arm in d["arms"].items():
+            runs.setdefault((int(d.get("synth_seed", 0)), int(d["seed"])), {})[name] = arm
+    out: dict = {}
+    for g in sorted({g for g, _ in runs}):
+        seeds = {s: r for (gg, s), r in sorted(runs.items()) if gg == g and all(a in r for a in (cand, cand_cen, fed, cen))}
+        if not seeds:
+            continue
+        t = {a: {s: r[a]["mean_test_patience"] for s, r in seeds.items()} for a in {cand, cand_cen, fed, cen}}
+        n95 = {a: np.mean([r[a]["samples_to_95"] for r in seeds.values()]) for a in {cand, cand_cen, fed, cen}}
+        out[g] = {"seeds": list(seeds), "cand_ratio": {s: t[cand][s] / t[cand_cen][s] for s in seeds},
+                  "default_ratio": {s: t[fed][s] / t[cen][s] for s in seeds},
+                  "cand_fed": t[cand], "default_fed": t[fed], "fed_beats_default": sum(t[cand][s] > t[fed][s] for s in seeds),
+                  "samples_to_95_fed_over_cen": float(n95[cand] / n95[cand_cen])}
+        out[g]["cand_mean_ratio"] = float(np.mean(list(out[g]["cand_ratio"].values())))
+        out[g]["default_mean_ratio"] = float(np.mean(list(out[g]["default_ratio"].values())))
+    return out
+
+
 def write_results(path: str, out: dict) -> None:
     """Write a benchmark's ``out`` as JSON to ``path`` (its folder made) and say so."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -417,7 +445,18 @@ def main(argv=None) -> int:
                    "each; the JSON is merged in --arms order; default 1: one after the other)")
     p.add_argument("--compare", nargs="+", metavar="JSON", help="no training: judge larger budgets against the "
                    "smallest from these JSONs of nesterov-b0.8 and central (h12f's rule) and print the table")
+    p.add_argument("--judge", nargs="+", metavar="ARM", help="with --compare: judge candidate ARM (and its own "
+                   "centralised arm, default central) against nesterov-b0.8 / central per split (h12h's rule)")
     a = p.parse_args(argv)
+    if a.compare and a.judge:
+        res = judge(a.compare, a.judge[0], *a.judge[1:2])
+        for g, r in res.items():
+            print(f"generator seed {g}: seeds {r['seeds']}; candidate mean ratio {r['cand_mean_ratio']:.3f} "
+                  f"({', '.join(f'{v:.3f}' for v in r['cand_ratio'].values())}) vs default {r['default_mean_ratio']:.3f}; "
+                  f"federated {', '.join(f'{v:.3f}' for v in r['cand_fed'].values())} vs "
+                  f"{', '.join(f'{v:.3f}' for v in r['default_fed'].values())} (beats on {r['fed_beats_default']}); "
+                  f"samples to 95 % fed/cen {r['samples_to_95_fed_over_cen']:.2f}")
+        return 0
     if a.compare:
         res = compare(a.compare)
         for e, b in res["budgets"].items():
