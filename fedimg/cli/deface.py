@@ -106,17 +106,6 @@ def _defaced_name(path: Path, out_dir: Path) -> Path:
     return out_dir / f"{stem(path)}_defaced{DEFAULT_SUFFIX}"
 
 
-def _device(spec: str):
-    """``"cpu"`` (a string: the CPU path never imports torch) for ``cpu``, or ``auto`` without an
-    NVIDIA driver; else the ``torch.device`` of :func:`fedimg.device.resolve_device`."""
-    from fedimg.device import nvidia_driver_present, resolve_device
-
-    spec = (spec or "auto").strip().lower()
-    if spec == "cpu" or (spec == "auto" and not nvidia_driver_present()):
-        return "cpu"
-    return resolve_device(spec)
-
-
 def _check_output_names(args: argparse.Namespace) -> None:
     """A single image's outputs must be images (.nii.gz, .nii, .nrrd for an NRRD input): checked before any work."""
     from fedimg.errors import InputError
@@ -139,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from fedimg.cli import env_threads
+    from fedimg.cli.deidentify import deface_device
     from fedimg.deface.batch import plan, run_batch
     from fedimg.deface.core import DefaceConfig
     from fedimg.deface.pipeline import DefaceJob, deface_job, prefetch_template
@@ -151,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.input.exists() and (threads or cpus) >= 2:
         prefetch_template()  # the template's read beside the subject's (and any torch import)
     configure_threads(threads, numba=False, torch=False)  # no numba code; torch only where imported
-    device = _device(args.device)
+    device = deface_device(args.device)
     config = DefaceConfig(preset=args.preset, modality=args.modality, mode=args.mode, protect_margin_mm=args.protect_margin_mm, seed=args.seed)
     if not args.input.exists():
         raise InputError(args.input, "does not exist; pass an image, a BIDS root or BraTS case folder(s)")

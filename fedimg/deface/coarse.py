@@ -114,11 +114,16 @@ def padding_cells(small: np.ndarray) -> np.ndarray | None:
     """
     from scipy import ndimage as ndi
 
-    low = float(small.min())
-    pad = small <= low + 1e-6 * max(1.0, abs(low), float(small.max()) - low)
+    pad = _fill(small)
     if pad.mean() < 0.01:
         return None
     return ndi.binary_dilation(pad)
+
+
+def _fill(small: np.ndarray) -> np.ndarray:
+    """Cells at the grid's lowest value (to rounding): whole cells of constant fill."""
+    low = float(small.min())
+    return small <= low + 1e-6 * max(1.0, abs(low), float(small.max()) - low)
 
 
 def acquired_fov(small: np.ndarray, cell_mm: float = 4.0) -> np.ndarray | None:
@@ -138,8 +143,7 @@ def acquired_fov(small: np.ndarray, cell_mm: float = 4.0) -> np.ndarray | None:
     pad = padding_cells(small)
     if pad is None or pad.all():
         return None
-    low = float(small.min())
-    full = small <= low + 1e-6 * max(1.0, abs(low), float(small.max()) - low)
+    full = _fill(small)
     rest = small[~pad]
     lo, hi = float(np.percentile(rest, 0.5)), float(np.percentile(small, 99.0))
     thr = lo + 0.1 * (hi - lo)

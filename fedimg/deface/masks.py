@@ -58,8 +58,8 @@ def warp_template_maps(template, subject_shape, subject_affine: np.ndarray, subj
                        *, device=None, chunk: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
     """Face (float, 0..1) and brain-protection (float) maps of the template on the subject grid.
 
-    Trilinear, zeros outside the template: scipy on the CPU (``device`` None, ``"cpu"`` or a CPU
-    ``torch.device``; no torch import), ``grid_sample`` on a GPU ``device``.
+    Trilinear, zeros outside the template: numpy (:func:`.resample_np.warp_maps`) on the CPU (``device``
+    None, ``"cpu"`` or a CPU ``torch.device``; no torch import), ``grid_sample`` on a GPU ``device``.
     """
     vox_to_tvox = np.linalg.inv(template.affine) @ subject_to_template @ subject_affine
     face_out = np.zeros(subject_shape, np.float32)

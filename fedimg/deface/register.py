@@ -274,7 +274,7 @@ def _register(subject, subject_affine, template, template_affine, config, device
             mi = -level.loss(lin, trans, c_t, sel, shape=False)
         order = torch.argsort(losses).tolist()
         log.debug("level %.1f mm: losses %s", config.levels_mm[li], [round(float(losses[i]), 4) for i in order])
-        keep = order if li == len(pyramid) - 1 else order[: max(config.keep, 2 if len(order) > 1 else 1)]
+        keep = _survivors(order, li == len(pyramid) - 1, config.keep)
         lin, trans = lin.detach()[keep], trans.detach()[keep]
         losses = losses[keep]
         ids = [ids[i] for i in keep]
@@ -318,7 +318,7 @@ def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
             m1 = [m[best] for m in m1]
             m2 = [m[best] for m in m2]
             ids = [ids[i] for i in best]
-        frac = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters)))
+        frac = _lr_frac(it, iters)
         sel = torch.randint(0, n_pts, (min(config.samples, n_pts),), generator=gen).to(device)
         loss = level.loss(lin, trans, c_t, sel)
         grads = torch.autograd.grad(loss.sum(), params)
@@ -330,6 +330,16 @@ def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
                 denom = (b / (1 - 0.999**step)).sqrt_().add_(1e-8)
                 p.addcdiv_(a, denom, value=-lr * frac / (1 - 0.9**step))
     return lin, trans, ids
+
+
+def _lr_frac(it: int, iters: int) -> float:
+    """Cosine learning-rate factor of iteration ``it`` (1 down to 0.1), both paths."""
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters)))
+
+
+def _survivors(order: list, last: bool, keep: int) -> list:
+    """Starts (``order``: best first) that go on to the next level: all at the last, else the best ``keep`` (at least 2)."""
+    return order if last else order[: max(keep, 2 if len(order) > 1 else 1)]
 
 
 def _fov_keep(fov, shape, affine) -> np.ndarray:

@@ -149,7 +149,7 @@ class NumpyLevel:
 
 def register_numpy(subject, subject_affine, template, template_affine, config, initial=None, fov=None):
     """:func:`.register.register` on the CPU in numpy (``config.shape_weight`` and ``ngf_weight`` must be 0)."""
-    from .register import _fov_keep, _result, _starts
+    from .register import _fov_keep, _result, _starts, _survivors
 
     t0 = time.perf_counter()
     rng = TorchDraws(config.seed)
@@ -171,7 +171,7 @@ def register_numpy(subject, subject_affine, template, template_affine, config, i
         losses = level.loss(lin, trans, c_t, sel)
         order = np.argsort(losses, kind="stable").tolist()
         log.debug("level %.1f mm: losses %s", config.levels_mm[li], [round(float(losses[i]), 4) for i in order])
-        keep = order if li == len(pyramid) - 1 else order[: max(config.keep, 2 if len(order) > 1 else 1)]
+        keep = _survivors(order, li == len(pyramid) - 1, config.keep)
         lin, trans, losses, ids = lin[keep], trans[keep], losses[keep], [ids[i] for i in keep]
         fg = np.flatnonzero(level.values > 0.05)
     fg_points = level.points(fg[:: max(1, fg.size // 20000)]) + c_s
@@ -181,7 +181,7 @@ def register_numpy(subject, subject_affine, template, template_affine, config, i
 
 def _optimise(level: NumpyLevel, lin, trans, ids, c_t, li, iters, config, rng):
     """Adam on every start's affine at one level (as :func:`.register._optimise_level`, gradients analytic)."""
-    import math
+    from .register import _lr_frac
 
     scale = config.levels_mm[li] / config.levels_mm[0]
     lin, trans = lin.astype(np.float64), trans.astype(np.float64)
@@ -195,7 +195,7 @@ def _optimise(level: NumpyLevel, lin, trans, ids, c_t, li, iters, config, rng):
             lin, trans = lin[best], trans[best]
             m1, m2 = [m[best] for m in m1], [m[best] for m in m2]
             ids = [ids[i] for i in best]
-        frac = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters)))
+        frac = _lr_frac(it, iters)
         sel = rng.integers(level.n, min(config.samples, level.n))
         _, g_lin, g_trans = level.loss(lin, trans, c_t, sel, grad=True)
         step = it + 1

@@ -31,7 +31,7 @@ def test_bad_output_name_fails_before_any_work(tmp_path, capsys, argv):
 
 def test_thread_setting_and_device_choice_do_not_import_torch():
     code = ("import sys; from fedimg.device import configure_threads, configured_threads;"
-            "from fedimg.cli.deface import _device;"
+            "from fedimg.cli.deidentify import deface_device as _device;"
             "n = configure_threads(2, numba=False, torch=False); d = _device('cpu');"
             "assert 'torch' not in sys.modules, 'torch imported';"
             "print(n, configured_threads(), d)")

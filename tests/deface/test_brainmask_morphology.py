@@ -104,3 +104,22 @@ def test_removal_offset_counts_only_tissue_whose_mirror_was_acquired():
     assert offset(face, None) == pytest.approx(2.0)  # tissue x = 4..19 about 9.5
     assert offset(face, fov) == pytest.approx(0.0)  # x = 4..15: their mirrors 15..4 were acquired
     assert offset(face & (g[0] >= 10), fov) == pytest.approx(3.0)  # one cheek: x = 10..15
+
+
+def test_acquired_part_keeps_only_voxels_in_acquired_cells():
+    """QC's face measures (:func:`.qc_face.acquired_part`): voxels of a cell outside ``BrainEstimate.acquired``
+    drop out; without an acquired estimate (the whole grid) the mask is returned as it is."""
+    from fedimg.deface.brainmask import BrainEstimate
+    from fedimg.deface.qc_face import acquired_part
+
+    cells = np.ones((5, 5, 5), bool)
+    cells[:, :, 3:] = False  # cells z >= 3 (voxels z >= 6 at step 2): not acquired
+    est = BrainEstimate(head=cells, brain=np.zeros_like(cells), step=(2, 2, 2), cell_ml=0.008, cell_spacing=np.full(3, 2.0),
+                        cell_affine=np.diag([2.0, 2.0, 2.0, 1.0]), reference=1.0, acquired=cells)
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:8, 2:8, 2:10] = True
+    got = acquired_part(mask, est)
+    assert got[:, :, :6].sum() == mask[:, :, :6].sum() and not got[:, :, 6:].any()
+    whole = BrainEstimate(head=cells, brain=np.zeros_like(cells), step=(2, 2, 2), cell_ml=0.008, cell_spacing=np.full(3, 2.0),
+                          cell_affine=np.diag([2.0, 2.0, 2.0, 1.0]), reference=1.0)
+    assert acquired_part(mask, whole) is mask and acquired_part(None, est) is None
