@@ -3,7 +3,9 @@
 Each sub-command lives in its own module ``fedimg.cli.<name>`` exposing
 ``register(subparsers)``; the parser it adds sets ``func`` to a ``run(args) -> int``.
 Command modules import heavy packages (torch, MONAI, NVFlare) inside ``run`` so that
-``fedimg --help`` stays fast.
+``fedimg --help`` stays fast. A command line that names its command registers only that
+command's parser (:func:`build_parser` with ``only``): ``fedimg deface ...`` does not import
+the federation and training options' modules.
 
 Errors a user causes (:class:`fedimg.errors.FedimgError`) are printed as one line
 ``fedimg: error: <file>: <problem and fix>`` with a non-zero exit; ``--debug`` shows the
@@ -20,7 +22,7 @@ import sys
 
 from fedimg import __version__
 
-__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+__all__ = ["main", "build_parser", "command_module", "COMMAND_MODULES"]
 
 log = logging.getLogger("fedimg")
 
@@ -46,7 +48,23 @@ COMMAND_MODULES = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Command names that are not their module's name with "_" -> "-".
+_COMMAND_NAMES = {"import_dicom": "import"}
+
+
+def command_module(argv: list[str]) -> str | None:
+    """The module of the command ``argv`` names (its first word after the global flags), or None.
+
+    >>> command_module(["-q", "deface", "t1.nii.gz"]), command_module(["--help"]), command_module(["nope"])
+    ('deface', None, None)
+    """
+    word = next((a for a in argv if not a.startswith("-")), None)  # every global option is a flag
+    by_name = {_COMMAND_NAMES.get(m, m.replace("_", "-")): m for m in COMMAND_MODULES}
+    return by_name.get(word) if word is not None else None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``fedimg`` parser; ``only``: register just that command module (the others are not imported)."""
     parser = argparse.ArgumentParser(
         prog="fedimg",
         description="Federated learning for medical imaging: deface, train per site, federate on NVFlare, report.",
@@ -56,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only is None else [only]:
         importlib.import_module(f"fedimg.cli.{name}").register(sub)
     return parser
 
@@ -87,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     from fedimg.errors import FedimgError
 
-    parser = build_parser()
+    parser = build_parser(command_module(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     if not getattr(args, "func", None):

@@ -97,6 +97,13 @@ def _canonical(data: np.ndarray, affine: np.ndarray):
     return to_canonical(data, affine)
 
 
+def _axes(affine: np.ndarray) -> np.ndarray:
+    """The canonical axis each stored voxel axis becomes."""
+    import nibabel.orientations as nio
+
+    return nio.io_orientation(affine)[:, 0].astype(int)
+
+
 def _back(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     import nibabel.orientations as nio
 
@@ -106,7 +113,7 @@ def _back(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray | None = None,
                  config: DefaceConfig | None = None, device=None, registration: Registration | None = None,
-                 brain_protect: str | None = None, on_coarse=None) -> FaceRemoval:
+                 brain_protect: str | None = None, on_coarse=None, canonical=None) -> FaceRemoval:
     """Decide which voxels of ``image`` (3-D, any orientation) to remove.
 
     Long because it is the whole in-memory defacing: canonical copy, modality, registration,
@@ -118,13 +125,20 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     ``on_coarse``: called as ``on_coarse(modality, head_shape)`` once the head-shape alignments
     (``FaceRemoval.head_shape``, before the MI stage) are known, so QC's own work on them can
     start beside the MI registration (:func:`fedimg.deface.pipeline.deface_job`).
+    ``canonical``: ``(array, affine)`` that :func:`fedimg.imageio.volume.to_canonical` gives for ``image``
+    as float32, when the caller has it already (the pipeline shares one copy with QC); not copied again.
     """
     config = config or DefaceConfig()
     image = np.asarray(image)
     if image.ndim != 3:
         raise ValueError(f"face_removal needs a 3-D image, got shape {image.shape}")
     affine = np.asarray(affine, dtype=np.float64)
-    can, can_aff = _canonical(image.astype(np.float32, copy=False), affine)
+    if canonical is None:
+        can, can_aff = _canonical(image.astype(np.float32, copy=False), affine)
+    else:
+        can, can_aff = canonical
+        if can.dtype != np.float32 or can.shape != tuple(image.shape[i] for i in np.argsort(_axes(affine))):
+            raise ValueError("face_removal: canonical must be to_canonical(image as float32, affine)")
     # NIfTI stores affines in float32: round to 0.1 um so one world image stored two ways
     # (e.g. flipped axes) gives bit-identical registrations.
     can_aff = np.round(can_aff, 4)

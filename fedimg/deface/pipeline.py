@@ -150,13 +150,15 @@ class _QCWorker:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def start(self, scaled: np.ndarray, affine: np.ndarray) -> None:
-        """Queue the MI template pyramid, QC's brain estimate and the head-outline placement of the (scaled) reference."""
+    def start(self, can: np.ndarray, can_aff: np.ndarray) -> None:
+        """Queue the MI template pyramid, QC's brain estimate and the head-outline placement of the
+        reference's canonical (scaled, float32) copy ``can`` (:func:`to_canonical`, made once per job)."""
+        _settle(self.canonical, (can, can_aff))
         if self.pool is not None:
-            levels = self.config.registration_for(np.sqrt((affine[:3, :3] ** 2).sum(axis=0))).levels_mm
+            levels = self.config.registration_for(np.sqrt((can_aff[:3, :3] ** 2).sum(axis=0))).levels_mm
             if self.device is None or getattr(self.device, "type", "cpu") == "cpu":
                 self.pool.submit(_warm_levels, levels)
-            self.result = self.pool.submit(_qc_estimate, scaled, affine, self.coarse, self.canonical)
+            self.result = self.pool.submit(_qc_estimate, can, can_aff, self.coarse)
             self.shape = self.pool.submit(_qc_shape, self.canonical, self.coarse)  # starts after _qc_estimate
 
     def on_coarse(self, modality: str, head_shape) -> None:
@@ -214,18 +216,12 @@ def _warm_levels(levels) -> None:
         template_level_np(t.intensity, t.affine, mm)
 
 
-def _qc_estimate(scaled: np.ndarray, affine: np.ndarray, coarse, canonical):
+def _qc_estimate(can: np.ndarray, can_aff: np.ndarray, coarse):
     """QC's brain estimate of the canonical image cross-checked against the head shape; None when
-    face_removal failed or the head is CT. Hands the canonical image to :func:`_qc_shape` first."""
+    face_removal failed or the head is CT."""
     from .brainmask import estimate_brain
     from .qc import _shape_candidates, head_shape_brain
 
-    try:
-        can, can_aff = to_canonical(np.asarray(scaled, dtype=np.float32), affine)
-    except BaseException as exc:
-        canonical.set_exception(exc)
-        raise
-    _settle(canonical, (can, can_aff))
     est = estimate_brain(can, can_aff)
     got = coarse.result()
     if got is None:
@@ -267,9 +263,10 @@ def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0
     for lab in labels:
         protect = (lab.raw != 0) if protect is None else (protect | (lab.raw != 0))
     scaled = ref.scaled()
-    worker.start(scaled, ref.affine)
+    canonical = to_canonical(scaled, ref.affine)  # one canonical copy for the removal and QC's threads
+    worker.start(*canonical)
     removal = face_removal(scaled, ref.affine, protect=protect, config=config, device=device,
-                           on_coarse=worker.on_coarse)
+                           on_coarse=worker.on_coarse, canonical=canonical)
     spacing = ref.spacing
     outputs = [(ref, job.output)] + list(zip(others, (b for _, b in job.apply_to)))
     new_raw, changed_protected = _apply(outputs, removal, protect, config, spacing)
