@@ -228,7 +228,7 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     from fedimg.imageio.volume import to_canonical
 
     from .brainmask import estimate_brain, removal_metrics
-    from .qc_face import acquired_part, face_shape_recall, removal_dice
+    from .qc_face import acquired_part, face_shape_recall_counted, removal_dice
 
     remove, can_aff = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
@@ -246,7 +246,7 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
         est, face_shape = _shape_checks(can, can_aff, est, removal.head_shape, removal.brain_protect)
     remove, face_shape = acquired_part(remove, est), acquired_part(face_shape, est)  # acquired voxels only
     metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
-    metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall(remove, face_shape, lambda m: est.lookup(m, "head"))
+    metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, est)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
     return evaluate_qc(metrics, thresholds)
 

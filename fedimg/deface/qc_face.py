@@ -33,7 +33,8 @@ import logging
 
 import numpy as np
 
-__all__ = ["acquired_part", "head_shape_pose", "shape_removal", "face_shape_dice", "face_shape_recall", "removal_dice", "upright", "turn_deg",
+__all__ = ["acquired_part", "head_shape_pose", "shape_removal", "face_shape_dice", "face_shape_recall",
+           "face_shape_recall_counted", "removal_dice", "upright", "turn_deg",
            "MAX_TURN_DEG"]
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,13 @@ def face_shape_recall(remove: np.ndarray, shape: np.ndarray, in_head) -> float:
     tissue = np.asarray(in_head(shape), bool)
     n = int(tissue.sum())
     return 1.0 if n == 0 else float(remove[tuple(i[tissue] for i in idx)].sum()) / n
+
+
+def face_shape_recall_counted(remove: np.ndarray, shape: np.ndarray, estimate) -> float:
+    """:func:`face_shape_recall` with ``estimate.lookup(m, "head")`` as ``in_head``, from per-cell counts
+    (:meth:`.brainmask.BrainEstimate.count`): the same number without indexing every voxel."""
+    n = estimate.count(shape, "head")
+    return 1.0 if n == 0 else float(estimate.count(shape & remove, "head")) / n
 
 
 def head_shape_pose(canonical: np.ndarray, affine: np.ndarray, candidates, *, step_mm: float = 4.0,

@@ -66,9 +66,11 @@ def _load_template(brain_protect: str | None) -> Template:
     for other in (face_img, brain_img):
         if other.shape != img.shape or not np.allclose(other.affine, img.affine, atol=1e-4):
             raise FedimgError(f"{other.get_filename()}: not on the template grid; rebuild it with scripts/build_brain_protect.py")
-    intensity = _voxels(img).astype(np.float32)
-    face = (_voxels(face_img) < 0.5).astype(np.float32)  # facemask: 0 = face region
-    brain = (_voxels(brain_img) > 0).astype(np.float32)
+    # C order (NIfTI stores x fastest): every later use reshapes, pads or boxes these arrays in C order,
+    # and each such use of a Fortran-ordered array copied it first (the values are the same either way)
+    intensity = np.ascontiguousarray(_voxels(img), dtype=np.float32)
+    face = np.ascontiguousarray(_voxels(face_img) < 0.5, dtype=np.float32)  # facemask: 0 = face region
+    brain = np.ascontiguousarray(_voxels(brain_img) > 0, dtype=np.float32)
     log.debug("template loaded: %s, face %.0f mL, brain-protect %.0f mL", img.shape, face.sum() / 1e3, brain.sum() / 1e3)
     return Template(intensity=intensity, face=face, brain=brain, affine=np.asarray(img.affine, dtype=np.float64))
 
