@@ -79,13 +79,20 @@ def to_hu(image: np.ndarray, *, air: float) -> np.ndarray:
 
 
 def _pool(image: np.ndarray, st, how: str) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
+    """Mean or maximum of ``st``-sized blocks (float32); a block cut by the edge pools the voxels it holds, as
+    ``avg_pool3d``/``max_pool3d`` with ``ceil_mode=True`` did (the maximum exactly, the mean to float32 rounding:
+    :func:`.resample_np.block_mean` sums in float64). numpy only: the CPU CT path imports no torch."""
+    from .resample_np import block_mean
 
-    t = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    if how == "max":
-        return F.max_pool3d(t, kernel_size=st, stride=st, ceil_mode=True)[0, 0].numpy()
-    return F.avg_pool3d(t, kernel_size=st, stride=st, ceil_mode=True)[0, 0].numpy()
+    if how != "max":
+        return block_mean(image, st)
+    img = np.asarray(image, dtype=np.float32)
+    st = tuple(int(k) for k in st)
+    out_shape = tuple(-(-n // k) for n, k in zip(img.shape, st))
+    pad = [(0, o * k - n) for o, k, n in zip(out_shape, st, img.shape)]
+    if any(p for _, p in pad):
+        img = np.pad(img, pad, constant_values=-np.inf)  # never the maximum of a block that holds a voxel
+    return img.reshape(out_shape[0], st[0], out_shape[1], st[1], out_shape[2], st[2]).max(axis=(1, 3, 5))
 
 
 def _ball(radius_mm: float, spacing) -> np.ndarray:
@@ -151,16 +158,12 @@ def ct_brain_estimate(canonical: np.ndarray, affine: np.ndarray, *, air: float =
 
 def _placed_brain(template, shape, affine: np.ndarray, subject_to_template: np.ndarray) -> np.ndarray:
     """The template's brain-protection mask on a whole subject grid (``masks.warp_template_maps``
-    fills only the face's bounding box)."""
-    import torch
-    import torch.nn.functional as F
+    fills only the face's bounding box): trilinear, zeros outside (:func:`.resample_np.warp_support`, numpy; the
+    ``grid_sample`` it replaced placed its samples in float32, so a value can differ by about 5e-5)."""
+    from .resample_np import warp_support
 
     m = np.linalg.inv(template.affine) @ subject_to_template @ affine
-    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1)
-    tv = idx @ m[:3, :3].T + m[:3, 3]
-    grid = (tv * 2.0 / (np.array(template.brain.shape) - 1.0) - 1.0)[..., ::-1].astype(np.float32)
-    out = F.grid_sample(torch.as_tensor(template.brain)[None, None], torch.as_tensor(grid.copy())[None], align_corners=True)
-    return out[0, 0].numpy() > 0.5
+    return warp_support(template.brain, m, shape) > 0.5
 
 
 def ct_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarray, removal, *, estimate=None,

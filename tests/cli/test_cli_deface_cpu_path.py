@@ -1,5 +1,6 @@
 """``fedimg deface`` on the CPU: a bad output name is refused before any work, and the CLI's
-own steps (thread setting, device choice) leave torch unimported."""
+own steps (thread setting, device choice), and the whole command on an MR and a CT head, leave
+torch and pydicom unimported."""
 
 from __future__ import annotations
 
@@ -39,3 +40,29 @@ def test_thread_setting_and_device_choice_do_not_import_torch():
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-800:]
     assert out.stdout.split() == ["2", "2", "cpu"]
+
+
+CT = ROOT / "tests" / "assets" / "mri" / "vtkjs_headsq_CT.nii.gz"
+
+
+@pytest.mark.slow  # 3-5 s each on a quiet machine, ~20 s on a loaded one
+@pytest.mark.parametrize("head", [HEAD, CT], ids=["mr", "ct"])
+def test_fedimg_deface_on_the_cpu_imports_neither_torch_nor_pydicom(tmp_path, head):
+    """The whole command (read, registration, QC in its threads, writing), not just its set-up steps."""
+    out = tmp_path / "out.nii.gz"
+    code = (f"import sys; from fedimg.cli import main; rc = main(['-q', 'deface', {str(head)!r}, '-o', {str(out)!r}, "
+            "'--threads', '2', '--no-png']); print(rc, sorted(m for m in ('torch', 'pydicom', 'rich', 'matplotlib') "
+            "if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-800:]
+    assert run.stdout.split() == ["0", "[]"] and out.is_file()
+
+
+def test_pydicom_stays_importable_after_the_lean_nibabel_import():
+    code = ("import sys; from fedimg.cli.deface import import_nibabel_without_pydicom as f; first = f();"
+            "import nibabel.nifti1 as n1; hidden = not n1.have_dicom; import pydicom; print(first, hidden, f())")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-800:]
+    assert run.stdout.split() == ["True", "True", "False"]
