@@ -23,7 +23,7 @@ from .ct import MODALITIES, air_value, looks_like_hu, resolve_modality
 from .masks import MODES, dilate_mm, removal_mask, warp_template_maps
 from .qc import HEAD_SHAPE_KEEP, QCThresholds, brain_in_head
 from .register import PRESETS, Registration, RegistrationConfig, register
-from .template import load_template, template_head_mask
+from .template import load_template, template_head_mask, template_intensity
 
 __all__ = ["DefaceConfig", "FaceRemoval", "face_removal"]
 
@@ -149,7 +149,6 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     if modality == "ct" and looks_like_hu(can):
         can = np.maximum(can, fill)  # padding outside the scanner's circle (-2048 etc.) reads as air
         small = _block_mean(can, can_aff, 4.0)
-    template = load_template(brain_protect)  # needed from here on (a second thread may be reading it)
     coarse_dice, head_shape = None, ()
     if registration is None:
         keep_shape = config.registration_for(spacing).prune_to == HEAD_SHAPE_KEEP
@@ -165,6 +164,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
             head_shape = cands  # exactly the alignments QC would compute (same image, same keep)
     elif on_coarse is not None:
         on_coarse(modality, ())
+    template = load_template(brain_protect)  # the face and brain maps (a second thread may be reading them)
     face, brain = warp_template_maps(template, can.shape, can_aff, registration.subject_to_template, device=device)
     user = None
     if protect is not None:
@@ -205,7 +205,6 @@ def _register_head(can, can_aff, small, modality, config, spacing, device, brain
     runs once more with the ``accurate`` settings from those two (longer, more samples).
     """
     rcfg = config.registration_for(spacing)
-    template = load_template(brain_protect)
     initial, cands = None, ()
     if config.coarse:
         tmask, tmaff = template_head_mask(4.0, brain_protect)
@@ -217,16 +216,16 @@ def _register_head(can, can_aff, small, modality, config, spacing, device, brain
     if modality == "ct":  # a CT tissue image against the template, the neck trimmed (:mod:`.ct_register`)
         from .ct_register import register_ct
 
-        reg = register_ct(can, can_aff, config=rcfg, template=template, initial=initial, device=device,
+        reg = register_ct(can, can_aff, config=rcfg, template=load_template(brain_protect), initial=initial, device=device,
                           air=air_value(can, "ct"))
         return reg, cands
-    args = (can, can_aff, template.intensity, template.affine)
+    args = (can, can_aff, *template_intensity())  # load_template's intensity array: the face/brain maps may still be read
     fov = acquired_fov(small[0])  # MI samples only acquired voxels: the fill of an oblique cut is not air
     fov = None if fov is None else (fov, small[1])
     reg = register(*args, config=rcfg, device=device, initial=initial, fov=fov)
     ambiguous = reg.second_loss - reg.loss < config.qc.ambiguous_gap
     if config.registration is None and len(reg.candidates) > 1 and ambiguous and \
-            start_agreement_dice(reg, template, can.shape, can_aff) < RETRY_BELOW_DICE:
+            start_agreement_dice(reg, load_template(brain_protect), can.shape, can_aff) < RETRY_BELOW_DICE:
         log.info("two best starts disagree with near-equal loss: refining both with the accurate settings")
         retry = RegistrationConfig.preset("accurate", seed=config.seed, starts=2, keep=2, prune_to=2,
                                           shape_weight=rcfg.shape_weight)

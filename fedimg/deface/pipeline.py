@@ -199,21 +199,24 @@ def prefetch_template() -> None:
 
 
 def _warm_template() -> None:
-    """Read the template and its 4 mm head mask (cached per process; the main thread waits for them)."""
+    """Read the template's intensities and make its 4 mm head mask (the coarse stage waits for them), then
+    read its face and brain maps (needed after the registration); cached per process."""
     from scipy import ndimage  # noqa: F401 - its first import (~0.3 s) here, beside the subject's read
 
     from .template import template_head_mask
 
     template_head_mask(4.0)
+    load_template()
 
 
 def _warm_levels(levels) -> None:
     """The template's MI pyramid levels for the CPU registration (cached by :mod:`.register_np`)."""
     from .register_np import template_level_np
+    from .template import template_intensity
 
-    t = load_template()
+    intensity, affine = template_intensity()
     for mm in levels:
-        template_level_np(t.intensity, t.affine, mm)
+        template_level_np(intensity, affine, mm)
 
 
 def _qc_estimate(can: np.ndarray, can_aff: np.ndarray, coarse):

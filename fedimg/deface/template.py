@@ -20,7 +20,7 @@ import numpy as np
 
 from fedimg.errors import FedimgError
 
-__all__ = ["Template", "load_template", "template_head_mask", "asset_path", "TEMPLATE_NAME", "FACEMASK_NAME", "BRAIN_PROTECT_NAME"]
+__all__ = ["Template", "load_template", "template_intensity", "template_head_mask", "asset_path", "TEMPLATE_NAME", "FACEMASK_NAME", "BRAIN_PROTECT_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,10 @@ def asset_path(name: str) -> Path:
     return path
 
 
-_LOCK = threading.RLock()  # one read per process even when two threads ask at once (fedimg.deface.pipeline)
+# One read per process even when two threads ask at once (fedimg.deface.pipeline); one lock per product, so a
+# thread reading the face and brain maps does not hold up one that needs only the intensities or the head mask.
+# Order when nested: _LOCK or _MASK_LOCK, then _INTENSITY_LOCK.
+_LOCK, _MASK_LOCK, _INTENSITY_LOCK = threading.RLock(), threading.RLock(), threading.RLock()
 
 
 def load_template(brain_protect: str | None = None) -> Template:
@@ -56,23 +59,40 @@ def load_template(brain_protect: str | None = None) -> Template:
         return _load_template(None if brain_protect is None else str(brain_protect))  # one cache key per mask
 
 
+def template_intensity() -> tuple[np.ndarray, np.ndarray]:
+    """The template's intensities (float32) and affine, cached: the same array as ``load_template().intensity``.
+
+    The coarse stage and the MI registration need only these; reading them alone first lets that work
+    start before the face and brain maps are read (:func:`fedimg.deface.pipeline.prefetch_template`).
+    """
+    with _INTENSITY_LOCK:
+        return _template_intensity()
+
+
+@functools.lru_cache(maxsize=1)
+def _template_intensity() -> tuple[np.ndarray, np.ndarray]:
+    from fedimg.imageio.nifti import open_nifti
+
+    img = open_nifti(asset_path(TEMPLATE_NAME))
+    # C order (NIfTI stores x fastest): every later use reshapes, pads or boxes these arrays in C order,
+    # and each such use of a Fortran-ordered array copied it first (the values are the same either way)
+    return np.ascontiguousarray(_voxels(img), dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
+
+
 @functools.lru_cache(maxsize=2)
 def _load_template(brain_protect: str | None) -> Template:
     from fedimg.imageio.nifti import open_nifti
 
-    img = open_nifti(asset_path(TEMPLATE_NAME))
+    intensity, affine = template_intensity()
     face_img = open_nifti(asset_path(FACEMASK_NAME))
     brain_img = open_nifti(brain_protect or asset_path(BRAIN_PROTECT_NAME))
     for other in (face_img, brain_img):
-        if other.shape != img.shape or not np.allclose(other.affine, img.affine, atol=1e-4):
+        if other.shape != intensity.shape or not np.allclose(other.affine, affine, atol=1e-4):
             raise FedimgError(f"{other.get_filename()}: not on the template grid; rebuild it with scripts/build_brain_protect.py")
-    # C order (NIfTI stores x fastest): every later use reshapes, pads or boxes these arrays in C order,
-    # and each such use of a Fortran-ordered array copied it first (the values are the same either way)
-    intensity = np.ascontiguousarray(_voxels(img), dtype=np.float32)
     face = np.ascontiguousarray(_voxels(face_img) < 0.5, dtype=np.float32)  # facemask: 0 = face region
     brain = np.ascontiguousarray(_voxels(brain_img) > 0, dtype=np.float32)
-    log.debug("template loaded: %s, face %.0f mL, brain-protect %.0f mL", img.shape, face.sum() / 1e3, brain.sum() / 1e3)
-    return Template(intensity=intensity, face=face, brain=brain, affine=np.asarray(img.affine, dtype=np.float64))
+    log.debug("template loaded: %s, face %.0f mL, brain-protect %.0f mL", intensity.shape, face.sum() / 1e3, brain.sum() / 1e3)
+    return Template(intensity=intensity, face=face, brain=brain, affine=affine)
 
 
 def _voxels(img) -> np.ndarray:
@@ -86,7 +106,7 @@ def _voxels(img) -> np.ndarray:
 
 def template_head_mask(step_mm: float = 4.0, brain_protect: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The template's head mask (see :func:`fedimg.deface.coarse.head_mask`) and its affine, cached."""
-    with _LOCK:
+    with _MASK_LOCK:
         return _template_head_mask(float(step_mm), None if brain_protect is None else str(brain_protect))
 
 
@@ -94,5 +114,4 @@ def template_head_mask(step_mm: float = 4.0, brain_protect: str | None = None) -
 def _template_head_mask(step_mm: float, brain_protect: str | None) -> tuple[np.ndarray, np.ndarray]:
     from .coarse import head_mask
 
-    t = load_template(brain_protect)
-    return head_mask(t.intensity, t.affine, step_mm=step_mm)
+    return head_mask(*template_intensity(), step_mm=step_mm)  # the intensities: the same whatever brain mask
