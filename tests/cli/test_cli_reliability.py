@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -167,3 +169,23 @@ def test_evaluate_skip_bad_cases_lists_them_in_results(tmp_path):
     res = json.loads((tmp_path / "e1" / "dice.json").read_text())
     assert res["num_cases"] == 2 and [Path(s["path"]).name for s in res["skipped"]] == ["c5"]
     assert (tmp_path / "e1" / "skipped_cases.json").is_file()
+
+
+def test_a_named_command_registers_only_its_own_parser():
+    """``fedimg deface ...`` parses with the deface parser alone (no federation or training modules imported);
+    no command, an option first or an unknown word: the whole parser, as before."""
+    from fedimg.cli import COMMAND_MODULES, build_parser, command_module
+
+    assert command_module(["-q", "-v", "deface", "x.nii.gz"]) == "deface"
+    assert command_module(["import", "dicom/"]) == "import_dicom" and command_module(["train-tiles"]) == "train_tiles"
+    assert command_module([]) is None and command_module(["--version"]) is None and command_module(["nope"]) is None
+    sub = build_parser("deface")._subparsers._group_actions[0]
+    assert list(sub.choices) == ["deface"]
+    assert len(build_parser()._subparsers._group_actions[0].choices) == len(COMMAND_MODULES)
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys; from fedimg.cli import main;\ntry: main(['deface', '--help'])\nexcept SystemExit: pass\n"
+            "print('fedimg.cli._federation' in sys.modules, 'fedimg.cli.train' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-800:]
+    assert run.stdout.split()[-2:] == ["False", "False"] and "usage: fedimg deface" in run.stdout

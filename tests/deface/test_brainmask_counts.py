@@ -1,0 +1,42 @@
+"""Per-cell counts give QC the numbers the voxel-by-voxel lookups gave: random masks and steps (edge cells
+holding the leftover voxels), the removal metrics and the head-outline recall."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedimg.deface.brainmask import BrainEstimate, cell_counts, removal_metrics
+from fedimg.deface.qc_face import face_shape_recall, face_shape_recall_counted
+
+
+def _estimate(rng, shape, step):
+    cells = tuple(-(-n // s) for n, s in zip(shape, step))
+    head = rng.random(cells) < 0.7
+    return BrainEstimate(head=head, brain=head & (rng.random(cells) < 0.4), step=step, cell_ml=float(np.prod(step)) / 1000,
+                         cell_spacing=np.array(step, float), cell_affine=np.diag([*map(float, step), 1.0]), reference=1.0)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_counts_equal_lookups(seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(3, 40, 3))
+    step = tuple(int(s) for s in rng.integers(1, 5, 3))
+    est = _estimate(rng, shape, step)
+    mask = rng.random(shape) < rng.random()
+    for which in ("head", "brain"):
+        assert est.count(mask, which) == int(est.lookup(mask, which).sum())
+    counts = cell_counts(mask, step, est.head.shape)
+    assert counts.sum() == mask.sum() and counts.dtype == np.int64
+    shape_mask = rng.random(shape) < 0.3
+    assert face_shape_recall_counted(mask, shape_mask, est) == face_shape_recall(mask, shape_mask, lambda m: est.lookup(m, "head"))
+
+
+def test_removal_metrics_count_removed_cells_as_before():
+    rng = np.random.default_rng(5)
+    est = _estimate(rng, (30, 33, 29), (2, 2, 3))
+    remove = np.zeros((30, 33, 29), bool)
+    remove[20:, 10:25, :12] = True
+    got = removal_metrics(None, np.diag([1.0, 1.0, 1.0, 1.0]), remove, estimate=est)
+    assert got["brain_removed_ml"] == float(est.lookup(remove, "brain").sum()) * 0.001
+    assert got["removed_tissue_ml"] == float(est.lookup(remove, "head").sum()) * 0.001
