@@ -27,7 +27,9 @@ from deface_cli import DEFAULT_HEADS, MACHINE, ROOT, _commit, _export  # noqa: E
 STAGES = {
     "load_volume (reading, nibabel import inside)": ("imageio/volume.py", "load_volume"),
     "import nibabel": ("nibabel/__init__.py", "<module>"),
-    "load_template": ("deface/template.py", "_load_template"),
+    "load_template (from h11n: the face and brain maps only)": ("deface/template.py", "_load_template"),
+    "template_intensity (h11n: the intensities, read first)": ("deface/template.py", "_template_intensity"),
+    "template_head_mask (4 mm)": ("deface/template.py", "_template_head_mask"),
     "coarse_candidates": ("deface/coarse.py", "coarse_candidates"),
     "register (numpy MI)": ("deface/register.py", "register"),
     "warp_template_maps (core + QC head outline)": ("deface/masks.py", "warp_template_maps"),
