@@ -40,9 +40,9 @@ import logging
 import numpy as np
 
 from .coarse import acquired_fov, padding_cells
-from .morph import bounding_box, dilate_ball, fill_holes_slices
+from .morph import bounding_box, cell_counts, dilate_ball, fill_holes_slices
 
-__all__ = ["BrainEstimate", "cell_counts", "estimate_brain", "head_mask", "head_frame", "removal_metrics"]
+__all__ = ["BrainEstimate", "estimate_brain", "head_mask", "head_frame", "removal_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -108,30 +108,6 @@ class BrainEstimate:
         cells = tuple(np.minimum(i // s, n - 1) for i, s, n in zip(idx, self.step, ref.shape))
         return ref[cells]
 
-    def count(self, mask: np.ndarray, which: str = "brain") -> int:
-        """How many ``True`` voxels of ``mask`` (input grid) lie in cells of ``which``: ``lookup(mask, which).sum()``,
-        from per-cell counts (:func:`cell_counts`) instead of every voxel's index."""
-        ref = getattr(self, which)
-        return int(cell_counts(mask, self.step, ref.shape)[ref].sum())
-
-
-def cell_counts(mask: np.ndarray, step, shape) -> np.ndarray:
-    """``True`` voxels of ``mask`` per cell of a reduced grid ``shape`` (int64): voxel ``i`` counts in cell
-    ``min(i // step, n - 1)`` per axis, as :meth:`BrainEstimate.lookup` places it.
-
-    >>> cell_counts(np.ones((5, 4, 1), bool), (2, 2, 1), (2, 2, 1))[:, :, 0].tolist()  # the last row holds 3 voxels
-    [[4, 4], [6, 6]]
-    """
-    out = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
-    for axis, (s, n) in enumerate(zip(step, shape)):
-        starts = np.arange(n) * int(s)
-        if n == 0 or starts[-1] >= out.shape[axis]:  # cells past the mask's end hold nothing
-            lookup = np.zeros(shape, np.int64)
-            cells = [np.minimum(i // k, m - 1) for i, k, m in zip(np.nonzero(mask), step, shape)]
-            np.add.at(lookup, tuple(cells), 1)
-            return lookup
-        out = np.add.reduceat(out, starts, axis=axis, dtype=np.int64)
-    return out
 
 
 def _reduce(image: np.ndarray, spacing, step_mm: float):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bounding_box", "deeper_than", "dilate_ball", "farther_than", "fill_holes_slices", "nearest_along0"]
+__all__ = ["bounding_box", "cell_counts", "deeper_than", "dilate_ball", "farther_than", "fill_holes_slices", "nearest_along0"]
 
 
 def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
@@ -110,4 +110,23 @@ def farther_than(mask: np.ndarray, sampling, mm: float) -> np.ndarray:
     if box is None:
         raise ValueError("farther_than needs a mask with a True voxel")
     out[box] = ndi.distance_transform_edt(~mask[box], sampling=sampling) > mm
+    return out
+
+
+def cell_counts(mask: np.ndarray, step, shape) -> np.ndarray:
+    """``True`` voxels of ``mask`` per cell of a reduced grid ``shape`` (int64): voxel ``i`` counts in cell
+    ``min(i // step, n - 1)`` per axis, as :meth:`.brainmask.BrainEstimate.lookup` places it.
+
+    >>> cell_counts(np.ones((5, 4, 1), bool), (2, 2, 1), (2, 2, 1))[:, :, 0].tolist()  # the last row holds 3 voxels
+    [[4, 4], [6, 6]]
+    """
+    out = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    for axis, (s, n) in enumerate(zip(step, shape)):
+        starts = np.arange(n) * int(s)
+        if n == 0 or starts[-1] >= out.shape[axis]:  # cells past the mask's end hold nothing
+            lookup = np.zeros(shape, np.int64)
+            cells = [np.minimum(i // k, m - 1) for i, k, m in zip(np.nonzero(mask), step, shape)]
+            np.add.at(lookup, tuple(cells), 1)
+            return lookup
+        out = np.add.reduceat(out, starts, axis=axis, dtype=np.int64)
     return out

@@ -101,9 +101,14 @@ def face_shape_recall(remove: np.ndarray, shape: np.ndarray, in_head) -> float:
 
 def face_shape_recall_counted(remove: np.ndarray, shape: np.ndarray, estimate) -> float:
     """:func:`face_shape_recall` with ``estimate.lookup(m, "head")`` as ``in_head``, from per-cell counts
-    (:meth:`.brainmask.BrainEstimate.count`): the same number without indexing every voxel."""
-    n = estimate.count(shape, "head")
-    return 1.0 if n == 0 else float(estimate.count(shape & remove, "head")) / n
+    (:func:`.morph.cell_counts`): the same number without indexing every voxel."""
+    from .morph import cell_counts
+
+    def in_head(mask: np.ndarray) -> int:
+        return int(cell_counts(mask, estimate.step, estimate.head.shape)[estimate.head].sum())
+
+    n = in_head(shape)
+    return 1.0 if n == 0 else float(in_head(shape & remove)) / n
 
 
 def head_shape_pose(canonical: np.ndarray, affine: np.ndarray, candidates, *, step_mm: float = 4.0,
