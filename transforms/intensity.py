@@ -87,6 +87,19 @@ def _map_channel(values: Any, lm: Any, std: Any, clip: float) -> Any:
     return (y0 + (values - x0) * (y1 - y0) / (x1 - x0)).clamp(-clip, clip)
 
 
+def _map_channel_np(values: np.ndarray, lm: np.ndarray, std: np.ndarray, clip: float) -> np.ndarray:
+    """:func:`_map_channel` in numpy (the CPU path: ``np.percentile`` selects, it does not sort)."""
+    xs, inv = np.unique(lm, return_inverse=True)
+    if xs.size == 1:
+        return np.zeros(values.shape, np.float64)
+    ys = np.bincount(inv, weights=std) / np.bincount(inv)
+    out = np.interp(values, xs, ys)
+    lo, hi = values < xs[0], values > xs[-1]
+    out[lo] = ys[0] + (values[lo] - xs[0]) * ((ys[1] - ys[0]) / (xs[1] - xs[0]))
+    out[hi] = ys[-1] + (values[hi] - xs[-1]) * ((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+    return np.clip(out, -clip, clip, out=out)
+
+
 def landmark_standardize(image: Any, mask: Any = None, *, percentiles: Sequence[float] = LANDMARKS,
                          clip: float = 6.0) -> Any:
     """Standardise every channel of ``image`` ``(C, *spatial)`` from its own foreground landmarks.
@@ -98,8 +111,9 @@ def landmark_standardize(image: Any, mask: Any = None, *, percentiles: Sequence[
     """
     import torch
 
-    is_torch = isinstance(image, torch.Tensor)
-    img = image.detach().to(torch.float64) if is_torch else torch.from_numpy(np.asarray(image, dtype=np.float64))
+    if not isinstance(image, torch.Tensor):
+        return _standardize_np(np.asarray(image), mask, percentiles, clip)
+    img = image.detach().to(torch.float64)
     if img.ndim < 2:
         raise ValueError(f"image of shape {tuple(img.shape)}: give (channels, *spatial)")
     if not clip > 0:
@@ -123,7 +137,30 @@ def landmark_standardize(image: Any, mask: Any = None, *, percentiles: Sequence[
                 raise ValueError(f"channel {c} holds NaN or Inf voxels; fix or drop the case before standardising")
             lm = _percentiles(torch.sort(vals).values, p)
             out[c][m] = _map_channel(vals, lm, std, clip).to(torch.float32)
-    return out if is_torch else out.numpy()
+    return out
+
+
+def _standardize_np(img: np.ndarray, mask: Any, percentiles: Sequence[float], clip: float) -> np.ndarray:
+    """:func:`landmark_standardize` for numpy input (same checks, same map)."""
+    if img.ndim < 2:
+        raise ValueError(f"image of shape {img.shape}: give (channels, *spatial)")
+    if not clip > 0:
+        raise ValueError(f"clip must be > 0, got {clip}")
+    m = np.ones(img.shape[1:], bool) if mask is None else np.asarray(mask, dtype=bool)
+    if m.shape != img.shape[1:]:
+        raise ValueError(f"mask of shape {m.shape} does not match the image's spatial shape {img.shape[1:]}")
+    p = _check_percentiles(percentiles)
+    std = standard_scale(percentiles)
+    out = np.zeros(img.shape, dtype=np.float32)
+    if not m.any():
+        log.warning("landmark_standardize: empty foreground mask; every voxel set to 0")
+        return out
+    for c in range(img.shape[0]):
+        vals = img[c][m].astype(np.float64)
+        if not np.all(np.isfinite(vals)):
+            raise ValueError(f"channel {c} holds NaN or Inf voxels; fix or drop the case before standardising")
+        out[c][m] = _map_channel_np(vals, np.percentile(vals, p), std, clip)
+    return out
 
 
 class LandmarkStandardize(Transform):
