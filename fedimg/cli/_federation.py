@@ -19,7 +19,8 @@ __all__ = ["add_federation_arguments", "federation_config_from_args", "train_ove
            "dp_from_args", "add_client_dp_arguments", "client_dp_from_args", "log_privacy"]
 
 _TRAIN_FIELDS = {"model": "model", "roi": "roi", "batch_size": "batch_size", "lr": "lr", "init_filters": "init_filters",
-                 "val_fraction": "val_fraction", "amp": "amp", "seed": "seed", "device": "device"}
+                 "val_fraction": "val_fraction", "amp": "amp", "seed": "seed", "device": "device",
+                 "intensity_norm": "intensity_norm"}
 
 
 def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, local_epochs: int = 2,
@@ -68,6 +69,9 @@ def add_federation_arguments(p: argparse.ArgumentParser, *, rounds: int = 20, lo
     t.add_argument("--init-filters", type=int, default=None)
     t.add_argument("--val-fraction", type=float, default=None)
     t.add_argument("--amp", choices=["auto", "bf16", "fp32"], default=None)
+    t.add_argument("--intensity-norm", choices=["zscore", "landmark"], default=None,
+                   help="brats: each case's per-channel normalisation, zscore (default) or landmark (the case's own "
+                        "percentile landmarks onto a fixed scale; survives scanner scale, offset and gamma)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--device", default=None, help="sites' device: auto | cpu | cuda[:n]")
     t.add_argument("--threads", type=int, default=None, help="CPU threads per site process")

@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=["auto", "bf16", "fp32"], default=None)
     p.add_argument("--loss", choices=["dice", "dicece"], default=None)
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
+    p.add_argument("--intensity-norm", choices=["zscore", "landmark"], default=None,
+                   help="each case's per-channel normalisation: zscore (default) or landmark (the case's own "
+                        "percentile landmarks onto a fixed scale; survives scanner scale, offset and gamma)")
     p.add_argument("--channels-last", action="store_true", default=None, help="channels-last-3d memory format")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (slow start)")
     p.add_argument("--stop-after", type=int, default=None, help="run at most N epochs now (continue with --resume)")
@@ -67,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 _FIELDS = {"epochs": "epochs", "model": "model", "seed": "seed", "roi": "roi", "batch_size": "batch_size", "lr": "lr",
            "init_filters": "init_filters", "val_fraction": "val_fraction", "amp": "amp", "loss": "loss",
-           "optimizer": "optimizer", "channels_last": "channels_last", "compile": "compile"}
+           "optimizer": "optimizer", "channels_last": "channels_last", "compile": "compile",
+           "intensity_norm": "intensity_norm"}
 
 
 def run(args: argparse.Namespace) -> int:

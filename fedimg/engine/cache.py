@@ -1,8 +1,10 @@
 """Deterministic preprocessing, done once per case and kept as tensors on the device.
 
 Each case is cropped to its foreground (the head/brain, union over the four contrasts),
-z-score normalised per channel over foreground voxels (background set to 0, like MONAI's
-``NormalizeIntensity(nonzero=True, channel_wise=True)``), and stored as a float32 image and
+normalised per channel over foreground voxels (background set to 0): z-scored by default, like
+MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)``, or, with
+``intensity_norm="landmark"``, mapped from the case's own percentile landmarks onto a fixed scale
+(:func:`fedimg.transforms.intensity.landmark_standardize`), and stored as a float32 image and
 uint8 TC/WT/ET regions on the training device. A site's cases are split into train/val
 deterministically from ``config.val_fraction`` and ``config.seed``.
 
@@ -24,7 +26,10 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Preprocessed", "SiteData", "preprocess", "foreground_mask", "split_cases", "prepare_site_data",
-           "data_fingerprint", "load_and_preprocess"]
+           "data_fingerprint", "load_and_preprocess", "INTENSITY_NORMS"]
+
+#: Per-case intensity normalisations (``TrainConfig.intensity_norm``; the first is the default).
+INTENSITY_NORMS = ("zscore", "landmark")
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +92,14 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     return mask
 
 
-def preprocess(image: np.ndarray, regions: np.ndarray | None, *, margin: int = 2) -> Preprocessed:
-    """Crop ``image`` (C, X, Y, Z) to its foreground and z-score it per channel (foreground voxels)."""
+def preprocess(image: np.ndarray, regions: np.ndarray | None, *, margin: int = 2,
+               intensity_norm: str = "zscore") -> Preprocessed:
+    """Crop ``image`` (C, X, Y, Z) to its foreground and normalise it per channel over the foreground
+    voxels: ``"zscore"`` (default) or ``"landmark"`` (percentile landmarks onto a fixed scale)."""
     import torch
 
+    if intensity_norm not in INTENSITY_NORMS:
+        raise ValueError(f"intensity_norm {intensity_norm!r}: choose one of {', '.join(INTENSITY_NORMS)}")
     image = np.asarray(image, dtype=np.float32)
     shape = tuple(int(s) for s in image.shape[1:])
     mask = foreground_mask(image)
@@ -104,21 +113,26 @@ def preprocess(image: np.ndarray, regions: np.ndarray | None, *, margin: int = 2
     sl = tuple(slice(a, b) for a, b in bbox)
     img = image[(slice(None), *sl)].copy()
     m = mask[sl]
-    for c in range(img.shape[0]):
-        vals = img[c][m]
-        mean = float(vals.mean())
-        std = float(vals.std())
-        img[c] = np.where(m, (img[c] - mean) / (std if std > 1e-8 else 1.0), 0.0)
+    if intensity_norm == "landmark":
+        from fedimg.transforms.intensity import landmark_standardize
+
+        img = landmark_standardize(img, m)
+    else:
+        for c in range(img.shape[0]):
+            vals = img[c][m]
+            mean = float(vals.mean())
+            std = float(vals.std())
+            img[c] = np.where(m, (img[c] - mean) / (std if std > 1e-8 else 1.0), 0.0)
     reg = None if regions is None else torch.from_numpy(np.ascontiguousarray(np.asarray(regions)[(slice(None), *sl)], dtype=np.uint8))
     return Preprocessed(torch.from_numpy(img), reg, tuple(bbox), shape)  # type: ignore[arg-type]
 
 
-def load_and_preprocess(case: Any) -> tuple[Preprocessed, Any]:
+def load_and_preprocess(case: Any, intensity_norm: str = "zscore") -> tuple[Preprocessed, Any]:
     """``fedimg.data.load_case`` then :func:`preprocess`; returns ``(preprocessed, case_arrays)``."""
     from fedimg.data import load_case
 
     arrays = load_case(case)
-    return preprocess(arrays.image, arrays.regions), arrays
+    return preprocess(arrays.image, arrays.regions, intensity_norm=intensity_norm), arrays
 
 
 def split_cases(cases: list, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -140,11 +154,15 @@ def split_cases(cases: list, val_fraction: float, seed: int) -> tuple[list, list
     return train, val
 
 
-def data_fingerprint(cases: list) -> str:
-    """SHA-256 over case ids and the bytes of every image and label file (order-independent)."""
+def data_fingerprint(cases: list, intensity_norm: str = "zscore") -> str:
+    """SHA-256 over case ids and the bytes of every image and label file (order-independent), and
+    the intensity normalisation when it is not the default z-score (so z-scored data and its
+    fingerprint are never taken for landmark-standardised data; the default's value is unchanged)."""
     from fedimg.io import sha256_file
 
     h = hashlib.sha256()
+    if intensity_norm != "zscore":
+        h.update(f"intensity_norm={intensity_norm};".encode())
     for case in sorted(cases, key=lambda c: c.case_id):
         h.update(case.case_id.encode())
         for p in (*case.images, *([case.label] if case.label is not None else [])):
@@ -169,6 +187,7 @@ class SiteData:
     device: Any
     fingerprint: str = ""
     source: str = ""
+    intensity_norm: str = "zscore"  # how the cached images were normalised (evaluation checks it)
     state: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -210,16 +229,17 @@ def prepare_site_data(cases: list, config: Any, device: Any, *, source: str = ""
     if missing:
         raise InputError(source or None, f"cases without a segmentation label: {', '.join(missing[:5])}; training needs labels")
     train, val = split_cases(list(cases), config.val_fraction, config.seed)
+    norm = str(getattr(config, "intensity_norm", "zscore"))
     images, regions, fgs = [], [], []
     for case in train:
-        p = load_and_preprocess(case)[0]  # the loaded arrays go now, not while the next case loads
+        p = load_and_preprocess(case, norm)[0]  # the loaded arrays go now, not while the next case loads
         img, reg = _pad_to(p.image, config.roi), _pad_to(p.regions, config.roi)
         fgs.append(torch.nonzero(reg[1].reshape(-1)).reshape(-1))
         images.append(img.to(device))
         regions.append(reg.to(device))
     vals = []
     for case in val:
-        p = load_and_preprocess(case)[0]
+        p = load_and_preprocess(case, norm)[0]
         vals.append(Preprocessed(p.image.to(device), p.regions.to(device), p.bbox, p.shape))
     data = SiteData(
         train_ids=[c.case_id for c in train],
@@ -229,8 +249,9 @@ def prepare_site_data(cases: list, config: Any, device: Any, *, source: str = ""
         train_fg=fgs,
         val=vals,
         device=device,
-        fingerprint=data_fingerprint(cases),
+        fingerprint=data_fingerprint(cases, norm),
         source=str(source),
+        intensity_norm=norm,
     )
-    log.info("cached %d train / %d val cases on %s", data.num_train, data.num_val, device)
+    log.info("cached %d train / %d val cases on %s (%s intensities)", data.num_train, data.num_val, device, norm)
     return data

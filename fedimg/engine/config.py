@@ -24,6 +24,7 @@ __all__ = ["TrainConfig"]
 _OPTIMIZERS = ("adamw", "sgd")
 _LOSSES = ("dice", "dicece")
 _AMP = ("auto", "bf16", "fp32")
+_INTENSITY_NORMS = ("zscore", "landmark")  # fedimg.engine.cache.INTENSITY_NORMS (not imported: config stays light)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +35,9 @@ class TrainConfig:
     federated client that calls :func:`fedimg.engine.loop.train_one_round` with
     ``epochs=1`` per round continues the same schedule across rounds.
     ``amp="auto"`` uses bf16 autocast where :func:`fedimg.device.bf16_supported` says so.
+    ``intensity_norm``: each case's per-channel foreground normalisation, ``"zscore"`` (default) or
+    ``"landmark"`` (the case's own percentile landmarks onto a fixed scale: invariant to a scanner's
+    scale, offset and gamma); training, validation, ``fedimg evaluate`` and ``fedimg predict`` use it alike.
     """
 
     model: str = "segresnet"
@@ -69,6 +73,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     allow_identifiable: bool = False
+    intensity_norm: str = "zscore"
 
     def __post_init__(self) -> None:
         from fedimg.engine.models import MODELS
@@ -90,6 +95,8 @@ class TrainConfig:
             raise ConfigError(f"loss {self.loss!r}: choose one of {', '.join(_LOSSES)}")
         if self.amp not in _AMP:
             raise ConfigError(f"amp {self.amp!r}: choose one of {', '.join(_AMP)}")
+        if self.intensity_norm not in _INTENSITY_NORMS:
+            raise ConfigError(f"intensity_norm {self.intensity_norm!r}: choose one of {', '.join(_INTENSITY_NORMS)}")
         if not (self.lr > 0):
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         for name in ("weight_decay", "momentum", "intensity_scale", "intensity_shift", "contrast_gamma", "contrast_bias"):

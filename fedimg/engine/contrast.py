@@ -10,7 +10,9 @@ transforms, and z-scores it again inside its head mask (as a test case is prepro
 2. ``RandBiasField`` (one smooth multiplicative field for every channel, like a coil), then
    per channel ``RandAdjustContrast`` (gamma in ``[1/(1+g), 1+g]``) and
    ``RandHistogramShift`` (a random monotone piecewise-linear intensity mapping);
-3. per-channel z-score over the head voxels; background stays 0.
+3. per-channel z-score over the head voxels (or, with ``intensity_norm="landmark"``, the same
+   landmark standardisation as the cached cases: then gamma and histogram shift, being monotone,
+   mostly cancel and the bias field is what remains); background stays 0.
 
 Each transform is applied with probability ``config.contrast_prob`` and seeded from the
 trainer's ``torch.Generator``, so a run is reproducible. Off when ``contrast_gamma``,
@@ -79,6 +81,10 @@ def random_contrast(image: Any, config: Any, gen: Any) -> Any:
             xc = _apply(RandHistogramShift(num_control_points=(3, max(3, int(config.contrast_hist))), prob=prob), xc, gen)
         chans.append(xc)
     x = torch.cat(chans)
+    if getattr(config, "intensity_norm", "zscore") == "landmark":  # as the cached cases were normalised
+        from fedimg.transforms.intensity import landmark_standardize
+
+        return landmark_standardize(x, mask).to(image.dtype)
     n = m.sum()
     mean = torch.where(m, x, 0.0).sum(dim=(1, 2, 3), keepdim=True) / n
     var = torch.where(m, (x - mean) ** 2, 0.0).sum(dim=(1, 2, 3), keepdim=True) / n

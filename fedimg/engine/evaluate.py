@@ -95,13 +95,18 @@ def evaluate(model: Any, cases_or_data: Any, config: Any, *, device: Any = None)
     ``per_case`` (list of dicts with ``case_id`` and the three Dice values).
     """
     from fedimg.engine.cache import SiteData, load_and_preprocess
+    from fedimg.errors import ConfigError
 
     device = device if device is not None else next(model.parameters()).device
+    norm = str(getattr(config, "intensity_norm", "zscore"))
     rows = []
     if isinstance(cases_or_data, SiteData):
+        if cases_or_data.intensity_norm != norm:
+            raise ConfigError(f"{cases_or_data.source or 'site data'}: cached with {cases_or_data.intensity_norm} "
+                              f"intensities but the config asks for {norm}; load the site again with this config")
         items = zip(cases_or_data.val_ids, cases_or_data.val)
     else:
-        items = ((c.case_id, load_and_preprocess(c)[0]) for c in cases_or_data)
+        items = ((c.case_id, load_and_preprocess(c, norm)[0]) for c in cases_or_data)
     for case_id, pre in items:
         if pre.regions is None:
             continue
@@ -127,7 +132,7 @@ def predict_case(model: Any, case: Any, config: Any, *, device: Any = None) -> t
 
     if getattr(case, "label", None) is not None:
         case = dataclasses.replace(case, label=None)  # predicting: the truth is not needed
-    pre, arrays = load_and_preprocess(case)
+    pre, arrays = load_and_preprocess(case, str(getattr(config, "intensity_norm", "zscore")))
     reference = arrays.reference
     del arrays  # the full-size float32 volumes
     pred = infer_regions(model, pre.image, config, device, stitch_device=torch.device("cpu")).numpy()

@@ -42,12 +42,13 @@ def load_test_data(cases: list, config: Any, device: Any, source: str) -> Any:
     """A site's test cases, preprocessed once, as site data whose ``val`` are the test cases."""
     from fedimg.engine.cache import Preprocessed, SiteData, load_and_preprocess
 
+    norm = str(getattr(config, "intensity_norm", "zscore"))
     pre = []
     for c in cases:
-        p, _ = load_and_preprocess(c)
+        p, _ = load_and_preprocess(c, norm)
         pre.append(Preprocessed(p.image.to(device), p.regions.to(device), p.bbox, p.shape))
     return SiteData(train_ids=[], val_ids=[c.case_id for c in cases], train_images=[], train_regions=[],
-                    train_fg=[], val=pre, device=device, source=source)
+                    train_fg=[], val=pre, device=device, source=source, intensity_norm=norm)
 
 
 def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolConfig, seed: int,
