@@ -270,18 +270,10 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     ``min_core_ml`` in common: no brain (``source="none"``; QC then fails the file).
     ``candidates``: those alignments when already computed for this image
     (:attr:`~fedimg.deface.core.FaceRemoval.head_shape`), best first; ``brain_protect``: the
-    brain-protection mask to place (None: the shipped one).
-
-    A moderate leak is cut off rather than the estimate thrown away (eighth wave): when no
-    placement agrees outright but, for one of them, the estimate covers the core and its leak
-    is at most ``max_trim_share`` of it, the estimate minus its part more than ``leak_mm``
-    outside that placed mask is the brain (``source="image, trimmed"``). Receive-coil shading
-    (an image brighter towards the head's surface) lets the intensity band reach across a thin
-    skull into the scalp or orbit here and there (dev archive-like sets: 42-108 mL of a
-    1200-1700 mL estimate); the eroded head-shape core that replaced it sits on the head
-    outline's placement, whose mid-plane and front can be several mm off, and gave false
-    alarms (removal 12-17 mm off the mid-plane). A leak of a whole brain's size (a neck or
-    face lobe) still gives way to the head shape.
+    brain-protection mask to place (None: the shipped one). A moderate leak (covers the core, at
+    most ``max_trim_share`` of it more than ``leak_mm`` outside one placement) is cut there
+    (``source="image, trimmed"``): coil shading makes it leak 42-108 mL (archive-like dev sets)
+    and the head-shape core gave 12-17 mm mid-plane false alarms. A larger leak gives way.
     """
     from .coarse import block_mean, coarse_candidates
     from .morph import deeper_than, farther_than
@@ -319,8 +311,7 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     if seen:
         log.info("QC: the image's brain estimate disagrees with the head shape (%s)", "; ".join(seen))
     if trimmed is not None:
-        log.info("QC: the image's brain estimate less its %.0f mL leak (more than %.0f mm outside the placed brain)",
-                 trimmed[1], leak_mm)
+        log.info("QC: the image's brain estimate less its %.0f mL leak (> %.0f mm outside the placed brain)", trimmed[1], leak_mm)
         return dataclasses.replace(estimate, brain=trimmed[0], source="image, trimmed")
     core = np.logical_and.reduce(cores[:ties])
     if float(core.sum()) * estimate.cell_ml < min_core_ml:  # the placements disagree: nothing to check against
