@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SPACINGS", "CONTRASTS", "KNOTS", "_canonical_head", "_angles", "_params", "_pose_params", "_warp_field",
-           "_sample", "_contrast", "_dice"]
+__all__ = ["SPACINGS", "CONTRASTS", "KNOTS", "THICK_SLICES", "_canonical_head", "_angles", "_params", "_pose_params",
+           "_archive_params", "_warp_field", "_sample", "_contrast", "_dice"]
 
 SPACINGS = ((1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0), (4.0, 4.0, 4.0),
             (1.0, 1.0, 3.0), (1.0, 4.0, 1.0), (3.5, 1.2, 1.2))
@@ -25,6 +25,8 @@ CONTRASTS = {
     "flair": (0.0, 0.05, 0.12, 0.62, 0.45, 0.7),
 }
 KNOTS = (0.0, 0.08, 0.25, 0.5, 0.7, 1.0)
+# clinical 2-D acquisitions kept in hospital archives: thin in plane, 4-6 mm slices (axial, coronal, sagittal)
+THICK_SLICES = ((0.9, 0.9, 5.0), (1.0, 1.0, 6.0), (0.9, 4.5, 0.9), (5.0, 1.0, 1.0), (0.45, 0.45, 5.5))
 
 
 def _canonical_head(path: Path):
@@ -61,6 +63,29 @@ def _pose_params(rng) -> dict:
     return {"angles": _angles(rng), "scale": 1.0, "shift": [float(v) for v in rng.uniform(-10, 10, 3)], "warp_mm": 0.0,
             "spacing": [1.0, 1.0, 1.0], "crop": "none", "chin_mm": 0.0, "face_mm": 0.0, "contrast": "t1",
             "tumour": False, "bias": 0.0, "noise": 0.003}
+
+
+def _archive_params(rng, params: dict) -> dict:
+    """Add what hospital archives vary and the plain draw does not (``deface_corpus build --archive``).
+
+    - ``scale`` 0.85-1.15 (children to large adults; the plain draw is +-8 %);
+    - ``coil`` 0.2-0.8: receive-array shading without intensity normalisation, the image
+      brighter towards the head's surface (gain ``1 + coil (r / R)^2``, ``R`` the head's radius);
+    - ``noise`` 0.02-0.07 of the head's 99th percentile, Rician (``rician``): low-SNR fast scans;
+    - ``spacing`` half the time a thick-slice 2-D protocol (:data:`THICK_SLICES`) whose slices
+      average the head over their thickness (``slice_profile``), not point samples;
+    - ``margin_mm`` 6-40: a field of view with more air around the head (a fixed 240-256 mm FOV).
+    """
+    out = dict(params)
+    out["scale"] = float(rng.uniform(0.85, 1.15))
+    out["coil"] = float(rng.uniform(0.2, 0.8))
+    out["noise"] = float(rng.uniform(0.02, 0.07))
+    out["rician"] = True
+    if rng.random() < 0.5:
+        out["spacing"] = [float(v) for v in THICK_SLICES[int(rng.integers(len(THICK_SLICES)))]]
+    out["slice_profile"] = True
+    out["margin_mm"] = float(rng.uniform(6, 40))
+    return out
 
 
 def _warp_field(rng, amplitude: float, lo: np.ndarray, hi: np.ndarray):

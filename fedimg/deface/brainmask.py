@@ -58,7 +58,7 @@ class BrainEstimate:
     cell_spacing: np.ndarray  # (3,) mm per reduced cell
     cell_affine: np.ndarray  # (4, 4) reduced cell index -> world mm
     reference: float  # intensity of the deep brain core
-    source: str = "image"  # "image"; "none" (no plausible brain in the image); "head shape" (qc's fallback)
+    source: str = "image"  # "image"; "none" (no plausible brain); "head shape" (qc's fallback); "image, trimmed" (qc cut a leak)
     offset_mm: float = 0.0  # distance of the brain's centre from the head's deep core
     head_plane: tuple[np.ndarray, np.ndarray] | None = None  # (centre, normal): the template's mid-plane placed by the head shape
     margin_mm: float = 0.0  # how far inside the true brain's boundary ``brain`` lies (an eroded placed template brain)

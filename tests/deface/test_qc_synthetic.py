@@ -55,7 +55,12 @@ def test_demo_like_head_passes_qc_and_keeps_the_true_brain(anatomy, site, source
 
 
 def test_a_leaking_or_fragmentary_brain_estimate_gives_way_to_the_head_shape(anatomy):
-    """The image's estimate is kept only where the brain placed by the head shape agrees with it."""
+    """The image's estimate is kept only where the brain placed by the head shape agrees with it.
+
+    Eighth wave: a moderate leak (at most a tenth of the estimate more than 10 mm outside the
+    placed brain) is cut off there instead (``source`` "image, trimmed"); a large one, or a
+    fragment, still gives way to the head shape.
+    """
     import dataclasses
 
     from fedimg.deface.brainmask import estimate_brain
@@ -70,7 +75,13 @@ def test_a_leaking_or_fragmentary_brain_estimate_gives_way_to_the_head_shape(ana
     assert kept.head_plane is not None and abs(kept.head_plane[1][0]) > 0.9  # the placed mid-plane: normal ~ L-R
     down = int(round(40.0 / est.cell_spacing[2]))  # the same brain again 40 mm lower: a leak into the neck
     leak = dataclasses.replace(est, brain=est.brain | np.roll(est.brain, -down, axis=2) & est.head)
-    assert head_shape_brain(can, aff, leak).source == "head shape"
+    cut = head_shape_brain(can, aff, leak)  # 79 of 1661 mL lie more than 10 mm outside the placed brain
+    assert cut.source == "image, trimmed" and (cut.brain >= est.brain).all()
+    assert est.brain_ml < cut.brain_ml < leak.brain_ml - 50
+    below = est.head.copy()  # every head cell below the brain: a leak into the whole face and neck
+    below[:, :, np.argwhere(est.brain)[:, 2].min() + 1:] = False
+    big = dataclasses.replace(est, brain=est.brain | below)
+    assert head_shape_brain(can, aff, big).source == "head shape"
     half = est.brain.copy()
     half[: half.shape[0] * 2 // 3] = False  # a third of the brain: a fragment
     assert head_shape_brain(can, aff, dataclasses.replace(est, brain=half)).source == "head shape"
