@@ -50,6 +50,8 @@ is measured):
   mu 0.01 at the sites, ``fedimg study --prox-mu 0.01``), ``scaffold`` (``--strategy scaffold``: FedAvg
   server + SCAFFOLD control variates), ``nesterov-b0.8-local3`` with its like-for-like ``central-local3``
   (3 local epochs per round and a check every 3 epochs per case: ``--rounds 24 --local-epochs 3``).
+* eighth wave (h12j): ``nesterov-b0.8-lr2x``, the default federated arm with the sites' peak lr 4e-3
+  instead of 2e-3 (``fedimg study --federated-lr-scale 2``; the centralised arm keeps 2e-3).
 
 ``--iid-train`` (eighth wave, h12j: is the federated fit gap site heterogeneity?): after the split, the
 sites' *training* cases are pooled and dealt back at random (seeded by the study seed), each site
@@ -131,6 +133,8 @@ ARMS = {
     "scaffold": {"scaffold": True, "strategy": {"name": "scaffold"}},
     "nesterov-b0.8-local3": {"local": 3, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
     "central-local3": {"local": 3},
+    # eighth wave (h12j): the sites' peak lr x 2 in the federated arm only (`fedimg study --federated-lr-scale 2`)
+    "nesterov-b0.8-lr2x": {"train": {"lr": 4e-3}, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
