@@ -51,7 +51,8 @@ is measured):
   server + SCAFFOLD control variates), ``nesterov-b0.8-local3`` with its like-for-like ``central-local3``
   (3 local epochs per round and a check every 3 epochs per case: ``--rounds 24 --local-epochs 3``).
 * eighth wave (h12j): ``nesterov-b0.8-lr2x``, the default federated arm with the sites' peak lr 4e-3
-  instead of 2e-3 (``fedimg study --federated-lr-scale 2``; the centralised arm keeps 2e-3).
+  instead of 2e-3 (``fedimg study --federated-lr-scale 2``; the centralised arm keeps 2e-3), and
+  ``nesterov-b0.8-lr0.5x`` (1e-3, ``--federated-lr-scale 0.5``).
 
 ``--iid-train`` (eighth wave, h12j: is the federated fit gap site heterogeneity?): after the split, the
 sites' *training* cases are pooled and dealt back at random (seeded by the study seed), each site
@@ -135,6 +136,7 @@ ARMS = {
     "central-local3": {"local": 3},
     # eighth wave (h12j): the sites' peak lr x 2 in the federated arm only (`fedimg study --federated-lr-scale 2`)
     "nesterov-b0.8-lr2x": {"train": {"lr": 4e-3}, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
+    "nesterov-b0.8-lr0.5x": {"train": {"lr": 1e-3}, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
