@@ -114,7 +114,7 @@ def preprocess(image: np.ndarray, regions: np.ndarray | None, *, margin: int = 2
     img = image[(slice(None), *sl)].copy()
     m = mask[sl]
     if intensity_norm == "landmark":
-        from fedimg.transforms.intensity import landmark_standardize
+        from fedimg.kernels.landmark import landmark_standardize
 
         img = landmark_standardize(img, m)
     else:

@@ -82,7 +82,7 @@ def random_contrast(image: Any, config: Any, gen: Any) -> Any:
         chans.append(xc)
     x = torch.cat(chans)
     if getattr(config, "intensity_norm", "zscore") == "landmark":  # as the cached cases were normalised
-        from fedimg.transforms.intensity import landmark_standardize
+        from fedimg.kernels.landmark import landmark_standardize
 
         return landmark_standardize(x, mask).to(image.dtype)
     n = m.sum()
