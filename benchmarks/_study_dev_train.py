@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from _study_dev_arms import DEV_HEADS
 
-__all__ = ["_setup", "_sites_drawn", "iid_redeal", "_PatienceWatch", "_mean_test", "_central", "_fedavg", "late_ratio"]
+__all__ = ["_setup", "_sites_drawn", "iid_redeal", "_PatienceKept", "_CheckWatch", "_mean_test", "_central", "_fedavg", "late_ratio"]
 
 
 def _setup(root: Path, cfg: dict, seed: int, heads: tuple[str, ...] = DEV_HEADS, synth_seed: int = 0):
@@ -76,17 +77,49 @@ def iid_redeal(datas: dict, seed: int) -> dict:
     return out
 
 
-class _PatienceWatch:
+class _PatienceKept:
+    """The model ``fedimg study`` keeps, picked by :func:`~fedimg.study.protocol.stop_point` on the
+    validation curve so far (``patience``): every check offers a copy of its model with its score,
+    and only the copy of the check ``stop_point`` keeps now is held (two at most). The arm itself
+    runs the whole budget; checks after the stop never change the kept one.
+
+    >>> kept = _PatienceKept(1)
+    >>> for i, v in enumerate([0.2, 0.5, 0.4, 0.9]):
+    ...     kept.add(v, f"model {i}")
+    >>> kept.check, kept.params, kept.val
+    (1, 'model 1', [0.2, 0.5, 0.4, 0.9])
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.val, self._copies = int(patience), [], {}
+
+    def add(self, score: float, copy: Any) -> None:
+        """Record the next check's validation ``score`` and its model's ``copy``."""
+        from fedimg.study.protocol import stop_point
+
+        self.val.append(float(score))
+        self._copies[len(self.val) - 1] = copy
+        best, _ = stop_point(self.val, self.patience)
+        self._copies = {best: self._copies[best]}
+
+    @property
+    def check(self) -> int:
+        """The kept check (0-based)."""
+        return next(iter(self._copies))
+
+    @property
+    def params(self) -> Any:
+        """The kept check's copy."""
+        return next(iter(self._copies.values()))
+
+
+class _CheckWatch:
     """The task, seen through :func:`fedimg.study.arms.train_local_arm`'s eyes: every ``evaluate``
-    after a check feeds :class:`~fedimg.study.protocol.EarlyStopping` (``patience``) and copies the
-    model while it is the best check before the patience stop, i.e. the model ``fedimg study``
-    (which stops there) keeps, while the arm itself runs the whole budget. Also stamps each
-    check's CPU time. Everything else is the real task's."""
+    after a check offers a copy of the model to ``kept`` (:class:`_PatienceKept`, ``patience``) and
+    stamps the check's CPU time. Everything else is the real task's."""
 
     def __init__(self, task, patience: int) -> None:
-        from fedimg.study.protocol import EarlyStopping
-
-        self._task, self.stop, self.stopped, self.params, self.cpu = task, EarlyStopping(patience), False, None, []
+        self._task, self.kept, self.cpu = task, _PatienceKept(patience), []
 
     def __getattr__(self, name):
         return getattr(self._task, name)
@@ -94,10 +127,8 @@ class _PatienceWatch:
     def evaluate(self, model, data, config):
         res = self._task.evaluate(model, data, config)
         self.cpu.append(time.process_time())
-        if not self.stopped:
-            self.stopped = self.stop.update(float(res[self._task.key_metric]))
-            if self.stop.best_index == self.stop.count - 1:
-                self.params = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+        self.kept.add(float(res[self._task.key_metric]),
+                      {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()})
         return res
 
 
@@ -118,7 +149,7 @@ def _central(task, config, datas, tests, epochs: int, local: int, seed: int, pat
     from fedimg.study.protocol import ProtocolConfig
 
     proto = ProtocolConfig(max_epochs=epochs, check_every=local, patience=10**6)  # the whole budget
-    watch = _PatienceWatch(task, patience)
+    watch = _CheckWatch(task, patience)
     arm = train_local_arm(watch, config, pool_sites(list(datas.values())), proto, seed=seed)
     if len(watch.cpu) != len(arm["curve"]):  # the watch assumes one task.evaluate per check
         raise RuntimeError(f"train_local_arm evaluated {len(watch.cpu)} times in {len(arm['curve'])} checks")
@@ -127,7 +158,7 @@ def _central(task, config, datas, tests, epochs: int, local: int, seed: int, pat
     kept_sites = {s: float(task.evaluate(net, d, config)["dice_mean"]) for s, d in datas.items()}
     return {"val": [c["val"] for c in arm["curve"]], "kept_val_sites": kept_sites, "check_cpu": watch.cpu,
             "test": _mean_test(task, config, arm["params"], tests),  # its best check over the whole budget
-            "test_patience": _mean_test(task, config, watch.params, tests, cases := {}),  # the model the study keeps
+            "test_patience": _mean_test(task, config, watch.kept.params, tests, cases := {}),  # the model the study keeps
             "test_patience_cases": cases}
 
 
@@ -149,11 +180,9 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, pati
     from fedimg.engine.loop import train_one_round
     from fedimg.fl.server.scaffold import SiteControl
     from fedimg.fl.server.strategies import StrategyConfig, make_strategy
-    from fedimg.study.protocol import EarlyStopping
-
     seed_everything(seed)
     torch.manual_seed(seed)
-    stop, stopped, check_cpu = EarlyStopping(patience), False, []
+    kept_p, check_cpu = _PatienceKept(patience), []  # the model the study keeps
     glob = {k: v.clone() for k, v in task.build_model(config).state_dict().items()}
     nets = {s: task.build_model(config) for s in datas}
     norm_keys = [k for k in glob if "norm" in k] if local_norm else []
@@ -202,13 +231,10 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, pati
         check_cpu.append(time.process_time())
         if val[-1] >= max(val):  # the best validation over the whole budget
             kept = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
-        if not stopped:  # the model the study keeps: best validation up to the patience stop
-            stopped = stop.update(val[-1])
-            if stop.best_index == stop.count - 1:
-                kept_p = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
+        kept_p.add(val[-1], {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas})
     test = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept[s].items()}, {s: tests[s]})[s] for s in datas}
     cases: dict = {}
-    test_p = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept_p[s].items()}, {s: tests[s]}, cases)[s]
+    test_p = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept_p.params[s].items()}, {s: tests[s]}, cases)[s]
               for s in datas}
     return {"val": val, "test": test, "test_patience": test_p, "test_patience_cases": cases, "val_sites": val_sites, "update_norms": norms_round,
             "check_cpu": check_cpu}

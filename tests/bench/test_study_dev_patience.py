@@ -101,3 +101,27 @@ def test_the_kept_model_is_the_budget_best_where_their_checks_agree() -> None:
                 f"{f}:{name}"
             agree += 1
     assert agree >= 10
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_the_harness_keeps_the_incremental_rules_check_on_every_curve(patience: int) -> None:
+    """``_PatienceKept`` (what the centralised watch and the federated loop now use) holds the copy of
+    the check the incremental rule kept, on every committed curve; a copy is its check's index."""
+    from _study_dev_train import _PatienceKept
+
+    for f, name, arm, _ in CURVES:
+        kept = _PatienceKept(patience)
+        for i, v in enumerate(arm["val"]):
+            kept.add(v, i)
+            assert len(kept._copies) == 1
+        assert (kept.check, kept.params) == (incremental_rule(arm["val"], patience)[0],) * 2, f"{f}:{name}"
+
+
+def test_a_better_check_after_the_stop_is_not_kept() -> None:
+    from _study_dev_train import _PatienceKept
+
+    kept = _PatienceKept(2)
+    for i, v in enumerate([0.3, 0.6, 0.5, 0.55, 0.9, 0.95]):
+        kept.add(v, f"copy {i}")
+    assert (kept.check, kept.params) == (1, "copy 1")
+    assert incremental_rule(kept.val, 2) == (1, 3, "patience")
