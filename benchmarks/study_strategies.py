@@ -117,7 +117,7 @@ def main(argv=None) -> int:
                 **(CONTRAST_AUG if a.contrast_aug == "on" else {}))
     out = {"epochs_per_case": epochs, "local_epochs": a.local, "train_config": base, "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        task, datas, tests = _setup(Path(tmp), base, seed=0)
+        task, datas, tests, _drawn = _setup(Path(tmp), base, seed=0)
         config = task.config_from_dict(base)
         for name in a.arms.split(","):
             t0, c0 = time.perf_counter(), time.process_time()
