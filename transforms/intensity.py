@@ -21,6 +21,7 @@ from typing import Any
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
+from monai.utils.type_conversion import convert_to_dst_type
 
 from fedimg.kernels.landmark import LANDMARKS, check_percentiles, landmark_standardize, standard_scale
 
@@ -42,7 +43,8 @@ class LandmarkStandardize(Transform):
 
     def __call__(self, img: Any) -> Any:
         mask = (img != 0).any(0) if self.nonzero else None
-        return landmark_standardize(img, mask, percentiles=self.percentiles, clip=self.clip)
+        out = landmark_standardize(img, mask, percentiles=self.percentiles, clip=self.clip)
+        return convert_to_dst_type(out, img, dtype=out.dtype)[0]  # a MetaTensor keeps its affine and meta
 
 
 class LandmarkStandardized(MapTransform):

@@ -54,6 +54,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     scored = [a for a in [*arms, "site alone (mean)"] if a in s["arms"]]
     split = results["seeds"][0]["split"]
     counts = ", ".join(f"{x}: {len(split[x]['train'])}/{len(split[x]['val'])}/{len(split[x]['test'])}" for x in sites)
+    lr_words = (f"; the federated arms' sites train at {fed['lr_scale']:g} x the other arms' peak lr "
+                "(--federated-lr-scale)") if fed.get("lr_scale", 1.0) != 1.0 else ""
     lines = [
         "# fedimg study: federated vs centralised vs each site alone",
         "",
@@ -66,7 +68,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         f"({fed['max_rounds']} rounds); the best-validation model is kept and evaluated **once** on every site's test "
         "cases. Centralised validates on the pooled validation cases, a site alone on its own, the federated arm on "
         f"every site's (NVFlare SimEnv, {_strategy_words(fed['strategy'])}). Learning-rate schedules span the "
-        "maximum budget in every arm.",
+        f"maximum budget in every arm{lr_words}.",
         "",
         "## Test Dice (mean and 95 % bootstrap interval over test cases and seeds)",
         "",

@@ -103,7 +103,8 @@ def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolCo
     if privacy is not None:
         from fedimg.study.privacy import run_privacy_arms
 
-        arms.update(run_privacy_arms(privacy, view=view, out=out, fed=fed, proto=proto, task=task, datas=datas,
+        fed_lr = federated_lr(fed, float(config.lr), federated_lr_scale)  # DP arms are federated arms too
+        arms.update(run_privacy_arms(privacy, view=view, out=out, fed=fed_lr, proto=proto, task=task, datas=datas,
                                      tests=tests, config=config, seed=seed, progress=progress))
     log.info("seed %d: centralised arm", seed)
     arm = train_local_arm(task, config, pool_sites(list(datas.values())), proto, seed=seed)

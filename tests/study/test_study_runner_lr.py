@@ -51,8 +51,16 @@ def test_run_seed_scales_only_the_federated_arms(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(arms, "federated_arm", lambda view, out, f, *a, **k: seen.setdefault("fed", f.train["lr"]))
     monkeypatch.setattr(arms, "train_local_arm", lambda task, cfg, *a, **k: seen["local"].append(cfg.lr))
     monkeypatch.setattr(arms, "tested_arm", lambda arm, *a, **k: {})
+    import fedimg.study.privacy as privacy
+
+    def dp_arms(sweep, *, fed, **kw):
+        seen["dp"] = fed.train["lr"]
+        return {}
+
+    monkeypatch.setattr(privacy, "run_privacy_arms", dp_arms)
     fed = FederationConfig(task="brats", local_epochs=1, train={"lr": 0.002, "roi": [16, 16, 16], "allow_identifiable": True})
     run_seed(tmp_path / "data", tmp_path / "out", fed, ProtocolConfig(max_epochs=1, check_every=1), 0,
-             federated_lr_scale=2.0)
+             privacy=object(), federated_lr_scale=2.0)
     assert seen["fed"] == pytest.approx(0.004)
+    assert seen["dp"] == pytest.approx(0.004)  # the DP arms are federated arms: the same scaled lr
     assert seen["local"] == [pytest.approx(0.002)] * 3  # centralised, then each of the two sites alone

@@ -96,3 +96,14 @@ def test_report_and_merge(tmp_path):
     with pytest.raises(InputError, match="other sites, protocol"):
         merge_studies([tmp_path / "s0", tmp_path / "s2"], tmp_path / "m3")
     write_report(tmp_path / "m", merged)  # idempotent
+
+
+def test_report_names_a_federated_lr_scale(tmp_path):
+    """`--federated-lr-scale F` (results' federation.lr_scale): the report says the federated arms used F x the lr."""
+    from fedimg.study.report import write_report
+
+    r = _results([_record(0, 0.0)])
+    r["summary"] = summarise(r)
+    assert "federated-lr-scale" not in write_report(tmp_path / "a", r).read_text()
+    r["federation"]["lr_scale"] = 2.0
+    assert "2 x the other arms' peak lr" in write_report(tmp_path / "b", r).read_text()

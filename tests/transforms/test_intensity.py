@@ -126,3 +126,21 @@ def test_array_and_dictionary_transforms_never_touch_labels():
     d = LandmarkStandardized(keys="image")({"image": torch.from_numpy(img), "label": label})
     assert d["label"] is label
     np.testing.assert_allclose(d["image"].numpy(), out, atol=1e-6)
+
+
+def test_a_metatensor_keeps_its_affine_and_meta():
+    """MONAI pipelines carry the affine on the MetaTensor: the transform keeps it (as NormalizeIntensity does)."""
+    from monai.data import MetaTensor, get_track_meta, set_track_meta
+
+    img = np.random.default_rng(3).gamma(4.0, 50.0, size=(2, 8, 8, 8)).astype(np.float32)
+    aff = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0], dtype=torch.float64))
+    prev = get_track_meta()
+    set_track_meta(True)  # fedimg's training cache turns MONAI's metadata off process-wide
+    try:
+        mt = MetaTensor(torch.from_numpy(img), affine=aff, meta={"filename_or_obj": "t1.nii.gz"})
+        out = LandmarkStandardized(keys="image")({"image": mt})["image"]
+    finally:
+        set_track_meta(prev)
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, aff) and out.meta["filename_or_obj"] == "t1.nii.gz"
+    assert out.dtype == torch.float32 and np.allclose(out.numpy(), LandmarkStandardize()(img), atol=1e-6)
+    assert isinstance(LandmarkStandardize()(img), np.ndarray)  # numpy stays numpy
