@@ -44,11 +44,12 @@ except ImportError:  # pragma: no cover - the plain-zlib fallback (isal is a dep
 def settle_vector_state() -> None:
     """Leave the CPU's vector registers as numpy's kernels expect them, after an ISA-L call in this thread.
 
-    Measured on the 2-vCPU AMD EPYC (Zen 5) this project runs on: right after an ISA-L (de)compression the
-    next numpy float32 sum in the same thread ran about 9x slower for its whole call (the first block mean
-    of the template after reading it: 0.35 CPU-s instead of 0.04), then speed came back. The maximum of 64
-    float32 zeros (numpy's wide SIMD kernel, which leaves the wide registers clean; a plain sum's does not)
-    clears that state in a microsecond. It changes no value. With zlib (no ``isal``) there is nothing to clear.
+    Measured on a 2-vCPU Intel Xeon with AMX and AVX-512 (the eighth wave's machine; not measured on AMD):
+    right after an ISA-L (de)compression the next numpy float32 sum in the same thread ran about 9x slower
+    for its whole call (the first block mean of the template after reading it: 0.35 CPU-s instead of 0.04),
+    then speed came back, consistent with wide vector registers left dirty. The maximum of 64 float32 zeros
+    (numpy's wide SIMD kernel, which leaves the wide registers clean; a plain sum's does not) clears that
+    state in a microsecond. It changes no value. With zlib (no ``isal``) there is nothing to clear.
     """
     if BACKEND == "isal":
         _SETTLE.max()
