@@ -4,7 +4,7 @@ Each case is cropped to its foreground (the head/brain, union over the four cont
 normalised per channel over foreground voxels (background set to 0): z-scored by default, like
 MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)``, or, with
 ``intensity_norm="landmark"``, mapped from the case's own percentile landmarks onto a fixed scale
-(:func:`fedimg.transforms.intensity.landmark_standardize`), and stored as a float32 image and
+(:func:`fedimg.kernels.landmark.landmark_standardize`), and stored as a float32 image and
 uint8 TC/WT/ET regions on the training device. A site's cases are split into train/val
 deterministically from ``config.val_fraction`` and ``config.seed``.
 
