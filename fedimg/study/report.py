@@ -46,6 +46,19 @@ def _ci(d: dict[str, float]) -> str:
     return f"**{_fmt(d['mean'])}** [{_fmt(d['low'])}, {_fmt(d['high'])}]"
 
 
+def _protocol_words(p: dict[str, Any], fed: dict[str, Any]) -> str:
+    """The report's protocol paragraph (``p``: the protocol record, ``fed``: the federation record)."""
+    lr_words = (f"; the federated arms' sites train at {fed['lr_scale']:g} x the other arms' peak lr "
+                "(--federated-lr-scale)") if fed.get("lr_scale", 1.0) != 1.0 else ""
+    return (f"**Protocol.** Every arm trains until its own validation Dice stops improving: checked every "
+            f"{p['check_every']} epochs per case (one federated round of {fed['local_epochs']} local epochs), stopped "
+            f"after {p['patience']} checks without a new best, at most **{p['max_epochs']} epochs per case** "
+            f"({fed['max_rounds']} rounds); the best-validation model is kept and evaluated **once** on every site's "
+            "test cases. Centralised validates on the pooled validation cases, a site alone on its own, the federated "
+            f"arm on every site's (NVFlare SimEnv, {_strategy_words(fed['strategy'])}). Learning-rate schedules span "
+            f"the maximum budget in every arm{lr_words}.")
+
+
 def write_report(out: Path, results: dict[str, Any]) -> Path:
     """Write ``out/report.md``, ``out/per_site.png`` and ``out/learning_curves.png``."""
     s, p, sites = results["summary"], results["protocol"], results["sites"]
@@ -54,21 +67,13 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     scored = [a for a in [*arms, "site alone (mean)"] if a in s["arms"]]
     split = results["seeds"][0]["split"]
     counts = ", ".join(f"{x}: {len(split[x]['train'])}/{len(split[x]['val'])}/{len(split[x]['test'])}" for x in sites)
-    lr_words = (f"; the federated arms' sites train at {fed['lr_scale']:g} x the other arms' peak lr "
-                "(--federated-lr-scale)") if fed.get("lr_scale", 1.0) != 1.0 else ""
     lines = [
         "# fedimg study: federated vs centralised vs each site alone",
         "",
         f"{len(sites)} sites, train/validation/test cases per site (seed {results['seeds'][0]['seed']}): {counts}. "
         f"{s['seeds']} seed(s) (each: its own split and initial weights); {sum(s['num_test_cases'])} test scores in all.",
         "",
-        f"**Protocol.** Every arm trains until its own validation Dice stops improving: checked every "
-        f"{p['check_every']} epochs per case (one federated round of {fed['local_epochs']} local epochs), stopped "
-        f"after {p['patience']} checks without a new best, at most **{p['max_epochs']} epochs per case** "
-        f"({fed['max_rounds']} rounds); the best-validation model is kept and evaluated **once** on every site's test "
-        "cases. Centralised validates on the pooled validation cases, a site alone on its own, the federated arm on "
-        f"every site's (NVFlare SimEnv, {_strategy_words(fed['strategy'])}). Learning-rate schedules span the "
-        f"maximum budget in every arm{lr_words}.",
+        _protocol_words(p, fed),
         "",
         "## Test Dice (mean and 95 % bootstrap interval over test cases and seeds)",
         "",
