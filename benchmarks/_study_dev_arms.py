@@ -65,6 +65,8 @@ ARMS = {
     # eighth wave (h12j): the sites' peak lr x 2 in the federated arm only (`fedimg study --federated-lr-scale 2`)
     "nesterov-b0.8-lr2x": {"train": {"lr": 4e-3}, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
     "nesterov-b0.8-lr0.5x": {"train": {"lr": 1e-3}, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
+    # ninth wave (lead9): a server lr above 1 with the default momentum
+    "nesterov-b0.8-slr1.5": {"strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True, "server_lr": 1.5}},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
