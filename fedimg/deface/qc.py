@@ -227,7 +227,7 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     from fedimg.imageio.volume import to_canonical
 
     from .brainmask import estimate_brain, removal_metrics
-    from .qc_face import ShapePlacement, acquired_part, face_shape_recall_counted, near_band, removal_dice
+    from .qc_face import NEAR_MM, ShapePlacement, acquired_part, face_shape_recall_counted, near_band, removal_dice
 
     remove, can_aff = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
@@ -247,8 +247,8 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     remove, face_shape = acquired_part(remove, est), acquired_part(getattr(placement, "remove", face_shape), est)
     metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
     metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, est)
-    metrics["head_size"], metrics["near_face_mm"] = getattr(placement, "size", None), near_band(placement)
-    metrics.update(removal_metrics(can, can_aff, remove, estimate=est, near_mm=metrics["near_face_mm"]))
+    metrics["head_size"], band = getattr(placement, "size", None), near_band(placement)
+    metrics.update(removal_metrics(can, can_aff, remove, estimate=est, near_mm=band), near_face_scale=band[0] / NEAR_MM[0])
     return evaluate_qc(metrics, thresholds)
 
 
