@@ -124,7 +124,7 @@ class _QCWorker:
     and, once the head-shape alignments are known (``on_coarse`` of
     :func:`.core.face_removal`, before the MI stage), the head-shape cross-check
     (:func:`.qc.head_shape_brain`) in one thread and the head-outline placement
-    (:func:`.qc_face.shape_removal`) in the other, while the main thread runs the MI
+    (:func:`.qc_face.shape_placement`) in the other, while the main thread runs the MI
     registration and warps the face mask. numpy, scipy.ndimage, zlib/ISA-L and torch release
     the GIL in this work, so two cores share it. It is the same computation
     :func:`.qc.check_removal` makes without it (:func:`.qc._shape_checks`).
@@ -240,16 +240,16 @@ def _qc_estimate(can: np.ndarray, can_aff: np.ndarray, coarse):
 
 
 def _qc_shape(canonical, coarse):
-    """The removal the head outline alone places (:func:`.qc_face.shape_removal`, qc._shape_checks's second
+    """The head-outline placement (:func:`.qc_face.shape_placement`, qc._shape_checks's second
     half); None when face_removal failed or the head is CT."""
     from .qc import _shape_candidates
-    from .qc_face import shape_removal
+    from .qc_face import shape_placement
 
     got, canon = coarse.result(), canonical.result()
     if got is None or canon is None or got[0] != "mr":
         return None
     can, can_aff = canon
-    return shape_removal(can, can_aff, _shape_candidates(can, can_aff, got[1]))
+    return shape_placement(can, can_aff, _shape_candidates(can, can_aff, got[1]))
 
 
 def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0: float) -> dict:

@@ -32,9 +32,9 @@ Checks (a failed check fails the file, never silently passes it):
 - ``brain_in_head``: the warped template brain lies inside the subject's head;
 - ``removed_volume``: the removed head tissue is a plausible share of the head in the field
   of view (``removed_fraction`` within ``removed_fraction_range``; 0 mL removed fails);
-- ``face_removed``: at least ``min_face_near_removed`` of the near face (eyes, nose bridge,
-  cheeks: head 25-45 mm in front of the estimated brain, measured from the placed brain's
-  boundary when QC checks the eroded head-shape brain) is removed;
+- ``face_removed``: at least ``min_face_near_removed`` of the near face (eyes, nose bridge, cheeks: head
+  25-45 mm in front of the estimated brain, times the head's size from the head-outline placement
+  (:func:`.qc_face.near_band`), from the placed brain's boundary when QC checks the eroded head-shape brain) is removed;
 - ``face_centred``: the removed tissue is centred on the brain's own mid-sagittal plane or
   on the template's mid-plane placed by the head-mask alignment (``removal_offset_mm``, the
   nearer of the two, at most ``max_removal_offset_mm``; a yawed removal keeps one cheek and
@@ -213,22 +213,21 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
 
 def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QCThresholds, *,
                   protected_changed_ml: float = 0.0, estimate=None, estimate_checked: bool = False,
-                  face_shape: np.ndarray | None = None) -> dict:
+                  face_shape=None) -> dict:
     """The QC record of a :class:`~fedimg.deface.core.FaceRemoval` of ``image`` (any orientation).
 
-    Adds the image's own head/brain numbers (:func:`.brainmask.removal_metrics`) and
-    ``protected_changed_ml`` (protected voxels changed in the written output) to the
-    registration's metrics, then :func:`evaluate_qc`. ``estimate``: a
-    :class:`~.brainmask.BrainEstimate` of this image from an earlier call (it depends on the
-    image only, never on the registration). The head-shape cross-check reuses
-    ``removal.head_shape`` (the coarse alignments, not the MI registration) and places
-    ``removal.brain_protect``; ``estimate_checked``: ``estimate`` is that cross-check's result already
-    and ``face_shape`` the head-outline placement's removal (:func:`.qc_face.shape_removal`; None: none).
+    Adds the image's own head/brain numbers (:func:`.brainmask.removal_metrics`) and ``protected_changed_ml``
+    (protected voxels changed in the written output) to the registration's metrics, then :func:`evaluate_qc`.
+    ``estimate``: a :class:`~.brainmask.BrainEstimate` of this image from an earlier call (it depends on the
+    image only, never on the registration). The head-shape cross-check reuses ``removal.head_shape`` (the
+    coarse alignments, not the MI registration) and places ``removal.brain_protect``; ``estimate_checked``:
+    ``estimate`` is that cross-check's result already and ``face_shape`` the head-outline placement
+    (:func:`.qc_face.shape_placement`; its removal alone: an unscaled near-face band; None: none).
     """
     from fedimg.imageio.volume import to_canonical
 
     from .brainmask import estimate_brain, removal_metrics
-    from .qc_face import acquired_part, face_shape_recall_counted, removal_dice
+    from .qc_face import NEAR_MM, ShapePlacement, acquired_part, face_shape_recall_counted, near_band, removal_dice
 
     remove, can_aff = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
@@ -244,10 +243,12 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
         est = est or estimate_brain(can, can_aff)
     if not estimate_checked:
         est, face_shape = _shape_checks(can, can_aff, est, removal.head_shape, removal.brain_protect)
-    remove, face_shape = acquired_part(remove, est), acquired_part(face_shape, est)  # acquired voxels only
+    placement = face_shape if isinstance(face_shape, ShapePlacement) else None
+    remove, face_shape = acquired_part(remove, est), acquired_part(getattr(placement, "remove", face_shape), est)
     metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
     metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, est)
-    metrics.update(removal_metrics(can, can_aff, remove, estimate=est))
+    metrics["head_size"], band = getattr(placement, "size", None), near_band(placement)
+    metrics.update(removal_metrics(can, can_aff, remove, estimate=est, near_mm=band), near_face_scale=band[0] / NEAR_MM[0])
     return evaluate_qc(metrics, thresholds)
 
 
@@ -325,16 +326,16 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
 
 def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shape, brain_protect: str | None = None):
     """MR QC's head-shape work (image and coarse alignments only): ``estimate`` cross-checked by
-    :func:`head_shape_brain`, and the head-outline placement's removal (:func:`.qc_face.shape_removal`).
+    :func:`head_shape_brain`, and the head-outline placement (:func:`.qc_face.shape_placement`).
 
     ``head_shape``: ``FaceRemoval.head_shape`` (empty: QC aligns itself). Shared by
     :func:`check_removal` and the pipeline's QC threads (:func:`fedimg.deface.pipeline._qc_estimate` and ``_qc_shape``).
     """
-    from .qc_face import shape_removal
+    from .qc_face import shape_placement
 
     cands = _shape_candidates(canonical, affine, head_shape)
     est = head_shape_brain(canonical, affine, estimate, candidates=cands, brain_protect=brain_protect)
-    return est, shape_removal(canonical, affine, cands, brain_protect=brain_protect)
+    return est, shape_placement(canonical, affine, cands, brain_protect=brain_protect)
 
 
 def _shape_candidates(canonical: np.ndarray, affine: np.ndarray, head_shape):

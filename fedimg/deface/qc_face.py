@@ -29,13 +29,14 @@ removed head tissue that the removal also removes; a removal slid off the face k
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 
-__all__ = ["acquired_part", "head_shape_pose", "shape_removal", "face_shape_dice", "face_shape_recall",
-           "face_shape_recall_counted", "removal_dice", "upright", "turn_deg",
-           "MAX_TURN_DEG"]
+__all__ = ["acquired_part", "head_shape_pose", "shape_removal", "shape_placement", "ShapePlacement", "head_size",
+           "near_band", "face_shape_dice", "face_shape_recall", "face_shape_recall_counted", "removal_dice", "upright",
+           "turn_deg", "MAX_TURN_DEG", "NEAR_MM", "REFERENCE_HEAD_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,44 @@ log = logging.getLogger(__name__)
 # each axis turn by at most about 70 degrees; the turned-over ones (the head outline fitted upside
 # down or back to front) by 130-180 (40 dev cases: upright 9-68 degrees, turned over 133-180).
 MAX_TURN_DEG = 100.0
+
+# QC's near-face band (:func:`.brainmask.removal_metrics`): head 25-45 mm in front of the brain, set on the
+# two real T1 heads at their own size; the head-outline placement measures them REFERENCE_HEAD_SIZE times
+# the template's (ds000031 1.03, pycortex 1.05 at 2 mm in ``tests/assets/mri``). A head of another size gets the band
+# scaled by its own size over that, within HEAD_SIZE_RANGE (outside it the placement is more likely wrong
+# than the head that large).
+NEAR_MM = (25.0, 45.0)
+REFERENCE_HEAD_SIZE = 1.04
+HEAD_SIZE_RANGE = (0.8, 1.25)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapePlacement:
+    """The head-outline placement QC compares the removal with: its removal (canonical grid) and the
+    head's size relative to the template (:func:`head_size` of its pose)."""
+
+    remove: np.ndarray
+    size: float
+
+
+def head_size(subject_to_template: np.ndarray) -> float:
+    """Linear size of the subject's head relative to the template's: ``|det|^(-1/3)`` of the pose's linear part."""
+    return float(abs(np.linalg.det(np.asarray(subject_to_template, dtype=np.float64)[:3, :3])) ** (-1.0 / 3.0))
+
+
+def near_band(placement: "ShapePlacement | None") -> tuple[float, float]:
+    """QC's near-face band (mm from the brain) scaled by the head-outline placement's head size.
+
+    The size comes from the 12-parameter head-mask fit (:func:`head_shape_pose`): the outline of
+    the whole head, not the image's brain estimate (which fails on shaded or thick-slice heads,
+    the cases whose band needs scaling) nor the MI registration being checked. A head 1.15x the
+    reference size has its eyes and cheeks 1.15x further from the brain; a fixed band then lies on
+    the forehead, which is kept (dev false alarms, near face 7-13 %). Unscaled without a placement.
+    """
+    if placement is None:
+        return NEAR_MM
+    k = float(np.clip(placement.size / REFERENCE_HEAD_SIZE, *HEAD_SIZE_RANGE))
+    return NEAR_MM[0] * k, NEAR_MM[1] * k
 
 
 def turn_deg(matrix: np.ndarray) -> float:
@@ -136,9 +175,9 @@ def head_shape_pose(canonical: np.ndarray, affine: np.ndarray, candidates, *, st
     return reg.subject_to_template
 
 
-def shape_removal(canonical: np.ndarray, affine: np.ndarray, candidates, *,
-                  brain_protect: str | None = None) -> np.ndarray | None:
-    """The removal (canonical grid) that the head-shape pose gives; None without candidates.
+def shape_placement(canonical: np.ndarray, affine: np.ndarray, candidates, *,
+                    brain_protect: str | None = None) -> ShapePlacement | None:
+    """The removal (canonical grid) that the head-shape pose gives, and the head's size; None without candidates.
 
     It depends on the image and the coarse alignments only, so it can be made beside the MI
     registration (:mod:`.pipeline`'s QC thread)."""
@@ -149,7 +188,14 @@ def shape_removal(canonical: np.ndarray, affine: np.ndarray, candidates, *,
     if pose is None:
         return None
     face, brain = warp_template_maps(load_template(brain_protect), canonical.shape, affine, pose)
-    return removal_mask(face, brain)[0]
+    return ShapePlacement(remove=removal_mask(face, brain)[0], size=head_size(pose))
+
+
+def shape_removal(canonical: np.ndarray, affine: np.ndarray, candidates, *,
+                  brain_protect: str | None = None) -> np.ndarray | None:
+    """:func:`shape_placement`'s removal alone."""
+    got = shape_placement(canonical, affine, candidates, brain_protect=brain_protect)
+    return None if got is None else got.remove
 
 
 def face_shape_dice(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarray, candidates, *,

@@ -35,7 +35,7 @@ def test_qc_thread_writes_the_same_voxels_and_record_as_one_thread(head_2mm, tmp
         return run
 
     monkeypatch.setattr(brainmask, "estimate_brain", spy(brainmask.estimate_brain, threads))
-    monkeypatch.setattr(qc_face, "shape_removal", spy(qc_face.shape_removal, shape_threads))
+    monkeypatch.setattr(qc_face, "shape_placement", spy(qc_face.shape_placement, shape_threads))
     records, voxels = {}, {}
     for mode in (False, True):
         out = tmp_path / f"thread_{mode}" / "head_defaced.nii.gz"
