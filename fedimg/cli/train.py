@@ -209,13 +209,16 @@ def _run_worker(args: argparse.Namespace) -> int:
     rank, world, local = torchrun_rank_from_env()
     if rank:
         logging.getLogger("fedimg").setLevel(logging.WARNING)  # rank 0 alone logs
+    done = False
     try:
         ns = argparse.Namespace(**read_json(spec_path))
         dist = DistContext(rank=rank, world_size=world, local_rank=local)
-        return _train(ns, dist)
+        code = _train(ns, dist)
+        done = True
+        return code
     except Exception as exc:  # every failure goes back to the launcher as one line
         log.debug("rank %d failed", rank, exc_info=True)
         write_rank_error(spec_path.parent, rank, exc)
         return int(getattr(exc, "exit_code", 1))
     finally:
-        leave_process_group()
+        leave_process_group(sync=done)  # a finished rank waits for the others; a failed one does not

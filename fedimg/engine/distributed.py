@@ -130,11 +130,23 @@ def init_process_group(ctx: DistContext, device: Any) -> Any:
     return device
 
 
-def leave_process_group() -> None:
-    """Leave the process group, if this process joined one (the end of every worker)."""
+def leave_process_group(*, sync: bool = True) -> None:
+    """Leave the process group, if this process joined one (the end of every worker).
+
+    ``sync=True`` (a rank that finished its work) first waits at a barrier for every rank, so that
+    no rank starts to exit while a collective, or rank 0's checkpoint writing, is still under way.
+    The gloo worker threads outlive :func:`torch.distributed.destroy_process_group` (the DDP
+    model keeps the backend alive), and a worker thread that drops the last reference to a
+    Python-made tensor after the interpreter began to shut down aborts the process ("terminate
+    called without an active exception", SIGABRT); torchrun then stops the other ranks with
+    SIGTERM. A rank that failed passes ``sync=False``: its peers may be blocked in a collective
+    that will never complete, so it leaves without waiting for them.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -153,6 +165,7 @@ class DistributedTrainer(Trainer):
         self.ctx = ctx
         self.local_batch = per_rank_batch(int(config.batch_size), ctx.world_size)
         self.ddp = None
+        self._reduced: Any = None  # the last epoch's all-reduced loss and rate
         if ctx.sync:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -194,6 +207,7 @@ class DistributedTrainer(Trainer):
         if self.ctx.sync and self.ctx.world_size > 1:
             t = torch.tensor([stats["loss"], stats[self.rate_key]], dtype=torch.float64, device=self.device)
             dist.all_reduce(t)
+            self._reduced = t  # freed here, never by a gloo worker thread at exit (see leave_process_group)
             stats["loss"] = float(t[0]) / self.ctx.world_size
             stats[self.rate_key] = float(t[1])
         return stats

@@ -175,3 +175,45 @@ def test_launch_names_the_aborted_rank(tmp_path):
                                          r"\(killed by signal 6 \(SIGABRT\)\); rerun"):
         launch([str(worker)], nproc=2, error_dir=tmp_path)
     assert time.monotonic() - t0 < 40  # rank 0 was stopped, not waited for
+
+
+LEAVE_WORKER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import torch
+from fedimg.engine.distributed import DistContext, init_process_group, leave_process_group
+rank = int(os.environ["RANK"])
+init_process_group(DistContext(rank=rank, world_size=2), torch.device("cpu"))
+out = {out!r}
+if rank == 0:
+    time.sleep(1.0)  # rank 0 still validating and writing checkpoints
+    open(os.path.join(out, "rank0-written"), "w").close()
+leave_process_group(sync=True)
+if rank == 1:
+    open(os.path.join(out, "rank1-left"), "w").write(str(os.path.exists(os.path.join(out, "rank0-written"))))
+"""
+
+
+def test_a_finished_rank_leaves_only_when_every_rank_has_finished(tmp_path):
+    """Rank 1 finishes first: it leaves the group (and exits) only after rank 0 has written its files."""
+    from fedimg.engine.distributed import launch
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(LEAVE_WORKER.format(root=str(Path(__file__).resolve().parents[2]), out=str(tmp_path)))
+    launch([str(worker)], nproc=2, error_dir=tmp_path)
+    assert (tmp_path / "rank1-left").read_text() == "True"
+
+
+def test_a_failed_rank_leaves_without_waiting(monkeypatch):
+    import torch.distributed as dist
+
+    from fedimg.engine.distributed import leave_process_group
+
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: calls.append("destroy"))
+    leave_process_group(sync=False)
+    assert calls == ["destroy"]
+    leave_process_group()
+    assert calls == ["destroy", "barrier", "destroy"]
