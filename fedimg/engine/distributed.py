@@ -207,7 +207,7 @@ class DistributedTrainer(Trainer):
         if self.ctx.sync and self.ctx.world_size > 1:
             t = torch.tensor([stats["loss"], stats[self.rate_key]], dtype=torch.float64, device=self.device)
             dist.all_reduce(t)
-            self._reduced = t  # freed here, never by a gloo worker thread at exit (see leave_process_group)
+            self._reduced = t  # kept: freed by this thread later, never by a gloo worker at exit (leave_process_group)
             stats["loss"] = float(t[0]) / self.ctx.world_size
             stats[self.rate_key] = float(t[1])
         return stats
