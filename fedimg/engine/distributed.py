@@ -35,18 +35,19 @@ stopped because another one had failed).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fedimg.engine.loop import Trainer
 from fedimg.errors import ConfigError, FedimgError
 
 __all__ = ["DistContext", "RankFailed", "per_rank_batch", "backend_for", "sample_seed", "sampler_order",
-           "init_process_group", "leave_process_group", "DistributedTrainer", "follow", "launch", "torchrun_argv",
-           "write_rank_error"]
+           "init_process_group", "leave_process_group", "exit_worker", "DistributedTrainer", "follow", "launch",
+           "torchrun_argv", "write_rank_error"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,27 @@ def leave_process_group(*, sync: bool = True) -> None:
         if sync:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End this torchrun worker with ``code`` now, skipping the interpreter's shutdown.
+
+    The gloo backend's threads outlive :func:`leave_process_group` (a DDP model keeps the backend
+    alive). If one of them takes the GIL while the interpreter shuts down (to free a Python-made
+    tensor it still held), CPython ends that thread with ``pthread_exit``, whose unwinding through
+    C++ aborts the process ("terminate called without an active exception", SIGABRT) after all
+    its work was done, and torchrun stops the other ranks. Like :mod:`multiprocessing`'s children,
+    the worker flushes its logs and streams and leaves with :func:`os._exit`: no shutdown, no
+    window. Call it only when everything is written and closed (checkpoints and metrics are written
+    atomically, TensorBoard's writer is closed) and the group is left.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can reach it
+            pass
+    os._exit(int(code))
 
 
 class DistributedTrainer(Trainer):
