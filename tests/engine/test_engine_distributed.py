@@ -222,10 +222,8 @@ def test_a_failed_rank_leaves_without_waiting(monkeypatch):
 def test_exit_worker_flushes_and_ends_with_the_code_even_with_gloo_work_in_flight():
     """A worker ends through os._exit: its logs and stdout still arrive, and a gloo all_reduce of a Python tensor
     still running at the end cannot abort it (no interpreter shutdown for a gloo thread to take the GIL in)."""
-    import subprocess
-    import sys
+    from _fresh_python import run_python
 
-    root = Path(__file__).resolve().parents[2]
     code = ("import logging, os, socket, sys\n"
             "s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()\n"
             "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))\n"
@@ -236,7 +234,6 @@ def test_exit_worker_flushes_and_ends_with_the_code_even_with_gloo_work_in_fligh
             "t = torch.ones(1 << 20); work = dist.all_reduce(t, async_op=True); del t, work\n"
             "sys.stdout.write('unflushed')\n"
             "exit_worker(3)\n")
-    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
-                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    run = run_python(code, timeout=120, env={"OMP_NUM_THREADS": "1"})
     assert run.returncode == 3, run.stderr[-800:]
     assert run.stdout == "unflushed" and "logged" in run.stderr and "terminate called" not in run.stderr

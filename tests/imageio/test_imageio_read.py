@@ -142,13 +142,10 @@ def test_unsupported_suffix_refused(tmp_path):
 
 def test_lean_nibabel_import_hides_pydicom_only_meanwhile():
     """nibabel imported with pydicom hidden (DICOM extensions unparsed); pydicom importable afterwards; a no-op twice."""
-    import subprocess
-    import sys
+    from _fresh_python import run_python
 
-    root = Path(__file__).resolve().parents[2]
     code = ("import sys; from fedimg.imageio import import_nibabel_without_pydicom as f; first = f();"
             "import nibabel.nifti1 as n1; hidden = not n1.have_dicom; import pydicom; print(first, hidden, f())")
-    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    run = run_python(code)
     assert run.returncode == 0, run.stderr[-800:]
     assert run.stdout.split() == ["True", "True", "False"]
