@@ -22,7 +22,8 @@ multiple of the global batch) the loss curve equals the one-process curve up to 
 order of floating-point sums; otherwise ``DistributedSampler`` pads the last step by
 repeating samples. A rank that fails writes its one-line error to ``error_dir``;
 :func:`launch` raises the first real failure as :class:`RankFailed` (never a rank that torchrun
-stopped because another one had failed).
+stopped because another one had failed). A worker ends with :func:`leave_process_group` (a barrier
+first when it finished) and :func:`exit_worker` (no interpreter shutdown beside gloo's threads).
 
 >>> per_rank_batch(4, 2), backend_for("cpu"), backend_for("cuda:1")
 (2, 'gloo', 'nccl')
