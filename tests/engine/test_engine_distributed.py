@@ -220,8 +220,8 @@ def test_a_failed_rank_leaves_without_waiting(monkeypatch):
 
 
 def test_exit_worker_flushes_and_ends_with_the_code_even_with_gloo_work_in_flight():
-    """A worker ends through os._exit: its logs and stdout still arrive, and a gloo all_reduce of a Python tensor
-    still running at the end cannot abort it (no interpreter shutdown for a gloo thread to take the GIL in)."""
+    """A worker ends through os._exit with its code: its logs and stdout still arrive, with a gloo all_reduce of a
+    Python tensor still running (the interpreter's shutdown, where a gloo thread taking the GIL aborts, never runs)."""
     from _fresh_python import run_python
 
     code = ("import logging, os, socket, sys\n"
