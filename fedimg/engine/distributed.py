@@ -136,13 +136,10 @@ def leave_process_group(*, sync: bool = True) -> None:
     """Leave the process group, if this process joined one (the end of every worker).
 
     ``sync=True`` (a rank that finished its work) first waits at a barrier for every rank, so that
-    no rank starts to exit while a collective, or rank 0's checkpoint writing, is still under way.
-    The gloo worker threads outlive :func:`torch.distributed.destroy_process_group` (the DDP
-    model keeps the backend alive), and a worker thread that drops the last reference to a
-    Python-made tensor after the interpreter began to shut down aborts the process ("terminate
-    called without an active exception", SIGABRT); torchrun then stops the other ranks with
-    SIGTERM. A rank that failed passes ``sync=False``: its peers may be blocked in a collective
-    that will never complete, so it leaves without waiting for them.
+    no rank exits while a collective, or rank 0's checkpoint writing, is still under way. A rank
+    that failed passes ``sync=False``: its peers may be blocked in a collective that will never
+    complete, so it leaves without waiting for them. The gloo backend's threads can outlive this
+    (a DDP model keeps the backend alive): end the worker with :func:`exit_worker`.
     """
     import torch.distributed as dist
 
