@@ -100,6 +100,32 @@ def _map_channel_np(values: np.ndarray, lm: np.ndarray, std: np.ndarray, clip: f
     return np.clip(out, -clip, clip, out=out)
 
 
+#: The warning for an all-background mask (both paths).
+_EMPTY_MASK = "landmark_standardize: empty foreground mask; every voxel set to 0"
+
+
+def _check_image(shape: tuple[int, ...], clip: float) -> None:
+    """Refuse an image without a channel axis and a non-positive ``clip`` (numpy and torch paths alike)."""
+    if len(shape) < 2:
+        raise ValueError(f"image of shape {shape}: give (channels, *spatial)")
+    if not clip > 0:
+        raise ValueError(f"clip must be > 0, got {clip}")
+
+
+def _levels(mask_shape: tuple[int, ...], shape: tuple[int, ...],
+            percentiles: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Check the mask's shape against the image's spatial shape; the checked percentiles and their standard values."""
+    if mask_shape != shape[1:]:
+        raise ValueError(f"mask of shape {mask_shape} does not match the image's spatial shape {shape[1:]}")
+    return check_percentiles(percentiles), standard_scale(percentiles)
+
+
+def _check_finite(channel: int, finite: bool) -> None:
+    """Refuse a channel whose foreground holds NaN or Inf (``finite``: the path's own test of its values)."""
+    if not finite:
+        raise ValueError(f"channel {channel} holds NaN or Inf voxels; fix or drop the case before standardising")
+
+
 def landmark_standardize(image: Any, mask: Any = None, *, percentiles: Sequence[float] = LANDMARKS,
                          clip: float = 6.0) -> Any:
     """Standardise every channel of ``image`` ``(C, *spatial)`` from its own foreground landmarks.
@@ -114,27 +140,22 @@ def landmark_standardize(image: Any, mask: Any = None, *, percentiles: Sequence[
     import torch
 
     img = image.detach().to(torch.float64)
-    if img.ndim < 2:
-        raise ValueError(f"image of shape {tuple(img.shape)}: give (channels, *spatial)")
-    if not clip > 0:
-        raise ValueError(f"clip must be > 0, got {clip}")
+    _check_image(tuple(img.shape), clip)
     if mask is None:
         m = torch.ones(img.shape[1:], dtype=torch.bool, device=img.device)
     else:
         m = (mask.to(img.device) if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask))).bool()
         m = m.to(img.device)
-    if tuple(m.shape) != tuple(img.shape[1:]):
-        raise ValueError(f"mask of shape {tuple(m.shape)} does not match the image's spatial shape {tuple(img.shape[1:])}")
-    p = torch.as_tensor(check_percentiles(percentiles), dtype=torch.float64, device=img.device)
-    std = torch.as_tensor(standard_scale(percentiles), dtype=torch.float64, device=img.device)
+    p_np, std_np = _levels(tuple(m.shape), tuple(img.shape), percentiles)
+    p = torch.as_tensor(p_np, dtype=torch.float64, device=img.device)
+    std = torch.as_tensor(std_np, dtype=torch.float64, device=img.device)
     out = torch.zeros(img.shape, dtype=torch.float32, device=img.device)
     if not bool(m.any()):
-        log.warning("landmark_standardize: empty foreground mask; every voxel set to 0")
+        log.warning(_EMPTY_MASK)
     else:
         for c in range(img.shape[0]):
             vals = img[c][m]
-            if not bool(torch.isfinite(vals).all()):
-                raise ValueError(f"channel {c} holds NaN or Inf voxels; fix or drop the case before standardising")
+            _check_finite(c, bool(torch.isfinite(vals).all()))
             lm = _percentiles(torch.sort(vals).values, p)
             out[c][m] = _map_channel(vals, lm, std, clip).to(torch.float32)
     return out
@@ -142,22 +163,15 @@ def landmark_standardize(image: Any, mask: Any = None, *, percentiles: Sequence[
 
 def _standardize_np(img: np.ndarray, mask: Any, percentiles: Sequence[float], clip: float) -> np.ndarray:
     """:func:`landmark_standardize` for numpy input (same checks, same map)."""
-    if img.ndim < 2:
-        raise ValueError(f"image of shape {img.shape}: give (channels, *spatial)")
-    if not clip > 0:
-        raise ValueError(f"clip must be > 0, got {clip}")
+    _check_image(img.shape, clip)
     m = np.ones(img.shape[1:], bool) if mask is None else np.asarray(mask, dtype=bool)
-    if m.shape != img.shape[1:]:
-        raise ValueError(f"mask of shape {m.shape} does not match the image's spatial shape {img.shape[1:]}")
-    p = check_percentiles(percentiles)
-    std = standard_scale(percentiles)
+    p, std = _levels(m.shape, img.shape, percentiles)
     out = np.zeros(img.shape, dtype=np.float32)
     if not m.any():
-        log.warning("landmark_standardize: empty foreground mask; every voxel set to 0")
+        log.warning(_EMPTY_MASK)
         return out
     for c in range(img.shape[0]):
         vals = img[c][m].astype(np.float64)
-        if not np.all(np.isfinite(vals)):
-            raise ValueError(f"channel {c} holds NaN or Inf voxels; fix or drop the case before standardising")
+        _check_finite(c, bool(np.all(np.isfinite(vals))))
         out[c][m] = _map_channel_np(vals, np.percentile(vals, p), std, clip)
     return out

@@ -18,7 +18,7 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["register", "run", "freed_memory_reused", "import_nibabel_without_pydicom"]
+__all__ = ["register", "run", "freed_memory_reused"]
 
 log = logging.getLogger(__name__)
 
@@ -100,32 +100,6 @@ def freed_memory_reused():
             libc.malloc_trim(0)
 
 
-def import_nibabel_without_pydicom() -> bool:
-    """Import nibabel with pydicom hidden from it; True when that happened here (nibabel was not yet imported).
-
-    ``nibabel.nifti1`` imports pydicom eagerly (``optional_package``), about a third of nibabel's
-    import (0.1-0.3 s per ``fedimg deface``), only to parse DICOM header extensions (code 2),
-    which defacing drops from its outputs (:func:`fedimg.imageio.volume.save_like`). With pydicom
-    hidden, such an extension reads as raw bytes instead. pydicom stays importable afterwards
-    (``fedimg import`` needs it); only this process's nibabel keeps DICOM extensions unparsed.
-    Where pydicom or nibabel is imported already, nothing changes.
-
-    >>> import_nibabel_without_pydicom() in (True, False)
-    True
-    """
-    import sys
-
-    if "nibabel" in sys.modules or "pydicom" in sys.modules:
-        return False
-    sys.modules["pydicom"] = None  # type: ignore[assignment] - "import pydicom" raises ImportError meanwhile
-    try:
-        import nibabel  # noqa: F401
-    finally:
-        if sys.modules.get("pydicom", False) is None:
-            del sys.modules["pydicom"]
-    return True
-
-
 def _defaced_name(path: Path, out_dir: Path) -> Path:
     from fedimg.imageio.suffixes import DEFAULT_SUFFIX, stem
 
@@ -160,6 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     from fedimg.deface.pipeline import DefaceJob, deface_job, prefetch_template
     from fedimg.device import available_cpus, configure_threads
     from fedimg.errors import ConfigError, InputError
+    from fedimg.imageio.nifti import import_nibabel_without_pydicom
 
     _check_output_names(args)
     import_nibabel_without_pydicom()  # before anything reads an image

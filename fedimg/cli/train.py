@@ -198,11 +198,16 @@ def _check_gpus(device: str, nproc: int) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    """One torchrun worker of ``--nproc``: its rank from torchrun's environment; errors to the launcher."""
+    """One torchrun worker of ``--nproc``: its rank from torchrun's environment; errors to the launcher.
+
+    A rank that finished waits for the others before it leaves the group; a failed one writes its
+    error and leaves at once. The process then ends through :func:`fedimg.engine.distributed.exit_worker`
+    (no interpreter shutdown while gloo's threads are alive).
+    """
     from pathlib import Path
 
     from fedimg.config import torchrun_rank_from_env
-    from fedimg.engine.distributed import DistContext, leave_process_group, write_rank_error
+    from fedimg.engine.distributed import DistContext, exit_worker, leave_process_group, write_rank_error
     from fedimg.io import read_json
 
     spec_path = Path(args.dist_worker)
@@ -212,10 +217,11 @@ def _run_worker(args: argparse.Namespace) -> int:
     try:
         ns = argparse.Namespace(**read_json(spec_path))
         dist = DistContext(rank=rank, world_size=world, local_rank=local)
-        return _train(ns, dist)
+        code = _train(ns, dist)
+        leave_process_group(sync=True)  # a finished rank waits for the others
     except Exception as exc:  # every failure goes back to the launcher as one line
         log.debug("rank %d failed", rank, exc_info=True)
         write_rank_error(spec_path.parent, rank, exc)
-        return int(getattr(exc, "exit_code", 1))
-    finally:
-        leave_process_group()
+        code = int(getattr(exc, "exit_code", 1))
+        leave_process_group(sync=False)  # its peers may wait in a collective that never completes
+    exit_worker(code)

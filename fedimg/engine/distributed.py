@@ -21,7 +21,9 @@ Rank 0 alone validates, writes checkpoints, metrics and logs; the others only tr
 multiple of the global batch) the loss curve equals the one-process curve up to the
 order of floating-point sums; otherwise ``DistributedSampler`` pads the last step by
 repeating samples. A rank that fails writes its one-line error to ``error_dir``;
-:func:`launch` raises it as :class:`RankFailed`.
+:func:`launch` raises the first real failure as :class:`RankFailed` (never a rank that torchrun
+stopped because another one had failed). A worker ends with :func:`leave_process_group` (a barrier
+first when it finished) and :func:`exit_worker` (no interpreter shutdown beside gloo's threads).
 
 >>> per_rank_batch(4, 2), backend_for("cpu"), backend_for("cuda:1")
 (2, 'gloo', 'nccl')
@@ -34,18 +36,19 @@ repeating samples. A rank that fails writes its one-line error to ``error_dir``;
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fedimg.engine.loop import Trainer
 from fedimg.errors import ConfigError, FedimgError
 
 __all__ = ["DistContext", "RankFailed", "per_rank_batch", "backend_for", "sample_seed", "sampler_order",
-           "init_process_group", "leave_process_group", "DistributedTrainer", "follow", "launch", "torchrun_argv",
-           "write_rank_error"]
+           "init_process_group", "leave_process_group", "exit_worker", "DistributedTrainer", "follow", "launch",
+           "torchrun_argv", "write_rank_error"]
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +132,42 @@ def init_process_group(ctx: DistContext, device: Any) -> Any:
     return device
 
 
-def leave_process_group() -> None:
-    """Leave the process group, if this process joined one (the end of every worker)."""
+def leave_process_group(*, sync: bool = True) -> None:
+    """Leave the process group, if this process joined one (the end of every worker).
+
+    ``sync=True`` (a rank that finished its work) first waits at a barrier for every rank, so that
+    no rank exits while a collective, or rank 0's checkpoint writing, is still under way. A rank
+    that failed passes ``sync=False``: its peers may be blocked in a collective that will never
+    complete, so it leaves without waiting for them. The gloo backend's threads can outlive this
+    (a DDP model keeps the backend alive): end the worker with :func:`exit_worker`.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End this torchrun worker with ``code`` now, skipping the interpreter's shutdown.
+
+    The gloo backend's threads outlive :func:`leave_process_group` (a DDP model keeps the backend
+    alive). If one of them takes the GIL while the interpreter shuts down (to free a Python-made
+    tensor it still held), CPython ends that thread with ``pthread_exit``, whose unwinding through
+    C++ aborts the process ("terminate called without an active exception", SIGABRT) after all
+    its work was done, and torchrun stops the other ranks. Like :mod:`multiprocessing`'s children,
+    the worker flushes its logs and streams and leaves with :func:`os._exit`: no shutdown, no
+    window. Call it only when everything is written and closed (checkpoints and metrics are written
+    atomically, TensorBoard's writer is closed) and the group is left.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can reach it
+            pass
+    os._exit(int(code))
 
 
 class DistributedTrainer(Trainer):
@@ -152,6 +185,7 @@ class DistributedTrainer(Trainer):
         self.ctx = ctx
         self.local_batch = per_rank_batch(int(config.batch_size), ctx.world_size)
         self.ddp = None
+        self._reduced: Any = None  # the last epoch's all-reduced loss and rate
         if ctx.sync:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -193,6 +227,7 @@ class DistributedTrainer(Trainer):
         if self.ctx.sync and self.ctx.world_size > 1:
             t = torch.tensor([stats["loss"], stats[self.rate_key]], dtype=torch.float64, device=self.device)
             dist.all_reduce(t)
+            self._reduced = t  # kept: freed by this thread later, never by a gloo worker at exit (leave_process_group)
             stats["loss"] = float(t[0]) / self.ctx.world_size
             stats[self.rate_key] = float(t[1])
         return stats
@@ -213,26 +248,68 @@ def follow(model: Any, trainer: Any, out: str | Path, *, resume: bool, fingerpri
 
 
 def write_rank_error(error_dir: str | Path, rank: int, exc: BaseException) -> None:
-    """Record a rank's failure as one line for :func:`launch` (atomically)."""
+    """Record a rank's failure as one line for :func:`launch` (atomically), with the time it failed."""
+    import time
+
     from fedimg.io import write_json
 
     message = str(exc) if isinstance(exc, FedimgError) else f"{type(exc).__name__}: {exc}"
     code = getattr(exc, "exit_code", 1)
-    write_json(Path(error_dir) / f"rank{rank}.json", {"message": " ".join(message.split()), "exit_code": code})
+    write_json(Path(error_dir) / f"rank{rank}.json",
+               {"message": " ".join(message.split()), "exit_code": code, "time": time.time()})
+
+
+#: torchrun's agent stops the other workers with SIGTERM (SIGKILL after its grace period) once one
+#: has failed: a rank ended by these without an error of its own is a consequence, not a cause.
+_STOP_SIGNALS = frozenset({15, 9})
+
+
+def _how(code: int) -> str:
+    """How a process ended: ``killed by signal 6 (SIGABRT)`` or ``exit code 1``."""
+    import signal
+
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = f" ({signal.Signals(-code).name})"
+    except ValueError:
+        name = ""
+    return f"killed by signal {-code}{name}"
 
 
 def _rank_error(error_dir: Path, failures: dict) -> RankFailed:
+    """The one error to show for a failed group: the rank that failed first on its own.
+
+    ``failures`` maps rank to torchrun's ``ProcessFailure`` (``exitcode``, ``timestamp``), in the
+    order torchrun saw them. First choice: a rank that wrote its error (:func:`write_rank_error`),
+    the earliest by the time in its file; then a rank that died without one (a crash: an abort, a
+    segfault, an exit code), the earliest torchrun saw; last, a rank torchrun stopped itself
+    (:data:`_STOP_SIGNALS`). A crash that is not the named rank is added to the line, so a crash
+    whose peers then raised (say, a lost connection) is never hidden.
+    """
     from fedimg.io import read_json
 
-    for rank in sorted(failures):
-        path = error_dir / f"rank{rank}.json"
-        if path.is_file():
-            rec = read_json(path)
-            return RankFailed(f"rank {rank}: {rec['message']}", rec.get("exit_code", 1))
-    rank = min(failures)
-    code = failures[rank].exitcode
-    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    return RankFailed(f"training process rank {rank} {how} without an error message; rerun with -vv to see its log")
+    records = {r: read_json(error_dir / f"rank{r}.json") for r in failures if (error_dir / f"rank{r}.json").is_file()}
+    seen = {r: i for i, r in enumerate(failures)}
+
+    def kind(rank: int) -> int:
+        code = failures[rank].exitcode
+        return 0 if rank in records else 2 if code < 0 and -code in _STOP_SIGNALS else 1
+
+    def order(rank: int) -> tuple:
+        if rank in records:
+            return (0, float(records[rank].get("time", float("inf"))), rank)
+        return (kind(rank), float(getattr(failures[rank], "timestamp", 0)), seen[rank])
+
+    first = min(failures, key=order)
+    crashes = [r for r in sorted(failures, key=order) if r != first and kind(r) == 1]
+    also = "".join(f"; rank {r} also failed, {_how(failures[r].exitcode)}" for r in crashes)
+    if first in records:
+        rec = records[first]
+        return RankFailed(f"rank {first}: {rec['message']}{also}", rec.get("exit_code", 1))
+    how = _how(failures[first].exitcode)
+    return RankFailed(f"training process rank {first} failed without an error message ({how}){also}; "
+                      "rerun with -vv to see its log")
 
 
 def torchrun_argv(nproc: int) -> list[str]:

@@ -2,7 +2,8 @@
 suffix lists, provenance records.
 
 Modules: :mod:`.suffixes` (the one suffix list, file stems), :mod:`.nifti` (header-first
-NIfTI reading with shape / grid / NaN checks, for multi-file cases), :mod:`.volume` (read,
+NIfTI reading with shape / grid / NaN checks, for multi-file cases; a lean nibabel import
+without pydicom for commands that never parse DICOM extensions), :mod:`.volume` (read,
 validate, reorient and write a single head volume like its input, NIfTI or NRRD),
 :mod:`.nrrd` (a small NRRD reader), :mod:`.write` (label maps on a reference grid,
 reproducible ``.nii.gz``), :mod:`.provenance` (defacing records: sidecar JSON and the
@@ -14,7 +15,7 @@ names the file; every write is atomic.
 (True, 't1')
 """
 
-from .nifti import open_nifti, read_volume
+from .nifti import import_nibabel_without_pydicom, open_nifti, read_volume
 from .provenance import is_defaced, sidecar_path
 from .suffixes import NIFTI_SUFFIXES, NRRD_SUFFIXES, VOLUME_SUFFIXES, is_nifti, is_nrrd, is_volume, stem
 from .volume import Volume, load_volume, save_like
@@ -25,6 +26,7 @@ __all__ = [
     "NRRD_SUFFIXES",
     "VOLUME_SUFFIXES",
     "Volume",
+    "import_nibabel_without_pydicom",
     "is_defaced",
     "is_nifti",
     "is_nrrd",

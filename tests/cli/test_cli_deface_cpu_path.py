@@ -4,13 +4,12 @@ torch and pydicom unimported."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from _fresh_python import run_python
 from fedimg.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,8 +35,7 @@ def test_thread_setting_and_device_choice_do_not_import_torch():
             "n = configure_threads(2, numba=False, torch=False); d = _device('cpu');"
             "assert 'torch' not in sys.modules, 'torch imported';"
             "print(n, configured_threads(), d)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    out = run_python(code)
     assert out.returncode == 0, out.stderr[-800:]
     assert out.stdout.split() == ["2", "2", "cpu"]
 
@@ -53,16 +51,6 @@ def test_fedimg_deface_on_the_cpu_imports_neither_torch_nor_pydicom(tmp_path, he
     code = (f"import sys; from fedimg.cli import main; rc = main(['-q', 'deface', {str(head)!r}, '-o', {str(out)!r}, "
             "'--threads', '2', '--no-png']); print(rc, sorted(m for m in ('torch', 'pydicom', 'rich', 'matplotlib') "
             "if m in sys.modules))")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    run = run_python(code, timeout=300, env={"OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-800:]
     assert run.stdout.split() == ["0", "[]"] and out.is_file()
-
-
-def test_pydicom_stays_importable_after_the_lean_nibabel_import():
-    code = ("import sys; from fedimg.cli.deface import import_nibabel_without_pydicom as f; first = f();"
-            "import nibabel.nifti1 as n1; hidden = not n1.have_dicom; import pydicom; print(first, hidden, f())")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert run.returncode == 0, run.stderr[-800:]
-    assert run.stdout.split() == ["True", "True", "False"]

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from _fresh_python import run_python
 from fedimg.cli import main
 
 AFFINE = np.diag([-2.0, 2.0, 2.0, 1.0])
@@ -182,10 +181,8 @@ def test_a_named_command_registers_only_its_own_parser():
     sub = build_parser("deface")._subparsers._group_actions[0]
     assert list(sub.choices) == ["deface"]
     assert len(build_parser()._subparsers._group_actions[0].choices) == len(COMMAND_MODULES)
-    root = Path(__file__).resolve().parents[2]
     code = ("import sys; from fedimg.cli import main;\ntry: main(['deface', '--help'])\nexcept SystemExit: pass\n"
             "print('fedimg.cli._federation' in sys.modules, 'fedimg.cli.train' in sys.modules)")
-    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    run = run_python(code)
     assert run.returncode == 0, run.stderr[-800:]
     assert run.stdout.split()[-2:] == ["False", "False"] and "usage: fedimg deface" in run.stdout

@@ -9,8 +9,6 @@ torch path agrees with itself under another sampling seed.
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from _fresh_python import run_python
 from fedimg.deface.mi import mutual_information
 from fedimg.deface.mi_np import fixed_weights, mi_and_grad, pad_volume, trilinear
 from fedimg.deface.register import RegistrationConfig, _rotation, downsample, register
@@ -163,8 +162,7 @@ def test_cpu_registration_never_imports_torch():
             "r = register(v, np.eye(4) * [2, 2, 2, 1], v, np.eye(4) * [2, 2, 2, 1], config=RegistrationConfig("
             "levels_mm=(4.0,), iterations=(5,), starts=2, keep=1, prune_to=2, samples=300, eval_samples=300));"
             "assert 'torch' not in sys.modules, 'torch imported'; print(r.subject_to_template.shape)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    out = run_python(code, env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-800:]
     assert out.stdout.strip() == "(4, 4)"
 

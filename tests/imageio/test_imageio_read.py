@@ -139,3 +139,13 @@ def test_unsupported_suffix_refused(tmp_path):
     with pytest.raises(InputError, match=r"scan.mha: image is not NIfTI \(.nii/.nii.gz\) or NRRD"):
         load_volume(p)
 
+
+def test_lean_nibabel_import_hides_pydicom_only_meanwhile():
+    """nibabel imported with pydicom hidden (DICOM extensions unparsed); pydicom importable afterwards; a no-op twice."""
+    from _fresh_python import run_python
+
+    code = ("import sys; from fedimg.imageio import import_nibabel_without_pydicom as f; first = f();"
+            "import nibabel.nifti1 as n1; hidden = not n1.have_dicom; import pydicom; print(first, hidden, f())")
+    run = run_python(code)
+    assert run.returncode == 0, run.stderr[-800:]
+    assert run.stdout.split() == ["True", "True", "False"]
