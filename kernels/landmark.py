@@ -144,8 +144,7 @@ def landmark_standardize(image: Any, mask: Any = None, *, percentiles: Sequence[
     if mask is None:
         m = torch.ones(img.shape[1:], dtype=torch.bool, device=img.device)
     else:
-        m = (mask.to(img.device) if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask))).bool()
-        m = m.to(img.device)
+        m = (mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask))).to(img.device).bool()
     p_np, std_np = _levels(tuple(m.shape), tuple(img.shape), percentiles)
     p = torch.as_tensor(p_np, dtype=torch.float64, device=img.device)
     std = torch.as_tensor(std_np, dtype=torch.float64, device=img.device)

@@ -104,6 +104,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
+from .qc_face import ShapePlacement
 from .qc_png import face_render, render_qc_png  # the picture (re-exported: callers import it from here)
 
 __all__ = ["QCThresholds", "evaluate_qc", "check_removal", "head_shape_brain", "brain_in_head", "render_qc_png",
@@ -210,7 +211,7 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
 
 def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QCThresholds, *,
                   protected_changed_ml: float = 0.0, estimate=None, estimate_checked: bool = False,
-                  face_shape=None) -> dict:
+                  face_shape: ShapePlacement | None = None) -> dict:
     """The QC record of a :class:`~fedimg.deface.core.FaceRemoval` of ``image`` (any orientation).
 
     Adds the image's own head/brain numbers (:func:`.brainmask.removal_metrics`) and ``protected_changed_ml``
@@ -219,12 +220,12 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     image only, never on the registration). The head-shape cross-check reuses ``removal.head_shape`` (the
     coarse alignments, not the MI registration) and places ``removal.brain_protect``; ``estimate_checked``:
     ``estimate`` is that cross-check's result already and ``face_shape`` the head-outline placement
-    (:func:`.qc_face.shape_placement`; its removal alone: an unscaled near-face band; None: none).
+    (:func:`.qc_face.shape_placement`; None: none, and an unscaled near-face band).
     """
     from fedimg.imageio.volume import to_canonical
 
     from .brainmask import estimate_brain, removal_metrics
-    from .qc_face import NEAR_MM, ShapePlacement, acquired_part, face_shape_recall_counted, near_band, removal_dice
+    from .qc_face import NEAR_MM, acquired_part, face_shape_recall_counted, near_band, removal_dice
 
     remove, can_aff = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
@@ -239,13 +240,13 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     if est is None or not estimate_checked:  # the image is needed
         can, can_aff = to_canonical(np.asarray(image, dtype=np.float32), affine)
         est = est or estimate_brain(can, can_aff)
+    placement = face_shape
     if not estimate_checked:
-        est, face_shape = _shape_checks(can, can_aff, est, removal.head_shape, removal.brain_protect)
-    placement = face_shape if isinstance(face_shape, ShapePlacement) else None
-    remove, face_shape = acquired_part(remove, est), acquired_part(getattr(placement, "remove", face_shape), est)
+        est, placement = _shape_checks(can, can_aff, est, removal.head_shape, removal.brain_protect)
+    remove, face_shape = acquired_part(remove, est), acquired_part(None if placement is None else placement.remove, est)
     metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
     metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, est)
-    metrics["head_size"], band = getattr(placement, "size", None), near_band(placement)
+    metrics["head_size"], band = None if placement is None else placement.size, near_band(placement)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est, near_mm=band), near_face_scale=band[0] / NEAR_MM[0])
     return evaluate_qc(metrics, thresholds)
 
