@@ -69,6 +69,8 @@ ARMS = {
     "nesterov-b0.8-slr1.5": {"strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True, "server_lr": 1.5}},
     # ninth wave (lead9): batch 1 at the sites (twice the local steps for the same samples)
     "nesterov-b0.8-bs1": {"train": {"batch_size": 1}, "strategy": {"name": "fedavgm", "beta1": 0.8, "nesterov": True}},
+    # tenth wave (lead10): the centralised arm at batch 1 too (the control for the sites' batch 1)
+    "central-bs1": {"train": {"batch_size": 1}},
     "fedadam-0.003": {"strategy": {"name": "fedadam", "server_lr": 0.003}},
     "fedadam-0.01": {"strategy": {"name": "fedadam", "server_lr": 0.01}},
     "fedadam-0.03": {"strategy": {"name": "fedadam", "server_lr": 0.03}},
