@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--federated-lr-scale", type=float, default=1.0, metavar="F",
                    help="the federated arms' sites train at F x the lr of the centralised and single-site arms "
                         "(default 1: the same lr)")
+    p.add_argument("--federated-batch-size", type=int, default=None, metavar="B",
+                   help="the federated arms' sites train with batch B (a smaller batch: more local steps for the same "
+                        "samples); the centralised and single-site arms keep --batch-size (default: every arm the "
+                        "same batch)")
     p.add_argument("--no-progress", action="store_true")
     from fedimg.cli._federation import add_federation_arguments
 
@@ -108,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = run_study(args.data, args.out, config, proto, compare=_compare(args.compare, config.strategy.name),
                     progress=not args.no_progress, privacy=privacy_sweep_from_args(args),
-                    federated_lr_scale=args.federated_lr_scale)
+                    federated_lr_scale=args.federated_lr_scale, federated_batch_size=args.federated_batch_size)
     _log(res, args.out)
     log_privacy_table(res, log)
     return 0

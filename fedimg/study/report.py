@@ -46,10 +46,14 @@ def _ci(d: dict[str, float]) -> str:
     return f"**{_fmt(d['mean'])}** [{_fmt(d['low'])}, {_fmt(d['high'])}]"
 
 
-def _protocol_words(p: dict[str, Any], fed: dict[str, Any]) -> str:
-    """The report's protocol paragraph (``p``: the protocol record, ``fed``: the federation record)."""
+def _protocol_words(p: dict[str, Any], fed: dict[str, Any], batch: Any = None) -> str:
+    """The report's protocol paragraph (``p``: the protocol record, ``fed``: the federation record,
+    ``batch``: the batch size of the centralised and single-site arms)."""
     lr_words = (f"; the federated arms' sites train at {fed['lr_scale']:g} x the other arms' peak lr "
                 "(--federated-lr-scale)") if fed.get("lr_scale", 1.0) != 1.0 else ""
+    if fed.get("batch_size") is not None:
+        other = f", the other arms with batch {batch}" if batch is not None else ""
+        lr_words += f"; the federated arms' sites train with batch {fed['batch_size']}{other} (--federated-batch-size)"
     return (f"**Protocol.** Every arm trains until its own validation Dice stops improving: checked every "
             f"{p['check_every']} epochs per case (one federated round of {fed['local_epochs']} local epochs), stopped "
             f"after {p['patience']} checks without a new best, at most **{p['max_epochs']} epochs per case** "
@@ -73,7 +77,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         f"{len(sites)} sites, train/validation/test cases per site (seed {results['seeds'][0]['seed']}): {counts}. "
         f"{s['seeds']} seed(s) (each: its own split and initial weights); {sum(s['num_test_cases'])} test scores in all.",
         "",
-        _protocol_words(p, fed),
+        _protocol_words(p, fed, results.get("train_config", {}).get("batch_size")),
         "",
         "## Test Dice (mean and 95 % bootstrap interval over test cases and seeds)",
         "",

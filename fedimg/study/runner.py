@@ -33,7 +33,8 @@ from fedimg.fl.server.strategy_config import StrategyConfig
 from fedimg.io import write_json
 from fedimg.study.protocol import ProtocolConfig, make_views
 
-__all__ = ["run_study", "run_seed", "load_test_data", "merge_studies", "federated_lr"]
+__all__ = ["run_study", "run_seed", "load_test_data", "merge_studies", "federated_lr", "federated_batch",
+           "federated_sites"]
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,35 @@ def federated_lr(fed: FederationConfig, lr: float, scale: float) -> FederationCo
     return fed if scale == 1.0 else dataclasses.replace(fed, train={**fed.train, "lr": lr * scale})
 
 
+def federated_batch(fed: FederationConfig, batch_size: int | None) -> FederationConfig:
+    """``fed`` with the sites' batch size ``batch_size`` (None: the batch every other arm trains with).
+
+    >>> from fedimg.fl.server.federation import FederationConfig
+    >>> federated_batch(FederationConfig(task="toy", train={"batch_size": 2}), 1).train["batch_size"]
+    1
+    """
+    if batch_size is None:
+        return fed
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--federated-batch-size must be a whole number >= 1, got {batch_size!r}; leave it out "
+                          "to train every arm with the same batch")
+    return dataclasses.replace(fed, train={**fed.train, "batch_size": batch_size})
+
+
+def federated_sites(fed: FederationConfig, lr: float, scale: float = 1.0,
+                    batch_size: int | None = None) -> FederationConfig:
+    """``fed`` as the federated arms' sites train it: :func:`federated_lr` then :func:`federated_batch`."""
+    return federated_batch(federated_lr(fed, lr, scale), batch_size)
+
+
 def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolConfig, seed: int,
              compare: tuple[StrategyConfig, ...] = (), progress: bool = False, privacy: Any = None,
-             federated_lr_scale: float = 1.0) -> dict[str, Any]:
+             federated_lr_scale: float = 1.0, federated_batch_size: int | None = None) -> dict[str, Any]:
     """All arms for one seed; returns the seed's record (splits, curves, test scores).
 
     ``privacy``: a :class:`fedimg.study.privacy.PrivacySweep` (its DP arms run on the same split).
-    ``federated_lr_scale``: the federated arms' sites train at this times the lr of the other arms."""
+    ``federated_lr_scale``: the federated arms' sites train at this times the lr of the other arms;
+    ``federated_batch_size``: ... with this batch size (None: the other arms')."""
     from fedimg.device import resolve_device
     from fedimg.study.arms import federated_arm, pool_sites, tested_arm, train_local_arm
     from fedimg.tasks import get_task
@@ -96,14 +119,15 @@ def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolCo
         name = "federated" if strat == fed.strategy else f"federated ({strat.name})"
         if strat.local_norm and strat != fed.strategy:
             name = f"federated ({strat.name}, personalised)"  # each site's own model on its own test cases
-        f = federated_lr(dataclasses.replace(fed, strategy=strat, name=""), float(config.lr), federated_lr_scale)
+        f = federated_sites(dataclasses.replace(fed, strategy=strat, name=""), float(config.lr), federated_lr_scale,
+                            federated_batch_size)
         log.info("seed %d: %s arm (%s, NVFlare SimEnv)", seed, name, strat.name)
         arm = federated_arm(view, out / f"fl-{strat.name}", f, proto, task, datas, progress=progress)
         arms[name] = tested_arm(arm, task, config, tests)
     if privacy is not None:
         from fedimg.study.privacy import run_privacy_arms
 
-        fed_lr = federated_lr(fed, float(config.lr), federated_lr_scale)  # DP arms are federated arms too
+        fed_lr = federated_sites(fed, float(config.lr), federated_lr_scale, federated_batch_size)  # DP arms too
         arms.update(run_privacy_arms(privacy, view=view, out=out, fed=fed_lr, proto=proto, task=task, datas=datas,
                                      tests=tests, config=config, seed=seed, progress=progress))
     log.info("seed %d: centralised arm", seed)
@@ -118,11 +142,12 @@ def run_seed(data_dir: Path, out: Path, fed: FederationConfig, proto: ProtocolCo
 
 def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, proto: ProtocolConfig, *,
               compare: tuple[StrategyConfig, ...] = (), progress: bool = False, privacy: Any = None,
-              federated_lr_scale: float = 1.0) -> dict[str, Any]:
+              federated_lr_scale: float = 1.0, federated_batch_size: int | None = None) -> dict[str, Any]:
     """Run every seed, summarise with intervals, write ``results.json`` and the report.
 
     ``privacy``: a :class:`fedimg.study.privacy.PrivacySweep` adds DP arms and the privacy-utility table.
-    ``federated_lr_scale``: the federated arms' sites train at this times the other arms' lr (default 1)."""
+    ``federated_lr_scale``: the federated arms' sites train at this times the other arms' lr (default 1);
+    ``federated_batch_size``: ... with this batch size (default None: the other arms' batch)."""
     from fedimg.study.report import write_report
     from fedimg.study.summary import summarise
     from fedimg.tasks import get_task
@@ -138,7 +163,7 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, prot
         from fedimg.study.privacy import dp_configs
 
         dp_configs(privacy, dataclasses.replace(fed, rounds=proto.max_checks), proto.base_seed)
-    federated_lr(fed, 1.0, federated_lr_scale)  # a bad scale is refused before any arm trains
+    federated_sites(fed, 1.0, federated_lr_scale, federated_batch_size)  # refused before any arm trains
     check_before_start(discover_sites(data_dir), fed)  # every site's data checked before any arm trains
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -146,7 +171,7 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, prot
     for i in range(proto.seeds):
         seed = proto.base_seed + i
         seeds.append(run_seed(Path(data_dir), out / f"seed-{seed}", fed, proto, seed, compare, progress, privacy,
-                              federated_lr_scale))
+                              federated_lr_scale, federated_batch_size))
         write_json(out / "results.json", {"partial": True, "seeds": seeds})
     sites = list(discover_sites(data_dir))
     results = {
@@ -156,7 +181,8 @@ def run_study(data_dir: str | Path, out: str | Path, fed: FederationConfig, prot
         "protocol": dataclasses.asdict(proto),
         "federation": {"strategy": fed.strategy.to_dict(), "compare": [c.to_dict() for c in compare],
                        "local_epochs": fed.local_epochs, "max_rounds": proto.max_checks,
-                       **({"lr_scale": federated_lr_scale} if federated_lr_scale != 1.0 else {})},
+                       **({"lr_scale": federated_lr_scale} if federated_lr_scale != 1.0 else {}),
+                       **({"batch_size": federated_batch_size} if federated_batch_size is not None else {})},
         "train_config": get_task(fed.task).config_from_dict(
             dataclasses.replace(fed, rounds=proto.max_checks).train_config()).to_dict(),
         "seeds": seeds,

@@ -107,3 +107,16 @@ def test_report_names_a_federated_lr_scale(tmp_path):
     assert "federated-lr-scale" not in write_report(tmp_path / "a", r).read_text()
     r["federation"]["lr_scale"] = 2.0
     assert "2 x the other arms' peak lr" in write_report(tmp_path / "b", r).read_text()
+
+
+def test_report_names_a_federated_batch_size(tmp_path):
+    """`--federated-batch-size B` (results' federation.batch_size): the report names both batches."""
+    from fedimg.study.report import write_report
+
+    r = _results([_record(0, 0.0)])
+    r["summary"] = summarise(r)
+    assert "federated-batch-size" not in write_report(tmp_path / "a", r).read_text()
+    r["federation"]["batch_size"] = 1
+    r["train_config"] = {**r.get("train_config", {}), "batch_size": 2}
+    text = write_report(tmp_path / "b", r).read_text()
+    assert "sites train with batch 1, the other arms with batch 2 (--federated-batch-size)" in text

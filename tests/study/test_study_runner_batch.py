@@ -1,0 +1,82 @@
+"""`fedimg study --federated-batch-size B`: only the federated arms' sites train with batch B."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedimg.errors import ConfigError
+from fedimg.fl.server.federation import FederationConfig
+from fedimg.study.runner import federated_batch, federated_sites
+
+
+def test_federated_batch_sets_only_the_batch() -> None:
+    fed = FederationConfig(task="toy", train={"lr": 0.002, "batch_size": 2})
+    out = federated_batch(fed, 1)
+    assert out.train == {"lr": 0.002, "batch_size": 1} and fed.train["batch_size"] == 2  # the input is not changed
+    assert federated_batch(fed, None) is fed  # identity: no batch given keeps every arm's
+    both = federated_sites(fed, 0.002, 2.0, 1)
+    assert both.train == {"lr": 0.004, "batch_size": 1}
+
+
+@pytest.mark.parametrize("bad", [0, -2, True, 1.5])
+def test_federated_batch_refuses_what_is_not_a_batch(bad) -> None:
+    with pytest.raises(ConfigError, match="--federated-batch-size must be a whole number >= 1"):
+        federated_batch(FederationConfig(task="toy"), bad)
+
+
+def test_cli_passes_the_batch_to_the_study(tmp_path, monkeypatch) -> None:
+    import fedimg.study.runner as runner
+    from fedimg.cli import main
+
+    seen = {}
+
+    def fake(data, out, fed, proto, **kw):
+        seen.update(kw, batch=fed.train.get("batch_size"))
+        return {"summary": {"arms": {}}}
+
+    monkeypatch.setattr(runner, "run_study", fake)
+    assert main(["study", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--batch-size", "2",
+                 "--federated-batch-size", "1"]) == 0
+    assert seen["federated_batch_size"] == 1 and seen["batch"] == 2  # the shared batch stays the other arms'
+    assert main(["study", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    assert seen["federated_batch_size"] is None
+
+
+def test_cli_refuses_batch_zero_before_any_arm_trains(tmp_path, capsys) -> None:
+    from fedimg.cli import main
+    from fedimg.data.synth import synthesize
+
+    synthesize(tmp_path / "data", sites=2, cases_per_site=3, seed=0, spacing=4.0)
+    rc = main(["study", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "--allow-identifiable",
+               "--federated-batch-size", "0"])
+    assert rc == 2 and not (tmp_path / "o").exists()
+    assert "--federated-batch-size must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_run_seed_gives_the_batch_to_the_federated_arms_only(tmp_path, monkeypatch) -> None:
+    """On a real (tiny) split: the federated and DP arms' sites train with batch 1; centralised and
+    site-alone keep the shared batch 2."""
+    import fedimg.study.arms as arms
+    import fedimg.study.privacy as privacy
+    from fedimg.data.synth import synthesize
+    from fedimg.study.protocol import ProtocolConfig
+    from fedimg.study.runner import run_seed
+
+    synthesize(tmp_path / "data", sites=2, cases_per_site=3, seed=0, spacing=4.0)
+    seen: dict = {"local": []}
+    monkeypatch.setattr(arms, "federated_arm", lambda view, out, f, *a, **k: seen.setdefault("fed", f.train))
+    monkeypatch.setattr(arms, "train_local_arm", lambda task, cfg, *a, **k: seen["local"].append(cfg.batch_size))
+    monkeypatch.setattr(arms, "tested_arm", lambda arm, *a, **k: {})
+
+    def dp_arms(sweep, *, fed, **kw):
+        seen["dp"] = fed.train["batch_size"]
+        return {}
+
+    monkeypatch.setattr(privacy, "run_privacy_arms", dp_arms)
+    fed = FederationConfig(task="brats", local_epochs=1, train={"lr": 0.002, "batch_size": 2, "roi": [16, 16, 16],
+                                                                "allow_identifiable": True})
+    run_seed(tmp_path / "data", tmp_path / "out", fed, ProtocolConfig(max_epochs=1, check_every=1), 0,
+             privacy=object(), federated_batch_size=1)
+    assert seen["fed"]["batch_size"] == 1 and seen["fed"]["lr"] == pytest.approx(0.002)
+    assert seen["dp"] == 1  # the DP arms are federated arms: the same batch
+    assert seen["local"] == [2, 2, 2]  # centralised, then each of the two sites alone
