@@ -26,7 +26,7 @@ from typing import Any
 from fedimg.data.preflight import problems_error
 from fedimg.device import available_cpus
 from fedimg.errors import ConfigError, FedimgError
-from fedimg.fl.nvflare.checks import preflight_sites, site_failure
+from fedimg.fl.nvflare.checks import preflight_sites, site_failure, wrong_site_failure
 from fedimg.fl.nvflare.job import ALLOW_LIST, build_recipe
 from fedimg.fl.server import state as run_state
 from fedimg.fl.server.federation import FederationConfig, discover_sites, start_point
@@ -106,6 +106,9 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     seconds = time.perf_counter() - t0
     metrics = run_state.read_metrics(out)
     done = max((m["round"] for m in metrics), default=0)
+    wrong_site = wrong_site_failure(out, metrics)  # a worker ran as another site: the aggregator stopped the run
+    if wrong_site is not None:
+        raise wrong_site
     if error or done < config.rounds:
         why = f"{error[0]}" if error else f"only {done} of {config.rounds} rounds completed"
         raise site_failure(ws_root, list(sites), "simulation", since=started) or FedimgError(
