@@ -114,10 +114,25 @@ def test_payload_holds_only_weights_counts_and_metrics(toy_run):
         assert set(rec["params"]) == {"0.weight", "0.bias"}
         assert all(t[0] == "ndarray" and t[1] == "float32" for t in rec["params"].values())
         assert all(t[0] == "float" for t in rec["metrics"].values())
-        # NVFlare's own bookkeeping plus the sample count; nothing else
-        assert set(rec["meta"]) <= {"NUM_STEPS_CURRENT_ROUND", "client_name", "initial_metrics", "props"}, rec["meta"]
+        # NVFlare's own bookkeeping plus the sample count and the site's own name; nothing else
+        assert set(rec["meta"]) <= {"NUM_STEPS_CURRENT_ROUND", "site", "client_name", "initial_metrics", "props"}, rec["meta"]
         text = json.dumps(rec)
         assert data_dir not in text and "toy.npz" not in text
+
+
+def test_every_site_trained_as_itself(toy_run):
+    """Each of the 4 sites' processes ran as that site: every update states the site NVFlare
+    delivered it from, and the stated names are the site set, each once per round (NVFlare's
+    simulator once ran two workers as the same site, silently)."""
+    import re
+
+    tmp, _, summary = toy_run
+    records = [json.loads(line) for line in (tmp / "run" / "payloads.jsonl").read_text().splitlines()]
+    stated = [rec["meta"]["site"][1].strip("'") for rec in records]
+    assert [rec["meta"]["client_name"][1].strip("'") for rec in records] == stated == [rec["site"] for rec in records]
+    assert sorted(stated) == sorted(summary["sites"] * 2)
+    for log in (tmp / "run" / "nvflare").glob("*/site-*/log.txt"):  # NVFlare's worker names the site it runs as
+        assert set(re.findall(r"Initialize ClientRunner for client: (\S+)", log.read_text())) == {log.parent.name}
 
 
 def test_site_data_paths_with_spaces(toy_run):
