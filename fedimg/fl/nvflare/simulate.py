@@ -89,8 +89,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(ws_root))
     log.info("simulating %d site(s) x %d round(s) (%s), from round %d; workspace %s",
              len(sites), config.rounds, config.strategy.name, start_round + 1, ws_root)
-    t0, started = time.perf_counter(), time.time()
-    error: list[BaseException] = []
+    t0, started, error = time.perf_counter(), time.time(), []  # error: the simulator thread's exception
 
     def _run() -> None:
         try:
@@ -107,11 +106,9 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     metrics = run_state.read_metrics(out)
     done = max((m["round"] for m in metrics), default=0)
     wrong_site = wrong_site_failure(out, metrics)  # a worker ran as another site: the aggregator stopped the run
-    if wrong_site is not None:
-        raise wrong_site
-    if error or done < config.rounds:
+    if wrong_site or error or done < config.rounds:
         why = f"{error[0]}" if error else f"only {done} of {config.rounds} rounds completed"
-        raise site_failure(ws_root, list(sites), "simulation", since=started) or FedimgError(
+        raise wrong_site or site_failure(ws_root, list(sites), "simulation", since=started) or FedimgError(
             f"{out}: simulation failed: {why}; logs under {ws_root / recipe.name} (server/log.txt, <site>/log.txt)")
     summary = {
         "rounds": done,
