@@ -65,7 +65,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     refuse to start on any problem. A site that fails during the run is reported by name
     with the line of its error (:func:`.checks.site_failure`).
     """
-    from nvflare.recipe import SimEnv
+    from fedimg.fl.nvflare.simrun import FedimgSimEnv  # NVFlare's SimEnv with its worker-name race closed
 
     if config.he:
         from fedimg.fl.nvflare.he import HE_SIM_ERROR  # lazy: he.py imports NVFlare's HE stack and TenSEAL
@@ -86,7 +86,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
                           local_model_dir=out / "local_models", site_scripts=site_scripts, tracking=tracking, site_nproc=site_nproc)
     ws_root = (out / "nvflare").resolve()
     allow_fedimg_components(ws_root / recipe.name / "local")
-    env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(ws_root))
+    env = FedimgSimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(ws_root))
     log.info("simulating %d site(s) x %d round(s) (%s), from round %d; workspace %s",
              len(sites), config.rounds, config.strategy.name, start_round + 1, ws_root)
     t0, started, error = time.perf_counter(), time.time(), []  # error: the simulator thread's exception
