@@ -134,7 +134,7 @@ def _simulator_run(config: Any, workspace: str, clients: str | None = None, n_cl
         for flag, value in (("-c", clients), ("-n", n_clients), ("-t", threads), ("-gpu", gpu), ("-l", log_config)):
             if value:
                 cmd += [flag, str(value)]
-        process = subprocess.Popen(cmd, start_new_session=True, env=os.environ.copy())
+        process = subprocess.Popen(cmd, start_new_session=True)  # inherits this environment, as NVFlare's does
         try:
             return process.wait()
         except KeyboardInterrupt:
