@@ -158,5 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(run_simulator(parser.parse_args(argv)) or 0)
 
 
+if __name__ == "__mp_main__":  # a spawned (not forked: macOS) simulator child builds the runner: patch it there too
+    patch_client_runner()
 if __name__ == "__main__":
     sys.exit(main())
