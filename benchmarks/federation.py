@@ -55,7 +55,7 @@ def _fedimg_round(params, k: int, device: str) -> float:
     busy = 0.0
     for site, upd, n in federation.updates(params, k):
         model = FLModel(params=upd, params_type=ParamsType.DIFF, metrics={"val_dice_mean": 0.5},
-                        meta={"client_name": site, "NUM_STEPS_CURRENT_ROUND": n})
+                        meta={"client_name": site, "site": site, "NUM_STEPS_CURRENT_ROUND": n})
         t0 = time.perf_counter()
         agg.accept_model(model)
         busy += time.perf_counter() - t0

@@ -66,7 +66,7 @@ def child(threads: list[int], rounds: int, k: int) -> dict:
         t0 = time.perf_counter()
         for i, u in enumerate(updates):
             agg.accept_model(FLModel(params=u, params_type=ParamsType.DIFF, metrics={"val_loss": 1.0},
-                                     meta={"client_name": f"site-{i}", "NUM_STEPS_CURRENT_ROUND": 10}))
+                                     meta={"client_name": f"site-{i}", "site": f"site-{i}", "NUM_STEPS_CURRENT_ROUND": 10}))
         agg.aggregate_model()
         seen[t].add(agg._seen_threads)
         return time.perf_counter() - t0

@@ -41,7 +41,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from fedimg.device import server_fold_threads, set_launch_threads
 from fedimg.fl.server import state as run_state
 from fedimg.fl.server.strategies import Strategy, StrategyConfig, make_strategy
-from fedimg.fl.server.validation import SAMPLES_KEY, UpdateValidator, ValidationConfig, Verdict
+from fedimg.fl.server.validation import SAMPLES_KEY, SITE_MISMATCH, UpdateValidator, ValidationConfig, Verdict
 
 __all__ = ["FedimgAggregator", "SAMPLES_KEY"]
 
@@ -185,7 +185,8 @@ class FedimgAggregator(ModelAggregator):
             self._sites[site] = record
             self._validator.register(site, samples)
         else:
-            self.warning(f"rejected update from {site}: {verdict.reason}")
+            wrong_site = (verdict.reason or "").startswith(SITE_MISMATCH)  # the run stops after this round
+            (self.error if wrong_site else self.warning)(f"rejected update from {site}: {verdict.reason}")
             self._rejected.append({"site": site, "reason": verdict.reason or "", "samples": samples})
 
     def _release_held(self) -> None:
@@ -254,7 +255,10 @@ class FedimgAggregator(ModelAggregator):
             + (f", rejected {len(self._rejected)}" if self._rejected else "")
         )
         out = FLModel(params=delta, params_type=ParamsType.DIFF, metrics=metrics or None, meta=meta)
+        wrong = [r for r in self._rejected if r["reason"].startswith(SITE_MISMATCH)]
         self.reset_stats()
+        if wrong and self.fl_ctx is not None:  # a process trained another site's data: stop, do not go on without it
+            self.system_panic(f"round {rnd}: update from {wrong[0]['site']}: {wrong[0]['reason']}", self.fl_ctx)
         return out
 
     # -- helpers ------------------------------------------------------------------------

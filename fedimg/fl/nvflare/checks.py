@@ -11,6 +11,10 @@ problem is one line naming the site and the file.
 it, e.g. ``site-2: /data/site-2/c1/c1_t1.nii.gz: is constant ...``, so the user's terminal
 shows it instead of "Logs are in per-site subdirectories".
 
+:func:`wrong_site_failure` turns a round's rejection of an update whose stated site was not
+the site NVFlare delivered it from (:data:`fedimg.fl.server.validation.SITE_MISMATCH`) into
+the run's error: such a run trained one site's data twice and another's never.
+
 >>> import pathlib, tempfile
 >>> ws = pathlib.Path(tempfile.mkdtemp()); (ws / "job" / "site-2").mkdir(parents=True)
 >>> _ = (ws / "job" / "site-2" / "log.txt").write_text(
@@ -30,7 +34,7 @@ from typing import Any
 from fedimg.data.preflight import Problem, check_sites
 from fedimg.errors import FedimgError
 
-__all__ = ["preflight_sites", "site_errors", "site_failure"]
+__all__ = ["preflight_sites", "site_errors", "site_failure", "wrong_site_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +113,18 @@ def site_failure(workspace: str | Path, sites: list[str], what: str, *, since: f
     if others:
         lines.append(f"  ({', '.join(others)} stopped because the job was aborted)")
     return FedimgError(f"{what} failed in {len(own)} site(s):\n" + "\n".join(lines) + f"\n(full logs under {workspace})")
+
+
+def wrong_site_failure(out: str | Path, metrics: list[dict[str, Any]]) -> FedimgError | None:
+    """The run's error when a round rejected an update for its stated site (``None`` otherwise).
+
+    >>> wrong_site_failure("run", [{"round": 1, "rejected": [{"site": "site-1", "reason": "stated site 'site-2' ..."}]}])
+    FedimgError("run: round 1: rejected the update from site-1: stated site 'site-2' ...")
+    """
+    from fedimg.fl.server.validation import SITE_MISMATCH
+
+    for m in metrics:
+        for r in m.get("rejected") or []:
+            if str(r.get("reason", "")).startswith(SITE_MISMATCH):
+                return FedimgError(f"{out}: round {m.get('round')}: rejected the update from {r.get('site')}: {r['reason']}")
+    return None

@@ -14,7 +14,10 @@ cases, trains for ``local_epochs`` with the task's training loop (FedProx term w
 
 * the weight difference ``local - global`` (or the full weights with ``send="full"``),
 * the number of training cases as the aggregation weight (``NUM_STEPS_CURRENT_ROUND``),
-* float metrics (``val_*`` of the incoming global model, ``train_*`` of local training).
+* float metrics (``val_*`` of the incoming global model, ``train_*`` of local training),
+* the site's own name (``meta["site"]``, NVFlare's name for it, which NVFlare already knows):
+  the server rejects an update whose stated site is not the one it came from, and the site
+  refuses to run under another site's client config (:meth:`ClientConfig.check_site`).
 
 No image data, case ids or file paths ever leave the site. Scalars also go to the
 server's TensorBoard through NVFlare's tracking API.
@@ -23,122 +26,26 @@ Run by NVFlare, e.g.::
 
     python client.py --config fedimg_client.json
 
->>> cfg = ClientConfig(task="toy", task_config={"features": 8}, data="/data/site 1")
->>> ClientConfig.from_json(cfg.to_json()) == cfg
-True
+>>> make_payload({}, {}, num_samples=3, val={"accuracy": 0.5}, train={})[1:]
+({'val_accuracy': 0.5}, {'NUM_STEPS_CURRENT_ROUND': 3})
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedimg.errors import ConfigError, InputError
+from fedimg.errors import ConfigError
+from fedimg.fl.nvflare.client_config import CONFIG_NAME, ClientConfig, find_config
 
 __all__ = ["CONFIG_NAME", "ClientConfig", "find_config", "build_arg_parser", "make_payload", "main"]
 
 log = logging.getLogger("fedimg.fl.nvflare.client")
-
-#: File name of a site's :class:`ClientConfig` in its app's ``custom/`` folder.
-CONFIG_NAME = "fedimg_client.json"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClientConfig:
-    """Everything one site's client script needs, as one JSON file.
-
-    ``task_config``: the task's config dict (``config_from_dict``). ``threads``: CPU
-    threads for this site (0: the library default). ``local_model_dir``: keep this site's
-    latest local model there (never sent; empty: do not keep). ``data``: the site's data
-    folder on its own machine (empty: ``$FEDIMG_SITE_DATA`` at run time). ``dp``: patient-level
-    DP-SGD (a :class:`fedimg.privacy.DPConfig` dict; empty: off); each site seeds its sampling
-    and noise from the DP seed and its own name (never the same noise at two sites).
-    ``client_clip``: client-level DP's clipping norm C: the update is clipped to it before it
-    is sent (0: off). ``he``: the update is encrypted after the client (NVFlare's HE filters), so
-    the site screens its own update first (:func:`fedimg.privacy.check_own_update` with the
-    server's ``max_rel_norm`` and ``max_samples``) and sends nothing that fails. ``scaffold`` /
-    ``local_keys``: SCAFFOLD's control variates, FedBN's site-local entries
-    (:mod:`fedimg.fl.nvflare.site_strategy`).
-    """
-
-    task: str = "brats"
-    task_config: dict[str, Any] = field(default_factory=dict)
-    local_epochs: int = 1
-    prox_mu: float = 0.0
-    send: str = "diff"
-    threads: int = 0
-    local_model_dir: str = ""
-    data: str = ""
-    dp: dict[str, Any] = field(default_factory=dict)
-    client_clip: float = 0.0
-    he: bool = False
-    max_rel_norm: float = 0.0
-    max_samples: float = 0.0
-    scaffold: bool = False
-    local_keys: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.local_epochs < 1:
-            raise ConfigError(f"local_epochs must be >= 1, got {self.local_epochs}")
-        if self.prox_mu < 0:
-            raise ConfigError(f"prox_mu must be >= 0, got {self.prox_mu}")
-        if self.send not in ("diff", "full"):
-            raise ConfigError("send must be 'diff' or 'full'")
-        if self.threads < 0:
-            raise ConfigError(f"threads must be >= 0, got {self.threads}")
-        if self.dp:
-            from fedimg.privacy import DPConfig
-
-            DPConfig.from_dict(self.dp)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ClientConfig:
-        d = json.loads(text)
-        if not isinstance(d, dict):
-            raise ConfigError(f"a client config must be a JSON object, got {text[:80]!r}")
-        return cls(**d)
-
-    def write(self, path: str | Path) -> Path:
-        """Write :meth:`to_json` to ``path`` (atomically)."""
-        from fedimg.io import write_bytes
-
-        write_bytes(path, self.to_json().encode())
-        return Path(path)
-
-    @classmethod
-    def read(cls, path: str | Path) -> ClientConfig:
-        path = Path(path)
-        try:
-            return cls.from_json(path.read_text())
-        except (OSError, ValueError, TypeError, ConfigError) as exc:
-            raise InputError(path, f"is not a readable fedimg client config ({exc}); export the job again") from None
-
-
-def find_config(name: str | Path, search: list[str] | None = None) -> Path:
-    """The client config file ``name``: as given (absolute, or relative to the working folder),
-    else in a folder of ``search`` (default ``sys.path``, last first: NVFlare appends the job
-    app's ``custom/`` folder, where the job ships the file, to the job process's path)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    if not path.is_absolute():
-        for folder in reversed(sys.path if search is None else search):
-            candidate = Path(folder or ".") / path
-            if candidate.is_file():
-                return candidate
-    raise InputError(path, "not found (in the working folder or the job's custom/ folder); export the job again")
-
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="fedimg NVFlare client")
@@ -180,12 +87,14 @@ def main(argv: list[str] | None = None, *, update_hook: Callable[[dict[str, Any]
 
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    cc = ClientConfig.read(find_config(args.config))
+    config_path = find_config(args.config)
+    cc = ClientConfig.read(config_path)
     ctx = _dist_context()  # under torchrun (a site on N processes): this process's rank, else None
     world = ctx.world_size if ctx else 1
     configure_threads(max(1, cc.threads // world) if cc.threads else None)
     flare.init(rank=str(ctx.rank if ctx else 0))  # ranks > 0 have no Client API session: rank 0 shares each round
     site = flare.get_site_name() or "site"
+    cc.check_site(site, config_path)  # the name it states in every update is the name of the data it trains
     data_dir = cc.data or site_data_dir_from_env()
     if not data_dir:
         raise SystemExit(f"{site}: no data folder; export the job with --site-data {site}=PATH or set {SITE_DATA_ENV}")
@@ -223,6 +132,7 @@ def _rounds(flare: Any, cc: ClientConfig, ctx: Any, task: Any, model: Any, data:
     from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
     from fedimg.fl.nvflare.site_strategy import SiteStrategy
+    from fedimg.fl.server.validation import SITE_KEY
 
     own = SiteStrategy(cc, site)  # SCAFFOLD's c_i, FedBN's norm layers (nothing for other strategies)
     local_sd: dict[str, Any] | None = None
@@ -256,6 +166,7 @@ def _rounds(flare: Any, cc: ClientConfig, ctx: Any, task: Any, model: Any, data:
         local_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         params, metrics, meta = _private_payload(cc, own.shared(start_sd), local_sd, n, val, train)
         own.finish(model, start_sd, meta, local_sd, rnd)
+        meta[SITE_KEY] = site  # the server checks it against the site NVFlare delivered the update from
         params = _outgoing(cc, params, global_sd, meta, update_hook, f"{site} round {rnd + 1}")
         if cc.local_model_dir:
             _keep_local(Path(cc.local_model_dir) / f"{site}.safetensors", local_sd, rnd)

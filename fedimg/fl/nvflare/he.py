@@ -36,6 +36,7 @@ from nvflare.fuel.utils import fobs
 
 from fedimg.errors import ConfigError
 from fedimg.fl.server import state as run_state
+from fedimg.fl.server.validation import SITE_KEY, site_problem
 from fedimg.privacy.selfcheck import SERVER_CHECKS_OFF_UNDER_HE, SERVER_CHECKS_ON_UNDER_HE
 
 __all__ = ["screen_ciphertext", "context_id", "build_he_recipe", "FedimgHEAggregator", "he_report", "HE_SIM_ERROR"]
@@ -137,6 +138,7 @@ class FedimgHEAggregator(HEInTimeAccumulateWeightedAggregator):
         reason = screen_ciphertext(data, dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM), expected, self._context_id)
         if not reason and self.max_samples and not 0 < samples <= self.max_samples:
             reason = f"declared sample count {samples} is not in 1..{self.max_samples:g}"
+        reason = reason or site_problem(site, dxo.get_meta_prop(SITE_KEY))  # the site it states is the one it came from
         if reason:
             return self._refuse(fl_ctx, rnd, site, reason)
         types = sorted({type(v).__name__ for v in data.values()})

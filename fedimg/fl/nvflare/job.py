@@ -88,7 +88,7 @@ def client_configs(config: FederationConfig, sites: dict[str, Path | None], task
                         local_model_dir=str(Path(local_model_dir).resolve()) if local_model_dir else "",
                         dp=dict(config.dp), client_clip=float(config.client_dp.get("clip", 0.0)),
                         scaffold=config.strategy.scaffold, local_keys=list(local_keys or []))
-    return {name: dataclasses.replace(base, data=str(path) if path else "") for name, path in sites.items()}
+    return {name: dataclasses.replace(base, data=str(path) if path else "", site=name) for name, path in sites.items()}
 
 
 def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run_dir: str | Path | None,

@@ -323,8 +323,12 @@ def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool 
 
         summary["he"] = he_report()
     write_json(out / "summary.json", summary)
+    from fedimg.fl.nvflare.checks import site_failure, wrong_site_failure
+
+    wrong_site = wrong_site_failure(out, metrics)  # a site's process ran as another site: the run stopped
+    if wrong_site is not None:
+        raise wrong_site
     if done < config.rounds:
-        from fedimg.fl.nvflare.checks import site_failure
 
         raise site_failure(poc.workspace, list(sites), f"POC job {job_id}", since=started) or FedimgError(
             f"{out}: POC job {job_id} ended ({status}) after {done} of {config.rounds} rounds; "

@@ -26,7 +26,7 @@ from typing import Any
 from fedimg.data.preflight import problems_error
 from fedimg.device import available_cpus
 from fedimg.errors import ConfigError, FedimgError
-from fedimg.fl.nvflare.checks import preflight_sites, site_failure
+from fedimg.fl.nvflare.checks import preflight_sites, site_failure, wrong_site_failure
 from fedimg.fl.nvflare.job import ALLOW_LIST, build_recipe
 from fedimg.fl.server import state as run_state
 from fedimg.fl.server.federation import FederationConfig, discover_sites, start_point
@@ -65,7 +65,7 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     refuse to start on any problem. A site that fails during the run is reported by name
     with the line of its error (:func:`.checks.site_failure`).
     """
-    from nvflare.recipe import SimEnv
+    from fedimg.fl.nvflare.simrun import FedimgSimEnv  # NVFlare's SimEnv with its worker-name race closed
 
     if config.he:
         from fedimg.fl.nvflare.he import HE_SIM_ERROR  # lazy: he.py imports NVFlare's HE stack and TenSEAL
@@ -86,11 +86,10 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
                           local_model_dir=out / "local_models", site_scripts=site_scripts, tracking=tracking, site_nproc=site_nproc)
     ws_root = (out / "nvflare").resolve()
     allow_fedimg_components(ws_root / recipe.name / "local")
-    env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(ws_root))
+    env = FedimgSimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(ws_root))
     log.info("simulating %d site(s) x %d round(s) (%s), from round %d; workspace %s",
              len(sites), config.rounds, config.strategy.name, start_round + 1, ws_root)
-    t0, started = time.perf_counter(), time.time()
-    error: list[BaseException] = []
+    t0, started, error = time.perf_counter(), time.time(), []  # error: the simulator thread's exception
 
     def _run() -> None:
         try:
@@ -106,9 +105,10 @@ def run_simulation(data_dir: str | Path, out: str | Path, config: FederationConf
     seconds = time.perf_counter() - t0
     metrics = run_state.read_metrics(out)
     done = max((m["round"] for m in metrics), default=0)
-    if error or done < config.rounds:
+    wrong_site = wrong_site_failure(out, metrics)  # a worker ran as another site: the aggregator stopped the run
+    if wrong_site or error or done < config.rounds:
         why = f"{error[0]}" if error else f"only {done} of {config.rounds} rounds completed"
-        raise site_failure(ws_root, list(sites), "simulation", since=started) or FedimgError(
+        raise wrong_site or site_failure(ws_root, list(sites), "simulation", since=started) or FedimgError(
             f"{out}: simulation failed: {why}; logs under {ws_root / recipe.name} (server/log.txt, <site>/log.txt)")
     summary = {
         "rounds": done,

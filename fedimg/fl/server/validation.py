@@ -17,9 +17,13 @@ reason, when:
   registration), or exceeds ``max_samples_ratio`` times the median of the other sites'
   registered counts (:meth:`UpdateValidator.check_samples`),
 * its metadata or metrics hold anything unexpected (:meth:`UpdateValidator.audit`):
-  metadata keys other than the sample count and NVFlare's own bookkeeping, a metric name
+  metadata keys other than the sample count, the site's stated name and NVFlare's own
+  bookkeeping, a metric name
   that is not ``val_``/``train_`` + a name the task reports (:data:`TASK_METRICS`), or a
-  value that is not a finite number in its range.
+  value that is not a finite number in its range,
+* the site it states it is (``meta["site"]``, the client's own NVFlare identity) is missing or
+  is not the site NVFlare delivered it from (``meta["client_name"]``): that process trained
+  another site's data (:data:`SITE_MISMATCH`; the run must stop, not go on without the site).
 
 The round goes on with the accepted updates when at least ``min_sites`` remain.
 
@@ -60,14 +64,19 @@ import numpy as np
 from fedimg.errors import ConfigError
 from fedimg.fl.server.strategy_config import _json_object
 
-__all__ = ["ValidationConfig", "Verdict", "UpdateValidator", "TASK_METRICS", "ALLOWED_META", "SAMPLES_KEY"]
+__all__ = ["ValidationConfig", "Verdict", "UpdateValidator", "TASK_METRICS", "ALLOWED_META", "SAMPLES_KEY", "SITE_KEY",
+           "SITE_MISMATCH", "site_problem"]
 
 log = logging.getLogger(__name__)
 
 #: The metadata key of a site's sample count (NVFlare's name for the aggregation weight).
 SAMPLES_KEY = "NUM_STEPS_CURRENT_ROUND"
-#: Metadata a payload may carry: the sample count and NVFlare's own bookkeeping.
-ALLOWED_META = frozenset({SAMPLES_KEY, "client_name", "initial_metrics", "props", "current_round", "total_rounds"})
+#: The metadata key in which a site states its own name (its NVFlare identity; not private).
+SITE_KEY = "site"
+#: How the reason of a rejection for a stated site other than the delivering one starts.
+SITE_MISMATCH = "stated site"
+#: Metadata a payload may carry: the sample count, the site's name and NVFlare's own bookkeeping.
+ALLOWED_META = frozenset({SAMPLES_KEY, SITE_KEY, "client_name", "initial_metrics", "props", "current_round", "total_rounds"})
 _TRAIN = ("loss", "lr", "seconds", "epochs", "epoch", "steps", "seconds_train", "seconds_eval", "dp_epsilon",
           "dp_delta", "dp_noise_multiplier", "dp_max_grad_norm", "dp_sample_rate", "dp_steps", "dp_budget_spent",
           "client_clip", "client_update_norm")
@@ -290,6 +299,9 @@ class UpdateValidator:
         name = meta.get("client_name")
         if name is not None and not (isinstance(name, str) and len(name) <= 128):
             return self._reject(site, "metadata client_name is not a short string")
+        problem = site_problem(site, meta.get(SITE_KEY))
+        if problem:
+            return self._reject(site, problem)
         props = meta.get("props")
         if props is not None and not (isinstance(props, dict) and set(props) <= ALLOWED_PROPS and all(
                 _scalar(v) or (isinstance(v, dict) and all(map(_scalar, v.values()))) for v in props.values())):
@@ -331,6 +343,25 @@ class UpdateValidator:
     def _reject(self, site: str, reason: str) -> Verdict:
         log.warning("rejected update from %s: %s", site, reason)
         return Verdict(site=site, ok=False, reason=reason)
+
+
+def site_problem(site: str, stated: Any) -> str | None:
+    """Why an update delivered from ``site`` whose metadata states ``stated`` (:data:`SITE_KEY`)
+    is refused, or ``None``: the stated site must be given and be ``site``.
+
+    >>> site_problem("site-1", "site-1") is None
+    True
+    >>> site_problem("site-1", "site-2").startswith(SITE_MISMATCH)
+    True
+    """
+    if not (isinstance(stated, str) and 0 < len(stated) <= 128):
+        return (f"the update does not state its site (metadata {SITE_KEY!r}); "
+                "run the site with the same fedimg version as the server")
+    if stated != site:
+        return (f"{SITE_MISMATCH} {stated[:64]!r} is not {site!r}, the site NVFlare delivered it from: "
+                f"NVFlare's {site} process ran as {stated[:64]} and trained its data, not {site}'s; "
+                "the run cannot go on (run it again)")
+    return None
 
 
 def _norm(parts: list[np.ndarray]) -> float:

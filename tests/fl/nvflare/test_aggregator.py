@@ -37,7 +37,7 @@ def _start(agg, rnd=0, global_=GLOBAL):
 
 def _result(site, w, n=1, samples=10, params_type=ParamsType.DIFF, metrics=None):
     return FLModel(params={"w": np.asarray(w, np.float32), "n": np.array(n, np.int64)}, params_type=params_type,
-                   metrics=metrics or {"val_dice_mean": 0.5}, meta={"client_name": site, "NUM_STEPS_CURRENT_ROUND": samples})
+                   metrics=metrics or {"val_dice_mean": 0.5}, meta={"client_name": site, "site": site, "NUM_STEPS_CURRENT_ROUND": samples})
 
 
 def test_fedavg_round_checkpoints_and_logs(tmp_path):
@@ -129,7 +129,7 @@ def test_nan_and_scaled_sites_never_touch_the_aggregate(tmp_path):
         _start(agg, global_=big)
         for site, u, samples in updates:
             agg.accept_model(FLModel(params=u, params_type=ParamsType.DIFF, metrics={},
-                                     meta={"client_name": site, "NUM_STEPS_CURRENT_ROUND": samples}))
+                                     meta={"client_name": site, "site": site, "NUM_STEPS_CURRENT_ROUND": samples}))
         return agg.aggregate_model().params, read_metrics(tmp_path / sub)[0]
 
     good = [("site-a", ups[0], 10), ("site-b", ups[1], 12), ("site-c", ups[2], 14)]
@@ -188,3 +188,36 @@ def test_fold_threads_are_set_in_the_thread_that_folds(tmp_path, threads):
     np.testing.assert_allclose(seen["out"].params["w"], [2, 2, 2])
     (entry,) = read_metrics(tmp_path)
     assert entry["fold_threads"] == threads and seen["after"] == threads
+
+
+def test_an_update_stating_another_site_is_rejected_and_stops_the_run(tmp_path):
+    """The race NVFlare's simulator once lost: site-1's worker ran as site-2 (site-2's data, sent as site-1's)."""
+    from fedimg.fl.nvflare.checks import wrong_site_failure
+
+    agg = FedimgAggregator(run_dir=str(tmp_path), validation=ValidationConfig(min_sites=1).to_dict())
+    _start(agg)
+    panics = []
+    agg.system_panic = lambda reason, fl_ctx: panics.append(reason)
+    impostor = _result("site-1", [1, 1, 1])
+    impostor.meta["site"] = "site-2"
+    agg.accept_model(impostor)
+    agg.accept_model(_result("site-2", [2, 2, 2]))
+    agg.aggregate_model()
+    metrics = read_metrics(tmp_path)
+    assert metrics[0]["accepted"] == ["site-2"]
+    assert [r["site"] for r in metrics[0]["rejected"]] == ["site-1"]
+    assert len(panics) == 1 and "stated site 'site-2' is not 'site-1'" in panics[0]
+    err = wrong_site_failure(tmp_path, metrics)
+    assert err is not None and "round 1: rejected the update from site-1: stated site 'site-2'" in str(err)
+    assert wrong_site_failure(tmp_path, [{"round": 1, "rejected": [{"site": "site-3", "reason": "non-finite"}]}]) is None
+
+
+def test_a_round_of_honest_sites_does_not_stop_the_run(tmp_path):
+    agg = FedimgAggregator(run_dir=str(tmp_path), validation=ValidationConfig(min_sites=1).to_dict())
+    _start(agg)
+    panics = []
+    agg.system_panic = lambda reason, fl_ctx: panics.append(reason)
+    agg.accept_model(_result("site-1", [1, 1, 1]))
+    agg.accept_model(_result("site-2", [np.nan, 0, 0]))  # an ordinary rejection: the run goes on
+    agg.aggregate_model()
+    assert panics == [] and read_metrics(tmp_path)[0]["accepted"] == ["site-1"]

@@ -242,5 +242,6 @@ def test_poisoned_and_killed_sites_then_server_restart_resumes_each_round_once(p
         rec = json.loads(line)
         assert set(rec["params"]) == {"0.weight", "0.bias"}
         assert all(t[0] == "float" for t in rec["metrics"].values())
-        assert set(rec["meta"]) <= {"NUM_STEPS_CURRENT_ROUND", "client_name", "initial_metrics", "props"}
+        assert set(rec["meta"]) <= {"NUM_STEPS_CURRENT_ROUND", "site", "client_name", "initial_metrics", "props"}
+        assert rec["meta"]["site"][1] == repr(rec["site"])  # each site states its own name
         assert data_root not in line and "toy.npz" not in line

@@ -31,7 +31,7 @@ GLOBAL = {"w": np.array([1.0, 2.0, 3.0], np.float32), "bn": np.array([1.0, 1.0],
 
 def _update(site, params, samples, meta=None):
     return FLModel(params={k: np.asarray(v, np.float32) for k, v in params.items()}, params_type=ParamsType.DIFF,
-                   metrics={"val_accuracy": 0.5}, meta={"client_name": site, "NUM_STEPS_CURRENT_ROUND": samples,
+                   metrics={"val_accuracy": 0.5}, meta={"client_name": site, "site": site, "NUM_STEPS_CURRENT_ROUND": samples,
                                                         **(meta or {})})
 
 
@@ -186,10 +186,10 @@ def test_fedavgm_local_norms_and_lr_plateau_through_the_aggregator_and_a_resume(
     agg = FedimgAggregator(strategy=cfg, run_dir=str(tmp_path), local_keys=["bn"])
     _start(agg, 0, GLOBAL)
     agg.accept_model(FLModel(params={"w": np.ones(3, np.float32)}, params_type=ParamsType.DIFF,
-                             metrics={"val_dice_mean": 0.5}, meta={"client_name": "site-1", "NUM_STEPS_CURRENT_ROUND": 10}))
+                             metrics={"val_dice_mean": 0.5}, meta={"client_name": "site-1", "site": "site-1", "NUM_STEPS_CURRENT_ROUND": 10}))
     agg.accept_model(FLModel(params={"w": np.ones(3, np.float32), "bn": np.ones(2, np.float32)},
                              params_type=ParamsType.DIFF, metrics={"val_dice_mean": 0.5},
-                             meta={"client_name": "site-2", "NUM_STEPS_CURRENT_ROUND": 10}))  # a norm entry: refused
+                             meta={"client_name": "site-2", "site": "site-2", "NUM_STEPS_CURRENT_ROUND": 10}))  # a norm entry: refused
     out = agg.aggregate_model()
     np.testing.assert_allclose(out.params["w"], 1.0)
     assert set(out.params) == {"w"}
@@ -200,7 +200,7 @@ def test_fedavgm_local_norms_and_lr_plateau_through_the_aggregator_and_a_resume(
     resumed = FedimgAggregator(strategy=cfg, run_dir=str(tmp_path), local_keys=["bn"])  # a new server process
     _start(resumed, 1, g1)
     resumed.accept_model(FLModel(params={"w": np.full(3, 2, np.float32)}, params_type=ParamsType.DIFF,
-                                 metrics={"val_dice_mean": 0.4}, meta={"client_name": "site-1",
+                                 metrics={"val_dice_mean": 0.4}, meta={"client_name": "site-1", "site": "site-1",
                                                                       "NUM_STEPS_CURRENT_ROUND": 10}))
     out = resumed.aggregate_model()  # 0.4 < 0.5: back to the round-0 model, lr halved
     np.testing.assert_allclose(out.params["w"], -1.0)

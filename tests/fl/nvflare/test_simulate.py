@@ -1,7 +1,7 @@
 """Real NVFlare SimEnv runs of the toy task: poisoned updates, payload contents, resume.
 
-Two SimEnv jobs in all (each ~20-40 s): one 4-site run of 2 rounds where site-3 sends NaN
-and site-4 a x1e6 update, then a resume to round 3. The sites' data folders lie under a
+Three SimEnv jobs in all (each ~20-40 s): one 4-site run of 2 rounds where site-3 sends NaN
+and site-4 a x1e6 update, then a resume to round 3; a 2-site run where site-2 states site-1's name. The sites' data folders lie under a
 folder whose name holds a space (each site's client config travels as a file, not as a
 whitespace-split command line).
 """
@@ -114,10 +114,25 @@ def test_payload_holds_only_weights_counts_and_metrics(toy_run):
         assert set(rec["params"]) == {"0.weight", "0.bias"}
         assert all(t[0] == "ndarray" and t[1] == "float32" for t in rec["params"].values())
         assert all(t[0] == "float" for t in rec["metrics"].values())
-        # NVFlare's own bookkeeping plus the sample count; nothing else
-        assert set(rec["meta"]) <= {"NUM_STEPS_CURRENT_ROUND", "client_name", "initial_metrics", "props"}, rec["meta"]
+        # NVFlare's own bookkeeping plus the sample count and the site's own name; nothing else
+        assert set(rec["meta"]) <= {"NUM_STEPS_CURRENT_ROUND", "site", "client_name", "initial_metrics", "props"}, rec["meta"]
         text = json.dumps(rec)
         assert data_dir not in text and "toy.npz" not in text
+
+
+def test_every_site_trained_as_itself(toy_run):
+    """Each of the 4 sites' processes ran as that site: every update states the site NVFlare
+    delivered it from, and the stated names are the site set, each once per round (NVFlare's
+    simulator once ran two workers as the same site, silently)."""
+    import re
+
+    tmp, _, summary = toy_run
+    records = [json.loads(line) for line in (tmp / "run" / "payloads.jsonl").read_text().splitlines()]
+    stated = [rec["meta"]["site"][1].strip("'") for rec in records]
+    assert [rec["meta"]["client_name"][1].strip("'") for rec in records] == stated == [rec["site"] for rec in records]
+    assert sorted(stated) == sorted(summary["sites"] * 2)
+    for log in (tmp / "run" / "nvflare").glob("*/site-*/log.txt"):  # NVFlare's worker names the site it runs as
+        assert set(re.findall(r"Initialize ClientRunner for client: (\S+)", log.read_text())) == {log.parent.name}
 
 
 def test_site_data_paths_with_spaces(toy_run):
@@ -177,3 +192,43 @@ def test_resume_continues_from_last_round(toy_run):
     assert got["val_loss"] == pytest.approx(expected["loss"], rel=1e-5)
     after, meta = load_params(run / "global_model.safetensors")
     assert meta["round"] == 3 and not np.allclose(after["0.weight"], before["0.weight"])
+
+
+IMPOSTOR_CLIENT = """
+import sys
+import nvflare.client as flare
+from fedimg.fl.nvflare.client import main
+
+_send = flare.send
+
+def send(model, *args, **kwargs):  # what a worker that became site-1 sends from site-2's slot
+    if model.meta and "site" in model.meta:
+        model.meta["site"] = "site-1"
+    return _send(model, *args, **kwargs)
+
+flare.send = send
+sys.exit(main())
+"""
+
+
+def test_a_site_stating_another_name_stops_the_run_with_one_error(tmp_path):
+    """The third SimEnv job: site-2's process states site-1 (as NVFlare's worker-name race made it);
+    the server rejects it, stops after round 1 of 3, and the run's error names both sites."""
+    from fedimg.errors import FedimgError
+    from fedimg.fl.nvflare.simulate import run_simulation
+    from fedimg.fl.server.federation import FederationConfig
+    from fedimg.fl.server.state import read_metrics
+    from fedimg.tasks.toy import make_sites
+
+    make_sites(tmp_path / "data", n_sites=2, n=48, seed=1)
+    script = tmp_path / "impostor.py"
+    script.write_text(IMPOSTOR_CLIENT)
+    cfg = FederationConfig(task="toy", rounds=3, local_epochs=1, train={"features": 8})
+    with pytest.raises(FedimgError) as err:
+        run_simulation(tmp_path / "data", tmp_path / "run", cfg, progress=False, tracking=False,
+                       site_scripts={"site-2": str(script)})
+    assert "\n" not in str(err.value)
+    assert ("round 1: rejected the update from site-2: stated site 'site-1' is not 'site-2', the site NVFlare "
+            "delivered it from") in str(err.value)
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["round"] for m in metrics] == [1] and metrics[0]["accepted"] == ["site-1"]

@@ -30,7 +30,7 @@ def _update(site, scale=1.0, samples=10, metrics=None, meta_extra=None, task="br
     w = rng.normal(size=3)
     w = (w / np.linalg.norm(w) * 0.01 * scale).astype(np.float32)  # every site's norm 0.01 x scale, exactly
     metrics = dict(metrics if metrics is not None else (BRATS_METRICS if task == "brats" else TILE_METRICS))
-    meta = {"client_name": site, "NUM_STEPS_CURRENT_ROUND": samples, "initial_metrics": dict(metrics), "props": {},
+    meta = {"client_name": site, "site": site, "NUM_STEPS_CURRENT_ROUND": samples, "initial_metrics": dict(metrics), "props": {},
             **(meta_extra or {})}
     return FLModel(params={"w": w, "n": np.array(0, np.int64)}, params_type=ParamsType.DIFF, metrics=metrics, meta=meta)
 

@@ -99,3 +99,28 @@ def test_only_judged_norms_count_for_the_median():
         v.judge("s", norm)
     v.end_round()
     assert v.previous_median == 2.0
+
+
+def _meta(site="site-1", **extra):
+    return {"NUM_STEPS_CURRENT_ROUND": 10, "client_name": site, **extra}
+
+
+def test_audit_accepts_an_update_stating_the_site_it_came_from(validator):
+    assert validator.audit("site-1", {**_meta(), "site": "site-1"}, {}).ok
+
+
+def test_audit_rejects_an_update_stating_another_site(validator, caplog):
+    """NVFlare's simulator once ran site-1's worker as site-2: site-2's data, delivered as site-1's."""
+    from fedimg.fl.server.validation import SITE_MISMATCH
+
+    with caplog.at_level("WARNING"):
+        verdict = validator.audit("site-1", {**_meta(), "site": "site-2"}, {})
+    assert not verdict.ok and verdict.reason.startswith(SITE_MISMATCH)
+    assert "'site-2' is not 'site-1'" in verdict.reason and "site-2" in caplog.text
+
+
+@pytest.mark.parametrize("stated", [None, "", 7, "s" * 129])
+def test_audit_requires_a_stated_site(validator, stated):
+    meta = _meta() if stated is None else {**_meta(), "site": stated}
+    verdict = validator.audit("site-1", meta, {})
+    assert not verdict.ok and "does not state its site" in verdict.reason
