@@ -97,7 +97,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 
 import numpy as np
@@ -105,6 +104,7 @@ import numpy as np
 from fedimg.errors import ConfigError
 
 from .qc_face import ShapePlacement
+from .qc_plane import placed_frame
 from .qc_png import face_render, render_qc_png  # the picture (re-exported: callers import it from here)
 
 __all__ = ["QCThresholds", "evaluate_qc", "check_removal", "head_shape_brain", "brain_in_head", "render_qc_png",
@@ -286,7 +286,7 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     cands = upright(candidates)[:keep]  # a head outline fits nearly as well turned over (:func:`.qc_face.upright`)
     if not cands or not estimate.head.any():
         return estimate
-    best_frame = _placed_frame(cands[0].matrix)
+    best_frame = placed_frame(cands[0].matrix)
     estimate = dataclasses.replace(estimate, head_plane=best_frame[:2])
     sp = estimate.cell_spacing
     template = load_template(brain_protect)
@@ -347,28 +347,6 @@ def _candidates(canonical: np.ndarray, affine: np.ndarray, keep: int = HEAD_SHAP
     from .template import template_head_mask
 
     return coarse_candidates(*block_mean(canonical, affine, 4.0), *template_head_mask(4.0), keep=keep)
-
-
-@functools.lru_cache(maxsize=1)
-def _template_midplane() -> tuple[np.ndarray, np.ndarray]:
-    """The template brain's mid-sagittal plane (centre, unit normal) in template world mm."""
-    from .brainmask import head_frame
-    from .template import load_template
-
-    t = load_template()
-    centre, normal, _ = head_frame(t.brain > 0.5, t.affine)
-    return centre, normal
-
-
-def _placed_frame(subject_to_template: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The template brain's centre, mid-plane normal and anterior axis (template +y) in subject world mm."""
-    c_t, n_t = _template_midplane()
-    lin = np.asarray(subject_to_template, dtype=np.float64)[:3, :3]
-    normal = lin.T @ n_t
-    normal /= np.linalg.norm(normal)
-    ant = np.linalg.solve(lin, np.array([0.0, 1.0, 0.0]))
-    ant -= (ant @ normal) * normal
-    return np.linalg.solve(lin, c_t - subject_to_template[:3, 3]), normal, ant / np.linalg.norm(ant)
 
 
 def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_to_template: np.ndarray, *, step_mm: float = 4.0) -> float:
