@@ -37,9 +37,11 @@ Checks (a failed check fails the file, never silently passes it):
   25-45 mm in front of the estimated brain, times the head's size from the head-outline placement
   (:func:`.qc_face.near_band`), from the placed brain's boundary when QC checks the eroded head-shape brain) is removed;
 - ``face_centred``: the removed tissue is centred on the brain's own mid-sagittal plane or
-  on the template's mid-plane placed by the head-mask alignment (``removal_offset_mm``, the
+  on the template's mid-plane placed by the head-outline placement (``removal_offset_mm``, the
   nearer of the two, at most ``max_removal_offset_mm``; a yawed removal keeps one cheek and
-  is off both). The brain estimate's plane alone gave false alarms: measured ~90 mm in front
+  is off both). The placement is the 12-parameter head-mask fit (:mod:`.qc_face`), not the best
+  coarse alignment it starts from (tenth wave): the coarse rotations are 8 degrees apart, and a
+  coarse plane 13.6 degrees off put a correct removal 23.7 mm off it (the fit: 0.7 degrees, 0.8 mm). The brain estimate's plane alone gave false alarms: measured ~90 mm in front
   of the brain's centre, a 7 degree error of the mirror plane of a partial estimate moves
   it 11 mm, and a blob-like estimate can mirror best about a wrong axis (2 mm synthetic demo
   heads, site 2 cases 6 and 4: 13.5 and 28.7 mm, against 1.0 and 2.1 mm from the placed
@@ -246,6 +248,8 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     remove, face_shape = acquired_part(remove, est), acquired_part(None if placement is None else placement.remove, est)
     metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
     metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, est)
+    if placement is not None and placement.pose is not None:  # the 12-parameter fit's mid-plane, not the coarse one's
+        est = dataclasses.replace(est, head_plane=placed_frame(placement.pose)[:2])
     metrics["head_size"], band = None if placement is None else placement.size, near_band(placement)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est, near_mm=band), near_face_scale=band[0] / NEAR_MM[0])
     return evaluate_qc(metrics, thresholds)
