@@ -37,9 +37,11 @@ Checks (a failed check fails the file, never silently passes it):
   25-45 mm in front of the estimated brain, times the head's size from the head-outline placement
   (:func:`.qc_face.near_band`), from the placed brain's boundary when QC checks the eroded head-shape brain) is removed;
 - ``face_centred``: the removed tissue is centred on the brain's own mid-sagittal plane or
-  on the template's mid-plane placed by the head-mask alignment (``removal_offset_mm``, the
+  on the template's mid-plane placed by the head-outline placement (``removal_offset_mm``, the
   nearer of the two, at most ``max_removal_offset_mm``; a yawed removal keeps one cheek and
-  is off both). The brain estimate's plane alone gave false alarms: measured ~90 mm in front
+  is off both). The placement is the 12-parameter head-mask fit (:mod:`.qc_face`), not the best
+  coarse alignment it starts from (tenth wave): the coarse rotations are 8 degrees apart, and a
+  coarse plane 13.6 degrees off put a correct removal 23.7 mm off it (the fit: 0.7 degrees, 0.8 mm). The brain estimate's plane alone gave false alarms: measured ~90 mm in front
   of the brain's centre, a 7 degree error of the mirror plane of a partial estimate moves
   it 11 mm, and a blob-like estimate can mirror best about a wrong axis (2 mm synthetic demo
   heads, site 2 cases 6 and 4: 13.5 and 28.7 mm, against 1.0 and 2.1 mm from the placed
@@ -97,7 +99,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 
 import numpy as np
@@ -105,6 +106,7 @@ import numpy as np
 from fedimg.errors import ConfigError
 
 from .qc_face import ShapePlacement
+from .qc_plane import placed_frame
 from .qc_png import face_render, render_qc_png  # the picture (re-exported: callers import it from here)
 
 __all__ = ["QCThresholds", "evaluate_qc", "check_removal", "head_shape_brain", "brain_in_head", "render_qc_png",
@@ -246,6 +248,8 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     remove, face_shape = acquired_part(remove, est), acquired_part(None if placement is None else placement.remove, est)
     metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
     metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, est)
+    if placement is not None and placement.pose is not None:  # the 12-parameter fit's mid-plane, not the coarse one's
+        est = dataclasses.replace(est, head_plane=placed_frame(placement.pose)[:2])
     metrics["head_size"], band = None if placement is None else placement.size, near_band(placement)
     metrics.update(removal_metrics(can, can_aff, remove, estimate=est, near_mm=band), near_face_scale=band[0] / NEAR_MM[0])
     return evaluate_qc(metrics, thresholds)
@@ -286,7 +290,7 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
     cands = upright(candidates)[:keep]  # a head outline fits nearly as well turned over (:func:`.qc_face.upright`)
     if not cands or not estimate.head.any():
         return estimate
-    best_frame = _placed_frame(cands[0].matrix)
+    best_frame = placed_frame(cands[0].matrix)
     estimate = dataclasses.replace(estimate, head_plane=best_frame[:2])
     sp = estimate.cell_spacing
     template = load_template(brain_protect)
@@ -347,28 +351,6 @@ def _candidates(canonical: np.ndarray, affine: np.ndarray, keep: int = HEAD_SHAP
     from .template import template_head_mask
 
     return coarse_candidates(*block_mean(canonical, affine, 4.0), *template_head_mask(4.0), keep=keep)
-
-
-@functools.lru_cache(maxsize=1)
-def _template_midplane() -> tuple[np.ndarray, np.ndarray]:
-    """The template brain's mid-sagittal plane (centre, unit normal) in template world mm."""
-    from .brainmask import head_frame
-    from .template import load_template
-
-    t = load_template()
-    centre, normal, _ = head_frame(t.brain > 0.5, t.affine)
-    return centre, normal
-
-
-def _placed_frame(subject_to_template: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The template brain's centre, mid-plane normal and anterior axis (template +y) in subject world mm."""
-    c_t, n_t = _template_midplane()
-    lin = np.asarray(subject_to_template, dtype=np.float64)[:3, :3]
-    normal = lin.T @ n_t
-    normal /= np.linalg.norm(normal)
-    ant = np.linalg.solve(lin, np.array([0.0, 1.0, 0.0]))
-    ant -= (ant @ normal) * normal
-    return np.linalg.solve(lin, c_t - subject_to_template[:3, 3]), normal, ant / np.linalg.norm(ant)
 
 
 def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_to_template: np.ndarray, *, step_mm: float = 4.0) -> float:

@@ -57,11 +57,13 @@ HEAD_SIZE_RANGE = (0.8, 1.25)
 
 @dataclasses.dataclass(frozen=True)
 class ShapePlacement:
-    """The head-outline placement QC compares the removal with: its removal (canonical grid) and the
-    head's size relative to the template (:func:`head_size` of its pose)."""
+    """The head-outline placement QC compares the removal with: its removal (canonical grid), the
+    head's size relative to the template (:func:`head_size` of its pose) and the pose itself (subject
+    world → template world; None when not kept)."""
 
     remove: np.ndarray
     size: float
+    pose: np.ndarray | None = None
 
 
 def head_size(subject_to_template: np.ndarray) -> float:
@@ -188,7 +190,7 @@ def shape_placement(canonical: np.ndarray, affine: np.ndarray, candidates, *,
     if pose is None:
         return None
     face, brain = warp_template_maps(load_template(brain_protect), canonical.shape, affine, pose)
-    return ShapePlacement(remove=removal_mask(face, brain)[0], size=head_size(pose))
+    return ShapePlacement(remove=removal_mask(face, brain)[0], size=head_size(pose), pose=pose)
 
 
 def shape_removal(canonical: np.ndarray, affine: np.ndarray, candidates, *,

@@ -49,10 +49,13 @@ def test_qc_reuses_the_removals_head_shape_alignment_and_decides_the_same(head, 
     # the same decisions; numbers equal up to what the 0.1 um rounding of face_removal's affine
     # (its alignments are computed on it) can move: a few um or a few hundredths of a mL
     # face_shape_recall divides by the head-outline placement's own tissue, which its optimiser refines from
-    # those alignments: it moved 0.011 (0.944 vs 0.955), the same decision
+    # those alignments: it moved 0.011 (0.944 vs 0.955), the same decision; the removal's offset from that
+    # placement's mid-plane (tenth wave: ``face_centred`` measures from the placement, not the coarse alignment)
+    # moved 0.8 mm (1.9 vs 2.7 mm against the 10 mm bound), the same decision
+    loose = {"face_shape_recall": 0.02, "removal_offset_mm": 1.5, "removal_offset_head_mm": 1.5}
     for key, value in own.items():
         if isinstance(value, float):
-            assert shared[key] == pytest.approx(value, rel=1e-3, abs=0.02 if key == "face_shape_recall" else 0.01), key
+            assert shared[key] == pytest.approx(value, rel=1e-3, abs=loose.get(key, 0.01)), key
         else:
             assert shared[key] == value, key
 
