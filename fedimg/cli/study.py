@@ -16,8 +16,8 @@ import dataclasses
 import logging
 from typing import Any
 
-__all__ = ["register", "run", "CONTRAST_AUG", "STUDY_STRATEGY", "STUDY_NESTEROV", "STUDY_MOMENTUM", "study_federation_config",
-           "with_contrast_aug"]
+__all__ = ["register", "run", "CONTRAST_AUG", "STUDY_STRATEGY", "STUDY_NESTEROV", "STUDY_MOMENTUM", "STUDY_FEDERATED_BATCH",
+           "study_federation_config", "with_contrast_aug"]
 
 #: The study's default federated strategy (``--strategy``; ``--compare fedavg`` adds plain FedAvg).
 STUDY_STRATEGY = "fedavgm"
@@ -25,6 +25,9 @@ STUDY_STRATEGY = "fedavgm"
 STUDY_NESTEROV = True
 #: ... and server momentum 0.8 unless ``--server-momentum`` (0.9 before the fifth wave; development split: README).
 STUDY_MOMENTUM = 0.8
+#: The federated arms' sites train with batch 1 unless ``--federated-batch-size`` (the centralised and
+#: single-site arms keep ``--batch-size``, default 2: batch 1 did not help them); tenth wave, development split (README).
+STUDY_FEDERATED_BATCH = 1
 
 #: The study's contrast augmentation (``--contrast-aug on``): MONAI-typical ranges
 #: (gamma 1/1.5-1.5 as nnU-Net, a weak degree-3 bias field, 3-10 histogram control points).
@@ -60,10 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--federated-lr-scale", type=float, default=1.0, metavar="F",
                    help="the federated arms' sites train at F x the lr of the centralised and single-site arms "
                         "(default 1: the same lr)")
-    p.add_argument("--federated-batch-size", type=int, default=None, metavar="B",
-                   help="the federated arms' sites train with batch B (a smaller batch: more local steps for the same "
-                        "samples); the centralised and single-site arms keep --batch-size (default: every arm the "
-                        "same batch)")
+    p.add_argument("--federated-batch-size", type=int, default=STUDY_FEDERATED_BATCH, metavar="B",
+                   help="the federated arms' sites (DP arms included) train with batch B; the centralised and "
+                        f"single-site arms keep --batch-size (default {STUDY_FEDERATED_BATCH}: more local steps for the "
+                        "same samples, chosen on a development split, README; give --batch-size's value for one batch "
+                        "in every arm)")
     p.add_argument("--no-progress", action="store_true")
     from fedimg.cli._federation import add_federation_arguments
 

@@ -74,8 +74,8 @@ def federated_batch(fed: FederationConfig, batch_size: int | None) -> Federation
     if batch_size is None:
         return fed
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--federated-batch-size must be a whole number >= 1, got {batch_size!r}; leave it out "
-                          "to train every arm with the same batch")
+        raise ConfigError(f"--federated-batch-size must be a whole number >= 1, got {batch_size!r}; give it "
+                          "--batch-size's value to train every arm with the same batch")
     return dataclasses.replace(fed, train={**fed.train, "batch_size": batch_size})
 
 

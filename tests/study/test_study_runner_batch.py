@@ -39,7 +39,9 @@ def test_cli_passes_the_batch_to_the_study(tmp_path, monkeypatch) -> None:
                  "--federated-batch-size", "1"]) == 0
     assert seen["federated_batch_size"] == 1 and seen["batch"] == 2  # the shared batch stays the other arms'
     assert main(["study", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
-    assert seen["federated_batch_size"] is None
+    assert seen["federated_batch_size"] == 1  # the study's default (STUDY_FEDERATED_BATCH), chosen on the dev split
+    assert main(["study", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--federated-batch-size", "2"]) == 0
+    assert seen["federated_batch_size"] == 2
 
 
 def test_cli_refuses_batch_zero_before_any_arm_trains(tmp_path, capsys) -> None:
