@@ -19,6 +19,8 @@ __all__ = list(_FAMILIES)  # the families; their names load lazily through __get
 
 
 def __getattr__(name: str):
+    if name.startswith("__"):  # introspection (inspect.unwrap's __wrapped__, doctest, pickle) imports nothing
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     for fam in _FAMILIES:
         try:
             mod = importlib.import_module(f".{fam}", __name__)
