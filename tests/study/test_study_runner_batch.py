@@ -24,24 +24,14 @@ def test_federated_batch_refuses_what_is_not_a_batch(bad) -> None:
         federated_batch(FederationConfig(task="toy"), bad)
 
 
-def test_cli_passes_the_batch_to_the_study(tmp_path, monkeypatch) -> None:
-    import fedimg.study.runner as runner
+def test_cli_passes_the_batch_to_the_study(tmp_path, study_calls) -> None:
     from fedimg.cli import main
 
-    seen = {}
-
-    def fake(data, out, fed, proto, **kw):
-        seen.update(kw, batch=fed.train.get("batch_size"))
-        return {"summary": {"arms": {}}}
-
-    monkeypatch.setattr(runner, "run_study", fake)
     assert main(["study", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--batch-size", "2",
-                 "--federated-batch-size", "1"]) == 0
-    assert seen["federated_batch_size"] == 1 and seen["batch"] == 2  # the shared batch stays the other arms'
+                 "--federated-batch-size", "3"]) == 0
+    assert study_calls["federated_batch_size"] == 3 and study_calls["train"]["batch_size"] == 2  # the other arms'
     assert main(["study", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
-    assert seen["federated_batch_size"] == 1  # the study's default (STUDY_FEDERATED_BATCH), chosen on the dev split
-    assert main(["study", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--federated-batch-size", "2"]) == 0
-    assert seen["federated_batch_size"] == 2
+    assert study_calls["federated_batch_size"] == 1  # the study's default (STUDY_FEDERATED_BATCH), chosen on the dev split
 
 
 def test_cli_refuses_batch_zero_before_any_arm_trains(tmp_path, capsys) -> None:

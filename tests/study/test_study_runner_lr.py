@@ -21,22 +21,14 @@ def test_federated_lr_refuses_a_non_positive_scale() -> None:
         federated_lr(FederationConfig(task="toy"), 0.002, 0.0)
 
 
-def test_cli_passes_the_scale_to_the_study(tmp_path, monkeypatch) -> None:
-    import fedimg.study.runner as runner
+def test_cli_passes_the_scale_to_the_study(tmp_path, study_calls) -> None:
     from fedimg.cli import main
 
-    seen = {}
-
-    def fake(data, out, fed, proto, **kw):
-        seen.update(kw, lr=fed.train.get("lr"))
-        return {"summary": {"arms": {}}}
-
-    monkeypatch.setattr(runner, "run_study", fake)
     assert main(["study", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--lr", "0.002",
                  "--federated-lr-scale", "2"]) == 0
-    assert seen["federated_lr_scale"] == 2.0 and seen["lr"] == 0.002  # the shared lr stays the other arms'
+    assert study_calls["federated_lr_scale"] == 2.0 and study_calls["train"]["lr"] == 0.002  # the other arms' lr
     assert main(["study", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
-    assert seen["federated_lr_scale"] == 1.0
+    assert study_calls["federated_lr_scale"] == 1.0
 
 
 def test_run_seed_scales_only_the_federated_arms(tmp_path, monkeypatch) -> None:
