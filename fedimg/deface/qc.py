@@ -41,7 +41,8 @@ Checks (a failed check fails the file, never silently passes it):
   nearer of the two, at most ``max_removal_offset_mm``; a yawed removal keeps one cheek and
   is off both). The placement is the 12-parameter head-mask fit (:mod:`.qc_face`), not the best
   coarse alignment it starts from (tenth wave): the coarse rotations are 8 degrees apart, and a
-  coarse plane 13.6 degrees off put a correct removal 23.7 mm off it (the fit: 0.7 degrees, 0.8 mm). The brain estimate's plane alone gave false alarms: measured ~90 mm in front
+  coarse plane 13.6 degrees off put a correct removal 23.7 mm off it (the fit: 0.7 degrees,
+  0.8 mm). The brain estimate's plane alone gave false alarms: measured ~90 mm in front
   of the brain's centre, a 7 degree error of the mirror plane of a partial estimate moves
   it 11 mm, and a blob-like estimate can mirror best about a wrong axis (2 mm synthetic demo
   heads, site 2 cases 6 and 4: 13.5 and 28.7 mm, against 1.0 and 2.1 mm from the placed
