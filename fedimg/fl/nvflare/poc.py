@@ -329,7 +329,6 @@ def run_poc(data_dir: str | Path, out: str | Path, config: Any, *, resume: bool 
     if wrong_site is not None:
         raise wrong_site
     if done < config.rounds:
-
         raise site_failure(poc.workspace, list(sites), f"POC job {job_id}", since=started) or FedimgError(
             f"{out}: POC job {job_id} ended ({status}) after {done} of {config.rounds} rounds; "
             f"logs in {poc.prod_dir}/server/ and each site's folder")

@@ -206,7 +206,7 @@ def run_kit_job(admin_kit: str | Path, job: str | Path | None, out: str | Path, 
 def _finish(kit: KitSession, state: dict[str, Any], out: Path, rounds: int, sites: list[str], t0: float,
             download: bool) -> dict[str, Any] | BaseException:
     """The summary of a followed job, or the error to raise (one line per failed site)."""
-    from fedimg.fl.nvflare.checks import site_failure
+    from fedimg.fl.nvflare.checks import site_failure, wrong_site_failure
     from fedimg.fl.server import state as run_state
 
     if "error" in state:
@@ -230,6 +230,9 @@ def _finish(kit: KitSession, state: dict[str, Any], out: Path, rounds: int, site
     write_json(out / "summary.json", summary)
     if ok:
         return summary
+    wrong_site = wrong_site_failure(out, metrics)  # a site's process ran as another site: the server stopped the job
+    if wrong_site is not None:
+        return wrong_site
     _save_site_logs(out, _site_error_lines(kit, jid, sites, _ANY_ERRORS))
     return site_failure(out / "site-logs", sites, f"job {jid}") or FedimgError(
         f"{out}: job {jid} ended ({status or 'timed out'}) after {done} of {rounds} rounds; "

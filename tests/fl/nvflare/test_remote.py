@@ -34,3 +34,23 @@ def test_bad_kit_and_job_are_one_line(tmp_path, capsys):
     rc = main(["submit", "--kit", str(tmp_path / "kit"), "--job", str(tmp_path / "job"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "is not an admin startup kit" in err[0] and "fedimg provision" in err[0]
+
+
+def test_submit_names_a_site_that_stated_another_name(tmp_path):
+    """A provisioned job the server stopped because an update's stated site was not its sender ends with
+    that one line (as ``simulate`` and ``poc``), not with "job ended after N rounds"."""
+    import time
+    from types import SimpleNamespace
+
+    from fedimg.errors import FedimgError
+    from fedimg.fl.nvflare.remote import _finish
+    from fedimg.fl.server.state import append_metrics
+
+    calls: list = []
+    kit = SimpleNamespace(kit=tmp_path / "kit", call=lambda *a, **k: calls.append(a))
+    append_metrics(tmp_path, {"round": 1, "rejected": [
+        {"site": "site-2", "reason": "stated site 'site-1' is not 'site-2', the site NVFlare delivered it from"}]})
+    err = _finish(kit, {"job_id": "j1", "status": "FINISHED:ABORTED"}, tmp_path, 3, ["site-1", "site-2"],
+                  time.perf_counter(), download=False)
+    assert isinstance(err, FedimgError)
+    assert "round 1: rejected the update from site-2: stated site 'site-1' is not 'site-2'" in str(err)
