@@ -117,9 +117,37 @@ def cell_counts(mask: np.ndarray, step, shape) -> np.ndarray:
     """``True`` voxels of ``mask`` per cell of a reduced grid ``shape`` (int64): voxel ``i`` counts in cell
     ``min(i // step, n - 1)`` per axis, as :meth:`.brainmask.BrainEstimate.lookup` places it.
 
+    Only the cells of the mask's bounding box are summed, each axis with the narrowest unsigned
+    integer that holds the partial counts (a removal covers ~10 % of a 1 mm head's grid; QC counts
+    three such masks on the main thread): the same integers as summing every cell in int64
+    (:func:`_cell_counts_full`, the reference in the tests).
+
     >>> cell_counts(np.ones((5, 4, 1), bool), (2, 2, 1), (2, 2, 1))[:, :, 0].tolist()  # the last row holds 3 voxels
     [[4, 4], [6, 6]]
     """
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros(shape, np.int64)
+    box = bounding_box(mask) if all(int(n) > 0 for n in shape) else None
+    if box is None:
+        return out
+    crop, cells, bound = [], [], 1
+    for sl, s, n, size in zip(box, step, shape, mask.shape):
+        s, n = int(s), int(n)
+        c0, c1 = min(sl.start // s, n - 1), min((sl.stop - 1) // s, n - 1)
+        crop.append(slice(c0 * s, (c1 + 1) * s if c1 < n - 1 else size))
+        cells.append(slice(c0, c1 + 1))
+    part = np.ascontiguousarray(mask[tuple(crop)]).view(np.uint8)
+    for axis, (sl, c) in enumerate(zip(crop, cells)):
+        s = int(step[axis])
+        bound *= max(min(s, part.shape[axis]), part.shape[axis] - (c.stop - c.start - 1) * s)  # the widest cell
+        dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.int64) if bound <= np.iinfo(t).max)
+        part = np.add.reduceat(part, np.arange(c.stop - c.start) * s, axis=axis, dtype=dtype)
+    out[tuple(cells)] = part
+    return out
+
+
+def _cell_counts_full(mask: np.ndarray, step, shape) -> np.ndarray:
+    """:func:`cell_counts` summing every cell in int64 (the reference its tests compare against)."""
     out = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
     for axis, (s, n) in enumerate(zip(step, shape)):
         starts = np.arange(n) * int(s)
