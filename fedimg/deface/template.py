@@ -72,16 +72,18 @@ def template_intensity() -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=1)
 def _template_intensity() -> tuple[np.ndarray, np.ndarray]:
     from fedimg.imageio.nifti import open_nifti
+    from fedimg.imageio.volume import c_order
 
     img = open_nifti(asset_path(TEMPLATE_NAME))
     # C order (NIfTI stores x fastest): every later use reshapes, pads or boxes these arrays in C order,
     # and each such use of a Fortran-ordered array copied it first (the values are the same either way)
-    return np.ascontiguousarray(_voxels(img), dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
+    return c_order(_voxels(img), np.float32), np.asarray(img.affine, dtype=np.float64)
 
 
 @functools.lru_cache(maxsize=2)
 def _load_template(brain_protect: str | None) -> Template:
     from fedimg.imageio.nifti import open_nifti
+    from fedimg.imageio.volume import c_order
 
     intensity, affine = template_intensity()
     face_img = open_nifti(asset_path(FACEMASK_NAME))
@@ -89,8 +91,8 @@ def _load_template(brain_protect: str | None) -> Template:
     for other in (face_img, brain_img):
         if other.shape != intensity.shape or not np.allclose(other.affine, affine, atol=1e-4):
             raise FedimgError(f"{other.get_filename()}: not on the template grid; rebuild it with scripts/build_brain_protect.py")
-    face = np.ascontiguousarray(_voxels(face_img) < 0.5, dtype=np.float32)  # facemask: 0 = face region
-    brain = np.ascontiguousarray(_voxels(brain_img) > 0, dtype=np.float32)
+    face = c_order(_voxels(face_img) < 0.5, np.float32)  # facemask: 0 = face region
+    brain = c_order(_voxels(brain_img) > 0, np.float32)
     log.debug("template loaded: %s, face %.0f mL, brain-protect %.0f mL", intensity.shape, face.sum() / 1e3, brain.sum() / 1e3)
     return Template(intensity=intensity, face=face, brain=brain, affine=affine)
 
