@@ -166,15 +166,24 @@ def head_shape_pose(canonical: np.ndarray, affine: np.ndarray, candidates, *, st
     mats = [np.asarray(c.matrix, dtype=np.float64) for c in upright(candidates)]
     if not mats:
         return None
-    smask, saff = head_mask(canonical, affine, step_mm=step_mm)
+    small = block_mean(canonical, affine, step_mm)  # one pass over the image for the head mask and the field of view
+    smask, saff = head_mask(*(small if _pooled_once(small, step_mm) else (canonical, affine)), step_mm=step_mm)
     tmask, taff = template_head_mask(step_mm, brain_protect)
     n = len(mats)
     cfg = RegistrationConfig.preset("fast", levels_mm=(step_mm,), iterations=(40,), starts=n, keep=min(2, n),
                                     prune_to=n, seed=seed)
-    fov = acquired_fov(block_mean(canonical, affine, step_mm)[0], step_mm)  # the fill of an oblique cut is not air
+    fov = acquired_fov(small[0], step_mm)  # the fill of an oblique cut is not air
     reg = register(smask.astype(np.float32), saff, tmask.astype(np.float32), taff, config=cfg, initial=mats,
                    fov=None if fov is None else (fov, saff))
     return reg.subject_to_template
+
+
+def _pooled_once(small: tuple[np.ndarray, np.ndarray], step_mm: float) -> bool:
+    """Whether ``head_mask`` at ``step_mm`` takes block means ``small`` (:func:`.coarse.block_mean` at ``step_mm``) as
+    they are: one voxel per block, the affine times the identity, so the same mask as from the full image
+    (as :func:`.core.face_removal` gives the coarse stage). True on every grid seen; checked all the same."""
+    spacing = np.sqrt((small[1][:3, :3] ** 2).sum(axis=0))
+    return all(max(1, int(round(step_mm / float(s)))) == 1 for s in spacing)
 
 
 def shape_placement(canonical: np.ndarray, affine: np.ndarray, candidates, *,
