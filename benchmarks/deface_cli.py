@@ -7,7 +7,8 @@ Each run is a fresh process (``python -c "from fedimg.cli import main; ..."``); 
 time and the 1-minute load average are recorded beside it. With ``--baseline REV`` (a commit
 of this repository, exported with ``git archive``) or ``--baseline-src DIR`` (another checkout)
 the two code trees run interleaved, head by head, and the removal masks of their last runs are compared
-(identical voxels, or the removal Dice). ``--batch`` also defaces all heads in one process
+(identical voxels, or the removal Dice), as are the written files (bytes) and the QC / provenance records
+(every field but timings and paths). ``--batch`` also defaces all heads in one process
 (a BIDS tree), whose CPU time per head leaves the start-up (torch import etc.) out.
 
     python benchmarks/deface_cli.py --json benchmarks/cpu-results/deface-cli.json
@@ -38,7 +39,22 @@ SHARED = next((p for p in (ROOT.parent / "shared" / "data" / "mri", ROOT.parent.
                if p.is_dir()), ROOT.parent / "shared" / "data" / "mri")
 DEFAULT_HEADS = [ROOT / "tests" / "assets" / "mri" / "ds000031_sub-01_ses-006_run-001_T1w.nii.gz",
                  SHARED / "pycortex_S1_T1w.nii.gz"]
-MACHINE = "AMD EPYC, 2 vCPU (Zen 5, AVX-512 BF16, no AMX)"
+
+
+def _machine() -> str:
+    """The CPU model and logical CPU count of this machine (``/proc/cpuinfo``), e.g. for the JSON."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"unknown CPU, {os.cpu_count()} logical CPUs"
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown CPU")
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return f"{model}, {os.cpu_count()} logical CPUs" + (" (AMX)" if "amx_tile" in flags else "")
+
+
+MACHINE = _machine()
+# QC / provenance fields that differ between two runs of the same code (timings, paths)
+VOLATILE = {"seconds", "registration_seconds", "reference", "output", "source", "qc_report", "qc_png", "apply_to", "protect"}
 
 
 def _run(src: Path, argv: list[str], threads: int) -> dict:
@@ -64,6 +80,19 @@ def _removed(src: Path, out: Path) -> np.ndarray:
     import nibabel as nib
 
     return np.asarray(nib.load(str(out)).dataobj) != np.asarray(nib.load(str(src)).dataobj)
+
+
+def _same_outputs(a: Path, b: Path) -> dict:
+    """Whether two trees wrote the same defaced file (bytes) and the same QC and provenance records (every
+    field but :data:`VOLATILE`; floats compared exactly)."""
+    import filecmp
+
+    out = {"output_bytes_identical": filecmp.cmp(a, b, shallow=False), "record_differences": []}
+    for suffix in (".qc.json", ".deface.json"):
+        ra, rb = (json.loads(p.with_name(p.name.replace(".nii.gz", suffix)).read_text()) for p in (a, b))
+        out["record_differences"] += [f"{suffix} {k}: {ra.get(k)!r} != {rb.get(k)!r}" for k in sorted(set(ra) | set(rb))
+                                      if k not in VOLATILE and ra.get(k) != rb.get(k)]
+    return out
 
 
 def _commit(src: Path) -> str:
@@ -124,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 a, b = _removed(head, outs["this"]), _removed(head, outs["baseline"])
                 entry["removal_identical"] = bool(np.array_equal(a, b))
                 entry["removal_dice"] = float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+                entry.update(_same_outputs(outs["this"], outs["baseline"]))
             result["heads"][head.name] = entry
             _save(args.json, result)  # after every head: a cut-short run keeps what it measured
         if args.batch:
@@ -141,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
         line = ", ".join(f"{k} CPU {v['cpu_s_median']:.2f} s (sys {v['sys_s_median']:.2f}) wall {v['wall_s_median']:.2f} s"
                          for k, v in entry.items() if isinstance(v, dict))
         print(f"{name}: {line}" + (f", removal identical {entry['removal_identical']}"
-                                   f" (Dice {entry['removal_dice']:.4f})" if "removal_dice" in entry else ""))
+                                   f" (Dice {entry['removal_dice']:.4f}), output bytes identical "
+                                   f"{entry['output_bytes_identical']}, record differences "
+                                   f"{entry['record_differences'] or 'none'}" if "removal_dice" in entry else ""))
     _save(args.json, result)
     return 0
 

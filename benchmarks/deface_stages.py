@@ -36,6 +36,12 @@ STAGES = {
     "resample_np.warp_maps (every call)": ("deface/resample_np.py", "warp_maps"),
     "QC estimate_brain": ("deface/brainmask.py", "estimate_brain"),
     "QC head_shape_brain": ("deface/qc.py", "head_shape_brain"),
+    "QC head_shape_pose (12-parameter head-outline fit)": ("deface/qc_face.py", "head_shape_pose"),
+    "QC shape_placement (head-outline removal)": ("deface/qc_face.py", "shape_placement"),
+    "QC brain_distance (2 mm distance map, every computation)": ("deface/brainmask.py", "brain_distance"),
+    "QC cell_counts (removed voxels per cell, every call)": ("deface/morph.py", "cell_counts"),
+    "QC removal_metrics": ("deface/brainmask.py", "removal_metrics"),
+    "to_canonical (every call)": ("imageio/volume.py", "to_canonical"),
     "check_removal (all QC)": ("deface/qc.py", "check_removal"),
     "save_like (writing)": ("imageio/volume.py", "save_like"),
 }
