@@ -89,16 +89,6 @@ class BrainEstimate:
         shape's principal axes a poor guide to anterior)."""
         return self.placed_frame if self.placed_frame is not None else head_frame(self.brain, self.cell_affine)
 
-    def with_head_plane(self, head_plane: tuple[np.ndarray, np.ndarray] | None) -> BrainEstimate:
-        """This estimate with another :attr:`head_plane`, keeping :attr:`brain_distance` and :attr:`frame`
-        when already computed (neither depends on the plane; ``dataclasses.replace`` alone would recompute
-        them: a 2 mm distance map, ~0.15 CPU-s, on the main thread after QC's threads made it)."""
-        out = dataclasses.replace(self, head_plane=head_plane)
-        for name in _PLANE_FREE_CACHE:
-            if name in self.__dict__:
-                out.__dict__[name] = self.__dict__[name]
-        return out
-
     def cell_world(self, cells: np.ndarray) -> np.ndarray:
         """World mm of cell indices ``(N, 3)``."""
         return cells @ self.cell_affine[:3, :3].T + self.cell_affine[:3, 3]
@@ -118,11 +108,6 @@ class BrainEstimate:
         cells = tuple(np.minimum(i // s, n - 1) for i, s, n in zip(idx, self.step, ref.shape))
         return ref[cells]
 
-
-
-# cached properties of BrainEstimate that depend on neither ``head_plane`` nor any field but brain,
-# cell_spacing, cell_affine and placed_frame (kept by :meth:`BrainEstimate.with_head_plane`)
-_PLANE_FREE_CACHE = ("brain_distance", "frame")
 
 
 def _reduce(image: np.ndarray, spacing, step_mm: float):

@@ -1,4 +1,4 @@
-"""``BrainEstimate.with_head_plane`` keeps the distance map and frame QC's threads cached, and they equal the
+"""``qc._with_head_plane`` keeps the distance map and frame QC's threads cached, and they equal the
 ones a fresh estimate computes (QC's main thread no longer recomputes them after the plane is set)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 
 from fedimg.deface.brainmask import BrainEstimate, removal_metrics
+from fedimg.deface.qc import _with_head_plane
 
 
 def _estimate() -> BrainEstimate:
@@ -24,7 +25,7 @@ def test_with_head_plane_keeps_the_cached_values_and_they_are_the_fresh_ones():
     est = _estimate()
     dist, frame = est.brain_distance, est.frame  # cached, as the pipeline's QC thread does
     plane = (np.array([36.0, 40.0, 40.0]), np.array([1.0, 0.0, 0.0]))
-    kept = est.with_head_plane(plane)
+    kept = _with_head_plane(est, plane)
     assert kept.head_plane is plane and kept.brain_distance is dist and kept.frame is frame
     fresh = dataclasses.replace(est, head_plane=plane)  # recomputes both
     assert np.array_equal(fresh.brain_distance, kept.brain_distance)
@@ -37,6 +38,6 @@ def test_with_head_plane_keeps_the_cached_values_and_they_are_the_fresh_ones():
 
 def test_with_head_plane_before_any_cache_computes_later():
     est = _estimate()
-    kept = est.with_head_plane(None)
+    kept = _with_head_plane(est, None)
     assert "brain_distance" not in kept.__dict__ and "frame" not in kept.__dict__
     assert np.array_equal(kept.brain_distance, est.brain_distance)
