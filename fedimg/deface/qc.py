@@ -229,7 +229,6 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
 
     from .brainmask import estimate_brain, removal_metrics
     from .qc_face import NEAR_MM, acquired_part, face_shape_recall_counted, near_band, removal_dice
-    from .qc_slide import slide_metrics
 
     remove, can_aff = to_canonical(removal.remove, affine)
     metrics = dict(removal.metrics, protected_changed_ml=float(protected_changed_ml))
@@ -250,9 +249,6 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     remove, face_shape = acquired_part(remove, est), acquired_part(None if placement is None else placement.remove, est)
     metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
     metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, est)
-    if face_shape is not None and placement.pose is not None:  # S-I slide where the outline cannot fix it (:mod:`.qc_slide`)
-        metrics.update(slide_metrics(remove, placement, can_aff, est, metrics["face_shape_dice"],
-                                     metrics["face_shape_recall"]))
     if placement is not None and placement.pose is not None:  # the 12-parameter fit's mid-plane, not the coarse one's
         est = dataclasses.replace(est, head_plane=placed_frame(placement.pose)[:2])
     metrics["head_size"], band = None if placement is None else placement.size, near_band(placement)
