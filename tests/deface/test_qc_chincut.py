@@ -1,11 +1,12 @@
 """QC's head-outline checks on a real head whose field of view cuts the chin (eleventh wave, h11r).
 
 The real ds000031 T1 at 2 mm, its grid cut 80 mm above the head mask's bottom (the chin and lower
-face are gone, as in the corpus's chin crops). The head-outline placement then stretches along S-I
-and places the face ~12 mm too high, so the correct removal covers only 51 % of the placement's
-face tissue (``face_covered`` < 55 %): a false alarm, kept here as a strict xfail until the placement
-is fixed. A removal 15 mm too low in the template (recall 0.81 against the correct one: wrong) must
-still be refused: a bounded S-I slide of the placement (h11r's candidate B, not adopted) passed both.
+face are gone, as in the corpus's chin crops). With the head-outline fit of the tenth wave (one 4 mm
+level, 40 iterations) the placement stretched along S-I and put the face ~12 mm too high: the correct
+removal covered only 51 % of the placement's face tissue (``face_covered`` < 55 %), a false alarm.
+The fit now runs 8 mm then 4 mm, 80 iterations each, and the correct removal passes. A removal 15 mm
+too low in the template (recall 0.81 against the correct one: wrong) must still be refused: a bounded
+S-I slide of the placement (h11r's candidate B, not adopted) passed both.
 """
 
 from __future__ import annotations
@@ -62,8 +63,6 @@ def test_a_removal_15_mm_low_on_a_chin_cut_head_stays_refused(chin_cut):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known false alarm (h11r): the outline placement of a chin-cut head sits ~12 mm "
-                   "high, the correct removal covers 51 % of its face tissue (< 55 %)")
 def test_the_correct_removal_on_a_chin_cut_head_passes(chin_cut):
     data, aff = chin_cut
     ok, _ = _qc(data, aff, 0.0)
