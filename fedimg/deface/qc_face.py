@@ -5,7 +5,7 @@ can settle a few millimetres off and remove only part of the face while every ot
 passes. This check places the face region a second way that uses no intensities at all: the
 coarse head-mask alignments (:mod:`.coarse`, already computed for the registration's starts)
 are refined by a 12-parameter affine fit of the template's head mask to the subject's head
-mask (mutual information of the two binary masks at 4 mm, the registration used for CT). The
+mask (mutual information of the two binary masks at 8 then 4 mm, the registration used for CT). The
 removal that placement gives is compared with the removal actually made
 (``face_shape_dice``); QC fails the file when they overlap too little (``min_face_shape_dice``
 in :class:`~fedimg.deface.qc.QCThresholds`).

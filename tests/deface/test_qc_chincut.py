@@ -11,7 +11,6 @@ S-I slide of the placement (h11r's candidate B, not adopted) passed both.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
