@@ -52,7 +52,9 @@ def test_qc_reuses_the_removals_head_shape_alignment_and_decides_the_same(head, 
     # those alignments: it moved 0.011 (0.944 vs 0.955), the same decision; the removal's offset from that
     # placement's mid-plane (tenth wave: ``face_centred`` measures from the placement, not the coarse alignment)
     # moved 0.8 mm (1.9 vs 2.7 mm against the 10 mm bound), the same decision
-    loose = {"face_shape_recall": 0.02, "removal_offset_mm": 1.5, "removal_offset_head_mm": 1.5}
+    # eleventh wave (h11r): the placement's fit runs 8 then 4 mm, 80 iterations each; face_shape_dice moved 0.010
+    # (0.959 vs 0.969 against the 0.7 bound), the same decision
+    loose = {"face_shape_recall": 0.02, "face_shape_dice": 0.02, "removal_offset_mm": 1.5, "removal_offset_head_mm": 1.5}
     for key, value in own.items():
         if isinstance(value, float):
             assert shared[key] == pytest.approx(value, rel=1e-3, abs=loose.get(key, 0.01)), key
