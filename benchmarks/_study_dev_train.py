@@ -118,8 +118,8 @@ class _CheckWatch:
     after a check offers a copy of the model to ``kept`` (:class:`_PatienceKept`, ``patience``) and
     stamps the check's CPU time. Everything else is the real task's."""
 
-    def __init__(self, task, patience: int) -> None:
-        self._task, self.kept, self.cpu = task, _PatienceKept(patience), []
+    def __init__(self, task, patience: int, tail: Any = None) -> None:
+        self._task, self.kept, self.cpu, self.tail = task, _PatienceKept(patience), [], tail
 
     def __getattr__(self, name):
         return getattr(self._task, name)
@@ -127,9 +127,26 @@ class _CheckWatch:
     def evaluate(self, model, data, config):
         res = self._task.evaluate(model, data, config)
         self.cpu.append(time.process_time())
-        self.kept.add(float(res[self._task.key_metric]),
-                      {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()})
+        params = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+        self.kept.add(float(res[self._task.key_metric]), params)
+        if self.tail is not None:  # --swa-start: the tail average validated on the same cases
+            self.tail.offer(params, float(res[self._task.key_metric]),
+                            lambda p: _validate(self._task, config, p, [(data, 1)]))
         return res
+
+
+def _validate(task, config, params: dict, datas: list) -> float:
+    """The validation Dice of ``params``: the ``num_val``-weighted mean over ``datas`` (``(data, weight)``),
+    on a network built with the random generators forked (the arms' own draws are not moved)."""
+    import torch
+
+    from _study_dev_swa import rng_forked
+
+    with rng_forked():
+        net = task.build_model(config)
+        net.load_state_dict({k: torch.as_tensor(v) for k, v in params.items()})
+        scores = [(float(task.evaluate(net, d, config)[task.key_metric]), w) for d, w in datas]
+    return sum(a * b for a, b in scores) / max(1, sum(b for _, b in scores))
 
 
 def _mean_test(task, config, params, tests, cases: dict | None = None) -> dict:
@@ -142,14 +159,17 @@ def _mean_test(task, config, params, tests, cases: dict | None = None) -> dict:
     return {s: float(np.nanmean(list(v.values()))) for s, v in res.items()}
 
 
-def _central(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int) -> dict:
+def _central(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int,
+             swa_start: float | None = None) -> dict:
     import torch
 
+    from _study_dev_swa import TailAverage, start_check
     from fedimg.study.arms import pool_sites, train_local_arm
     from fedimg.study.protocol import ProtocolConfig
 
     proto = ProtocolConfig(max_epochs=epochs, check_every=local, patience=10**6)  # the whole budget
-    watch = _CheckWatch(task, patience)
+    tail = None if swa_start is None else TailAverage(start_check(swa_start, epochs // local), patience)
+    watch = _CheckWatch(task, patience, tail)
     arm = train_local_arm(watch, config, pool_sites(list(datas.values())), proto, seed=seed)
     if len(watch.cpu) != len(arm["curve"]):  # the watch assumes one task.evaluate per check
         raise RuntimeError(f"train_local_arm evaluated {len(watch.cpu)} times in {len(arm['curve'])} checks")
@@ -159,11 +179,24 @@ def _central(task, config, datas, tests, epochs: int, local: int, seed: int, pat
     return {"val": [c["val"] for c in arm["curve"]], "kept_val_sites": kept_sites, "check_cpu": watch.cpu,
             "test": _mean_test(task, config, arm["params"], tests),  # its best check over the whole budget
             "test_patience": _mean_test(task, config, watch.kept.params, tests, cases := {}),  # the model the study keeps
-            "test_patience_cases": cases}
+            "test_patience_cases": cases, **_tail_result(task, config, tail, tests, local)}
+
+
+def _tail_result(task, config, tail, tests, local: int) -> dict:
+    """``{"swa": ...}``: the tail average's curve, kept check and patience-kept test Dice per site (and per
+    case); ``{}`` without ``--swa-start``. ``tail.kept.params`` is one model, or ``{site: model}``."""
+    if tail is None:
+        return {}
+    kept, cases = tail.kept.params, {}
+    per_site = kept if all(isinstance(v, dict) for v in kept.values()) else {s: kept for s in tests}
+    test = {s: _mean_test(task, config, per_site[s], {s: tests[s]}, cases)[s] for s in tests}
+    return {"swa": {**tail.summary(local), "test_patience": test, "test_patience_cases": cases,
+                    "mean_test_patience": float(np.mean(list(test.values())))}}
 
 
 def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, patience: int, *, strategy: dict | None = None,
-            local_norm: bool = False, reset: bool = False, uniform: bool = False, scaffold: bool = False) -> dict:
+            local_norm: bool = False, reset: bool = False, uniform: bool = False, scaffold: bool = False,
+            swa_start: float | None = None) -> dict:
     """In-process federation: fedimg's own server :class:`~fedimg.fl.server.strategies.Strategy`
     (``strategy``: StrategyConfig fields, default FedAvg) on the sites' packed float differences,
     optionally with site-local norm layers (FedBN-style), the sites' AdamW moments reset every
@@ -183,6 +216,9 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, pati
     seed_everything(seed)
     torch.manual_seed(seed)
     kept_p, check_cpu = _PatienceKept(patience), []  # the model the study keeps
+    from _study_dev_swa import TailAverage, start_check
+
+    tail = None if swa_start is None else TailAverage(start_check(swa_start, epochs // local), patience)
     glob = {k: v.clone() for k, v in task.build_model(config).state_dict().items()}
     nets = {s: task.build_model(config) for s in datas}
     norm_keys = [k for k in glob if "norm" in k] if local_norm else []
@@ -232,12 +268,17 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, pati
         if val[-1] >= max(val):  # the best validation over the whole budget
             kept = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
         kept_p.add(val[-1], {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas})
+        if tail is not None:  # --swa-start: the tail average of the global models (the shared layers only)
+            if local_norm:
+                raise SystemExit("study_dev: --swa-start with site-local norm layers is not measured")
+            tail.offer({k: v.numpy() for k, v in glob.items()}, val[-1],
+                       lambda p: _validate(task, config, p, [(d, d.num_val) for d in datas.values()]))
     test = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept[s].items()}, {s: tests[s]})[s] for s in datas}
     cases: dict = {}
     test_p = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept_p.params[s].items()}, {s: tests[s]}, cases)[s]
               for s in datas}
     return {"val": val, "test": test, "test_patience": test_p, "test_patience_cases": cases, "val_sites": val_sites, "update_norms": norms_round,
-            "check_cpu": check_cpu}
+            "check_cpu": check_cpu, **_tail_result(task, config, tail, tests, local)}
 
 
 def late_ratio(update_norms: list[dict], last: int = 2) -> list[float]:

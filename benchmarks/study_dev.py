@@ -151,7 +151,17 @@ def main(argv=None) -> int:
                    "--intensity-norm landmark names its arms ARM-landmark)")
     p.add_argument("--iid-train", action="store_true", help="federated arms train on an IID re-deal of the sites' "
                    "training cases (seeded by --seed; sizes, validation and test cases kept); centralised arms unchanged")
+    p.add_argument("--swa-start", type=float, default=None, metavar="F", help="also measure, on the same run, the "
+                   "tail average of every arm's checked models from fraction F of the budget on (SWA; "
+                   "_study_dev_swa.py); recorded under each arm's 'swa'")
+    p.add_argument("--judge-swa", action="store_true", help="with --compare: lead11's rule on --swa-start runs of "
+                   "nesterov-b0.8-bs1 and central (the tail averages against the arms' own kept models)")
     a = p.parse_args(argv)
+    if a.compare and a.judge_swa:
+        from _study_dev_swa import judge_tail
+
+        print(json.dumps(judge_tail(a.compare), indent=1))
+        return 0
     if a.compare and a.judge:
         res = judge(a.compare, a.judge[0], *a.judge[1:2])
         for g, r in res.items():
@@ -191,7 +201,8 @@ def main(argv=None) -> int:
     base = dict(roi=[32, 32, 32], batch_size=2, init_filters=8, epochs=epochs, threads=1, seed=a.seed,
                 allow_identifiable=True, intensity_norm=a.intensity_norm)
     heads = tuple(h.strip() for h in a.heads.split(",") if h.strip())
-    out = {"seed": a.seed, "synth_seed": a.synth_seed, "heads": list(heads), "epochs_per_case": epochs, "contrast_aug": a.contrast_aug, "local_epochs": a.local, "train_config": base, "arms": {}}
+    out = {"seed": a.seed, "synth_seed": a.synth_seed, "heads": list(heads), "epochs_per_case": epochs, "contrast_aug": a.contrast_aug, "local_epochs": a.local, "train_config": base, "arms": {},
+           **({"swa_start": a.swa_start} if a.swa_start is not None else {})}
     with tempfile.TemporaryDirectory() as tmp:
         task, datas, tests, out["sites_drawn"] = _setup(Path(tmp), base, seed=a.seed, heads=heads,
                                                        synth_seed=a.synth_seed)
@@ -208,14 +219,15 @@ def main(argv=None) -> int:
             t0, c0 = time.perf_counter(), time.process_time()
             local = int(spec.get("local", a.local))
             if name.startswith("central"):
-                res = _central(task, config, datas, tests, epochs, local, a.seed, a.patience)
+                res = _central(task, config, datas, tests, epochs, local, a.seed, a.patience, swa_start=a.swa_start)
             else:
                 strategy = spec.get("strategy")
                 if spec.get("lr_decay"):  # the server lr's cosine spans the budget's rounds
                     strategy = {**strategy, "lr_rounds": epochs // local}
                 res = _fedavg(task, config, fed_datas, tests, epochs, local, a.seed, a.patience, strategy=strategy,
                               local_norm=bool(spec.get("local_norm")), reset=bool(spec.get("reset")),
-                              uniform=bool(spec.get("uniform")), scaffold=bool(spec.get("scaffold")))
+                              uniform=bool(spec.get("uniform")), scaffold=bool(spec.get("scaffold")),
+                              swa_start=a.swa_start)
                 res["late_ratio"] = late_ratio(res["update_norms"])
             best, last = stop_point(res["val"], a.patience)
             p95 = next(i for i, v in enumerate(res["val"][:best + 1]) if v >= 0.95 * res["val"][best])
@@ -234,7 +246,9 @@ def main(argv=None) -> int:
                   f"kept at {res['kept_at']}, test {res['mean_test_patience']:.3f} "
                   f"({' '.join(f'{v:.3f}' for v in res['test_patience'].values())}), stopped at {res['stopped_at']} "
                   f"by {res['stop_reason']} ({res['cpu_s_to_stop']:.0f} CPU s), 95 % of it at {res['epochs_to_95']}"
-                  f"{'; late server/site ' + str(res['late_ratio']) if 'late_ratio' in res else ''}", flush=True)
+                  f"{'; late server/site ' + str(res['late_ratio']) if 'late_ratio' in res else ''}"
+                  f"{'; SWA kept at %d, test %.3f' % (res['swa']['kept_at'], res['swa']['mean_test_patience']) if 'swa' in res else ''}",
+                  flush=True)
             write_results(a.json, out)  # after every arm: a long run killed late keeps what finished
     return 0
 

@@ -20,3 +20,24 @@ def study_calls(monkeypatch) -> dict:
 
     monkeypatch.setattr(runner, "run_study", fake)
     return seen
+
+
+@pytest.fixture
+def seed_arms(monkeypatch) -> dict:
+    """:func:`fedimg.study.runner.run_seed` with every arm's training replaced: the returned dict holds
+    ``fed`` (the federated arm's sites' training fields), ``dp`` (the DP arms') and ``local`` (the
+    TrainConfig of each local arm in order: centralised, then each site alone)."""
+    import fedimg.study.arms as arms
+    import fedimg.study.privacy as privacy
+
+    seen: dict = {"local": []}
+    monkeypatch.setattr(arms, "federated_arm", lambda view, out, f, *a, **k: seen.setdefault("fed", dict(f.train)))
+    monkeypatch.setattr(arms, "train_local_arm", lambda task, cfg, *a, **k: seen["local"].append(cfg))
+    monkeypatch.setattr(arms, "tested_arm", lambda arm, *a, **k: {})
+
+    def dp_arms(sweep, *, fed, **kw):
+        seen["dp"] = dict(fed.train)
+        return {}
+
+    monkeypatch.setattr(privacy, "run_privacy_arms", dp_arms)
+    return seen

@@ -45,30 +45,18 @@ def test_cli_refuses_batch_zero_before_any_arm_trains(tmp_path, capsys) -> None:
     assert "--federated-batch-size must be a whole number >= 1" in capsys.readouterr().err
 
 
-def test_run_seed_gives_the_batch_to_the_federated_arms_only(tmp_path, monkeypatch) -> None:
+def test_run_seed_gives_the_batch_to_the_federated_arms_only(tmp_path, seed_arms) -> None:
     """On a real (tiny) split: the federated and DP arms' sites train with batch 1; centralised and
     site-alone keep the shared batch 2."""
-    import fedimg.study.arms as arms
-    import fedimg.study.privacy as privacy
     from fedimg.data.synth import synthesize
     from fedimg.study.protocol import ProtocolConfig
     from fedimg.study.runner import run_seed
 
     synthesize(tmp_path / "data", sites=2, cases_per_site=3, seed=0, spacing=4.0)
-    seen: dict = {"local": []}
-    monkeypatch.setattr(arms, "federated_arm", lambda view, out, f, *a, **k: seen.setdefault("fed", f.train))
-    monkeypatch.setattr(arms, "train_local_arm", lambda task, cfg, *a, **k: seen["local"].append(cfg.batch_size))
-    monkeypatch.setattr(arms, "tested_arm", lambda arm, *a, **k: {})
-
-    def dp_arms(sweep, *, fed, **kw):
-        seen["dp"] = fed.train["batch_size"]
-        return {}
-
-    monkeypatch.setattr(privacy, "run_privacy_arms", dp_arms)
     fed = FederationConfig(task="brats", local_epochs=1, train={"lr": 0.002, "batch_size": 2, "roi": [16, 16, 16],
                                                                 "allow_identifiable": True})
     run_seed(tmp_path / "data", tmp_path / "out", fed, ProtocolConfig(max_epochs=1, check_every=1), 0,
              privacy=object(), federated_batch_size=1)
-    assert seen["fed"]["batch_size"] == 1 and seen["fed"]["lr"] == pytest.approx(0.002)
-    assert seen["dp"] == 1  # the DP arms are federated arms: the same batch
-    assert seen["local"] == [2, 2, 2]  # centralised, then each of the two sites alone
+    assert seed_arms["fed"]["batch_size"] == 1 and seed_arms["fed"]["lr"] == pytest.approx(0.002)
+    assert seed_arms["dp"]["batch_size"] == 1  # the DP arms are federated arms: the same batch
+    assert [c.batch_size for c in seed_arms["local"]] == [2, 2, 2]  # centralised, then each of the two sites alone

@@ -31,28 +31,16 @@ def test_cli_passes_the_scale_to_the_study(tmp_path, study_calls) -> None:
     assert study_calls["federated_lr_scale"] == 1.0
 
 
-def test_run_seed_scales_only_the_federated_arms(tmp_path, monkeypatch) -> None:
+def test_run_seed_scales_only_the_federated_arms(tmp_path, seed_arms) -> None:
     """On a real (tiny) split: the federated arm's sites get scale x lr; centralised and site-alone keep lr."""
-    import fedimg.study.arms as arms
     from fedimg.data.synth import synthesize
     from fedimg.study.protocol import ProtocolConfig
     from fedimg.study.runner import run_seed
 
     synthesize(tmp_path / "data", sites=2, cases_per_site=3, seed=0, spacing=4.0)
-    seen: dict = {"local": []}
-    monkeypatch.setattr(arms, "federated_arm", lambda view, out, f, *a, **k: seen.setdefault("fed", f.train["lr"]))
-    monkeypatch.setattr(arms, "train_local_arm", lambda task, cfg, *a, **k: seen["local"].append(cfg.lr))
-    monkeypatch.setattr(arms, "tested_arm", lambda arm, *a, **k: {})
-    import fedimg.study.privacy as privacy
-
-    def dp_arms(sweep, *, fed, **kw):
-        seen["dp"] = fed.train["lr"]
-        return {}
-
-    monkeypatch.setattr(privacy, "run_privacy_arms", dp_arms)
     fed = FederationConfig(task="brats", local_epochs=1, train={"lr": 0.002, "roi": [16, 16, 16], "allow_identifiable": True})
     run_seed(tmp_path / "data", tmp_path / "out", fed, ProtocolConfig(max_epochs=1, check_every=1), 0,
              privacy=object(), federated_lr_scale=2.0)
-    assert seen["fed"] == pytest.approx(0.004)
-    assert seen["dp"] == pytest.approx(0.004)  # the DP arms are federated arms: the same scaled lr
-    assert seen["local"] == [pytest.approx(0.002)] * 3  # centralised, then each of the two sites alone
+    assert seed_arms["fed"]["lr"] == pytest.approx(0.004)
+    assert seed_arms["dp"]["lr"] == pytest.approx(0.004)  # the DP arms are federated arms: the same scaled lr
+    assert [c.lr for c in seed_arms["local"]] == [pytest.approx(0.002)] * 3  # centralised, then each site alone
