@@ -3,8 +3,10 @@
 The MI registration matches intensities against a T1 template; on PD- or T2-like contrast it
 can settle a few millimetres off and remove only part of the face while every other check
 passes. This check places the face region a second way that uses no intensities at all: the
-coarse head-mask alignments (:mod:`.coarse`, already computed for the registration's starts)
-are refined by a 12-parameter affine fit of the template's head mask to the subject's head
+coarse head-mask alignments (:mod:`.coarse`, already computed for the registration's starts), and the
+best of them turned about the template's S-I axis (:data:`OWN_YAW_STARTS_DEG`: starts the registration did not
+have, so a coarse stage in a wrong yaw basin does not carry the placement with it), are refined by a 12-parameter
+affine fit of the template's head mask to the subject's head
 mask (mutual information of the two binary masks at 8 then 4 mm, the registration used for CT). The
 removal that placement gives is compared with the removal actually made
 (``face_shape_dice``); QC fails the file when they overlap too little (``min_face_shape_dice``
