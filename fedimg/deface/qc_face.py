@@ -3,8 +3,10 @@
 The MI registration matches intensities against a T1 template; on PD- or T2-like contrast it
 can settle a few millimetres off and remove only part of the face while every other check
 passes. This check places the face region a second way that uses no intensities at all: the
-coarse head-mask alignments (:mod:`.coarse`, already computed for the registration's starts)
-are refined by a 12-parameter affine fit of the template's head mask to the subject's head
+coarse head-mask alignments (:mod:`.coarse`, already computed for the registration's starts), and the
+best of them turned about the template's S-I axis (:data:`OWN_YAW_STARTS_DEG`: starts the registration did not
+have, so a coarse stage in a wrong yaw basin does not carry the placement with it), are refined by a 12-parameter
+affine fit of the template's head mask to the subject's head
 mask (mutual information of the two binary masks at 8 then 4 mm, the registration used for CT). The
 removal that placement gives is compared with the removal actually made
 (``face_shape_dice``); QC fails the file when they overlap too little (``min_face_shape_dice``
@@ -36,7 +38,7 @@ import numpy as np
 
 __all__ = ["acquired_part", "head_shape_pose", "shape_removal", "shape_placement", "ShapePlacement", "head_size",
            "near_band", "face_shape_dice", "face_shape_recall", "face_shape_recall_counted", "removal_dice", "upright",
-           "turn_deg", "MAX_TURN_DEG", "NEAR_MM", "REFERENCE_HEAD_SIZE"]
+           "turn_deg", "yawed_starts", "MAX_TURN_DEG", "NEAR_MM", "REFERENCE_HEAD_SIZE", "OWN_YAW_STARTS_DEG"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ MAX_TURN_DEG = 100.0
 NEAR_MM = (25.0, 45.0)
 REFERENCE_HEAD_SIZE = 1.04
 HEAD_SIZE_RANGE = (0.8, 1.25)
+
+# The placement's own starts (eleventh wave, h11t): the best coarse alignment turned about the template head's
+# S-I axis by these angles. The coarse alignments also start the MI registration; when they all sit in a wrong
+# yaw basin the placement fitted from them alone agrees with a wrong removal (a dev head, 1 x 1 x 3 mm FLAIR turned
+# (-24, -32, -27) degrees, its coarse alignments yawed 30 degrees: a removal yawed 30 degrees passed QC). With starts
+# of its own the fit can leave that basin; the best head-mask fit of all starts is kept.
+OWN_YAW_STARTS_DEG = (-45.0, -25.0, 25.0, 45.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +161,32 @@ def face_shape_recall_counted(remove: np.ndarray, shape: np.ndarray, estimate) -
     return 1.0 if n == 0 else float(in_head(shape & remove)) / n
 
 
+def yawed_starts(matrix: np.ndarray, centre: np.ndarray, turns_deg) -> list[np.ndarray]:
+    """``matrix`` (subject world → template world) turned about the template's S-I axis through ``centre``
+    (template world, mm) by each of ``turns_deg``.
+
+    >>> [round(float(m[0, 1]), 3) for m in yawed_starts(np.eye(4), np.zeros(3), (90.0,))]
+    [-1.0]
+    """
+    out = []
+    for deg in turns_deg:
+        a = np.deg2rad(float(deg))
+        turn = np.eye(4)
+        turn[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+        shift, back = np.eye(4), np.eye(4)
+        shift[:3, 3], back[:3, 3] = centre, -np.asarray(centre)
+        out.append(shift @ turn @ back @ np.asarray(matrix, dtype=np.float64))
+    return out
+
+
 def head_shape_pose(canonical: np.ndarray, affine: np.ndarray, candidates, *, step_mm: float = 4.0,
-                    brain_protect: str | None = None, seed: int = 0) -> np.ndarray | None:
+                    brain_protect: str | None = None, seed: int = 0,
+                    own_turns_deg: tuple[float, ...] = OWN_YAW_STARTS_DEG) -> np.ndarray | None:
     """Subject-world → template-world affine from the head masks alone, refined from ``candidates``.
 
     ``candidates``: :class:`~fedimg.deface.coarse.Candidate` head-mask alignments, best first.
-    Returns None when there are none.
+    ``own_turns_deg``: the best one also turned about the template's S-I axis by these angles (the placement's own
+    starts, :data:`OWN_YAW_STARTS_DEG`); the best fit of all starts is returned. Returns None when there are none.
     """
     from .coarse import acquired_fov, block_mean, head_mask
     from .register import RegistrationConfig, register
@@ -169,6 +198,9 @@ def head_shape_pose(canonical: np.ndarray, affine: np.ndarray, candidates, *, st
     small = block_mean(canonical, affine, step_mm)  # one pass over the image for the head mask and the field of view
     smask, saff = head_mask(*(small if _pooled_once(small, step_mm) else (canonical, affine)), step_mm=step_mm)
     tmask, taff = template_head_mask(step_mm, brain_protect)
+    if own_turns_deg:
+        centre = (taff @ np.r_[np.argwhere(tmask).mean(axis=0), 1.0])[:3]
+        mats = mats + yawed_starts(mats[0], centre, own_turns_deg)
     n = len(mats)
     # two levels, 80 iterations each (eleventh wave): one 4 mm level of 40 stopped short of the optimum on turned
     # heads (real ds000031 turned 20-30 degrees: Dice 0.63-0.81 against the reference, face 9-24 mm off along S-I)
