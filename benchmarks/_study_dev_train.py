@@ -218,6 +218,8 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, pati
     kept_p, check_cpu = _PatienceKept(patience), []  # the model the study keeps
     from _study_dev_swa import TailAverage, start_check
 
+    if swa_start is not None and local_norm:  # the average would hold the shared layers only
+        raise SystemExit("study_dev: --swa-start with site-local norm layers is not measured")
     tail = None if swa_start is None else TailAverage(start_check(swa_start, epochs // local), patience)
     glob = {k: v.clone() for k, v in task.build_model(config).state_dict().items()}
     nets = {s: task.build_model(config) for s in datas}
@@ -268,9 +270,7 @@ def _fedavg(task, config, datas, tests, epochs: int, local: int, seed: int, pati
         if val[-1] >= max(val):  # the best validation over the whole budget
             kept = {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas}
         kept_p.add(val[-1], {s: {k: v.clone() for k, v in {**glob, **norms[s]}.items()} for s in datas})
-        if tail is not None:  # --swa-start: the tail average of the global models (the shared layers only)
-            if local_norm:
-                raise SystemExit("study_dev: --swa-start with site-local norm layers is not measured")
+        if tail is not None:  # --swa-start: the tail average of the global models
             tail.offer({k: v.numpy() for k, v in glob.items()}, val[-1],
                        lambda p: _validate(task, config, p, [(d, d.num_val) for d in datas.values()]))
     test = {s: _mean_test(task, config, {k: v.numpy() for k, v in kept[s].items()}, {s: tests[s]})[s] for s in datas}

