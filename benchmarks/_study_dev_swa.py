@@ -93,8 +93,11 @@ class TailAverage:
 
 
 def _to95(val: list[float], kept: int) -> int:
-    """The first check (0-based) whose validation reaches 95 % of the kept check's."""
-    return next(i for i, v in enumerate(val[:kept + 1]) if v >= 0.95 * val[kept])
+    """The first check (0-based) whose validation reaches 95 % of the kept check's
+    (:func:`fedimg.study.summary.to_fraction`, as ``fedimg study`` reports it)."""
+    from fedimg.study.summary import to_fraction
+
+    return int(to_fraction([{"val": v, "check": i} for i, v in enumerate(val)], kept)["check"])
 
 
 def judge_tail(paths: list[str], fed: str = "nesterov-b0.8-bs1", cen: str = "central",

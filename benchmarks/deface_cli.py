@@ -42,14 +42,14 @@ DEFAULT_HEADS = [ROOT / "tests" / "assets" / "mri" / "ds000031_sub-01_ses-006_ru
 
 
 def _machine() -> str:
-    """The CPU model and logical CPU count of this machine (``/proc/cpuinfo``), e.g. for the JSON."""
+    """The CPU model (:func:`fedimg.telemetry.cpu_name`), logical CPU count and AMX of this machine, for the JSON."""
+    from fedimg.telemetry import cpu_name
+
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        amx = "amx_tile" in Path("/proc/cpuinfo").read_text()
     except OSError:
-        return f"unknown CPU, {os.cpu_count()} logical CPUs"
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown CPU")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return f"{model}, {os.cpu_count()} logical CPUs" + (" (AMX)" if "amx_tile" in flags else "")
+        amx = False
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs" + (" (AMX)" if amx else "")
 
 
 MACHINE = _machine()
