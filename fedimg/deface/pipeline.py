@@ -314,16 +314,21 @@ def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0
 
 def _apply(outputs, removal, protect, config: DefaceConfig, spacing) -> tuple[list[np.ndarray], int]:
     """Removed copies of every output's raw data, and how many protected voxels changed in them."""
+    from .morph import bounding_box
+
     new_raw = []
     changed_protected = 0
     fill = float(getattr(removal, "fill_value", 0.0))  # air for CT, 0 for MR
+    # apply_removal changes only removed voxels (zeroed or blurred): count the changed ones in the removal's box
+    box = bounding_box(removal.remove)
     for vol, _ in outputs:
         out = apply_removal(vol.raw, removal.remove, mode=config.mode, zero_value=_raw_value(vol, fill),
                             spacing=spacing, blur_mm=config.blur_mm)
-        changed = out != vol.raw
-        changed_protected += int((changed & removal.protected).sum())
-        if protect is not None:
-            changed_protected += int((changed & protect).sum())
+        if box is not None:
+            changed = out[box] != vol.raw[box]
+            changed_protected += int((changed & removal.protected[box]).sum())
+            if protect is not None:
+                changed_protected += int((changed & protect[box]).sum())
         new_raw.append(out)
     return new_raw, changed_protected
 
