@@ -47,7 +47,7 @@ class DefaceConfig:
     mode: str = "zero"
     blur_mm: float = 8.0
     protect_margin_mm: float = 2.0
-    removal_margin_mm: float = 0.0  # grow the removal by this many mm, never into the protected voxels
+    removal_margin_mm: float = 2.0  # grow the removal by this many mm, never into the protected voxels (h12a)
     seed: int = 0
     registration: RegistrationConfig | None = None  # overrides the preset when given
     qc: QCThresholds = dataclasses.field(default_factory=QCThresholds)
