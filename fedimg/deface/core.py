@@ -38,6 +38,9 @@ class DefaceConfig:
 
     ``modality``: ``mr``, ``ct`` or ``auto`` (HU range or CT-like head histogram). ``coarse``:
     start the MI stage from the head-mask alignment (else from the fixed start rotations).
+    ``removal_margin_mm``: grow the removed face region by this many mm and subtract the protected
+    voxels again (:func:`.masks.removal_mask`), so an affine registration a few mm short of the face
+    keeps less of it; the margin never enters the brain protection or a ``--protect`` label.
     """
 
     preset: str = "auto"
