@@ -270,7 +270,7 @@ def run_case(image: Path, work: Path, config) -> dict:
         removed = np.asarray(nib.load(str(out)).dataobj) != src
     elif "subject_to_template" in record:  # QC failed: score the removal it would have made
         removed = _would_remove(np.array(record["subject_to_template"]), src.shape, nib.load(str(image)).affine,
-                                label, config.removal_margin_mm)
+                                label)
     else:
         removed = None
     ref = truth["reference"]
@@ -283,18 +283,18 @@ def run_case(image: Path, work: Path, config) -> dict:
     return res
 
 
-def _would_remove(subject_to_template, shape, affine, label: Path, margin_mm: float = 0.0) -> np.ndarray:
-    """The removal a registration gives, with the removal margin ``margin_mm`` (the cases are stored in RAS voxel order)."""
+def _would_remove(subject_to_template, shape, affine, label: Path) -> np.ndarray:
+    """The removal a registration gives (the cases are stored in RAS voxel order)."""
     import nibabel as nib
 
     from fedimg.deface.masks import dilate_mm, removal_mask, warp_template_maps
     from fedimg.deface.template import load_template
 
     face, brain = warp_template_maps(load_template(), shape, affine, subject_to_template)
-    user, spacing = None, np.sqrt((affine[:3, :3] ** 2).sum(0))
+    user = None
     if label.is_file():
-        user = dilate_mm(np.asarray(nib.load(str(label)).dataobj) != 0, spacing, 2.0)
-    return removal_mask(face, brain, user, margin_mm=margin_mm, spacing=spacing)[0]
+        user = dilate_mm(np.asarray(nib.load(str(label)).dataobj) != 0, np.sqrt((affine[:3, :3] ** 2).sum(0)), 2.0)
+    return removal_mask(face, brain, user)[0]
 
 
 def consistency(out: Path, name: str, run_stem: str) -> dict:
@@ -374,8 +374,6 @@ def main(argv=None) -> int:
                    help="build: also vary head size, coil shading, SNR (Rician), thick 2-D slices and the air around the head")
     p.add_argument("--shape-weight", type=float, default=None, help="run: override the head-mask MI weight")
     p.add_argument("--no-coarse", action="store_true", help="run: fixed start rotations instead of the coarse stage")
-    p.add_argument("--removal-margin-mm", type=float, default=None,
-                   help="run: grow the removal by this many mm, never into the protection (default: DefaceConfig's)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
@@ -406,8 +404,7 @@ def main(argv=None) -> int:
         for image in sorted((args.out / "cases").glob(f"{name}_[0-9][0-9].nii.gz")):
             if args.only and not re.search(args.only, image.name):
                 continue
-            extra = {} if args.removal_margin_mm is None else {"removal_margin_mm": args.removal_margin_mm}
-            rows.append(run_case(image, work, DefaceConfig(shape_weight=args.shape_weight, coarse=not args.no_coarse, **extra)))
+            rows.append(run_case(image, work, DefaceConfig(shape_weight=args.shape_weight, coarse=not args.no_coarse)))
             log.info("%s", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()})
     result = {"heads": args.heads, "summary": summarise(rows), "cases": rows}
     print(json.dumps(result["summary"], indent=1))

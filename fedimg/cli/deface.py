@@ -52,9 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="registration effort (auto: coarse for inputs of 1.8 mm or coarser)")
     p.add_argument("--fast", action="store_const", const="fast", dest="preset", help="same as --preset fast")
     p.add_argument("--protect-margin-mm", type=float, default=2.0, help="dilation of --protect labels (mm)")
-    p.add_argument("--removal-margin-mm", type=float, default=None,
-                   help="grow the removed face region by this many mm, never into the brain protection or --protect labels "
-                        "(default: DefaceConfig.removal_margin_mm)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the voxel sampling")
@@ -147,9 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         prefetch_template()  # the template's read beside the subject's (and any torch import)
     configure_threads(threads, numba=False, torch=False)  # no numba code; torch only where imported
     device = deface_device(args.device)
-    extra = {} if args.removal_margin_mm is None else {"removal_margin_mm": args.removal_margin_mm}
-    config = DefaceConfig(preset=args.preset, modality=args.modality, mode=args.mode, protect_margin_mm=args.protect_margin_mm,
-                          seed=args.seed, **extra)
+    config = DefaceConfig(preset=args.preset, modality=args.modality, mode=args.mode, protect_margin_mm=args.protect_margin_mm, seed=args.seed)
     if not args.input.exists():
         raise InputError(args.input, "does not exist; pass an image, a BIDS root or BraTS case folder(s)")
     if args.input.is_dir():

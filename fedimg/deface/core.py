@@ -38,9 +38,6 @@ class DefaceConfig:
 
     ``modality``: ``mr``, ``ct`` or ``auto`` (HU range or CT-like head histogram). ``coarse``:
     start the MI stage from the head-mask alignment (else from the fixed start rotations).
-    ``removal_margin_mm``: grow the removed face region by this many mm and subtract the protected
-    voxels again (:func:`.masks.removal_mask`), so an affine registration a few mm short of the face
-    keeps less of it; the margin never enters the brain protection or a ``--protect`` label.
     """
 
     preset: str = "auto"
@@ -50,7 +47,6 @@ class DefaceConfig:
     mode: str = "zero"
     blur_mm: float = 8.0
     protect_margin_mm: float = 2.0
-    removal_margin_mm: float = 2.0  # grow the removal by this many mm, never into the protected voxels (h12a)
     seed: int = 0
     registration: RegistrationConfig | None = None  # overrides the preset when given
     qc: QCThresholds = dataclasses.field(default_factory=QCThresholds)
@@ -62,8 +58,8 @@ class DefaceConfig:
             raise ConfigError(f"modality {self.modality!r}: choose one of {', '.join(MODALITIES)}")
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if self.blur_mm <= 0 or self.protect_margin_mm < 0 or self.removal_margin_mm < 0:
-            raise ConfigError("blur_mm must be > 0, protect_margin_mm >= 0 and removal_margin_mm >= 0")
+        if self.blur_mm <= 0 or self.protect_margin_mm < 0:
+            raise ConfigError("blur_mm must be > 0 and protect_margin_mm >= 0")
 
     def registration_for(self, spacing) -> RegistrationConfig:
         if self.registration is not None:
@@ -83,8 +79,6 @@ class FaceRemoval:
     from, kept for QC (:func:`fedimg.deface.qc.check_removal` reuses them instead of aligning
     the head shape again); empty when none were computed (a given ``registration``,
     ``coarse=False``). ``brain_protect``: the brain-protection mask used (None: the shipped one).
-    ``margin_mm``: the removal margin used (:attr:`DefaceConfig.removal_margin_mm`); QC's head-outline
-    placement gets the same margin, so the two removals it compares are made alike.
     """
 
     remove: np.ndarray  # bool, voxels to remove
@@ -95,7 +89,6 @@ class FaceRemoval:
     fill_value: float = 0.0  # value (scaled units) removed voxels get: 0 for MR, air for CT
     head_shape: tuple[Candidate, ...] = ()
     brain_protect: str | None = None
-    margin_mm: float = 0.0
 
 
 def _canonical(data: np.ndarray, affine: np.ndarray):
@@ -179,7 +172,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
             raise ValueError(f"protect mask shape {protect.shape} != image shape {image.shape}")
         user, _ = _canonical(np.asarray(protect) != 0, affine)
         user = dilate_mm(user, spacing, config.protect_margin_mm)
-    remove, protected = removal_mask(face, brain, user, margin_mm=config.removal_margin_mm, spacing=spacing)
+    remove, protected = removal_mask(face, brain, user)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     bih = brain_in_head(can, can_aff, template, registration.subject_to_template)
     metrics = {
@@ -200,7 +193,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     }
     return FaceRemoval(remove=_back(remove, affine), protected=_back(protected, affine),
                        registration=registration, metrics=metrics, modality=modality, fill_value=fill,
-                       head_shape=head_shape, brain_protect=brain_protect, margin_mm=config.removal_margin_mm)
+                       head_shape=head_shape, brain_protect=brain_protect)
 
 
 def _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect, coarse_done=None):

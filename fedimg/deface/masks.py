@@ -119,19 +119,12 @@ def dilate_mm(mask: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
     return out
 
 
-def removal_mask(face: np.ndarray, brain: np.ndarray, protect: np.ndarray | None = None, *, margin_mm: float = 0.0,
-                 spacing=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
-    """``(remove, protected)`` boolean masks: face region minus brain and user protection.
-
-    ``margin_mm`` > 0 grows the removal by that many mm (:func:`dilate_mm`, voxel ``spacing`` in mm) and
-    subtracts the protected voxels again, so the margin never enters the brain protection or a label.
-    """
+def removal_mask(face: np.ndarray, brain: np.ndarray, protect: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(remove, protected)`` boolean masks: face region minus brain and user protection."""
     protected = brain > 0.01
     if protect is not None:
         protected |= protect
     remove = (face > 0.5) & ~protected
-    if margin_mm > 0:
-        remove = dilate_mm(remove, spacing, margin_mm) & ~protected
     return remove, protected
 
 

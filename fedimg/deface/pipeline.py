@@ -159,7 +159,7 @@ class _QCWorker:
             if self.device is None or getattr(self.device, "type", "cpu") == "cpu":
                 self.pool.submit(_warm_levels, levels)
             self.result = self.pool.submit(_qc_estimate, can, can_aff, self.coarse)
-            self.shape = self.pool.submit(_qc_shape, self.canonical, self.coarse, self.config.removal_margin_mm)  # starts after _qc_estimate
+            self.shape = self.pool.submit(_qc_shape, self.canonical, self.coarse)  # starts after _qc_estimate
 
     def on_coarse(self, modality: str, head_shape) -> None:
         _settle(self.coarse, (modality, head_shape))
@@ -239,7 +239,7 @@ def _qc_estimate(can: np.ndarray, can_aff: np.ndarray, coarse):
     return est
 
 
-def _qc_shape(canonical, coarse, margin_mm: float = 0.0):
+def _qc_shape(canonical, coarse):
     """The head-outline placement (:func:`.qc_face.shape_placement`, qc._shape_checks's second
     half); None when face_removal failed or the head is CT."""
     from .qc import _shape_candidates
@@ -249,7 +249,7 @@ def _qc_shape(canonical, coarse, margin_mm: float = 0.0):
     if got is None or canon is None or got[0] != "mr":
         return None
     can, can_aff = canon
-    return shape_placement(can, can_aff, _shape_candidates(can, can_aff, got[1]), margin_mm=margin_mm)
+    return shape_placement(can, can_aff, _shape_candidates(can, can_aff, got[1]))
 
 
 def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0: float) -> dict:

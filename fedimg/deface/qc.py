@@ -245,8 +245,7 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
         est = est or estimate_brain(can, can_aff)
     placement = face_shape
     if not estimate_checked:
-        est, placement = _shape_checks(can, can_aff, est, removal.head_shape, removal.brain_protect,
-                                       getattr(removal, "margin_mm", 0.0))
+        est, placement = _shape_checks(can, can_aff, est, removal.head_shape, removal.brain_protect)
     remove, face_shape = acquired_part(remove, est), acquired_part(None if placement is None else placement.remove, est)
     metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
     metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, est)
@@ -329,8 +328,7 @@ def head_shape_brain(canonical: np.ndarray, affine: np.ndarray, estimate, *, ero
                                placed_frame=(centre, *best_frame[1:]))
 
 
-def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shape, brain_protect: str | None = None,
-                  margin_mm: float = 0.0):
+def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shape, brain_protect: str | None = None):
     """MR QC's head-shape work (image and coarse alignments only): ``estimate`` cross-checked by
     :func:`head_shape_brain`, and the head-outline placement (:func:`.qc_face.shape_placement`).
 
@@ -341,7 +339,7 @@ def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shap
 
     cands = _shape_candidates(canonical, affine, head_shape)
     est = head_shape_brain(canonical, affine, estimate, candidates=cands, brain_protect=brain_protect)
-    return est, shape_placement(canonical, affine, cands, brain_protect=brain_protect, margin_mm=margin_mm)
+    return est, shape_placement(canonical, affine, cands, brain_protect=brain_protect)
 
 
 def _with_head_plane(estimate, head_plane):

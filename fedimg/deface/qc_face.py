@@ -221,10 +221,8 @@ def _pooled_once(small: tuple[np.ndarray, np.ndarray], step_mm: float) -> bool:
 
 
 def shape_placement(canonical: np.ndarray, affine: np.ndarray, candidates, *,
-                    brain_protect: str | None = None, margin_mm: float = 0.0) -> ShapePlacement | None:
+                    brain_protect: str | None = None) -> ShapePlacement | None:
     """The removal (canonical grid) that the head-shape pose gives, and the head's size; None without candidates.
-
-    ``margin_mm``: the removal's own margin (:func:`.masks.removal_mask`), applied to the placed removal too.
 
     It depends on the image and the coarse alignments only, so it can be made beside the MI
     registration (:mod:`.pipeline`'s QC thread)."""
@@ -235,9 +233,7 @@ def shape_placement(canonical: np.ndarray, affine: np.ndarray, candidates, *,
     if pose is None:
         return None
     face, brain = warp_template_maps(load_template(brain_protect), canonical.shape, affine, pose)
-    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    return ShapePlacement(remove=removal_mask(face, brain, margin_mm=margin_mm, spacing=spacing)[0], size=head_size(pose),
-                          pose=pose)
+    return ShapePlacement(remove=removal_mask(face, brain)[0], size=head_size(pose), pose=pose)
 
 
 def shape_removal(canonical: np.ndarray, affine: np.ndarray, candidates, *,
