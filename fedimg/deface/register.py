@@ -104,15 +104,14 @@ class RegistrationConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "default": {"tail_average": 0.5},
+    "default": {},
     "fast": {"iterations": (40, 20), "starts": 8, "samples": 3000, "eval_samples": 12000},
-    "accurate": {"levels_mm": (4.0, 2.0, 2.0), "iterations": (80, 60, 60), "samples": 8000, "eval_samples": 40000,
-                 "tail_average": 0.5},
+    "accurate": {"levels_mm": (4.0, 2.0, 2.0), "iterations": (80, 60, 60), "samples": 8000, "eval_samples": 40000},
 }
 # "auto" for inputs >= 1.8 mm: fast's 40 + 20 Adam steps of 3000 samples stop short of the MI
 # optimum from the head-mask starts (dev 3-4 mm PD/T2 heads 6-15 mm off, removal Dice 0.80-0.92);
 # twice the steps reach a higher MI on 7 of 8 changed cases and Dice >= 0.944 (RESULTS, h11g)
-PRESETS["coarse"] = {**PRESETS["fast"], "iterations": (80, 40), "tail_average": 0.5}
+PRESETS["coarse"] = {**PRESETS["fast"], "iterations": (80, 40)}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
