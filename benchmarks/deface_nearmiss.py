@@ -12,9 +12,13 @@ makes it) this compares fedimg's removal with what the true, non-affine transfor
 - ``rms face``: RMS distance (template mm) between fedimg's seed-0 map and the true map over that
   face-near head; ``resid face``: the same for the face-local affine fit (the warp's non-affine part).
 
+``mi``: the intensity MI of each map at fedimg's 2 mm level on one fixed sample (higher is what
+fedimg's optimiser seeks): if the true affine's MI is below fedimg's, no optimiser reaches it.
+
 Cause, per case: (b) warp if the face-local affine misses too (Dice < 0.95); (a) noise if the
 seeds' Dice spread is >= 0.02 or ``accurate`` gains >= 0.02; (c) basin if ``rms face`` > 8 mm;
-else "affine fit" (fedimg's one affine sits a few mm off although a better one exists).
+"mi optimum off" if the true head affine's MI is not above fedimg's (checked before noise);
+else "affine fit" (fedimg's one affine sits a few mm off although a better, higher-MI one exists).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/deface_nearmiss.py --json /tmp/nm.json \\
         509:archive:ds000031_01 551:t2flair-oblique:pycortex_07
@@ -37,7 +41,7 @@ from deface_corpus import DATA, DEV_HEADS, HEADS, _would_remove, base_registrati
 
 log = logging.getLogger("benchmarks.deface_nearmiss")
 
-FLAGS = {"plain": {}, "archive": {"archive": True}, "t2flair-oblique": {"contrasts": ("t2", "flair"), "oblique": True}}
+FLAGS = {"identity": {"identity": True}, "plain": {}, "archive": {"archive": True}, "t2flair-oblique": {"contrasts": ("t2", "flair"), "oblique": True}}
 
 
 def rebuild(seed: int, flags: str, case: str, scratch: Path):
@@ -49,6 +53,10 @@ def rebuild(seed: int, flags: str, case: str, scratch: Path):
     opts = FLAGS[flags]
     rng = np.random.default_rng([seed, hi, i])
     params = _params(rng)
+    if opts.get("identity"):  # the real head itself, 1 mm T1: the truth is the SimpleITK base registration
+        params = {**params, "angles": (0.0, 0.0, 0.0), "scale": 1.0, "shift": [0.0, 0.0, 0.0], "warp_mm": 0.0,
+                  "spacing": [1.0, 1.0, 1.0], "crop": "none", "contrast": "t1", "tumour": False, "bias": 0.0,
+                  "noise": 0.003}
     if opts.get("archive"):
         params = _archive_params(rng, params)
     if opts.get("contrasts"):
@@ -87,6 +95,26 @@ def fit_affine(p: np.ndarray, tq: np.ndarray) -> np.ndarray:
     m = np.eye(4)
     m[:3, :] = sol.T
     return m
+
+
+def _mi_probe(img: np.ndarray, aff: np.ndarray):
+    """``mi(matrix)``: the MI fedimg's 2 mm level gives ``matrix`` (the same 20000 samples for every matrix)."""
+    from fedimg.deface.coarse import acquired_fov
+    from fedimg.deface.coarse import block_mean
+    from fedimg.deface.register import RegistrationConfig, register
+    from fedimg.deface.template import template_intensity
+
+    small = block_mean(img.astype(np.float32), np.round(aff, 4), 4.0)
+    cells = acquired_fov(small[0])
+    fov = None if cells is None else (cells, small[1])
+    cfg = RegistrationConfig(levels_mm=(2.0,), iterations=(1,), starts=1, keep=1, prune_to=1, lr_linear=1e-12,
+                             lr_translation=1e-12)
+
+    def mi(m: np.ndarray) -> float:
+        reg = register(img.astype(np.float32), np.round(aff, 4), *template_intensity(), config=cfg, initial=[m], fov=fov)
+        return round(float(reg.mi), 4)
+
+    return mi
 
 
 def _score(removed, ref, brain, fov) -> dict:
@@ -137,8 +165,9 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: i
         d = p[in_face] @ m[:3, :3].T + m[:3, 3] - tq[in_face]
         return round(float(np.sqrt((d ** 2).sum(1).mean())), 2)
 
+    mi_at = _mi_probe(img, aff)
     for name, m in (("affine_head", a_head), ("affine_face", a_face)):
-        row[name] = {**_score(_would_remove(m, shape, aff, label), ref, brain, fov), "rms_face": rms(m)}
+        row[name] = {**_score(_would_remove(m, shape, aff, label), ref, brain, fov), "rms_face": rms(m), "mi": mi_at(m)}
     runs = [("s0", DefaceConfig(seed=0), {}), ("s1", DefaceConfig(seed=1), {}), ("s2", DefaceConfig(seed=2), {}),
             ("accurate", DefaceConfig(preset="accurate"), {})]
     if only_face:
@@ -153,7 +182,8 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: i
         with _presets(extra):
             fr = face_removal(img, aff, protect=built["tumour"] if built["tumour"].any() else None, config=cfg)
         m = fr.registration.subject_to_template
-        row[name] = {**_score(fr.remove, ref, brain, fov), "rms_face": rms(m), "cpu": round(time.process_time() - c0, 1)}
+        row[name] = {**_score(fr.remove, ref, brain, fov), "rms_face": rms(m), "mi": mi_at(m),
+                     "cpu": round(time.process_time() - c0, 1)}
     if only_face:
         log.info("%s", json.dumps(row))
         return row
@@ -166,6 +196,8 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: i
         row["cause"] = "b warp"
     elif row["s0"]["rms_face"] > 8.0:
         row["cause"] = "c basin"
+    elif row["affine_head"]["mi"] <= row["s0"]["mi"]:
+        row["cause"] = "mi optimum off"  # the true affine scores lower: the objective, not the optimiser
     elif row["seed_spread"] >= 0.02 or row["accurate"]["dice"] - row["s0"]["dice"] >= 0.02:
         row["cause"] = "a noise"
     else:
