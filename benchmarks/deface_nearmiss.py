@@ -41,7 +41,8 @@ from deface_corpus import DATA, DEV_HEADS, HEADS, _would_remove, base_registrati
 
 log = logging.getLogger("benchmarks.deface_nearmiss")
 
-FLAGS = {"identity": {"identity": True}, "plain": {}, "archive": {"archive": True}, "t2flair-oblique": {"contrasts": ("t2", "flair"), "oblique": True}}
+FLAGS = {"identity": {"identity": True}, "plain": {}, "archive": {"archive": True},
+         "t2flair-oblique": {"contrasts": ("t2", "flair"), "oblique": True}}
 
 
 def rebuild(seed: int, flags: str, case: str, scratch: Path):
@@ -111,7 +112,8 @@ def _mi_probe(img: np.ndarray, aff: np.ndarray, mm: float = 2.0, bins: int = 32)
                              lr_translation=1e-12, bins=bins, eval_samples=20000 if (mm, bins) == (2.0, 32) else 40000)
 
     def mi(m: np.ndarray) -> float:
-        reg = register(img.astype(np.float32), np.round(aff, 4), *template_intensity(), config=cfg, initial=[m], fov=fov)
+        reg = register(img.astype(np.float32), np.round(aff, 4), *template_intensity(), config=cfg, initial=[m],
+                       fov=fov)
         return round(float(reg.mi), 4)
 
     return mi

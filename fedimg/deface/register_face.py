@@ -85,7 +85,8 @@ def refine_face(subject: np.ndarray, subject_affine: np.ndarray, template: np.nd
 
     mm = config.levels_mm[-1]
     small, small_aff = downsample_np(subject, subject_affine, mm)
-    cells = _cells(reg.subject_to_template, small.shape, small_aff, face_region_mm(config.face_radius_mm), template_affine)
+    region = face_region_mm(config.face_radius_mm)
+    cells = _cells(reg.subject_to_template, small.shape, small_aff, region, template_affine)
     if fov is not None:
         cells &= fov_on_grid(fov[0], fov[1], small.shape, small_aff)
     if cells.sum() < config.samples:
