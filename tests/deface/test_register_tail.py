@@ -56,7 +56,7 @@ def test_face_refinement_only_on_the_shipped_template_grid():
 
 
 def test_face_refinement_refused_when_the_brain_region_would_move():
-    """A zero bound on the brain region's movement: the global result comes back unchanged."""
+    """A zero bound on the brain region's movement: the global result comes back unchanged; a loose one takes the fit."""
     t, subject_affine = _shifted_template([2.0, 0.0, 0.0])
     cfg = RegistrationConfig(levels_mm=(4.0,), iterations=(10,), starts=1, keep=1, prune_to=1, samples=2000,
                              eval_samples=4000, face_iterations=10, face_max_brain_mm=0.0)
@@ -64,3 +64,6 @@ def test_face_refinement_refused_when_the_brain_region_would_move():
                     config=RegistrationConfig(**{**cfg.__dict__, "face_iterations": 0}))
     out = refine_face(t.intensity, subject_affine, t.intensity, t.affine, glob, cfg)
     assert out is glob
+    loose = RegistrationConfig(**{**cfg.__dict__, "face_max_brain_mm": 50.0})
+    taken = refine_face(t.intensity, subject_affine, t.intensity, t.affine, glob, loose)
+    assert taken is not glob and not np.allclose(taken.subject_to_template, glob.subject_to_template)
