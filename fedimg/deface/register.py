@@ -67,14 +67,6 @@ class RegistrationConfig:
     # on 35 dev cases, removal Dice mean +0.002-0.003, T1 cases up to -0.03, no wrong pass fixed
     ngf_weight: float = 0.0
     seed: int = 0
-    # face-weighted final refinement (:mod:`.register_face`): Adam steps at the finest level with MI
-    # sampled only near the template's face region (0: off), its radius, and the most the brain-protection
-    # region may move (RMS mm) for the refined fit to be taken
-    face_iterations: int = 0
-    # fraction of the final level's Adam iterates averaged into the result (0: the last iterate)
-    tail_average: float = 0.0
-    face_radius_mm: float = 25.0
-    face_max_brain_mm: float = 3.0
 
     def __post_init__(self) -> None:
         if not self.levels_mm or len(self.levels_mm) != len(self.iterations):
@@ -91,10 +83,6 @@ class RegistrationConfig:
             raise ConfigError("learning rates must be > 0")
         if self.shape_weight < 0 or self.ngf_weight < 0:
             raise ConfigError("shape_weight and ngf_weight must be >= 0")
-        if not 0.0 <= self.tail_average < 1.0:
-            raise ConfigError("tail_average must be in [0, 1)")
-        if self.face_iterations < 0 or self.face_radius_mm <= 0 or self.face_max_brain_mm < 0:
-            raise ConfigError("face_iterations must be >= 0, face_radius_mm > 0 and face_max_brain_mm >= 0")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> RegistrationConfig:
@@ -202,21 +190,8 @@ def register(subject: np.ndarray, subject_affine: np.ndarray, template: np.ndarr
     head-mask and gradient-field terms (``shape_weight``, ``ngf_weight``) exist in torch only.
     ``fov``: ``(cells, affine)``, a boolean mask of the subject's acquired cells on its own grid
     (:func:`.coarse.acquired_fov`): MI samples only subject voxels inside it (None: all).
-    ``config.face_iterations`` > 0 on the shipped template's grid: a face-weighted final
-    refinement (:func:`.register_face.refine_face`).
     """
     config = config or RegistrationConfig()
-    reg = _register_any(subject, subject_affine, template, template_affine, config, device, initial, backend, fov)
-    if config.face_iterations:
-        from .register_face import is_shipped_template, refine_face
-
-        if is_shipped_template(template, template_affine):
-            reg = refine_face(subject, subject_affine, template, template_affine, reg, config, fov, device, backend)
-    return reg
-
-
-def _register_any(subject, subject_affine, template, template_affine, config, device, initial, backend, fov):
-    """:func:`register` without the face refinement: the backend's global multi-start fit."""
     if backend not in ("auto", "numpy", "torch"):
         raise ConfigError(f"backend {backend!r}: choose auto, numpy or torch")
     on_cpu = device is None or getattr(device, "type", device) == "cpu"
@@ -330,7 +305,6 @@ def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
     n_pts = level.points.shape[0]
-    tail_from = _tail_from(config, li, iters)
     for it in range(iters):
         if li == 0 and it == iters // 3 and lin.shape[0] > config.prune_to:
             # Prune early: starts far from the optimum rarely recover; keep the best few.
@@ -355,19 +329,7 @@ def _optimise_level(level, lin, trans, ids, c_t, li, iters, config, gen, device)
                 b.mul_(0.999).addcmul_(g, g, value=0.001)
                 denom = (b / (1 - 0.999**step)).sqrt_().add_(1e-8)
                 p.addcdiv_(a, denom, value=-lr * frac / (1 - 0.9**step))
-            if it >= tail_from:  # running mean of the last iterates (config.tail_average)
-                k = it - tail_from + 1
-                avg = (lin.detach().clone(), trans.detach().clone()) if k == 1 else \
-                    (avg[0] + (lin.detach() - avg[0]) / k, avg[1] + (trans.detach() - avg[1]) / k)
-    if tail_from < iters:
-        lin, trans = avg[0].requires_grad_(True), avg[1].requires_grad_(True)
     return lin, trans, ids
-
-
-def _tail_from(config, li: int, iters: int) -> int:
-    """First iteration of the final level whose iterate enters the tail average (``iters``: none)."""
-    tail = int(round(config.tail_average * iters)) if li == len(config.levels_mm) - 1 else 0
-    return max(iters - tail, iters // 3 + 1) if tail else iters
 
 
 def _lr_frac(it: int, iters: int) -> float:

@@ -181,14 +181,13 @@ def register_numpy(subject, subject_affine, template, template_affine, config, i
 
 def _optimise(level: NumpyLevel, lin, trans, ids, c_t, li, iters, config, rng):
     """Adam on every start's affine at one level (as :func:`.register._optimise_level`, gradients analytic)."""
-    from .register import _lr_frac, _tail_from
+    from .register import _lr_frac
 
     scale = config.levels_mm[li] / config.levels_mm[0]
     lin, trans = lin.astype(np.float64), trans.astype(np.float64)
     lrs = (config.lr_linear * scale, config.lr_translation * scale)
     m1 = [np.zeros_like(lin), np.zeros_like(trans)]
     m2 = [np.zeros_like(lin), np.zeros_like(trans)]
-    tail_from = _tail_from(config, li, iters)
     for it in range(iters):
         if li == 0 and it == iters // 3 and lin.shape[0] > config.prune_to:
             sel = TorchDraws(config.seed + 999).integers(level.n, min(config.eval_samples, level.n))
@@ -208,9 +207,4 @@ def _optimise(level: NumpyLevel, lin, trans, ids, c_t, li, iters, config, rng):
             b += 0.001 * g * g
             new.append(p - lr * frac / (1 - 0.9**step) * a / (np.sqrt(b / (1 - 0.999**step)) + 1e-8))
         lin, trans = new
-        if it >= tail_from:  # running mean of the last iterates (config.tail_average): less sampling noise
-            k = it - tail_from + 1
-            avg = (lin, trans) if k == 1 else (avg[0] + (lin - avg[0]) / k, avg[1] + (trans - avg[1]) / k)
-    if tail_from < iters:
-        lin, trans = avg
     return lin, trans, ids
