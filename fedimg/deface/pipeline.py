@@ -125,7 +125,8 @@ class _QCWorker:
     :func:`.core.face_removal`, before the MI stage), the head-shape cross-check
     (:func:`.qc.head_shape_brain`) in one thread and the head-outline placement
     (:func:`.qc_face.shape_placement`) in the other, while the main thread runs the MI
-    registration and warps the face mask. numpy, scipy.ndimage, zlib/ISA-L and torch release
+    registration and warps the face mask; then ``brain_in_head`` and ``start_agreement_dice``
+    (``face_removal``'s ``pool``) beside that warp. numpy, scipy.ndimage, zlib/ISA-L and torch release
     the GIL in this work, so two cores share it. It is the same computation
     :func:`.qc.check_removal` makes without it (:func:`.qc._shape_checks`).
     """
@@ -269,7 +270,7 @@ def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0
     canonical = to_canonical(scaled, ref.affine)  # one canonical copy for the removal and QC's threads
     worker.start(*canonical)
     removal = face_removal(scaled, ref.affine, protect=protect, config=config, device=device,
-                           on_coarse=worker.on_coarse, canonical=canonical)
+                           on_coarse=worker.on_coarse, canonical=canonical, pool=worker.pool)
     spacing = ref.spacing
     outputs = [(ref, job.output)] + list(zip(others, (b for _, b in job.apply_to)))
     new_raw, changed_protected = _apply(outputs, removal, protect, config, spacing)
