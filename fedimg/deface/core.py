@@ -17,6 +17,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
+from .beside import collect, queue_calls
 from .coarse import block_mean as _block_mean
 from .coarse import Candidate, acquired_fov, coarse_candidates
 from .ct import MODALITIES, air_value, looks_like_hu, resolve_modality
@@ -128,7 +129,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     ``canonical``: ``(array, affine)`` that :func:`fedimg.imageio.volume.to_canonical` gives for ``image``
     as float32, when the caller has it already (the pipeline shares one copy with QC); not copied again.
     ``pool``: an executor (the pipeline's QC threads) that may compute ``brain_in_head`` and
-    ``start_agreement_dice`` beside the face-map warp; one no thread has started is run here (:func:`_collect`).
+    ``start_agreement_dice`` beside the face-map warp; one no thread has started is run here (:func:`.beside.collect`).
     """
     config = config or DefaceConfig()
     image = np.asarray(image)
@@ -167,7 +168,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     elif on_coarse is not None:
         on_coarse(modality, ())
     template = load_template(brain_protect)  # the face and brain maps (a second thread may be reading them)
-    beside = _queue(pool, (brain_in_head, can, can_aff, template, registration.subject_to_template),
+    beside = queue_calls(pool, (brain_in_head, can, can_aff, template, registration.subject_to_template),
                     (start_agreement_dice, registration, template, can.shape, can_aff))
     face, brain = warp_template_maps(template, can.shape, can_aff, registration.subject_to_template, device=device)
     user = None
@@ -178,7 +179,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
         user = dilate_mm(user, spacing, config.protect_margin_mm)
     remove, protected = removal_mask(face, brain, user)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    bih, start_dice = _collect(beside)
+    bih, start_dice = collect(beside)
     metrics = {
         "modality": modality,
         "coarse_dice": coarse_dice,
@@ -198,19 +199,6 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     return FaceRemoval(remove=_back(remove, affine), protected=_back(protected, affine),
                        registration=registration, metrics=metrics, modality=modality, fill_value=fill,
                        head_shape=head_shape, brain_protect=brain_protect)
-
-
-def _queue(pool, *calls) -> list:
-    """``(call, future)`` per ``(fn, *args)`` in ``calls``: queued on ``pool`` (None: no pool, no future)."""
-    return [(call, None if pool is None else pool.submit(*call)) for call in calls]
-
-
-def _collect(queued: list) -> list:
-    """The results of :func:`_queue`'s calls, in order. A call no helper thread has started is cancelled
-    there and run here first (so it runs exactly once, and never waits behind the pool's other work),
-    then the started ones are waited for. Pure calls: the same values either way."""
-    here = {i: call[0](*call[1:]) for i, (call, future) in enumerate(queued) if future is None or future.cancel()}
-    return [here[i] if i in here else future.result() for i, (_, future) in enumerate(queued)]
 
 
 def _register_head(can, can_aff, small, modality, config, spacing, device, brain_protect, coarse_done=None):
