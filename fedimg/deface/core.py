@@ -17,6 +17,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
+from .beside import collect, queue_calls
 from .coarse import block_mean as _block_mean
 from .coarse import Candidate, acquired_fov, coarse_candidates
 from .ct import MODALITIES, air_value, looks_like_hu, resolve_modality
@@ -113,7 +114,7 @@ def _back(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray | None = None,
                  config: DefaceConfig | None = None, device=None, registration: Registration | None = None,
-                 brain_protect: str | None = None, on_coarse=None, canonical=None) -> FaceRemoval:
+                 brain_protect: str | None = None, on_coarse=None, canonical=None, pool=None) -> FaceRemoval:
     """Decide which voxels of ``image`` (3-D, any orientation) to remove.
 
     Long because it is the whole in-memory defacing: canonical copy, modality, registration,
@@ -127,6 +128,8 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     start beside the MI registration (:func:`fedimg.deface.pipeline.deface_job`).
     ``canonical``: ``(array, affine)`` that :func:`fedimg.imageio.volume.to_canonical` gives for ``image``
     as float32, when the caller has it already (the pipeline shares one copy with QC); not copied again.
+    ``pool``: an executor (the pipeline's QC threads) that may compute ``brain_in_head`` and
+    ``start_agreement_dice`` beside the face-map warp; one no thread has started is run here (:func:`.beside.collect`).
     """
     config = config or DefaceConfig()
     image = np.asarray(image)
@@ -165,6 +168,8 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     elif on_coarse is not None:
         on_coarse(modality, ())
     template = load_template(brain_protect)  # the face and brain maps (a second thread may be reading them)
+    beside = queue_calls(pool, (brain_in_head, can, can_aff, template, registration.subject_to_template),
+                    (start_agreement_dice, registration, template, can.shape, can_aff))
     face, brain = warp_template_maps(template, can.shape, can_aff, registration.subject_to_template, device=device)
     user = None
     if protect is not None:
@@ -174,11 +179,11 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
         user = dilate_mm(user, spacing, config.protect_margin_mm)
     remove, protected = removal_mask(face, brain, user)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    bih = brain_in_head(can, can_aff, template, registration.subject_to_template)
+    bih, start_dice = collect(beside)
     metrics = {
         "modality": modality,
         "coarse_dice": coarse_dice,
-        "start_agreement_dice": start_agreement_dice(registration, template, can.shape, can_aff),
+        "start_agreement_dice": start_dice,
         "mutual_information": registration.mi if registration.mi is not None else -registration.loss,
         "runner_up_mutual_information": -registration.second_loss,
         "loss_gap": registration.second_loss - registration.loss,

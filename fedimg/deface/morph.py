@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bounding_box", "cell_counts", "deeper_than", "dilate_ball", "farther_than", "fill_holes", "fill_holes_slices",
+__all__ = ["bounding_box", "cell_counts", "deeper_than", "dilate_ball", "distance_ball", "farther_than", "fill_holes", "fill_holes_slices",
            "nearest_along0"]
 
 
@@ -107,12 +107,53 @@ def fill_holes_slices(mask: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(~edge[labels], 0, axis)
 
 
+def distance_ball(sampling, mm: float) -> np.ndarray:
+    """The offsets (cells, centred) whose distance, computed as ``ndi.distance_transform_edt`` computes a
+    feature's (offset times ``sampling`` in float64, squared, summed over the axes in order, square
+    root), is at most ``mm``: a centred ellipsoid (:func:`dilate_ball`)."""
+    sampling = np.asarray(sampling, dtype=np.float64)
+    reach = [int(np.floor(mm / s)) + 1 for s in sampling]
+    d = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in reach], indexing="ij")).astype(np.float64)
+    for axis, s in enumerate(sampling):
+        d[axis] *= s
+    np.multiply(d, d, d)
+    return np.sqrt(np.add.reduce(d, axis=0)) <= mm
+
+
 def deeper_than(mask: np.ndarray, sampling, mm: float) -> np.ndarray:
     """``ndi.distance_transform_edt(np.pad(mask, 1), sampling)[1:-1, 1:-1, 1:-1] > mm``, in ``mask``'s bounding box.
 
     A voxel's nearest background voxel, clipped to the box grown by one, is background there
     too and no farther away, so the box (with its one-voxel ring) holds every distance needed.
+    A voxel is farther than ``mm`` from every background voxel exactly when no background voxel
+    lies in its :func:`distance_ball`: the erosion by that ball (:func:`dilate_ball` of the
+    background), ~5x less CPU than the distance map (:func:`_deeper_than_edt`, the reference in the tests).
     """
+    out = np.zeros(mask.shape, bool)
+    box = bounding_box(mask)
+    if box is not None:
+        out[box] = ~dilate_ball(~np.pad(mask[box], 1), distance_ball(sampling, mm))[1:-1, 1:-1, 1:-1]
+    return out
+
+
+def farther_than(mask: np.ndarray, sampling, mm: float) -> np.ndarray:
+    """``ndi.distance_transform_edt(~mask, sampling) > mm`` for a non-empty ``mask``, in its bounding box grown by ``mm``.
+
+    Voxels outside that box are farther than ``mm`` from every True voxel; inside it the
+    nearest True voxel is in the box. Those within ``mm`` are the dilation by :func:`distance_ball`
+    (:func:`dilate_ball`), ~4x less CPU than the distance map (:func:`_farther_than_edt`, the tests' reference).
+    """
+    pad = int(np.ceil(mm / float(np.min(sampling)))) + 1
+    out = np.ones(mask.shape, bool)
+    box = bounding_box(mask, pad=pad)
+    if box is None:
+        raise ValueError("farther_than needs a mask with a True voxel")
+    out[box] = ~dilate_ball(mask[box], distance_ball(sampling, mm))
+    return out
+
+
+def _deeper_than_edt(mask: np.ndarray, sampling, mm: float) -> np.ndarray:
+    """:func:`deeper_than` from scipy's distance map (the reference its tests compare against)."""
     from scipy import ndimage as ndi
 
     out = np.zeros(mask.shape, bool)
@@ -122,12 +163,8 @@ def deeper_than(mask: np.ndarray, sampling, mm: float) -> np.ndarray:
     return out
 
 
-def farther_than(mask: np.ndarray, sampling, mm: float) -> np.ndarray:
-    """``ndi.distance_transform_edt(~mask, sampling) > mm`` for a non-empty ``mask``, in its bounding box grown by ``mm``.
-
-    Voxels outside that box are farther than ``mm`` from every True voxel; inside it the
-    nearest True voxel is in the box.
-    """
+def _farther_than_edt(mask: np.ndarray, sampling, mm: float) -> np.ndarray:
+    """:func:`farther_than` from scipy's distance map (the reference its tests compare against)."""
     from scipy import ndimage as ndi
 
     pad = int(np.ceil(mm / float(np.min(sampling)))) + 1

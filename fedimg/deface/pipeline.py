@@ -17,6 +17,7 @@ the QC files (for review) and raises :class:`fedimg.errors.QCError`; inputs are 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -26,9 +27,10 @@ import numpy as np
 from fedimg import __version__
 from fedimg.errors import ConfigError, InputError, QCError
 from fedimg.imageio.provenance import defaced_descrip, sidecar_path, stem, write_deface_record, written_voxel_sha256
-from fedimg.imageio.volume import Volume, load_volume, save_like, to_canonical
+from fedimg.imageio.volume import Volume, encode_like, load_volume, save_like, to_canonical
 from fedimg.io import ensure_not_input, write_bytes, write_json
 
+from .beside import collect, queue_calls
 from .core import DefaceConfig, face_removal
 from .masks import apply_removal
 from .qc import check_removal, render_qc_png
@@ -125,7 +127,9 @@ class _QCWorker:
     :func:`.core.face_removal`, before the MI stage), the head-shape cross-check
     (:func:`.qc.head_shape_brain`) in one thread and the head-outline placement
     (:func:`.qc_face.shape_placement`) in the other, while the main thread runs the MI
-    registration and warps the face mask. numpy, scipy.ndimage, zlib/ISA-L and torch release
+    registration and warps the face mask; then ``brain_in_head`` and ``start_agreement_dice``
+    (``face_removal``'s ``pool``) beside that warp, and the outputs' gzip encoding
+    (:func:`fedimg.imageio.volume.encode_like`) beside the main thread's QC. numpy, scipy.ndimage, zlib/ISA-L and torch release
     the GIL in this work, so two cores share it. It is the same computation
     :func:`.qc.check_removal` makes without it (:func:`.qc._shape_checks`).
     """
@@ -269,10 +273,13 @@ def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0
     canonical = to_canonical(scaled, ref.affine)  # one canonical copy for the removal and QC's threads
     worker.start(*canonical)
     removal = face_removal(scaled, ref.affine, protect=protect, config=config, device=device,
-                           on_coarse=worker.on_coarse, canonical=canonical)
+                           on_coarse=worker.on_coarse, canonical=canonical, pool=worker.pool)
     spacing = ref.spacing
     outputs = [(ref, job.output)] + list(zip(others, (b for _, b in job.apply_to)))
     new_raw, changed_protected = _apply(outputs, removal, protect, config, spacing)
+    descrip = defaced_descrip(__version__)
+    encode = functools.partial(encode_like, descrip=descrip)  # gzip the outputs beside QC; written only if it passes
+    encoded = queue_calls(worker.pool, *((encode, vol, raw, target) for (vol, target), raw in zip(outputs, new_raw)))
     voxel_ml = float(abs(np.linalg.det(ref.affine[:3, :3]))) / 1000.0
     record = check_removal(scaled, ref.affine, removal, config.qc, protected_changed_ml=changed_protected * voxel_ml,
                            **worker.qc_kwargs())
@@ -289,17 +296,19 @@ def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0
     else:
         qc_png.unlink(missing_ok=True)  # an earlier run's picture would no longer match this record
     if not record["passed"]:
+        for _, future in encoded:  # nothing is written: drop the encodings no thread has started
+            if future is not None:
+                future.cancel()
         record["seconds"] = time.perf_counter() - t0
         write_json(qc_json, record)
         kept = f"{qc_json.name}; inspect {qc_png.name}" if "qc_png" in record else qc_json.name
         raise QCError(f"{job.reference}: defacing QC failed ({'; '.join(record['failures'])}); "
                       f"nothing written except {kept}")
-    descrip = defaced_descrip(__version__)
     summary = {k: record[k] for k in ("passed", "mutual_information", "agreement_mm", "removed_ml",
                                       "protected_changed_ml", "brain_in_head", "brain_removed_ml",
                                       "removed_fraction", "face_near_removed")}
-    for (vol, target), raw in zip(outputs, new_raw):
-        save_like(vol, raw, target, descrip=descrip)
+    for (vol, target), raw, queued in zip(outputs, new_raw, encoded):
+        save_like(vol, raw, target, descrip=descrip, encoded=collect([queued])[0])
         write_deface_record(target, source=vol.path, reference=job.reference.name, version=__version__,
                             mode=config.mode, qc=summary, qc_report=qc_json.name,
                             voxel_hash=written_voxel_sha256(target, raw))

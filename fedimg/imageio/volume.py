@@ -31,7 +31,7 @@ from .gz import compress, read_unscaled
 from .limits import Limits, check_nifti_header
 from .suffixes import NIFTI_SUFFIXES, is_nifti, is_nrrd
 
-__all__ = ["Volume", "load_volume", "nifti_scaling", "to_canonical", "from_canonical", "save_like", "c_order",
+__all__ = ["Volume", "load_volume", "nifti_scaling", "to_canonical", "from_canonical", "save_like", "encode_like", "c_order",
            "NIFTI_SUFFIXES", "MIN_VOXELS_PER_AXIS"]
 
 log = logging.getLogger(__name__)
@@ -183,19 +183,51 @@ def from_canonical(volume: Volume, canonical: np.ndarray) -> np.ndarray:
     return c_order(nio.apply_orientation(canonical, back))
 
 
-def save_like(volume: Volume, raw: np.ndarray, target: str | PathLike[str], *, descrip: bytes) -> Path:
-    """Atomically write ``raw`` (stored voxels) with ``volume``'s header, affine, dtype and scaling."""
+def encode_like(volume: Volume, raw: np.ndarray, target: str | PathLike[str], *, descrip: bytes) -> bytes | None:
+    """The bytes :func:`save_like` writes to a ``.nii.gz`` ``target`` (None for ``.nii`` and NRRD targets,
+    which it writes itself); raises as :func:`save_like` does. Writes nothing, so it can run before the
+    caller decides to write (the deface pipeline encodes beside its QC)."""
     target = Path(target)
     if raw.shape != volume.raw.shape:
         raise ValueError(f"output shape {raw.shape} != input shape {volume.raw.shape}")
-    raw = raw.astype(volume.raw.dtype, copy=False)
     if is_nrrd(target):
         if volume.nrrd_header is None:
             raise InputError(target, "NRRD output needs an NRRD input; write .nii.gz instead")
-        _write_nrrd(volume, raw, target, descrip)
-        return target
+        return None
     if not is_nifti(target):
         raise InputError(target, "output must end in .nii.gz, .nii or (for NRRD inputs) .nrrd")
+    if not str(target).lower().endswith(".gz"):
+        return None
+    return compress(_nifti_like(volume, raw.astype(volume.raw.dtype, copy=False), descrip).to_bytes())  # one-call gzip
+
+
+def save_like(volume: Volume, raw: np.ndarray, target: str | PathLike[str], *, descrip: bytes,
+              encoded: bytes | None = None) -> Path:
+    """Atomically write ``raw`` (stored voxels) with ``volume``'s header, affine, dtype and scaling.
+
+    ``encoded``: what :func:`encode_like` gave for these same arguments (written as it is).
+    """
+    target = Path(target)
+    data = encoded if encoded is not None else encode_like(volume, raw, target, descrip=descrip)
+    if volume.nifti is not None and len(getattr(volume.nifti.header, "extensions", ())) and is_nifti(target):
+        log.info("%s: %d NIfTI header extension(s) (e.g. DICOM metadata) not copied to the output",
+                 volume.path, len(volume.nifti.header.extensions))
+    if data is not None:  # .nii.gz: one-call gzip (ISA-L when installed, :mod:`.gz`), written atomically
+        write_bytes(target, data)
+        return target
+    raw = raw.astype(volume.raw.dtype, copy=False)
+    if is_nrrd(target):
+        _write_nrrd(volume, raw, target, descrip)
+        return target
+    import nibabel as nib
+
+    with atomic_path(target) as tmp:
+        nib.save(_nifti_like(volume, raw, descrip), str(tmp))
+    return target
+
+
+def _nifti_like(volume: Volume, raw: np.ndarray, descrip: bytes):
+    """A NIfTI-1 image of ``raw`` (already in ``volume``'s dtype) with ``volume``'s header, affine and scaling."""
     import nibabel as nib
 
     if volume.nifti is not None and isinstance(volume.nifti, nib.Nifti1Image):
@@ -206,9 +238,6 @@ def save_like(volume: Volume, raw: np.ndarray, target: str | PathLike[str], *, d
         qcode, scode = int(src.header["qform_code"]), int(src.header["sform_code"])
         out.header.set_qform(src.header.get_qform(), code=qcode)
         out.header.set_sform(src.header.get_sform(), code=scode)
-        if len(src.header.extensions):
-            log.info("%s: %d NIfTI header extension(s) (e.g. DICOM metadata) not copied to the output",
-                     volume.path, len(src.header.extensions))
     else:
         out = nib.Nifti1Image(raw, volume.affine)
         out.header.set_qform(volume.affine, code=1)
@@ -217,12 +246,7 @@ def save_like(volume: Volume, raw: np.ndarray, target: str | PathLike[str], *, d
     if volume.slope != 1.0 or volume.inter != 0.0:
         out.header.set_slope_inter(volume.slope, volume.inter)
     out.header["descrip"] = descrip[:79]
-    if str(target).lower().endswith(".gz"):  # one-call gzip (ISA-L when installed, :mod:`.gz`), written atomically
-        write_bytes(target, compress(out.to_bytes()))
-        return target
-    with atomic_path(target) as tmp:
-        nib.save(out, str(tmp))
-    return target
+    return out
 
 
 def _write_nrrd(volume: Volume, raw: np.ndarray, target: Path, descrip: bytes) -> None:
