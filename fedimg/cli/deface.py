@@ -137,8 +137,9 @@ def one_blas_thread() -> None:
     """
     import sys
 
-    if "numpy" in sys.modules:
+    if "numpy" in sys.modules:  # e.g. fedimg.cli.main called from a Python session: too late to matter
         log.debug("numpy is imported already: OpenBLAS's thread count is left as it is")
+        return
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
