@@ -110,6 +110,28 @@ def base_registration(name: str, out: Path) -> np.ndarray:
     return m
 
 
+def case_frame(data: np.ndarray, aff: np.ndarray, params: dict):
+    """The pose and output box of a case: ``(c0, rot, p_head, lo, hi)``.
+
+    Case world p maps to the real head's world q = c0 + rot (p - c0) + shift + warp(p); ``p_head``:
+    the head mask's points in case world; ``lo``/``hi``: the box (head plus margin, minus the crops).
+    """
+    from fedimg.deface.coarse import head_mask, rotation_matrix
+
+    hm, hm_aff = head_mask(data, aff, step_mm=4.0)
+    hpts = np.argwhere(hm) @ hm_aff[:3, :3].T + hm_aff[:3, 3]
+    c0 = hpts.mean(0)
+    rot = rotation_matrix(*params["angles"]) * params["scale"]
+    p_head = (hpts - c0 - params["shift"]) @ np.linalg.inv(rot).T + c0
+    margin = float(params.get("margin_mm", 6.0))
+    lo, hi = p_head.min(0) - margin, p_head.max(0) + margin
+    if params["crop"] in ("chin", "both"):
+        lo[2] += params["chin_mm"]
+    if params["crop"] in ("face", "both"):
+        hi[1] -= params["face_mm"]
+    return c0, rot, p_head, lo, hi
+
+
 def make_case(path: Path, base: np.ndarray, params: dict, rng) -> dict:
     """Resample one real head through a known transform; returns arrays, affine and truth masks.
 
@@ -118,23 +140,10 @@ def make_case(path: Path, base: np.ndarray, params: dict, rng) -> dict:
     """
     from scipy import ndimage as ndi
 
-    from fedimg.deface.coarse import head_mask, rotation_matrix
     from fedimg.deface.template import load_template
 
     data, aff = _canonical_head(path)
-    hm, hm_aff = head_mask(data, aff, step_mm=4.0)
-    hpts = np.argwhere(hm) @ hm_aff[:3, :3].T + hm_aff[:3, 3]
-    c0 = hpts.mean(0)
-    rot = rotation_matrix(*params["angles"]) * params["scale"]
-    # case world p -> original world q = c0 + rot (p - c0) + shift + warp(p)
-    inv = np.linalg.inv(rot)
-    p_head = (hpts - c0 - params["shift"]) @ inv.T + c0
-    margin = float(params.get("margin_mm", 6.0))
-    lo, hi = p_head.min(0) - margin, p_head.max(0) + margin
-    if params["crop"] in ("chin", "both"):
-        lo[2] += params["chin_mm"]
-    if params["crop"] in ("face", "both"):
-        hi[1] -= params["face_mm"]
+    c0, rot, p_head, lo, hi = case_frame(data, aff, params)
     sp = np.array(params["spacing"])
     shape = np.maximum(np.ceil((hi - lo) / sp).astype(int), 8)
     out_aff = np.diag([*sp, 1.0])

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from _corpus import _archive_params, _canonical_head, _dice, _params, _warp_field
-from deface_corpus import DATA, DEV_HEADS, HEADS, _would_remove, base_registration, make_case
+from deface_corpus import DATA, DEV_HEADS, HEADS, _would_remove, base_registration, case_frame, make_case
 
 log = logging.getLogger("benchmarks.deface_nearmiss")
 
@@ -47,8 +47,6 @@ FLAGS = {"identity": {"identity": True}, "plain": {}, "archive": {"archive": Tru
 
 def rebuild(seed: int, flags: str, case: str, scratch: Path):
     """The case ``deface_corpus.py build --seed seed [flags]`` writes, and its true map p -> template mm."""
-    from fedimg.deface.coarse import head_mask, rotation_matrix
-
     head, idx = case.rsplit("_", 1)
     hi, i = DEV_HEADS.index(head), int(idx)
     opts = FLAGS[flags]
@@ -69,17 +67,7 @@ def rebuild(seed: int, flags: str, case: str, scratch: Path):
     built = make_case(DATA / HEADS[head], base, params, rng)
     # the same steps as make_case up to the warp: the true map of every case-world point
     data, aff = _canonical_head(DATA / HEADS[head])
-    hm, hm_aff = head_mask(data, aff, step_mm=4.0)
-    hpts = np.argwhere(hm) @ hm_aff[:3, :3].T + hm_aff[:3, 3]
-    c0 = hpts.mean(0)
-    rot = rotation_matrix(*params["angles"]) * params["scale"]
-    p_head = (hpts - c0 - params["shift"]) @ np.linalg.inv(rot).T + c0
-    margin = float(params.get("margin_mm", 6.0))
-    lo, hi_ = p_head.min(0) - margin, p_head.max(0) + margin
-    if params["crop"] in ("chin", "both"):
-        lo[2] += params["chin_mm"]
-    if params["crop"] in ("face", "both"):
-        hi_[1] -= params["face_mm"]
+    c0, rot, _, lo, hi_ = case_frame(data, aff, params)
     disp = _warp_field(rng_warp, params["warp_mm"], lo, hi_)
 
     def true_map(p: np.ndarray) -> np.ndarray:

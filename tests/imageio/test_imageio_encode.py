@@ -15,20 +15,9 @@ MRI = Path(__file__).resolve().parent.parent / "assets" / "mri"
 DESCRIP = b"fedimg-defaced 0.1.0"
 
 
-def _scaled_source(tmp_path: Path) -> Path:
-    data = (np.arange(16 * 17 * 18) % 300).reshape(16, 17, 18).astype(np.int16)
-    aff = np.diag([-0.9, 0.94, 0.94, 1.0])
-    img = nib.Nifti1Image(data, aff)
-    img.header.set_slope_inter(2.0, -5.0)
-    img.header.set_qform(aff, code=1)
-    src = tmp_path / "in.nii.gz"
-    nib.save(img, str(src))
-    return src
-
-
 @pytest.mark.parametrize("source", ["scaled", "real"])
-def test_encode_like_is_the_file_save_like_writes(tmp_path, source):
-    src = _scaled_source(tmp_path) if source == "scaled" else MRI / "pycortex_S1_T1w_2mm.nii.gz"
+def test_encode_like_is_the_file_save_like_writes(tmp_path, scaled_nifti, source):
+    src = scaled_nifti[0] if source == "scaled" else MRI / "pycortex_S1_T1w_2mm.nii.gz"
     vol = load_volume(src)
     raw = vol.raw.copy()
     raw[: raw.shape[0] // 3] = 0  # a removal
@@ -40,8 +29,8 @@ def test_encode_like_is_the_file_save_like_writes(tmp_path, source):
     assert np.array_equal(np.asarray(nib.load(str(tmp_path / "c.nii.gz")).dataobj.get_unscaled()), raw)
 
 
-def test_encode_like_writes_nothing_and_leaves_other_targets_to_save_like(tmp_path):
-    vol = load_volume(_scaled_source(tmp_path))
+def test_encode_like_writes_nothing_and_leaves_other_targets_to_save_like(tmp_path, scaled_nifti):
+    vol = load_volume(scaled_nifti[0])
     assert encode_like(vol, vol.raw, tmp_path / "plain.nii", descrip=DESCRIP) is None
     assert not (tmp_path / "plain.nii").exists()
     assert encode_like(vol, vol.raw, tmp_path / "none.nii.gz", descrip=DESCRIP) is not None
@@ -50,8 +39,8 @@ def test_encode_like_writes_nothing_and_leaves_other_targets_to_save_like(tmp_pa
     assert np.array_equal(np.asarray(nib.load(str(out)).dataobj.get_unscaled()), vol.raw)
 
 
-def test_encode_like_raises_as_save_like(tmp_path):
-    vol = load_volume(_scaled_source(tmp_path))
+def test_encode_like_raises_as_save_like(tmp_path, scaled_nifti):
+    vol = load_volume(scaled_nifti[0])
     for fn in (encode_like, save_like):
         with pytest.raises(InputError, match="NRRD output needs an NRRD input"):
             fn(vol, vol.raw, tmp_path / "x.nrrd", descrip=DESCRIP)

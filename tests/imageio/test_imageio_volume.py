@@ -50,14 +50,8 @@ def test_canonical_round_trip():
     assert np.array_equal(from_canonical(vol, can), data)
 
 
-def test_save_like_keeps_header_dtype_scaling(tmp_path):
-    data = (np.arange(16 * 17 * 18) % 300).reshape(16, 17, 18).astype(np.int16)
-    aff = np.diag([-0.9, 0.94, 0.94, 1.0])
-    img = nib.Nifti1Image(data, aff)
-    img.header.set_slope_inter(2.0, -5.0)
-    img.header.set_qform(aff, code=1)
-    src = tmp_path / "in.nii.gz"
-    nib.save(img, str(src))
+def test_save_like_keeps_header_dtype_scaling(tmp_path, scaled_nifti):
+    src, data, aff = scaled_nifti
     vol = load_volume(src)
     assert vol.slope == 2.0 and vol.inter == -5.0
     raw = vol.raw.copy()
