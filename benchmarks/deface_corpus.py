@@ -294,6 +294,12 @@ def run_case(image: Path, work: Path, config) -> dict:
 
 def _would_remove(subject_to_template, shape, affine, label: Path) -> np.ndarray:
     """The removal a registration gives (the cases are stored in RAS voxel order)."""
+    return removal_masks(subject_to_template, shape, affine, label)[0]
+
+
+def removal_masks(subject_to_template, shape, affine, label: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(remove, protected)`` that :func:`fedimg.deface.masks.removal_mask` gives for a registration, with the
+    case's tumour label (if any) dilated 2 mm as ``deface_job``'s ``protect`` is."""
     import nibabel as nib
 
     from fedimg.deface.masks import dilate_mm, removal_mask, warp_template_maps
@@ -303,7 +309,7 @@ def _would_remove(subject_to_template, shape, affine, label: Path) -> np.ndarray
     user = None
     if label.is_file():
         user = dilate_mm(np.asarray(nib.load(str(label)).dataobj) != 0, np.sqrt((affine[:3, :3] ** 2).sum(0)), 2.0)
-    return removal_mask(face, brain, user)[0]
+    return removal_mask(face, brain, user)
 
 
 def consistency(out: Path, name: str, run_stem: str) -> dict:

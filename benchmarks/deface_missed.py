@@ -39,22 +39,15 @@ MARGINS_MM = (2.0, 3.0, 4.0, 6.0)
 def _removal(image: Path, run_dir: Path):
     """(removed mask, protected mask, source array, affine) of one case of a corpus run."""
     import nibabel as nib
-
-    from fedimg.deface.masks import dilate_mm, removal_mask, warp_template_maps
-    from fedimg.deface.template import load_template
+    from deface_corpus import removal_masks
 
     stem = image.name[: -len(".nii.gz")]
     img = nib.load(str(image))
     src = np.asarray(img.dataobj)
     aff = img.affine
     record = json.loads((run_dir / f"{stem}_defaced.qc.json").read_text())
-    face, brain = warp_template_maps(load_template(), src.shape, aff, np.array(record["subject_to_template"]))
-    label = image.with_name(f"{stem}_tumour.nii.gz")
-    user = None
-    spacing = np.sqrt((aff[:3, :3] ** 2).sum(0))
-    if label.is_file():
-        user = dilate_mm(np.asarray(nib.load(str(label)).dataobj) != 0, spacing, 2.0)
-    remove, protected = removal_mask(face, brain, user)
+    remove, protected = removal_masks(np.array(record["subject_to_template"]), src.shape, aff,
+                                      image.with_name(f"{stem}_tumour.nii.gz"))
     out = run_dir / f"{stem}_defaced.nii.gz"
     if out.is_file():  # the written removal (passed cases) must be the one recomputed
         written = np.asarray(nib.load(str(out)).dataobj) != src

@@ -40,7 +40,7 @@ import logging
 import numpy as np
 
 from .coarse import acquired_fov, padding_cells
-from .morph import bounding_box, cell_counts, dilate_ball, fill_holes, fill_holes_slices
+from .morph import bounding_box, cell_counts, dilate_ball, fill_holes, fill_holes_cut
 
 __all__ = ["BrainEstimate", "estimate_brain", "head_mask", "head_frame", "removal_metrics"]
 
@@ -125,13 +125,6 @@ def _ball(radius_mm: float, spacing) -> np.ndarray:
     return sum(g**2 for g in grids) <= radius_mm**2 + 1e-6
 
 
-def _fill(mask: np.ndarray) -> np.ndarray:
-    out = fill_holes(np.pad(mask, 1, constant_values=False))[1:-1, 1:-1, 1:-1]  # ndi.binary_fill_holes' voxels
-    for axis in range(3):  # fill each slice too: a field of view can cut the skull open
-        out |= fill_holes_slices(out, axis)
-    return out
-
-
 def _largest(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
 
@@ -164,7 +157,7 @@ def head_mask(small: np.ndarray, spacing) -> np.ndarray:
     thr = min(_otsu(np.clip(pos, 0, top)) * 0.5, 0.15 * top)
     head = small > max(thr, 0.02 * top)
     head = ndi.binary_closing(np.pad(head, 2), structure=_ball(4.0, spacing), iterations=1)[2:-2, 2:-2, 2:-2]
-    return _largest(_fill(head))
+    return _largest(fill_holes_cut(head))
 
 
 def _grow_brain(small, head, depth, deep, m, sp, skull_mm, low, high, open_mm, grow_mm) -> np.ndarray:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bounding_box", "cell_counts", "deeper_than", "dilate_ball", "distance_ball", "farther_than", "fill_holes", "fill_holes_slices",
+__all__ = ["bounding_box", "cell_counts", "deeper_than", "dilate_ball", "distance_ball", "farther_than", "fill_holes", "fill_holes_cut", "fill_holes_slices",
            "nearest_along0"]
 
 
@@ -105,6 +105,15 @@ def fill_holes_slices(mask: np.ndarray, axis: int) -> np.ndarray:
         edge[face] = True
     edge[0] = False
     return np.moveaxis(~edge[labels], 0, axis)
+
+
+def fill_holes_cut(mask: np.ndarray) -> np.ndarray:
+    """:func:`fill_holes` of ``mask`` (padded by one background voxel), then :func:`fill_holes_slices` along each
+    axis in turn: a head whose skull a field of view cuts open is filled slice by slice too."""
+    out = fill_holes(np.pad(mask, 1, constant_values=False))[1:-1, 1:-1, 1:-1]  # ndi.binary_fill_holes' voxels
+    for axis in range(3):
+        out |= fill_holes_slices(out, axis)
+    return out
 
 
 def distance_ball(sampling, mm: float) -> np.ndarray:

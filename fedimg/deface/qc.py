@@ -367,7 +367,7 @@ def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_t
     """Fraction of the template brain (warped, inside the field of view) that lies in the head."""
     from scipy import ndimage as ndi
 
-    from .morph import fill_holes, fill_holes_slices
+    from .morph import fill_holes_cut
 
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     st = [max(1, int(round(step_mm / s))) for s in spacing]
@@ -378,9 +378,7 @@ def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_t
         return 0.0
     head = small > 0.08 * np.percentile(pos, 99)
     head = ndi.binary_closing(head, iterations=2)
-    head = fill_holes(np.pad(head, 1, constant_values=False))[1:-1, 1:-1, 1:-1]  # ndi.binary_fill_holes' voxels
-    for axis in range(3):  # fill each slice too: a field of view can cut the skull open
-        head |= fill_holes_slices(head, axis)  # scipy's per-slice fill, in one labelling (the same voxels)
+    head = fill_holes_cut(head)  # a field of view can cut the skull open: each slice is filled too
     core = _warp_core(template, small.shape, small_aff, subject_to_template)
     n = core.sum()
     return float((core & head).sum() / n) if n else 0.0

@@ -168,11 +168,12 @@ def yawed_starts(matrix: np.ndarray, centre: np.ndarray, turns_deg) -> list[np.n
     >>> [round(float(m[0, 1]), 3) for m in yawed_starts(np.eye(4), np.zeros(3), (90.0,))]
     [-1.0]
     """
+    from .coarse import rotation_matrix
+
     out = []
     for deg in turns_deg:
-        a = np.deg2rad(float(deg))
         turn = np.eye(4)
-        turn[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+        turn[:3, :3] = rotation_matrix(0.0, 0.0, float(deg))  # about S-I (yaw)
         shift, back = np.eye(4), np.eye(4)
         shift[:3, 3], back[:3, 3] = centre, -np.asarray(centre)
         out.append(shift @ turn @ back @ np.asarray(matrix, dtype=np.float64))
