@@ -43,9 +43,10 @@ from typing import Any
 from fedimg.errors import ConfigError
 from fedimg.fl.nvflare.client_config import CONFIG_NAME, ClientConfig, find_config
 
-__all__ = ["CONFIG_NAME", "ClientConfig", "find_config", "build_arg_parser", "make_payload", "main"]
+__all__ = ["CONFIG_NAME", "VAL_PREFIX", "ClientConfig", "find_config", "build_arg_parser", "make_payload", "main"]
 
 log = logging.getLogger("fedimg.fl.nvflare.client")
+VAL_PREFIX = "val_"  # a site's validation of the incoming global model, as sent (``val_dice_mean``)
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="fedimg NVFlare client")
@@ -64,7 +65,7 @@ def make_payload(global_params: dict[str, Any], local_params: dict[str, Any], *,
         loc = local_params[k].detach().cpu() if hasattr(local_params[k], "detach") else local_params[k]
         params[k] = loc - g if send == "diff" else loc
     metrics = {}
-    for prefix, src in (("val_", val), ("train_", train)):
+    for prefix, src in ((VAL_PREFIX, val), ("train_", train)):
         for k, v in src.items():
             if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v):
                 metrics[prefix + str(k)] = float(v)
@@ -155,7 +156,7 @@ def _rounds(flare: Any, cc: ClientConfig, ctx: Any, task: Any, model: Any, data:
         val = task.evaluate(model, data, config)
         if flare.is_evaluate():  # cross-site evaluation of another model: metrics only, no training
             floats = make_payload({}, {}, num_samples=0, val=val, train={})[1]  # finite floats, "val_" prefixed
-            flare.send(FLModel(metrics={k.removeprefix("val_"): v for k, v in floats.items()}))
+            flare.send(FLModel(metrics={k.removeprefix(VAL_PREFIX): v for k, v in floats.items()}))
             continue
         t_train = time.perf_counter()
         _share_round(ctx, global_sd)  # the other ranks train this round with this rank (DDP)

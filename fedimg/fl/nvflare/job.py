@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fedimg.errors import ConfigError
-from fedimg.fl.nvflare.client import CONFIG_NAME, ClientConfig
+from fedimg.fl.nvflare.client import CONFIG_NAME, VAL_PREFIX, ClientConfig
 from fedimg.fl.server.federation import FederationConfig
 
 __all__ = ["build_recipe", "export_job", "client_configs", "site_launch", "site_local_keys", "ALLOW_LIST"]
@@ -147,7 +147,7 @@ def build_recipe(config: FederationConfig, sites: dict[str, Path | None], *, run
         aggregator=agg,
         server_expected_format=ExchangeFormat.NUMPY,
         params_transfer_type=TransferType.DIFF if config.send == "diff" else TransferType.FULL,
-        key_metric=task.key_metric,
+        key_metric=VAL_PREFIX + task.key_metric,  # NVFlare's model selector reads the sites' metrics as sent
     )
     weakref.finalize(recipe, shutil.rmtree, staging, ignore_errors=True)
     recipe.set_per_site_config(per_site)

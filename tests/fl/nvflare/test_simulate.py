@@ -103,6 +103,8 @@ def test_run_outputs_and_rejections(toy_run):
     # the NVFlare server log names the rejections too
     server_log = next((run / "nvflare").glob("*/server/log.txt")).read_text()
     assert "rejected update from site-3: non-finite" in server_log
+    # NVFlare's model selector finds the key metric in the sites' metrics as they send them (``val_accuracy``)
+    assert "not in metrics from" not in server_log and "new best validation metric at round 1" in server_log
 
 
 def test_payload_holds_only_weights_counts_and_metrics(toy_run):
