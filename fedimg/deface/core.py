@@ -18,6 +18,7 @@ import numpy as np
 from fedimg.errors import ConfigError
 
 from .beside import collect, queue_calls
+from .blas import serial_blas
 from .coarse import block_mean as _block_mean
 from .coarse import Candidate, acquired_fov, coarse_candidates
 from .ct import MODALITIES, air_value, looks_like_hu, resolve_modality
@@ -112,6 +113,7 @@ def _back(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(nio.apply_orientation(mask, back))
 
 
+@serial_blas
 def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray | None = None,
                  config: DefaceConfig | None = None, device=None, registration: Registration | None = None,
                  brain_protect: str | None = None, on_coarse=None, canonical=None, pool=None) -> FaceRemoval:

@@ -31,6 +31,7 @@ from fedimg.imageio.volume import Volume, encode_like, load_volume, save_like, t
 from fedimg.io import ensure_not_input, write_bytes, write_json
 
 from .beside import collect, queue_calls
+from .blas import serial_blas
 from .core import DefaceConfig, face_removal
 from .masks import apply_removal
 from .qc import check_removal, render_qc_png
@@ -100,6 +101,7 @@ def _check_paths(job: DefaceJob) -> None:
             raise InputError(inp, "would be overwritten by a sidecar or QC file; choose another output folder")
 
 
+@serial_blas
 def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=None, qc_thread: bool | None = None) -> dict:
     """Run one job; returns the QC record. Raises ``InputError`` (bad input) or ``QCError`` (QC failed).
 

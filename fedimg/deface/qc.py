@@ -106,6 +106,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
+from .blas import serial_blas
 from .qc_face import ShapePlacement
 from .qc_plane import placed_frame
 from .qc_png import face_render, render_qc_png  # the picture (re-exported: callers import it from here)
@@ -212,6 +213,7 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
     return out
 
 
+@serial_blas
 def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QCThresholds, *,
                   protected_changed_ml: float = 0.0, estimate=None, estimate_checked: bool = False,
                   face_shape: ShapePlacement | None = None) -> dict:
