@@ -7,8 +7,10 @@ its tensors go, without a packed copy, into the run's :class:`fedimg.fl.server.s
 (for the averaging strategies the streaming ``WeightedAccumulator`` from :mod:`fedimg.kernels`,
 on the GPU when the server has one): one pass over the update folds it into a scratch sum
 and measures its norm; the validator judges the norm (NaN/Inf, outliers) and only an accepted update's
-scratch becomes the sum, so a rejected one never touches the aggregate.
-``aggregate_model`` finalises the strategy's step, checkpoints the new global model
+scratch becomes the sum, so a rejected one never touches the aggregate. The screened updates are
+folded when the round ends, in the order of the sites' names, so the float32 sums, and a whole run,
+are the same bit for bit whichever site finishes first.
+``aggregate_model`` folds them, finalises the strategy's step, checkpoints the new global model
 (:mod:`fedimg.fl.server.state`) and appends the round to ``metrics.json``.
 
 Constructor arguments are plain values so that NVFlare can write them into the job's
@@ -171,10 +173,10 @@ class FedimgAggregator(ModelAggregator):
         if verdict.ok:
             verdict = self._validator.screen(site, params)
         record = {"samples": samples, "metrics": metrics}
-        if verdict.ok and hold:
+        if verdict.ok:  # folded in site order when the round ends (:meth:`_release_held`)
             self._held.append((site, verdict.parts, samples, record))
         else:
-            self._settle(site, self._fold(site, verdict.parts, samples) if verdict.ok else verdict, samples, record)
+            self._settle(site, verdict, samples, record)
         self._round_seconds += time.perf_counter() - t0
 
     def _settle(self, site: str, verdict: Verdict, samples: int, record: dict) -> None:
@@ -190,8 +192,20 @@ class FedimgAggregator(ModelAggregator):
             self._rejected.append({"site": site, "reason": verdict.reason or "", "samples": samples})
 
     def _release_held(self) -> None:
-        """Judge a held round: norms against the other sites' median, counts against theirs, then fold."""
-        held, self._held = self._held, []
+        """Fold the round's screened updates in the order of the sites' names, not of their arrival.
+
+        The sums are float32, so their last bits follow the order of the additions: folded as
+        they arrived, two runs of one seed differed whenever the sites finished in another order
+        (``tests/fl/nvflare/test_aggregator.py``). Holding the updates until the round ends costs
+        what the first round always held (one update per site). With a reference (the previous
+        round's median norm) each norm is judged against it as it is folded; without one (the
+        first round) the norms are judged against each other and the counts against theirs.
+        """
+        held, self._held = sorted(self._held, key=lambda h: h[0]), []
+        if self._validator.previous_median is not None:
+            for site, parts, samples, record in held:
+                self._settle(site, self._fold(site, parts, samples), samples, record)
+            return
         outliers = self._validator.judge_round({site: self._validator.norm_of(parts) for site, parts, _, _ in held})
         counts = {site: n for site, _, n, _ in held}
         for site, parts, samples, record in held:

@@ -221,3 +221,28 @@ def test_a_round_of_honest_sites_does_not_stop_the_run(tmp_path):
     agg.accept_model(_result("site-2", [np.nan, 0, 0]))  # an ordinary rejection: the run goes on
     agg.aggregate_model()
     assert panics == [] and read_metrics(tmp_path)[0]["accepted"] == ["site-1"]
+
+
+@pytest.mark.parametrize("first_round", [True, False])
+def test_the_sum_does_not_depend_on_which_site_arrives_first(tmp_path, first_round):
+    """float32 sums depend on the order of their additions: 1 + 3e-8 + 3e-8 is 1.0 one way and 1.0000001
+    the other. Folded in the sites' name order, every arrival order gives the same bits (a seed's run is
+    reproducible however the sites' training times race). ``first_round``: the held round, judged
+    against itself; otherwise a later round, judged against the previous round's median norm."""
+    updates = {"site-1": [1.0, 1.0, 1.0], "site-2": [3e-8, 3e-8, 3e-8], "site-3": [3e-8, 3e-8, 3e-8]}
+    results = []
+    for order in (["site-1", "site-2", "site-3"], ["site-2", "site-3", "site-1"], ["site-3", "site-1", "site-2"]):
+        agg = FedimgAggregator(strategy=StrategyConfig(name="fedavg").to_dict(), run_dir=str(tmp_path / "-".join(order)),
+                               validation=ValidationConfig(min_sites=1, max_norm_ratio=1e12).to_dict())
+        _start(agg)
+        if not first_round:  # a first round sets the reference norm
+            for site in order:
+                agg.accept_model(_result(site, [1.0, 1.0, 1.0]))
+            agg.aggregate_model()
+            _start(agg, rnd=1)
+        for site in order:
+            agg.accept_model(_result(site, updates[site]))
+        out = agg.aggregate_model()
+        assert sorted(read_metrics(tmp_path / "-".join(order))[-1]["accepted"]) == sorted(updates)
+        results.append(out.params["w"].tobytes())
+    assert results[0] == results[1] == results[2]
