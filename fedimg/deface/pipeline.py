@@ -204,13 +204,16 @@ def prefetch_template() -> None:
 
 def _warm_template() -> None:
     """Read the template's intensities and make its 4 mm head mask (the coarse stage waits for them), then
-    read its face and brain maps (needed after the registration); cached per process."""
+    read its face and brain maps (needed after the registration) and their corner tables; cached per process."""
     from scipy import ndimage  # noqa: F401 - its first import (~0.3 s) here, beside the subject's read
 
+    from .resample_masks import cube_codes
     from .template import template_head_mask
 
     template_head_mask(4.0)
-    load_template()
+    template = load_template()
+    for binary in (template.face, template.brain):  # the warps' corner tables (:mod:`.resample_masks`), once
+        cube_codes(binary)
 
 
 def _warm_levels(levels) -> None:

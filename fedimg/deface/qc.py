@@ -385,7 +385,7 @@ def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_t
 
 
 def _warp_core(template, shape, affine, subject_to_template) -> np.ndarray:
-    from .resample_np import warp_support
+    from .resample_masks import warp_support_above
 
     m = np.linalg.inv(template.affine) @ subject_to_template @ affine
-    return warp_support(template.brain, m, shape) > 0.5
+    return warp_support_above(template.brain, m, shape, 0.5)  # warp_support(...) > 0.5, the same voxels

@@ -227,13 +227,13 @@ def shape_placement(canonical: np.ndarray, affine: np.ndarray, candidates, *,
 
     It depends on the image and the coarse alignments only, so it can be made beside the MI
     registration (:mod:`.pipeline`'s QC thread)."""
-    from .masks import removal_mask, warp_template_maps
+    from .masks import removal_mask, warp_template_masks
     from .template import load_template
 
     pose = head_shape_pose(canonical, affine, candidates, brain_protect=brain_protect)
     if pose is None:
         return None
-    face, brain = warp_template_maps(load_template(brain_protect), canonical.shape, affine, pose)
+    face, brain = warp_template_masks(load_template(brain_protect), canonical.shape, affine, pose)  # face > 0.5, brain > 0.01
     return ShapePlacement(remove=removal_mask(face, brain)[0], size=head_size(pose), pose=pose)
 
 
