@@ -285,7 +285,7 @@ def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0
     encoded = queue_calls(worker.pool, *((encode, vol, raw, target) for (vol, target), raw in zip(outputs, new_raw)))
     voxel_ml = float(abs(np.linalg.det(ref.affine[:3, :3]))) / 1000.0
     record = check_removal(scaled, ref.affine, removal, config.qc, protected_changed_ml=changed_protected * voxel_ml,
-                           **worker.qc_kwargs())
+                           pool=worker.pool, **worker.qc_kwargs())
     record.update({
         "reference": str(job.reference), "output": str(job.output),
         "apply_to": [str(b) for _, b in job.apply_to], "protect": [str(p) for p in job.protect],

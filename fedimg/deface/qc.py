@@ -100,6 +100,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import numpy as np
@@ -214,7 +215,7 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
 
 def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QCThresholds, *,
                   protected_changed_ml: float = 0.0, estimate=None, estimate_checked: bool = False,
-                  face_shape: ShapePlacement | None = None) -> dict:
+                  face_shape: ShapePlacement | None = None, pool=None) -> dict:
     """The QC record of a :class:`~fedimg.deface.core.FaceRemoval` of ``image`` (any orientation).
 
     Adds the image's own head/brain numbers (:func:`.brainmask.removal_metrics`) and ``protected_changed_ml``
@@ -223,10 +224,13 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     image only, never on the registration). The head-shape cross-check reuses ``removal.head_shape`` (the
     coarse alignments, not the MI registration) and places ``removal.brain_protect``; ``estimate_checked``:
     ``estimate`` is that cross-check's result already and ``face_shape`` the head-outline placement
-    (:func:`.qc_face.shape_placement`; None: none, and an unscaled near-face band).
+    (:func:`.qc_face.shape_placement`; None: none, and an unscaled near-face band). ``pool``: an executor (the
+    pipeline's QC threads) that may compute the image's removal numbers (:func:`.brainmask.removal_metrics`) beside
+    the head-outline comparison (:func:`.beside.collect`: the same numbers wherever they ran).
     """
     from fedimg.imageio.volume import to_canonical
 
+    from .beside import collect, queue_calls
     from .brainmask import estimate_brain, removal_metrics
     from .qc_face import NEAR_MM, acquired_part, face_shape_recall_counted, near_band, removal_dice
 
@@ -247,12 +251,15 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     if not estimate_checked:
         est, placement = _shape_checks(can, can_aff, est, removal.head_shape, removal.brain_protect)
     remove, face_shape = acquired_part(remove, est), acquired_part(None if placement is None else placement.remove, est)
-    metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
-    metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, est)
+    shape_est = est  # the head-outline comparison reads the head cells only, not the plane
     if placement is not None and placement.pose is not None:  # the 12-parameter fit's mid-plane, not the coarse one's
         est = _with_head_plane(est, placed_frame(placement.pose)[:2])  # keeps the threads' cached distance map
-    metrics["head_size"], band = None if placement is None else placement.size, near_band(placement)
-    metrics.update(removal_metrics(can, can_aff, remove, estimate=est, near_mm=band), near_face_scale=band[0] / NEAR_MM[0])
+    band = near_band(placement)
+    beside = queue_calls(pool, (functools.partial(removal_metrics, estimate=est, near_mm=band), can, can_aff, remove))
+    metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
+    metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, shape_est)
+    metrics["head_size"] = None if placement is None else placement.size
+    metrics.update(collect(beside)[0], near_face_scale=band[0] / NEAR_MM[0])
     return evaluate_qc(metrics, thresholds)
 
 
