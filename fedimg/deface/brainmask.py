@@ -82,6 +82,17 @@ class BrainEstimate:
         return ndi.distance_transform_edt(~self.brain, sampling=self.cell_spacing)
 
     @functools.cached_property
+    def head_brain_distance(self) -> np.ndarray:
+        """:attr:`brain_distance` in the box of head and brain (every brain cell, so the same values there); inf
+        outside it, where no head cell lies. QC reads it on head cells only (:func:`removal_metrics`)."""
+        from scipy import ndimage as ndi
+
+        out, box = np.full(self.head.shape, np.inf), bounding_box(self.head | self.brain)
+        if box is not None:
+            out[box] = ndi.distance_transform_edt(~self.brain[box], sampling=self.cell_spacing)
+        return out
+
+    @functools.cached_property
     def frame(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The brain's centre, left-right normal and anterior direction (:func:`head_frame`); computed once.
 
@@ -107,7 +118,6 @@ class BrainEstimate:
         ref = getattr(self, which)  # "brain", "head" or "acquired" (not None)
         cells = tuple(np.minimum(i // s, n - 1) for i, s, n in zip(idx, self.step, ref.shape))
         return ref[cells]
-
 
 
 def _reduce(image: np.ndarray, spacing, step_mm: float):
@@ -352,7 +362,7 @@ def removal_metrics(canonical: np.ndarray | None, affine: np.ndarray, remove: np
         "removal_offset_mm": 0.0,
     }
     if est.brain.any():
-        dist = est.brain_distance
+        dist = est.head_brain_distance  # read on head cells only
         centre, normal, anterior = est.frame
         lo, hi = near_mm[0] + est.margin_mm, near_mm[1] + est.margin_mm  # measured from the brain's boundary
         cells = np.argwhere(est.head & (dist >= lo) & (dist < hi))

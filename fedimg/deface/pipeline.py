@@ -242,7 +242,7 @@ def _qc_estimate(can: np.ndarray, can_aff: np.ndarray, coarse):
     # deface_job gives no brain_protect; the same call as qc._shape_checks's first half
     est = head_shape_brain(can, can_aff, est, candidates=_shape_candidates(can, can_aff, head_shape))
     if est.brain.any():
-        est.brain_distance, est.frame  # noqa: B018 - computed here (cached) rather than on the main thread
+        est.head_brain_distance, est.frame  # noqa: B018 - computed here (cached) rather than on the main thread
     return est
 
 
