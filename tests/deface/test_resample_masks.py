@@ -108,3 +108,20 @@ def test_template_masks_equal_the_thresholded_maps_on_real_heads(name):
             want = removal_mask(face, brain, user)
             got = removal_mask(face_mask, brain_mask, user)
             assert all(np.array_equal(a, b) for a, b in zip(want, got))
+
+
+def test_a_gpu_device_thresholds_the_float_warp(monkeypatch):
+    """On a GPU ``device`` the float maps come from ``warp_template_maps`` (torch) and are thresholded as before."""
+    import fedimg.deface.masks as masks
+
+    rng = np.random.default_rng(5)
+    face, brain = rng.random((6, 7, 8)).astype(np.float32), rng.random((6, 7, 8)).astype(np.float32) * 0.02
+    seen = []
+
+    def fake(template, shape, affine, pose, *, device=None, chunk=2_000_000):
+        seen.append(device)
+        return face, brain
+
+    monkeypatch.setattr(masks, "warp_template_maps", fake)
+    got = masks.warp_template_masks(None, (6, 7, 8), np.eye(4), np.eye(4), device="cuda:0")
+    assert seen == ["cuda:0"] and np.array_equal(got[0], face > 0.5) and np.array_equal(got[1], brain > 0.01)
