@@ -351,8 +351,8 @@ def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shap
 
 def _with_head_plane(estimate, head_plane):
     """``dataclasses.replace(estimate, head_plane=head_plane)`` keeping the :class:`~.brainmask.BrainEstimate`'s cached
-    ``brain_distance``, ``head_brain_distance`` and ``frame`` (none reads the plane; ``replace`` alone recomputed the 2 mm distance map,
-    ~0.15 CPU-s, on the main thread after QC's thread had made it)."""
+    ``brain_distance``, ``head_brain_distance`` and ``frame`` (none reads the plane; ``replace`` alone recomputed the
+    2 mm distance map, ~0.15 CPU-s, on the main thread after QC's thread had made it)."""
     out = dataclasses.replace(estimate, head_plane=head_plane)
     kept = ("brain_distance", "head_brain_distance", "frame")
     out.__dict__.update({k: v for k, v in estimate.__dict__.items() if k in kept})

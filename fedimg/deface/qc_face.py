@@ -242,7 +242,7 @@ def shape_placement(canonical: np.ndarray, affine: np.ndarray, candidates, *,
     pose = head_shape_pose(canonical, affine, candidates, brain_protect=brain_protect)
     if pose is None:
         return None
-    face, brain = warp_template_masks(load_template(brain_protect), canonical.shape, affine, pose)  # face > 0.5, brain > 0.01
+    face, brain = warp_template_masks(load_template(brain_protect), canonical.shape, affine, pose)  # > 0.5, > 0.01
     return ShapePlacement(remove=removal_mask(face, brain)[0], size=head_size(pose), pose=pose)
 
 

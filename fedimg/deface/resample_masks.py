@@ -74,7 +74,8 @@ def _codes(vol: np.ndarray) -> np.ndarray:
     return codes
 
 
-def warp_above(vols, thresholds, vox_to_vol: np.ndarray, shape, *, origin=(0, 0, 0), chunk: int = 1 << 16) -> list[np.ndarray]:
+def warp_above(vols, thresholds, vox_to_vol: np.ndarray, shape, *, origin=(0, 0, 0),
+               chunk: int = 1 << 16) -> list[np.ndarray]:
     """``[warp_maps(vols, vox_to_vol, shape, origin=origin)[k] > thresholds[k]]``: the same voxels, as boolean arrays.
 
     ``vols``: binary float32 maps of one shape (other maps, or thresholds outside ``[0, MAX_THRESHOLD]``, are
