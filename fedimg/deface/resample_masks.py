@@ -38,10 +38,6 @@ _CODES: list = []  # (volume, its codes): computed once per map and process
 _LOCK = threading.Lock()
 
 
-def _binary(vol: np.ndarray) -> bool:
-    return bool(np.all((vol == 0) | (vol == 1)))
-
-
 def cube_codes(vol: np.ndarray) -> np.ndarray | None:
     """Corner states of every trilinear cell of ``vol`` zero-padded by 2 (as :func:`.resample_np.warp_maps` reads it).
 
@@ -53,19 +49,22 @@ def cube_codes(vol: np.ndarray) -> np.ndarray | None:
         for key, codes in _CODES:
             if key is vol:
                 return codes
-        codes = _codes(np.asarray(vol)) if _binary(np.asarray(vol)) else None
+        codes = _codes(np.asarray(vol))
         _CODES[:] = [*_CODES[-3:], (vol, codes)]
         return codes
 
 
-def _codes(vol: np.ndarray) -> np.ndarray:
+def _codes(vol: np.ndarray) -> np.ndarray | None:
+    nonzero = vol != 0  # one pass over the map; the rest works on booleans
+    if not np.array_equal(vol == 1, nonzero):  # a value other than 0 and 1
+        return None
     codes = np.full(tuple(n + 3 for n in vol.shape), ALL_ZERO, np.uint8)
-    nz = [np.flatnonzero(vol.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    nz = [np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     if any(a.size == 0 for a in nz):
         return codes
     lo, hi = [int(a[0]) for a in nz], [int(a[-1]) for a in nz]
     sub = np.zeros(tuple(b - a + 3 for a, b in zip(lo, hi)), bool)  # voxels lo - 1 .. hi + 1, zero outside
-    sub[1:-1, 1:-1, 1:-1] = vol[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] != 0
+    sub[1:-1, 1:-1, 1:-1] = nonzero[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1]
     one, some = sub[:-1] & sub[1:], sub[:-1] | sub[1:]  # pairs along each axis in turn: the 8 corners
     one, some = one[:, :-1] & one[:, 1:], some[:, :-1] | some[:, 1:]
     one, some = one[:, :, :-1] & one[:, :, 1:], some[:, :, :-1] | some[:, :, 1:]
