@@ -40,7 +40,7 @@ import logging
 import numpy as np
 
 from .coarse import acquired_fov, padding_cells
-from .morph import bounding_box, cell_counts, dilate_ball, fill_holes, fill_holes_cut
+from .morph import bounding_box, cell_counts, dilate_ball, erode_ball, fill_holes, fill_holes_cut
 
 __all__ = ["BrainEstimate", "estimate_brain", "head_mask", "head_frame", "removal_metrics"]
 
@@ -82,6 +82,17 @@ class BrainEstimate:
         return ndi.distance_transform_edt(~self.brain, sampling=self.cell_spacing)
 
     @functools.cached_property
+    def head_brain_distance(self) -> np.ndarray:
+        """:attr:`brain_distance` in the box of head and brain (every brain cell, so the same values there); inf
+        outside it, where no head cell lies. QC reads it on head cells only (:func:`removal_metrics`)."""
+        from scipy import ndimage as ndi
+
+        out, box = np.full(self.head.shape, np.inf), bounding_box(self.head | self.brain)
+        if box is not None:
+            out[box] = ndi.distance_transform_edt(~self.brain[box], sampling=self.cell_spacing)
+        return out
+
+    @functools.cached_property
     def frame(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The brain's centre, left-right normal and anterior direction (:func:`head_frame`); computed once.
 
@@ -107,7 +118,6 @@ class BrainEstimate:
         ref = getattr(self, which)  # "brain", "head" or "acquired" (not None)
         cells = tuple(np.minimum(i // s, n - 1) for i, s, n in zip(idx, self.step, ref.shape))
         return ref[cells]
-
 
 
 def _reduce(image: np.ndarray, spacing, step_mm: float):
@@ -148,15 +158,14 @@ def _otsu(values: np.ndarray, bins: int = 128) -> float:
 
 def head_mask(small: np.ndarray, spacing) -> np.ndarray:
     """The head on a reduced grid: thresholded, closed, hole-filled, largest component."""
-    from scipy import ndimage as ndi
-
     pos = small[small > 0]
     if pos.size == 0:
         return np.zeros(small.shape, bool)
     top = float(np.percentile(pos, 99))
     thr = min(_otsu(np.clip(pos, 0, top)) * 0.5, 0.15 * top)
     head = small > max(thr, 0.02 * top)
-    head = ndi.binary_closing(np.pad(head, 2), structure=_ball(4.0, spacing), iterations=1)[2:-2, 2:-2, 2:-2]
+    ball = _ball(4.0, spacing)  # ndi.binary_closing's voxels: the ball dilation, then the erosion (:mod:`.morph`)
+    head = erode_ball(dilate_ball(np.pad(head, 2), ball), ball)[2:-2, 2:-2, 2:-2]
     return _largest(fill_holes_cut(head))
 
 
@@ -182,7 +191,7 @@ def _grow_in_box(cand, deep, sp, open_mm, grow_mm) -> np.ndarray:
     # erode hard enough to cut the brain from the face and neck, keep the part holding the
     # deep core, and grow it back inside the candidates (a reconstruction by dilation)
     ball = _ball(open_mm, sp)
-    lab, n = ndi.label(ndi.binary_erosion(cand, structure=ball))
+    lab, n = ndi.label(erode_ball(cand, ball))  # ndi.binary_erosion's voxels
     counts = np.bincount(lab[deep], minlength=n + 1)
     counts[0] = 0
     if n == 0 or counts.max() == 0:
@@ -352,7 +361,7 @@ def removal_metrics(canonical: np.ndarray | None, affine: np.ndarray, remove: np
         "removal_offset_mm": 0.0,
     }
     if est.brain.any():
-        dist = est.brain_distance
+        dist = est.head_brain_distance  # read on head cells only
         centre, normal, anterior = est.frame
         lo, hi = near_mm[0] + est.margin_mm, near_mm[1] + est.margin_mm  # measured from the brain's boundary
         cells = np.argwhere(est.head & (dist >= lo) & (dist < hi))

@@ -22,7 +22,7 @@ from .blas import serial_blas
 from .coarse import block_mean as _block_mean
 from .coarse import Candidate, acquired_fov, coarse_candidates
 from .ct import MODALITIES, air_value, looks_like_hu, resolve_modality
-from .masks import MODES, dilate_mm, removal_mask, warp_template_maps
+from .masks import MODES, dilate_mm, removal_mask, warp_template_masks
 from .qc import HEAD_SHAPE_KEEP, QCThresholds, brain_in_head
 from .register import PRESETS, Registration, RegistrationConfig, register
 from .template import load_template, template_head_mask, template_intensity
@@ -172,7 +172,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
     template = load_template(brain_protect)  # the face and brain maps (a second thread may be reading them)
     beside = queue_calls(pool, (brain_in_head, can, can_aff, template, registration.subject_to_template),
                     (start_agreement_dice, registration, template, can.shape, can_aff))
-    face, brain = warp_template_maps(template, can.shape, can_aff, registration.subject_to_template, device=device)
+    face, brain = warp_template_masks(template, can.shape, can_aff, registration.subject_to_template, device=device)
     user = None
     if protect is not None:
         if protect.shape != image.shape:
@@ -194,7 +194,7 @@ def face_removal(image: np.ndarray, affine: np.ndarray, *, protect: np.ndarray |
         "registration_seconds": registration.seconds,
         "removed_ml": float(remove.sum()) * voxel_ml,
         "protected_near_face_ml": float(protected.sum()) * voxel_ml,
-        "face_region_protected_ml": float(((face > 0.5) & protected).sum()) * voxel_ml,
+        "face_region_protected_ml": float((face & protected).sum()) * voxel_ml,
         "brain_in_head": bih,
         "user_protected_ml": float(user.sum()) * voxel_ml if user is not None else 0.0,
     }

@@ -20,7 +20,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
-__all__ = ["warp_template_maps", "removal_mask", "dilate_mm", "apply_removal", "MODES"]
+__all__ = ["warp_template_maps", "warp_template_masks", "removal_mask", "dilate_mm", "apply_removal", "MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,31 @@ def warp_template_maps(template, subject_shape, subject_affine: np.ndarray, subj
     return face_out, brain_out
 
 
+def warp_template_masks(template, subject_shape, subject_affine: np.ndarray, subject_to_template: np.ndarray,
+                        *, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(face > 0.5, brain > 0.01)`` of :func:`warp_template_maps`' maps, as boolean arrays: the same voxels.
+
+    On the CPU the thresholded trilinear warp of the two binary maps (:func:`.resample_masks.warp_above`) sums
+    only the cells whose corners differ; elsewhere (a GPU ``device``, maps that are not binary) the float maps
+    are warped and thresholded. :func:`removal_mask` takes either.
+    """
+    if device is not None and not str(getattr(device, "type", device)).startswith("cpu"):
+        face, brain = warp_template_maps(template, subject_shape, subject_affine, subject_to_template, device=device)
+        return face > 0.5, brain > 0.01
+    from .resample_masks import warp_above
+
+    vox_to_tvox = np.linalg.inv(template.affine) @ subject_to_template @ subject_affine
+    face_out = np.zeros(subject_shape, bool)
+    brain_out = np.zeros(subject_shape, bool)
+    box = _face_box(template, subject_shape, vox_to_tvox)
+    if any(s.stop <= s.start for s in box):
+        return face_out, brain_out
+    shape, origin = [s.stop - s.start for s in box], [s.start for s in box]
+    face_out[box], brain_out[box] = warp_above([template.face, template.brain], (0.5, 0.01), vox_to_tvox, shape,
+                                               origin=origin)
+    return face_out, brain_out
+
+
 def _warp_torch(template, vox_to_tvox: np.ndarray, box, device, chunk: int) -> np.ndarray:
     """Both maps over ``box`` with ``grid_sample`` on ``device`` (the GPU path), in row chunks."""
     import torch
@@ -120,11 +145,15 @@ def dilate_mm(mask: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
 
 
 def removal_mask(face: np.ndarray, brain: np.ndarray, protect: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(remove, protected)`` boolean masks: face region minus brain and user protection."""
-    protected = brain > 0.01
+    """``(remove, protected)`` boolean masks: face region minus brain and user protection.
+
+    ``face`` and ``brain``: the warped maps (:func:`warp_template_maps`), or already their masks ``face > 0.5``
+    and ``brain > 0.01`` (boolean, :func:`warp_template_masks`).
+    """
+    protected = brain if brain.dtype == bool else brain > 0.01
     if protect is not None:
-        protected |= protect
-    remove = (face > 0.5) & ~protected
+        protected = protected | protect
+    remove = (face if face.dtype == bool else face > 0.5) & ~protected
     return remove, protected
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bounding_box", "cell_counts", "deeper_than", "dilate_ball", "distance_ball", "farther_than", "fill_holes", "fill_holes_cut", "fill_holes_slices",
+__all__ = ["bounding_box", "cell_counts", "deeper_than", "dilate_ball", "distance_ball", "erode_ball", "farther_than", "fill_holes", "fill_holes_cut", "fill_holes_slices",
            "nearest_along0"]
 
 
@@ -61,6 +61,17 @@ def dilate_ball(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:
         out[:, max(0, -dj): n1 - max(0, dj), max(0, -dk): n2 - max(0, dk)] |= \
             hit[:, max(0, dj): n1 + min(0, dj), max(0, dk): n2 + min(0, dk)]
     return out
+
+
+def erode_ball(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:
+    """``ndi.binary_erosion(mask, structure=ball)`` (outside the array counts as background) for a centred ellipsoid
+    ``ball``: a voxel stays when no background voxel, the outside included, lies in its ball, i.e. the complement of
+    :func:`dilate_ball` of the background padded by the ball's radii. The same voxels, less CPU.
+    """
+    r = [n // 2 for n in ball.shape]
+    background = np.pad(~np.asarray(mask, dtype=bool), [(k, k) for k in r], constant_values=True)
+    near = dilate_ball(background, ball)
+    return ~near[r[0]: r[0] + mask.shape[0], r[1]: r[1] + mask.shape[1], r[2]: r[2] + mask.shape[2]]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -206,13 +206,16 @@ def prefetch_template() -> None:
 
 def _warm_template() -> None:
     """Read the template's intensities and make its 4 mm head mask (the coarse stage waits for them), then
-    read its face and brain maps (needed after the registration); cached per process."""
+    read its face and brain maps (needed after the registration) and their corner tables; cached per process."""
     from scipy import ndimage  # noqa: F401 - its first import (~0.3 s) here, beside the subject's read
 
+    from .resample_masks import cube_codes
     from .template import template_head_mask
 
     template_head_mask(4.0)
-    load_template()
+    template = load_template()
+    for binary in (template.face, template.brain):  # the warps' corner tables (:mod:`.resample_masks`), once
+        cube_codes(binary)
 
 
 def _warm_levels(levels) -> None:
@@ -241,7 +244,7 @@ def _qc_estimate(can: np.ndarray, can_aff: np.ndarray, coarse):
     # deface_job gives no brain_protect; the same call as qc._shape_checks's first half
     est = head_shape_brain(can, can_aff, est, candidates=_shape_candidates(can, can_aff, head_shape))
     if est.brain.any():
-        est.brain_distance, est.frame  # noqa: B018 - computed here (cached) rather than on the main thread
+        est.head_brain_distance, est.frame  # noqa: B018 - computed here (cached) rather than on the main thread
     return est
 
 
@@ -284,7 +287,7 @@ def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0
     encoded = queue_calls(worker.pool, *((encode, vol, raw, target) for (vol, target), raw in zip(outputs, new_raw)))
     voxel_ml = float(abs(np.linalg.det(ref.affine[:3, :3]))) / 1000.0
     record = check_removal(scaled, ref.affine, removal, config.qc, protected_changed_ml=changed_protected * voxel_ml,
-                           **worker.qc_kwargs())
+                           pool=worker.pool, **worker.qc_kwargs())
     record.update({
         "reference": str(job.reference), "output": str(job.output),
         "apply_to": [str(b) for _, b in job.apply_to], "protect": [str(p) for p in job.protect],

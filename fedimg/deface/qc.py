@@ -100,6 +100,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import numpy as np
@@ -216,7 +217,7 @@ def evaluate_qc(metrics: dict, thresholds: QCThresholds) -> dict:
 @serial_blas
 def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QCThresholds, *,
                   protected_changed_ml: float = 0.0, estimate=None, estimate_checked: bool = False,
-                  face_shape: ShapePlacement | None = None) -> dict:
+                  face_shape: ShapePlacement | None = None, pool=None) -> dict:
     """The QC record of a :class:`~fedimg.deface.core.FaceRemoval` of ``image`` (any orientation).
 
     Adds the image's own head/brain numbers (:func:`.brainmask.removal_metrics`) and ``protected_changed_ml``
@@ -225,10 +226,13 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     image only, never on the registration). The head-shape cross-check reuses ``removal.head_shape`` (the
     coarse alignments, not the MI registration) and places ``removal.brain_protect``; ``estimate_checked``:
     ``estimate`` is that cross-check's result already and ``face_shape`` the head-outline placement
-    (:func:`.qc_face.shape_placement`; None: none, and an unscaled near-face band).
+    (:func:`.qc_face.shape_placement`; None: none, and an unscaled near-face band). ``pool``: an executor (the
+    pipeline's QC threads) that may compute the image's removal numbers (:func:`.brainmask.removal_metrics`) beside
+    the head-outline comparison (:func:`.beside.collect`: the same numbers wherever they ran).
     """
     from fedimg.imageio.volume import to_canonical
 
+    from .beside import collect, queue_calls
     from .brainmask import estimate_brain, removal_metrics
     from .qc_face import NEAR_MM, acquired_part, face_shape_recall_counted, near_band, removal_dice
 
@@ -249,12 +253,15 @@ def check_removal(image: np.ndarray, affine: np.ndarray, removal, thresholds: QC
     if not estimate_checked:
         est, placement = _shape_checks(can, can_aff, est, removal.head_shape, removal.brain_protect)
     remove, face_shape = acquired_part(remove, est), acquired_part(None if placement is None else placement.remove, est)
-    metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
-    metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, est)
+    shape_est = est  # the head-outline comparison reads the head cells only, not the plane
     if placement is not None and placement.pose is not None:  # the 12-parameter fit's mid-plane, not the coarse one's
         est = _with_head_plane(est, placed_frame(placement.pose)[:2])  # keeps the threads' cached distance map
-    metrics["head_size"], band = None if placement is None else placement.size, near_band(placement)
-    metrics.update(removal_metrics(can, can_aff, remove, estimate=est, near_mm=band), near_face_scale=band[0] / NEAR_MM[0])
+    band = near_band(placement)
+    beside = queue_calls(pool, (functools.partial(removal_metrics, estimate=est, near_mm=band), can, can_aff, remove))
+    metrics["face_shape_dice"] = None if face_shape is None else removal_dice(remove, face_shape)
+    metrics["face_shape_recall"] = None if face_shape is None else face_shape_recall_counted(remove, face_shape, shape_est)
+    metrics["head_size"] = None if placement is None else placement.size
+    metrics.update(collect(beside)[0], near_face_scale=band[0] / NEAR_MM[0])
     return evaluate_qc(metrics, thresholds)
 
 
@@ -346,10 +353,11 @@ def _shape_checks(canonical: np.ndarray, affine: np.ndarray, estimate, head_shap
 
 def _with_head_plane(estimate, head_plane):
     """``dataclasses.replace(estimate, head_plane=head_plane)`` keeping the :class:`~.brainmask.BrainEstimate`'s cached
-    ``brain_distance`` and ``frame`` (neither reads the plane; ``replace`` alone recomputed the 2 mm distance map,
-    ~0.15 CPU-s, on the main thread after QC's thread had made it)."""
+    ``brain_distance``, ``head_brain_distance`` and ``frame`` (none reads the plane; ``replace`` alone recomputed the
+    2 mm distance map, ~0.15 CPU-s, on the main thread after QC's thread had made it)."""
     out = dataclasses.replace(estimate, head_plane=head_plane)
-    out.__dict__.update({k: v for k, v in estimate.__dict__.items() if k in ("brain_distance", "frame")})
+    kept = ("brain_distance", "head_brain_distance", "frame")
+    out.__dict__.update({k: v for k, v in estimate.__dict__.items() if k in kept})
     return out
 
 
@@ -387,7 +395,7 @@ def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_t
 
 
 def _warp_core(template, shape, affine, subject_to_template) -> np.ndarray:
-    from .resample_np import warp_support
+    from .resample_masks import warp_support_above
 
     m = np.linalg.inv(template.affine) @ subject_to_template @ affine
-    return warp_support(template.brain, m, shape) > 0.5
+    return warp_support_above(template.brain, m, shape, 0.5)  # warp_support(...) > 0.5, the same voxels

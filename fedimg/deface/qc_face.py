@@ -117,9 +117,15 @@ def upright(candidates, max_turn_deg: float = MAX_TURN_DEG) -> list:
 
 
 def removal_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks (1.0 when both are empty)."""
-    total = float(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+    """Dice of two boolean masks (1.0 when both are empty); the overlap counted in ``b``'s bounding box."""
+    from .morph import bounding_box
+
+    if a.dtype != bool or b.dtype != bool:
+        total = float(a.sum() + b.sum())
+        return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+    total, box = float(np.count_nonzero(a) + np.count_nonzero(b)), bounding_box(b)
+    inter = 0 if box is None else np.count_nonzero(a[box] & b[box])
+    return 1.0 if total == 0 else 2.0 * float(inter) / total
 
 
 def acquired_part(mask: np.ndarray | None, estimate) -> np.ndarray | None:
@@ -150,15 +156,18 @@ def face_shape_recall(remove: np.ndarray, shape: np.ndarray, in_head) -> float:
 
 
 def face_shape_recall_counted(remove: np.ndarray, shape: np.ndarray, estimate) -> float:
-    """:func:`face_shape_recall` with ``estimate.lookup(m, "head")`` as ``in_head``, from per-cell counts
-    (:func:`.morph.cell_counts`): the same number without indexing every voxel."""
-    from .morph import cell_counts
+    """:func:`face_shape_recall` with ``estimate.lookup(m, "head")`` as ``in_head``, counted in ``shape``'s bounding
+    box against the head cells each voxel lies in: the same counts without indexing every voxel."""
+    from .morph import bounding_box
 
-    def in_head(mask: np.ndarray) -> int:
-        return int(cell_counts(mask, estimate.step, estimate.head.shape)[estimate.head].sum())
-
-    n = in_head(shape)
-    return 1.0 if n == 0 else float(in_head(shape & remove)) / n
+    box = bounding_box(shape)  # voxel i lies in cell min(i // step, n - 1), as cell_counts and lookup place it
+    if box is None:
+        return 1.0
+    cells = [np.minimum(np.arange(sl.start, sl.stop) // s, n - 1)
+             for sl, s, n in zip(box, estimate.step, estimate.head.shape)]
+    tissue = shape[box] & estimate.head[np.ix_(*cells)]
+    n = int(np.count_nonzero(tissue))
+    return 1.0 if n == 0 else float(np.count_nonzero(tissue & remove[box])) / n
 
 
 def yawed_starts(matrix: np.ndarray, centre: np.ndarray, turns_deg) -> list[np.ndarray]:
@@ -227,13 +236,13 @@ def shape_placement(canonical: np.ndarray, affine: np.ndarray, candidates, *,
 
     It depends on the image and the coarse alignments only, so it can be made beside the MI
     registration (:mod:`.pipeline`'s QC thread)."""
-    from .masks import removal_mask, warp_template_maps
+    from .masks import removal_mask, warp_template_masks
     from .template import load_template
 
     pose = head_shape_pose(canonical, affine, candidates, brain_protect=brain_protect)
     if pose is None:
         return None
-    face, brain = warp_template_maps(load_template(brain_protect), canonical.shape, affine, pose)
+    face, brain = warp_template_masks(load_template(brain_protect), canonical.shape, affine, pose)  # > 0.5, > 0.01
     return ShapePlacement(remove=removal_mask(face, brain)[0], size=head_size(pose), pose=pose)
 
 

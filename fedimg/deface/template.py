@@ -103,7 +103,7 @@ def _voxels(img) -> np.ndarray:
 
     if img.dataobj.slope not in (None, 1.0) or img.dataobj.inter not in (None, 0.0):
         return np.asarray(img.get_fdata(dtype=np.float64))  # pragma: no cover - the shipped files are unscaled
-    return read_unscaled(img, img.get_filename())
+    return read_unscaled(img, img.get_filename(), writable=False)  # only read: cast (and copied) by the callers
 
 
 def template_head_mask(step_mm: float = 4.0, brain_protect: str | None = None) -> tuple[np.ndarray, np.ndarray]:

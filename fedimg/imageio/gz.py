@@ -96,12 +96,14 @@ def compress(data: bytes, level: int = 1) -> bytes:
         settle_vector_state()
 
 
-def read_unscaled(img, path: str | Path) -> np.ndarray:
+def read_unscaled(img, path: str | Path, *, writable: bool = True) -> np.ndarray:
     """The stored voxels of a nibabel image opened from ``path`` (``img.dataobj.get_unscaled()``), writable.
 
     For a ``.nii.gz`` with a plain array proxy the file is decoded in one call (:func:`decompress`,
     up to the header's declared size) and the voxels taken from the decoded bytes; anything else is read by
     nibabel as before. The array is the same either way (dtype, byte order, shape, values).
+    ``writable=False``: a caller that only reads the voxels (the defacing template, cast and copied at once)
+    may get them as a read-only view of the decoded bytes, without the copy that makes them writable.
     """
     from nibabel.arrayproxy import ArrayProxy
 
@@ -115,4 +117,5 @@ def read_unscaled(img, path: str | Path) -> np.ndarray:
     if len(raw) < need:
         raise EOFError(f"expected {need} bytes of header and voxels, the file holds {len(raw)}")
     arr = np.frombuffer(raw, dtype=proxy.dtype, count=count, offset=int(proxy.offset))
-    return arr.reshape(shape, order="F").copy(order="F")  # writable, as nibabel's own read
+    arr = arr.reshape(shape, order="F")
+    return arr.copy(order="F") if writable else arr  # writable, as nibabel's own read

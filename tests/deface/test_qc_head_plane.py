@@ -23,12 +23,14 @@ def _estimate() -> BrainEstimate:
 
 def test_with_head_plane_keeps_the_cached_values_and_they_are_the_fresh_ones():
     est = _estimate()
-    dist, frame = est.brain_distance, est.frame  # cached, as the pipeline's QC thread does
+    dist, near, frame = est.brain_distance, est.head_brain_distance, est.frame  # cached, as the pipeline's QC thread does
     plane = (np.array([36.0, 40.0, 40.0]), np.array([1.0, 0.0, 0.0]))
     kept = _with_head_plane(est, plane)
     assert kept.head_plane is plane and kept.brain_distance is dist and kept.frame is frame
-    fresh = dataclasses.replace(est, head_plane=plane)  # recomputes both
+    assert kept.head_brain_distance is near
+    fresh = dataclasses.replace(est, head_plane=plane)  # recomputes all three
     assert np.array_equal(fresh.brain_distance, kept.brain_distance)
+    assert np.array_equal(fresh.head_brain_distance, kept.head_brain_distance)
     for a, b in zip(fresh.frame, kept.frame):
         assert np.array_equal(a, b)
     remove = np.zeros((80, 88, 72), bool)

@@ -68,3 +68,28 @@ def test_settle_vector_state_changes_no_value_and_is_called_after_isal():
     expect = before.mean((1, 3))
     gz.settle_vector_state()
     assert np.array_equal(before.mean((1, 3)), expect) and gz._SETTLE.max() == 0.0  # nothing changed, no state kept
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "u1"])
+def test_read_only_view_holds_the_same_voxels(tmp_path, dtype):
+    """``writable=False`` (the defacing template): the same voxels as nibabel and the writable read, not copied."""
+    data = np.random.default_rng(2).integers(0, 200, (13, 11, 9)).astype(dtype)
+    src = tmp_path / "in.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(src))
+    img = nib.load(str(src))
+    view, copy = gz.read_unscaled(img, src, writable=False), gz.read_unscaled(img, src)
+    ref = np.asanyarray(img.dataobj.get_unscaled())
+    assert view.dtype == copy.dtype == ref.dtype and np.array_equal(view, ref) and np.array_equal(copy, ref)
+    assert not view.flags.writeable and copy.flags.writeable and view.flags.f_contiguous
+
+
+def test_template_maps_equal_nibabels_read():
+    """The template's three maps (read through the read-only view) are nibabel's values, cast as before."""
+    from fedimg.deface.template import BRAIN_PROTECT_NAME, FACEMASK_NAME, TEMPLATE_NAME, asset_path, load_template
+
+    t = load_template()
+    read = {n: np.asanyarray(nib.load(str(asset_path(n))).dataobj.get_unscaled()) for n in
+            (TEMPLATE_NAME, FACEMASK_NAME, BRAIN_PROTECT_NAME)}
+    assert np.array_equal(t.intensity, read[TEMPLATE_NAME].astype(np.float32)) and t.intensity.flags.c_contiguous
+    assert np.array_equal(t.face, (read[FACEMASK_NAME] < 0.5).astype(np.float32))
+    assert np.array_equal(t.brain, (read[BRAIN_PROTECT_NAME] > 0).astype(np.float32))
