@@ -116,7 +116,6 @@ __all__ = ["QCThresholds", "evaluate_qc", "check_removal", "head_shape_brain", "
            "face_render", "HEAD_SHAPE_KEEP"]
 
 log = logging.getLogger(__name__)
-
 HEAD_SHAPE_KEEP = 4  # head-mask alignments :func:`head_shape_brain` compares the image's brain estimate with
 
 

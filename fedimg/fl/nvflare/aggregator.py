@@ -53,7 +53,6 @@ SCAFFOLD_CTRL_DIFF = AlgorithmConstants.SCAFFOLD_CTRL_DIFF  # a site's control d
 SCAFFOLD_CTRL_GLOBAL = AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL  # the global control, in the next model's meta
 
 
-
 class FedimgAggregator(ModelAggregator):
     """Validating, streaming aggregator with fedimg's strategies.
 
@@ -192,14 +191,11 @@ class FedimgAggregator(ModelAggregator):
             self._rejected.append({"site": site, "reason": verdict.reason or "", "samples": samples})
 
     def _release_held(self) -> None:
-        """Fold the round's screened updates in the order of the sites' names, not of their arrival.
-
-        The sums are float32, so their last bits follow the order of the additions: folded as
-        they arrived, two runs of one seed differed whenever the sites finished in another order
-        (``tests/fl/nvflare/test_aggregator.py``). Holding the updates until the round ends costs
-        what the first round always held (one update per site). With a reference (the previous
-        round's median norm) each norm is judged against it as it is folded; without one (the
-        first round) the norms are judged against each other and the counts against theirs.
+        """Fold the round's screened updates in the order of the sites' names, not of their arrival:
+        float32 sums follow the order of the additions, so folded as they arrived two runs of one seed
+        differed when the sites finished in another order. Holding them costs what the first round
+        always held (one update per site). With a reference (the previous round's median norm) each
+        norm is judged against it; without one (round 1) the norms against each other, the counts too.
         """
         held, self._held = sorted(self._held, key=lambda h: h[0]), []
         if self._validator.previous_median is not None:
