@@ -91,7 +91,7 @@ def class_intensities(subject: np.ndarray, subject_affine: np.ndarray, matrix: n
     subject-world -> template-world; each class's interior (eroded by ``erode_mm``) is sampled at up to
     ``max_points`` voxels, mapped into the subject, and read trilinearly; points outside the subject's
     volume or outside ``fov`` (a boolean array on the subject's grid: the acquired cells) are dropped.
-    A class with fewer than 20 points read takes the mean of its neighbours' values (logged).
+    A class with fewer than 20 points read takes the mean of its neighbours' values, the air 0 (logged).
     """
     from scipy import ndimage as ndi
 
@@ -106,7 +106,8 @@ def class_intensities(subject: np.ndarray, subject_affine: np.ndarray, matrix: n
         mask = labels == k
         if erode_mm > 0:
             r = [max(1, int(round(erode_mm / s))) for s in sp]
-            mask = ndi.binary_erosion(mask, structure=np.ones([2 * v + 1 for v in r], bool))
+            # away from the other classes, not from the array's edge (the air touches it)
+            mask = ndi.binary_erosion(mask, structure=np.ones([2 * v + 1 for v in r], bool), border_value=1)
         idx = np.flatnonzero(mask)
         if idx.size > max_points:
             idx = np.sort(rng.choice(idx, max_points, replace=False))
@@ -121,8 +122,8 @@ def class_intensities(subject: np.ndarray, subject_affine: np.ndarray, matrix: n
     if missing.size == n:
         raise ValueError("class_intensities: no class is inside the subject's field of view; check the affine")
     for k in missing:  # the nearest classes' values (the classes are ordered by template intensity)
-        near = [out[j] for j in (k - 1, k + 1) if 0 <= j < n and not np.isnan(out[j])]
-        out[k] = float(np.mean(near)) if near else float(np.nanmedian(out))
+        near = [out[j] for j in (k - 1, k + 1) if 1 <= j < n and not np.isnan(out[j])]
+        out[k] = 0.0 if k == 0 else float(np.mean(near)) if near else float(np.nanmedian(out))
         log.info("class %d has fewer than 20 points in the subject's field of view: %.3f from its neighbours", k, out[k])
     return out
 
