@@ -48,7 +48,8 @@ FLAGS = {"identity": {"identity": True}, "plain": {}, "archive": {"archive": Tru
 def rebuild(seed: int, flags: str, case: str, scratch: Path, contrast: str | None = None):
     """The case ``deface_corpus.py build --seed seed [flags]`` writes, and its true map p -> template mm.
 
-    ``contrast``: the same case (geometry, noise, crop) in another contrast (a control: e.g. ``t1``).
+    ``contrast``: the same case (geometry, noise, crop) in another contrast (a control: e.g. ``t1``), or
+    ``+``-joined ``key=value`` overrides of the case's parameters (:func:`_overrides`).
     """
     head, idx = case.rsplit("_", 1)
     hi, i = DEV_HEADS.index(head), int(idx)
@@ -65,8 +66,8 @@ def rebuild(seed: int, flags: str, case: str, scratch: Path, contrast: str | Non
         params["contrast"] = opts["contrasts"][i % len(opts["contrasts"])]
     if opts.get("oblique"):
         params["oblique_fov"] = [float(rng.uniform(10, 25)), float(-rng.uniform(45, 65))]
-    if contrast:
-        params["contrast"] = contrast
+    for key, val in _overrides(contrast).items():
+        params[key] = val
     rng_warp = copy.deepcopy(rng)
     base = base_registration(head, scratch)
     built = make_case(DATA / HEADS[head], base, params, rng)
@@ -80,6 +81,32 @@ def rebuild(seed: int, flags: str, case: str, scratch: Path, contrast: str | Non
         return q @ base[:3, :3].T + base[:3, 3]
 
     return built, true_map
+
+
+def _overrides(spec: str | None) -> dict:
+    """Controls: ``t1`` (a contrast) or ``contrast=t1+warp_mm=0+crop=none+spacing=1/1/1+oblique=none+bias=0``.
+
+    The generator draws the same random numbers whatever these values (the noise's only by shape), so a control
+    is the same case with the named factors removed.
+    """
+    if not spec:
+        return {}
+    if "=" not in spec:
+        return {"contrast": spec}
+    out: dict = {}
+    for item in spec.split("+"):
+        key, val = item.split("=")
+        if key == "spacing":
+            out[key] = [float(v) for v in val.split("/")]
+        elif key == "oblique":
+            out["oblique_fov"] = None
+        elif key in ("warp_mm", "bias", "noise"):
+            out[key] = float(val)
+        elif key in ("contrast", "crop"):
+            out[key] = val
+        else:
+            raise SystemExit(f"control {item!r}: use contrast, crop, spacing, warp_mm, bias, noise or oblique=none")
+    return out
 
 
 def fit_affine(p: np.ndarray, tq: np.ndarray) -> np.ndarray:
