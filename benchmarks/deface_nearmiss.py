@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import copy
 import json
 import logging
@@ -211,7 +212,8 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, candidate: dict | 
     img, aff = built["image"], built["affine"]
     shape, sp = img.shape, np.sqrt((aff[:3, :3] ** 2).sum(0))
     ref, brain, fov = built["reference"], built["brain"], img != 0
-    label = scratch / f"{case}_s{seed}_tumour.nii.gz"  # the tumour, protected as run_case protects it
+    tag = "" if not contrast else "_" + hashlib.sha1(contrast.encode()).hexdigest()[:8]  # a control's own file
+    label = scratch / f"{case}_s{seed}{tag}_tumour.nii.gz"  # the tumour, protected as run_case protects it
     if built["tumour"].any():
         import nibabel as nib
 
