@@ -170,7 +170,7 @@ def _contrast_probe(img: np.ndarray, aff: np.ndarray, m0: np.ndarray, a_true: np
 
     pts, vals = level_samples(img, aff, mm, 20000, keep)
     mats = [a_true, m0]
-    out = {}
+    out = {"fov_cut_share": None if cells is None else round(float(1.0 - cells.mean()), 3)}  # None: no cut found
     d = mi(*template_intensity(), mats)
     out["mi_t1"] = round(float(d[0] - d[1]), 4)
     for tag, m in (("fedimg", m0), ("true", a_true)):
