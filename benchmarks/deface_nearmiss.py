@@ -173,6 +173,13 @@ def _contrast_probe(img: np.ndarray, aff: np.ndarray, m0: np.ndarray, a_true: np
     out = {"fov_cut_share": None if cells is None else round(float(1.0 - cells.mean()), 3)}  # None: no cut found
     d = mi(*template_intensity(), mats)
     out["mi_t1"] = round(float(d[0] - d[1]), 4)
+    # the same MI with other sample pools: every voxel (no field of view), and only the level's voxels whose
+    # whole block holds no exact 0 (the acquired region at the level's own resolution, not 4 mm cells)
+    for tag, pool in (("all", None), ("exact", downsample_np((img != 0).astype(np.float32), aff, mm)[0] >= 1.0)):
+        keep_saved, keep = keep, (None if pool is None else pool.reshape(-1))
+        d = mi(*template_intensity(), mats)
+        out[f"mi_t1_fov_{tag}"] = round(float(d[0] - d[1]), 4)
+        keep = keep_saved
     for tag, m in (("fedimg", m0), ("true", a_true)):
         c0 = time.process_time()
         synth, saff = synthetic_template(img, aff, m, n_classes=n_classes, fov=fov_full)
