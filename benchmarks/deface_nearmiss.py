@@ -255,7 +255,9 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, candidate: dict | 
     if probe_contrast:  # does an objective against a template in the subject's contrast rank the truth first?
         fr = face_removal(img, aff, protect=built["tumour"] if built["tumour"].any() else None, config=DefaceConfig())
         m0 = fr.registration.subject_to_template
-        row["s0"] = {**_score(fr.remove, ref, brain, fov), "rms_face": rms(m0)}
+        dh = p[in_head] @ m0[:3, :3].T + m0[:3, 3] - tq[in_head]  # over the whole acquired head, not only near the face
+        row["s0"] = {**_score(fr.remove, ref, brain, fov), "rms_face": rms(m0),
+                     "rms_head": round(float(np.sqrt((dh ** 2).sum(1).mean())), 2)}
         for k in (3, 5, 7):
             row[f"classes{k}"] = _contrast_probe(img, aff, m0, a_head, n_classes=k, contrast=row["contrast"])
         log.info("%s", json.dumps(row))
