@@ -143,12 +143,12 @@ def _mi_probe(img: np.ndarray, aff: np.ndarray, mm: float = 2.0, bins: int = 32)
 def _contrast_probe(img: np.ndarray, aff: np.ndarray, m0: np.ndarray, a_true: np.ndarray, mm: float = 2.0,
                     bins: int = 32, n_classes: int = 5, contrast: str | None = None) -> dict:
     """objective(true) - objective(fedimg) for MI against the T1 template and against synthetic templates in the
-    subject's contrast (:mod:`fedimg.deface.contrast_template`), built through fedimg's affine (``m0``, what a
+    subject's contrast (``benchmarks/_contrast_template.py``), built through fedimg's affine (``m0``, what a
     refinement would have) and, as an oracle, through the true one. One fixed 20000-voxel sample of the subject's
     ``mm`` level inside its acquired field of view, the same for every objective. ``contrast``: also the
     oracle template of the generator's own contrast map applied to the template's intensities (``*_oracle``)."""
     from fedimg.deface.coarse import acquired_fov, block_mean, fov_on_grid
-    from fedimg.deface.contrast_template import level_samples, ncc_objective, synthetic_template
+    from _contrast_template import level_samples, ncc_objective, synthetic_template
     from fedimg.deface.register import _fov_keep
     from fedimg.deface.register_np import NumpyLevel, TorchDraws, downsample_np, normalise_np
     from fedimg.deface.template import template_intensity

@@ -1,4 +1,4 @@
-"""The template in the subject's contrast (:mod:`fedimg.deface.contrast_template`) on hand-made phantoms.
+"""The template in the subject's contrast (``benchmarks/_contrast_template.py``, an experiment) on hand-made phantoms.
 
 A three-tissue phantom is the "template"; the "subject" is the same phantom with a non-monotonic
 (T2-like) intensity map, placed with a known translation. The class medians read through the true
@@ -7,10 +7,18 @@ affine give back the map; NCC against the painted template ranks the true affine
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from fedimg.deface.contrast_template import class_intensities, class_map, level_samples, ncc_objective, synthetic_template
+_SPEC = importlib.util.spec_from_file_location(
+    "_contrast_template", Path(__file__).resolve().parents[2] / "benchmarks" / "_contrast_template.py")
+_CT = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_CT)
+class_intensities, class_map, level_samples = _CT.class_intensities, _CT.class_map, _CT.level_samples
+ncc_objective, synthetic_template = _CT.ncc_objective, _CT.synthetic_template
 
 
 def _phantom(n: int = 48) -> np.ndarray:

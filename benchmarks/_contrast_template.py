@@ -11,7 +11,8 @@ eroded interior mapped through the current affine, of the subject's normalised i
 now match, so a linear relation is expected; NCC, unlike MI, does not reward a mapping that
 pairs the subject's tissues with the template's in some other consistent order).
 
-An experiment for issue 11 (``benchmarks/deface_nearmiss.py --probe-contrast``); no default path uses it.
+An experiment for issue 11 (``benchmarks/deface_nearmiss.py --probe-contrast``), kept beside the benchmark that
+uses it (h13m wrote it in ``fedimg/deface/``; the lead moved it here at the merge: no fedimg path uses it).
 
 >>> import numpy as np
 >>> vol = np.zeros((12, 12, 12), np.float32); vol[2:10, 2:10, 2:10] = 1.0; vol[4:8, 4:8, 4:8] = 3.0
@@ -30,8 +31,8 @@ import logging
 
 import numpy as np
 
-from .mi_np import pad_volume, trilinear
-from .register_np import downsample_np, normalise_np
+from fedimg.deface.mi_np import pad_volume, trilinear
+from fedimg.deface.register_np import downsample_np, normalise_np
 
 __all__ = ["class_map", "template_class_map", "class_intensities", "synthetic_template", "ncc_objective",
            "level_samples"]
