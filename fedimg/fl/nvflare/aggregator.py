@@ -8,8 +8,8 @@ its tensors go, without a packed copy, into the run's :class:`fedimg.fl.server.s
 on the GPU when the server has one): one pass over the update folds it into a scratch sum
 and measures its norm; the validator judges the norm (NaN/Inf, outliers) and only an accepted update's
 scratch becomes the sum, so a rejected one never touches the aggregate. The screened updates are
-folded when the round ends, in the order of the sites' names, so the float32 sums, and a whole run,
-are the same bit for bit whichever site finishes first.
+folded when the round ends, in the order of the sites' names, so the float32 sums do not depend
+on which site finishes first.
 ``aggregate_model`` folds them, finalises the strategy's step, checkpoints the new global model
 (:mod:`fedimg.fl.server.state`) and appends the round to ``metrics.json``.
 
