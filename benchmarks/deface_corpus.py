@@ -389,8 +389,6 @@ def main(argv=None) -> int:
                    help="build: also vary head size, coil shading, SNR (Rician), thick 2-D slices and the air around the head")
     p.add_argument("--shape-weight", type=float, default=None, help="run: override the head-mask MI weight")
     p.add_argument("--no-coarse", action="store_true", help="run: fixed start rotations instead of the coarse stage")
-    p.add_argument("--mi-fill-as-air", action="store_true",
-                   help="run: MI samples every voxel, an oblique slab's fill as air (experiment h13f, off by default)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
@@ -421,8 +419,7 @@ def main(argv=None) -> int:
         for image in sorted((args.out / "cases").glob(f"{name}_[0-9][0-9].nii.gz")):
             if args.only and not re.search(args.only, image.name):
                 continue
-            rows.append(run_case(image, work, DefaceConfig(shape_weight=args.shape_weight, coarse=not args.no_coarse,
-                                                        mi_fill_as_air=args.mi_fill_as_air)))
+            rows.append(run_case(image, work, DefaceConfig(shape_weight=args.shape_weight, coarse=not args.no_coarse)))
             log.info("%s", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()})
     result = {"heads": args.heads, "summary": summarise(rows), "cases": rows}
     print(json.dumps(result["summary"], indent=1))

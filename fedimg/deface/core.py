@@ -40,8 +40,6 @@ class DefaceConfig:
 
     ``modality``: ``mr``, ``ct`` or ``auto`` (HU range or CT-like head histogram). ``coarse``:
     start the MI stage from the head-mask alignment (else from the fixed start rotations).
-    ``mi_fill_as_air`` (experiment, off): the MI stage samples every voxel, an oblique slab's
-    constant fill counted as air, instead of only the acquired field of view (issue 11, h13f).
     """
 
     preset: str = "auto"
@@ -54,7 +52,6 @@ class DefaceConfig:
     seed: int = 0
     registration: RegistrationConfig | None = None  # overrides the preset when given
     qc: QCThresholds = dataclasses.field(default_factory=QCThresholds)
-    mi_fill_as_air: bool = False  # experiment (h13f): MI ignores acquired_fov; coarse stage and QC still use it
 
     def __post_init__(self) -> None:
         if self.preset != "auto" and self.preset not in PRESETS:
@@ -230,8 +227,7 @@ def _register_head(can, can_aff, small, modality, config, spacing, device, brain
                           air=air_value(can, "ct"))
         return reg, cands
     args = (can, can_aff, *template_intensity())  # load_template's intensity array: the face/brain maps may still be read
-    # MI samples only acquired voxels: the fill of an oblique cut is not air (unless the h13f experiment asks)
-    fov = None if config.mi_fill_as_air else acquired_fov(small[0])
+    fov = acquired_fov(small[0])  # MI samples only acquired voxels: the fill of an oblique cut is not air
     fov = None if fov is None else (fov, small[1])
     reg = register(*args, config=rcfg, device=device, initial=initial, fov=fov)
     ambiguous = reg.second_loss - reg.loss < config.qc.ambiguous_gap
