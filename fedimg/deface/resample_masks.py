@@ -150,18 +150,11 @@ def warp_support_above(vol: np.ndarray, vox_to_vol: np.ndarray, shape, threshold
         from .resample_np import warp_support
 
         return warp_support(vol, vox_to_vol, shape) > threshold
+    from .resample_np import support_box
+
     out = np.zeros(tuple(int(n) for n in shape), bool)
-    nz = [np.flatnonzero(np.asarray(vol).any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(a.size == 0 for a in nz):
-        return out
-    lo = [a[0] - 1.0 for a in nz]
-    hi = [a[-1] + 1.0 for a in nz]
-    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    sub = corners @ np.linalg.inv(np.asarray(vox_to_vol, dtype=np.float64)).T
-    a = np.clip(np.floor(sub[:, :3].min(0)).astype(int) - 2, 0, out.shape)
-    b = np.clip(np.ceil(sub[:, :3].max(0)).astype(int) + 3, 0, out.shape)
-    if np.any(b <= a):
-        return out
-    box = tuple(slice(int(i), int(j)) for i, j in zip(a, b))
-    out[box] = warp_above([vol], [threshold], vox_to_vol, b - a, origin=a)[0]
+    box = support_box(vol, vox_to_vol, out.shape)
+    if box is not None:
+        out[box] = warp_above([vol], [threshold], vox_to_vol, [b.stop - b.start for b in box],
+                              origin=[b.start for b in box])[0]
     return out

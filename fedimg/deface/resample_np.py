@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sample", "grid_sample", "warp", "warp_maps", "warp_support", "block_mean"]
+__all__ = ["sample", "grid_sample", "warp", "warp_maps", "warp_support", "support_box", "block_mean"]
 
 
 def sample(vol: np.ndarray, vox: np.ndarray) -> np.ndarray:
@@ -140,20 +140,27 @@ def warp_support(vol: np.ndarray, vox_to_vol: np.ndarray, shape) -> np.ndarray:
     """:func:`warp` on a whole grid of ``shape``, computed only in the box that can reach ``vol``'s non-zero
     voxels (the rest reads zero there too: every corner it would blend is zero)."""
     out = np.zeros(tuple(int(n) for n in shape), np.float32)
+    box = support_box(vol, vox_to_vol, out.shape)
+    if box is not None:
+        out[box] = warp_maps([vol], vox_to_vol, [b.stop - b.start for b in box], origin=[b.start for b in box])[0]
+    return out
+
+
+def support_box(vol: np.ndarray, vox_to_vol: np.ndarray, shape) -> tuple[slice, ...] | None:
+    """The box of a grid of ``shape`` whose trilinear reads of ``vol`` (through ``vox_to_vol``) can touch its
+    non-zero voxels; None when none can (outside it every corner read is zero)."""
     nz = [np.flatnonzero(np.asarray(vol).any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     if any(a.size == 0 for a in nz):
-        return out
+        return None
     lo = [a[0] - 1.0 for a in nz]
     hi = [a[-1] + 1.0 for a in nz]
     corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     sub = corners @ np.linalg.inv(np.asarray(vox_to_vol, dtype=np.float64)).T
-    a = np.clip(np.floor(sub[:, :3].min(0)).astype(int) - 2, 0, out.shape)
-    b = np.clip(np.ceil(sub[:, :3].max(0)).astype(int) + 3, 0, out.shape)
+    a = np.clip(np.floor(sub[:, :3].min(0)).astype(int) - 2, 0, shape)
+    b = np.clip(np.ceil(sub[:, :3].max(0)).astype(int) + 3, 0, shape)
     if np.any(b <= a):
-        return out
-    box = tuple(slice(int(i), int(j)) for i, j in zip(a, b))
-    out[box] = warp_maps([vol], vox_to_vol, b - a, origin=a)[0]
-    return out
+        return None
+    return tuple(slice(int(i), int(j)) for i, j in zip(a, b))
 
 
 def block_mean(image: np.ndarray, step) -> np.ndarray:
