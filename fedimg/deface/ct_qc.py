@@ -60,6 +60,7 @@ import logging
 import numpy as np
 
 from .brainmask import BrainEstimate, removal_metrics
+from .masks import placed_brain as _placed_brain
 
 __all__ = ["HU_OFFSET", "to_hu", "ct_brain_estimate", "ct_metrics", "ct_evaluate"]
 
@@ -154,16 +155,6 @@ def ct_brain_estimate(canonical: np.ndarray, affine: np.ndarray, *, air: float =
     log.debug("CT brain estimate: head %.0f mL, intracranial %.0f mL", head.sum() * cell_ml, brain.sum() * cell_ml)
     return BrainEstimate(head=head, brain=brain, step=st, cell_ml=cell_ml, cell_spacing=sp, cell_affine=cell_aff,
                          reference=float(np.median(mean[brain])) if brain.any() else 0.0, source="ct")
-
-
-def _placed_brain(template, shape, affine: np.ndarray, subject_to_template: np.ndarray) -> np.ndarray:
-    """The template's brain-protection mask on a whole subject grid (``masks.warp_template_maps``
-    fills only the face's bounding box): trilinear, zeros outside (:func:`.resample_np.warp_support`, numpy; the
-    ``grid_sample`` it replaced placed its samples in float32, so a value can differ by about 5e-5)."""
-    from .resample_np import warp_support
-
-    m = np.linalg.inv(template.affine) @ subject_to_template @ affine
-    return warp_support(template.brain, m, shape) > 0.5
 
 
 def ct_metrics(canonical: np.ndarray, affine: np.ndarray, remove: np.ndarray, removal, *, estimate=None,

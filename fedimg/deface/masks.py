@@ -20,7 +20,7 @@ import numpy as np
 
 from fedimg.errors import ConfigError
 
-__all__ = ["warp_template_maps", "warp_template_masks", "removal_mask", "dilate_mm", "apply_removal", "MODES"]
+__all__ = ["warp_template_maps", "warp_template_masks", "placed_brain", "removal_mask", "dilate_mm", "apply_removal", "MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,17 @@ def warp_template_masks(template, subject_shape, subject_affine: np.ndarray, sub
     face_out[box], brain_out[box] = warp_above([template.face, template.brain], (0.5, 0.01), vox_to_tvox, shape,
                                                origin=origin)
     return face_out, brain_out
+
+
+def placed_brain(template, shape, affine: np.ndarray, subject_to_template: np.ndarray) -> np.ndarray:
+    """The template's brain-protection map placed on a whole grid (``shape``, ``affine``) through
+    ``subject_to_template``, above 0.5: the voxels of ``resample_np.warp_support(...) > 0.5`` (trilinear, zeros
+    outside; :func:`warp_template_maps` fills only the face's box), by :func:`.resample_masks.warp_support_above`.
+    QC's brain cores (:mod:`.qc`) and the CT check (:mod:`.ct_qc`) read it."""
+    from .resample_masks import warp_support_above
+
+    m = np.linalg.inv(template.affine) @ subject_to_template @ affine
+    return warp_support_above(template.brain, m, shape, 0.5)
 
 
 def _warp_torch(template, vox_to_tvox: np.ndarray, box, device, chunk: int) -> np.ndarray:

@@ -108,6 +108,7 @@ import numpy as np
 from fedimg.errors import ConfigError
 
 from .blas import serial_blas
+from .masks import placed_brain as _warp_core
 from .qc_face import ShapePlacement
 from .qc_plane import placed_frame
 from .qc_png import face_render, render_qc_png  # the picture (re-exported: callers import it from here)
@@ -391,10 +392,3 @@ def brain_in_head(canonical: np.ndarray, affine: np.ndarray, template, subject_t
     core = _warp_core(template, small.shape, small_aff, subject_to_template)
     n = core.sum()
     return float((core & head).sum() / n) if n else 0.0
-
-
-def _warp_core(template, shape, affine, subject_to_template) -> np.ndarray:
-    from .resample_masks import warp_support_above
-
-    m = np.linalg.inv(template.affine) @ subject_to_template @ affine
-    return warp_support_above(template.brain, m, shape, 0.5)  # warp_support(...) > 0.5, the same voxels
