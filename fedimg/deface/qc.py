@@ -6,8 +6,7 @@ Checks (a failed check fails the file, never silently passes it):
 - ``start_agreement``: the face regions of the two best starts overlap (Dice ``start_agreement_dice`` >=
   ``min_start_dice``; ``agreement_mm`` when no Dice is given) unless the runner-up is clearly worse (MI more than
   ``ambiguous_gap`` lower; on thick 2-D slices, ``slice_mm``, more than ``slab_gap_per_mm`` per mm of slice: slabs
-  averaged over 5 mm flatten MI along the slice axis, and a start 20 mm off kept 31 % of the face, 0.021 worse;
-  a runner-up within ``near_rival_gap`` whose face region overlaps less than ``near_rival_dice`` is a rival too);
+  averaged over 5 mm flatten MI along the slice axis, and a start 20 mm off kept 31 % of the face, 0.021 worse);
 - ``protected_untouched``: at most ``max_brain_removed_ml`` (1 mL) of removed voxels lie in
   the brain *estimated from the image itself* (:mod:`.brainmask`, independent of the
   registration; its boundary is a 2 mm cell, or one slice of a thick slab, wide, so 1 mL,
@@ -130,8 +129,6 @@ class QCThresholds:
     min_start_dice: float = 0.8
     ambiguous_gap: float = 0.02  # runner-up within this MI of the best counts as a rival
     slab_gap_per_mm: float = 0.01  # thick 2-D slices: within this x the slice thickness (mm) too
-    near_rival_gap: float = 0.05  # a runner-up this close in MI whose face region overlaps < near_rival_dice: a rival
-    near_rival_dice: float = 0.75  # (fourteenth wave, h14w; a start 10 degrees off overlaps 0.75-0.78)
     min_brain_in_head: float = 0.85
     max_brain_removed_ml: float = 1.0
     removed_fraction_range: tuple[float, float] = (0.02, 0.13)
@@ -159,8 +156,7 @@ def _agree(metrics: dict, t: QCThresholds) -> tuple[bool, str]:
     dice = metrics.get("start_agreement_dice")
     rival = metrics["loss_gap"] <= max(t.ambiguous_gap, t.slab_gap_per_mm * metrics.get("slice_mm", 0.0))
     if dice is not None:
-        near = metrics["loss_gap"] <= t.near_rival_gap and dice < t.near_rival_dice  # a near miss's other basin
-        return ((dice >= t.min_start_dice or not rival) and not near,
+        return (dice >= t.min_start_dice or not rival,
                 f"two best starts disagree (face regions overlap Dice {dice:.2f} < {t.min_start_dice}) with near-equal loss")
     return (metrics["agreement_mm"] <= t.max_agreement_mm or not rival,
             f"two best starts disagree by {metrics['agreement_mm']:.1f} mm with near-equal loss")
