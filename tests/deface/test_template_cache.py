@@ -11,18 +11,23 @@ import pytest
 
 from fedimg.deface import template as tpl
 from fedimg.deface import template_cache as tc
+from fedimg.deface import register_np
+from fedimg.deface.qc_plane import template_midplane
 from fedimg.deface.resample_masks import cube_codes, make_codes
 
 
 def _clear() -> None:
-    for fn in (tpl._template_intensity, tpl._load_template, tpl._template_head_mask):
+    for fn in (tpl._template_intensity, tpl._load_template, tpl._template_head_mask, template_midplane):
         fn.cache_clear()
+    register_np._CACHE.clear()
 
 
 def _products():
     t = tpl.load_template()
     mask, maff = tpl.template_head_mask(4.0)
-    return {"intensity": t.intensity, "affine": t.affine, "face": t.face, "brain": t.brain, "mask": mask, "maff": maff,
+    levels = {f"level{mm}{i}": a for mm in (4.0, 2.0) for i, a in enumerate(register_np.template_level_np(t.intensity, t.affine, mm))}
+    centre, normal = template_midplane()
+    return {**levels, "centre": centre, "normal": normal, "intensity": t.intensity, "affine": t.affine, "face": t.face, "brain": t.brain, "mask": mask, "maff": maff,
             "face_codes": cube_codes(t.face), "brain_codes": cube_codes(t.brain)}
 
 
@@ -53,12 +58,20 @@ def test_cold_then_warm_cache_gives_the_files_arrays(with_cache):
     entry = tc.entry_dir()
     assert entry.parent == root and entry.name.startswith("template-")
     names = sorted(p.name for p in entry.iterdir())
-    assert "maps.face.npy" in names and "codes.brain.npy" in names and not [n for n in names if n.endswith(".tmp")]
+    assert {"maps.face.npy", "codes.brain.npy", "level_2mm.level.npy", "midplane.normal.npy"} <= set(names) and not [n for n in names if n.endswith(".tmp")]
     _clear()
     warm = _products()  # warm: mapped from the files
     _same(warm, ref)
     assert not warm["face"].flags.writeable and not warm["intensity"].flags.writeable
     assert np.array_equal(warm["face_codes"], make_codes(ref["face"]))
+
+
+def test_other_images_levels_are_not_cached(with_cache):
+    ref, _ = with_cache
+    t = tpl.load_template()
+    other = np.array(t.intensity)  # the same values in another array: made afresh, not read as the template's
+    got = register_np.template_level_np(other, t.affine, 4.0)
+    assert np.array_equal(got[0], ref["level4.00"]) and not list(tc.entry_dir().glob("level_*"))
 
 
 def test_garbled_entry_is_ignored_recomputed_and_rewritten(with_cache, caplog):
