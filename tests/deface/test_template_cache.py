@@ -25,9 +25,11 @@ def _clear() -> None:
 def _products():
     t = tpl.load_template()
     mask, maff = tpl.template_head_mask(4.0)
-    levels = {f"level{mm}{i}": a for mm in (4.0, 2.0) for i, a in enumerate(register_np.template_level_np(t.intensity, t.affine, mm))}
+    levels = {f"level{mm}{i}": a for mm in (4.0, 2.0)
+              for i, a in enumerate(register_np.template_level_np(t.intensity, t.affine, mm))}
     centre, normal = template_midplane()
-    return {**levels, "centre": centre, "normal": normal, "intensity": t.intensity, "affine": t.affine, "face": t.face, "brain": t.brain, "mask": mask, "maff": maff,
+    return {**levels, "centre": centre, "normal": normal, "intensity": t.intensity, "affine": t.affine,
+            "face": t.face, "brain": t.brain, "mask": mask, "maff": maff,
             "face_codes": cube_codes(t.face), "brain_codes": cube_codes(t.brain)}
 
 
@@ -58,7 +60,8 @@ def test_cold_then_warm_cache_gives_the_files_arrays(with_cache):
     entry = tc.entry_dir()
     assert entry.parent == root and entry.name.startswith("template-")
     names = sorted(p.name for p in entry.iterdir())
-    assert {"maps.face.npy", "codes.brain.npy", "level_2mm.level.npy", "midplane.normal.npy"} <= set(names) and not [n for n in names if n.endswith(".tmp")]
+    assert {"maps.face.npy", "codes.brain.npy", "level_2mm.level.npy", "midplane.normal.npy"} <= set(names)
+    assert not [n for n in names if n.endswith(".tmp")]
     _clear()
     warm = _products()  # warm: mapped from the files
     _same(warm, ref)
