@@ -9,8 +9,8 @@ values, bit for bit. Off by default in the library (no folder: nothing read or w
 
 The entry folder is named by a hash of what the arrays are made from: the three template files'
 bytes, fedimg's defacing source files (``fedimg/deface/*.py``) and numpy's and scipy's versions,
-so a changed template, code or library never reads an old entry (stale entries are left; delete the
-folder to reclaim them). Each file is written to a temporary name and renamed (atomic); a file that
+so a changed template, code or library never reads an old entry; a new entry removes all but the
+newest other one (:data:`KEEP`). Each file is written to a temporary name and renamed (atomic); a file that
 cannot be read back with the expected shape and dtype (truncated, garbled) is ignored with a
 warning, recomputed and rewritten. A folder that cannot be written to is logged once and skipped.
 
@@ -35,6 +35,7 @@ __all__ = ["set_cache_dir", "cache_dir", "cached", "entry_dir"]
 log = logging.getLogger(__name__)
 
 FORMAT = "1"  # bump when the layout of an entry changes
+KEEP = 2  # entries kept in a cache folder (this code's and one other version's); older ones are removed
 _DIR: list[Path | None] = [None]
 _LOCK = threading.Lock()
 _WARNED: set[str] = set()
@@ -89,6 +90,23 @@ def cached(name: str, build: Callable[[], dict[str, np.ndarray]], spec: dict[str
     return arrays
 
 
+def _prune(entry: Path, keep: int = KEEP) -> None:
+    """Remove all but the ``keep`` newest ``template-*`` entries beside ``entry`` (another version's: stale). A
+    process that maps a removed file keeps its mapping; one writing into a removed entry logs and goes on."""
+    import shutil
+
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    others = sorted((p for p in entry.parent.glob("template-*") if p != entry and p.is_dir()), key=mtime, reverse=True)
+    for old in others[max(0, keep - 1):]:
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("template cache: removed the stale entry %s", old)
+
+
 def _read(path: Path, shape: tuple, dtype: str) -> np.ndarray:
     arr = np.load(path, mmap_mode="r", allow_pickle=False)
     if (shape is not None and arr.shape != tuple(shape)) or arr.dtype != np.dtype(dtype) or not arr.flags.c_contiguous:
@@ -98,7 +116,9 @@ def _read(path: Path, shape: tuple, dtype: str) -> np.ndarray:
 
 def _write(entry: Path, paths: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
     try:
-        entry.mkdir(parents=True, exist_ok=True)
+        if not entry.is_dir():
+            entry.mkdir(parents=True, exist_ok=True)
+            _prune(entry)
         for field, path in paths.items():
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             try:

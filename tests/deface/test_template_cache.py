@@ -142,3 +142,20 @@ def test_cli_cache_folder():
         assert template_cache_dir({"FEDIMG_CACHE_DIR": off}) is None
     assert template_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/fedimg")
     assert template_cache_dir({}) == Path("~").expanduser() / ".cache" / "fedimg"
+
+
+def test_a_new_entry_removes_all_but_the_newest_other(tmp_path):
+    import os
+
+    for i, name in enumerate(("template-old1", "template-old2", "template-old3")):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    (tmp_path / "unrelated").mkdir()
+    tc.set_cache_dir(tmp_path)
+    try:
+        tc.cached("x", lambda: {"a": np.arange(3)}, {"a": ((3,), "int64")})
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["template-old3", "unrelated", tc.entry_dir().name])
+        tc.cached("y", lambda: {"a": np.arange(3)}, {"a": ((3,), "int64")})  # the same entry: nothing removed
+        assert (tmp_path / "template-old3").is_dir()
+    finally:
+        tc.set_cache_dir(None)
