@@ -31,7 +31,7 @@ from fedimg.imageio.volume import Volume, encode_like, load_volume, save_like, t
 from fedimg.io import ensure_not_input, write_bytes, write_json
 
 from .beside import collect, queue_calls
-from .blas import one_blas_thread
+from .blas import serial_blas
 from .core import DefaceConfig, face_removal
 from .masks import apply_removal
 from .qc import check_removal, render_qc_png
@@ -101,14 +101,13 @@ def _check_paths(job: DefaceJob) -> None:
             raise InputError(inp, "would be overwritten by a sidecar or QC file; choose another output folder")
 
 
+@serial_blas
 def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=None, qc_thread: bool | None = None) -> dict:
     """Run one job; returns the QC record. Raises ``InputError`` (bad input) or ``QCError`` (QC failed).
 
     ``qc_thread``: run QC's image-only work (:class:`_QCWorker`) in a second thread beside the
     registration; ``None`` (default): with two or more CPU threads (``--threads``; :func:`fedimg.device.configured_threads`).
-    The record and the outputs are the same either way. The inputs are read before BLAS is limited to one
-    thread (:func:`.blas.one_blas_thread`, whose first entry imports scipy): the read makes no BLAS call but on
-    3x3 and 4x4 matrices, and it runs beside the template prefetch (:func:`prefetch_template`) and its scipy import.
+    The record and the outputs are the same either way.
     """
     config = config or DefaceConfig()
     t0 = time.perf_counter()
@@ -117,11 +116,8 @@ def deface_job(job: DefaceJob, *, config: DefaceConfig | None = None, device=Non
         from fedimg.device import configured_threads
 
         qc_thread = configured_threads() >= 2
-    if qc_thread:
-        prefetch_template()  # the template's read beside the inputs' (once per process; the CLI started it already)
-    inputs = _read_inputs(job)
-    with one_blas_thread(), _QCWorker(qc_thread, config, device) as worker:
-        return _run_job(job, inputs, config, device, worker, t0)
+    with _QCWorker(qc_thread, config, device) as worker:
+        return _run_job(job, config, device, worker, t0)
 
 
 class _QCWorker:
@@ -265,8 +261,8 @@ def _qc_shape(canonical, coarse):
     return shape_placement(can, can_aff, _shape_candidates(can, can_aff, got[1]))
 
 
-def _read_inputs(job: DefaceJob) -> tuple:
-    """The job's volumes read and checked, the protect mask, the reference's scaled voxels and canonical copy."""
+def _run_job(job: DefaceJob, config: DefaceConfig, device, worker: _QCWorker, t0: float) -> dict:
+    """Long because it is the whole job: read and check, remove, QC, write (``deface_job``)."""
     ref = load_volume(job.reference, what="reference image")
     others = [load_volume(a, what="--apply-to image") for a, _ in job.apply_to]
     labels = [load_volume(p, what="--protect label", require_signal=False) for p in job.protect]
@@ -280,12 +276,6 @@ def _read_inputs(job: DefaceJob) -> tuple:
         protect = (lab.raw != 0) if protect is None else (protect | (lab.raw != 0))
     scaled = ref.scaled()
     canonical = to_canonical(scaled, ref.affine)  # one canonical copy for the removal and QC's threads
-    return ref, others, protect, scaled, canonical
-
-
-def _run_job(job: DefaceJob, inputs: tuple, config: DefaceConfig, device, worker: _QCWorker, t0: float) -> dict:
-    """Long because it is the whole job: remove, QC, write (``deface_job``)."""
-    ref, others, protect, scaled, canonical = inputs
     worker.start(*canonical)
     removal = face_removal(scaled, ref.affine, protect=protect, config=config, device=device,
                            on_coarse=worker.on_coarse, canonical=canonical, pool=worker.pool)

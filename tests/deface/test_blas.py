@@ -86,27 +86,3 @@ def test_face_removal_registers_with_one_blas_thread(two_blas_threads, head_2mm,
                           config=core.DefaceConfig(preset="fast"))
     assert seen == [{1}]
     assert _blas_threads() == {2}
-
-
-def test_deface_job_reads_then_works_at_one_blas_thread(two_blas_threads, tmp_path, monkeypatch):
-    """deface_job reads its inputs before the limit (no BLAS work there) and runs the removal, QC and writing
-    inside it; the caller's count after."""
-    from pathlib import Path
-
-    from fedimg.deface import pipeline
-
-    seen = {}
-
-    def spy(name, fn):
-        def call(*args, **kwargs):
-            seen.setdefault(name, _blas_threads())
-            return fn(*args, **kwargs)
-        monkeypatch.setattr(pipeline, name, call)
-
-    for name in ("load_volume", "to_canonical", "face_removal", "check_removal", "save_like"):
-        spy(name, getattr(pipeline, name))
-    head = Path(__file__).resolve().parents[1] / "assets" / "mri" / "pycortex_S1_T1w_2mm.nii.gz"
-    job = pipeline.DefaceJob(reference=head, output=tmp_path / "out.nii.gz", png="off")
-    pipeline.deface_job(job, qc_thread=False)
-    assert seen == {"load_volume": {2}, "to_canonical": {2}, "face_removal": {1}, "check_removal": {1}, "save_like": {1}}
-    assert _blas_threads() == {2}
