@@ -6,7 +6,8 @@ Each run is a fresh process (``python -c "from fedimg.cli import main; ..."``); 
 (user + sys of the child, ``os.wait4``) is the number to compare on a shared machine, wall
 time and the 1-minute load average are recorded beside it. With ``--baseline REV`` (a commit
 of this repository, exported with ``git archive``) or ``--baseline-src DIR`` (another checkout)
-the two code trees run interleaved, head by head, and the removal masks of their last runs are compared
+the two code trees run interleaved, head by head (every run with one template cache folder,
+``--template-cache``, filled first by one run of this tree that is reported apart), and the removal masks of their last runs are compared
 (identical voxels, or the removal Dice), as are the written files (bytes) and the QC / provenance records
 (every field but timings and paths). ``--batch`` also defaces all heads in one process
 (a BIDS tree), whose CPU time per head leaves the start-up (torch import etc.) out.
@@ -57,9 +58,14 @@ MACHINE = _machine()
 VOLATILE = {"seconds", "registration_seconds", "reference", "output", "source", "qc_report", "qc_png", "apply_to", "protect"}
 
 
+CACHE: list[str] = []  # FEDIMG_CACHE_DIR for every run (a tree without the template cache ignores it)
+
+
 def _run(src: Path, argv: list[str], threads: int) -> dict:
     """One ``fedimg`` process from the code tree ``src``: CPU seconds (user + sys), wall, load, exit code."""
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(threads))
+    if CACHE:
+        env["FEDIMG_CACHE_DIR"] = CACHE[0]
     code = f"import sys; from fedimg.cli import main; sys.exit(main({argv!r}))"
     load = os.getloadavg()[0]
     with tempfile.TemporaryFile() as err:
@@ -135,10 +141,15 @@ def run(args: argparse.Namespace) -> int:
             trees["baseline"] = _export(args.baseline, Path(tmp) / f"base-{args.baseline}")
         elif args.baseline_src:
             trees["baseline"] = args.baseline_src.resolve()
+        CACHE[:] = [args.template_cache or str(Path(tmp) / "template-cache")]
         result = {"command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]),
                   "machine": MACHINE, "cpus": len(os.sched_getaffinity(0)), "commits": {k: _commit(v) for k, v in trees.items()},
-                  "threads": args.threads, "runs": args.runs,
+                  "threads": args.threads, "runs": args.runs, "template_cache": CACHE[0],
                   "load1_start": os.getloadavg()[0], "heads": {}}
+        if CACHE[0].lower() not in ("", "off", "0", "none"):  # the first run fills an empty cache: timed apart
+            argv = ["-q", "deface", str(heads[0]), "-o", str(Path(tmp) / "first" / heads[0].name), "--threads", str(args.threads)]
+            result["first_run"] = _run(ROOT, argv, args.threads)
+            print(f"{heads[0].name} this, first run (the cache as it was): {result['first_run']}", flush=True)
         for head in heads:
             runs = {k: [] for k in trees}
             outs = {k: Path(tmp) / k / head.name for k in trees}
@@ -195,6 +206,8 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline-src", type=Path, help="another checkout to run interleaved (e.g. an older commit)")
     ap.add_argument("--batch", action="store_true", help="also deface all heads in one process (CPU s per head)")
     ap.add_argument("--json", type=Path, help="write the results here (e.g. benchmarks/cpu-results/...)")
+    ap.add_argument("--template-cache", metavar="DIR", help="FEDIMG_CACHE_DIR of every run (default: a fresh folder, "
+                    "filled by one first run timed apart; 'off': none)")
     return run(ap.parse_args(argv))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MKL_NUM_THREADS", "2")
 os.environ.setdefault("NUMBA_NUM_THREADS", "2")
+os.environ.setdefault("FEDIMG_CACHE_DIR", "off")  # `fedimg deface` in tests writes no template cache to ~/.cache
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -29,9 +29,15 @@ def template_midplane() -> tuple[np.ndarray, np.ndarray]:
     from .brainmask import head_frame
     from .template import load_template
 
-    t = load_template()
-    centre, normal, _ = head_frame(t.brain > 0.5, t.affine)
-    return centre, normal
+    from .template_cache import cached
+
+    def build() -> dict[str, np.ndarray]:
+        t = load_template()
+        centre, normal, _ = head_frame(t.brain > 0.5, t.affine)
+        return {"centre": np.asarray(centre), "normal": np.asarray(normal)}
+
+    got = cached("midplane", build, {"centre": ((3,), "float64"), "normal": ((3,), "float64")})  # with a cache folder set
+    return got["centre"], got["normal"]
 
 
 def placed_frame(subject_to_template: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

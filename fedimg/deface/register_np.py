@@ -84,9 +84,24 @@ def template_level_np(template: np.ndarray, affine: np.ndarray, mm: float):
     if got is None:
         if len(_CACHE) > 8:
             _CACHE.clear()
-        t, ta = downsample_np(template, affine, mm)
-        got = _CACHE[key] = (normalise_np(t), ta)
+        got = _CACHE[key] = _level_np(template, affine, mm)
     return got
+
+
+def _level_np(template: np.ndarray, affine: np.ndarray, mm: float):
+    """One level made afresh, or, for the shipped template with a cache folder set, read from :mod:`.template_cache`."""
+    from .template import template_intensity
+    from .template_cache import cache_dir, cached
+
+    def build() -> dict[str, np.ndarray]:
+        t, ta = downsample_np(template, affine, mm)
+        return {"level": normalise_np(t), "affine": ta}
+
+    if cache_dir() is not None and template is template_intensity()[0] and np.array_equal(affine, template_intensity()[1]):
+        got = cached(f"level_{float(mm):g}mm", build, {"level": (None, "float32"), "affine": ((4, 4), "float64")})
+    else:
+        got = build()
+    return got["level"], got["affine"]
 
 
 class TorchDraws:

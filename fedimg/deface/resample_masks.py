@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["cube_codes", "warp_above", "warp_support_above", "ALL_ONE", "ALL_ZERO", "MAX_THRESHOLD"]
+__all__ = ["cube_codes", "make_codes", "remember_codes", "warp_above", "warp_support_above", "ALL_ONE", "ALL_ZERO", "MAX_THRESHOLD"]
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,21 @@ def cube_codes(vol: np.ndarray) -> np.ndarray | None:
         for key, codes in _CODES:
             if key is vol:
                 return codes
-        codes = _codes(np.asarray(vol))
+        codes = make_codes(np.asarray(vol))
         _CODES[:] = [*_CODES[-3:], (vol, codes)]
         return codes
 
 
-def _codes(vol: np.ndarray) -> np.ndarray | None:
+def remember_codes(vol: np.ndarray, codes: np.ndarray) -> None:
+    """Let :func:`cube_codes` answer ``codes`` for the array ``vol`` (tables :func:`make_codes` made of its values,
+    e.g. read from :mod:`.template_cache`); a table it holds for ``vol`` already is kept."""
+    with _LOCK:
+        if not any(key is vol for key, _ in _CODES):
+            _CODES[:] = [*_CODES[-3:], (vol, codes)]
+
+
+def make_codes(vol: np.ndarray) -> np.ndarray | None:
+    """:func:`cube_codes`' table of ``vol``, made afresh (not cached)."""
     nonzero = vol != 0  # one pass over the map; the rest works on booleans
     if not np.array_equal(vol == 1, nonzero):  # a value other than 0 and 1
         return None

@@ -20,12 +20,15 @@ import numpy as np
 
 from fedimg.errors import FedimgError
 
+from .template_cache import cached
+
 __all__ = ["Template", "load_template", "template_intensity", "template_head_mask", "asset_path", "TEMPLATE_NAME", "FACEMASK_NAME", "BRAIN_PROTECT_NAME"]
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_NAME = "mean_reg2mean.nii.gz"
 FACEMASK_NAME = "facemask.nii.gz"
+SHAPE = (176, 256, 256)  # the shipped files' grid
 BRAIN_PROTECT_NAME = "brain_protect.nii.gz"
 
 
@@ -74,10 +77,14 @@ def _template_intensity() -> tuple[np.ndarray, np.ndarray]:
     from fedimg.imageio.nifti import open_nifti
     from fedimg.imageio.volume import c_order
 
-    img = open_nifti(asset_path(TEMPLATE_NAME))
-    # C order (NIfTI stores x fastest): every later use reshapes, pads or boxes these arrays in C order,
-    # and each such use of a Fortran-ordered array copied it first (the values are the same either way)
-    return c_order(_voxels(img), np.float32), np.asarray(img.affine, dtype=np.float64)
+    def build() -> dict[str, np.ndarray]:
+        img = open_nifti(asset_path(TEMPLATE_NAME))
+        # C order (NIfTI stores x fastest): every later use reshapes, pads or boxes these arrays in C order,
+        # and each such use of a Fortran-ordered array copied it first (the values are the same either way)
+        return {"intensity": c_order(_voxels(img), np.float32), "affine": np.asarray(img.affine, dtype=np.float64)}
+
+    got = cached("intensity", build, {"intensity": (SHAPE, "float32"), "affine": ((4, 4), "float64")})
+    return got["intensity"], got["affine"]
 
 
 @functools.lru_cache(maxsize=2)
@@ -86,15 +93,39 @@ def _load_template(brain_protect: str | None) -> Template:
     from fedimg.imageio.volume import c_order
 
     intensity, affine = template_intensity()
-    face_img = open_nifti(asset_path(FACEMASK_NAME))
-    brain_img = open_nifti(brain_protect or asset_path(BRAIN_PROTECT_NAME))
-    for other in (face_img, brain_img):
-        if other.shape != intensity.shape or not np.allclose(other.affine, affine, atol=1e-4):
-            raise FedimgError(f"{other.get_filename()}: not on the template grid; rebuild it with scripts/build_brain_protect.py")
-    face = c_order(_voxels(face_img) < 0.5, np.float32)  # facemask: 0 = face region
-    brain = c_order(_voxels(brain_img) > 0, np.float32)
-    log.debug("template loaded: %s, face %.0f mL, brain-protect %.0f mL", intensity.shape, face.sum() / 1e3, brain.sum() / 1e3)
-    return Template(intensity=intensity, face=face, brain=brain, affine=affine)
+
+    def build() -> dict[str, np.ndarray]:
+        face_img = open_nifti(asset_path(FACEMASK_NAME))
+        brain_img = open_nifti(brain_protect or asset_path(BRAIN_PROTECT_NAME))
+        for other in (face_img, brain_img):
+            if other.shape != intensity.shape or not np.allclose(other.affine, affine, atol=1e-4):
+                raise FedimgError(f"{other.get_filename()}: not on the template grid; rebuild it with scripts/build_brain_protect.py")
+        face = c_order(_voxels(face_img) < 0.5, np.float32)  # facemask: 0 = face region
+        return {"face": face, "brain": c_order(_voxels(brain_img) > 0, np.float32)}
+
+    if brain_protect is None:  # the shipped maps: cached (:mod:`.template_cache`) with their corner tables
+        maps = cached("maps", build, {"face": (SHAPE, "float32"), "brain": (SHAPE, "float32")})
+        _cached_codes(maps)
+    else:
+        maps = build()
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("template loaded: %s, face %.0f mL, brain-protect %.0f mL", intensity.shape, maps["face"].sum() / 1e3,
+                  maps["brain"].sum() / 1e3)
+    return Template(intensity=intensity, face=maps["face"], brain=maps["brain"], affine=affine)
+
+
+def _cached_codes(maps: dict[str, np.ndarray]) -> None:
+    """With a cache folder: the maps' corner tables (:func:`.resample_masks.cube_codes`) from the cache, remembered
+    for these arrays (without one they are made when first asked for, as before)."""
+    from .resample_masks import make_codes, remember_codes
+    from .template_cache import cache_dir
+
+    if cache_dir() is None:
+        return
+    shape = tuple(n + 3 for n in SHAPE)
+    codes = cached("codes", lambda: {k: make_codes(v) for k, v in maps.items()}, {k: (shape, "uint8") for k in maps})
+    for k, v in maps.items():
+        remember_codes(v, codes[k])
 
 
 def _voxels(img) -> np.ndarray:
@@ -116,4 +147,9 @@ def template_head_mask(step_mm: float = 4.0, brain_protect: str | None = None) -
 def _template_head_mask(step_mm: float, brain_protect: str | None) -> tuple[np.ndarray, np.ndarray]:
     from .coarse import head_mask
 
-    return head_mask(*template_intensity(), step_mm=step_mm)  # the intensities: the same whatever brain mask
+    def build() -> dict[str, np.ndarray]:
+        mask, affine = head_mask(*template_intensity(), step_mm=step_mm)  # the intensities: the same whatever brain mask
+        return {"mask": mask, "affine": affine}
+
+    got = cached(f"head_mask_{step_mm:g}mm", build, {"mask": (None, "bool"), "affine": ((4, 4), "float64")})
+    return got["mask"], got["affine"]
