@@ -159,3 +159,67 @@ def test_a_new_entry_removes_all_but_the_newest_other(tmp_path):
         assert (tmp_path / "template-old3").is_dir()
     finally:
         tc.set_cache_dir(None)
+
+
+
+_RACE = """
+import sys, time
+import numpy as np
+from fedimg.deface import template_cache as tc
+tc.set_cache_dir(sys.argv[1])
+start = float(sys.argv[2])
+def build():
+    time.sleep(max(0.0, start - time.time()))  # every process writes at the same moment
+    return {"a": np.arange(N, dtype=np.float32) * 0.5, "b": np.eye(4)}
+got = tc.cached("race", build, {"a": ((N,), "float32"), "b": ((4, 4), "float64")})
+print(float(got["a"].sum()), float(got["b"].sum()))
+"""
+# a reader polling the entry's files while the writers write: each file it finds must read back whole
+_READER = """
+import sys, time
+import numpy as np
+from fedimg.deface import template_cache as tc
+tc.set_cache_dir(sys.argv[1])
+start = float(sys.argv[2])
+want = np.arange(N, dtype=np.float32) * 0.5
+seen = 0
+while time.time() < start + 60.0 and (seen == 0 or time.time() < start + 4.0):
+    entry = tc.entry_dir()
+    path = entry / "race.a.npy"
+    if path.is_file():
+        a = tc._read(path, (N,), "float32")
+        assert np.array_equal(a, want)
+        seen += 1
+print(seen)
+"""
+N = 8_000_000
+
+
+def test_processes_filling_one_entry_at_once_all_get_whole_files(tmp_path):
+    """Several ``fedimg deface`` processes started together on an empty cache (``xargs -P``) write the same
+    entry at the same moment: each writes under its own temporary name and renames, so every process gets the
+    arrays it built, a process polling the entry meanwhile only ever finds whole files, and no temporary file is
+    left behind (a writer that wrote in place would show the poller a short file)."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 2.0
+    head = f"N = {N}\n"
+    cmds = [head + _RACE] * 3 + [head + _READER]
+    procs = [subprocess.Popen([sys.executable, "-c", c, str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True)
+             for c in cmds]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    want = np.arange(N, dtype=np.float32) * 0.5
+    assert outs[:3] == [[str(float(want.sum())), "4.0"]] * 3
+    assert int(outs[3][0]) > 0  # the poller read the finished file at least once
+    tc.set_cache_dir(tmp_path)
+    try:
+        entry = tc.entry_dir()
+        assert sorted(p.name for p in entry.iterdir()) == ["race.a.npy", "race.b.npy"]  # no temporary file left
+        got = tc.cached("race", lambda: pytest.fail("the entry should be read, not rebuilt"),
+                        {"a": ((N,), "float32"), "b": ((4, 4), "float64")})
+        assert np.array_equal(got["a"], want) and not got["a"].flags.writeable
+    finally:
+        tc.set_cache_dir(None)
