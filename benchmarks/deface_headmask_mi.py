@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", type=Path, required=True, help="a built corpus folder (read only)")
     p.add_argument("--per-head", type=int, default=None, help="first N cases of each dev head (default: all)")
+    p.add_argument("--start", type=int, default=0, help="skip the first N cases of each head (to extend an earlier run)")
     p.add_argument("--dilate", nargs="+", default=["none", "4", "8", "12"], help="head-mask dilations in mm; none = main")
     p.add_argument("--json", type=Path, required=True)
     args = p.parse_args(argv)
@@ -137,6 +138,7 @@ def main(argv=None) -> int:
     images = []
     for name in DEV:
         found = sorted((args.set / "cases").glob(f"{name}_[0-9][0-9].nii.gz"))
+        found = found[args.start:]
         images += found[: args.per_head] if args.per_head else found
     cache, result = {}, {"set": str(args.set), "by_dilation": {}}
     for ds in args.dilate:
