@@ -35,17 +35,24 @@ log = logging.getLogger("deface_headmask_mi")
 DEV = ("ds000031", "pycortex", "volpack")  # never the held-out head
 
 
-def headmask_register(dilate_mm_: float | None):
-    """A stand-in for ``fedimg.deface.core.register`` whose MI samples only the dilated head mask (∩ the FOV)."""
+def headmask_register(dilate_mm_: float | None, start: np.ndarray | None = None):
+    """A stand-in for ``fedimg.deface.core.register`` whose MI samples only the dilated head mask (∩ the FOV).
+
+    ``start``: a subject-to-template matrix that replaces every start (``--from-truth``: the known truth)."""
     from fedimg.deface import core
     from fedimg.deface.coarse import fov_on_grid, head_mask
     from fedimg.deface.masks import dilate_mm
     from fedimg.deface.register import register
 
-    if dilate_mm_ is None:
+    assert core.register is register
+    if dilate_mm_ is None and start is None:
         return register
 
     def wrapped(subject, subject_affine, *args, fov=None, **kw):
+        if start is not None:
+            kw["initial"] = [start]
+        if dilate_mm_ is None:
+            return register(subject, subject_affine, *args, fov=fov, **kw)
         hm, hm_aff = head_mask(subject, subject_affine, step_mm=4.0)  # the grid core's acquired_fov uses
         keep = dilate_mm(hm, np.sqrt((hm_aff[:3, :3] ** 2).sum(0)), dilate_mm_)
         if fov is not None:
@@ -54,12 +61,20 @@ def headmask_register(dilate_mm_: float | None):
         return register(subject, subject_affine, *args, fov=(keep, hm_aff), **kw)
 
     wrapped.kept = []
-    assert core.register is register
     return wrapped
 
 
-def pose_error(name: str, out: Path, params: dict, s2t: np.ndarray, cache: dict) -> dict:
-    """Face-region placement error of fedimg's registration against the case's known truth (warp ignored)."""
+def truth_matrix(name: str, out: Path, params: dict, cache: dict) -> np.ndarray:
+    """The case's known subject-to-template affine (base registration ∘ case pose; the warp, ≤ 4 mm, ignored)."""
+    _, data, aff, base = _head(name, out, cache)
+    c0, rot, *_ = dc.case_frame(data, aff, params)
+    m = np.eye(4)
+    m[:3, :3] = base[:3, :3] @ rot
+    m[:3, 3] = base[:3, :3] @ (c0 - rot @ c0 + np.array(params["shift"])) + base[:3, 3]
+    return m
+
+
+def _head(name: str, out: Path, cache: dict):
     from fedimg.deface.template import load_template
 
     if name not in cache:
@@ -67,7 +82,12 @@ def pose_error(name: str, out: Path, params: dict, s2t: np.ndarray, cache: dict)
         fp = np.argwhere(t.face > 0.5)[::50] @ t.affine[:3, :3].T + t.affine[:3, 3]
         data, aff = _canonical_head(dc.DATA / dc.HEADS[name])
         cache[name] = (fp, data, aff, dc.base_registration(name, out))
-    fp, data, aff, base = cache[name]
+    return cache[name]
+
+
+def pose_error(name: str, out: Path, params: dict, s2t: np.ndarray, cache: dict) -> dict:
+    """Face-region placement error of fedimg's registration against the case's known truth (warp ignored)."""
+    fp, data, aff, base = _head(name, out, cache)
     c0, rot, *_ = dc.case_frame(data, aff, params)
     p = (fp - s2t[:3, 3]) @ np.linalg.inv(s2t[:3, :3]).T  # case world
     q = c0 + (p - c0) @ rot.T + np.array(params["shift"])  # head world
@@ -77,7 +97,7 @@ def pose_error(name: str, out: Path, params: dict, s2t: np.ndarray, cache: dict)
             "volume_ratio": float(np.linalg.det(s2t[:3, :3]) / np.linalg.det(base[:3, :3] @ rot))}
 
 
-def run_case(image: Path, out: Path, d: float | None, cache: dict) -> dict:
+def run_case(image: Path, out: Path, d: float | None, cache: dict, from_truth: bool = False) -> dict:
     import nibabel as nib
 
     from fedimg.deface import core
@@ -89,7 +109,7 @@ def run_case(image: Path, out: Path, d: float | None, cache: dict) -> dict:
     img = nib.load(str(image))
     src = np.asarray(img.dataobj).astype(np.float32)
     protect = np.asarray(nib.load(str(label)).dataobj) != 0 if label.is_file() else None
-    reg = headmask_register(d)
+    reg = headmask_register(d, truth_matrix(params["head"], out, params, cache) if from_truth else None)
     saved = core.register
     core.register = reg
     t0, c0 = time.perf_counter(), time.process_time()
@@ -101,7 +121,7 @@ def run_case(image: Path, out: Path, d: float | None, cache: dict) -> dict:
     fov = src != 0  # as deface_corpus.run_case: an oblique FOV's padding holds no face
     ref, removed = truth["reference"] & fov, fr.remove & fov
     inter = float((removed & ref).sum())
-    res = {"case": stem, "head": params["head"], "dilate_mm": d, "seconds": seconds, "cpu_seconds": cpu,
+    res = {"case": stem, "head": params["head"], "dilate_mm": d, "from_truth": from_truth, "seconds": seconds, "cpu_seconds": cpu,
            "recall": inter / max(1.0, float(ref.sum())),
            "dice": 2 * inter / max(1.0, float(removed.sum() + ref.sum())),
            "brain_removed": int((removed & truth["brain"]).sum()), "tumour_removed": int((removed & truth["tumour"]).sum()),
@@ -128,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--per-head", type=int, default=None, help="first N cases of each dev head (default: all)")
     p.add_argument("--start", type=int, default=0, help="skip the first N cases of each head (to extend an earlier run)")
     p.add_argument("--dilate", nargs="+", default=["none", "4", "8", "12"], help="head-mask dilations in mm; none = main")
+    p.add_argument("--from-truth", action="store_true",
+                   help="start the MI stage from the known truth alone (does the objective keep it?)")
     p.add_argument("--json", type=Path, required=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -140,12 +162,12 @@ def main(argv=None) -> int:
         found = sorted((args.set / "cases").glob(f"{name}_[0-9][0-9].nii.gz"))
         found = found[args.start:]
         images += found[: args.per_head] if args.per_head else found
-    cache, result = {}, {"set": str(args.set), "by_dilation": {}}
+    cache, result = {}, {"set": str(args.set), "from_truth": args.from_truth, "by_dilation": {}}
     for ds in args.dilate:
         d = None if ds == "none" else float(ds)
         rows = []
         for image in images:
-            rows.append(run_case(image, args.set, d, cache))
+            rows.append(run_case(image, args.set, d, cache, args.from_truth))
             log.info("d=%s %s", ds, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()})
         result["by_dilation"][ds] = {"summary": summary(rows), "cases": rows}
         log.info("d=%s summary %s", ds, result["by_dilation"][ds]["summary"])
