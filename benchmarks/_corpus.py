@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["SPACINGS", "CONTRASTS", "KNOTS", "THICK_SLICES", "_canonical_head", "_angles", "_params", "_pose_params",
-           "_archive_params", "_warp_field", "_sample", "_contrast", "_dice"]
+           "_archive_params", "_warp_field", "_sample", "_contrast", "_dice", "score_removal", "judged_correct"]
 
 SPACINGS = ((1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0), (4.0, 4.0, 4.0),
             (1.0, 1.0, 3.0), (1.0, 4.0, 1.0), (3.5, 1.2, 1.2))
@@ -124,3 +124,18 @@ def _contrast(x: np.ndarray, name: str) -> np.ndarray:
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+def score_removal(removed: np.ndarray, truth, src: np.ndarray) -> dict:
+    """The corpus judge's numbers for a removal: Dice and recall against the case's reference face region, and the
+    reference brain and tumour voxels it takes, all inside the acquired field of view (the cases are never exactly 0
+    but in an oblique field of view's padding, which holds no face). ``truth``: the case's ``*_truth.npz``."""
+    fov = src != 0
+    ref, removed = truth["reference"] & fov, removed & fov
+    return {"dice": _dice(removed, ref), "recall": float((removed & ref).sum() / max(1, ref.sum())),
+            "brain_removed": int((removed & truth["brain"]).sum()), "tumour_removed": int((removed & truth["tumour"]).sum())}
+
+
+def judged_correct(score: dict) -> bool:
+    """A removal is correct when it takes no brain or tumour voxel and at least 90 % of the reference face."""
+    return score["brain_removed"] == 0 and score["tumour_removed"] == 0 and score["recall"] >= 0.9

@@ -59,6 +59,8 @@ from _corpus import (  # noqa: F401 - the corpus's transforms, shared with defac
     _pose_params,
     _sample,
     _warp_field,
+    judged_correct,
+    score_removal,
 )
 
 log = logging.getLogger("benchmarks.deface_corpus")
@@ -292,13 +294,9 @@ def run_case(image: Path, work: Path, config) -> dict:
                                 label)
     else:
         removed = None
-    ref = truth["reference"]
     if removed is not None:
-        fov = src != 0  # the cases are never exactly 0 but in an oblique field of view's padding (no face there)
-        ref, removed = ref & fov, removed & fov
-        res.update(dice=_dice(removed, ref), recall=float((removed & ref).sum() / max(1, ref.sum())),
-                   brain_removed=int((removed & truth["brain"]).sum()), tumour_removed=int((removed & truth["tumour"]).sum()))
-        res["would_be_correct" if not passed else "correct"] = res["brain_removed"] == 0 and res["tumour_removed"] == 0 and res["recall"] >= 0.9
+        res.update(score_removal(removed, truth, src))
+        res["would_be_correct" if not passed else "correct"] = judged_correct(res)
     return res
 
 

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import deface_corpus as dc  # noqa: E402
-from _corpus import _canonical_head  # noqa: E402
+from _corpus import _canonical_head, judged_correct, score_removal  # noqa: E402
 
 log = logging.getLogger("deface_headmask_mi")
 DEV = ("ds000031", "pycortex", "volpack")  # never the held-out head
@@ -118,16 +118,11 @@ def run_case(image: Path, out: Path, d: float | None, cache: dict, from_truth: b
     finally:
         core.register = saved
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    fov = src != 0  # as deface_corpus.run_case: an oblique FOV's padding holds no face
-    ref, removed = truth["reference"] & fov, fr.remove & fov
-    inter = float((removed & ref).sum())
     res = {"case": stem, "head": params["head"], "dilate_mm": d, "from_truth": from_truth, "seconds": seconds, "cpu_seconds": cpu,
-           "recall": inter / max(1.0, float(ref.sum())),
-           "dice": 2 * inter / max(1.0, float(removed.sum() + ref.sum())),
-           "brain_removed": int((removed & truth["brain"]).sum()), "tumour_removed": int((removed & truth["tumour"]).sum()),
+           **score_removal(fr.remove, truth, src),  # deface_corpus.run_case's judge
            "mi_kept_share": getattr(reg, "kept", [None])[-1] if getattr(reg, "kept", None) else None,
            "start_agreement_dice": fr.metrics["start_agreement_dice"]}
-    res["correct"] = res["recall"] >= 0.9 and res["brain_removed"] == 0 and res["tumour_removed"] == 0
+    res["correct"] = judged_correct(res)
     res.update(pose_error(params["head"], out, params, np.asarray(fr.registration.subject_to_template), cache))
     return res
 
